@@ -265,8 +265,10 @@ type JobRequest struct {
 	ContextPtr string                 `protobuf:"bytes,4,opt,name=context_ptr,json=contextPtr,proto3" json:"context_ptr,omitempty"`
 	Attempt    uint32                 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// pool is set by the scheduler when it dispatches the job.
-	Pool          string            `protobuf:"bytes,6,opt,name=pool,proto3" json:"pool,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Pool   string            `protobuf:"bytes,6,opt,name=pool,proto3" json:"pool,omitempty"`
+	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// prompt_size is the size of the stored prompt in bytes.
+	PromptSize    uint64 `protobuf:"varint,8,opt,name=prompt_size,json=promptSize,proto3" json:"prompt_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -348,6 +350,13 @@ func (x *JobRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *JobRequest) GetPromptSize() uint64 {
+	if x != nil {
+		return x.PromptSize
+	}
+	return 0
 }
 
 // JobResult reports the outcome of one attempt. The output is not carried:
@@ -576,7 +585,7 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\theartbeat\x18\f \x01(\v2\x14.cortex.v1.HeartbeatH\x00R\theartbeat\x12>\n" +
 	"\rcheck_request\x18\r \x01(\v2\x17.cortex.v1.CheckRequestH\x00R\fcheckRequest\x12A\n" +
 	"\x0echeck_response\x18\x0e \x01(\v2\x18.cortex.v1.CheckResponseH\x00R\rcheckResponseB\t\n" +
-	"\apayload\"\x9b\x02\n" +
+	"\apayload\"\xbc\x02\n" +
 	"\n" +
 	"JobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -586,7 +595,9 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"contextPtr\x12\x18\n" +
 	"\aattempt\x18\x05 \x01(\rR\aattempt\x12\x12\n" +
 	"\x04pool\x18\x06 \x01(\tR\x04pool\x129\n" +
-	"\x06labels\x18\a \x03(\v2!.cortex.v1.JobRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\a \x03(\v2!.cortex.v1.JobRequest.LabelsEntryR\x06labels\x12\x1f\n" +
+	"\vprompt_size\x18\b \x01(\x04R\n" +
+	"promptSize\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x02\n" +

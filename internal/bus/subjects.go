@@ -1,0 +1,80 @@
+// Package bus owns everything that crosses NATS: the subject names and queue
+// groups (the contract written down in docs/BUS_PROTOCOL.md), the BusPacket
+// codec, and a small connection wrapper that drops and counts malformed
+// packets. It knows nothing about jobs beyond their wire shape and must not
+// import any service package.
+package bus
+
+import "strings"
+
+// Subjects and queue groups. docs/BUS_PROTOCOL.md is the contract for each.
+const (
+	// SubjectJobSubmit carries JobRequest from the gateway to the scheduler.
+	SubjectJobSubmit = "sys.job.submit"
+	// SubjectJobResult carries JobResult from workers to the scheduler.
+	SubjectJobResult = "sys.job.result"
+	// SubjectSafetyCheck is the safety kernel's request/reply subject:
+	// CheckRequest in, CheckResponse out.
+	SubjectSafetyCheck = "sys.safety.check"
+	// SubjectHeartbeatAll matches every worker's heartbeat subject.
+	SubjectHeartbeatAll = "sys.heartbeat.*"
+
+	// QueueScheduler load-balances submits and results across schedulers.
+	QueueScheduler = "cortex-scheduler"
+	// QueueSafety load-balances checks across safety kernels.
+	QueueSafety = "cortex-safety"
+
+	subjectHeartbeatPrefix = "sys.heartbeat."
+	subjectJobPrefix       = "job."
+	queueWorkerPrefix      = "workers-"
+)
+
+// HeartbeatSubject is the subject a worker publishes its Heartbeat on.
+func HeartbeatSubject(workerID string) string { return subjectHeartbeatPrefix + workerID }
+
+// JobSubject is the subject a job of the given topic is dispatched on when
+// routed to pool: job.<pool>.<kind>, where kind is the topic without its
+// "job." prefix (topic "job.echo" in pool "echo" goes to "job.echo.echo").
+func JobSubject(pool, topic string) string {
+	return subjectJobPrefix + pool + "." + strings.TrimPrefix(topic, subjectJobPrefix)
+}
+
+// PoolSubjects matches every job subject of one pool.
+func PoolSubjects(pool string) string { return subjectJobPrefix + pool + ".>" }
+
+// WorkerQueue is the queue group shared by the workers of one pool, so that
+// each job is delivered to exactly one of them.
+func WorkerQueue(pool string) string { return queueWorkerPrefix + pool }
+
+// ValidToken reports whether s can stand as one token of a subject (a pool
+// name or a worker id): 1 to 64 characters of [a-z0-9_-].
+func ValidToken(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidTopic reports whether topic is a well-formed job topic: two to eight
+// dot-separated tokens, each valid by ValidToken, e.g. "job.echo" or
+// "sys.destroy". Whether the topic may run is the safety kernel's call.
+func ValidTopic(topic string) bool {
+	if len(topic) > 200 {
+		return false
+	}
+	parts := strings.Split(topic, ".")
+	if len(parts) < 2 || len(parts) > 8 {
+		return false
+	}
+	for _, p := range parts {
+		if !ValidToken(p) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,128 @@
+// Package devstack runs the infrastructure CortexOS needs inside one
+// process: an embedded NATS server (JetStream on, loopback only) and an
+// embedded Redis (miniredis, in memory). It is what `cortexctl up` and the
+// in-process tests stand on. Both servers require the random credentials it
+// generates, which appear in the URLs it returns. It knows nothing of jobs.
+package devstack
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// Options configures the embedded stack.
+type Options struct {
+	// Host is the address both servers listen on (127.0.0.1 when empty).
+	Host string
+	// NATSPort and RedisPort pick the ports; 0 picks free ones.
+	NATSPort  int
+	RedisPort int
+	// DataDir holds JetStream's storage; a temporary directory, removed on
+	// Close, when empty.
+	DataDir string
+	// ReadyTimeout bounds the wait for NATS to accept connections.
+	ReadyTimeout time.Duration
+}
+
+// Stack is a running embedded NATS and Redis.
+type Stack struct {
+	NATS  *server.Server
+	Redis *miniredis.Miniredis
+	// NATSURL and RedisURL carry the credentials; treat them as secrets.
+	NATSURL  string
+	RedisURL string
+	tmpDir   string
+}
+
+// Start boots both servers and returns once NATS accepts connections.
+func Start(ctx context.Context, opts Options) (*Stack, error) {
+	if opts.Host == "" {
+		opts.Host = "127.0.0.1"
+	}
+	if opts.ReadyTimeout <= 0 {
+		opts.ReadyTimeout = 5 * time.Second
+	}
+	s := &Stack{}
+	dataDir := opts.DataDir
+	if dataDir == "" {
+		tmp, err := os.MkdirTemp("", "cortex-devstack-")
+		if err != nil {
+			return nil, fmt.Errorf("devstack: make JetStream dir: %w", err)
+		}
+		s.tmpDir, dataDir = tmp, tmp
+	}
+	natsPass, redisPass := secret(), secret()
+	port := opts.NATSPort
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	ns, err := server.NewServer(&server.Options{
+		Host:       opts.Host,
+		Port:       port,
+		NoSigs:     true,
+		NoLog:      true,
+		JetStream:  true,
+		StoreDir:   dataDir,
+		Username:   "cortex",
+		Password:   natsPass,
+		MaxPayload: 1 << 20,
+	})
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("devstack: configure NATS: %w", err)
+	}
+	s.NATS = ns
+	go ns.Start()
+	if !ns.ReadyForConnections(opts.ReadyTimeout) {
+		s.Close()
+		return nil, fmt.Errorf("devstack: NATS not ready within %s (is port %d free?)", opts.ReadyTimeout, opts.NATSPort)
+	}
+	addr := ns.Addr().(*net.TCPAddr)
+	s.NATSURL = (&url.URL{Scheme: "nats", User: url.UserPassword("cortex", natsPass), Host: net.JoinHostPort(opts.Host, strconv.Itoa(addr.Port))}).String()
+
+	mr := miniredis.NewMiniRedis()
+	mr.ClockTTL(true)
+	mr.RequireAuth(redisPass)
+	if err := mr.StartAddr(net.JoinHostPort(opts.Host, strconv.Itoa(opts.RedisPort))); err != nil {
+		s.Close()
+		return nil, fmt.Errorf("devstack: start Redis on port %d: %w", opts.RedisPort, err)
+	}
+	s.Redis = mr
+	s.RedisURL = (&url.URL{Scheme: "redis", User: url.UserPassword("", redisPass), Host: mr.Addr()}).String()
+	if err := ctx.Err(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func secret() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Close stops both servers and removes the temporary data directory. It is
+// safe on a partly started stack.
+func (s *Stack) Close() {
+	if s.Redis != nil {
+		s.Redis.Close()
+	}
+	if s.NATS != nil {
+		s.NATS.Shutdown()
+		s.NATS.WaitForShutdown()
+	}
+	if s.tmpDir != "" {
+		_ = os.RemoveAll(s.tmpDir)
+	}
+}

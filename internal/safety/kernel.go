@@ -1,0 +1,60 @@
+package safety
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/cortex-os/core/internal/bus"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+)
+
+// Kernel serves policy decisions.
+type Kernel struct {
+	policy *Policy
+	log    *slog.Logger
+}
+
+var _ cortexv1connect.SafetyServiceHandler = (*Kernel)(nil)
+
+// NewKernel returns a kernel enforcing policy.
+func NewKernel(policy *Policy, log *slog.Logger) *Kernel {
+	return &Kernel{policy: policy, log: log}
+}
+
+// Check decides one request.
+func (k *Kernel) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+	return k.policy.Evaluate(r), nil
+}
+
+// Run answers checks on the bus until ctx ends.
+func (k *Kernel) Run(ctx context.Context, conn *bus.Conn) error {
+	sub, err := conn.Subscribe(ctx, bus.SubjectSafetyCheck, bus.QueueSafety, 64,
+		func(ctx context.Context, p *cortexv1.BusPacket, reply string) {
+			req := p.GetCheckRequest()
+			if req == nil || reply == "" {
+				k.log.Warn("ignored packet on safety subject", "sender", p.GetSenderId())
+				return
+			}
+			resp, _ := k.Check(ctx, req)
+			k.log.Debug("safety decision", "job_id", req.GetJobId(), "topic", req.GetTopic(),
+				"decision", resp.GetDecision().String(), "rule", resp.GetRule())
+			out := &cortexv1.BusPacket{
+				TraceId: p.GetTraceId(),
+				Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp},
+			}
+			if err := conn.Publish(reply, out); err != nil {
+				k.log.Error("answer safety check", "job_id", req.GetJobId(), "err", err)
+			}
+		})
+	if err != nil {
+		return fmt.Errorf("safety kernel: %w", err)
+	}
+	if err := conn.Flush(ctx); err != nil {
+		return fmt.Errorf("safety kernel: %w", err)
+	}
+	<-ctx.Done()
+	_ = sub.Drain()
+	return nil
+}

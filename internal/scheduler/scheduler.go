@@ -1,0 +1,146 @@
+// Package scheduler owns the decision path of every job: it takes submits
+// from the bus, asks the safety kernel, records a denial or routes the job
+// to a pool and dispatches it, and records the outcome the worker reports.
+// It owns the interfaces it needs (Store, Checker) and never runs jobs.
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/safety"
+	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+// Store is what the scheduler needs from the memory fabric.
+type Store interface {
+	Transition(ctx context.Context, id string, c store.Change, now time.Time) error
+}
+
+// Checker asks for a safety decision. Anything but an ALLOW answer,
+// including an error, keeps the job from running.
+type Checker interface {
+	Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
+}
+
+var (
+	_ Store   = (*store.Store)(nil)
+	_ Checker = (*safety.Client)(nil)
+)
+
+// DefaultConcurrency bounds the submits and results handled at once.
+const DefaultConcurrency = 256
+
+// Scheduler routes jobs from submit to dispatch and records outcomes.
+type Scheduler struct {
+	conn        *bus.Conn
+	store       Store
+	checker     Checker
+	router      *Router
+	log         *slog.Logger
+	concurrency int
+}
+
+// New wires a scheduler.
+func New(conn *bus.Conn, st Store, checker Checker, router *Router, log *slog.Logger) *Scheduler {
+	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency}
+}
+
+// Run consumes submits and results until ctx ends.
+func (s *Scheduler) Run(ctx context.Context) error {
+	subs := []struct {
+		subject string
+		h       bus.Handler
+	}{
+		{bus.SubjectJobSubmit, s.onSubmit},
+		{bus.SubjectJobResult, s.onResult},
+	}
+	for _, sub := range subs {
+		ns, err := s.conn.Subscribe(ctx, sub.subject, bus.QueueScheduler, s.concurrency, sub.h)
+		if err != nil {
+			return fmt.Errorf("scheduler: %w", err)
+		}
+		defer func() { _ = ns.Drain() }()
+	}
+	if err := s.conn.Flush(ctx); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	<-ctx.Done()
+	return nil
+}
+
+func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ string) {
+	req := p.GetJobRequest()
+	if req == nil {
+		s.log.Warn("ignored packet on submit subject", "sender", p.GetSenderId())
+		return
+	}
+	id := req.GetJobId()
+	decision, err := s.checker.Check(ctx, &cortexv1.CheckRequest{
+		JobId:      id,
+		Topic:      req.GetTopic(),
+		TenantId:   req.GetTenantId(),
+		Attempt:    req.GetAttempt(),
+		Labels:     req.GetLabels(),
+		PromptSize: req.GetPromptSize(),
+	})
+	if err != nil || decision.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
+		c := store.Change{To: store.Denied, Rule: decision.GetRule(), Reason: decision.GetReason()}
+		if err != nil {
+			c = store.Change{To: store.Denied, Rule: safety.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
+		}
+		s.record(ctx, id, c)
+		return
+	}
+	pool, ok := s.router.Pool(req.GetTopic())
+	if !ok {
+		s.record(ctx, id, store.Change{To: store.Failed, Reason: fmt.Sprintf(
+			"no pool serves topic %s; routable topics: %s", req.GetTopic(), strings.Join(s.router.Topics(), ", "))})
+		return
+	}
+	if !s.record(ctx, id, store.Change{To: store.Dispatched, Pool: pool}) {
+		return
+	}
+	req.Pool = pool
+	err = s.conn.Publish(bus.JobSubject(pool, req.GetTopic()), &cortexv1.BusPacket{
+		TraceId: p.GetTraceId(),
+		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req},
+	})
+	if err != nil {
+		s.record(ctx, id, store.Change{To: store.Failed, Reason: "dispatch failed: " + err.Error()})
+	}
+}
+
+func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ string) {
+	res := p.GetJobResult()
+	if res == nil {
+		s.log.Warn("ignored packet on result subject", "sender", p.GetSenderId())
+		return
+	}
+	c := store.Change{To: store.Completed, WorkerID: res.GetWorkerId()}
+	if res.GetState() == cortexv1.JobState_JOB_STATE_FAILED {
+		c = store.Change{To: store.Failed, WorkerID: res.GetWorkerId(), Reason: res.GetError()}
+	}
+	s.record(ctx, res.GetJobId(), c)
+}
+
+// record applies a transition and reports whether it took effect. A refused
+// transition (a duplicate or stale packet) is logged and changes nothing.
+func (s *Scheduler) record(ctx context.Context, id string, c store.Change) bool {
+	err := s.store.Transition(ctx, id, c, time.Now())
+	switch {
+	case err == nil:
+		return true
+	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+		s.log.Info("transition refused", "job_id", id, "to", string(c.To), "err", err)
+	default:
+		s.log.Error("record job state", "job_id", id, "to", string(c.To), "err", err)
+	}
+	return false
+}

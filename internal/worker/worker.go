@@ -1,0 +1,222 @@
+// Package worker is the worker runtime: it takes jobs of one pool from the
+// bus (one queue group per pool), reads each prompt from the store, runs the
+// plugin registered for the job's topic, writes the result and reports it,
+// and sends a Heartbeat every few seconds. It owns concurrency and draining;
+// what a job does is the plugin's business.
+package worker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/plugins"
+)
+
+// Store is what the worker needs from the memory fabric.
+type Store interface {
+	Start(ctx context.Context, id, workerID string, now time.Time) (string, error)
+	PutResult(ctx context.Context, id, output string) error
+}
+
+var _ Store = (*store.Store)(nil)
+
+// Defaults for Options.
+const (
+	DefaultMaxParallel       = 64
+	DefaultHeartbeatInterval = 3 * time.Second
+)
+
+// Options configures a worker.
+type Options struct {
+	// ID names the worker on the bus; generated from the pool when empty.
+	ID string
+	// Pool is the pool the worker serves.
+	Pool string
+	// MaxParallel bounds the jobs run at once.
+	MaxParallel int
+	// Handlers maps job topics to plugins.
+	Handlers map[string]plugins.Handler
+	// HeartbeatInterval is the time between heartbeats.
+	HeartbeatInterval time.Duration
+	// Version is reported in heartbeats.
+	Version string
+}
+
+// Worker runs jobs of one pool.
+type Worker struct {
+	conn      *bus.Conn
+	store     Store
+	opts      Options
+	topics    []string
+	log       *slog.Logger
+	active    atomic.Int32
+	completed atomic.Uint64
+	failed    atomic.Uint64
+}
+
+// New checks opts and returns a worker.
+func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, error) {
+	if !bus.ValidToken(opts.Pool) {
+		return nil, fmt.Errorf("worker: pool %q must be 1-64 characters of a-z, 0-9, - and _", opts.Pool)
+	}
+	if len(opts.Handlers) == 0 {
+		return nil, errors.New("worker: no handlers registered")
+	}
+	if opts.ID == "" {
+		opts.ID = opts.Pool + "-" + randomSuffix()
+	}
+	if !bus.ValidToken(opts.ID) {
+		return nil, fmt.Errorf("worker: id %q must be 1-64 characters of a-z, 0-9, - and _", opts.ID)
+	}
+	if opts.MaxParallel <= 0 {
+		opts.MaxParallel = DefaultMaxParallel
+	}
+	if opts.HeartbeatInterval <= 0 {
+		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	topics := make([]string, 0, len(opts.Handlers))
+	for t := range opts.Handlers {
+		topics = append(topics, t)
+	}
+	slices.Sort(topics)
+	return &Worker{conn: conn, store: st, opts: opts, topics: topics, log: log.With("worker_id", opts.ID, "pool", opts.Pool)}, nil
+}
+
+func randomSuffix() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// ID is the worker's id.
+func (w *Worker) ID() string { return w.opts.ID }
+
+// Run takes jobs until ctx ends, then stops taking new ones and waits for
+// those in flight (the bus connection's Close waits for their handlers).
+func (w *Worker) Run(ctx context.Context) error {
+	// Jobs run on a context that outlives ctx so a shutdown lets them finish.
+	jobCtx := context.WithoutCancel(ctx)
+	sub, err := w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel,
+		func(ctx context.Context, p *cortexv1.BusPacket, _ string) {
+			req := p.GetJobRequest()
+			if req == nil {
+				w.log.Warn("ignored packet on job subject", "sender", p.GetSenderId())
+				return
+			}
+			w.handle(ctx, p.GetTraceId(), req)
+		})
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
+	}
+	if err := w.conn.Flush(ctx); err != nil {
+		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
+	}
+	w.beat()
+	tick := time.NewTicker(w.opts.HeartbeatInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			_ = sub.Drain()
+			return nil
+		case <-tick.C:
+			w.beat()
+		}
+	}
+}
+
+func (w *Worker) beat() {
+	hb := &cortexv1.Heartbeat{
+		WorkerId:        w.opts.ID,
+		Pool:            w.opts.Pool,
+		ActiveJobs:      uint32(w.active.Load()),
+		MaxParallelJobs: uint32(w.opts.MaxParallel),
+		Topics:          w.topics,
+		CompletedJobs:   w.completed.Load(),
+		FailedJobs:      w.failed.Load(),
+		Version:         w.opts.Version,
+	}
+	err := w.conn.Publish(bus.HeartbeatSubject(w.opts.ID), &cortexv1.BusPacket{
+		Payload: &cortexv1.BusPacket_Heartbeat{Heartbeat: hb},
+	})
+	if err != nil {
+		w.log.Warn("send heartbeat", "err", err)
+	}
+}
+
+func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
+	w.active.Add(1)
+	defer w.active.Add(-1)
+	started := time.Now()
+	res := &cortexv1.JobResult{
+		JobId:     req.GetJobId(),
+		Attempt:   req.GetAttempt(),
+		WorkerId:  w.opts.ID,
+		StartedAt: timestamppb.New(started),
+	}
+	output, err := w.run(ctx, req, started)
+	if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+		// The job moved on without us (denied, finished, expired): nothing to report.
+		w.log.Info("skipped job", "job_id", req.GetJobId(), "err", err)
+		return
+	}
+	if err == nil {
+		err = w.store.PutResult(ctx, req.GetJobId(), output)
+	}
+	if err != nil {
+		res.State = cortexv1.JobState_JOB_STATE_FAILED
+		res.Error = err.Error()
+		w.failed.Add(1)
+	} else {
+		res.State = cortexv1.JobState_JOB_STATE_COMPLETED
+		res.ResultPtr = store.ResultPtr(req.GetJobId())
+		w.completed.Add(1)
+	}
+	res.FinishedAt = timestamppb.Now()
+	err = w.conn.Publish(bus.SubjectJobResult, &cortexv1.BusPacket{
+		TraceId: traceID,
+		Payload: &cortexv1.BusPacket_JobResult{JobResult: res},
+	})
+	if err != nil {
+		w.log.Error("report job result", "job_id", req.GetJobId(), "err", err)
+	}
+}
+
+// run marks the job RUNNING, reads its prompt and runs its handler.
+func (w *Worker) run(ctx context.Context, req *cortexv1.JobRequest, now time.Time) (string, error) {
+	h, ok := w.opts.Handlers[req.GetTopic()]
+	if !ok {
+		return "", fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
+	}
+	prompt, err := w.store.Start(ctx, req.GetJobId(), w.opts.ID, now)
+	if err != nil {
+		return "", err
+	}
+	out, err := h.Handle(ctx, &plugins.Job{
+		ID:      req.GetJobId(),
+		Topic:   req.GetTopic(),
+		Tenant:  req.GetTenantId(),
+		Attempt: req.GetAttempt(),
+		Prompt:  prompt,
+		Labels:  req.GetLabels(),
+	})
+	if err != nil {
+		return "", fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
+	}
+	if out == nil {
+		return "", nil
+	}
+	return out.Output, nil
+}
