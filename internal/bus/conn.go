@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/cortex-os/core/internal/telemetry"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -35,7 +37,7 @@ func Connect(url, name string, log *slog.Logger) (*Conn, error) {
 		nats.Timeout(2*time.Second),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", redactURL(url), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(url), err)
 	}
 	return &Conn{nc: nc, senderID: name, log: log}, nil
 }
@@ -141,6 +143,8 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 // Flush waits until the server has processed everything sent so far, so a
 // subscription is known to be in place.
 func (c *Conn) Flush(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
 	if err := c.nc.FlushWithContext(ctx); err != nil {
 		return fmt.Errorf("flush NATS connection: %w", err)
 	}

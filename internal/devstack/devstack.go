@@ -1,6 +1,6 @@
 // Package devstack runs the infrastructure CortexOS needs inside one
 // process: an embedded NATS server (JetStream on, loopback only) and an
-// embedded Redis (miniredis, in memory). It is what `cortexctl up` and the
+// embedded Redis (miniredis, in memory, TTLs advanced by the wall clock). It is what `cortexctl up` and the
 // in-process tests stand on. Both servers require the random credentials it
 // generates, which appear in the URLs it returns. It knows nothing of jobs.
 package devstack
@@ -42,6 +42,31 @@ type Stack struct {
 	NATSURL  string
 	RedisURL string
 	tmpDir   string
+	stopTTL  chan struct{}
+	ttlDone  chan struct{}
+}
+
+// ttlTick is how often the embedded Redis's TTLs advance.
+const ttlTick = time.Second
+
+// advanceTTLs moves miniredis's TTLs forward with the wall clock once per
+// tick, so keys expire as in Redis (to within a tick). miniredis's own
+// ClockTTL(true) does the same on every command, re-sorting every key each
+// time, which made a 2,000-job bench run 7x slower than a 200-job one.
+func advanceTTLs(mr *miniredis.Miniredis, tick time.Duration, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			mr.FastForward(now.Sub(last))
+			last = now
+		}
+	}
 }
 
 // Start boots both servers and returns once NATS accepts connections.
@@ -91,13 +116,15 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s.NATSURL = (&url.URL{Scheme: "nats", User: url.UserPassword("cortex", natsPass), Host: net.JoinHostPort(opts.Host, strconv.Itoa(addr.Port))}).String()
 
 	mr := miniredis.NewMiniRedis()
-	mr.ClockTTL(true)
 	mr.RequireAuth(redisPass)
 	if err := mr.StartAddr(net.JoinHostPort(opts.Host, strconv.Itoa(opts.RedisPort))); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("devstack: start Redis on port %d: %w", opts.RedisPort, err)
 	}
 	s.Redis = mr
+	s.stopTTL = make(chan struct{})
+	s.ttlDone = make(chan struct{})
+	go advanceTTLs(mr, ttlTick, s.stopTTL, s.ttlDone)
 	s.RedisURL = (&url.URL{Scheme: "redis", User: url.UserPassword("", redisPass), Host: mr.Addr()}).String()
 	if err := ctx.Err(); err != nil {
 		s.Close()
@@ -115,6 +142,10 @@ func secret() string {
 // Close stops both servers and removes the temporary data directory. It is
 // safe on a partly started stack.
 func (s *Stack) Close() {
+	if s.stopTTL != nil {
+		close(s.stopTTL)
+		<-s.ttlDone
+	}
 	if s.Redis != nil {
 		s.Redis.Close()
 	}

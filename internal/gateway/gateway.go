@@ -38,8 +38,8 @@ type Publisher interface {
 }
 
 var (
-	_ Store     = (*store.Store)(nil)
-	_ Publisher = (*bus.Conn)(nil)
+	_ Store                                 = (*store.Store)(nil)
+	_ Publisher                             = (*bus.Conn)(nil)
 	_ cortexv1connect.GatewayServiceHandler = (*Gateway)(nil)
 )
 
@@ -91,7 +91,10 @@ func (g *Gateway) Handler() http.Handler {
 	srv := connect.NewServer(g.authenticate)
 	cortexv1connect.RegisterGatewayServiceHandler(srv, g)
 	mux := http.NewServeMux()
-	connecthttp.Mount(mux, srv, connecthttp.WithReadMaxBytes(g.maxPrompt+64<<10))
+	connecthttp.Mount(mux, srv,
+		connecthttp.WithReadMaxBytes(g.maxPrompt+64<<10),
+		// Compressing small answers costs more CPU than it saves bytes.
+		connecthttp.WithCompressMinBytes(8<<10))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

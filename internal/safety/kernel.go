@@ -28,8 +28,9 @@ func (k *Kernel) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.C
 	return k.policy.Evaluate(r), nil
 }
 
-// Run answers checks on the bus until ctx ends.
-func (k *Kernel) Run(ctx context.Context, conn *bus.Conn) error {
+// Start answers checks on the bus until ctx ends. It returns once the
+// subscription is in place.
+func (k *Kernel) Start(ctx context.Context, conn *bus.Conn) error {
 	sub, err := conn.Subscribe(ctx, bus.SubjectSafetyCheck, bus.QueueSafety, 64,
 		func(ctx context.Context, p *cortexv1.BusPacket, reply string) {
 			req := p.GetCheckRequest()
@@ -54,7 +55,9 @@ func (k *Kernel) Run(ctx context.Context, conn *bus.Conn) error {
 	if err := conn.Flush(ctx); err != nil {
 		return fmt.Errorf("safety kernel: %w", err)
 	}
-	<-ctx.Done()
-	_ = sub.Drain()
+	go func() {
+		<-ctx.Done()
+		_ = sub.Drain()
+	}()
 	return nil
 }

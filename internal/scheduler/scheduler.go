@@ -52,8 +52,9 @@ func New(conn *bus.Conn, st Store, checker Checker, router *Router, log *slog.Lo
 	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency}
 }
 
-// Run consumes submits and results until ctx ends.
-func (s *Scheduler) Run(ctx context.Context) error {
+// Start consumes submits and results until ctx ends. It returns once the
+// subscriptions are in place.
+func (s *Scheduler) Start(ctx context.Context) error {
 	subs := []struct {
 		subject string
 		h       bus.Handler
@@ -66,12 +67,14 @@ func (s *Scheduler) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("scheduler: %w", err)
 		}
-		defer func() { _ = ns.Drain() }()
+		go func() {
+			<-ctx.Done()
+			_ = ns.Drain()
+		}()
 	}
 	if err := s.conn.Flush(ctx); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	<-ctx.Done()
 	return nil
 }
 

@@ -2,16 +2,6 @@ package store
 
 import "github.com/redis/go-redis/v9"
 
-// createScript: KEYS = job, ctx; ARGV = prompt, retention ms, field/value...
-// Returns 0 when the job exists already.
-var createScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 3))
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
-`)
-
 // transitionScript: KEYS = job; ARGV = target state, field/value...
 // Returns "OK", "" when there is no job, or the current state when the
 // state machine does not allow the move. Terminal states have no exits.

@@ -113,21 +113,21 @@ type Job struct {
 	UpdatedAt time.Time
 }
 
-// CreateJob stores the prompt and the job record as PENDING in one round
-// trip. It refuses to overwrite an existing job.
+// CreateJob stores the prompt and the job record as PENDING in one
+// MULTI/EXEC round trip. Job ids are UUIDv7s made by the gateway, so a
+// create never meets an existing job.
 func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) error {
 	ts := strconv.FormatInt(now.UnixMicro(), 10)
-	created, err := createScript.Run(ctx, s.rdb,
-		[]string{jobPrefix + j.ID, contextPrefix + j.ID},
-		j.Prompt, int64(s.retention/time.Millisecond),
-		"state", string(Pending), "topic", j.Topic, "tenant", j.Tenant,
-		"attempt", "1", "created_at", ts, "updated_at", ts,
-	).Int()
+	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, contextPrefix+j.ID, j.Prompt, s.retention)
+		p.HSet(ctx, jobPrefix+j.ID,
+			"state", string(Pending), "topic", j.Topic, "tenant", j.Tenant,
+			"attempt", "1", "created_at", ts, "updated_at", ts)
+		p.PExpire(ctx, jobPrefix+j.ID, s.retention)
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("create job %s: %w", j.ID, err)
-	}
-	if created == 0 {
-		return fmt.Errorf("create job %s: %w: it exists already", j.ID, ErrConflict)
 	}
 	return nil
 }

@@ -103,9 +103,10 @@ func randomSuffix() string {
 // ID is the worker's id.
 func (w *Worker) ID() string { return w.opts.ID }
 
-// Run takes jobs until ctx ends, then stops taking new ones and waits for
-// those in flight (the bus connection's Close waits for their handlers).
-func (w *Worker) Run(ctx context.Context) error {
+// Start takes jobs until ctx ends, then stops taking new ones; jobs in
+// flight run to the end (the bus connection's Close waits for them). It
+// returns once the subscription is in place and the first heartbeat is out.
+func (w *Worker) Start(ctx context.Context) error {
 	// Jobs run on a context that outlives ctx so a shutdown lets them finish.
 	jobCtx := context.WithoutCancel(ctx)
 	sub, err := w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel,
@@ -124,17 +125,20 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
 	}
 	w.beat()
-	tick := time.NewTicker(w.opts.HeartbeatInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			_ = sub.Drain()
-			return nil
-		case <-tick.C:
-			w.beat()
+	go func() {
+		tick := time.NewTicker(w.opts.HeartbeatInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				_ = sub.Drain()
+				return
+			case <-tick.C:
+				w.beat()
+			}
 		}
-	}
+	}()
+	return nil
 }
 
 func (w *Worker) beat() {
@@ -204,7 +208,7 @@ func (w *Worker) run(ctx context.Context, req *cortexv1.JobRequest, now time.Tim
 	if err != nil {
 		return "", err
 	}
-	out, err := h.Handle(ctx, &plugins.Job{
+	out, err := callHandler(ctx, h, &plugins.Job{
 		ID:      req.GetJobId(),
 		Topic:   req.GetTopic(),
 		Tenant:  req.GetTenantId(),
@@ -219,4 +223,15 @@ func (w *Worker) run(ctx context.Context, req *cortexv1.JobRequest, now time.Tim
 		return "", nil
 	}
 	return out.Output, nil
+}
+
+// callHandler runs a plugin, turning a panic into an error so one bad job
+// cannot take the worker down.
+func callHandler(ctx context.Context, h plugins.Handler, job *plugins.Job) (res *plugins.Result, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return h.Handle(ctx, job)
 }

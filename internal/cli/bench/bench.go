@@ -1,0 +1,168 @@
+// Package bench is `cortexctl bench`: it drives echo jobs through a running
+// stack (or one it starts in process) the way a client would, through the
+// gateway, and reports throughput and submit-to-result latency.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/cli/job"
+	"github.com/cortex-os/core/internal/cli/up"
+	"github.com/cortex-os/core/internal/client"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+)
+
+// Options are bench's flags.
+type Options struct {
+	Factory     *cmdutil.Factory
+	Jobs        int
+	Concurrency int
+	Topic       string
+	Prompt      string
+	InProcess   bool
+}
+
+// NewCmdBench returns the bench command.
+func NewCmdBench(f *cmdutil.Factory) *cobra.Command {
+	o := &Options{Factory: f}
+	cmd := &cobra.Command{
+		Use:   "bench [-n JOBS] [-c CONCURRENCY] [--inprocess]",
+		Short: "Measure jobs/s and submit-to-result latency",
+		Long: `Submit JOBS jobs from CONCURRENCY clients through the gateway, follow each to
+its end, and print jobs/s and the submit-to-result latency percentiles. It
+runs against the stack the context points at, or with --inprocess against a
+fresh stack it starts itself.`,
+		Example: `  cortexctl bench -n 20000 -c 64
+  cortexctl bench --inprocess -n 5000`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Jobs < 1 || o.Concurrency < 1 {
+				return &cmdutil.UsageError{Err: fmt.Errorf("-n and -c must be at least 1")}
+			}
+			return benchRun(cmd.Context(), o)
+		},
+	}
+	fs := cmd.Flags()
+	fs.IntVarP(&o.Jobs, "jobs", "n", 10000, "jobs to submit")
+	fs.IntVarP(&o.Concurrency, "concurrency", "c", 64, "clients submitting at once")
+	fs.StringVar(&o.Topic, "topic", "job.echo", "topic of the jobs")
+	fs.StringVar(&o.Prompt, "prompt", "bench", "prompt of every job")
+	fs.BoolVar(&o.InProcess, "inprocess", false, "start a stack in this process and measure it")
+	return cmd
+}
+
+func benchRun(ctx context.Context, o *Options) error {
+	var c cortexv1connect.GatewayServiceClient
+	target := ""
+	if o.InProcess {
+		cl, err := up.StartCluster(ctx, up.ClusterOptions{Listen: "127.0.0.1:0"}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		defer cl.Close()
+		server := "http://" + cl.GatewayAddr
+		target = server + " (in process)"
+		if c, err = client.New(server, cl.APIKey); err != nil {
+			return err
+		}
+	} else {
+		var err error
+		if c, target, err = o.Factory.Client(); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(o.Factory.ErrOut, "bench: %d %s jobs, %d clients, against %s\n", o.Jobs, o.Topic, o.Concurrency, target)
+	r, err := Run(ctx, c, o.Jobs, o.Concurrency, o.Topic, o.Prompt)
+	if err != nil {
+		return err
+	}
+	r.Print(o.Factory.Out)
+	return nil
+}
+
+// Report is what one bench run measured.
+type Report struct {
+	Jobs      int
+	Completed int
+	NotDone   int
+	Elapsed   time.Duration
+	Latencies []time.Duration // sorted
+}
+
+// Percentile returns the p-th percentile (0-100) latency.
+func (r *Report) Percentile(p float64) time.Duration {
+	if len(r.Latencies) == 0 {
+		return 0
+	}
+	i := int(p / 100 * float64(len(r.Latencies)-1))
+	return r.Latencies[i]
+}
+
+// Print writes the report.
+func (r *Report) Print(w io.Writer) {
+	fmt.Fprintf(w, "jobs        %d (%d completed, %d did not complete)\n", r.Jobs, r.Completed, r.NotDone)
+	fmt.Fprintf(w, "elapsed     %s\n", r.Elapsed.Round(time.Millisecond))
+	fmt.Fprintf(w, "throughput  %.0f jobs/s\n", float64(r.Jobs)/r.Elapsed.Seconds())
+	fmt.Fprintf(w, "latency     p50 %s  p90 %s  p99 %s  max %s  (submit to result)\n",
+		r.Percentile(50).Round(time.Microsecond), r.Percentile(90).Round(time.Microsecond),
+		r.Percentile(99).Round(time.Microsecond), r.Percentile(100).Round(time.Microsecond))
+}
+
+// Run submits n jobs from concurrency clients and follows each to its end.
+func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurrency int, topic, prompt string) (*Report, error) {
+	var next atomic.Int64
+	var mu sync.Mutex
+	var firstErr error
+	r := &Report{Jobs: n, Latencies: make([]time.Duration, 0, n)}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range min(concurrency, n) {
+		wg.Go(func() {
+			var lat []time.Duration
+			completed := 0
+			for next.Add(1) <= int64(n) {
+				t0 := time.Now()
+				res, err := c.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: topic, Prompt: prompt})
+				var st *cortexv1.GetJobStatusResponse
+				if err == nil {
+					st, err = job.PollUntilEnd(ctx, c, res.GetJobId(), 500*time.Microsecond, 5*time.Millisecond)
+				}
+				if err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+					return
+				}
+				lat = append(lat, time.Since(t0))
+				if st.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
+					completed++
+				}
+			}
+			mu.Lock()
+			r.Latencies = append(r.Latencies, lat...)
+			r.Completed += completed
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	r.Elapsed = time.Since(start)
+	if firstErr != nil {
+		return nil, fmt.Errorf("bench stopped: %w", firstErr)
+	}
+	slices.Sort(r.Latencies)
+	r.NotDone = n - r.Completed
+	return r, nil
+}

@@ -1,0 +1,76 @@
+// Package cmdutil holds what every cortexctl command shares: the Factory
+// (streams and the gateway client), the typed errors that the root command
+// maps to exit codes, and the signal-aware daemon runner. It wires nothing
+// itself.
+package cmdutil
+
+import (
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+)
+
+// Exit codes, documented in `cortexctl --help`.
+const (
+	ExitOK          = 0
+	ExitError       = 1
+	ExitUsage       = 2
+	ExitJobNotDone  = 3
+	ExitAuth        = 4
+	ExitInterrupted = 130
+)
+
+// Factory gives commands their streams and, lazily, a gateway client.
+type Factory struct {
+	In     io.Reader
+	Out    io.Writer
+	ErrOut io.Writer
+	// Server and APIKey are the global --server and --api-key flags.
+	Server string
+	APIKey string
+}
+
+// Client resolves the gateway (flag > environment > context > default) and
+// returns a client for it.
+func (f *Factory) Client() (cortexv1connect.GatewayServiceClient, string, error) {
+	t, err := client.Resolve(f.Server, f.APIKey)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := client.New(t.Server, t.APIKey)
+	if err != nil {
+		return nil, "", &UsageError{Err: err}
+	}
+	return c, t.Server, nil
+}
+
+// UsageError is a mistake in the command line (exit 2).
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// JobNotDoneError reports a job that ended without completing (exit 3).
+type JobNotDoneError struct {
+	JobID  string
+	State  string
+	Rule   string
+	Reason string
+}
+
+func (e *JobNotDoneError) Error() string {
+	msg := fmt.Sprintf("job %s ended %s", e.JobID, e.State)
+	if e.Rule != "" {
+		msg += " by rule " + e.Rule
+	}
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
+}
+
+// ErrSilent is an error already reported to the user.
+var ErrSilent = errors.New("silent error")

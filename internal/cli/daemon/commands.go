@@ -1,0 +1,263 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/safety"
+	"github.com/cortex-os/core/internal/scheduler"
+	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/echo"
+)
+
+// Options are the flags every daemon shares.
+type Options struct {
+	NATSURL  string
+	RedisURL string
+	Insecure bool
+	LogLevel string
+}
+
+func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
+	fs := cmd.Flags()
+	fs.StringVar(&o.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL, with credentials (nats://user:pass@host:port)")
+	if redis {
+		fs.StringVar(&o.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL, with its password (redis://:pass@host:port/db)")
+	}
+	fs.BoolVar(&o.Insecure, "insecure", false, "start without authentication (NATS/Redis credentials, API keys); never in production")
+	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	cmdutil.BindEnv(cmd)
+}
+
+// checkAuth refuses URLs without credentials unless --insecure.
+func (o *Options) checkAuth(redis bool) error {
+	if o.Insecure {
+		return nil
+	}
+	if !hasCredentials(o.NATSURL) {
+		return &cmdutil.UsageError{Err: errors.New(
+			"--nats-url has no credentials: give nats://user:pass@host:port (or a token, nats://token@host:port), or pass --insecure to run without authentication")}
+	}
+	if redis && !hasCredentials(o.RedisURL) {
+		return &cmdutil.UsageError{Err: errors.New(
+			"--redis-url has no password: give redis://:pass@host:port/db, or pass --insecure to run without authentication")}
+	}
+	return nil
+}
+
+func hasCredentials(raw string) bool {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return false
+	}
+	p, ok := u.User.Password()
+	return u.User.Username() != "" || ok && p != ""
+}
+
+// serve blocks until the command's context ends, then calls stop.
+func serve(cmd *cobra.Command, what string, stop func()) error {
+	fmt.Fprintf(cmd.ErrOrStderr(), "%s running; Ctrl-C or SIGTERM stops it\n", what)
+	<-cmd.Context().Done()
+	stop()
+	return nil
+}
+
+// NewCmdSafety runs the safety kernel.
+func NewCmdSafety() *cobra.Command {
+	o := &Options{}
+	cmd := &cobra.Command{
+		Use:     "safety",
+		Short:   "Run the safety kernel as a daemon",
+		Long:    "Run the safety kernel: it answers every scheduler's checks on sys.safety.check with the built-in policy.",
+		Example: "  cortexctl safety --nats-url nats://cortex:secret@127.0.0.1:4222",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.checkAuth(false); err != nil {
+				return err
+			}
+			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			conn, err := StartSafety(ctx, o.NATSURL, log)
+			if err != nil {
+				return err
+			}
+			return serve(cmd, "safety kernel", func() { cancel(); conn.Close() })
+		},
+	}
+	o.addFlags(cmd, false)
+	return cmd
+}
+
+// NewCmdScheduler runs a scheduler.
+func NewCmdScheduler() *cobra.Command {
+	o := &Options{}
+	var routes []string
+	var safetyTimeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "scheduler",
+		Short: "Run a scheduler as a daemon",
+		Long: `Run a scheduler: it takes submitted jobs, asks the safety kernel, records
+denials, routes allowed jobs to their pool and records the outcomes workers
+report. Several schedulers share the work (queue group cortex-scheduler).`,
+		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --route job.echo=echo",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.checkAuth(true); err != nil {
+				return err
+			}
+			table := scheduler.DefaultRoutes()
+			if len(routes) > 0 {
+				var err error
+				if table, err = scheduler.ParseRoutes(routes); err != nil {
+					return &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
+				}
+			}
+			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			st, rdb, err := OpenStore(ctx, o.RedisURL, store.Options{})
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			conn, err := StartScheduler(ctx, o.NATSURL, st, SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout}, log)
+			if err != nil {
+				return err
+			}
+			return serve(cmd, "scheduler", func() { cancel(); conn.Close() })
+		},
+	}
+	o.addFlags(cmd, true)
+	cmd.Flags().StringSliceVar(&routes, "route", nil, "topic=pool routes, repeatable (default job.echo=echo)")
+	cmd.Flags().DurationVar(&safetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long to wait for a safety decision before denying the job")
+	return cmd
+}
+
+// NewCmdWorker runs a worker.
+func NewCmdWorker() *cobra.Command {
+	o := &Options{}
+	wo := worker.Options{}
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a worker of one pool as a daemon",
+		Long: `Run a worker: it takes jobs of its pool (queue group workers-<pool>), runs the
+plugin registered for each job's topic and reports the result. Workers of a
+pool share its jobs; start more to add capacity. Built-in plugins: echo (job.echo).`,
+		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.checkAuth(true); err != nil {
+				return err
+			}
+			wo.Handlers = map[string]plugins.Handler{echo.Topic: echo.Handler}
+			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			st, rdb, err := OpenStore(ctx, o.RedisURL, store.Options{})
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			conn, w, err := StartWorker(ctx, o.NATSURL, st, wo, log)
+			if err != nil {
+				return &cmdutil.UsageError{Err: err}
+			}
+			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), func() { cancel(); conn.Close() })
+		},
+	}
+	o.addFlags(cmd, true)
+	cmd.Flags().StringVar(&wo.Pool, "pool", "echo", "the pool this worker serves")
+	cmd.Flags().StringVar(&wo.ID, "id", "", "worker id on the bus (default <pool>-<random>)")
+	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
+	cmd.Flags().DurationVar(&wo.HeartbeatInterval, "heartbeat", worker.DefaultHeartbeatInterval, "time between heartbeats")
+	return cmd
+}
+
+// NewCmdGateway runs the API gateway.
+func NewCmdGateway() *cobra.Command {
+	o := &Options{}
+	var listen string
+	var keys []string
+	var maxPrompt int
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run the API gateway as a daemon",
+		Long: `Run the API gateway: gRPC, gRPC-Web and HTTP/JSON on one port, plus /healthz
+and /readyz. Every call needs an API key ('Authorization: Bearer <key>');
+keys map to tenants and come from --api-key or CORTEX_API_KEYS
+(key:tenant[,key:tenant...]). Without keys the gateway refuses to start
+unless --insecure is given.`,
+		Example: `  CORTEX_API_KEYS=s3cr3t:acme cortexctl gateway --listen 0.0.0.0:7470 \
+    --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.checkAuth(true); err != nil {
+				return err
+			}
+			keyTable, err := parseKeys(keys)
+			if err != nil {
+				return &cmdutil.UsageError{Err: err}
+			}
+			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			st, rdb, err := OpenStore(ctx, o.RedisURL, store.Options{})
+			if err != nil {
+				return err
+			}
+			defer rdb.Close()
+			g, conn, err := NewGateway(o.NATSURL, st, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, log)
+			if err != nil {
+				return &cmdutil.UsageError{Err: err}
+			}
+			defer conn.Close()
+			ln, err := net.Listen("tcp", listen)
+			if err != nil {
+				return fmt.Errorf("gateway listen on %s: %w", listen, err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "gateway listening on http://%s; Ctrl-C or SIGTERM stops it\n", ln.Addr())
+			return g.Serve(ctx, ln)
+		},
+	}
+	o.addFlags(cmd, true)
+	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7470", "address to serve the API on")
+	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant, repeatable (also CORTEX_API_KEYS)")
+	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt accepted")
+	return cmd
+}
+
+func parseKeys(pairs []string) (map[string]string, error) {
+	keys := map[string]string{}
+	for _, p := range pairs {
+		key, tenant, ok := strings.Cut(p, ":")
+		if !ok || key == "" || tenant == "" {
+			return nil, errors.New("--api-keys: want key:tenant pairs, e.g. s3cr3t:acme")
+		}
+		keys[key] = tenant
+	}
+	return keys, nil
+}

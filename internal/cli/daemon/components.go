@@ -1,0 +1,119 @@
+// Package daemon wires each CortexOS component to its NATS and Redis
+// connections and runs it as a daemon (`cortexctl gateway|scheduler|safety|
+// worker`). `cortexctl up` starts the same components through the same
+// functions in one process, so what runs in dev is what runs in production.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/safety"
+	"github.com/cortex-os/core/internal/scheduler"
+	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
+	"github.com/cortex-os/core/internal/worker"
+)
+
+// instanceName names one component instance on the bus: component-<random>.
+func instanceName(component string) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return component + "-" + hex.EncodeToString(b)
+}
+
+// OpenStore connects to Redis at redisURL and checks that it answers.
+func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store.Store, *redis.Client, error) {
+	ro, err := redis.ParseURL(redisURL)
+	if err != nil {
+		return nil, nil, fmt.Errorf("redis url %s: %w (want redis://[:password@]host:port[/db])", telemetry.RedactURL(redisURL), err)
+	}
+	ro.PoolSize = 256
+	rdb := redis.NewClient(ro)
+	st := store.New(rdb, opts)
+	pingCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := st.Ping(pingCtx); err != nil {
+		_ = rdb.Close()
+		return nil, nil, fmt.Errorf("redis at %s: %w", telemetry.RedactURL(redisURL), err)
+	}
+	return st, rdb, nil
+}
+
+// StartSafety runs a safety kernel with the built-in policy until ctx ends.
+// Close the returned connection to wait for in-flight checks.
+func StartSafety(ctx context.Context, natsURL string, log *slog.Logger) (*bus.Conn, error) {
+	conn, err := bus.Connect(natsURL, instanceName("safety"), log)
+	if err != nil {
+		return nil, err
+	}
+	if err := safety.NewKernel(safety.BuiltinPolicy(), log).Start(ctx, conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// SchedulerOptions configures StartScheduler.
+type SchedulerOptions struct {
+	Routes        map[string]string
+	SafetyTimeout time.Duration
+}
+
+// StartScheduler runs a scheduler until ctx ends.
+func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*bus.Conn, error) {
+	router, err := scheduler.NewRouter(opts.Routes)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := bus.Connect(natsURL, instanceName("scheduler"), log)
+	if err != nil {
+		return nil, err
+	}
+	s := scheduler.New(conn, st, safety.NewClient(conn, opts.SafetyTimeout), router, log)
+	if err := s.Start(ctx); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
+// StartWorker runs a worker until ctx ends; closing the connection waits
+// for the jobs in flight.
+func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts worker.Options, log *slog.Logger) (*bus.Conn, *worker.Worker, error) {
+	conn, err := bus.Connect(natsURL, instanceName("worker-"+opts.Pool), log)
+	if err != nil {
+		return nil, nil, err
+	}
+	w, err := worker.New(conn, st, opts, log)
+	if err == nil {
+		err = w.Start(ctx)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, w, nil
+}
+
+// NewGateway returns a gateway publishing on its own connection.
+func NewGateway(natsURL string, st *store.Store, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
+	conn, err := bus.Connect(natsURL, instanceName("gateway"), log)
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := gateway.New(st, conn, opts, log)
+	if err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return g, conn, nil
+}

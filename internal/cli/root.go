@@ -1,0 +1,150 @@
+// Package cli is cortexctl: the root command, the wiring of every command
+// group (up/, daemon/, job/, bench/) and the one place where errors become
+// exit codes. It is the only package that puts concrete parts together.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/signal"
+	"runtime"
+	"runtime/debug"
+	"syscall"
+
+	"connectrpc.com/connect/v2"
+	"github.com/spf13/cobra"
+
+	"github.com/cortex-os/core/internal/cli/bench"
+	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/cli/daemon"
+	"github.com/cortex-os/core/internal/cli/job"
+	"github.com/cortex-os/core/internal/cli/up"
+)
+
+// Version and Commit are set at build time with -ldflags "-X ...".
+var (
+	Version = ""
+	Commit  = ""
+)
+
+func version() (string, string) {
+	v, c := Version, Commit
+	if info, ok := debug.ReadBuildInfo(); ok {
+		if v == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
+			v = info.Main.Version
+		}
+		for _, s := range info.Settings {
+			if s.Key == "vcs.revision" && c == "" {
+				c = s.Value
+			}
+		}
+	}
+	if v == "" {
+		v = "dev"
+	}
+	if c == "" {
+		c = "unknown"
+	}
+	return v, c
+}
+
+const exitCodesHelp = `
+Exit status:
+  0    success
+  1    error
+  2    usage error (bad flag, argument or configuration)
+  3    the job ended without completing (DENIED or FAILED)
+  4    authentication failed (missing or unknown API key)
+  130  interrupted (Ctrl-C)
+`
+
+// NewRootCmd builds the command tree on f's streams.
+func NewRootCmd(f *cmdutil.Factory) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "cortexctl",
+		Short: "CortexOS: the AI control plane",
+		Long: `cortexctl is the whole of CortexOS: it runs the stack (up, or one daemon per
+component) and submits and follows jobs. Every job is checked against the
+safety policy before it runs, and fails closed.
+
+Clients find the gateway from --server, then CORTEX_SERVER, then the context
+file that 'cortexctl up' writes, then ` + "http://127.0.0.1:7470." + `
+` + exitCodesHelp,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(f.In)
+	root.SetOut(f.Out)
+	root.SetErr(f.ErrOut)
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &cmdutil.UsageError{Err: err} })
+	pf := root.PersistentFlags()
+	pf.StringVar(&f.Server, "server", "", "gateway URL (default: $CORTEX_SERVER, the context, or http://127.0.0.1:7470)")
+	pf.StringVar(&f.APIKey, "api-key", "", "API key (default: $CORTEX_API_KEY or the context's)")
+
+	root.AddGroup(&cobra.Group{ID: "run", Title: "Run CortexOS:"}, &cobra.Group{ID: "jobs", Title: "Jobs:"})
+	for _, c := range []*cobra.Command{up.NewCmdUp(), daemon.NewCmdGateway(), daemon.NewCmdScheduler(), daemon.NewCmdSafety(), daemon.NewCmdWorker()} {
+		c.GroupID = "run"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdStatus(f), bench.NewCmdBench(f)} {
+		c.GroupID = "jobs"
+		root.AddCommand(c)
+	}
+	root.AddCommand(newCmdVersion(f))
+	return root
+}
+
+func newCmdVersion(f *cmdutil.Factory) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(*cobra.Command, []string) {
+			v, c := version()
+			fmt.Fprintf(f.Out, "cortexctl %s (commit %s, %s, %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		},
+	}
+}
+
+// Main runs cortexctl with args and returns the exit status. SIGINT and
+// SIGTERM cancel the command's context once; daemons drain and return.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	f := &cmdutil.Factory{In: stdin, Out: stdout, ErrOut: stderr}
+	root := NewRootCmd(f)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	code := ExitCode(err)
+	if err != nil && code != cmdutil.ExitInterrupted {
+		fmt.Fprintln(stderr, "Error:", err)
+		switch {
+		case code == cmdutil.ExitUsage:
+			fmt.Fprintln(stderr, "Run 'cortexctl --help' (or COMMAND --help) for usage.")
+		case errors.Is(err, syscall.ECONNREFUSED):
+			fmt.Fprintln(stderr, "Is the gateway running? Start one with 'cortexctl up', or point --server at one.")
+		}
+	}
+	return code
+}
+
+// ExitCode maps an error to the documented exit status.
+func ExitCode(err error) int {
+	var usage *cmdutil.UsageError
+	var notDone *cmdutil.JobNotDoneError
+	switch {
+	case err == nil:
+		return cmdutil.ExitOK
+	case errors.As(err, &notDone):
+		return cmdutil.ExitJobNotDone
+	case errors.As(err, &usage), isCobraUsage(err):
+		return cmdutil.ExitUsage
+	case connect.CodeOf(err) == connect.CodeUnauthenticated:
+		return cmdutil.ExitAuth
+	case errors.Is(err, context.Canceled):
+		return cmdutil.ExitInterrupted
+	}
+	return cmdutil.ExitError
+}

@@ -1,0 +1,188 @@
+package up
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/daemon"
+	"github.com/cortex-os/core/internal/devstack"
+	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/scheduler"
+	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/echo"
+)
+
+// ClusterOptions configures a whole stack in one process.
+type ClusterOptions struct {
+	// Listen is the gateway's address (127.0.0.1:0 picks a free port).
+	Listen string
+	// NATSURL and RedisURL point at remote servers; empty starts the
+	// embedded ones.
+	NATSURL  string
+	RedisURL string
+	// DataDir holds the embedded JetStream's storage (temporary if empty).
+	DataDir string
+	// Routes maps topics to pools (scheduler.DefaultRoutes when nil).
+	Routes map[string]string
+	// SafetyTimeout bounds each safety decision.
+	SafetyTimeout time.Duration
+	// WorkerParallel bounds the in-process echo worker's jobs at once.
+	WorkerParallel int
+	// NoSafety leaves the safety kernel out, for tests of failing closed.
+	NoSafety bool
+}
+
+// Cluster is a running stack: gateway, scheduler, safety kernel and an echo
+// worker, on embedded or remote NATS and Redis.
+type Cluster struct {
+	Stack       *devstack.Stack // nil when both URLs were given
+	GatewayAddr string
+	APIKey      string
+	NATSURL     string
+	RedisURL    string
+	Store       *store.Store
+	WorkerID    string
+
+	cancel    context.CancelFunc
+	serveDone chan error
+	conns     []*bus.Conn
+	rdb       *redis.Client
+	closeOnce sync.Once
+}
+
+// StartCluster boots every component and returns once the gateway accepts
+// submits that will be carried through.
+func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c *Cluster, err error) {
+	if opts.Routes == nil {
+		opts.Routes = scheduler.DefaultRoutes()
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if opts.NATSURL == "" || opts.RedisURL == "" {
+		c.Stack, err = devstack.Start(ctx, devstack.Options{DataDir: opts.DataDir})
+		if err != nil {
+			return c, err
+		}
+		if c.NATSURL == "" {
+			c.NATSURL = c.Stack.NATSURL
+		}
+		if c.RedisURL == "" {
+			c.RedisURL = c.Stack.RedisURL
+		}
+	}
+	c.Store, c.rdb, err = daemon.OpenStore(ctx, c.RedisURL, store.Options{})
+	if err != nil {
+		return c, err
+	}
+	if !opts.NoSafety {
+		conn, err := daemon.StartSafety(runCtx, c.NATSURL, log.With("component", "safety"))
+		if err != nil {
+			return c, err
+		}
+		c.conns = append(c.conns, conn)
+	}
+	conn, err := daemon.StartScheduler(runCtx, c.NATSURL, c.Store, daemon.SchedulerOptions{
+		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout,
+	}, log.With("component", "scheduler"))
+	if err != nil {
+		return c, err
+	}
+	c.conns = append(c.conns, conn)
+	conn, w, err := daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
+		Pool:        "echo",
+		MaxParallel: opts.WorkerParallel,
+		Handlers:    map[string]plugins.Handler{echo.Topic: echo.Handler},
+	}, log.With("component", "worker"))
+	if err != nil {
+		return c, err
+	}
+	c.conns = append(c.conns, conn)
+	c.WorkerID = w.ID()
+
+	c.APIKey = newDevKey()
+	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, gateway.Options{
+		Keys: map[string]string{c.APIKey: gateway.InsecureTenant},
+	}, log.With("component", "gateway"))
+	if err != nil {
+		return c, err
+	}
+	c.conns = append(c.conns, conn)
+	ln, err := listen(opts.Listen)
+	if err != nil {
+		return c, err
+	}
+	c.GatewayAddr = ln.Addr().String()
+	c.serveDone = make(chan error, 1)
+	go func() { c.serveDone <- g.Serve(runCtx, ln) }()
+	return c, nil
+}
+
+func listen(addr string) (net.Listener, error) {
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("gateway listen on %s: %w (pick another address with --listen, e.g. --listen 127.0.0.1:0)", addr, err)
+	}
+	return ln, nil
+}
+
+// newDevKey makes the API key `up` hands to its dev tenant.
+func newDevKey() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return "cx_dev_" + hex.EncodeToString(b)
+}
+
+// Wait blocks until ctx ends (nil) or the gateway stops serving (its
+// error). Call Close after it.
+func (c *Cluster) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-c.serveDone:
+		c.serveDone = nil
+		return err
+	}
+}
+
+// Close stops the stack in order: the gateway stops taking requests, then
+// each component stops consuming and finishes what it holds, then the
+// connections and the embedded servers close. It returns the gateway's
+// serving error, if it failed.
+func (c *Cluster) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.cancel()
+		if c.serveDone != nil {
+			err = <-c.serveDone
+		}
+		for _, conn := range c.conns {
+			conn.Close()
+		}
+		if c.rdb != nil {
+			_ = c.rdb.Close()
+		}
+		if c.Stack != nil {
+			c.Stack.Close()
+		}
+	})
+	return err
+}

@@ -1,0 +1,120 @@
+// Package up is `cortexctl up`: the whole stack in one process, on
+// embedded NATS and Redis or on remote ones. It maps flags to
+// ClusterOptions, starts the cluster, prints the endpoints, writes the
+// context file, and blocks until interrupted.
+package up
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/internal/scheduler"
+	"github.com/cortex-os/core/internal/worker"
+)
+
+// Options are up's flags.
+type Options struct {
+	Cluster  ClusterOptions
+	Routes   []string
+	LogLevel string
+	// NoContext skips writing the context file.
+	NoContext bool
+}
+
+// NewCmdUp returns the up command.
+func NewCmdUp() *cobra.Command {
+	o := &Options{}
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Run the whole stack in one process (dev mode)",
+		Long: `Run the gateway, scheduler, safety kernel and an echo worker in one process.
+
+With no --nats-url / --redis-url it starts an embedded NATS server (JetStream
+on) and an embedded Redis (miniredis): state is in memory and is gone when up
+stops. Both listen on 127.0.0.1 with random passwords, shown in their URLs.
+up writes the gateway address and a dev API key to the context file, so
+'cortexctl submit' in another terminal needs no flags.`,
+		Example: `  cortexctl up
+  cortexctl up --listen 127.0.0.1:8080
+  cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return upRun(cmd, o)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&o.Cluster.Listen, "listen", "127.0.0.1:7470", "gateway address (gRPC, gRPC-Web and HTTP/JSON)")
+	fs.StringVar(&o.Cluster.NATSURL, "nats-url", "", "use this NATS server instead of the embedded one")
+	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
+	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory for the embedded JetStream's storage (default: a temporary directory)")
+	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
+	fs.StringSliceVar(&o.Routes, "route", nil, "topic=pool routes, repeatable (default job.echo=echo)")
+	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
+	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
+	cmdutil.BindEnv(cmd)
+	return cmd
+}
+
+func upRun(cmd *cobra.Command, o *Options) error {
+	start := time.Now()
+	if len(o.Routes) > 0 {
+		routes, err := scheduler.ParseRoutes(o.Routes)
+		if err != nil {
+			return &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
+		}
+		o.Cluster.Routes = routes
+	}
+	log, err := cmdutil.Logger(cmd, o.LogLevel)
+	if err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	c, err := StartCluster(ctx, o.Cluster, log)
+	if err != nil {
+		return err
+	}
+	server := "http://" + c.GatewayAddr
+	contextPath := "(not written: --no-context)"
+	if !o.NoContext {
+		contextPath, err = client.SaveContext(client.Context{
+			Server: server, APIKey: c.APIKey, NATSURL: c.NATSURL, RedisURL: c.RedisURL,
+		})
+		if err != nil {
+			_ = c.Close()
+			return err
+		}
+	}
+	printBanner(cmd.OutOrStdout(), c, server, contextPath, time.Since(start))
+	serveErr := c.Wait(ctx)
+	fmt.Fprintln(cmd.ErrOrStderr(), "stopping...")
+	if err := c.Close(); err != nil && serveErr == nil {
+		serveErr = err
+	}
+	return serveErr
+}
+
+func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.Duration) {
+	natsNote, redisNote := "remote", "remote: state is kept there"
+	if c.Stack != nil {
+		if c.Stack.NATS != nil && c.NATSURL == c.Stack.NATSURL {
+			natsNote = "embedded, JetStream on"
+		}
+		if c.RedisURL == c.Stack.RedisURL {
+			redisNote = "embedded miniredis: dev state is in memory and is lost when up stops"
+		}
+	}
+	fmt.Fprintf(w, "CortexOS dev stack\n")
+	fmt.Fprintf(w, "  gateway  %s  (gRPC, gRPC-Web and HTTP/JSON)\n", server)
+	fmt.Fprintf(w, "  nats     %s  (%s)\n", c.NATSURL, natsNote)
+	fmt.Fprintf(w, "  redis    %s  (%s)\n", c.RedisURL, redisNote)
+	fmt.Fprintf(w, "  api key  %s  (tenant default)\n", c.APIKey)
+	fmt.Fprintf(w, "  worker   %s  (pool echo: job.echo)\n", c.WorkerID)
+	fmt.Fprintf(w, "  context  %s\n", contextPath)
+	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
+		took.Round(time.Millisecond))
+}

@@ -1,0 +1,61 @@
+// Package client is the typed gateway client the CLI (and later the TUI)
+// uses, and the context file that tells it where the gateway is and which
+// key to present. It talks to the gateway only, never to NATS or Redis.
+package client
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+)
+
+// DefaultServer is the gateway address `cortexctl up` listens on by default.
+const DefaultServer = "http://127.0.0.1:7470"
+
+// New returns a client of the gateway at server that presents apiKey (if
+// any) on every call.
+func New(server, apiKey string) (cortexv1connect.GatewayServiceClient, error) {
+	base, err := NormalizeServer(server)
+	if err != nil {
+		return nil, err
+	}
+	hc := &http.Client{
+		Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second},
+	}
+	var interceptors []connect.ClientInterceptor
+	if apiKey != "" {
+		interceptors = append(interceptors, bearer(apiKey))
+	}
+	c := connect.NewClient(connecthttp.NewTransport(hc, base), interceptors...)
+	return cortexv1connect.NewGatewayServiceClient(c), nil
+}
+
+func bearer(key string) connect.ClientInterceptor {
+	return func(next connect.ClientFunc) connect.ClientFunc {
+		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
+			ctx, info := connect.NewClientContext(ctx)
+			info.RequestHeader().Set("Authorization", "Bearer "+key)
+			return next(ctx, spec)
+		}
+	}
+}
+
+// NormalizeServer accepts "host:port" or an http(s) URL and returns a URL.
+func NormalizeServer(server string) (string, error) {
+	if !strings.Contains(server, "://") {
+		server = "http://" + server
+	}
+	u, err := url.Parse(server)
+	if err != nil || u.Host == "" || (u.Scheme != "http" && u.Scheme != "https") {
+		return "", fmt.Errorf("server %q: want host:port or an http(s):// URL, e.g. %s", server, DefaultServer)
+	}
+	return strings.TrimSuffix(u.String(), "/"), nil
+}

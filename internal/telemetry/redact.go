@@ -1,0 +1,20 @@
+package telemetry
+
+import "net/url"
+
+// RedactURL hides the password or token in a NATS or Redis URL so it can be
+// logged or shown in an error.
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	if u.User == nil {
+		return raw
+	}
+	if _, hasPassword := u.User.Password(); !hasPassword {
+		u.User = url.User("xxxxx")
+		return u.String()
+	}
+	return u.Redacted()
+}
