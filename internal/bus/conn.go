@@ -97,8 +97,10 @@ func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacke
 }
 
 // Handler processes one decoded packet. reply is the subject to answer on,
-// empty when the sender expects no answer.
-type Handler func(ctx context.Context, p *cortexv1.BusPacket, reply string)
+// empty when the sender expects no answer. A handler returns an error only
+// for a packet it cannot use (a payload that does not belong on the
+// subject); such packets are dropped and counted like undecodable ones.
+type Handler func(ctx context.Context, p *cortexv1.BusPacket, reply string) error
 
 // Subscribe delivers every packet on subject (within queue group queue, if
 // not empty) to h, running up to concurrency handlers at once. Packets that
@@ -112,15 +114,16 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 	cb := func(m *nats.Msg) {
 		p, err := Decode(m.Data)
 		if err != nil {
-			c.dropped.Add(1)
-			c.log.Warn("dropped malformed packet", "subject", m.Subject, "bytes", len(m.Data), "err", err)
+			c.drop(m.Subject, len(m.Data), err)
 			return
 		}
 		sem <- struct{}{}
 		c.wg.Add(1)
 		go func() {
 			defer func() { <-sem; c.wg.Done() }()
-			h(ctx, p, m.Reply)
+			if err := h(ctx, p, m.Reply); err != nil {
+				c.drop(m.Subject, len(m.Data), err)
+			}
 		}()
 	}
 	var sub *nats.Subscription
@@ -138,6 +141,17 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 		return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
 	}
 	return sub, nil
+}
+
+func (c *Conn) drop(subject string, size int, err error) {
+	c.dropped.Add(1)
+	c.log.Warn("dropped malformed packet", "subject", subject, "bytes", size, "err", err)
+}
+
+// WrongPayload is the error a Handler returns for a packet whose payload
+// does not belong on its subject.
+func WrongPayload(p *cortexv1.BusPacket, want string) error {
+	return fmt.Errorf("%w: want %s, got %T from %q", ErrMalformed, want, p.GetPayload(), p.GetSenderId())
 }
 
 // Flush waits until the server has processed everything sent so far, so a

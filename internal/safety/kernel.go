@@ -32,11 +32,10 @@ func (k *Kernel) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.C
 // subscription is in place.
 func (k *Kernel) Start(ctx context.Context, conn *bus.Conn) error {
 	sub, err := conn.Subscribe(ctx, bus.SubjectSafetyCheck, bus.QueueSafety, 64,
-		func(ctx context.Context, p *cortexv1.BusPacket, reply string) {
+		func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
 			req := p.GetCheckRequest()
 			if req == nil || reply == "" {
-				k.log.Warn("ignored packet on safety subject", "sender", p.GetSenderId())
-				return
+				return bus.WrongPayload(p, "a check request with a reply subject")
 			}
 			resp, _ := k.Check(ctx, req)
 			k.log.Debug("safety decision", "job_id", req.GetJobId(), "topic", req.GetTopic(),
@@ -48,6 +47,7 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn) error {
 			if err := conn.Publish(reply, out); err != nil {
 				k.log.Error("answer safety check", "job_id", req.GetJobId(), "err", err)
 			}
+			return nil
 		})
 	if err != nil {
 		return fmt.Errorf("safety kernel: %w", err)

@@ -78,11 +78,10 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	return nil
 }
 
-func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ string) {
+func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
 	req := p.GetJobRequest()
 	if req == nil {
-		s.log.Warn("ignored packet on submit subject", "sender", p.GetSenderId())
-		return
+		return bus.WrongPayload(p, "a job request")
 	}
 	id := req.GetJobId()
 	decision, err := s.checker.Check(ctx, &cortexv1.CheckRequest{
@@ -99,16 +98,16 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ strin
 			c = store.Change{To: store.Denied, Rule: safety.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
 		}
 		s.record(ctx, id, c)
-		return
+		return nil
 	}
 	pool, ok := s.router.Pool(req.GetTopic())
 	if !ok {
 		s.record(ctx, id, store.Change{To: store.Failed, Reason: fmt.Sprintf(
 			"no pool serves topic %s; routable topics: %s", req.GetTopic(), strings.Join(s.router.Topics(), ", "))})
-		return
+		return nil
 	}
 	if !s.record(ctx, id, store.Change{To: store.Dispatched, Pool: pool}) {
-		return
+		return nil
 	}
 	req.Pool = pool
 	err = s.conn.Publish(bus.JobSubject(pool, req.GetTopic()), &cortexv1.BusPacket{
@@ -118,19 +117,20 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ strin
 	if err != nil {
 		s.record(ctx, id, store.Change{To: store.Failed, Reason: "dispatch failed: " + err.Error()})
 	}
+	return nil
 }
 
-func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ string) {
+func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
 	res := p.GetJobResult()
 	if res == nil {
-		s.log.Warn("ignored packet on result subject", "sender", p.GetSenderId())
-		return
+		return bus.WrongPayload(p, "a job result")
 	}
 	c := store.Change{To: store.Completed, WorkerID: res.GetWorkerId()}
 	if res.GetState() == cortexv1.JobState_JOB_STATE_FAILED {
 		c = store.Change{To: store.Failed, WorkerID: res.GetWorkerId(), Reason: res.GetError()}
 	}
 	s.record(ctx, res.GetJobId(), c)
+	return nil
 }
 
 // record applies a transition and reports whether it took effect. A refused

@@ -110,13 +110,13 @@ func (w *Worker) Start(ctx context.Context) error {
 	// Jobs run on a context that outlives ctx so a shutdown lets them finish.
 	jobCtx := context.WithoutCancel(ctx)
 	sub, err := w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel,
-		func(ctx context.Context, p *cortexv1.BusPacket, _ string) {
+		func(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
 			req := p.GetJobRequest()
 			if req == nil {
-				w.log.Warn("ignored packet on job subject", "sender", p.GetSenderId())
-				return
+				return bus.WrongPayload(p, "a job request")
 			}
 			w.handle(ctx, p.GetTraceId(), req)
+			return nil
 		})
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.opts.ID, err)

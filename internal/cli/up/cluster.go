@@ -151,6 +151,15 @@ func newDevKey() string {
 	return "cx_dev_" + hex.EncodeToString(b)
 }
 
+// Dropped counts the malformed packets the components have dropped.
+func (c *Cluster) Dropped() uint64 {
+	var n uint64
+	for _, conn := range c.conns {
+		n += conn.Dropped()
+	}
+	return n
+}
+
 // Wait blocks until ctx ends (nil) or the gateway stops serving (its
 // error). Call Close after it.
 func (c *Cluster) Wait(ctx context.Context) error {

@@ -1,0 +1,215 @@
+package up_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/job"
+	"github.com/cortex-os/core/internal/cli/up"
+	"github.com/cortex-os/core/internal/client"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+)
+
+// backends runs a test on an in-process stack over embedded NATS with
+// miniredis and, when CORTEX_TEST_REDIS_URL is set, with that real Redis.
+func backends(t *testing.T, opts up.ClusterOptions, run func(t *testing.T, h *harness)) {
+	t.Run("miniredis", func(t *testing.T) { run(t, startHarness(t, opts)) })
+	if url := os.Getenv("CORTEX_TEST_REDIS_URL"); url != "" {
+		t.Run("redis", func(t *testing.T) {
+			opts.RedisURL = url
+			run(t, startHarness(t, opts))
+		})
+	}
+}
+
+type harness struct {
+	cluster *up.Cluster
+	client  cortexv1connect.GatewayServiceClient
+	spy     *dispatchSpy
+}
+
+func startHarness(t *testing.T, opts up.ClusterOptions) *harness {
+	t.Helper()
+	opts.Listen = "127.0.0.1:0"
+	c, err := up.StartCluster(context.Background(), opts, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("close cluster: %v", err)
+		}
+	})
+	gc, err := client.New("http://"+c.GatewayAddr, c.APIKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{cluster: c, client: gc, spy: newDispatchSpy(t, c.NATSURL)}
+}
+
+// dispatchSpy records the job id of every packet dispatched to any pool.
+type dispatchSpy struct {
+	mu   sync.Mutex
+	seen map[string]bool
+	nc   *nats.Conn
+}
+
+func newDispatchSpy(t *testing.T, url string) *dispatchSpy {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	s := &dispatchSpy{seen: map[string]bool{}, nc: nc}
+	_, err = nc.Subscribe("job.>", func(m *nats.Msg) {
+		if p, err := bus.Decode(m.Data); err == nil {
+			s.mu.Lock()
+			s.seen[p.GetJobRequest().GetJobId()] = true
+			s.mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func (s *dispatchSpy) dispatched(id string) bool {
+	if err := s.nc.Flush(); err != nil { // deliver anything in flight first
+		return true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.seen[id]
+}
+
+func (h *harness) run(t *testing.T, topic, prompt string) *cortexv1.GetJobStatusResponse {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	res, err := h.client.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: topic, Prompt: prompt})
+	if err != nil {
+		t.Fatalf("submit %s: %v", topic, err)
+	}
+	st, err := job.WaitForEnd(ctx, h.client, res.GetJobId())
+	if err != nil {
+		t.Fatalf("wait for %s job %s: %v", topic, res.GetJobId(), err)
+	}
+	return st
+}
+
+const (
+	completed = cortexv1.JobState_JOB_STATE_COMPLETED
+	denied    = cortexv1.JobState_JOB_STATE_DENIED
+)
+
+func TestEchoJobCompletes(t *testing.T) {
+	backends(t, up.ClusterOptions{}, func(t *testing.T, h *harness) {
+		st := h.run(t, "job.echo", "hello, cortex")
+		if st.GetState() != completed || st.GetResult() != "hello, cortex" {
+			t.Fatalf("echo job: state %v result %q, want COMPLETED with the prompt echoed", st.GetState(), st.GetResult())
+		}
+		if st.GetWorkerId() != h.cluster.WorkerID || !h.spy.dispatched(st.GetJobId()) {
+			t.Errorf("echo job: worker %q (want %q), dispatched=%v", st.GetWorkerId(), h.cluster.WorkerID, h.spy.dispatched(st.GetJobId()))
+		}
+	})
+}
+
+func TestSysDestroyIsDeniedAndNeverDispatched(t *testing.T) {
+	backends(t, up.ClusterOptions{}, func(t *testing.T, h *harness) {
+		st := h.run(t, "sys.destroy", "rm -rf /")
+		if st.GetState() != denied || st.GetRule() != "deny-sys-destroy" || st.GetReason() == "" {
+			t.Fatalf("sys.destroy: %v rule %q reason %q, want DENIED by deny-sys-destroy with a reason", st.GetState(), st.GetRule(), st.GetReason())
+		}
+		// An echo job afterwards proves the spy sees dispatches.
+		ok := h.run(t, "job.echo", "after")
+		if !h.spy.dispatched(ok.GetJobId()) {
+			t.Fatal("the spy saw no dispatch of a completed job; it cannot vouch for anything")
+		}
+		if h.spy.dispatched(st.GetJobId()) {
+			t.Fatal("sys.destroy was dispatched to a worker")
+		}
+	})
+}
+
+func TestFailsClosedWithoutKernel(t *testing.T) {
+	backends(t, up.ClusterOptions{NoSafety: true, SafetyTimeout: 50 * time.Millisecond}, func(t *testing.T, h *harness) {
+		st := h.run(t, "job.echo", "hi")
+		if st.GetState() != denied || st.GetRule() != "fail-closed" || !strings.Contains(st.GetReason(), "no decision") {
+			t.Fatalf("with no kernel: %v rule %q reason %q, want DENIED by fail-closed", st.GetState(), st.GetRule(), st.GetReason())
+		}
+		if h.spy.dispatched(st.GetJobId()) {
+			t.Fatal("a job was dispatched without a safety decision")
+		}
+	})
+}
+
+func TestFailsClosedWithSlowKernel(t *testing.T) {
+	backends(t, up.ClusterOptions{NoSafety: true, SafetyTimeout: 50 * time.Millisecond}, func(t *testing.T, h *harness) {
+		// A kernel that allows everything, but too late.
+		allow, err := proto.Marshal(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion, Payload: &cortexv1.BusPacket_CheckResponse{
+			CheckResponse: &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_ALLOW, Rule: "slow"},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := h.spy.nc.Subscribe(bus.SubjectSafetyCheck, func(m *nats.Msg) {
+			time.Sleep(200 * time.Millisecond)
+			_ = m.Respond(allow)
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+		st := h.run(t, "job.echo", "hi")
+		if st.GetState() != denied || st.GetRule() != "fail-closed" || !strings.Contains(st.GetReason(), "within 50ms") {
+			t.Fatalf("with a slow kernel: %v rule %q reason %q, want DENIED by fail-closed", st.GetState(), st.GetRule(), st.GetReason())
+		}
+		if h.spy.dispatched(st.GetJobId()) {
+			t.Fatal("a job was dispatched after the safety deadline")
+		}
+	})
+}
+
+func TestMalformedPacketsAreDroppedAndCounted(t *testing.T) {
+	h := startHarness(t, up.ClusterOptions{})
+	wrongPayload, err := proto.Marshal(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion, Payload: &cortexv1.BusPacket_Heartbeat{
+		Heartbeat: &cortexv1.Heartbeat{WorkerId: "w"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subjects := []string{bus.SubjectJobSubmit, bus.SubjectJobResult, bus.SubjectSafetyCheck, bus.JobSubject("echo", "job.echo")}
+	for _, subject := range subjects {
+		for _, data := range [][]byte{[]byte("\x00garbage\xff"), nil, wrongPayload} {
+			if err := h.spy.nc.PublishMsg(&nats.Msg{Subject: subject, Data: data, Reply: "_INBOX.nobody"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := uint64(3 * len(subjects))
+	deadline := time.Now().Add(5 * time.Second)
+	for h.cluster.Dropped() < want && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if got := h.cluster.Dropped(); got != want {
+		t.Fatalf("dropped %d packets, want %d", got, want)
+	}
+	if st := h.run(t, "job.echo", "still alive"); st.GetState() != completed || st.GetResult() != "still alive" {
+		t.Fatalf("after malformed packets: %v %q, want the stack still completing jobs", st.GetState(), st.GetResult())
+	}
+}
