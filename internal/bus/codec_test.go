@@ -45,15 +45,19 @@ func TestDecodeRejects(t *testing.T) {
 		return b
 	}
 	for name, data := range map[string][]byte{
-		"garbage":          []byte("\xff\xff\xff not protobuf"),
-		"empty":            nil,
-		"oversized":        make([]byte, MaxPacketSize+1),
-		"future version":   mutate(func(p *cortexv1.BusPacket) { p.ProtocolVersion = 2 }),
-		"no payload":       mutate(func(p *cortexv1.BusPacket) { p.Payload = nil }),
-		"no job id":        mutate(func(p *cortexv1.BusPacket) { p.GetJobRequest().JobId = "" }),
-		"bad topic":        mutate(func(p *cortexv1.BusPacket) { p.GetJobRequest().Topic = "Job Echo" }),
-		"result no state":  mutate(func(p *cortexv1.BusPacket) { p.Payload = &cortexv1.BusPacket_JobResult{JobResult: &cortexv1.JobResult{JobId: "j"}} }),
-		"heartbeat bad id": mutate(func(p *cortexv1.BusPacket) { p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "a.b"}} }),
+		"garbage":        []byte("\xff\xff\xff not protobuf"),
+		"empty":          nil,
+		"oversized":      make([]byte, MaxPacketSize+1),
+		"future version": mutate(func(p *cortexv1.BusPacket) { p.ProtocolVersion = 2 }),
+		"no payload":     mutate(func(p *cortexv1.BusPacket) { p.Payload = nil }),
+		"no job id":      mutate(func(p *cortexv1.BusPacket) { p.GetJobRequest().JobId = "" }),
+		"bad topic":      mutate(func(p *cortexv1.BusPacket) { p.GetJobRequest().Topic = "Job Echo" }),
+		"result no state": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_JobResult{JobResult: &cortexv1.JobResult{JobId: "j"}}
+		}),
+		"heartbeat bad id": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "a.b"}}
+		}),
 	} {
 		if _, err := Decode(data); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: Decode err = %v, want ErrMalformed", name, err)
