@@ -1,0 +1,167 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/worker"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/plugins"
+)
+
+type rig struct {
+	st      *store.Store
+	conn    *bus.Conn
+	results chan *cortexv1.JobResult
+	beats   chan *cortexv1.Heartbeat
+}
+
+func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(5 * time.Second) {
+		t.Fatal("NATS not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	r := &rig{st: store.New(rdb, store.Options{}), results: make(chan *cortexv1.JobResult, 10), beats: make(chan *cortexv1.Heartbeat, 10)}
+
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	for subject, f := range map[string]func(*cortexv1.BusPacket){
+		bus.SubjectJobResult:    func(p *cortexv1.BusPacket) { r.results <- p.GetJobResult() },
+		bus.SubjectHeartbeatAll: func(p *cortexv1.BusPacket) { r.beats <- p.GetHeartbeat() },
+	} {
+		if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
+			if p, err := bus.Decode(m.Data); err == nil {
+				f(p)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	log := slog.New(slog.DiscardHandler)
+	r.conn, err = bus.Connect(ns.ClientURL(), "test", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); r.conn.Close() })
+	w, err := worker.New(r.conn, r.st, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: handlers}, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// dispatch records a job as the scheduler would and sends it to the pool.
+func (r *rig) dispatch(t *testing.T, id, topic, prompt string) *cortexv1.JobResult {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Now()
+	if err := r.st.CreateJob(ctx, store.NewJob{ID: id, Topic: topic, Tenant: "t", Prompt: prompt}, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.st.Transition(ctx, id, store.Change{To: store.Dispatched, Pool: "p"}, now); err != nil {
+		t.Fatal(err)
+	}
+	err := r.conn.Publish(bus.JobSubject("p", topic), &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{
+		JobRequest: &cortexv1.JobRequest{JobId: id, Topic: topic, Attempt: 1, Pool: "p"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case res := <-r.results:
+		return res
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no result for job %s", id)
+		return nil
+	}
+}
+
+func TestWorkerRunsHandlersAndReports(t *testing.T) {
+	r := newRig(t, map[string]plugins.Handler{
+		"job.upper": plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+			return &plugins.Result{Output: j.Prompt + "!"}, nil
+		}),
+		"job.fail": plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) {
+			return nil, errors.New("model refused")
+		}),
+		"job.panic": plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) {
+			panic("plugin bug")
+		}),
+	})
+	hb := <-r.beats
+	if hb.GetWorkerId() != "w-1" || hb.GetPool() != "p" || hb.GetMaxParallelJobs() != 3 || len(hb.GetTopics()) != 3 {
+		t.Errorf("first heartbeat: %v", hb)
+	}
+
+	res := r.dispatch(t, "j-ok", "job.upper", "hi")
+	if res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetResultPtr() != "redis://res:j-ok" || res.GetWorkerId() != "w-1" {
+		t.Fatalf("ok job: %v", res)
+	}
+	j, _, err := r.st.Get(context.Background(), "j-ok")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.State != store.Running || j.WorkerID != "w-1" {
+		t.Errorf("store after the worker ran it: %+v (the scheduler records the end)", j)
+	}
+	if err := r.st.Transition(context.Background(), "j-ok", store.Change{To: store.Completed}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, out, _ := r.st.Get(context.Background(), "j-ok"); out != "hi!" {
+		t.Errorf("stored result %q, want the handler's output", out)
+	}
+
+	for topic, want := range map[string]string{
+		"job.fail":  "handler for job.fail: model refused",
+		"job.panic": "handler for job.panic: panic: plugin bug",
+		"job.none":  "no handler for topic job.none",
+	} {
+		res := r.dispatch(t, "j-"+topic, topic, "x")
+		if res.GetState() != cortexv1.JobState_JOB_STATE_FAILED || len(res.GetError()) < len(want) || res.GetError()[:len(want)] != want {
+			t.Errorf("%s: %v, want FAILED with %q", topic, res, want)
+		}
+	}
+}
+
+func TestWorkerRefusesBadOptions(t *testing.T) {
+	h := map[string]plugins.Handler{"job.x": plugins.HandlerFunc(nil)}
+	for name, o := range map[string]worker.Options{
+		"bad pool":    {Pool: "a.b", Handlers: h},
+		"no handlers": {Pool: "p"},
+		"bad id":      {Pool: "p", ID: "w 1", Handlers: h},
+	} {
+		if _, err := worker.New(nil, nil, o, slog.New(slog.DiscardHandler)); err == nil {
+			t.Errorf("%s: New accepted %+v", name, o)
+		}
+	}
+}
