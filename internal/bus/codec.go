@@ -40,13 +40,13 @@ func Decode(data []byte) (*cortexv1.BusPacket, error) {
 	}
 	p := &cortexv1.BusPacket{}
 	if err := proto.Unmarshal(data, p); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	if p.GetProtocolVersion() != ProtocolVersion {
 		return nil, fmt.Errorf("%w: protocol version %d, want %d", ErrMalformed, p.GetProtocolVersion(), ProtocolVersion)
 	}
 	if err := validatePayload(p); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
 	}
 	return p, nil
 }

@@ -54,7 +54,7 @@ const exitCodesHelp = `
 Exit status:
   0    success
   1    error
-  2    usage error (bad flag, argument or configuration)
+  2    usage error (bad flag, argument, request or configuration)
   3    the job ended without completing (DENIED or FAILED)
   4    authentication failed (missing or unknown API key)
   130  interrupted (Ctrl-C)
@@ -123,7 +123,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		switch {
 		case code == cmdutil.ExitUsage:
 			fmt.Fprintln(stderr, "Run 'cortexctl --help' (or COMMAND --help) for usage.")
-		case errors.Is(err, syscall.ECONNREFUSED):
+		case connect.CodeOf(err) == connect.CodeUnavailable && errors.Is(err, syscall.ECONNREFUSED):
 			fmt.Fprintln(stderr, "Is the gateway running? Start one with 'cortexctl up', or point --server at one.")
 		}
 	}
@@ -139,7 +139,7 @@ func ExitCode(err error) int {
 		return cmdutil.ExitOK
 	case errors.As(err, &notDone):
 		return cmdutil.ExitJobNotDone
-	case errors.As(err, &usage), isCobraUsage(err):
+	case errors.As(err, &usage), isCobraUsage(err), connect.CodeOf(err) == connect.CodeInvalidArgument:
 		return cmdutil.ExitUsage
 	case connect.CodeOf(err) == connect.CodeUnauthenticated:
 		return cmdutil.ExitAuth

@@ -26,6 +26,7 @@ func TestExitCode(t *testing.T) {
 		"auth":        {connect.NewError(connect.CodeUnauthenticated, "no key"), 4},
 		"interrupted": {fmt.Errorf("poll: %w", context.Canceled), 130},
 		"not found":   {connect.NewError(connect.CodeNotFound, "no job"), 1},
+		"bad request": {connect.NewError(connect.CodeInvalidArgument, "bad topic"), 2},
 	} {
 		if got := ExitCode(tc.err); got != tc.want {
 			t.Errorf("%s: ExitCode(%v) = %d, want %d", name, tc.err, got, tc.want)

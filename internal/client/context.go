@@ -62,7 +62,7 @@ func SaveContext(c Context) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 		return "", fmt.Errorf("write context: %w", err)
 	}
-	b, err := json.MarshalIndent(c, "", "  ")
+	b, err := json.MarshalIndent(c, "", "  ") //nolint:gosec // the key is meant to be saved; the file is 0600
 	if err != nil {
 		return "", fmt.Errorf("write context: %w", err)
 	}

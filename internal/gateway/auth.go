@@ -70,6 +70,6 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 	}
 }
 
-// errNoKeys is returned by New when no key is configured and insecure mode
+// ErrNoKeys is returned by New when no key is configured and insecure mode
 // was not asked for.
-var errNoKeys = errors.New("gateway: no API keys configured; set CORTEX_API_KEYS=key:tenant[,key:tenant...] or pass --api-key, or run with --insecure to accept every caller as tenant \"default\"")
+var ErrNoKeys = errors.New("gateway: no API keys configured; set CORTEX_API_KEYS=key:tenant[,key:tenant...] or pass --api-keys key:tenant, or run with --insecure to accept every caller as tenant \"default\"")

@@ -81,7 +81,7 @@ func New(st Store, pub Publisher, opts Options, log *slog.Logger) (*Gateway, err
 	case len(opts.Keys) > 0:
 		g.keys = newKeyring(opts.Keys)
 	case !opts.Insecure:
-		return nil, errNoKeys
+		return nil, ErrNoKeys
 	}
 	return g, nil
 }

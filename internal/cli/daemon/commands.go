@@ -205,7 +205,7 @@ func NewCmdGateway() *cobra.Command {
 		Short: "Run the API gateway as a daemon",
 		Long: `Run the API gateway: gRPC, gRPC-Web and HTTP/JSON on one port, plus /healthz
 and /readyz. Every call needs an API key ('Authorization: Bearer <key>');
-keys map to tenants and come from --api-key or CORTEX_API_KEYS
+keys map to tenants and come from --api-keys or CORTEX_API_KEYS
 (key:tenant[,key:tenant...]). Without keys the gateway refuses to start
 unless --insecure is given.`,
 		Example: `  CORTEX_API_KEYS=s3cr3t:acme cortexctl gateway --listen 0.0.0.0:7470 \
@@ -218,6 +218,9 @@ unless --insecure is given.`,
 			keyTable, err := parseKeys(keys)
 			if err != nil {
 				return &cmdutil.UsageError{Err: err}
+			}
+			if len(keyTable) == 0 && !o.Insecure {
+				return &cmdutil.UsageError{Err: gateway.ErrNoKeys}
 			}
 			log, err := cmdutil.Logger(cmd, o.LogLevel)
 			if err != nil {

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -30,8 +31,17 @@ func instanceName(component string) string {
 	return component + "-" + hex.EncodeToString(b)
 }
 
+// quietRedis drops go-redis's own log lines (dial retries printed to
+// stderr); the errors they describe reach the caller as errors.
+type quietRedis struct{}
+
+func (quietRedis) Printf(context.Context, string, ...any) {}
+
+var silenceRedis sync.Once
+
 // OpenStore connects to Redis at redisURL and checks that it answers.
 func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store.Store, *redis.Client, error) {
+	silenceRedis.Do(func() { redis.SetLogger(quietRedis{}) })
 	ro, err := redis.ParseURL(redisURL)
 	if err != nil {
 		return nil, nil, fmt.Errorf("redis url %s: %w (want redis://[:password@]host:port[/db])", telemetry.RedactURL(redisURL), err)

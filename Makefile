@@ -1,0 +1,41 @@
+# CortexOS developer commands. `make test` is the one to run first.
+# buf and golangci-lint are pinned in tools/go.mod and built on first use.
+
+GO        ?= go
+TOOL      := $(GO) tool -modfile=$(CURDIR)/tools/go.mod
+TESTFLAGS ?=
+UPFLAGS   ?=
+
+.PHONY: test generate check-generate lint build up fmt-check vet
+
+test: ## all tests, with the race detector (needs cgo: gcc)
+	$(GO) test -race $(TESTFLAGS) ./...
+
+generate: ## proto/ -> pb/ (plugins are tools of the main go.mod)
+	cd proto && $(TOOL) buf generate --clean
+
+check-generate: generate ## fail if the committed pb/ differs from what proto/ generates
+	@if [ -n "$$(git status --porcelain -- pb/)" ]; then \
+		echo "pb/ is out of date with proto/: run 'make generate' and commit pb/." >&2; \
+		git status --porcelain -- pb/ >&2; \
+		exit 1; \
+	fi
+
+lint:
+	$(TOOL) golangci-lint run ./...
+
+build:
+	$(GO) build -o bin/cortexctl ./cmd/cortexctl
+
+up: ## a local cluster in one process (make up UPFLAGS="--listen 127.0.0.1:0")
+	$(GO) run ./cmd/cortexctl up $(UPFLAGS)
+
+fmt-check: ## gofmt on tracked .go files, generated pb/ excluded
+	@files=$$(git ls-files -- '*.go' ':!:pb/' | xargs -r gofmt -l); \
+	if [ -n "$$files" ]; then \
+		echo "not gofmt'ed (run gofmt -w on them):" >&2; echo "$$files" >&2; \
+		exit 1; \
+	fi
+
+vet:
+	$(GO) vet ./...
