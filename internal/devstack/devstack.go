@@ -32,6 +32,8 @@ type Options struct {
 	DataDir string
 	// ReadyTimeout bounds the wait for NATS to accept connections.
 	ReadyTimeout time.Duration
+	// TTLTick is how often Redis TTLs advance (DefaultTTLTick when zero).
+	TTLTick time.Duration
 }
 
 // Stack is a running embedded NATS and Redis.
@@ -46,8 +48,8 @@ type Stack struct {
 	ttlDone  chan struct{}
 }
 
-// ttlTick is how often the embedded Redis's TTLs advance.
-const ttlTick = time.Second
+// DefaultTTLTick is how often the embedded Redis's TTLs advance.
+const DefaultTTLTick = time.Second
 
 // advanceTTLs moves miniredis's TTLs forward with the wall clock once per
 // tick, so keys expire as in Redis (to within a tick). miniredis's own
@@ -76,6 +78,9 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	}
 	if opts.ReadyTimeout <= 0 {
 		opts.ReadyTimeout = 5 * time.Second
+	}
+	if opts.TTLTick <= 0 {
+		opts.TTLTick = DefaultTTLTick
 	}
 	s := &Stack{}
 	dataDir := opts.DataDir
@@ -124,8 +129,8 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 	s.Redis = mr
 	s.stopTTL = make(chan struct{})
 	s.ttlDone = make(chan struct{})
-	go advanceTTLs(mr, ttlTick, s.stopTTL, s.ttlDone)
-	s.RedisURL = (&url.URL{Scheme: "redis", User: url.UserPassword("", redisPass), Host: mr.Addr()}).String()
+	go advanceTTLs(mr, opts.TTLTick, s.stopTTL, s.ttlDone)
+	s.RedisURL = (&url.URL{Scheme: "redis", User: url.UserPassword("default", redisPass), Host: mr.Addr()}).String()
 	if err := ctx.Err(); err != nil {
 		s.Close()
 		return nil, err

@@ -60,7 +60,7 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 		key, ok := strings.CutPrefix(header, "Bearer ")
 		if !ok || key == "" {
 			return connect.NewError(connect.CodeUnauthenticated,
-				"missing API key: send 'Authorization: Bearer <key>' (cortexctl reads it from --api-key, CORTEX_API_KEY or the context that 'cortexctl up' writes)")
+				"missing API key: send the header 'Authorization: Bearer YOUR_KEY' (cortexctl reads the key from --api-key, CORTEX_API_KEY or the context that 'cortexctl up' writes)")
 		}
 		tenant, ok := g.keys.tenant(key)
 		if !ok {
