@@ -9,6 +9,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -34,6 +35,9 @@ type Options struct {
 	ReadyTimeout time.Duration
 	// TTLTick is how often Redis TTLs advance (DefaultTTLTick when zero).
 	TTLTick time.Duration
+	// NoNATS and NoRedis leave one server out, when a remote one is used.
+	NoNATS  bool
+	NoRedis bool
 }
 
 // Stack is a running embedded NATS and Redis.
@@ -83,19 +87,37 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		opts.TTLTick = DefaultTTLTick
 	}
 	s := &Stack{}
+	var err error
+	if !opts.NoNATS {
+		err = s.startNATS(opts)
+	}
+	if err == nil && !opts.NoRedis {
+		err = s.startRedis(opts)
+	}
+	if err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) startNATS(opts Options) error {
 	dataDir := opts.DataDir
 	if dataDir == "" {
 		tmp, err := os.MkdirTemp("", "cortex-devstack-")
 		if err != nil {
-			return nil, fmt.Errorf("devstack: make JetStream dir: %w", err)
+			return fmt.Errorf("devstack: make JetStream dir: %w", err)
 		}
 		s.tmpDir, dataDir = tmp, tmp
 	}
-	natsPass, redisPass := secret(), secret()
 	port := opts.NATSPort
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
+	pass := secret()
 	ns, err := server.NewServer(&server.Options{
 		Host:       opts.Host,
 		Port:       port,
@@ -104,38 +126,39 @@ func Start(ctx context.Context, opts Options) (*Stack, error) {
 		JetStream:  true,
 		StoreDir:   dataDir,
 		Username:   "cortex",
-		Password:   natsPass,
+		Password:   pass,
 		MaxPayload: 1 << 20,
 	})
 	if err != nil {
-		s.Close()
-		return nil, fmt.Errorf("devstack: configure NATS: %w", err)
+		return fmt.Errorf("devstack: configure NATS: %w", err)
 	}
 	s.NATS = ns
 	go ns.Start()
 	if !ns.ReadyForConnections(opts.ReadyTimeout) {
-		s.Close()
-		return nil, fmt.Errorf("devstack: NATS not ready within %s (is port %d free?)", opts.ReadyTimeout, opts.NATSPort)
+		return fmt.Errorf("devstack: NATS not ready within %s (is port %d free?)", opts.ReadyTimeout, opts.NATSPort)
 	}
-	addr := ns.Addr().(*net.TCPAddr)
-	s.NATSURL = (&url.URL{Scheme: "nats", User: url.UserPassword("cortex", natsPass), Host: net.JoinHostPort(opts.Host, strconv.Itoa(addr.Port))}).String()
+	addr, ok := ns.Addr().(*net.TCPAddr)
+	if !ok {
+		return errors.New("devstack: NATS has no TCP address")
+	}
+	s.NATSURL = (&url.URL{Scheme: "nats", User: url.UserPassword("cortex", pass), Host: net.JoinHostPort(opts.Host, strconv.Itoa(addr.Port))}).String()
+	return nil
+}
 
+func (s *Stack) startRedis(opts Options) error {
+	pass := secret()
 	mr := miniredis.NewMiniRedis()
-	mr.RequireAuth(redisPass)
+	mr.RequireAuth(pass)
 	if err := mr.StartAddr(net.JoinHostPort(opts.Host, strconv.Itoa(opts.RedisPort))); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("devstack: start Redis on port %d: %w", opts.RedisPort, err)
+		return fmt.Errorf("devstack: start Redis on port %d: %w", opts.RedisPort, err)
 	}
 	s.Redis = mr
 	s.stopTTL = make(chan struct{})
 	s.ttlDone = make(chan struct{})
 	go advanceTTLs(mr, opts.TTLTick, s.stopTTL, s.ttlDone)
-	s.RedisURL = (&url.URL{Scheme: "redis", User: url.UserPassword("default", redisPass), Host: mr.Addr()}).String()
-	if err := ctx.Err(); err != nil {
-		s.Close()
-		return nil, err
-	}
-	return s, nil
+	// User "default" makes the URL work for redis-cli -u as well as go-redis.
+	s.RedisURL = (&url.URL{Scheme: "redis", User: url.UserPassword("default", pass), Host: mr.Addr()}).String()
+	return nil
 }
 
 func secret() string {

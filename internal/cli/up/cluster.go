@@ -75,7 +75,9 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		}
 	}()
 	if opts.NATSURL == "" || opts.RedisURL == "" {
-		c.Stack, err = devstack.Start(ctx, devstack.Options{DataDir: opts.DataDir})
+		c.Stack, err = devstack.Start(ctx, devstack.Options{
+			DataDir: opts.DataDir, NoNATS: opts.NATSURL != "", NoRedis: opts.RedisURL != "",
+		})
 		if err != nil {
 			return c, err
 		}

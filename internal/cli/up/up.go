@@ -14,6 +14,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/scheduler"
+	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
 )
 
@@ -99,19 +100,20 @@ func upRun(cmd *cobra.Command, o *Options) error {
 }
 
 func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.Duration) {
-	natsNote, redisNote := "remote", "remote: state is kept there"
-	if c.Stack != nil {
-		if c.Stack.NATS != nil && c.NATSURL == c.Stack.NATSURL {
-			natsNote = "embedded, JetStream on"
-		}
-		if c.RedisURL == c.Stack.RedisURL {
-			redisNote = "embedded miniredis: dev state is in memory and is lost when up stops"
-		}
+	// Embedded servers' URLs are shown whole, so a worker or redis-cli can
+	// use them; a remote server's password is the operator's and stays hidden.
+	natsURL, natsNote := telemetry.RedactURL(c.NATSURL), "remote"
+	redisURL, redisNote := telemetry.RedactURL(c.RedisURL), "remote: state is kept there"
+	if c.Stack != nil && c.Stack.NATS != nil {
+		natsURL, natsNote = c.NATSURL, "embedded, JetStream on"
+	}
+	if c.Stack != nil && c.Stack.Redis != nil {
+		redisURL, redisNote = c.RedisURL, "embedded miniredis: dev state is in memory and is lost when up stops"
 	}
 	fmt.Fprintf(w, "CortexOS dev stack\n")
 	fmt.Fprintf(w, "  gateway  %s  (gRPC, gRPC-Web and HTTP/JSON)\n", server)
-	fmt.Fprintf(w, "  nats     %s  (%s)\n", c.NATSURL, natsNote)
-	fmt.Fprintf(w, "  redis    %s  (%s)\n", c.RedisURL, redisNote)
+	fmt.Fprintf(w, "  nats     %s  (%s)\n", natsURL, natsNote)
+	fmt.Fprintf(w, "  redis    %s  (%s)\n", redisURL, redisNote)
 	fmt.Fprintf(w, "  api key  %s  (tenant default)\n", c.APIKey)
 	fmt.Fprintf(w, "  worker   %s  (pool echo: job.echo)\n", c.WorkerID)
 	fmt.Fprintf(w, "  context  %s\n", contextPath)
