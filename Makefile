@@ -6,7 +6,7 @@ TOOL      := $(GO) tool -modfile=$(CURDIR)/tools/go.mod
 TESTFLAGS ?=
 UPFLAGS   ?=
 
-.PHONY: test generate check-generate lint build up fmt-check vet
+.PHONY: test generate check-generate lint build up fmt-check vet completions
 
 test: ## all tests, with the race detector (needs cgo: gcc)
 	$(GO) test -race $(TESTFLAGS) ./...
@@ -39,3 +39,7 @@ fmt-check: ## gofmt on tracked .go files, generated pb/ excluded
 
 vet:
 	$(GO) vet ./...
+
+completions: ## shell completions for packaging (completions/)
+	mkdir -p completions
+	for sh in bash zsh fish powershell; do $(GO) run ./cmd/cortexctl completion $$sh > completions/cortexctl.$$sh; done
