@@ -2,19 +2,23 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
-
-	"github.com/cortex-os/core/internal/telemetry"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
+
+// drainTimeout bounds how long a subscription's drain may take.
+const drainTimeout = 30 * time.Second
 
 // Conn is a NATS connection that speaks BusPacket: it stamps what it
 // publishes and decodes what it receives, dropping and counting packets that
@@ -24,20 +28,33 @@ type Conn struct {
 	senderID string
 	log      *slog.Logger
 	dropped  atomic.Uint64
-	wg       sync.WaitGroup
+
+	mu   sync.Mutex
+	subs []*Subscription
 }
 
-// Connect dials NATS at url. name identifies this component instance in
+// Connect dials NATS at rawURL. name identifies this component instance in
 // every packet it sends (sender_id) and in the server's connection list.
-func Connect(url, name string, log *slog.Logger) (*Conn, error) {
-	nc, err := nats.Connect(url,
+func Connect(rawURL, name string, log *slog.Logger) (*Conn, error) {
+	if _, err := url.Parse(rawURL); err != nil {
+		return nil, fmt.Errorf("nats url %s: %w", telemetry.RedactURL(rawURL), telemetry.URLError(err))
+	}
+	nc, err := nats.Connect(rawURL,
 		nats.Name(name),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
 		nats.Timeout(2*time.Second),
+		nats.DrainTimeout(drainTimeout),
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			subject := ""
+			if sub != nil {
+				subject = sub.Subject
+			}
+			log.Error("NATS asynchronous error", "subject", subject, "err", err)
+		}),
 	)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(url), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(rawURL), err)
 	}
 	return &Conn{nc: nc, senderID: name, log: log}, nil
 }
@@ -48,16 +65,22 @@ func (c *Conn) NATS() *nats.Conn { return c.nc }
 // SenderID is the name this connection stamps on every packet.
 func (c *Conn) SenderID() string { return c.senderID }
 
-// Dropped counts the packets received that did not decode.
+// Dropped counts the packets received that did not decode or did not belong
+// on their subject.
 func (c *Conn) Dropped() uint64 { return c.dropped.Load() }
 
-// Close drains subscriptions, waits for in-flight handlers and closes.
+// Close drains every subscription (each stops taking packets, delivers what
+// it holds and waits for its handlers), then flushes what was published and
+// closes the connection. Handlers may still publish while it drains.
 func (c *Conn) Close() {
-	_ = c.nc.Drain()
-	for c.nc.IsDraining() {
-		time.Sleep(5 * time.Millisecond)
+	c.mu.Lock()
+	subs := c.subs
+	c.subs = nil
+	c.mu.Unlock()
+	for _, s := range subs {
+		s.Drain()
 	}
-	c.wg.Wait()
+	_ = c.nc.FlushTimeout(2 * time.Second)
 	c.nc.Close()
 }
 
@@ -82,7 +105,8 @@ func (c *Conn) Publish(subject string, p *cortexv1.BusPacket) error {
 	return nil
 }
 
-// Request sends a packet and waits for the reply packet until ctx ends.
+// Request sends a packet and waits for the reply packet until ctx ends. A
+// reply that does not decode is counted as dropped and wraps ErrMalformed.
 func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error) {
 	c.stamp(p)
 	data, err := Encode(p)
@@ -93,7 +117,12 @@ func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacke
 	if err != nil {
 		return nil, fmt.Errorf("request on %s: %w", subject, err)
 	}
-	return Decode(msg.Data)
+	reply, err := Decode(msg.Data)
+	if err != nil {
+		c.drop(msg.Subject, len(msg.Data), err)
+		return nil, err
+	}
+	return reply, nil
 }
 
 // Handler processes one decoded packet. reply is the subject to answer on,
@@ -102,14 +131,25 @@ func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacke
 // subject); such packets are dropped and counted like undecodable ones.
 type Handler func(ctx context.Context, p *cortexv1.BusPacket, reply string) error
 
+// Subscription is one subject's consumer: NATS delivers, handlers run on
+// goroutines, at most the subscription's concurrency at once.
+type Subscription struct {
+	sub *nats.Subscription
+	wg  sync.WaitGroup
+
+	mu      sync.Mutex
+	drained bool
+}
+
 // Subscribe delivers every packet on subject (within queue group queue, if
 // not empty) to h, running up to concurrency handlers at once. Packets that
-// do not decode are dropped and counted. Handlers get ctx, which the caller
-// cancels to stop them; Close waits for them.
-func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency int, h Handler) (*nats.Subscription, error) {
+// do not decode are dropped and counted. Handlers get ctx; cancelling it
+// does not stop delivery: Drain or Conn.Close does.
+func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency int, h Handler) (*Subscription, error) {
 	if concurrency < 1 {
 		concurrency = 1
 	}
+	s := &Subscription{}
 	sem := make(chan struct{}, concurrency)
 	cb := func(m *nats.Msg) {
 		p, err := Decode(m.Data)
@@ -117,30 +157,70 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 			c.drop(m.Subject, len(m.Data), err)
 			return
 		}
+		// Blocking here leaves further packets in the client's pending
+		// buffer until a handler is free.
 		sem <- struct{}{}
-		c.wg.Add(1)
+		if !s.track() {
+			<-sem
+			c.log.Error("packet delivered after drain, dropped", "subject", m.Subject)
+			return
+		}
 		go func() {
-			defer func() { <-sem; c.wg.Done() }()
+			defer func() { <-sem; s.wg.Done() }()
 			if err := h(ctx, p, m.Reply); err != nil {
 				c.drop(m.Subject, len(m.Data), err)
 			}
 		}()
 	}
-	var sub *nats.Subscription
 	var err error
 	if queue == "" {
-		sub, err = c.nc.Subscribe(subject, cb)
+		s.sub, err = c.nc.Subscribe(subject, cb)
 	} else {
-		sub, err = c.nc.QueueSubscribe(subject, queue, cb)
+		s.sub, err = c.nc.QueueSubscribe(subject, queue, cb)
+	}
+	if err == nil {
+		// Bursts wait in the client's pending buffer while handlers run.
+		err = s.sub.SetPendingLimits(1<<20, 256<<20)
 	}
 	if err != nil {
+		if s.sub != nil {
+			_ = s.sub.Unsubscribe()
+		}
 		return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
 	}
-	// Bursts are absorbed by the client's pending buffer while handlers run.
-	if err := sub.SetPendingLimits(1<<20, 256<<20); err != nil {
-		return nil, fmt.Errorf("subscribe to %s: %w", subject, err)
+	c.mu.Lock()
+	c.subs = append(c.subs, s)
+	c.mu.Unlock()
+	return s, nil
+}
+
+// track counts one more running handler, unless the subscription has been
+// drained.
+func (s *Subscription) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drained {
+		return false
 	}
-	return sub, nil
+	s.wg.Add(1)
+	return true
+}
+
+// Drain stops taking packets, lets the handlers of those already received
+// run, and returns when they are done (or the drain timed out). It is safe
+// to call more than once.
+func (s *Subscription) Drain() {
+	if err := s.sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+		_ = s.sub.Unsubscribe()
+	}
+	deadline := time.Now().Add(drainTimeout)
+	for s.sub.IsValid() && time.Now().Before(deadline) {
+		time.Sleep(2 * time.Millisecond)
+	}
+	s.mu.Lock()
+	s.drained = true
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 func (c *Conn) drop(subject string, size int, err error) {

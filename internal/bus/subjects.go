@@ -29,6 +29,11 @@ const (
 	queueWorkerPrefix      = "workers-"
 )
 
+// RuleFailClosed is the rule named in a DENY that no policy made: the
+// safety kernel could not give a valid decision in time, so the job is
+// denied (fail closed).
+const RuleFailClosed = "fail-closed"
+
 // HeartbeatSubject is the subject a worker publishes its Heartbeat on.
 func HeartbeatSubject(workerID string) string { return subjectHeartbeatPrefix + workerID }
 

@@ -113,6 +113,11 @@ func newCmdVersion(f *cmdutil.Factory) *cobra.Command {
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	// After the first signal, a second one gets Go's default: exit at once.
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
 	f := &cmdutil.Factory{In: stdin, Out: stdout, ErrOut: stderr}
 	root := NewRootCmd(f)
 	root.SetArgs(args)

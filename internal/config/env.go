@@ -36,8 +36,9 @@ func ApplyEnv(fs *pflag.FlagSet, lookup func(string) (string, bool)) error {
 		if !ok {
 			return
 		}
-		if setErr := fs.Set(f.Name, v); setErr != nil {
-			err = fmt.Errorf("environment %s=%q: %w", name, v, setErr)
+		// The value is not repeated: it may be a secret (CORTEX_API_KEYS).
+		if fs.Set(f.Name, v) != nil {
+			err = fmt.Errorf("environment %s: not a valid %s for --%s", name, f.Value.Type(), f.Name)
 		}
 	})
 	return err

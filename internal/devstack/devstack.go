@@ -7,8 +7,6 @@ package devstack
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -19,6 +17,8 @@ import (
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/cortex-os/core/internal/ids"
 )
 
 // Options configures the embedded stack.
@@ -135,7 +135,7 @@ func (s *Stack) startNATS(opts Options) error {
 	s.NATS = ns
 	go ns.Start()
 	if !ns.ReadyForConnections(opts.ReadyTimeout) {
-		return fmt.Errorf("devstack: NATS not ready within %s (is port %d free?)", opts.ReadyTimeout, opts.NATSPort)
+		return fmt.Errorf("devstack: NATS not ready within %s", opts.ReadyTimeout)
 	}
 	addr, ok := ns.Addr().(*net.TCPAddr)
 	if !ok {
@@ -161,11 +161,7 @@ func (s *Stack) startRedis(opts Options) error {
 	return nil
 }
 
-func secret() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
+func secret() string { return ids.Hex(16) }
 
 // Close stops both servers and removes the temporary data directory. It is
 // safe on a partly started stack.

@@ -100,7 +100,8 @@ func (g *Gateway) Handler() http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := g.store.Ping(r.Context()); err != nil {
-			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			g.log.Warn("readiness check", "err", err)
+			http.Error(w, "not ready: the job store does not answer", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
@@ -165,7 +166,8 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 	})
 	if err != nil {
 		g.log.Error("hand job to scheduler", "job_id", jobID, "err", err)
-		_ = g.store.Transition(ctx, jobID, store.Change{To: store.Failed, Reason: "the bus was unavailable at submit"}, time.Now())
+		// The client may be gone; the job must still not stay PENDING.
+		_ = g.store.Transition(context.WithoutCancel(ctx), jobID, store.Change{To: store.Failed, Reason: "the bus was unavailable at submit"}, time.Now())
 		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the job was not queued, try again")
 	}
 	return &cortexv1.SubmitJobResponse{JobId: jobID, State: cortexv1.JobState_JOB_STATE_PENDING}, nil
@@ -193,10 +195,11 @@ func (g *Gateway) validateSubmit(req *cortexv1.SubmitJobRequest) error {
 
 // GetJobStatus returns a job of the caller's tenant.
 func (g *Gateway) GetJobStatus(ctx context.Context, req *cortexv1.GetJobStatusRequest) (*cortexv1.GetJobStatusResponse, error) {
-	if _, err := uuid.Parse(req.GetJobId()); err != nil {
-		return nil, connect.Errorf(connect.CodeInvalidArgument, "job id %.80q is not valid: job ids look like 0193c2f4-...", req.GetJobId())
+	id, err := uuid.Parse(req.GetJobId())
+	if err != nil {
+		return nil, connect.Errorf(connect.CodeInvalidArgument, "job id %.80q is not valid: job ids look like 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e", req.GetJobId())
 	}
-	j, result, err := g.store.Get(ctx, req.GetJobId())
+	j, result, err := g.store.Get(ctx, id.String())
 	if errors.Is(err, store.ErrNotFound) || err == nil && j.Tenant != tenantFrom(ctx) {
 		return nil, connect.Errorf(connect.CodeNotFound, "job %s not found", req.GetJobId())
 	}

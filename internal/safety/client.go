@@ -2,6 +2,7 @@ package safety
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -12,10 +13,6 @@ import (
 // DefaultTimeout is how long the client waits for a decision before it
 // denies the job.
 const DefaultTimeout = 100 * time.Millisecond
-
-// RuleFailClosed names the decision the client makes itself when the kernel
-// cannot give a valid one.
-const RuleFailClosed = "fail-closed"
 
 // Client asks the kernel over the bus and fails closed: an error, a
 // timeout, a malformed answer or an unknown decision is a DENY whose reason
@@ -43,6 +40,9 @@ func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 		TraceId: r.GetJobId(),
 		Payload: &cortexv1.BusPacket_CheckRequest{CheckRequest: r},
 	})
+	if errors.Is(err, bus.ErrMalformed) {
+		return failClosed(fmt.Sprintf("safety kernel answered with a malformed packet: %v", err)), nil
+	}
 	if err != nil {
 		return failClosed(fmt.Sprintf("safety kernel gave no decision within %s: %v", c.timeout, err)), nil
 	}
@@ -60,7 +60,7 @@ func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 func failClosed(reason string) *cortexv1.CheckResponse {
 	return &cortexv1.CheckResponse{
 		Decision: cortexv1.Decision_DECISION_DENY,
-		Rule:     RuleFailClosed,
+		Rule:     bus.RuleFailClosed,
 		Reason:   reason,
 	}
 }

@@ -28,10 +28,10 @@ func (k *Kernel) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.C
 	return k.policy.Evaluate(r), nil
 }
 
-// Start answers checks on the bus until ctx ends. It returns once the
+// Start answers checks on the bus until conn is closed. It returns once the
 // subscription is in place.
 func (k *Kernel) Start(ctx context.Context, conn *bus.Conn) error {
-	sub, err := conn.Subscribe(ctx, bus.SubjectSafetyCheck, bus.QueueSafety, 64,
+	_, err := conn.Subscribe(context.WithoutCancel(ctx), bus.SubjectSafetyCheck, bus.QueueSafety, 64,
 		func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
 			req := p.GetCheckRequest()
 			if req == nil || reply == "" {
@@ -55,9 +55,5 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn) error {
 	if err := conn.Flush(ctx); err != nil {
 		return fmt.Errorf("safety kernel: %w", err)
 	}
-	go func() {
-		<-ctx.Done()
-		_ = sub.Drain()
-	}()
 	return nil
 }

@@ -152,8 +152,8 @@ func TestClientFailsClosed(t *testing.T) {
 			url := startNATS(t)
 			tc.kernel(t, url)
 			got := check(t, safety.NewClient(connect(t, url, "client"), 50*time.Millisecond), "job.echo")
-			if got.GetDecision() != deny || got.GetRule() != safety.RuleFailClosed || !strings.Contains(got.GetReason(), tc.reason) {
-				t.Errorf("got %v, want DENY by %s with a reason containing %q", got, safety.RuleFailClosed, tc.reason)
+			if got.GetDecision() != deny || got.GetRule() != bus.RuleFailClosed || !strings.Contains(got.GetReason(), tc.reason) {
+				t.Errorf("got %v, want DENY by %s with a reason containing %q", got, bus.RuleFailClosed, tc.reason)
 			}
 		})
 	}

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/cortex-os/core/internal/bus"
-	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -29,10 +28,7 @@ type Checker interface {
 	Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
 }
 
-var (
-	_ Store   = (*store.Store)(nil)
-	_ Checker = (*safety.Client)(nil)
-)
+var _ Store = (*store.Store)(nil)
 
 // DefaultConcurrency bounds the submits and results handled at once.
 const DefaultConcurrency = 256
@@ -45,6 +41,7 @@ type Scheduler struct {
 	router      *Router
 	log         *slog.Logger
 	concurrency int
+	submits     *bus.Subscription
 }
 
 // New wires a scheduler.
@@ -52,31 +49,39 @@ func New(conn *bus.Conn, st Store, checker Checker, router *Router, log *slog.Lo
 	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency}
 }
 
-// Start consumes submits and results until ctx ends. It returns once the
-// subscriptions are in place.
+// Start consumes submits and results until the connection is closed. It
+// returns once the subscriptions are in place. Handlers run on a context
+// that outlives ctx, so what was received is finished during a drain.
 func (s *Scheduler) Start(ctx context.Context) error {
-	subs := []struct {
-		subject string
-		h       bus.Handler
-	}{
-		{bus.SubjectJobSubmit, s.onSubmit},
-		{bus.SubjectJobResult, s.onResult},
+	hctx := context.WithoutCancel(ctx)
+	var err error
+	s.submits, err = s.conn.Subscribe(hctx, bus.SubjectJobSubmit, bus.QueueScheduler, s.concurrency, s.onSubmit)
+	if err != nil {
+		return fmt.Errorf("scheduler: %w", err)
 	}
-	for _, sub := range subs {
-		ns, err := s.conn.Subscribe(ctx, sub.subject, bus.QueueScheduler, s.concurrency, sub.h)
-		if err != nil {
-			return fmt.Errorf("scheduler: %w", err)
-		}
-		go func() {
-			<-ctx.Done()
-			_ = ns.Drain()
-		}()
+	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobResult, bus.QueueScheduler, s.concurrency, s.onResult); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
 	}
 	if err := s.conn.Flush(ctx); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	return nil
 }
+
+// StopSubmits stops taking new jobs and returns once those received are
+// decided and dispatched. Results are still recorded until Close.
+func (s *Scheduler) StopSubmits() {
+	if s.submits != nil {
+		s.submits.Drain()
+	}
+}
+
+// Conn is the scheduler's bus connection.
+func (s *Scheduler) Conn() *bus.Conn { return s.conn }
+
+// Close stops taking submits and results, finishes what it holds and
+// closes the connection.
+func (s *Scheduler) Close() { s.conn.Close() }
 
 func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
 	req := p.GetJobRequest()
@@ -95,7 +100,7 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ strin
 	if err != nil || decision.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
 		c := store.Change{To: store.Denied, Rule: decision.GetRule(), Reason: decision.GetReason()}
 		if err != nil {
-			c = store.Change{To: store.Denied, Rule: safety.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
+			c = store.Change{To: store.Denied, Rule: bus.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
 		}
 		s.record(ctx, id, c)
 		return nil

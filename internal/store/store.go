@@ -31,9 +31,6 @@ const (
 	Denied     State = "DENIED"
 )
 
-// Terminal reports whether no transition leaves s.
-func (s State) Terminal() bool { return s == Completed || s == Failed || s == Denied }
-
 // Proto is the wire form of s.
 func (s State) Proto() cortexv1.JobState {
 	return cortexv1.JobState(cortexv1.JobState_value["JOB_STATE_"+string(s)])
@@ -44,6 +41,9 @@ var (
 	ErrNotFound = errors.New("job not found")
 	// ErrConflict means the state machine refused a transition.
 	ErrConflict = errors.New("job state conflict")
+	// ErrNoPrompt means a job's prompt was gone when a worker came to run
+	// it; the job has been marked FAILED.
+	ErrNoPrompt = errors.New("job prompt is gone")
 )
 
 // Key prefixes. Pointers on the bus are redis://<key>.
@@ -174,24 +174,23 @@ func transitionErr(id string, to State, res string, err error) error {
 }
 
 // Start marks a dispatched job RUNNING on workerID and returns its prompt,
-// in one round trip.
+// in one script. A job whose prompt is gone is marked FAILED instead, and
+// Start returns ErrNoPrompt.
 func (s *Store) Start(ctx context.Context, id, workerID string, now time.Time) (string, error) {
-	pipe := s.rdb.Pipeline()
-	tr := transitionScript.Run(ctx, pipe, []string{jobPrefix + id}, Change{To: Running, WorkerID: workerID}.args(now)...)
-	prompt := pipe.Get(ctx, contextPrefix+id)
-	_, _ = pipe.Exec(ctx)
-	res, err := tr.Text()
-	if err := transitionErr(id, Running, res, err); err != nil {
-		return "", err
-	}
-	p, err := prompt.Result()
-	if errors.Is(err, redis.Nil) {
-		return "", fmt.Errorf("read prompt of job %s: %w", id, ErrNotFound)
-	}
+	res, err := startScript.Run(ctx, s.rdb, []string{jobPrefix + id, contextPrefix + id},
+		workerID, strconv.FormatInt(now.UnixMicro(), 10)).StringSlice()
 	if err != nil {
-		return "", fmt.Errorf("read prompt of job %s: %w", id, err)
+		return "", fmt.Errorf("start job %s: %w", id, err)
 	}
-	return p, nil
+	switch {
+	case len(res) == 2 && res[0] == "OK":
+		return res[1], nil
+	case len(res) == 1 && res[0] == "NOPROMPT":
+		return "", fmt.Errorf("start job %s: %w", id, ErrNoPrompt)
+	case len(res) == 1:
+		return "", transitionErr(id, Running, res[0], nil)
+	}
+	return "", fmt.Errorf("start job %s: unexpected script answer %q", id, res)
 }
 
 // PutResult stores a job's output under res:<id>.

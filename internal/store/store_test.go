@@ -15,12 +15,12 @@ import (
 
 // backends runs a test against miniredis and, when CORTEX_TEST_REDIS_URL is
 // set, against that real Redis too.
-func backends(t *testing.T, run func(t *testing.T, st *store.Store)) {
+func backends(t *testing.T, run func(t *testing.T, st *store.Store, rdb *redis.Client)) {
 	t.Run("miniredis", func(t *testing.T) {
 		mr := miniredis.RunT(t)
 		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 		t.Cleanup(func() { _ = rdb.Close() })
-		run(t, store.New(rdb, store.Options{}))
+		run(t, store.New(rdb, store.Options{}), rdb)
 	})
 	url := os.Getenv("CORTEX_TEST_REDIS_URL")
 	if url == "" {
@@ -33,7 +33,7 @@ func backends(t *testing.T, run func(t *testing.T, st *store.Store)) {
 		}
 		rdb := redis.NewClient(opts)
 		t.Cleanup(func() { _ = rdb.Close() })
-		run(t, store.New(rdb, store.Options{}))
+		run(t, store.New(rdb, store.Options{}), rdb)
 	})
 }
 
@@ -42,7 +42,7 @@ var now = time.UnixMicro(1_700_000_000_000_000)
 func newID(t *testing.T) string { return "t-" + t.Name() + "-" + time.Now().Format("150405.000000000") }
 
 func TestJobLifecycle(t *testing.T) {
-	backends(t, func(t *testing.T, st *store.Store) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
 		id := newID(t)
 		if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: "acme", Prompt: "hello"}, now); err != nil {
@@ -86,7 +86,7 @@ func TestJobLifecycle(t *testing.T) {
 }
 
 func TestTerminalStatesAreFinal(t *testing.T) {
-	backends(t, func(t *testing.T, st *store.Store) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
 		id := newID(t)
 		if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "sys.destroy", Tenant: "acme"}, now); err != nil {
@@ -115,7 +115,7 @@ func TestTerminalStatesAreFinal(t *testing.T) {
 }
 
 func TestTransitionTable(t *testing.T) {
-	backends(t, func(t *testing.T, st *store.Store) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
 		for _, tc := range []struct {
 			path []store.State
@@ -147,7 +147,7 @@ func TestTransitionTable(t *testing.T) {
 }
 
 func TestMissingJob(t *testing.T) {
-	backends(t, func(t *testing.T, st *store.Store) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
 		if _, _, err := st.Get(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Get: err = %v, want ErrNotFound", err)
@@ -164,4 +164,30 @@ func TestStateProto(t *testing.T) {
 			t.Errorf("%s.Proto() = %s", s, got)
 		}
 	}
+}
+
+func TestStartWithoutPromptFailsTheJob(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		id := newID(t)
+		if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Prompt: "p"}, now); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.Transition(ctx, id, store.Change{To: store.Dispatched}, now); err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.Del(ctx, "ctx:"+id).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Start(ctx, id, "w-1", now); !errors.Is(err, store.ErrNoPrompt) {
+			t.Fatalf("Start without a prompt: err = %v, want ErrNoPrompt", err)
+		}
+		j, _, err := st.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.State != store.Failed || j.Reason == "" {
+			t.Fatalf("job after Start without a prompt: %+v, want FAILED with a reason", j)
+		}
+	})
 }

@@ -1,6 +1,9 @@
 package telemetry
 
-import "net/url"
+import (
+	"errors"
+	"net/url"
+)
 
 // RedactURL hides the password or token in a NATS or Redis URL so it can be
 // logged or shown in an error.
@@ -17,4 +20,14 @@ func RedactURL(raw string) string {
 		return u.String()
 	}
 	return u.Redacted()
+}
+
+// URLError strips the URL that url.Parse quotes in its errors, keeping only
+// what was wrong, so a password in the URL is never shown.
+func URLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

@@ -7,8 +7,6 @@ package worker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
@@ -36,6 +35,7 @@ var _ Store = (*store.Store)(nil)
 const (
 	DefaultMaxParallel       = 64
 	DefaultHeartbeatInterval = 3 * time.Second
+	DefaultShutdownGrace     = 10 * time.Second
 )
 
 // Options configures a worker.
@@ -52,6 +52,9 @@ type Options struct {
 	HeartbeatInterval time.Duration
 	// Version is reported in heartbeats.
 	Version string
+	// ShutdownGrace is how long Stop lets running jobs finish before it
+	// cancels their context.
+	ShutdownGrace time.Duration
 }
 
 // Worker runs jobs of one pool.
@@ -64,27 +67,45 @@ type Worker struct {
 	active    atomic.Int32
 	completed atomic.Uint64
 	failed    atomic.Uint64
+	// cancelJobs ends the jobs' context; Stop calls it once the grace
+	// period is over.
+	cancelJobs context.CancelFunc
+	stopBeats  context.CancelFunc
+}
+
+// CheckOptions reports what is wrong with opts, before anything connects.
+func CheckOptions(opts Options) error {
+	if !bus.ValidToken(opts.Pool) {
+		return fmt.Errorf("worker: pool %q must be 1-64 characters of a-z, 0-9, - and _", opts.Pool)
+	}
+	if len(opts.Handlers) == 0 {
+		return errors.New("worker: no handlers registered")
+	}
+	if opts.ID != "" && !bus.ValidToken(opts.ID) {
+		return fmt.Errorf("worker: id %q must be 1-64 characters of a-z, 0-9, - and _", opts.ID)
+	}
+	if opts.MaxParallel < 0 {
+		return fmt.Errorf("worker: max parallel jobs %d must be positive", opts.MaxParallel)
+	}
+	return nil
 }
 
 // New checks opts and returns a worker.
 func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, error) {
-	if !bus.ValidToken(opts.Pool) {
-		return nil, fmt.Errorf("worker: pool %q must be 1-64 characters of a-z, 0-9, - and _", opts.Pool)
-	}
-	if len(opts.Handlers) == 0 {
-		return nil, errors.New("worker: no handlers registered")
+	if err := CheckOptions(opts); err != nil {
+		return nil, err
 	}
 	if opts.ID == "" {
-		opts.ID = opts.Pool + "-" + randomSuffix()
-	}
-	if !bus.ValidToken(opts.ID) {
-		return nil, fmt.Errorf("worker: id %q must be 1-64 characters of a-z, 0-9, - and _", opts.ID)
+		opts.ID = NewID(opts.Pool)
 	}
 	if opts.MaxParallel <= 0 {
 		opts.MaxParallel = DefaultMaxParallel
 	}
 	if opts.HeartbeatInterval <= 0 {
 		opts.HeartbeatInterval = DefaultHeartbeatInterval
+	}
+	if opts.ShutdownGrace <= 0 {
+		opts.ShutdownGrace = DefaultShutdownGrace
 	}
 	topics := make([]string, 0, len(opts.Handlers))
 	for t := range opts.Handlers {
@@ -94,22 +115,22 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 	return &Worker{conn: conn, store: st, opts: opts, topics: topics, log: log.With("worker_id", opts.ID, "pool", opts.Pool)}, nil
 }
 
-func randomSuffix() string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return hex.EncodeToString(b)
-}
+// NewID makes a worker id for pool: <pool>-<random>.
+func NewID(pool string) string { return pool + "-" + ids.Hex(4) }
+
+// Conn is the worker's bus connection.
+func (w *Worker) Conn() *bus.Conn { return w.conn }
 
 // ID is the worker's id.
 func (w *Worker) ID() string { return w.opts.ID }
 
-// Start takes jobs until ctx ends, then stops taking new ones; jobs in
-// flight run to the end (the bus connection's Close waits for them). It
-// returns once the subscription is in place and the first heartbeat is out.
+// Start takes jobs of the pool and sends heartbeats until Stop. It returns
+// once the subscription is in place and the first heartbeat is out.
 func (w *Worker) Start(ctx context.Context) error {
-	// Jobs run on a context that outlives ctx so a shutdown lets them finish.
-	jobCtx := context.WithoutCancel(ctx)
-	sub, err := w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel,
+	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
+	beatCtx, stopBeats := context.WithCancel(ctx)
+	w.cancelJobs, w.stopBeats = cancelJobs, stopBeats
+	_, err := w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel,
 		func(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
 			req := p.GetJobRequest()
 			if req == nil {
@@ -118,10 +139,12 @@ func (w *Worker) Start(ctx context.Context) error {
 			w.handle(ctx, p.GetTraceId(), req)
 			return nil
 		})
-	if err != nil {
-		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
+	if err == nil {
+		err = w.conn.Flush(ctx)
 	}
-	if err := w.conn.Flush(ctx); err != nil {
+	if err != nil {
+		cancelJobs()
+		stopBeats()
 		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
 	}
 	w.beat()
@@ -130,8 +153,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		defer tick.Stop()
 		for {
 			select {
-			case <-ctx.Done():
-				_ = sub.Drain()
+			case <-beatCtx.Done():
 				return
 			case <-tick.C:
 				w.beat()
@@ -139,6 +161,17 @@ func (w *Worker) Start(ctx context.Context) error {
 		}
 	}()
 	return nil
+}
+
+// Stop takes no new jobs, lets running ones finish for up to the shutdown
+// grace period (then cancels their context), reports their results, and
+// closes the connection.
+func (w *Worker) Stop() {
+	w.stopBeats()
+	grace := time.AfterFunc(w.opts.ShutdownGrace, w.cancelJobs)
+	w.conn.Close()
+	grace.Stop()
+	w.cancelJobs()
 }
 
 func (w *Worker) beat() {
@@ -171,8 +204,9 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		StartedAt: timestamppb.New(started),
 	}
 	output, err := w.run(ctx, req, started)
-	if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
-		// The job moved on without us (denied, finished, expired): nothing to report.
+	if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNoPrompt) {
+		// The job moved on without us (finished, expired, or failed for want
+		// of its prompt, which Start recorded): nothing to report.
 		w.log.Info("skipped job", "job_id", req.GetJobId(), "err", err)
 		return
 	}

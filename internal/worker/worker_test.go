@@ -20,6 +20,7 @@ import (
 )
 
 type rig struct {
+	w       *worker.Worker
 	st      *store.Store
 	conn    *bus.Conn
 	results chan *cortexv1.JobResult
@@ -27,6 +28,10 @@ type rig struct {
 }
 
 func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
+	return newRigWith(t, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: handlers})
+}
+
+func newRigWith(t *testing.T, opts worker.Options) *rig {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
 	if err != nil {
@@ -68,20 +73,26 @@ func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(func() { cancel(); r.conn.Close() })
-	w, err := worker.New(r.conn, r.st, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: handlers}, log)
+	r.w, err = worker.New(r.conn, r.st, opts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Start(ctx); err != nil {
+	if err := r.w.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(r.w.Stop)
 	return r
 }
 
-// dispatch records a job as the scheduler would and sends it to the pool.
+// dispatch records a job as the scheduler would, sends it to the pool and
+// waits for its result.
 func (r *rig) dispatch(t *testing.T, id, topic, prompt string) *cortexv1.JobResult {
+	t.Helper()
+	r.send(t, id, topic, prompt)
+	return r.result(t, id)
+}
+
+func (r *rig) send(t *testing.T, id, topic, prompt string) {
 	t.Helper()
 	ctx := context.Background()
 	now := time.Now()
@@ -97,6 +108,13 @@ func (r *rig) dispatch(t *testing.T, id, topic, prompt string) *cortexv1.JobResu
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := r.conn.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (r *rig) result(t *testing.T, id string) *cortexv1.JobResult {
+	t.Helper()
 	select {
 	case res := <-r.results:
 		return res
@@ -163,5 +181,47 @@ func TestWorkerRefusesBadOptions(t *testing.T) {
 		if _, err := worker.New(nil, nil, o, slog.New(slog.DiscardHandler)); err == nil {
 			t.Errorf("%s: New accepted %+v", name, o)
 		}
+	}
+}
+
+func TestStopFinishesRunningJobs(t *testing.T) {
+	started, release := make(chan struct{}), make(chan struct{})
+	r := newRig(t, map[string]plugins.Handler{
+		"job.slow": plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+			close(started)
+			<-release
+			return &plugins.Result{Output: "done"}, nil
+		}),
+	})
+	r.send(t, "j-slow", "job.slow", "x")
+	<-started
+	stopped := make(chan struct{})
+	go func() { r.w.Stop(); close(stopped) }()
+	select {
+	case <-stopped:
+		t.Fatal("Stop returned while a job was still running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-stopped
+	if res := r.result(t, "j-slow"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("job running at Stop: %v, want its result reported as COMPLETED", res)
+	}
+}
+
+func TestStopCancelsJobsAfterGrace(t *testing.T) {
+	started := make(chan struct{})
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", ShutdownGrace: 20 * time.Millisecond, Handlers: map[string]plugins.Handler{
+		"job.hang": plugins.HandlerFunc(func(ctx context.Context, _ *plugins.Job) (*plugins.Result, error) {
+			close(started)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}),
+	}})
+	r.send(t, "j-hang", "job.hang", "x")
+	<-started
+	r.w.Stop()
+	if res := r.result(t, "j-hang"); res.GetState() != cortexv1.JobState_JOB_STATE_FAILED {
+		t.Fatalf("job that outlived the grace period: %v, want FAILED", res)
 	}
 }

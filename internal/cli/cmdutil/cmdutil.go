@@ -5,7 +5,6 @@
 package cmdutil
 
 import (
-	"errors"
 	"fmt"
 	"io"
 
@@ -71,6 +70,3 @@ func (e *JobNotDoneError) Error() string {
 	}
 	return msg
 }
-
-// ErrSilent is an error already reported to the user.
-var ErrSilent = errors.New("silent error")

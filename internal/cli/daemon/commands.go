@@ -45,23 +45,27 @@ func (o *Options) checkAuth(redis bool) error {
 	if o.Insecure {
 		return nil
 	}
-	if !hasCredentials(o.NATSURL) {
+	if !hasCredentials(o.NATSURL, false) {
 		return &cmdutil.UsageError{Err: errors.New(
 			"--nats-url has no credentials: give nats://user:pass@host:port (or a token, nats://token@host:port), or pass --insecure to run without authentication")}
 	}
-	if redis && !hasCredentials(o.RedisURL) {
+	if redis && !hasCredentials(o.RedisURL, true) {
 		return &cmdutil.UsageError{Err: errors.New(
 			"--redis-url has no password: give redis://:pass@host:port/db, or pass --insecure to run without authentication")}
 	}
 	return nil
 }
 
-func hasCredentials(raw string) bool {
+// hasCredentials: a NATS URL needs a user or token, a Redis URL a password.
+func hasCredentials(raw string, redis bool) bool {
 	u, err := url.Parse(raw)
 	if err != nil || u.User == nil {
 		return false
 	}
 	p, ok := u.User.Password()
+	if redis {
+		return ok && p != ""
+	}
 	return u.User.Username() != "" || ok && p != ""
 }
 
@@ -96,7 +100,7 @@ func NewCmdSafety() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return serve(cmd, "safety kernel", func() { cancel(); conn.Close() })
+			return serve(cmd, "safety kernel", func() { conn.Close(); cancel() })
 		},
 	}
 	o.addFlags(cmd, false)
@@ -138,11 +142,11 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 				return err
 			}
 			defer rdb.Close()
-			conn, err := StartScheduler(ctx, o.NATSURL, st, SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout}, log)
+			s, err := StartScheduler(ctx, o.NATSURL, st, SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout}, log)
 			if err != nil {
 				return err
 			}
-			return serve(cmd, "scheduler", func() { cancel(); conn.Close() })
+			return serve(cmd, "scheduler", func() { s.Close(); cancel() })
 		},
 	}
 	o.addFlags(cmd, true)
@@ -168,6 +172,9 @@ pool share its jobs; start more to add capacity. Built-in plugins: echo (job.ech
 				return err
 			}
 			wo.Handlers = map[string]plugins.Handler{echo.Topic: echo.Handler}
+			if err := worker.CheckOptions(wo); err != nil {
+				return &cmdutil.UsageError{Err: err}
+			}
 			log, err := cmdutil.Logger(cmd, o.LogLevel)
 			if err != nil {
 				return err
@@ -179,11 +186,11 @@ pool share its jobs; start more to add capacity. Built-in plugins: echo (job.ech
 				return err
 			}
 			defer rdb.Close()
-			conn, w, err := StartWorker(ctx, o.NATSURL, st, wo, log)
+			w, err := StartWorker(ctx, o.NATSURL, st, wo, log)
 			if err != nil {
-				return &cmdutil.UsageError{Err: err}
+				return err
 			}
-			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), func() { cancel(); conn.Close() })
+			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), func() { w.Stop(); cancel() })
 		},
 	}
 	o.addFlags(cmd, true)
@@ -235,7 +242,7 @@ unless --insecure is given.`,
 			defer rdb.Close()
 			g, conn, err := NewGateway(o.NATSURL, st, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, log)
 			if err != nil {
-				return &cmdutil.UsageError{Err: err}
+				return err
 			}
 			defer conn.Close()
 			ln, err := net.Listen("tcp", listen)

@@ -6,8 +6,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
@@ -25,11 +24,9 @@ import (
 )
 
 // instanceName names one component instance on the bus: component-<random>.
-func instanceName(component string) string {
-	b := make([]byte, 4)
-	_, _ = rand.Read(b)
-	return component + "-" + hex.EncodeToString(b)
-}
+func instanceName(component string) string { return component + "-" + ids.Hex(4) }
+
+var _ scheduler.Checker = (*safety.Client)(nil)
 
 // quietRedis drops go-redis's own log lines (dial retries printed to
 // stderr); the errors they describe reach the caller as errors.
@@ -44,7 +41,7 @@ func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store
 	silenceRedis.Do(func() { redis.SetLogger(quietRedis{}) })
 	ro, err := redis.ParseURL(redisURL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis url %s: %w (want redis://[:password@]host:port[/db])", telemetry.RedactURL(redisURL), err)
+		return nil, nil, fmt.Errorf("redis url %s: %w (want redis://[user:password@]host:port[/db])", telemetry.RedactURL(redisURL), telemetry.URLError(err))
 	}
 	ro.PoolSize = 256
 	rdb := redis.NewClient(ro)
@@ -78,8 +75,8 @@ type SchedulerOptions struct {
 	SafetyTimeout time.Duration
 }
 
-// StartScheduler runs a scheduler until ctx ends.
-func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*bus.Conn, error) {
+// StartScheduler runs a scheduler until it is closed.
+func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
 	router, err := scheduler.NewRouter(opts.Routes)
 	if err != nil {
 		return nil, err
@@ -93,15 +90,18 @@ func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts S
 		conn.Close()
 		return nil, err
 	}
-	return conn, nil
+	return s, nil
 }
 
-// StartWorker runs a worker until ctx ends; closing the connection waits
-// for the jobs in flight.
-func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts worker.Options, log *slog.Logger) (*bus.Conn, *worker.Worker, error) {
-	conn, err := bus.Connect(natsURL, instanceName("worker-"+opts.Pool), log)
+// StartWorker runs a worker until it is stopped. opts must have passed
+// worker.CheckOptions. The worker's bus name is its id.
+func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts worker.Options, log *slog.Logger) (*worker.Worker, error) {
+	if opts.ID == "" {
+		opts.ID = worker.NewID(opts.Pool)
+	}
+	conn, err := bus.Connect(natsURL, opts.ID, log)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	w, err := worker.New(conn, st, opts, log)
 	if err == nil {
@@ -109,9 +109,9 @@ func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts work
 	}
 	if err != nil {
 		conn.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	return conn, w, nil
+	return w, nil
 }
 
 // NewGateway returns a gateway publishing on its own connection.

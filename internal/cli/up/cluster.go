@@ -2,8 +2,6 @@ package up
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -16,6 +14,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/devstack"
 	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
@@ -54,11 +53,15 @@ type Cluster struct {
 	Store       *store.Store
 	WorkerID    string
 
-	cancel    context.CancelFunc
-	serveDone chan error
-	conns     []*bus.Conn
-	rdb       *redis.Client
-	closeOnce sync.Once
+	cancel      context.CancelFunc
+	serveDone   chan error
+	gatewayConn *bus.Conn
+	scheduler   *scheduler.Scheduler
+	worker      *worker.Worker
+	safetyConn  *bus.Conn
+	conns       []*bus.Conn // every component's, for Dropped
+	rdb         *redis.Client
+	closeOnce   sync.Once
 }
 
 // StartCluster boots every component and returns once the gateway accepts
@@ -93,20 +96,20 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	if !opts.NoSafety {
-		conn, err := daemon.StartSafety(runCtx, c.NATSURL, log.With("component", "safety"))
+		c.safetyConn, err = daemon.StartSafety(runCtx, c.NATSURL, log.With("component", "safety"))
 		if err != nil {
 			return c, err
 		}
-		c.conns = append(c.conns, conn)
+		c.conns = append(c.conns, c.safetyConn)
 	}
-	conn, err := daemon.StartScheduler(runCtx, c.NATSURL, c.Store, daemon.SchedulerOptions{
+	c.scheduler, err = daemon.StartScheduler(runCtx, c.NATSURL, c.Store, daemon.SchedulerOptions{
 		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout,
 	}, log.With("component", "scheduler"))
 	if err != nil {
 		return c, err
 	}
-	c.conns = append(c.conns, conn)
-	conn, w, err := daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
+	c.conns = append(c.conns, c.scheduler.Conn())
+	c.worker, err = daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
 		Pool:        "echo",
 		MaxParallel: opts.WorkerParallel,
 		Handlers:    map[string]plugins.Handler{echo.Topic: echo.Handler},
@@ -114,16 +117,17 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	if err != nil {
 		return c, err
 	}
-	c.conns = append(c.conns, conn)
-	c.WorkerID = w.ID()
+	c.conns = append(c.conns, c.worker.Conn())
+	c.WorkerID = c.worker.ID()
 
-	c.APIKey = newDevKey()
+	c.APIKey = "cx_dev_" + ids.Hex(16)
 	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, gateway.Options{
 		Keys: map[string]string{c.APIKey: gateway.InsecureTenant},
 	}, log.With("component", "gateway"))
 	if err != nil {
 		return c, err
 	}
+	c.gatewayConn = conn
 	c.conns = append(c.conns, conn)
 	ln, err := listen(opts.Listen)
 	if err != nil {
@@ -144,13 +148,6 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("gateway listen on %s: %w (pick another address with --listen, e.g. --listen 127.0.0.1:0)", addr, err)
 	}
 	return ln, nil
-}
-
-// newDevKey makes the API key `up` hands to its dev tenant.
-func newDevKey() string {
-	b := make([]byte, 16)
-	_, _ = rand.Read(b)
-	return "cx_dev_" + hex.EncodeToString(b)
 }
 
 // Dropped counts the malformed packets the components have dropped.
@@ -174,10 +171,11 @@ func (c *Cluster) Wait(ctx context.Context) error {
 	}
 }
 
-// Close stops the stack in order: the gateway stops taking requests, then
-// each component stops consuming and finishes what it holds, then the
-// connections and the embedded servers close. It returns the gateway's
-// serving error, if it failed.
+// Close stops the stack in an order that finishes what was accepted: the
+// gateway stops taking requests; the scheduler decides and dispatches the
+// submits it received; the worker finishes its jobs and reports them; the
+// scheduler records those results; then the safety kernel, Redis and the
+// embedded servers stop. It returns the gateway's serving error, if any.
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
@@ -185,8 +183,20 @@ func (c *Cluster) Close() error {
 		if c.serveDone != nil {
 			err = <-c.serveDone
 		}
-		for _, conn := range c.conns {
-			conn.Close()
+		if c.gatewayConn != nil {
+			c.gatewayConn.Close()
+		}
+		if c.scheduler != nil {
+			c.scheduler.StopSubmits()
+		}
+		if c.worker != nil {
+			c.worker.Stop()
+		}
+		if c.scheduler != nil {
+			c.scheduler.Close()
+		}
+		if c.safetyConn != nil {
+			c.safetyConn.Close()
 		}
 		if c.rdb != nil {
 			_ = c.rdb.Close()

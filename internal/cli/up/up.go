@@ -13,7 +13,6 @@ import (
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/client"
-	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
 )
@@ -21,7 +20,6 @@ import (
 // Options are up's flags.
 type Options struct {
 	Cluster  ClusterOptions
-	Routes   []string
 	LogLevel string
 	// NoContext skips writing the context file.
 	NoContext bool
@@ -54,7 +52,6 @@ up writes the gateway address and a dev API key to the context file, so
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory for the embedded JetStream's storage (default: a temporary directory)")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
-	fs.StringSliceVar(&o.Routes, "route", nil, "topic=pool routes, repeatable (default job.echo=echo)")
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	cmdutil.BindEnv(cmd)
@@ -63,13 +60,6 @@ up writes the gateway address and a dev API key to the context file, so
 
 func upRun(cmd *cobra.Command, o *Options) error {
 	start := time.Now()
-	if len(o.Routes) > 0 {
-		routes, err := scheduler.ParseRoutes(o.Routes)
-		if err != nil {
-			return &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
-		}
-		o.Cluster.Routes = routes
-	}
 	log, err := cmdutil.Logger(cmd, o.LogLevel)
 	if err != nil {
 		return err
