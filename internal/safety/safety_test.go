@@ -7,11 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/safety"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -43,20 +43,6 @@ func TestBuiltinPolicy(t *testing.T) {
 	}
 }
 
-func startNATS(t *testing.T) string {
-	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(5 * time.Second) {
-		t.Fatal("NATS not ready")
-	}
-	t.Cleanup(s.Shutdown)
-	return s.ClientURL()
-}
-
 func connect(t *testing.T, url, name string) *bus.Conn {
 	t.Helper()
 	c, err := bus.Connect(url, name, slog.New(slog.DiscardHandler))
@@ -77,7 +63,7 @@ func check(t *testing.T, c *safety.Client, topic string) *cortexv1.CheckResponse
 }
 
 func TestClientAgainstKernel(t *testing.T) {
-	url := startNATS(t)
+	url := bustest.StartServer(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := safety.NewKernel(safety.BuiltinPolicy(), slog.New(slog.DiscardHandler)).Start(ctx, connect(t, url, "kernel")); err != nil {
@@ -149,7 +135,7 @@ func TestClientFailsClosed(t *testing.T) {
 		}, "other than a decision"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			url := startNATS(t)
+			url := bustest.StartServer(t)
 			tc.kernel(t, url)
 			got := check(t, safety.NewClient(connect(t, url, "client"), 50*time.Millisecond), "job.echo")
 			if got.GetDecision() != deny || got.GetRule() != bus.RuleFailClosed || !strings.Contains(got.GetReason(), tc.reason) {

@@ -9,10 +9,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -63,17 +63,10 @@ type rig struct {
 
 func newRig(t *testing.T, checker scheduler.Checker, refuse store.State) *rig {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("NATS not ready")
-	}
-	t.Cleanup(ns.Shutdown)
+	natsURL := bustest.StartServer(t)
 	r := &rig{st: &fakeStore{changes: map[string][]store.Change{}, refuse: refuse}, dispatched: make(chan *cortexv1.JobRequest, 10)}
-	r.client, err = nats.Connect(ns.ClientURL())
+	var err error
+	r.client, err = nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,7 +78,7 @@ func newRig(t *testing.T, checker scheduler.Checker, refuse store.State) *rig {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := bus.Connect(ns.ClientURL(), "scheduler-test", slog.New(slog.DiscardHandler))
+	conn, err := bus.Connect(natsURL, "scheduler-test", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,11 +8,11 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -33,21 +33,13 @@ func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
 
 func newRigWith(t *testing.T, opts worker.Options) *rig {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(5 * time.Second) {
-		t.Fatal("NATS not ready")
-	}
-	t.Cleanup(ns.Shutdown)
+	natsURL := bustest.StartServer(t)
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
 	r := &rig{st: store.New(rdb, store.Options{}), results: make(chan *cortexv1.JobResult, 10), beats: make(chan *cortexv1.Heartbeat, 10)}
 
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,7 +61,7 @@ func newRigWith(t *testing.T, opts worker.Options) *rig {
 	}
 
 	log := slog.New(slog.DiscardHandler)
-	r.conn, err = bus.Connect(ns.ClientURL(), "test", log)
+	r.conn, err = bus.Connect(natsURL, "test", log)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -69,6 +71,45 @@ func hasCredentials(raw string, redis bool) bool {
 	return u.User.Username() != "" || ok && p != ""
 }
 
+// env is what a daemon runs with once its flags have passed: a context
+// that ends at SIGINT/SIGTERM, a logger and, for daemons that keep state,
+// the store.
+type env struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    *slog.Logger
+	store  *store.Store
+	rdb    *redis.Client
+}
+
+func (e *env) close() {
+	e.cancel()
+	if e.rdb != nil {
+		_ = e.rdb.Close()
+	}
+}
+
+// prepare checks credentials, builds the logger and opens the store (when
+// redis is set). Call close on the result.
+func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
+	if err := o.checkAuth(redis); err != nil {
+		return nil, err
+	}
+	log, err := cmdutil.Logger(cmd, o.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(cmd.Context())
+	e := &env{ctx: ctx, cancel: cancel, log: log}
+	if redis {
+		if e.store, e.rdb, err = OpenStore(ctx, o.RedisURL, store.Options{}); err != nil {
+			cancel()
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
 // serve blocks until the command's context ends, then calls stop.
 func serve(cmd *cobra.Command, what string, stop func()) error {
 	fmt.Fprintf(cmd.ErrOrStderr(), "%s running; Ctrl-C or SIGTERM stops it\n", what)
@@ -87,20 +128,16 @@ func NewCmdSafety() *cobra.Command {
 		Example: "  cortexctl safety --nats-url nats://cortex:secret@127.0.0.1:4222",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkAuth(false); err != nil {
-				return err
-			}
-			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			e, err := o.prepare(cmd, false)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			conn, err := StartSafety(ctx, o.NATSURL, log)
+			defer e.close()
+			conn, err := StartSafety(e.ctx, o.NATSURL, e.log)
 			if err != nil {
 				return err
 			}
-			return serve(cmd, "safety kernel", func() { conn.Close(); cancel() })
+			return serve(cmd, "safety kernel", conn.Close)
 		},
 	}
 	o.addFlags(cmd, false)
@@ -121,9 +158,6 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --route job.echo=echo",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkAuth(true); err != nil {
-				return err
-			}
 			table := scheduler.DefaultRoutes()
 			if len(routes) > 0 {
 				var err error
@@ -131,22 +165,16 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 					return &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
 				}
 			}
-			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			e, err := o.prepare(cmd, true)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			st, rdb, err := OpenStore(ctx, o.RedisURL, store.Options{})
+			defer e.close()
+			s, err := StartScheduler(e.ctx, o.NATSURL, e.store, SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout}, e.log)
 			if err != nil {
 				return err
 			}
-			defer rdb.Close()
-			s, err := StartScheduler(ctx, o.NATSURL, st, SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout}, log)
-			if err != nil {
-				return err
-			}
-			return serve(cmd, "scheduler", func() { s.Close(); cancel() })
+			return serve(cmd, "scheduler", s.Close)
 		},
 	}
 	o.addFlags(cmd, true)
@@ -168,29 +196,20 @@ pool share its jobs; start more to add capacity. Built-in plugins: echo (job.ech
 		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkAuth(true); err != nil {
-				return err
-			}
 			wo.Handlers = map[string]plugins.Handler{echo.Topic: echo.Handler}
 			if err := worker.CheckOptions(wo); err != nil {
 				return &cmdutil.UsageError{Err: err}
 			}
-			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			e, err := o.prepare(cmd, true)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			st, rdb, err := OpenStore(ctx, o.RedisURL, store.Options{})
+			defer e.close()
+			w, err := StartWorker(e.ctx, o.NATSURL, e.store, wo, e.log)
 			if err != nil {
 				return err
 			}
-			defer rdb.Close()
-			w, err := StartWorker(ctx, o.NATSURL, st, wo, log)
-			if err != nil {
-				return err
-			}
-			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), func() { w.Stop(); cancel() })
+			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), w.Stop)
 		},
 	}
 	o.addFlags(cmd, true)
@@ -219,9 +238,6 @@ unless --insecure is given.`,
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.checkAuth(true); err != nil {
-				return err
-			}
 			keyTable, err := parseKeys(keys)
 			if err != nil {
 				return &cmdutil.UsageError{Err: err}
@@ -229,18 +245,12 @@ unless --insecure is given.`,
 			if len(keyTable) == 0 && !o.Insecure {
 				return &cmdutil.UsageError{Err: gateway.ErrNoKeys}
 			}
-			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			e, err := o.prepare(cmd, true)
 			if err != nil {
 				return err
 			}
-			ctx, cancel := context.WithCancel(cmd.Context())
-			defer cancel()
-			st, rdb, err := OpenStore(ctx, o.RedisURL, store.Options{})
-			if err != nil {
-				return err
-			}
-			defer rdb.Close()
-			g, conn, err := NewGateway(o.NATSURL, st, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, log)
+			defer e.close()
+			g, conn, err := NewGateway(o.NATSURL, e.store, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, e.log)
 			if err != nil {
 				return err
 			}
@@ -250,7 +260,7 @@ unless --insecure is given.`,
 				return fmt.Errorf("gateway listen on %s: %w", listen, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "gateway listening on http://%s; Ctrl-C or SIGTERM stops it\n", ln.Addr())
-			return g.Serve(ctx, ln)
+			return g.Serve(e.ctx, ln)
 		},
 	}
 	o.addFlags(cmd, true)
