@@ -80,7 +80,9 @@ func (c *Conn) Close() {
 	for _, s := range subs {
 		s.Drain()
 	}
-	_ = c.nc.FlushTimeout(2 * time.Second)
+	if c.nc.IsConnected() {
+		_ = c.nc.FlushTimeout(2 * time.Second)
+	}
 	c.nc.Close()
 }
 
@@ -134,6 +136,7 @@ type Handler func(ctx context.Context, p *cortexv1.BusPacket, reply string) erro
 // Subscription is one subject's consumer: NATS delivers, handlers run on
 // goroutines, at most the subscription's concurrency at once.
 type Subscription struct {
+	nc  *nats.Conn
 	sub *nats.Subscription
 	wg  sync.WaitGroup
 
@@ -149,7 +152,7 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 	if concurrency < 1 {
 		concurrency = 1
 	}
-	s := &Subscription{}
+	s := &Subscription{nc: c.nc}
 	sem := make(chan struct{}, concurrency)
 	cb := func(m *nats.Msg) {
 		p, err := Decode(m.Data)
@@ -210,7 +213,11 @@ func (s *Subscription) track() bool {
 // run, and returns when they are done (or the drain timed out). It is safe
 // to call more than once.
 func (s *Subscription) Drain() {
-	if err := s.sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+	// A drain completes with a round trip to the server; with the server
+	// gone there is nobody to drain from, so stop at once.
+	if !s.nc.IsConnected() {
+		_ = s.sub.Unsubscribe()
+	} else if err := s.sub.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 		_ = s.sub.Unsubscribe()
 	}
 	deadline := time.Now().Add(drainTimeout)

@@ -1,0 +1,99 @@
+package bus_test
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+func connect(t *testing.T, url string) *bus.Conn {
+	t.Helper()
+	c, err := bus.Connect(url, "test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func request(id string) *cortexv1.BusPacket {
+	return &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: &cortexv1.JobRequest{JobId: id, Topic: "job.echo"}}}
+}
+
+// Close lets every packet already received finish its handler, and the
+// handlers may still publish while it drains.
+func TestCloseFinishesReceivedPackets(t *testing.T) {
+	url := bustest.StartServer(t)
+	consumer, producer := connect(t, url), connect(t, url)
+	defer producer.Close()
+	var handled, echoed atomic.Int32
+	echoes := connect(t, url)
+	defer echoes.Close()
+	if _, err := echoes.Subscribe(context.Background(), "echoes", "", 1, func(context.Context, *cortexv1.BusPacket, string) error {
+		echoed.Add(1)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	if _, err := consumer.Subscribe(context.Background(), "in", "", 2, func(_ context.Context, p *cortexv1.BusPacket, _ string) error {
+		<-release
+		handled.Add(1)
+		return consumer.Publish("echoes", p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// The subscriptions are in place at the server before anything is sent.
+	for _, c := range []*bus.Conn{consumer, echoes} {
+		if err := c.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	const n = 20
+	for i := range n {
+		if err := producer.Publish("in", request(string(rune('a'+i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := producer.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := consumer.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	consumer.Close()
+	if got := handled.Load(); got != n {
+		t.Fatalf("handled %d of %d received packets before Close returned (dropped %d)", got, n, consumer.Dropped())
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for echoed.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := echoed.Load(); got != n {
+		t.Fatalf("%d of %d packets published during the drain arrived", got, n)
+	}
+}
+
+// With the server gone there is nothing to drain from: Close must not wait
+// out the drain timeout (30 s).
+func TestCloseWithServerGone(t *testing.T) {
+	s := bustest.Start(t)
+	c := connect(t, s.ClientURL())
+	if _, err := c.Subscribe(context.Background(), "in", "", 1, func(context.Context, *cortexv1.BusPacket, string) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	s.Shutdown()
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waiting 10s after the server went away")
+	}
+}
