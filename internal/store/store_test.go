@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -190,4 +191,51 @@ func TestStartWithoutPromptFailsTheJob(t *testing.T) {
 			t.Fatalf("job after Start without a prompt: %+v, want FAILED with a reason", j)
 		}
 	})
+}
+
+// BenchmarkJobPath runs one job's store traffic: create, dispatch, start,
+// result, complete.
+func BenchmarkJobPath(b *testing.B) {
+	run := func(b *testing.B, rdb *redis.Client) {
+		st := store.New(rdb, store.Options{})
+		ctx := context.Background()
+		prefix := "bench-" + time.Now().Format("150405.000000") + "-"
+		i := 0
+		for b.Loop() {
+			i++
+			id := prefix + strconv.Itoa(i)
+			if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Prompt: "p"}, now); err != nil {
+				b.Fatal(err)
+			}
+			if err := st.Transition(ctx, id, store.Change{To: store.Dispatched, Pool: "echo"}, now); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := st.Start(ctx, id, "w", now); err != nil {
+				b.Fatal(err)
+			}
+			if err := st.PutResult(ctx, id, "p"); err != nil {
+				b.Fatal(err)
+			}
+			if err := st.Transition(ctx, id, store.Change{To: store.Completed}, now); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("miniredis", func(b *testing.B) {
+		mr := miniredis.RunT(b)
+		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+		defer rdb.Close()
+		run(b, rdb)
+	})
+	if url := os.Getenv("CORTEX_TEST_REDIS_URL"); url != "" {
+		b.Run("redis", func(b *testing.B) {
+			opts, err := redis.ParseURL(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rdb := redis.NewClient(opts)
+			defer rdb.Close()
+			run(b, rdb)
+		})
+	}
 }
