@@ -39,8 +39,10 @@ func NewCmdSubmit(f *cmdutil.Factory, runF func(context.Context, *SubmitOptions)
 		Long: `Submit a job and print its id. With --wait, follow it to its end and print
 its final state and result.
 
-Exit status with --wait: 0 when the job COMPLETED, 3 when it ended DENIED or
-FAILED (the reason is printed on stderr), 1 on any other error.`,
+Exit status: 0 when the job was accepted (with --wait: when it COMPLETED);
+3 when it ended DENIED or FAILED (the reason is printed on stderr); 2 when the
+request is invalid (bad flag, topic or label); 4 when the API key is missing
+or wrong; 1 on any other error.`,
 		Example: `  cortexctl submit --topic job.echo --prompt hello --wait
   cortexctl submit --topic job.echo --prompt hi --label team=ml`,
 		Args: cobra.NoArgs,
