@@ -213,3 +213,19 @@ func TestMalformedPacketsAreDroppedAndCounted(t *testing.T) {
 		t.Fatalf("after malformed packets: %v %q, want the stack still completing jobs", st.GetState(), st.GetResult())
 	}
 }
+
+// BenchmarkStartCluster measures what `up` does before its ready line:
+// embedded NATS and Redis, every component, the gateway listening.
+func BenchmarkStartCluster(b *testing.B) {
+	for b.Loop() {
+		c, err := up.StartCluster(context.Background(), up.ClusterOptions{Listen: "127.0.0.1:0"}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := c.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+}
