@@ -41,6 +41,11 @@ type harness struct {
 func startHarness(t *testing.T, opts up.ClusterOptions) *harness {
 	t.Helper()
 	opts.Listen = "127.0.0.1:0"
+	if opts.SafetyTimeout == 0 {
+		// Generous, so a loaded CI machine under -race never fails closed
+		// by accident; the fail-closed tests set their own.
+		opts.SafetyTimeout = 5 * time.Second
+	}
 	c, err := up.StartCluster(context.Background(), opts, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

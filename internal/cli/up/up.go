@@ -13,6 +13,7 @@ import (
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
 )
@@ -51,6 +52,7 @@ up writes the gateway address and a dev API key to the context file, so
 	fs.StringVar(&o.Cluster.NATSURL, "nats-url", "", "use this NATS server instead of the embedded one")
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory for the embedded JetStream's storage (default: a temporary directory)")
+	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
