@@ -17,8 +17,11 @@ type Job struct {
 	Tenant string
 	// Attempt counts from 1.
 	Attempt uint32
-	// Prompt is the job's input.
+	// Prompt is the job's input text.
 	Prompt string
+	// Payload is the job's input when it was submitted as bytes rather
+	// than text; Prompt is empty then.
+	Payload []byte
 	// Labels are the submitter's key/value labels.
 	Labels map[string]string
 }
@@ -29,8 +32,11 @@ type Result struct {
 	Output string
 }
 
-// Handler runs jobs. Handle must return when ctx ends; an error marks the
-// attempt FAILED with the error's text as the reason.
+// Handler runs jobs. Handle must return when ctx ends: ctx is cancelled
+// when the job is cancelled, when its timeout passes (the attempt is then
+// recorded TIMEOUT) and when the worker shuts down. An error marks the
+// attempt FAILED with the error's text as the reason; the job is retried
+// while it has attempts left.
 type Handler interface {
 	Handle(ctx context.Context, job *Job) (*Result, error)
 }

@@ -63,7 +63,7 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if r.GetJobId() == "" {
 			return errors.New("job result without a job id")
 		}
-		if s := r.GetState(); s != cortexv1.JobState_JOB_STATE_COMPLETED && s != cortexv1.JobState_JOB_STATE_FAILED {
+		if s := r.GetState(); s != cortexv1.JobState_JOB_STATE_COMPLETED && s != cortexv1.JobState_JOB_STATE_FAILED && s != cortexv1.JobState_JOB_STATE_TIMEOUT {
 			return fmt.Errorf("job result with state %v", s)
 		}
 	case *cortexv1.BusPacket_Heartbeat:
@@ -75,6 +75,14 @@ func validatePayload(p *cortexv1.BusPacket) error {
 			return errors.New("check request without a job id")
 		}
 	case *cortexv1.BusPacket_CheckResponse:
+	case *cortexv1.BusPacket_JobEvent:
+		if j := pl.JobEvent.GetJob(); j.GetJobId() == "" || j.GetTenantId() == "" {
+			return errors.New("job event without a job id or tenant")
+		}
+	case *cortexv1.BusPacket_JobCancel:
+		if pl.JobCancel.GetJobId() == "" {
+			return errors.New("job cancel without a job id")
+		}
 	default:
 		return errors.New("no payload")
 	}

@@ -16,6 +16,11 @@ const (
 	// SubjectSafetyCheck is the safety kernel's request/reply subject:
 	// CheckRequest in, CheckResponse out.
 	SubjectSafetyCheck = "sys.safety.check"
+	// SubjectJobEvent carries JobEvent: every component publishes one after
+	// each state change it makes; gateways fan them out to watchers.
+	SubjectJobEvent = "sys.job.event"
+	// SubjectJobCancel carries JobCancel to every worker.
+	SubjectJobCancel = "sys.job.cancel"
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cortex-os/core/internal/cli/bench"
 	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/cli/contextcmd"
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/up"
@@ -55,8 +56,8 @@ Exit status:
   0    success
   1    error
   2    usage error (bad flag, argument, request or configuration)
-  3    the job ended without completing (DENIED or FAILED)
-  4    authentication failed (missing or unknown API key)
+  3    the job ended without completing (DENIED, FAILED, CANCELLED or TIMEOUT)
+  4    authentication failed (missing or unknown API key, or a read-only key)
   130  interrupted (Ctrl-C)
 `
 
@@ -69,8 +70,9 @@ func NewRootCmd(f *cmdutil.Factory) *cobra.Command {
 component) and submits and follows jobs. Every job is checked against the
 safety policy before it runs, and fails closed.
 
-Clients find the gateway from --server, then CORTEX_SERVER, then the context
-file that 'cortexctl up' writes, then ` + "http://127.0.0.1:7470." + `
+Clients find the gateway and key from --server/--api-key, then CORTEX_SERVER/
+CORTEX_API_KEY, then the current context ('cortexctl context', which
+'cortexctl up' writes), then ` + "http://127.0.0.1:7470." + `
 ` + exitCodesHelp,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -78,21 +80,25 @@ file that 'cortexctl up' writes, then ` + "http://127.0.0.1:7470." + `
 	root.SetIn(f.In)
 	root.SetOut(f.Out)
 	root.SetErr(f.ErrOut)
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &cmdutil.UsageError{Err: err} })
+	root.SetFlagErrorFunc(flagError)
 	pf := root.PersistentFlags()
 	pf.StringVar(&f.Server, "server", "", "gateway URL (default: $CORTEX_SERVER, the context, or http://127.0.0.1:7470)")
 	pf.StringVar(&f.APIKey, "api-key", "", "API key (default: $CORTEX_API_KEY or the context's)")
 
-	root.AddGroup(&cobra.Group{ID: "run", Title: "Run CortexOS:"}, &cobra.Group{ID: "jobs", Title: "Jobs:"})
+	root.AddGroup(&cobra.Group{ID: "run", Title: "Run CortexOS:"}, &cobra.Group{ID: "jobs", Title: "Jobs:"},
+		&cobra.Group{ID: "config", Title: "Configuration:"})
 	for _, c := range []*cobra.Command{up.NewCmdUp(), daemon.NewCmdGateway(), daemon.NewCmdScheduler(), daemon.NewCmdSafety(), daemon.NewCmdWorker()} {
 		c.GroupID = "run"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdStatus(f), bench.NewCmdBench(f)} {
+	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdJobs(f), job.NewCmdTail(f, nil), bench.NewCmdBench(f)} {
 		c.GroupID = "jobs"
 		root.AddCommand(c)
 	}
-	root.AddCommand(newCmdVersion(f))
+	ctxCmd := contextcmd.NewCmdContext(f)
+	ctxCmd.GroupID = "config"
+	root.AddCommand(ctxCmd, newCmdVersion(f))
+	suggestSubcommands(root)
 	return root
 }
 
@@ -146,7 +152,7 @@ func ExitCode(err error) int {
 		return cmdutil.ExitJobNotDone
 	case errors.As(err, &usage), isCobraUsage(err), connect.CodeOf(err) == connect.CodeInvalidArgument:
 		return cmdutil.ExitUsage
-	case connect.CodeOf(err) == connect.CodeUnauthenticated:
+	case connect.CodeOf(err) == connect.CodeUnauthenticated, connect.CodeOf(err) == connect.CodePermissionDenied:
 		return cmdutil.ExitAuth
 	case errors.Is(err, context.Canceled):
 		return cmdutil.ExitInterrupted

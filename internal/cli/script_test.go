@@ -2,7 +2,6 @@ package cli_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -77,12 +76,12 @@ func loadContext(ts *testscript.TestScript) (client.Context, error) {
 	if path == "" {
 		return c, errors.New("CORTEX_CONTEXT_FILE is not set")
 	}
-	b, err := os.ReadFile(path)
+	cfg, err := client.ReadConfig(path)
 	if err != nil {
 		return c, err
 	}
-	if err := json.Unmarshal(b, &c); err != nil {
-		return c, fmt.Errorf("context %s: %w", path, err)
+	if c, err = cfg.Lookup(cfg.Current); err != nil {
+		return c, err
 	}
 	if c.Server == "" {
 		return c, fmt.Errorf("context %s has no server", path)
@@ -180,23 +179,27 @@ func cmdJobsOnWorker(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // runEcho submits one job.echo job and waits for it to complete.
-func runEcho(gw cortexv1connect.GatewayServiceClient, prompt string) (*cortexv1.GetJobStatusResponse, error) {
+func runEcho(gw cortexv1connect.GatewayServiceClient, prompt string) (*cortexv1.Job, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), jobTimeout)
 	defer cancel()
 	res, err := gw.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: prompt})
 	if err != nil {
 		return nil, fmt.Errorf("submit: %w", err)
 	}
-	st, err := job.WaitForEnd(ctx, gw, res.GetJobId())
+	st, err := job.WaitForEnd(ctx, gw, res.GetJobId(), nil)
 	if err != nil {
 		return nil, fmt.Errorf("job %s: %w", res.GetJobId(), err)
 	}
 	if st.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
 		return nil, fmt.Errorf("job %s ended %s (worker %q, rule %q, reason %q), want COMPLETED",
-			st.GetJobId(), job.StateName(st.GetState()), st.GetWorkerId(), st.GetRule(), st.GetReason())
+			st.GetJobId(), job.StateName(st.GetState()), st.GetWorkerId(), st.GetSafety().GetRule(), st.GetReason())
 	}
-	if st.GetResult() != prompt {
-		return nil, fmt.Errorf("job %s: result %q, want %q", st.GetJobId(), st.GetResult(), prompt)
+	out, err := gw.GetResult(ctx, &cortexv1.GetResultRequest{JobId: st.GetJobId()})
+	if err != nil {
+		return nil, fmt.Errorf("job %s: %w", st.GetJobId(), err)
+	}
+	if out.GetText() != prompt {
+		return nil, fmt.Errorf("job %s: result %q, want %q", st.GetJobId(), out.GetText(), prompt)
 	}
 	return st, nil
 }

@@ -5,44 +5,92 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"strings"
 
 	"connectrpc.com/connect/v2"
+
+	"github.com/cortex-os/core/internal/bus"
 )
 
 // InsecureTenant owns every job when the gateway runs without keys.
 const InsecureTenant = "default"
 
-// keyring maps API keys, kept only as SHA-256 digests, to tenants.
-type keyring struct {
-	digests map[[sha256.Size]byte]string
+// Principal is who an API key speaks for.
+type Principal struct {
+	Tenant string
+	// ReadOnly keys may read and watch jobs but not submit or cancel.
+	ReadOnly bool
 }
 
-func newKeyring(keys map[string]string) *keyring {
-	k := &keyring{digests: make(map[[sha256.Size]byte]string, len(keys))}
-	for key, tenant := range keys {
-		k.digests[sha256.Sum256([]byte(key))] = tenant
+// ParseKeys reads API keys given as key:tenant or key:tenant:read (a
+// read-only key), as in --api-keys and CORTEX_API_KEYS.
+func ParseKeys(specs []string) (map[string]Principal, error) {
+	keys := make(map[string]Principal, len(specs))
+	for _, spec := range specs {
+		parts := strings.Split(spec, ":")
+		if len(parts) < 2 || len(parts) > 3 || parts[0] == "" {
+			return nil, errors.New("want key:tenant or key:tenant:read, e.g. s3cr3t:acme")
+		}
+		p := Principal{Tenant: parts[1]}
+		if !bus.ValidToken(p.Tenant) {
+			return nil, fmt.Errorf("tenant %q must be 1-64 characters of a-z, 0-9, - and _", p.Tenant)
+		}
+		if len(parts) == 3 {
+			if parts[2] != "read" {
+				return nil, fmt.Errorf("scope %q is not known: the only scope is read (a read-only key)", parts[2])
+			}
+			p.ReadOnly = true
+		}
+		if len(parts[0]) < 8 {
+			return nil, fmt.Errorf("the key for tenant %s is %d characters; use at least 8 (cortexctl up makes 32)", p.Tenant, len(parts[0]))
+		}
+		keys[parts[0]] = p
+	}
+	return keys, nil
+}
+
+// keyring maps API keys, kept only as SHA-256 digests, to principals.
+type keyring struct {
+	digests map[[sha256.Size]byte]Principal
+}
+
+func newKeyring(keys map[string]Principal) *keyring {
+	k := &keyring{digests: make(map[[sha256.Size]byte]Principal, len(keys))}
+	for key, p := range keys {
+		k.digests[sha256.Sum256([]byte(key))] = p
 	}
 	return k
 }
 
-// tenant returns the tenant of a presented key. Digests are compared in
+// principal returns who a presented key speaks for. Digests are compared in
 // constant time, so timing does not leak how much of a key matched.
-func (k *keyring) tenant(key string) (string, bool) {
+func (k *keyring) principal(key string) (Principal, bool) {
 	d := sha256.Sum256([]byte(key))
-	for digest, tenant := range k.digests {
+	for digest, p := range k.digests {
 		if subtle.ConstantTimeCompare(d[:], digest[:]) == 1 {
-			return tenant, true
+			return p, true
 		}
 	}
-	return "", false
+	return Principal{}, false
 }
 
-type tenantKey struct{}
+type principalKey struct{}
 
-func tenantFrom(ctx context.Context) string {
-	t, _ := ctx.Value(tenantKey{}).(string)
-	return t
+func principalFrom(ctx context.Context) Principal {
+	p, _ := ctx.Value(principalKey{}).(Principal)
+	return p
+}
+
+func tenantFrom(ctx context.Context) string { return principalFrom(ctx).Tenant }
+
+// requireWrite refuses a read-only key.
+func requireWrite(ctx context.Context, what string) error {
+	if principalFrom(ctx).ReadOnly {
+		return connect.Errorf(connect.CodePermissionDenied,
+			"this API key is read-only and cannot %s; use a key without the :read scope", what)
+	}
+	return nil
 }
 
 // authenticate is a server interceptor that resolves the bearer API key to
@@ -50,8 +98,9 @@ func tenantFrom(ctx context.Context) string {
 // every caller is InsecureTenant.
 func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
-		if g.keys == nil {
-			return next(context.WithValue(ctx, tenantKey{}, InsecureTenant), spec, stream)
+		if g.keys == nil || strings.HasPrefix(spec.Procedure, "/grpc.reflection.") {
+			// Reflection describes the public schema, nothing of a tenant.
+			return next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant}), spec, stream)
 		}
 		var header string
 		if info, ok := connect.CallInfoForServerContext(ctx); ok {
@@ -62,14 +111,14 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 			return connect.NewError(connect.CodeUnauthenticated,
 				"missing API key: send the header 'Authorization: Bearer YOUR_KEY' (cortexctl reads the key from --api-key, CORTEX_API_KEY or the context that 'cortexctl up' writes)")
 		}
-		tenant, ok := g.keys.tenant(key)
+		p, ok := g.keys.principal(key)
 		if !ok {
 			return connect.NewError(connect.CodeUnauthenticated, "API key not recognised: check the key, or ask an operator for one")
 		}
-		return next(context.WithValue(ctx, tenantKey{}, tenant), spec, stream)
+		return next(context.WithValue(ctx, principalKey{}, p), spec, stream)
 	}
 }
 
 // ErrNoKeys is returned by New when no key is configured and insecure mode
 // was not asked for.
-var ErrNoKeys = errors.New("gateway: no API keys configured; set CORTEX_API_KEYS=key:tenant[,key:tenant...] or pass --api-keys key:tenant, or run with --insecure to accept every caller as tenant \"default\"")
+var ErrNoKeys = errors.New("gateway: no API keys configured; set CORTEX_API_KEYS=key:tenant[,key:tenant...] or pass --api-keys key:tenant (key:tenant:read for a read-only key), or run with --insecure to accept every caller as tenant \"default\"")

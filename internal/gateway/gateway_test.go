@@ -3,68 +3,111 @@ package gateway_test
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
+	"connectrpc.com/connect/v2/connecthttp"
+	"connectrpc.com/grpcreflect/v2"
 	"github.com/alicebob/miniredis/v2"
+	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
 
-// recorder is a Publisher that keeps what it was given.
-type recorder struct {
+// tap records every packet published on the bus.
+type tap struct {
 	mu      sync.Mutex
 	packets map[string][]*cortexv1.BusPacket
-	fail    error
 }
 
-var _ gateway.Publisher = (*recorder)(nil)
-
-func (r *recorder) Publish(subject string, p *cortexv1.BusPacket) error {
+func (r *tap) on(subject string) []*cortexv1.BusPacket {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.fail != nil {
-		return r.fail
-	}
-	r.packets[subject] = append(r.packets[subject], p)
-	return nil
-}
-
-func (r *recorder) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return len(r.packets[bus.SubjectJobSubmit])
+	return slices.Clone(r.packets[subject])
 }
 
 type fixture struct {
-	pub *recorder
-	mr  *miniredis.Miniredis
-	url string
+	tap   *tap
+	mr    *miniredis.Miniredis
+	st    *store.Store
+	conn  *bus.Conn // the gateway's
+	other *bus.Conn // another component's, to publish events
+	url   string
 }
+
+var testLog = slog.New(slog.DiscardHandler)
 
 func newFixture(t *testing.T, opts gateway.Options) *fixture {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	pub := &recorder{packets: map[string][]*cortexv1.BusPacket{}}
-	g, err := gateway.New(store.New(rdb, store.Options{}), pub, opts, slog.New(slog.DiscardHandler))
+	natsURL := bustest.StartServer(t)
+	f := &fixture{tap: &tap{packets: map[string][]*cortexv1.BusPacket{}}, mr: mr, st: store.New(rdb, store.Options{})}
+	for _, c := range []**bus.Conn{&f.conn, &f.other} {
+		conn, err := bus.Connect(natsURL, "test", testLog)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(conn.Close)
+		*c = conn
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	_, err := f.other.NATS().Subscribe(">", func(m *nats.Msg) {
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Errorf("undecodable packet on %s: %v", m.Subject, err)
+			return
+		}
+		f.tap.mu.Lock()
+		defer f.tap.mu.Unlock()
+		f.tap.packets[m.Subject] = append(f.tap.packets[m.Subject], p)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(g.Handler())
+	if err := f.other.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if opts.Router == nil {
+		opts.Router, _ = routing.NewRouter(map[string]string{"job.echo": "echo"})
+	}
+	g, err := gateway.New(f.st, f.conn, opts, testLog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := g.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.conn.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(g.Handler())
+	srv.Config.Protocols = new(http.Protocols)
+	srv.Config.Protocols.SetHTTP1(true)
+	srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	srv.Start()
 	t.Cleanup(srv.Close)
-	return &fixture{pub: pub, mr: mr, url: srv.URL}
+	f.url = srv.URL
+	return f
 }
 
 func (f *fixture) client(t *testing.T, key string) cortexv1connect.GatewayServiceClient {
@@ -76,70 +119,154 @@ func (f *fixture) client(t *testing.T, key string) cortexv1connect.GatewayServic
 	return c
 }
 
-var keys = map[string]string{"key-acme": "acme", "key-globex": "globex"}
+// eventually polls cond until it holds or 5s pass.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 5s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// move makes a transition as a scheduler or worker would, with its event.
+func (f *fixture) move(t *testing.T, id string, c store.Change) {
+	t.Helper()
+	j, err := f.st.Transition(context.Background(), id, c, time.Now())
+	if err != nil {
+		t.Fatalf("move %s to %s: %v", id, c.To, err)
+	}
+	if err := f.other.PublishJobEvent(id, j.Proto()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var keys = map[string]gateway.Principal{
+	"key-acme-1234":   {Tenant: "acme"},
+	"key-globex-1234": {Tenant: "globex"},
+	"key-acme-read":   {Tenant: "acme", ReadOnly: true},
+}
+
+func submit(t *testing.T, c cortexv1connect.GatewayServiceClient, req *cortexv1.SubmitJobRequest) string {
+	t.Helper()
+	res, err := c.SubmitJob(context.Background(), req)
+	if err != nil {
+		t.Fatalf("submit %v: %v", req, err)
+	}
+	return res.GetJobId()
+}
 
 func TestNewRefusesToStartWithoutKeys(t *testing.T) {
-	_, err := gateway.New(nil, nil, gateway.Options{}, slog.New(slog.DiscardHandler))
+	r, _ := routing.NewRouter(nil)
+	_, err := gateway.New(nil, nil, gateway.Options{Router: r}, testLog)
 	if err == nil || !strings.Contains(err.Error(), "--insecure") {
 		t.Fatalf("New without keys: %v, want a refusal that mentions --insecure", err)
 	}
 }
 
-func TestSubmitPublishesPointerNotPrompt(t *testing.T) {
+func TestParseKeys(t *testing.T) {
+	got, err := gateway.ParseKeys([]string{"s3cr3t-key:acme", "r3ad-only-key:acme:read"})
+	if err != nil || got["s3cr3t-key"] != (gateway.Principal{Tenant: "acme"}) || !got["r3ad-only-key"].ReadOnly {
+		t.Fatalf("ParseKeys = %v, %v", got, err)
+	}
+	for _, bad := range []string{"nokey", ":acme", "short:acme", "longenough:Acme Corp", "longenough:acme:admin", "a:b:c:d"} {
+		if _, err := gateway.ParseKeys([]string{bad}); err == nil {
+			t.Errorf("ParseKeys(%q) accepted", bad)
+		}
+	}
+}
+
+func TestSubmitRecordsTheJobAndPublishesAPointer(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
-	ctx := context.Background()
-	res, err := f.client(t, "key-acme").SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "secret prompt", Labels: map[string]string{"team": "ml"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.GetState() != cortexv1.JobState_JOB_STATE_PENDING || res.GetJobId() == "" {
-		t.Fatalf("submit answered %v", res)
-	}
-	req := f.pub.packets[bus.SubjectJobSubmit][0].GetJobRequest()
-	if req.GetJobId() != res.GetJobId() || req.GetTenantId() != "acme" || req.GetContextPtr() != "redis://ctx:"+res.GetJobId() ||
-		req.GetPromptSize() != uint64(len("secret prompt")) || req.GetLabels()["team"] != "ml" {
+	id := submit(t, f.client(t, "key-acme-1234"), &cortexv1.SubmitJobRequest{
+		Topic: "job.echo", Prompt: "secret prompt", Labels: map[string]string{"team": "ml"},
+		Priority: new(int32(7)), MaxAttempts: new(uint32(3)), Timeout: durationpb.New(90 * time.Second),
+	})
+	eventually(t, "submit published", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 1 })
+	req := f.tap.on(bus.SubjectJobSubmit)[0].GetJobRequest()
+	if req.GetJobId() != id || req.GetTenantId() != "acme" || req.GetContextPtr() != "redis://ctx:"+id ||
+		req.GetPromptSize() != uint64(len("secret prompt")) || req.GetLabels()["team"] != "ml" ||
+		req.GetPriority() != 7 || req.GetMaxAttempts() != 3 || req.GetTimeout().AsDuration() != 90*time.Second || req.GetAttempt() != 1 {
 		t.Fatalf("published %v", req)
 	}
-	if got, _ := f.mr.Get("ctx:" + res.GetJobId()); got != "secret prompt" {
+	if got, _ := f.mr.Get("ctx:" + id); got != "secret prompt" {
 		t.Fatalf("ctx key holds %q", got)
 	}
-	if f.mr.HGet("job:"+res.GetJobId(), "state") != "PENDING" {
-		t.Fatal("job not recorded PENDING")
+	j, err := f.st.Get(context.Background(), id)
+	if err != nil || j.State != store.Pending || j.Priority != 7 || j.MaxAttempts != 3 || j.Timeout != 90*time.Second {
+		t.Fatalf("recorded %+v, %v", j, err)
+	}
+	eventually(t, "PENDING event", func() bool { return len(f.tap.on(bus.SubjectJobEvent)) == 1 })
+	if ev := f.tap.on(bus.SubjectJobEvent)[0].GetJobEvent().GetJob(); ev.GetState() != cortexv1.JobState_JOB_STATE_PENDING || ev.GetJobId() != id {
+		t.Fatalf("event %v", ev)
 	}
 }
 
 func TestAuthentication(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
-	for _, key := range []string{"", "wrong-key", "key-acme-but-longer"} {
+	for _, key := range []string{"", "wrong-key", "key-acme-1234-but-longer"} {
 		_, err := f.client(t, key).SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
 		if connect.CodeOf(err) != connect.CodeUnauthenticated {
 			t.Errorf("key %q: err = %v, want Unauthenticated", key, err)
 		}
 	}
-	if n := f.pub.count(); n != 0 {
-		t.Errorf("%d packets published for unauthenticated calls", n)
+	id := submit(t, f.client(t, "key-acme-1234"), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	ro := f.client(t, "key-acme-read")
+	if _, err := ro.GetJob(context.Background(), &cortexv1.GetJobRequest{JobId: id}); err != nil {
+		t.Errorf("read-only key reading a job: %v", err)
+	}
+	_, err := ro.SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("read-only key submitting: %v, want PermissionDenied", err)
+	}
+	_, err = ro.CancelJob(context.Background(), &cortexv1.CancelJobRequest{JobId: id})
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("read-only key cancelling: %v, want PermissionDenied", err)
+	}
+	if n := len(f.tap.on(bus.SubjectJobSubmit)); n != 1 {
+		t.Errorf("%d submits published, want only the authorised one", n)
 	}
 }
 
 func TestTenantSeesOnlyItsJobs(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
 	ctx := context.Background()
-	res, err := f.client(t, "key-acme").SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.client(t, "key-acme").GetJobStatus(ctx, &cortexv1.GetJobStatusRequest{JobId: res.GetJobId()}); err != nil {
+	acme, globex := f.client(t, "key-acme-1234"), f.client(t, "key-globex-1234")
+	id := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
+	if _, err := acme.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id}); err != nil {
 		t.Fatalf("owner reading its job: %v", err)
 	}
-	_, err = f.client(t, "key-globex").GetJobStatus(ctx, &cortexv1.GetJobStatusRequest{JobId: res.GetJobId()})
-	if connect.CodeOf(err) != connect.CodeNotFound {
-		t.Fatalf("another tenant reading the job: %v, want NotFound", err)
+	calls := map[string]func() error{
+		"GetJob":    func() error { _, err := globex.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id}); return err },
+		"GetResult": func() error { _, err := globex.GetResult(ctx, &cortexv1.GetResultRequest{JobId: id}); return err },
+		"CancelJob": func() error { _, err := globex.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: id}); return err },
+		"WatchJob": func() error {
+			s, err := globex.WatchJob(ctx, &cortexv1.WatchJobRequest{JobId: id})
+			if err != nil {
+				return err
+			}
+			_, err = s.Receive()
+			return err
+		},
+	}
+	for name, call := range calls {
+		if err := call(); connect.CodeOf(err) != connect.CodeNotFound {
+			t.Errorf("another tenant's %s: %v, want NotFound", name, err)
+		}
+	}
+	list, err := globex.ListJobs(ctx, &cortexv1.ListJobsRequest{})
+	if err != nil || len(list.GetJobs()) != 0 {
+		t.Errorf("another tenant's list: %v, %v", list, err)
+	}
+	if j, _ := f.st.Get(ctx, id); j.State != store.Pending {
+		t.Errorf("another tenant's cancel changed the job to %s", j.State)
 	}
 }
 
 func TestBadInputChangesNothing(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys, MaxPromptBytes: 16})
-	c := f.client(t, "key-acme")
+	c := f.client(t, "key-acme-1234")
 	manyLabels := map[string]string{}
 	for i := range 33 {
 		manyLabels[strings.Repeat("k", i+1)] = "v"
@@ -147,53 +274,378 @@ func TestBadInputChangesNothing(t *testing.T) {
 	for name, tc := range map[string]struct {
 		req  *cortexv1.SubmitJobRequest
 		code connect.Code
+		says string
 	}{
-		"empty topic":     {&cortexv1.SubmitJobRequest{}, connect.CodeInvalidArgument},
-		"bad topic":       {&cortexv1.SubmitJobRequest{Topic: "Job Echo"}, connect.CodeInvalidArgument},
-		"wildcard topic":  {&cortexv1.SubmitJobRequest{Topic: "job.>"}, connect.CodeInvalidArgument},
-		"prompt too big":  {&cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: strings.Repeat("x", 17)}, connect.CodeResourceExhausted},
-		"too many labels": {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: manyLabels}, connect.CodeInvalidArgument},
-		"empty label key": {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"": "v"}}, connect.CodeInvalidArgument},
-		"huge label":      {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"k": strings.Repeat("v", 257)}}, connect.CodeInvalidArgument},
+		"empty topic":       {&cortexv1.SubmitJobRequest{}, connect.CodeInvalidArgument, "not valid"},
+		"bad topic":         {&cortexv1.SubmitJobRequest{Topic: "Job Echo"}, connect.CodeInvalidArgument, "e.g. job.echo"},
+		"wildcard topic":    {&cortexv1.SubmitJobRequest{Topic: "job.>"}, connect.CodeInvalidArgument, "not valid"},
+		"unroutable topic":  {&cortexv1.SubmitJobRequest{Topic: "job.nope"}, connect.CodeInvalidArgument, "routable topics: job.echo"},
+		"prompt too big":    {&cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: strings.Repeat("x", 17)}, connect.CodeResourceExhausted, "16 byte limit"},
+		"payload too big":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Payload: make([]byte, 17)}, connect.CodeResourceExhausted, "16 byte limit"},
+		"prompt and bytes":  {&cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "a", Payload: []byte("b")}, connect.CodeInvalidArgument, "not both"},
+		"too many labels":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: manyLabels}, connect.CodeInvalidArgument, "at most 32"},
+		"empty label key":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"": "v"}}, connect.CodeInvalidArgument, "label"},
+		"huge label":        {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"k": strings.Repeat("v", 257)}}, connect.CodeInvalidArgument, "label"},
+		"priority":          {&cortexv1.SubmitJobRequest{Topic: "job.echo", Priority: new(int32(10))}, connect.CodeInvalidArgument, "0-9"},
+		"zero attempts":     {&cortexv1.SubmitJobRequest{Topic: "job.echo", MaxAttempts: new(uint32(0))}, connect.CodeInvalidArgument, "1-10"},
+		"too many attempts": {&cortexv1.SubmitJobRequest{Topic: "job.echo", MaxAttempts: new(uint32(11))}, connect.CodeInvalidArgument, "1-10"},
+		"negative timeout":  {&cortexv1.SubmitJobRequest{Topic: "job.echo", Timeout: durationpb.New(-time.Second)}, connect.CodeInvalidArgument, "timeout"},
+		"long timeout":      {&cortexv1.SubmitJobRequest{Topic: "job.echo", Timeout: durationpb.New(25 * time.Hour)}, connect.CodeInvalidArgument, "timeout"},
+		"long idem key":     {&cortexv1.SubmitJobRequest{Topic: "job.echo", IdempotencyKey: strings.Repeat("k", 257)}, connect.CodeInvalidArgument, "idempotency key"},
 	} {
 		_, err := c.SubmitJob(context.Background(), tc.req)
-		if connect.CodeOf(err) != tc.code {
-			t.Errorf("%s: err = %v, want %v", name, err, tc.code)
+		if connect.CodeOf(err) != tc.code || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: err = %v, want %v saying %q", name, err, tc.code, tc.says)
 		}
 	}
-	if n := f.pub.count(); n != 0 {
+	for _, id := range []string{"", "not-a-uuid", strings.Repeat("9", 500), "01A20735-CD75-7D56-A260-013070573C1B"} {
+		_, err := c.GetJob(context.Background(), &cortexv1.GetJobRequest{JobId: id})
+		if connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("GetJob(%.20q): err = %v, want InvalidArgument", id, err)
+		}
+	}
+	for name, req := range map[string]*cortexv1.ListJobsRequest{
+		"page size":  {PageSize: 501},
+		"page token": {PageToken: "!!"},
+		"state":      {States: []cortexv1.JobState{42}},
+		"topic":      {Topic: "job..x"},
+	} {
+		if _, err := c.ListJobs(context.Background(), req); connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Errorf("ListJobs with a bad %s: err = %v, want InvalidArgument", name, err)
+		}
+	}
+	_, err := c.GetJob(context.Background(), &cortexv1.GetJobRequest{JobId: "01a20735-cd75-7d56-a260-013070573c1b"})
+	if connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("unknown job: err = %v, want NotFound", err)
+	}
+	if n := len(f.tap.on(bus.SubjectJobSubmit)); n != 0 {
 		t.Errorf("%d packets published for bad requests", n)
 	}
 	if keys := f.mr.Keys(); len(keys) != 0 {
 		t.Errorf("bad requests wrote to Redis: %v", keys)
 	}
-	for _, id := range []string{"", "not-a-uuid", strings.Repeat("9", 500)} {
-		_, err := c.GetJobStatus(context.Background(), &cortexv1.GetJobStatusRequest{JobId: id})
-		if connect.CodeOf(err) != connect.CodeInvalidArgument {
-			t.Errorf("GetJobStatus(%.20q): err = %v, want InvalidArgument", id, err)
+}
+
+func TestIdempotencyKey(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	acme := f.client(t, "key-acme-1234")
+	req := &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "once", IdempotencyKey: "order-42"}
+	first, err := acme.SubmitJob(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := acme.SubmitJob(ctx, req)
+	if err != nil || again.GetJobId() != first.GetJobId() || !again.GetDeduplicated() || first.GetDeduplicated() {
+		t.Fatalf("resubmit = %v, %v; want job %s, deduplicated", again, err, first.GetJobId())
+	}
+	_, err = acme.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "twice", IdempotencyKey: "order-42"})
+	if connect.CodeOf(err) != connect.CodeAlreadyExists || !strings.Contains(err.Error(), first.GetJobId()) {
+		t.Fatalf("same key, other request: %v, want AlreadyExists naming %s", err, first.GetJobId())
+	}
+	other := submit(t, f.client(t, "key-globex-1234"), req)
+	if other == first.GetJobId() {
+		t.Fatal("another tenant's key matched acme's job")
+	}
+	eventually(t, "two submits", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 2 })
+	list, err := acme.ListJobs(ctx, &cortexv1.ListJobsRequest{})
+	if err != nil || len(list.GetJobs()) != 1 {
+		t.Fatalf("acme has %d jobs (%v), want 1", len(list.GetJobs()), err)
+	}
+}
+
+func TestGetJobAndResult(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	id := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "hi"})
+	_, err := c.GetResult(ctx, &cortexv1.GetResultRequest{JobId: id})
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "jobs watch") {
+		t.Fatalf("result of a pending job: %v, want FailedPrecondition pointing at jobs watch", err)
+	}
+	f.move(t, id, store.Change{To: store.Dispatched, Pool: "echo", Safety: &store.Verdict{Decision: "ALLOW", Rule: "allow-jobs", Policy: "builtin"}})
+	if _, _, err := f.st.Start(ctx, id, 1, "echo-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.st.PutResult(ctx, id, "hi"); err != nil {
+		t.Fatal(err)
+	}
+	size := uint64(2)
+	f.move(t, id, store.Change{To: store.Completed, Attempt: 1, ResultSize: &size})
+	got, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := got.GetJob()
+	var states []cortexv1.JobState
+	for _, tr := range j.GetTransitions() {
+		states = append(states, tr.GetState())
+	}
+	want := []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING, cortexv1.JobState_JOB_STATE_DISPATCHED, cortexv1.JobState_JOB_STATE_RUNNING, cortexv1.JobState_JOB_STATE_COMPLETED}
+	if !slices.Equal(states, want) || j.GetWorkerId() != "echo-1" || j.GetPool() != "echo" || j.GetSafety().GetRule() != "allow-jobs" ||
+		j.GetSafety().GetDecision() != cortexv1.Decision_DECISION_ALLOW || j.GetResultSize() != 2 || j.GetVersion() != 4 {
+		t.Fatalf("job %v (transitions %v)", j, states)
+	}
+	res, err := c.GetResult(ctx, &cortexv1.GetResultRequest{JobId: id})
+	if err != nil || res.GetText() != "hi" {
+		t.Fatalf("result = %v, %v", res, err)
+	}
+	bin := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Payload: []byte{0xff, 0}})
+	f.move(t, bin, store.Change{To: store.Dispatched})
+	_ = f.st.PutResult(ctx, bin, "\xff\x00")
+	f.move(t, bin, store.Change{To: store.Completed})
+	res, err = c.GetResult(ctx, &cortexv1.GetResultRequest{JobId: bin})
+	if err != nil || string(res.GetData()) != "\xff\x00" || res.GetText() != "" {
+		t.Fatalf("binary result = %v, %v", res, err)
+	}
+}
+
+func TestListJobs(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys, Router: mustRouter(t, map[string]string{"job.echo": "echo", "job.sleep": "echo"})})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	var ids []string
+	for i := range 7 {
+		topic, team := "job.echo", "ml"
+		if i%2 == 1 {
+			topic, team = "job.sleep", "web"
+		}
+		ids = append(ids, submit(t, c, &cortexv1.SubmitJobRequest{Topic: topic, Prompt: "1s", Labels: map[string]string{"team": team}}))
+	}
+	f.move(t, ids[0], store.Change{To: store.Cancelled})
+	var got []string
+	token := ""
+	for page := 0; ; page++ {
+		res, err := c.ListJobs(ctx, &cortexv1.ListJobsRequest{PageSize: 3, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(res.GetJobs()) > 3 || page > 3 {
+			t.Fatalf("page %d has %d jobs", page, len(res.GetJobs()))
+		}
+		for _, j := range res.GetJobs() {
+			got = append(got, j.GetJobId())
+		}
+		if token = res.GetNextPageToken(); token == "" {
+			break
 		}
 	}
-	_, err := c.GetJobStatus(context.Background(), &cortexv1.GetJobStatusRequest{JobId: "01a20735-cd75-7d56-a260-013070573c1b"})
-	if connect.CodeOf(err) != connect.CodeNotFound {
-		t.Errorf("unknown job: err = %v, want NotFound", err)
+	want := slices.Clone(ids)
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("paged list %v, want newest first %v", got, want)
+	}
+	count := func(req *cortexv1.ListJobsRequest) int {
+		res, err := c.ListJobs(ctx, req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(res.GetJobs())
+	}
+	for name, tc := range map[string]struct {
+		req  *cortexv1.ListJobsRequest
+		want int
+	}{
+		"topic":     {&cortexv1.ListJobsRequest{Topic: "job.sleep"}, 3},
+		"prefix":    {&cortexv1.ListJobsRequest{Topic: "job.*"}, 7},
+		"label":     {&cortexv1.ListJobsRequest{Labels: map[string]string{"team": "ml"}}, 4},
+		"state":     {&cortexv1.ListJobsRequest{States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_CANCELLED}}, 1},
+		"two":       {&cortexv1.ListJobsRequest{States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_CANCELLED, cortexv1.JobState_JOB_STATE_PENDING}}, 7},
+		"combined":  {&cortexv1.ListJobsRequest{Topic: "job.echo", States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING}}, 3},
+		"no match":  {&cortexv1.ListJobsRequest{Labels: map[string]string{"team": "none"}}, 0},
+		"page size": {&cortexv1.ListJobsRequest{PageSize: 2}, 2},
+	} {
+		if n := count(tc.req); n != tc.want {
+			t.Errorf("%s filter: %d jobs, want %d", name, n, tc.want)
+		}
+	}
+}
+
+func mustRouter(t *testing.T, routes map[string]string) *routing.Router {
+	t.Helper()
+	r, err := routing.NewRouter(routes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestCancelJob(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+
+	pending := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	res, err := c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: pending, Reason: "changed my mind"})
+	if err != nil || res.GetJob().GetState() != cortexv1.JobState_JOB_STATE_CANCELLED || res.GetJob().GetReason() != "changed my mind" {
+		t.Fatalf("cancel pending = %v, %v", res, err)
+	}
+	if _, err := f.st.Transition(ctx, pending, store.Change{To: store.Dispatched}, time.Now()); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("a cancelled job could still be dispatched: %v", err)
+	}
+	if _, err := c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: pending}); err != nil {
+		t.Fatalf("cancelling again: %v, want a no-op", err)
+	}
+	if n := len(f.tap.on(bus.SubjectJobCancel)); n != 0 {
+		t.Fatalf("a pending job's cancel asked %d workers to stop", n)
+	}
+
+	running := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	f.move(t, running, store.Change{To: store.Dispatched})
+	if _, _, err := f.st.Start(ctx, running, 1, "echo-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	res, err = c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: running})
+	if err != nil || res.GetJob().GetState() != cortexv1.JobState_JOB_STATE_CANCELLED || res.GetJob().GetReason() != "cancelled by the client" {
+		t.Fatalf("cancel running = %v, %v", res, err)
+	}
+	eventually(t, "worker asked to stop", func() bool { return len(f.tap.on(bus.SubjectJobCancel)) == 1 })
+	if got := f.tap.on(bus.SubjectJobCancel)[0].GetJobCancel().GetJobId(); got != running {
+		t.Fatalf("cancel sent for %s, want %s", got, running)
+	}
+
+	done := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	f.move(t, done, store.Change{To: store.Dispatched})
+	f.move(t, done, store.Change{To: store.Completed})
+	_, err = c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: done})
+	if connect.CodeOf(err) != connect.CodeFailedPrecondition || !strings.Contains(err.Error(), "COMPLETED") {
+		t.Fatalf("cancel completed: %v, want FailedPrecondition naming COMPLETED", err)
+	}
+}
+
+func TestWatchJobFollowsEventsToTheEnd(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := f.client(t, "key-acme-1234")
+	id := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	stream, err := c.WatchJob(ctx, &cortexv1.WatchJobRequest{JobId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, err := stream.Receive()
+	if err != nil || first.GetJob().GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("first message %v, %v", first, err)
+	}
+	f.move(t, id, store.Change{To: store.Dispatched})
+	f.move(t, id, store.Change{To: store.Failed, Reason: "boom"})
+	var states []cortexv1.JobState
+	for {
+		msg, err := stream.Receive()
+		if err != nil {
+			if !errors.Is(err, io.EOF) {
+				t.Fatalf("stream ended with %v", err)
+			}
+			break
+		}
+		states = append(states, msg.GetJob().GetState())
+	}
+	if len(states) == 0 || states[len(states)-1] != cortexv1.JobState_JOB_STATE_FAILED {
+		t.Fatalf("watched %v, want to end at FAILED", states)
+	}
+}
+
+func TestWatchJobSeesChangesWithoutEvents(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c := f.client(t, "key-acme-1234")
+	id := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	stream, err := c.WatchJob(ctx, &cortexv1.WatchJobRequest{JobId: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Receive(); err != nil {
+		t.Fatal(err)
+	}
+	// A lost event: the change reaches the store only.
+	if _, err := f.st.Transition(ctx, id, store.Change{To: store.Cancelled}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := stream.Receive()
+	if err != nil || msg.GetJob().GetState() != cortexv1.JobState_JOB_STATE_CANCELLED {
+		t.Fatalf("after a lost event: %v, %v", msg, err)
+	}
+}
+
+func TestStreamEventsFilters(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	acme := f.client(t, "key-acme-1234")
+	stream, err := acme.StreamEvents(ctx, &cortexv1.StreamEventsRequest{
+		Topic: "job.*", States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING}, Labels: map[string]string{"team": "ml"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	submit(t, f.client(t, "key-globex-1234"), &cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"team": "ml"}})
+	submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"team": "web"}})
+	other := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"team": "ml"}})
+	f.move(t, other, store.Change{To: store.Cancelled})
+	want := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"team": "ml", "x": "y"}})
+	var got []string
+	for len(got) < 2 {
+		msg, err := stream.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.GetJob().GetTenantId() != "acme" || msg.GetJob().GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+			t.Fatalf("filtered stream delivered %v", msg.GetJob())
+		}
+		got = append(got, msg.GetJob().GetJobId())
+	}
+	if !slices.Equal(got, []string{other, want}) {
+		t.Fatalf("stream delivered %v, want %v", got, []string{other, want})
+	}
+	bad, err := acme.StreamEvents(ctx, &cortexv1.StreamEventsRequest{Topic: "not a topic"})
+	if err == nil {
+		_, err = bad.Receive()
+	}
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Fatalf("bad filter: %v, want InvalidArgument", err)
 	}
 }
 
 func TestBusDownFailsTheSubmitVisibly(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
-	f.pub.fail = errors.New("nats: connection closed")
-	_, err := f.client(t, "key-acme").SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	f.conn.Close()
+	_, err := f.client(t, "key-acme-1234").SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
 	if connect.CodeOf(err) != connect.CodeUnavailable {
 		t.Fatalf("submit with the bus down: %v, want Unavailable", err)
+	}
+	jobs, _, err := f.st.List(context.Background(), store.Query{Tenant: "acme", Limit: 10})
+	if err != nil || len(jobs) != 1 || jobs[0].State != store.Failed {
+		t.Fatalf("after a failed hand-off the job is %v, %v; want FAILED", jobs, err)
 	}
 }
 
 func TestInsecureModeUsesDefaultTenant(t *testing.T) {
 	f := newFixture(t, gateway.Options{Insecure: true})
-	if _, err := f.client(t, "").SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo"}); err != nil {
-		t.Fatal(err)
-	}
-	if got := f.pub.packets[bus.SubjectJobSubmit][0].GetJobRequest().GetTenantId(); got != gateway.InsecureTenant {
+	submit(t, f.client(t, ""), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	eventually(t, "submit published", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 1 })
+	if got := f.tap.on(bus.SubjectJobSubmit)[0].GetJobRequest().GetTenantId(); got != gateway.InsecureTenant {
 		t.Fatalf("tenant %q, want %q", got, gateway.InsecureTenant)
 	}
+}
+
+func TestReflectionListsTheServiceWithoutAKey(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	hc := &http.Client{Transport: &http.Transport{Protocols: h2c()}}
+	rc := grpcreflect.NewClient(connect.NewClient(connecthttp.NewTransport(hc, f.url)))
+	stream := rc.NewStream(context.Background())
+	defer func() { _ = stream.Close() }()
+	names, err := stream.ListServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Contains(names, "cortex.v1.GatewayService") {
+		t.Fatalf("reflection lists %v", names)
+	}
+}
+
+func h2c() *http.Protocols {
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	return p
 }

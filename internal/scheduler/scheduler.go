@@ -1,6 +1,8 @@
 // Package scheduler owns the decision path of every job: it takes submits
 // from the bus, asks the safety kernel, records a denial or routes the job
-// to a pool and dispatches it, and records the outcome the worker reports.
+// to a pool and dispatches it, and records the outcome the worker reports,
+// retrying a failed attempt while the job has attempts left (through the
+// safety gate again). After every change it makes it publishes a job event.
 // It owns the interfaces it needs (Store, Checker) and never runs jobs.
 package scheduler
 
@@ -13,13 +15,15 @@ import (
 	"time"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
 // Store is what the scheduler needs from the memory fabric.
 type Store interface {
-	Transition(ctx context.Context, id string, c store.Change, now time.Time) error
+	Transition(ctx context.Context, id string, c store.Change, now time.Time) (*store.Job, error)
+	Get(ctx context.Context, id string) (*store.Job, error)
 }
 
 // Checker asks for a safety decision. Anything but an ALLOW answer,
@@ -38,14 +42,14 @@ type Scheduler struct {
 	conn        *bus.Conn
 	store       Store
 	checker     Checker
-	router      *Router
+	router      *routing.Router
 	log         *slog.Logger
 	concurrency int
 	submits     *bus.Subscription
 }
 
 // New wires a scheduler.
-func New(conn *bus.Conn, st Store, checker Checker, router *Router, log *slog.Logger) *Scheduler {
+func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log *slog.Logger) *Scheduler {
 	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency}
 }
 
@@ -88,6 +92,13 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ strin
 	if req == nil {
 		return bus.WrongPayload(p, "a job request")
 	}
+	s.dispatch(ctx, p.GetTraceId(), req)
+	return nil
+}
+
+// dispatch takes one attempt of a PENDING job through the safety gate and
+// hands it to its pool.
+func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
 	id := req.GetJobId()
 	decision, err := s.checker.Check(ctx, &cortexv1.CheckRequest{
 		JobId:      id,
@@ -97,32 +108,40 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ strin
 		Labels:     req.GetLabels(),
 		PromptSize: req.GetPromptSize(),
 	})
+	verdict := &store.Verdict{
+		Decision: strings.TrimPrefix(decision.GetDecision().String(), "DECISION_"),
+		Rule:     decision.GetRule(),
+		Reason:   decision.GetReason(),
+		Policy:   decision.GetPolicyVersion(),
+	}
+	if err != nil {
+		verdict = &store.Verdict{Decision: "DENY", Rule: bus.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
+	}
 	if err != nil || decision.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
-		c := store.Change{To: store.Denied, Rule: decision.GetRule(), Reason: decision.GetReason()}
-		if err != nil {
-			c = store.Change{To: store.Denied, Rule: bus.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
+		if verdict.Decision != "DENY" {
+			verdict.Reason = fmt.Sprintf("decision %s is not ALLOW: %s", verdict.Decision, verdict.Reason)
+			verdict.Decision = "DENY"
 		}
-		s.record(ctx, id, c)
-		return nil
+		s.record(ctx, traceID, id, store.Change{To: store.Denied, Attempt: req.GetAttempt(), Reason: verdict.Reason, Safety: verdict})
+		return
 	}
 	pool, ok := s.router.Pool(req.GetTopic())
 	if !ok {
-		s.record(ctx, id, store.Change{To: store.Failed, Reason: fmt.Sprintf(
+		s.record(ctx, traceID, id, store.Change{To: store.Failed, Attempt: req.GetAttempt(), Safety: verdict, Reason: fmt.Sprintf(
 			"no pool serves topic %s; routable topics: %s", req.GetTopic(), strings.Join(s.router.Topics(), ", "))})
-		return nil
+		return
 	}
-	if !s.record(ctx, id, store.Change{To: store.Dispatched, Pool: pool}) {
-		return nil
+	if s.record(ctx, traceID, id, store.Change{To: store.Dispatched, Attempt: req.GetAttempt(), Pool: pool, Safety: verdict}) == nil {
+		return
 	}
 	req.Pool = pool
 	err = s.conn.Publish(bus.JobSubject(pool, req.GetTopic()), &cortexv1.BusPacket{
-		TraceId: p.GetTraceId(),
+		TraceId: traceID,
 		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req},
 	})
 	if err != nil {
-		s.record(ctx, id, store.Change{To: store.Failed, Reason: "dispatch failed: " + err.Error()})
+		s.record(ctx, traceID, id, store.Change{To: store.Failed, Attempt: req.GetAttempt(), Reason: "dispatch failed: " + err.Error()})
 	}
-	return nil
 }
 
 func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
@@ -130,25 +149,57 @@ func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ strin
 	if res == nil {
 		return bus.WrongPayload(p, "a job result")
 	}
-	c := store.Change{To: store.Completed, WorkerID: res.GetWorkerId()}
-	if res.GetState() == cortexv1.JobState_JOB_STATE_FAILED {
-		c = store.Change{To: store.Failed, WorkerID: res.GetWorkerId(), Reason: res.GetError()}
+	id, attempt := res.GetJobId(), res.GetAttempt()
+	switch res.GetState() {
+	case cortexv1.JobState_JOB_STATE_COMPLETED:
+		size := res.GetResultSize()
+		s.record(ctx, p.GetTraceId(), id, store.Change{To: store.Completed, Attempt: attempt, WorkerID: res.GetWorkerId(), ResultSize: &size})
+	case cortexv1.JobState_JOB_STATE_FAILED, cortexv1.JobState_JOB_STATE_TIMEOUT:
+		s.failed(ctx, p.GetTraceId(), res)
+	default:
+		return fmt.Errorf("%w: result state %s", bus.ErrMalformed, res.GetState())
 	}
-	s.record(ctx, res.GetJobId(), c)
 	return nil
 }
 
-// record applies a transition and reports whether it took effect. A refused
-// transition (a duplicate or stale packet) is logged and changes nothing.
-func (s *Scheduler) record(ctx context.Context, id string, c store.Change) bool {
-	err := s.store.Transition(ctx, id, c, time.Now())
+// failed records a failed or timed-out attempt: the job is retried while it
+// has attempts left, and ends FAILED or TIMEOUT otherwise.
+func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.JobResult) {
+	id, attempt := res.GetJobId(), res.GetAttempt()
+	end := store.Failed
+	if res.GetState() == cortexv1.JobState_JOB_STATE_TIMEOUT {
+		end = store.Timeout
+	}
+	j, err := s.store.Get(ctx, id)
+	if err == nil && j.Attempt == attempt && attempt < j.MaxAttempts {
+		retry := s.record(ctx, traceID, id, store.Change{
+			To: store.Pending, Attempt: attempt, Retry: true, WorkerID: res.GetWorkerId(),
+			Reason: fmt.Sprintf("attempt %d of %d ended %s: %s; retrying", attempt, j.MaxAttempts, end, res.GetError()),
+		})
+		if retry != nil {
+			s.dispatch(ctx, traceID, retry.Request())
+		}
+		return
+	}
+	s.record(ctx, traceID, id, store.Change{To: end, Attempt: attempt, WorkerID: res.GetWorkerId(), Reason: res.GetError()})
+}
+
+// record applies a transition, publishes the job event, and returns the
+// job after the change, or nil when the change did not take effect. A
+// refused transition (a duplicate, stale or cancelled job) is logged and
+// changes nothing.
+func (s *Scheduler) record(ctx context.Context, traceID, id string, c store.Change) *store.Job {
+	j, err := s.store.Transition(ctx, id, c, time.Now())
 	switch {
 	case err == nil:
-		return true
+		if err := s.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
+			s.log.Warn("publish job event", "job_id", id, "err", err)
+		}
+		return j
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
 		s.log.Info("transition refused", "job_id", id, "to", string(c.To), "err", err)
 	default:
 		s.log.Error("record job state", "job_id", id, "to", string(c.To), "err", err)
 	}
-	return false
+	return nil
 }

@@ -3,7 +3,10 @@ package scheduler_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"maps"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -13,76 +16,177 @@ import (
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
-// fakeStore records every transition asked of it, and refuses one target
-// state.
+// fakeStore keeps job records in memory with the store's attempt guard and
+// final terminal states, records every transition asked of it (refused or
+// not), and refuses every move to one target state.
 type fakeStore struct {
 	mu      sync.Mutex
+	jobs    map[string]*store.Job
 	changes map[string][]store.Change
 	refuse  store.State
 }
 
 var _ scheduler.Store = (*fakeStore)(nil)
 
-func (f *fakeStore) Transition(_ context.Context, id string, c store.Change, _ time.Time) error {
+func clone(j *store.Job) *store.Job {
+	c := *j
+	c.Labels = maps.Clone(j.Labels)
+	c.Entered = maps.Clone(j.Entered)
+	return &c
+}
+
+func (f *fakeStore) Get(_ context.Context, id string) (*store.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j, ok := f.jobs[id]
+	if !ok {
+		return nil, fmt.Errorf("read job %s: %w", id, store.ErrNotFound)
+	}
+	return clone(j), nil
+}
+
+func (f *fakeStore) Transition(_ context.Context, id string, c store.Change, now time.Time) (*store.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.changes[id] = append(f.changes[id], c)
-	if c.To == f.refuse {
-		return store.ErrConflict
+	j, ok := f.jobs[id]
+	if !ok {
+		return nil, fmt.Errorf("move job %s: %w", id, store.ErrNotFound)
 	}
-	return nil
+	if c.To == f.refuse || j.State.Terminal() || (c.Attempt != 0 && c.Attempt != j.Attempt) {
+		return nil, &store.ConflictError{ID: id, To: c.To, State: j.State, Attempt: j.Attempt}
+	}
+	j.State, j.UpdatedAt = c.To, now
+	j.Entered[c.To] = now
+	j.Version++
+	if c.Retry {
+		j.Attempt++
+		j.WorkerID = ""
+	}
+	for dst, v := range map[*string]string{&j.Reason: c.Reason, &j.Pool: c.Pool, &j.WorkerID: c.WorkerID} {
+		if v != "" {
+			*dst = v
+		}
+	}
+	if c.Safety != nil {
+		j.Safety = *c.Safety
+	}
+	if c.ResultSize != nil {
+		j.ResultSize = *c.ResultSize
+	}
+	return clone(j), nil
 }
 
-func (f *fakeStore) get(id string) []store.Change {
+// seed records a job of topic in state at attempt, as the gateway (and
+// earlier attempts) left it.
+func (f *fakeStore) seed(id, topic string, state store.State, attempt, maxAttempts uint32) *store.Job {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	at := time.UnixMicro(1_700_000_000_000_000).UTC()
+	j := &store.Job{
+		ID: id, Topic: topic, Tenant: "acme", State: state, Labels: map[string]string{"team": "a"},
+		Attempt: attempt, MaxAttempts: maxAttempts, PromptSize: 5, CreatedAt: at, UpdatedAt: at,
+		Entered: map[store.State]time.Time{state: at}, Version: 1,
+	}
+	f.jobs[id] = j
+	return clone(j)
+}
+
+func (f *fakeStore) changesOf(id string) []store.Change {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.changes[id]
 }
 
+// fakeChecker answers checks with answer and records them.
 type fakeChecker struct {
-	resp *cortexv1.CheckResponse
-	err  error
+	mu     sync.Mutex
+	checks []*cortexv1.CheckRequest
+	answer func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
 }
 
-var _ scheduler.Checker = fakeChecker{}
+var _ scheduler.Checker = (*fakeChecker)(nil)
 
-func (f fakeChecker) Check(context.Context, *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
-	return f.resp, f.err
+func answer(resp *cortexv1.CheckResponse, err error) *fakeChecker {
+	return &fakeChecker{answer: func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) { return resp, err }}
+}
+
+func (f *fakeChecker) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+	f.mu.Lock()
+	f.checks = append(f.checks, r)
+	f.mu.Unlock()
+	return f.answer(r)
+}
+
+func (f *fakeChecker) checksOf(id string) []*cortexv1.CheckRequest {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*cortexv1.CheckRequest
+	for _, c := range f.checks {
+		if c.GetJobId() == id {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 type rig struct {
 	st         *fakeStore
+	checker    *fakeChecker
 	client     *nats.Conn
 	dispatched chan *cortexv1.JobRequest
+
+	mu     sync.Mutex
+	events []*cortexv1.Job
+	marker int
 }
 
-func newRig(t *testing.T, checker scheduler.Checker, refuse store.State) *rig {
+func newRig(t *testing.T, checker *fakeChecker, refuse store.State) *rig {
 	t.Helper()
 	natsURL := bustest.StartServer(t)
-	r := &rig{st: &fakeStore{changes: map[string][]store.Change{}, refuse: refuse}, dispatched: make(chan *cortexv1.JobRequest, 10)}
+	r := &rig{
+		st:         &fakeStore{jobs: map[string]*store.Job{}, changes: map[string][]store.Change{}, refuse: refuse},
+		checker:    checker,
+		dispatched: make(chan *cortexv1.JobRequest, 10),
+	}
 	var err error
 	r.client, err = nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(r.client.Close)
-	if _, err := r.client.Subscribe("job.>", func(m *nats.Msg) {
-		if p, err := bus.Decode(m.Data); err == nil && m.Subject == bus.JobSubject(p.GetJobRequest().GetPool(), p.GetJobRequest().GetTopic()) {
-			r.dispatched <- p.GetJobRequest()
+	// One subscription for everything keeps what the scheduler publishes
+	// in the order it published it.
+	if _, err := r.client.Subscribe(">", func(m *nats.Msg) {
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			return
+		}
+		switch req := p.GetJobRequest(); {
+		case m.Subject == bus.SubjectJobEvent:
+			r.mu.Lock()
+			r.events = append(r.events, p.GetJobEvent().GetJob())
+			r.mu.Unlock()
+		case req != nil && m.Subject == bus.JobSubject(req.GetPool(), req.GetTopic()):
+			r.dispatched <- req
 		}
 	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.client.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	conn, err := bus.Connect(natsURL, "scheduler-test", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	router, err := scheduler.NewRouter(map[string]string{"job.echo": "echo"})
+	router, err := routing.NewRouter(map[string]string{"job.echo": "echo"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,32 +210,77 @@ func (r *rig) publish(t *testing.T, subject string, p *cortexv1.BusPacket) {
 	}
 }
 
-func (r *rig) submit(t *testing.T, id, topic string) {
+// submit records a PENDING job with maxAttempts and submits it, as the
+// gateway does.
+func (r *rig) submit(t *testing.T, id, topic string, maxAttempts uint32) {
 	t.Helper()
-	r.publish(t, bus.SubjectJobSubmit, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{
-		JobRequest: &cortexv1.JobRequest{JobId: id, Topic: topic, Attempt: 1},
-	}})
+	j := r.st.seed(id, topic, store.Pending, 1, maxAttempts)
+	r.publish(t, bus.SubjectJobSubmit, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: j.Request()}})
+}
+
+func (r *rig) result(t *testing.T, res *cortexv1.JobResult) {
+	t.Helper()
+	r.publish(t, bus.SubjectJobResult, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobResult{JobResult: res}})
 }
 
 // waitChanges polls until the job has n recorded changes.
 func (r *rig) waitChanges(t *testing.T, id string, n int) []store.Change {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for len(r.st.get(id)) < n && time.Now().Before(deadline) {
+	for len(r.st.changesOf(id)) < n && time.Now().Before(deadline) {
 		time.Sleep(2 * time.Millisecond)
 	}
-	got := r.st.get(id)
+	got := r.st.changesOf(id)
 	if len(got) != n {
 		t.Fatalf("job %s: changes %+v, want %d", id, got, n)
 	}
 	return got
 }
 
+func (r *rig) eventsOf(id string) []*cortexv1.Job {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []*cortexv1.Job
+	for _, e := range r.events {
+		if e.GetJobId() == id {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// waitEvent polls until a job event says id entered state.
+func (r *rig) waitEvent(t *testing.T, id string, state store.State) *cortexv1.Job {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		for _, e := range r.eventsOf(id) {
+			if e.GetState() == state.Proto() {
+				return e
+			}
+		}
+	}
+	t.Fatalf("no %s event for job %s; events %v", state, id, r.eventsOf(id))
+	return nil
+}
+
+// settle waits until a job completed after everything sent so far has had
+// its event published, so that what the scheduler had in hand before is
+// most likely out too. It proves nothing by itself; tests use it before
+// checking that something did not happen.
+func (r *rig) settle(t *testing.T) {
+	t.Helper()
+	r.mu.Lock()
+	r.marker++
+	id := fmt.Sprintf("marker-%d", r.marker)
+	r.mu.Unlock()
+	r.st.seed(id, "job.echo", store.Running, 1, 1)
+	r.result(t, &cortexv1.JobResult{JobId: id, Attempt: 1, WorkerId: "w-m", State: cortexv1.JobState_JOB_STATE_COMPLETED})
+	r.waitEvent(t, id, store.Completed)
+}
+
 func (r *rig) noDispatch(t *testing.T) {
 	t.Helper()
-	if err := r.client.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.settle(t)
 	select {
 	case req := <-r.dispatched:
 		t.Fatalf("job %s was dispatched", req.GetJobId())
@@ -139,91 +288,250 @@ func (r *rig) noDispatch(t *testing.T) {
 	}
 }
 
-var allow = &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_ALLOW, Rule: "allow-jobs"}
+func (r *rig) nextDispatch(t *testing.T) *cortexv1.JobRequest {
+	t.Helper()
+	select {
+	case req := <-r.dispatched:
+		return req
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing was dispatched")
+		return nil
+	}
+}
+
+var allow = &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_ALLOW, Rule: "allow-jobs", Reason: "fine", PolicyVersion: "v1"}
+
+var allowed = &store.Verdict{Decision: "ALLOW", Rule: "allow-jobs", Reason: "fine", Policy: "v1"}
 
 func TestAllowedJobIsRecordedThenDispatched(t *testing.T) {
-	r := newRig(t, fakeChecker{resp: allow}, "")
-	r.submit(t, "j1", "job.echo")
+	r := newRig(t, answer(allow, nil), "")
+	r.submit(t, "j1", "job.echo", 1)
 	got := r.waitChanges(t, "j1", 1)
-	if got[0].To != store.Dispatched || got[0].Pool != "echo" {
-		t.Fatalf("change %+v, want DISPATCHED to pool echo", got[0])
+	if want := (store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo", Safety: allowed}); !reflect.DeepEqual(got[0], want) {
+		t.Fatalf("change %+v, want %+v", got[0], want)
 	}
-	req := <-r.dispatched
-	if req.GetJobId() != "j1" || req.GetPool() != "echo" {
+	req := r.nextDispatch(t)
+	if req.GetJobId() != "j1" || req.GetPool() != "echo" || req.GetAttempt() != 1 || req.GetContextPtr() != store.ContextPtr("j1") {
 		t.Fatalf("dispatched %v", req)
+	}
+	checks := r.checker.checksOf("j1")
+	if len(checks) != 1 || checks[0].GetTopic() != "job.echo" || checks[0].GetTenantId() != "acme" ||
+		checks[0].GetAttempt() != 1 || checks[0].GetPromptSize() != 5 || checks[0].GetLabels()["team"] != "a" {
+		t.Fatalf("checks %v", checks)
+	}
+	if j, _ := r.st.Get(context.Background(), "j1"); j.State != store.Dispatched || j.Safety != *allowed {
+		t.Errorf("record %+v, want DISPATCHED with the ALLOW verdict", j)
 	}
 }
 
 func TestDeniedJobIsRecordedNotDispatched(t *testing.T) {
-	deny := &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: "deny-sys-destroy", Reason: "never"}
-	r := newRig(t, fakeChecker{resp: deny}, "")
-	r.submit(t, "j1", "sys.destroy")
+	deny := &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: "deny-sys-destroy", Reason: "never", PolicyVersion: "v1"}
+	r := newRig(t, answer(deny, nil), "")
+	r.submit(t, "j1", "sys.destroy", 1)
 	got := r.waitChanges(t, "j1", 1)
-	if got[0] != (store.Change{To: store.Denied, Rule: "deny-sys-destroy", Reason: "never"}) {
-		t.Fatalf("change %+v", got[0])
+	want := store.Change{To: store.Denied, Attempt: 1, Reason: "never", Safety: &store.Verdict{Decision: "DENY", Rule: "deny-sys-destroy", Reason: "never", Policy: "v1"}}
+	if !reflect.DeepEqual(got[0], want) {
+		t.Fatalf("change %+v, want %+v", got[0], want)
+	}
+	if j, _ := r.st.Get(context.Background(), "j1"); j.State != store.Denied || j.Safety != *want.Safety {
+		t.Errorf("record %+v, want DENIED with the verdict", j)
 	}
 	r.noDispatch(t)
 }
 
-func TestCheckerErrorDenies(t *testing.T) {
-	r := newRig(t, fakeChecker{resp: allow, err: errors.New("kernel exploded")}, "")
-	r.submit(t, "j1", "job.echo")
-	got := r.waitChanges(t, "j1", 1)
-	if got[0].To != store.Denied || got[0].Rule != bus.RuleFailClosed || !strings.Contains(got[0].Reason, "kernel exploded") {
-		t.Fatalf("change %+v, want DENIED fail-closed with the error", got[0])
+func TestNoValidAllowDeniesFailClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		resp     *cortexv1.CheckResponse
+		err      error
+		rule     string
+		inReason string
+	}{
+		{"checker error", allow, errors.New("kernel exploded"), bus.RuleFailClosed, "kernel exploded"},
+		{"checker timeout", nil, fmt.Errorf("safety check: %w", context.DeadlineExceeded), bus.RuleFailClosed, "deadline exceeded"},
+		{"unspecified decision", &cortexv1.CheckResponse{Rule: "r"}, nil, "r", "UNSPECIFIED is not ALLOW"},
+		{"unknown decision", &cortexv1.CheckResponse{Decision: cortexv1.Decision(42), Rule: "r"}, nil, "r", "42 is not ALLOW"},
+		{"no answer", nil, nil, "", "is not ALLOW"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, answer(tc.resp, tc.err), "")
+			r.submit(t, "j1", "job.echo", 1)
+			got := r.waitChanges(t, "j1", 1)
+			c := got[0]
+			if c.To != store.Denied || c.Attempt != 1 || c.Safety == nil || c.Safety.Decision != "DENY" ||
+				c.Safety.Rule != tc.rule || !strings.Contains(c.Safety.Reason, tc.inReason) || c.Reason != c.Safety.Reason {
+				t.Fatalf("change %+v (verdict %+v), want DENIED by DENY rule %q mentioning %q", c, c.Safety, tc.rule, tc.inReason)
+			}
+			r.noDispatch(t)
+		})
 	}
-	r.noDispatch(t)
 }
 
 func TestUnroutableTopicFailsWithRoutes(t *testing.T) {
-	r := newRig(t, fakeChecker{resp: allow}, "")
-	r.submit(t, "j1", "job.nowhere")
+	r := newRig(t, answer(allow, nil), "")
+	r.submit(t, "j1", "job.nowhere", 1)
 	got := r.waitChanges(t, "j1", 1)
-	if got[0].To != store.Failed || !strings.Contains(got[0].Reason, "job.echo") {
+	if got[0].To != store.Failed || got[0].Attempt != 1 || !strings.Contains(got[0].Reason, "job.echo") || !reflect.DeepEqual(got[0].Safety, allowed) {
 		t.Fatalf("change %+v, want FAILED listing the routable topics", got[0])
 	}
 	r.noDispatch(t)
 }
 
 func TestRefusedDispatchIsNotPublished(t *testing.T) {
-	r := newRig(t, fakeChecker{resp: allow}, store.Dispatched)
-	r.submit(t, "j1", "job.echo")
+	r := newRig(t, answer(allow, nil), store.Dispatched)
+	r.submit(t, "j1", "job.echo", 1)
 	if got := r.waitChanges(t, "j1", 1); got[0].To != store.Dispatched {
 		t.Fatalf("change %+v, want an attempt at DISPATCHED", got[0])
 	}
 	r.noDispatch(t)
+	if ev := r.eventsOf("j1"); len(ev) != 0 {
+		t.Errorf("events for a refused change: %v", ev)
+	}
 }
 
 func TestResultsAreRecorded(t *testing.T) {
-	r := newRig(t, fakeChecker{resp: allow}, "")
-	for id, res := range map[string]*cortexv1.JobResult{
-		"ok":  {JobId: "ok", WorkerId: "w1", State: cortexv1.JobState_JOB_STATE_COMPLETED},
-		"bad": {JobId: "bad", WorkerId: "w1", State: cortexv1.JobState_JOB_STATE_FAILED, Error: "boom"},
+	size := uint64(5)
+	for _, tc := range []struct {
+		name string
+		res  *cortexv1.JobResult
+		want store.Change
+	}{
+		{
+			"completed",
+			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_COMPLETED, ResultSize: 5},
+			store.Change{To: store.Completed, Attempt: 1, WorkerID: "w1", ResultSize: &size},
+		},
+		{
+			"failed without attempts left",
+			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_FAILED, Error: "boom"},
+			store.Change{To: store.Failed, Attempt: 1, WorkerID: "w1", Reason: "boom"},
+		},
+		{
+			"timeout without attempts left",
+			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_TIMEOUT, Error: "ran past 1s"},
+			store.Change{To: store.Timeout, Attempt: 1, WorkerID: "w1", Reason: "ran past 1s"},
+		},
 	} {
-		r.publish(t, bus.SubjectJobResult, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobResult{JobResult: res}})
-		got := r.waitChanges(t, id, 1)
-		want := store.Change{To: store.Completed, WorkerID: "w1"}
-		if id == "bad" {
-			want = store.Change{To: store.Failed, WorkerID: "w1", Reason: "boom"}
-		}
-		if got[0] != want {
-			t.Errorf("%s: change %+v, want %+v", id, got[0], want)
-		}
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, answer(allow, nil), "")
+			r.st.seed("j1", "job.echo", store.Running, 1, 1)
+			tc.res.JobId, tc.res.Attempt, tc.res.WorkerId = "j1", 1, "w1"
+			r.result(t, tc.res)
+			if got := r.waitChanges(t, "j1", 1); !reflect.DeepEqual(got[0], tc.want) {
+				t.Errorf("change %+v, want %+v", got[0], tc.want)
+			}
+			if j, _ := r.st.Get(context.Background(), "j1"); j.State != tc.want.To {
+				t.Errorf("job ended %s, want %s", j.State, tc.want.To)
+			}
+			r.noDispatch(t)
+			if n := len(r.checker.checksOf("j1")); n != 0 {
+				t.Errorf("the safety gate was asked %d times about a finished job", n)
+			}
+		})
 	}
 }
 
-func TestRouter(t *testing.T) {
-	if _, err := scheduler.NewRouter(map[string]string{"sys.x": "p"}); err == nil {
-		t.Error("a sys.* route was accepted")
+func TestFailedAttemptIsRetriedThroughTheSafetyGate(t *testing.T) {
+	for _, state := range []cortexv1.JobState{cortexv1.JobState_JOB_STATE_FAILED, cortexv1.JobState_JOB_STATE_TIMEOUT} {
+		t.Run(state.String(), func(t *testing.T) {
+			r := newRig(t, answer(allow, nil), "")
+			r.st.seed("j1", "job.echo", store.Running, 1, 3)
+			r.result(t, &cortexv1.JobResult{JobId: "j1", Attempt: 1, WorkerId: "w1", State: state, Error: "boom"})
+			got := r.waitChanges(t, "j1", 2)
+			if c := got[0]; c.To != store.Pending || !c.Retry || c.Attempt != 1 || !strings.Contains(c.Reason, "boom") {
+				t.Errorf("first change %+v, want a retry of attempt 1 to PENDING", c)
+			}
+			if want := (store.Change{To: store.Dispatched, Attempt: 2, Pool: "echo", Safety: allowed}); !reflect.DeepEqual(got[1], want) {
+				t.Errorf("second change %+v, want %+v", got[1], want)
+			}
+			checks := r.checker.checksOf("j1")
+			if len(checks) != 1 || checks[0].GetAttempt() != 2 || checks[0].GetTopic() != "job.echo" || checks[0].GetTenantId() != "acme" {
+				t.Errorf("checks %v, want one for attempt 2", checks)
+			}
+			if req := r.nextDispatch(t); req.GetJobId() != "j1" || req.GetAttempt() != 2 || req.GetPool() != "echo" || req.GetMaxAttempts() != 3 {
+				t.Errorf("dispatched %v, want attempt 2 of j1", req)
+			}
+			if j, _ := r.st.Get(context.Background(), "j1"); j.State != store.Dispatched || j.Attempt != 2 {
+				t.Errorf("record %+v, want attempt 2 DISPATCHED", j)
+			}
+		})
 	}
-	if _, err := scheduler.NewRouter(map[string]string{"job.x": "a.b"}); err == nil {
-		t.Error("a pool with a dot was accepted")
+}
+
+func TestRetryDeniedByTheSafetyGateIsNotDispatched(t *testing.T) {
+	checker := &fakeChecker{answer: func(r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+		if r.GetAttempt() > 1 {
+			return &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: "no-retries", Reason: "once only"}, nil
+		}
+		return allow, nil
+	}}
+	r := newRig(t, checker, "")
+	r.st.seed("j1", "job.echo", store.Running, 1, 2)
+	r.result(t, &cortexv1.JobResult{JobId: "j1", Attempt: 1, WorkerId: "w1", State: cortexv1.JobState_JOB_STATE_FAILED, Error: "boom"})
+	got := r.waitChanges(t, "j1", 2)
+	if c := got[1]; c.To != store.Denied || c.Attempt != 2 || c.Safety == nil || c.Safety.Rule != "no-retries" {
+		t.Fatalf("change %+v, want attempt 2 DENIED by no-retries", c)
 	}
-	routes, err := scheduler.ParseRoutes([]string{"job.a=p1", "job.b=p2"})
-	if err != nil || routes["job.a"] != "p1" || routes["job.b"] != "p2" {
-		t.Errorf("ParseRoutes = %v, %v", routes, err)
+	r.noDispatch(t)
+}
+
+func TestJobEventsArePublished(t *testing.T) {
+	r := newRig(t, answer(allow, nil), "")
+	r.submit(t, "j1", "job.echo", 2)
+	r.nextDispatch(t)
+	r.result(t, &cortexv1.JobResult{JobId: "j1", Attempt: 1, WorkerId: "w1", State: cortexv1.JobState_JOB_STATE_FAILED, Error: "boom"})
+	r.nextDispatch(t)
+	r.result(t, &cortexv1.JobResult{JobId: "j1", Attempt: 2, WorkerId: "w2", State: cortexv1.JobState_JOB_STATE_COMPLETED, ResultSize: 3})
+	last := r.waitEvent(t, "j1", store.Completed)
+	if last.GetAttempt() != 2 || last.GetWorkerId() != "w2" || last.GetResultSize() != 3 || last.GetTenantId() != "acme" {
+		t.Errorf("COMPLETED event %v", last)
 	}
-	if _, err := scheduler.ParseRoutes([]string{"job.a"}); err == nil {
-		t.Error("a route without = was accepted")
+	r.settle(t)
+
+	type step struct {
+		state   cortexv1.JobState
+		attempt uint32
+		version uint64
+	}
+	var got []step
+	for _, e := range r.eventsOf("j1") {
+		got = append(got, step{e.GetState(), e.GetAttempt(), e.GetVersion()})
+	}
+	want := []step{
+		{cortexv1.JobState_JOB_STATE_DISPATCHED, 1, 2},
+		{cortexv1.JobState_JOB_STATE_PENDING, 2, 3},
+		{cortexv1.JobState_JOB_STATE_DISPATCHED, 2, 4},
+		{cortexv1.JobState_JOB_STATE_COMPLETED, 2, 5},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("events %v, want one per recorded transition %v", got, want)
+	}
+	if ev := r.eventsOf("j1")[0]; ev.GetSafety().GetDecision() != cortexv1.Decision_DECISION_ALLOW || ev.GetPool() != "echo" {
+		t.Errorf("DISPATCHED event %v, want the ALLOW verdict and the pool", ev)
+	}
+}
+
+func TestStaleResultChangesNothing(t *testing.T) {
+	r := newRig(t, answer(allow, nil), "")
+	before := r.st.seed("j1", "job.echo", store.Running, 2, 3)
+	for _, state := range []cortexv1.JobState{
+		cortexv1.JobState_JOB_STATE_COMPLETED, cortexv1.JobState_JOB_STATE_FAILED, cortexv1.JobState_JOB_STATE_TIMEOUT,
+	} {
+		r.result(t, &cortexv1.JobResult{JobId: "j1", Attempt: 1, WorkerId: "w-old", State: state, Error: "late"})
+	}
+	for _, c := range r.waitChanges(t, "j1", 3) {
+		if c.Attempt != 1 || c.Retry {
+			t.Errorf("change %+v, want one guarded by attempt 1 and no retry", c)
+		}
+	}
+	r.noDispatch(t)
+	if j, _ := r.st.Get(context.Background(), "j1"); !reflect.DeepEqual(j, before) {
+		t.Errorf("stale results changed the job:\n got %+v\nwant %+v", j, before)
+	}
+	if ev := r.eventsOf("j1"); len(ev) != 0 {
+		t.Errorf("events for stale results: %v", ev)
+	}
+	if n := len(r.checker.checksOf("j1")); n != 0 {
+		t.Errorf("the safety gate was asked %d times about a stale result", n)
 	}
 }

@@ -2,38 +2,82 @@ package store
 
 import "github.com/redis/go-redis/v9"
 
-// transitionScript: KEYS = job; ARGV = target state, field/value...
-// Returns "OK", "" when there is no job, or the current state when the
-// state machine does not allow the move. Terminal states have no exits.
-var transitionScript = redis.NewScript(`
-local allowed = {
-  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true},
-  SCHEDULED  = {DISPATCHED=true, DENIED=true, FAILED=true},
-  DISPATCHED = {RUNNING=true, COMPLETED=true, FAILED=true},
-  RUNNING    = {COMPLETED=true, FAILED=true},
-}
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return '' end
-local exits = allowed[cur]
-if not exits or not exits[ARGV[1]] then return cur end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], unpack(ARGV, 2))
-return 'OK'
+// createScript: KEYS = job, ctx, index[, idempotency]; ARGV = job id, input,
+// retention ms, index trim bound, request fingerprint, field/value...
+// Records a new job in one step. With an idempotency key it first looks for
+// an earlier job under that key and answers {"EXISTS", "<id> <fingerprint>"}
+// instead of creating a second one; otherwise {"OK"}. The tenant's index
+// drops entries older than the retention as it grows.
+var createScript = redis.NewScript(`
+if #KEYS == 4 then
+  local prev = redis.call('GET', KEYS[4])
+  if prev then return {'EXISTS', prev} end
+  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[5], 'PX', ARGV[3])
+end
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[3], 0, ARGV[1])
+redis.call('ZREMRANGEBYLEX', KEYS[3], '-', ARGV[4])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return {'OK'}
 `)
 
-// startScript: KEYS = job, ctx; ARGV = worker id, updated_at.
-// Moves a DISPATCHED job to RUNNING and returns {"OK", prompt}. Returns
-// {""} when there is no job, {state} when the job is not DISPATCHED, and
-// {"NOPROMPT"} (having marked the job FAILED) when its prompt is gone.
-var startScript = redis.NewScript(`
-local cur = redis.call('HGET', KEYS[1], 'state')
-if not cur then return {''} end
-if cur ~= 'DISPATCHED' then return {cur} end
-local prompt = redis.call('GET', KEYS[2])
-if not prompt then
-  redis.call('HSET', KEYS[1], 'state', 'FAILED', 'updated_at', ARGV[2],
-    'reason', 'the prompt expired or was deleted before a worker ran the job')
-  return {'NOPROMPT'}
+// transitionScript: KEYS = job; ARGV = target state, expected attempt ("0":
+// any), now (µs), retry ("1": start the next attempt), field/value...
+// Answers {"OK", field, value, ...} with the whole record after the change,
+// {""} when there is no job, or {"CONFLICT", current state, attempt} when
+// the state machine or the attempt guard refuses the move. Terminal states
+// have no exits; a retry goes back to PENDING with the attempt incremented.
+var transitionScript = redis.NewScript(`
+local allowed = {
+  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true},
+  SCHEDULED  = {DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true},
+  DISPATCHED = {RUNNING=true, COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},
+  RUNNING    = {COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},
+}
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if not cur[1] then return {''} end
+local exits = allowed[cur[1]]
+if not exits or not exits[ARGV[1]] or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then
+  return {'CONFLICT', cur[1], cur[2]}
 end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2])
-return {'OK', prompt}
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 't:' .. ARGV[1], ARGV[3])
+if ARGV[4] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'attempt', 1)
+  redis.call('HDEL', KEYS[1], 'worker_id')
+end
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+local rec = redis.call('HGETALL', KEYS[1])
+table.insert(rec, 1, 'OK')
+return rec
+`)
+
+// startScript: KEYS = job, ctx; ARGV = worker id, now (µs), attempt.
+// Moves a DISPATCHED job to RUNNING and answers {"OK", input, field,
+// value, ...}. Answers {""} when there is no job, {"CONFLICT", state,
+// attempt} when the job is not DISPATCHED at that attempt, and
+// {"NOPROMPT", field, value, ...} (having marked the job FAILED) when its
+// input is gone.
+var startScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if not cur[1] then return {''} end
+if cur[1] ~= 'DISPATCHED' or cur[2] ~= ARGV[3] then return {'CONFLICT', cur[1], cur[2]} end
+local input = redis.call('GET', KEYS[2])
+local rec
+if not input then
+  redis.call('HSET', KEYS[1], 'state', 'FAILED', 'updated_at', ARGV[2], 't:FAILED', ARGV[2],
+    'reason', 'the prompt expired or was deleted before a worker ran the job')
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+  rec = redis.call('HGETALL', KEYS[1])
+  table.insert(rec, 1, 'NOPROMPT')
+  return rec
+end
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't:RUNNING', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+rec = redis.call('HGETALL', KEYS[1])
+table.insert(rec, 1, input)
+table.insert(rec, 1, 'OK')
+return rec
 `)

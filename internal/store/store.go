@@ -1,62 +1,69 @@
-// Package store is the Redis memory fabric: prompts (ctx:<id>), results
-// (res:<id>) and job records (job:<id>) with their state machine. Every state
-// change is one Lua compare-and-set, so a transition the state machine does
-// not allow (a late result after a denial, say) changes nothing. It must not
-// know about NATS or any service.
+// Package store is the Redis memory fabric: inputs (ctx:<id>), outputs
+// (res:<id>), job records (job:<id>) with their state machine, a per-tenant
+// index of jobs (idx:<tenant>) and idempotency keys (idem:<tenant>:<hash>).
+// Every state change is one Lua compare-and-set guarded by the state machine
+// and the attempt number, so a transition that is not allowed (a late result
+// after a cancel, say) changes nothing. It must not know about NATS or any
+// service.
 package store
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
-
-	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
-
-// State is a job's lifecycle state as stored in job:<id>.
-type State string
-
-// The job states. COMPLETED, FAILED and DENIED are terminal.
-const (
-	Pending    State = "PENDING"
-	Scheduled  State = "SCHEDULED"
-	Dispatched State = "DISPATCHED"
-	Running    State = "RUNNING"
-	Completed  State = "COMPLETED"
-	Failed     State = "FAILED"
-	Denied     State = "DENIED"
-)
-
-// Proto is the wire form of s.
-func (s State) Proto() cortexv1.JobState {
-	return cortexv1.JobState(cortexv1.JobState_value["JOB_STATE_"+string(s)])
-}
 
 // Errors returned by the store.
 var (
 	ErrNotFound = errors.New("job not found")
-	// ErrConflict means the state machine refused a transition.
+	// ErrConflict means the state machine or the attempt guard refused a
+	// transition.
 	ErrConflict = errors.New("job state conflict")
-	// ErrNoPrompt means a job's prompt was gone when a worker came to run
+	// ErrNoPrompt means a job's input was gone when a worker came to run
 	// it; the job has been marked FAILED.
 	ErrNoPrompt = errors.New("job prompt is gone")
+	// ErrIdempotencyMismatch means an idempotency key was reused for a
+	// different request.
+	ErrIdempotencyMismatch = errors.New("idempotency key already used for a different request")
 )
+
+// ConflictError is the ErrConflict a refused transition returns: it says
+// where the job stood.
+type ConflictError struct {
+	ID      string
+	To      State
+	State   State
+	Attempt uint32
+}
+
+func (e *ConflictError) Error() string {
+	return fmt.Sprintf("move job %s from %s (attempt %d) to %s: %v", e.ID, e.State, e.Attempt, e.To, ErrConflict)
+}
+
+// Is makes errors.Is(err, ErrConflict) hold.
+func (e *ConflictError) Is(target error) bool { return target == ErrConflict }
 
 // Key prefixes. Pointers on the bus are redis://<key>.
 const (
 	contextPrefix = "ctx:"
 	resultPrefix  = "res:"
 	jobPrefix     = "job:"
+	indexPrefix   = "idx:"
+	idemPrefix    = "idem:"
 )
 
-// ContextPtr is the pointer to a job's prompt carried on the bus.
+// ContextPtr is the pointer to a job's input carried on the bus.
 func ContextPtr(id string) string { return "redis://" + contextPrefix + id }
 
-// ResultPtr is the pointer to a job's result carried on the bus.
+// ResultPtr is the pointer to a job's output carried on the bus.
 func ResultPtr(id string) string { return "redis://" + resultPrefix + id }
 
 // Options tunes a Store.
@@ -92,105 +99,154 @@ func (s *Store) Ping(ctx context.Context) error {
 
 // NewJob is what the gateway records when it accepts a job.
 type NewJob struct {
+	// ID is a UUIDv7: the tenant's index orders jobs by it.
 	ID     string
 	Topic  string
 	Tenant string
-	Prompt string
+	// Input is the prompt text, or bytes when Binary is set.
+	Input       string
+	Binary      bool
+	Labels      map[string]string
+	Priority    int32
+	Timeout     time.Duration
+	MaxAttempts uint32
+	// IdempotencyKey, when set, makes CreateJob return the job an earlier
+	// create with the same key and tenant made. Fingerprint identifies the
+	// request, so a key reused for a different one is refused.
+	IdempotencyKey string
+	Fingerprint    string
 }
 
-// Job is a job record.
-type Job struct {
-	ID        string
-	Topic     string
-	Tenant    string
-	State     State
-	Reason    string
-	Rule      string
-	Pool      string
-	WorkerID  string
-	Attempt   uint32
-	CreatedAt time.Time
-	UpdatedAt time.Time
-}
-
-// CreateJob stores the prompt and the job record as PENDING in one
-// MULTI/EXEC round trip. Job ids are UUIDv7s made by the gateway, so a
-// create never meets an existing job.
-func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) error {
-	ts := strconv.FormatInt(now.UnixMicro(), 10)
-	_, err := s.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.Set(ctx, contextPrefix+j.ID, j.Prompt, s.retention)
-		p.HSet(ctx, jobPrefix+j.ID,
-			"state", string(Pending), "topic", j.Topic, "tenant", j.Tenant,
-			"attempt", "1", "created_at", ts, "updated_at", ts)
-		p.PExpire(ctx, jobPrefix+j.ID, s.retention)
-		return nil
-	})
+// CreateJob stores the input and the job record as PENDING and indexes
+// the job, in one script. When j carries an idempotency key already used by
+// the tenant, nothing is created: CreateJob returns the earlier job's id,
+// and ErrIdempotencyMismatch too if that job came from a different request.
+func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) (existing string, err error) {
+	labels, err := json.Marshal(j.Labels)
 	if err != nil {
-		return fmt.Errorf("create job %s: %w", j.ID, err)
+		return "", fmt.Errorf("create job %s: %w", j.ID, err)
 	}
-	return nil
+	ts := micros(now)
+	binary := "0"
+	if j.Binary {
+		binary = "1"
+	}
+	keys := []string{jobPrefix + j.ID, contextPrefix + j.ID, indexPrefix + j.Tenant}
+	if j.IdempotencyKey != "" {
+		keys = append(keys, idempotencyKey(j.Tenant, j.IdempotencyKey))
+	}
+	res, err := createScript.Run(ctx, s.rdb, keys,
+		j.ID, j.Input, s.retention.Milliseconds(), "("+indexBound(now.Add(-s.retention)), j.Fingerprint,
+		fState, string(Pending), fTopic, j.Topic, fTenant, j.Tenant, fLabels, string(labels),
+		fPriority, strconv.Itoa(int(j.Priority)), fTimeout, strconv.FormatInt(j.Timeout.Milliseconds(), 10),
+		fMaxAttempts, strconv.Itoa(int(j.MaxAttempts)), fAttempt, "1",
+		fPromptSize, strconv.Itoa(len(j.Input)), fBinary, binary,
+		fCreated, ts, fUpdated, ts, enteredPre+string(Pending), ts, fVersion, "1",
+	).StringSlice()
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("create job %s: %w", j.ID, err)
+	case len(res) == 2 && res[0] == "EXISTS":
+		id, fingerprint, _ := strings.Cut(res[1], " ")
+		if fingerprint != j.Fingerprint {
+			return id, fmt.Errorf("create job: %w (job %s)", ErrIdempotencyMismatch, id)
+		}
+		return id, nil
+	case len(res) == 1 && res[0] == "OK":
+		return "", nil
+	}
+	return "", fmt.Errorf("create job %s: unexpected script answer %q", j.ID, res)
+}
+
+func idempotencyKey(tenant, key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return idemPrefix + tenant + ":" + hex.EncodeToString(sum[:16])
+}
+
+// indexBound is the smallest UUIDv7 string of a job created at t: its
+// first 48 bits are the Unix time in milliseconds.
+func indexBound(t time.Time) string {
+	ms := uint64(max(t.UnixMilli(), 0))
+	return fmt.Sprintf("%08x-%04x", ms>>16, ms&0xffff)
 }
 
 // Change is one state transition and the fields recorded with it.
 type Change struct {
-	To       State
-	Reason   string
-	Rule     string
-	Pool     string
-	WorkerID string
+	To State
+	// Attempt, when not zero, must be the job's current attempt.
+	Attempt uint32
+	// Retry starts the next attempt (To must be PENDING).
+	Retry      bool
+	Reason     string
+	Pool       string
+	WorkerID   string
+	Safety     *Verdict
+	ResultSize *uint64
 }
 
 func (c Change) args(now time.Time) []any {
-	args := []any{string(c.To), "updated_at", strconv.FormatInt(now.UnixMicro(), 10)}
+	retry := "0"
+	if c.Retry {
+		retry = "1"
+	}
+	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry}
 	for _, f := range [...]struct{ k, v string }{
-		{"reason", c.Reason}, {"rule", c.Rule}, {"pool", c.Pool}, {"worker_id", c.WorkerID},
+		{fReason, c.Reason}, {fPool, c.Pool}, {fWorker, c.WorkerID},
 	} {
 		if f.v != "" {
 			args = append(args, f.k, f.v)
 		}
 	}
+	if v := c.Safety; v != nil {
+		args = append(args, fDecision, v.Decision, fRule, v.Rule, fSafety, v.Reason, fPolicy, v.Policy)
+	}
+	if c.ResultSize != nil {
+		args = append(args, fResultSize, strconv.FormatUint(*c.ResultSize, 10))
+	}
 	return args
 }
 
 // Transition moves a job to c.To if the state machine allows it from the
-// job's current state. ErrNotFound if there is no such job, ErrConflict
-// (with the current state) if the move is not allowed.
-func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) error {
-	res, err := transitionScript.Run(ctx, s.rdb, []string{jobPrefix + id}, c.args(now)...).Text()
-	return transitionErr(id, c.To, res, err)
+// job's current state (and c.Attempt, if set, is the current attempt), and
+// returns the record after the change. ErrNotFound if there is no such job,
+// a *ConflictError (ErrConflict) if the move is not allowed.
+func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) (*Job, error) {
+	res, err := transitionScript.Run(ctx, s.rdb, []string{jobPrefix + id}, c.args(now)...).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("move job %s to %s: %w", id, c.To, err)
+	}
+	if len(res) > 0 && res[0] == "OK" {
+		return parseJob(id, pairs(res[1:])), nil
+	}
+	return nil, refusal(id, c.To, res)
 }
 
-func transitionErr(id string, to State, res string, err error) error {
+// refusal is the error for a script's {""} or {"CONFLICT", state, attempt}.
+func refusal(id string, to State, res []string) error {
+	if len(res) == 3 && res[0] == "CONFLICT" {
+		return &ConflictError{ID: id, To: to, State: State(res[1]), Attempt: uint32(parseInt(res[2]))}
+	}
+	if len(res) >= 1 && res[0] == "" {
+		return fmt.Errorf("move job %s to %s: %w", id, to, ErrNotFound)
+	}
+	return fmt.Errorf("move job %s to %s: unexpected script answer %.100q", id, to, res)
+}
+
+// Start marks attempt of a dispatched job RUNNING on workerID and returns
+// the record and the input, in one script. A job whose input is gone is
+// marked FAILED instead: Start returns that record and ErrNoPrompt.
+func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID string, now time.Time) (*Job, string, error) {
+	res, err := startScript.Run(ctx, s.rdb, []string{jobPrefix + id, contextPrefix + id},
+		workerID, micros(now), strconv.FormatUint(uint64(attempt), 10)).StringSlice()
 	switch {
 	case err != nil:
-		return fmt.Errorf("move job %s to %s: %w", id, to, err)
-	case res == "":
-		return fmt.Errorf("move job %s to %s: %w", id, to, ErrNotFound)
-	case res != "OK":
-		return fmt.Errorf("move job %s from %s to %s: %w", id, res, to, ErrConflict)
+		return nil, "", fmt.Errorf("start job %s: %w", id, err)
+	case len(res) >= 2 && res[0] == "OK":
+		return parseJob(id, pairs(res[2:])), res[1], nil
+	case len(res) >= 1 && res[0] == "NOPROMPT":
+		return parseJob(id, pairs(res[1:])), "", fmt.Errorf("start job %s: %w", id, ErrNoPrompt)
 	}
-	return nil
-}
-
-// Start marks a dispatched job RUNNING on workerID and returns its prompt,
-// in one script. A job whose prompt is gone is marked FAILED instead, and
-// Start returns ErrNoPrompt.
-func (s *Store) Start(ctx context.Context, id, workerID string, now time.Time) (string, error) {
-	res, err := startScript.Run(ctx, s.rdb, []string{jobPrefix + id, contextPrefix + id},
-		workerID, strconv.FormatInt(now.UnixMicro(), 10)).StringSlice()
-	if err != nil {
-		return "", fmt.Errorf("start job %s: %w", id, err)
-	}
-	switch {
-	case len(res) == 2 && res[0] == "OK":
-		return res[1], nil
-	case len(res) == 1 && res[0] == "NOPROMPT":
-		return "", fmt.Errorf("start job %s: %w", id, ErrNoPrompt)
-	case len(res) == 1:
-		return "", transitionErr(id, Running, res[0], nil)
-	}
-	return "", fmt.Errorf("start job %s: unexpected script answer %q", id, res)
+	return nil, "", refusal(id, Running, res)
 }
 
 // PutResult stores a job's output under res:<id>.
@@ -201,8 +257,20 @@ func (s *Store) PutResult(ctx context.Context, id, output string) error {
 	return nil
 }
 
-// Get returns a job record and, when it has completed, its result.
-func (s *Store) Get(ctx context.Context, id string) (*Job, string, error) {
+// Get returns a job record.
+func (s *Store) Get(ctx context.Context, id string) (*Job, error) {
+	fields, err := s.rdb.HGetAll(ctx, jobPrefix+id).Result()
+	if err != nil {
+		return nil, fmt.Errorf("read job %s: %w", id, err)
+	}
+	if len(fields) == 0 {
+		return nil, fmt.Errorf("read job %s: %w", id, ErrNotFound)
+	}
+	return parseJob(id, fields), nil
+}
+
+// Output returns a job record and, when the job has COMPLETED, its output.
+func (s *Store) Output(ctx context.Context, id string) (*Job, string, error) {
 	pipe := s.rdb.Pipeline()
 	h := pipe.HGetAll(ctx, jobPrefix+id)
 	r := pipe.Get(ctx, resultPrefix+id)
@@ -215,37 +283,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, string, error) {
 		return nil, "", fmt.Errorf("read job %s: %w", id, ErrNotFound)
 	}
 	j := parseJob(id, fields)
-	result, err := r.Result()
+	if j.State != Completed {
+		return j, "", nil
+	}
+	out, err := r.Result()
 	if err != nil && !errors.Is(err, redis.Nil) {
 		return nil, "", fmt.Errorf("read result of job %s: %w", id, err)
 	}
-	if j.State != Completed {
-		result = ""
-	}
-	return j, result, nil
-}
-
-func parseJob(id string, f map[string]string) *Job {
-	attempt, _ := strconv.ParseUint(f["attempt"], 10, 32)
-	return &Job{
-		ID:        id,
-		Topic:     f["topic"],
-		Tenant:    f["tenant"],
-		State:     State(f["state"]),
-		Reason:    f["reason"],
-		Rule:      f["rule"],
-		Pool:      f["pool"],
-		WorkerID:  f["worker_id"],
-		Attempt:   uint32(attempt),
-		CreatedAt: parseMicros(f["created_at"]),
-		UpdatedAt: parseMicros(f["updated_at"]),
-	}
-}
-
-func parseMicros(s string) time.Time {
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
-		return time.Time{}
-	}
-	return time.UnixMicro(n).UTC()
+	return j, out, nil
 }

@@ -4,19 +4,22 @@ import (
 	"context"
 	"errors"
 	"os"
-	"strconv"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/google/uuid"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
 // backends runs a test against miniredis and, when CORTEX_TEST_REDIS_URL is
 // set, against that real Redis too.
 func backends(t *testing.T, run func(t *testing.T, st *store.Store, rdb *redis.Client)) {
+	t.Helper()
 	t.Run("miniredis", func(t *testing.T) {
 		mr := miniredis.RunT(t)
 		rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
@@ -38,79 +41,174 @@ func backends(t *testing.T, run func(t *testing.T, st *store.Store, rdb *redis.C
 	})
 }
 
-var now = time.UnixMicro(1_700_000_000_000_000)
+var now = time.UnixMicro(1_700_000_000_000_000).UTC()
 
-func newID(t *testing.T) string { return "t-" + t.Name() + "-" + time.Now().Format("150405.000000000") }
+// newID is a fresh UUIDv7, as the gateway makes them.
+func newID(t testing.TB) string {
+	t.Helper()
+	return uuid.Must(uuid.NewV7()).String()
+}
+
+// newTenant is a tenant no other test (or earlier run on a real Redis)
+// uses, so each test sees only its own index and idempotency keys.
+func newTenant(t testing.TB) string {
+	t.Helper()
+	return "tenant-" + uuid.NewString()
+}
+
+// create records j (with a fresh id and tenant when unset) and returns its
+// id.
+func create(t *testing.T, st *store.Store, j store.NewJob, at time.Time) string {
+	t.Helper()
+	if j.ID == "" {
+		j.ID = newID(t)
+	}
+	if j.Tenant == "" {
+		j.Tenant = newTenant(t)
+	}
+	if j.Topic == "" {
+		j.Topic = "job.echo"
+	}
+	if existing, err := st.CreateJob(context.Background(), j, at); err != nil || existing != "" {
+		t.Fatalf("CreateJob(%s) = %q, %v", j.ID, existing, err)
+	}
+	return j.ID
+}
+
+// move applies a transition that must succeed.
+func move(t *testing.T, st *store.Store, id string, c store.Change, at time.Time) *store.Job {
+	t.Helper()
+	j, err := st.Transition(context.Background(), id, c, at)
+	if err != nil {
+		t.Fatalf("move %s to %s: %v", id, c.To, err)
+	}
+	return j
+}
+
+// start marks attempt of a dispatched job RUNNING and must succeed.
+func start(t *testing.T, st *store.Store, id string, attempt uint32, at time.Time) (*store.Job, string) {
+	t.Helper()
+	j, input, err := st.Start(context.Background(), id, attempt, "w-1", at)
+	if err != nil {
+		t.Fatalf("start %s attempt %d: %v", id, attempt, err)
+	}
+	return j, input
+}
+
+func get(t *testing.T, st *store.Store, id string) *store.Job {
+	t.Helper()
+	j, err := st.Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
+// conflict checks that err is a *ConflictError saying the job stood in
+// state at attempt.
+func conflict(t *testing.T, what string, err error, state store.State, attempt uint32) {
+	t.Helper()
+	var ce *store.ConflictError
+	if !errors.Is(err, store.ErrConflict) || !errors.As(err, &ce) {
+		t.Errorf("%s: err = %v, want a *ConflictError", what, err)
+		return
+	}
+	if ce.State != state || ce.Attempt != attempt {
+		t.Errorf("%s: conflict says %s attempt %d, want %s attempt %d", what, ce.State, ce.Attempt, state, attempt)
+	}
+}
 
 func TestJobLifecycle(t *testing.T) {
 	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
-		id := newID(t)
-		if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: "acme", Prompt: "hello"}, now); err != nil {
-			t.Fatal(err)
+		nj := store.NewJob{
+			ID: newID(t), Topic: "job.echo", Tenant: newTenant(t), Input: "hello",
+			Labels: map[string]string{"team": "a"}, Priority: 7, Timeout: 90 * time.Second, MaxAttempts: 3,
 		}
-		j, res, err := st.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
+		create(t, st, nj, now)
+		id := nj.ID
+		if j := get(t, st, id); !reflect.DeepEqual(j, nj.Record(now)) {
+			t.Fatalf("after create:\n got %+v\nwant %+v", j, nj.Record(now))
 		}
-		if j.State != store.Pending || j.Topic != "job.echo" || j.Tenant != "acme" || j.Attempt != 1 || !j.CreatedAt.Equal(now) {
-			t.Fatalf("after create: %+v", j)
+		if j, out, err := st.Output(ctx, id); err != nil || j.State != store.Pending || out != "" {
+			t.Fatalf("Output before completion = %+v, %q, %v", j, out, err)
 		}
-		if res != "" {
-			t.Fatalf("result before completion = %q", res)
+
+		allow := &store.Verdict{Decision: "ALLOW", Rule: "allow-jobs", Reason: "ok", Policy: "v3"}
+		j := move(t, st, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo", Safety: allow}, now)
+		if j.State != store.Dispatched || j.Pool != "echo" || j.Safety != *allow {
+			t.Fatalf("after dispatch: %+v", j)
 		}
-		if err := st.Transition(ctx, id, store.Change{To: store.Dispatched, Pool: "echo"}, now); err != nil {
-			t.Fatal(err)
-		}
-		prompt, err := st.Start(ctx, id, "w-1", now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if prompt != "hello" {
-			t.Fatalf("Start returned prompt %q, want hello", prompt)
+		j, input := start(t, st, id, 1, now)
+		if input != "hello" || j.State != store.Running || j.WorkerID != "w-1" {
+			t.Fatalf("Start = %+v, %q", j, input)
 		}
 		if err := st.PutResult(ctx, id, "olleh"); err != nil {
 			t.Fatal(err)
 		}
 		later := now.Add(time.Second)
-		if err := st.Transition(ctx, id, store.Change{To: store.Completed, WorkerID: "w-1"}, later); err != nil {
-			t.Fatal(err)
-		}
-		j, res, err = st.Get(ctx, id)
+		size := uint64(len("olleh"))
+		done := move(t, st, id, store.Change{To: store.Completed, Attempt: 1, WorkerID: "w-1", ResultSize: &size}, later)
+		j, out, err := st.Output(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if j.State != store.Completed || j.Pool != "echo" || j.WorkerID != "w-1" || res != "olleh" || !j.UpdatedAt.Equal(later) {
-			t.Fatalf("after completion: %+v result %q", j, res)
+		if !reflect.DeepEqual(j, done) {
+			t.Errorf("Output's record %+v differs from Transition's %+v", j, done)
+		}
+		if j.State != store.Completed || j.Pool != "echo" || j.WorkerID != "w-1" || j.ResultSize != size ||
+			out != "olleh" || !j.UpdatedAt.Equal(later) || !j.CreatedAt.Equal(now) || j.Labels["team"] != "a" {
+			t.Fatalf("after completion: %+v result %q", j, out)
 		}
 	})
+}
+
+// reach takes a fresh job along path (Start for RUNNING) and returns it.
+func reach(t *testing.T, st *store.Store, path []store.State) (string, *store.Job) {
+	t.Helper()
+	id := create(t, st, store.NewJob{Input: "p", MaxAttempts: 2}, now)
+	j := get(t, st, id)
+	for _, to := range path {
+		if to == store.Running {
+			j, _ = start(t, st, id, 1, now)
+			continue
+		}
+		j = move(t, st, id, store.Change{To: to, Attempt: 1, Reason: "by test"}, now)
+	}
+	return id, j
+}
+
+var allStates = []store.State{
+	store.Pending, store.Scheduled, store.Dispatched, store.Running,
+	store.Completed, store.Failed, store.Denied, store.Cancelled, store.Timeout,
 }
 
 func TestTerminalStatesAreFinal(t *testing.T) {
 	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
-		id := newID(t)
-		if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "sys.destroy", Tenant: "acme"}, now); err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Transition(ctx, id, store.Change{To: store.Denied, Rule: "r", Reason: "no"}, now); err != nil {
-			t.Fatal(err)
-		}
-		for _, to := range []store.State{store.Dispatched, store.Running, store.Completed, store.Failed, store.Pending} {
-			err := st.Transition(ctx, id, store.Change{To: to, Reason: "late"}, now)
-			if !errors.Is(err, store.ErrConflict) {
-				t.Errorf("DENIED -> %s: err = %v, want ErrConflict", to, err)
+		for _, path := range [][]store.State{
+			{store.Dispatched, store.Running, store.Completed},
+			{store.Dispatched, store.Failed},
+			{store.Denied},
+			{store.Cancelled},
+			{store.Dispatched, store.Running, store.Timeout},
+		} {
+			end := path[len(path)-1]
+			id, before := reach(t, st, path)
+			if !end.Terminal() {
+				t.Fatalf("%s is not terminal", end)
 			}
-		}
-		if _, err := st.Start(ctx, id, "w-1", now); !errors.Is(err, store.ErrConflict) {
-			t.Errorf("Start on a denied job: err = %v, want ErrConflict", err)
-		}
-		j, _, err := st.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if j.State != store.Denied || j.Reason != "no" || j.Rule != "r" {
-			t.Fatalf("refused transitions changed the job: %+v", j)
+			for _, to := range allStates {
+				for _, retry := range []bool{false, true} {
+					_, err := st.Transition(ctx, id, store.Change{To: to, Retry: retry, Reason: "late", WorkerID: "w-9"}, now.Add(time.Hour))
+					conflict(t, string(end)+" -> "+string(to), err, end, 1)
+				}
+			}
+			_, _, err := st.Start(ctx, id, 1, "w-9", now.Add(time.Hour))
+			conflict(t, "Start on a "+string(end)+" job", err, end, 1)
+			if j := get(t, st, id); !reflect.DeepEqual(j, before) {
+				t.Errorf("refused transitions changed a %s job:\n got %+v\nwant %+v", end, j, before)
+			}
 		}
 	})
 }
@@ -125,18 +223,27 @@ func TestTransitionTable(t *testing.T) {
 			{[]store.State{store.Dispatched, store.Running, store.Completed}, true},
 			{[]store.State{store.Dispatched, store.Failed}, true},
 			{[]store.State{store.Scheduled, store.Dispatched, store.Running, store.Failed}, true},
+			{[]store.State{store.Pending, store.Denied}, false},
+			{[]store.State{store.Failed}, true},
+			{[]store.State{store.Cancelled}, true},
+			{[]store.State{store.Scheduled, store.Cancelled}, true},
+			{[]store.State{store.Dispatched, store.Cancelled}, true},
+			{[]store.State{store.Dispatched, store.Running, store.Cancelled}, true},
+			{[]store.State{store.Dispatched, store.Timeout}, true},
+			{[]store.State{store.Dispatched, store.Running, store.Timeout}, true},
+			{[]store.State{store.Dispatched, store.Pending}, true},
+			{[]store.State{store.Dispatched, store.Running, store.Pending}, true},
 			{[]store.State{store.Running}, false},
 			{[]store.State{store.Completed}, false},
+			{[]store.State{store.Timeout}, false},
+			{[]store.State{store.Scheduled, store.Timeout}, false},
 			{[]store.State{store.Dispatched, store.Denied}, false},
 			{[]store.State{store.Dispatched, store.Running, store.Dispatched}, false},
 		} {
-			id := newID(t)
-			if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo"}, now); err != nil {
-				t.Fatal(err)
-			}
+			id := create(t, st, store.NewJob{}, now)
 			var err error
 			for _, to := range tc.path {
-				if err = st.Transition(ctx, id, store.Change{To: to}, now); err != nil {
+				if _, err = st.Transition(ctx, id, store.Change{To: to}, now); err != nil {
 					break
 				}
 			}
@@ -147,22 +254,268 @@ func TestTransitionTable(t *testing.T) {
 	})
 }
 
+func TestCancel(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		for _, path := range [][]store.State{
+			{},
+			{store.Dispatched},
+			{store.Dispatched, store.Running},
+		} {
+			id, before := reach(t, st, path)
+			at := now.Add(time.Minute)
+			j := move(t, st, id, store.Change{To: store.Cancelled, Reason: "cancelled by alice"}, at)
+			if j.State != store.Cancelled || j.Reason != "cancelled by alice" || !j.Entered[store.Cancelled].Equal(at) ||
+				j.Version != before.Version+1 {
+				t.Errorf("%s -> CANCELLED: %+v", before.State, j)
+			}
+			for _, to := range allStates {
+				_, err := st.Transition(ctx, id, store.Change{To: to, Reason: "late"}, at.Add(time.Minute))
+				conflict(t, "CANCELLED -> "+string(to), err, store.Cancelled, 1)
+			}
+			_, _, err := st.Start(ctx, id, 1, "w-2", at)
+			conflict(t, "Start on a cancelled job", err, store.Cancelled, 1)
+			if got := get(t, st, id); !reflect.DeepEqual(got, j) {
+				t.Errorf("a job left CANCELLED:\n got %+v\nwant %+v", got, j)
+			}
+		}
+	})
+}
+
+func TestTimeout(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
+		at := now.Add(time.Minute)
+		j := move(t, st, id, store.Change{To: store.Timeout, Attempt: 1, WorkerID: "w-1", Reason: "ran past 1m"}, at)
+		if j.State != store.Timeout || !j.State.Terminal() || j.Reason != "ran past 1m" || !j.Entered[store.Timeout].Equal(at) {
+			t.Errorf("after TIMEOUT: %+v", j)
+		}
+		if j.Proto().GetState() != cortexv1.JobState_JOB_STATE_TIMEOUT {
+			t.Errorf("Proto state %s", j.Proto().GetState())
+		}
+
+		pending := create(t, st, store.NewJob{}, now)
+		_, err := st.Transition(ctx, pending, store.Change{To: store.Timeout}, at)
+		conflict(t, "PENDING -> TIMEOUT", err, store.Pending, 1)
+	})
+}
+
+func TestAttemptGuard(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
+		retried := move(t, st, id, store.Change{To: store.Pending, Attempt: 1, Retry: true, Reason: "attempt 1 failed"}, now)
+		if retried.Attempt != 2 {
+			t.Fatalf("after retry: attempt %d, want 2", retried.Attempt)
+		}
+		// Late news of attempt 1 must not touch attempt 2.
+		for _, to := range []store.State{store.Completed, store.Failed, store.Timeout, store.Dispatched, store.Cancelled} {
+			_, err := st.Transition(ctx, id, store.Change{To: to, Attempt: 1, WorkerID: "w-1", Reason: "stale"}, now.Add(time.Hour))
+			conflict(t, "attempt 1 -> "+string(to), err, store.Pending, 2)
+		}
+		_, err := st.Transition(ctx, id, store.Change{To: store.Pending, Attempt: 1, Retry: true}, now.Add(time.Hour))
+		conflict(t, "second retry of attempt 1", err, store.Pending, 2)
+		if j := get(t, st, id); !reflect.DeepEqual(j, retried) {
+			t.Fatalf("stale results changed the job:\n got %+v\nwant %+v", j, retried)
+		}
+
+		move(t, st, id, store.Change{To: store.Dispatched, Attempt: 2, Pool: "echo"}, now)
+		_, _, err = st.Start(ctx, id, 1, "w-1", now)
+		conflict(t, "Start of attempt 1", err, store.Dispatched, 2)
+		if j, _ := start(t, st, id, 2, now); j.Attempt != 2 || j.State != store.Running {
+			t.Fatalf("Start of attempt 2: %+v", j)
+		}
+	})
+}
+
+func TestRetryStartsNextAttempt(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		id, running := reach(t, st, []store.State{store.Dispatched, store.Running})
+		if running.WorkerID != "w-1" {
+			t.Fatalf("running on %q, want w-1", running.WorkerID)
+		}
+		at := now.Add(time.Minute)
+		j := move(t, st, id, store.Change{To: store.Pending, Attempt: 1, Retry: true, Reason: "boom; retrying"}, at)
+		if j.State != store.Pending || j.Attempt != 2 || j.WorkerID != "" || j.Reason != "boom; retrying" ||
+			!j.Entered[store.Pending].Equal(at) || !j.Entered[store.Running].Equal(now) || j.Version != running.Version+1 {
+			t.Fatalf("after retry: %+v", j)
+		}
+		if r := j.Request(); r.GetAttempt() != 2 || r.GetMaxAttempts() != 2 || r.GetContextPtr() != store.ContextPtr(id) {
+			t.Errorf("request for the retry: %v", r)
+		}
+		if got := get(t, st, id); !reflect.DeepEqual(got, j) {
+			t.Errorf("stored record %+v differs from the returned %+v", got, j)
+		}
+	})
+}
+
+func TestEnteredTimesAndVersion(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		id := create(t, st, store.NewJob{Input: "p"}, now)
+		j := get(t, st, id)
+		if j.Version != 1 || !j.Entered[store.Pending].Equal(now) || len(j.Entered) != 1 {
+			t.Fatalf("after create: version %d entered %v", j.Version, j.Entered)
+		}
+		at := []time.Time{now, now.Add(time.Second), now.Add(2 * time.Second), now.Add(3 * time.Second)}
+		steps := []func() *store.Job{
+			func() *store.Job { return move(t, st, id, store.Change{To: store.Dispatched, Attempt: 1}, at[1]) },
+			func() *store.Job { j, _ := start(t, st, id, 1, at[2]); return j },
+			func() *store.Job { return move(t, st, id, store.Change{To: store.Completed, Attempt: 1}, at[3]) },
+		}
+		for i, step := range steps {
+			prev := j.Version
+			j = step()
+			if j.Version != prev+1 || !j.UpdatedAt.Equal(at[i+1]) || !j.Entered[j.State].Equal(at[i+1]) || !j.CreatedAt.Equal(now) {
+				t.Errorf("step %d to %s: version %d (was %d), updated %v, entered %v", i+1, j.State, j.Version, prev, j.UpdatedAt, j.Entered)
+			}
+		}
+		want := map[store.State]time.Time{store.Pending: at[0], store.Dispatched: at[1], store.Running: at[2], store.Completed: at[3]}
+		if !reflect.DeepEqual(j.Entered, want) {
+			t.Errorf("entered %v, want %v", j.Entered, want)
+		}
+		var states []cortexv1.JobState
+		for _, tr := range j.Proto().GetTransitions() {
+			states = append(states, tr.GetState())
+		}
+		if want := []cortexv1.JobState{
+			cortexv1.JobState_JOB_STATE_PENDING, cortexv1.JobState_JOB_STATE_DISPATCHED,
+			cortexv1.JobState_JOB_STATE_RUNNING, cortexv1.JobState_JOB_STATE_COMPLETED,
+		}; !reflect.DeepEqual(states, want) {
+			t.Errorf("proto transitions %v, want %v", states, want)
+		}
+		if _, err := st.Transition(ctx, id, store.Change{To: store.Failed}, at[3]); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("COMPLETED -> FAILED: %v", err)
+		}
+		if got := get(t, st, id); got.Version != j.Version {
+			t.Errorf("a refused transition moved the version from %d to %d", j.Version, got.Version)
+		}
+	})
+}
+
+func TestIdempotency(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		tenant := newTenant(t)
+		first := store.NewJob{ID: newID(t), Topic: "job.echo", Tenant: tenant, Input: "hi", IdempotencyKey: "order-42", Fingerprint: "fp-1"}
+		create(t, st, first, now)
+
+		for _, tc := range []struct {
+			name    string
+			tenant  string
+			fp      string
+			wantID  string
+			wantErr error
+		}{
+			{name: "same request", tenant: tenant, fp: "fp-1", wantID: first.ID},
+			{name: "different request", tenant: tenant, fp: "fp-2", wantID: first.ID, wantErr: store.ErrIdempotencyMismatch},
+		} {
+			again := first
+			again.ID, again.Fingerprint = newID(t), tc.fp
+			existing, err := st.CreateJob(ctx, again, now)
+			if existing != tc.wantID || !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
+				t.Errorf("%s: CreateJob = %q, %v; want %q, %v", tc.name, existing, err, tc.wantID, tc.wantErr)
+			}
+			if _, err := st.Get(ctx, again.ID); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("%s: a second job was created (Get: %v)", tc.name, err)
+			}
+			if n, err := rdb.Exists(ctx, "ctx:"+again.ID).Result(); err != nil || n != 0 {
+				t.Errorf("%s: the second input was stored (%d, %v)", tc.name, n, err)
+			}
+		}
+		jobs, _, err := st.List(ctx, store.Query{Tenant: tenant})
+		if err != nil || len(jobs) != 1 || jobs[0].ID != first.ID {
+			t.Errorf("tenant's jobs after reusing the key: %v, %v; want only %s", ids(jobs), err, first.ID)
+		}
+
+		other := first
+		other.ID, other.Tenant = newID(t), newTenant(t)
+		create(t, st, other, now)
+		if j := get(t, st, other.ID); j.Tenant != other.Tenant {
+			t.Errorf("other tenant's job: %+v", j)
+		}
+	})
+}
+
+func TestStartWithBinaryInput(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		input := string([]byte{0x00, 0xff, 0x01, '\n', 0x80, 'x', 0x00})
+		id := create(t, st, store.NewJob{Input: input, Binary: true}, now)
+		move(t, st, id, store.Change{To: store.Dispatched}, now)
+		j, got := start(t, st, id, 1, now)
+		if got != input {
+			t.Errorf("Start returned input %q, want %q", got, input)
+		}
+		if !j.Binary || j.PromptSize != uint64(len(input)) || !j.Request().GetBinaryPayload() || !j.Proto().GetBinaryPayload() {
+			t.Errorf("record of a binary job: %+v", j)
+		}
+	})
+}
+
+func TestOutputOnlyWhenCompleted(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		for _, tc := range []struct {
+			end  store.State
+			want string
+		}{
+			{store.Running, ""},
+			{store.Completed, "the output"},
+			{store.Failed, ""},
+			{store.Timeout, ""},
+			{store.Cancelled, ""},
+		} {
+			id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
+			if err := st.PutResult(ctx, id, "the output"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.end != store.Running {
+				move(t, st, id, store.Change{To: tc.end}, now)
+			}
+			j, out, err := st.Output(ctx, id)
+			if err != nil || j.State != tc.end || out != tc.want {
+				t.Errorf("Output of a %s job = %v, %q, %v; want %q", tc.end, j, out, err, tc.want)
+			}
+		}
+	})
+}
+
 func TestMissingJob(t *testing.T) {
 	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
-		if _, _, err := st.Get(ctx, "nope"); !errors.Is(err, store.ErrNotFound) {
+		id := newID(t)
+		if _, err := st.Get(ctx, id); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Get: err = %v, want ErrNotFound", err)
 		}
-		if err := st.Transition(ctx, "nope", store.Change{To: store.Running}, now); !errors.Is(err, store.ErrNotFound) {
+		if _, _, err := st.Output(ctx, id); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Output: err = %v, want ErrNotFound", err)
+		}
+		if _, err := st.Transition(ctx, id, store.Change{To: store.Running}, now); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Transition: err = %v, want ErrNotFound", err)
+		}
+		if _, _, err := st.Start(ctx, id, 1, "w-1", now); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("Start: err = %v, want ErrNotFound", err)
 		}
 	})
 }
 
 func TestStateProto(t *testing.T) {
-	for _, s := range []store.State{store.Pending, store.Scheduled, store.Dispatched, store.Running, store.Completed, store.Failed, store.Denied} {
+	terminal := map[store.State]bool{store.Completed: true, store.Failed: true, store.Denied: true, store.Cancelled: true, store.Timeout: true}
+	for _, s := range allStates {
 		if got := s.Proto().String(); got != "JOB_STATE_"+string(s) {
 			t.Errorf("%s.Proto() = %s", s, got)
+		}
+		if got := store.StateOf(s.Proto()); got != s {
+			t.Errorf("StateOf(%s) = %q", s.Proto(), got)
+		}
+		if s.Terminal() != terminal[s] {
+			t.Errorf("%s.Terminal() = %v", s, s.Terminal())
+		}
+	}
+	for _, p := range []cortexv1.JobState{cortexv1.JobState_JOB_STATE_UNSPECIFIED, cortexv1.JobState(99)} {
+		if got := store.StateOf(p); got != "" {
+			t.Errorf("StateOf(%d) = %q, want empty", p, got)
 		}
 	}
 }
@@ -170,25 +523,20 @@ func TestStateProto(t *testing.T) {
 func TestStartWithoutPromptFailsTheJob(t *testing.T) {
 	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
-		id := newID(t)
-		if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Prompt: "p"}, now); err != nil {
-			t.Fatal(err)
-		}
-		if err := st.Transition(ctx, id, store.Change{To: store.Dispatched}, now); err != nil {
-			t.Fatal(err)
-		}
+		id := create(t, st, store.NewJob{Input: "p"}, now)
+		move(t, st, id, store.Change{To: store.Dispatched}, now)
 		if err := rdb.Del(ctx, "ctx:"+id).Err(); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Start(ctx, id, "w-1", now); !errors.Is(err, store.ErrNoPrompt) {
+		j, _, err := st.Start(ctx, id, 1, "w-1", now)
+		if !errors.Is(err, store.ErrNoPrompt) {
 			t.Fatalf("Start without a prompt: err = %v, want ErrNoPrompt", err)
 		}
-		j, _, err := st.Get(ctx, id)
-		if err != nil {
-			t.Fatal(err)
+		if j == nil || j.State != store.Failed || j.Reason == "" {
+			t.Fatalf("record returned by Start without a prompt: %+v, want FAILED with a reason", j)
 		}
-		if j.State != store.Failed || j.Reason == "" {
-			t.Fatalf("job after Start without a prompt: %+v, want FAILED with a reason", j)
+		if got := get(t, st, id); !reflect.DeepEqual(got, j) {
+			t.Fatalf("stored %+v, Start returned %+v", got, j)
 		}
 	})
 }
@@ -199,24 +547,23 @@ func BenchmarkJobPath(b *testing.B) {
 	run := func(b *testing.B, rdb *redis.Client) {
 		st := store.New(rdb, store.Options{})
 		ctx := context.Background()
-		prefix := "bench-" + time.Now().Format("150405.000000") + "-"
-		i := 0
+		tenant := newTenant(b)
+		size := uint64(1)
 		for b.Loop() {
-			i++
-			id := prefix + strconv.Itoa(i)
-			if err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Prompt: "p"}, now); err != nil {
+			id := newID(b)
+			if _, err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: tenant, Input: "p"}, now); err != nil {
 				b.Fatal(err)
 			}
-			if err := st.Transition(ctx, id, store.Change{To: store.Dispatched, Pool: "echo"}, now); err != nil {
+			if _, err := st.Transition(ctx, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := st.Start(ctx, id, "w", now); err != nil {
+			if _, _, err := st.Start(ctx, id, 1, "w", now); err != nil {
 				b.Fatal(err)
 			}
 			if err := st.PutResult(ctx, id, "p"); err != nil {
 				b.Fatal(err)
 			}
-			if err := st.Transition(ctx, id, store.Change{To: store.Completed}, now); err != nil {
+			if _, err := st.Transition(ctx, id, store.Change{To: store.Completed, Attempt: 1, ResultSize: &size}, now); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -238,4 +585,13 @@ func BenchmarkJobPath(b *testing.B) {
 			run(b, rdb)
 		})
 	}
+}
+
+// ids lists the jobs' ids, for messages and comparisons.
+func ids(jobs []*store.Job) []string {
+	out := make([]string, len(jobs))
+	for i, j := range jobs {
+		out[i] = j.ID
+	}
+	return out
 }

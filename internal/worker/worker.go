@@ -1,8 +1,9 @@
 // Package worker is the worker runtime: it takes jobs of one pool from the
-// bus (one queue group per pool), reads each prompt from the store, runs the
-// plugin registered for the job's topic, writes the result and reports it,
-// and sends a Heartbeat every few seconds. It owns concurrency and draining;
-// what a job does is the plugin's business.
+// bus (one queue group per pool), reads each input from the store, runs the
+// plugin registered for the job's topic under the job's timeout, writes the
+// result and reports it, stops a job when asked to cancel it, and sends a
+// Heartbeat every few seconds. It owns concurrency and draining; what a job
+// does is the plugin's business.
 package worker
 
 import (
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -25,7 +27,7 @@ import (
 
 // Store is what the worker needs from the memory fabric.
 type Store interface {
-	Start(ctx context.Context, id, workerID string, now time.Time) (string, error)
+	Start(ctx context.Context, id string, attempt uint32, workerID string, now time.Time) (*store.Job, string, error)
 	PutResult(ctx context.Context, id, output string) error
 }
 
@@ -70,6 +72,9 @@ type Worker struct {
 	// cancelJobs ends the jobs' context; Stop calls it once the grace
 	// period is over.
 	cancelJobs context.CancelFunc
+	// running holds a cancel function per job being run.
+	mu      sync.Mutex
+	running map[string]context.CancelCauseFunc
 	stopBeats  context.CancelFunc
 }
 
@@ -112,7 +117,11 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 		topics = append(topics, t)
 	}
 	slices.Sort(topics)
-	return &Worker{conn: conn, store: st, opts: opts, topics: topics, log: log.With("worker_id", opts.ID, "pool", opts.Pool)}, nil
+	return &Worker{
+		conn: conn, store: st, opts: opts, topics: topics,
+		log:     log.With("worker_id", opts.ID, "pool", opts.Pool),
+		running: map[string]context.CancelCauseFunc{},
+	}, nil
 }
 
 // NewID makes a worker id for pool: <pool>-<random>.
@@ -139,6 +148,9 @@ func (w *Worker) Start(ctx context.Context) error {
 			w.handle(ctx, p.GetTraceId(), req)
 			return nil
 		})
+	if err == nil {
+		_, err = w.conn.Subscribe(beatCtx, bus.SubjectJobCancel, "", 1, w.onCancel)
+	}
 	if err == nil {
 		err = w.conn.Flush(ctx)
 	}
@@ -193,33 +205,88 @@ func (w *Worker) beat() {
 	}
 }
 
+// Causes of a job's context ending early.
+var (
+	errCancelled = errors.New("the job was cancelled")
+	errTimedOut  = errors.New("the job ran past its timeout")
+)
+
+// onCancel stops a job this worker is running; the job is already recorded
+// CANCELLED, so nothing is reported.
+func (w *Worker) onCancel(_ context.Context, p *cortexv1.BusPacket, _ string) error {
+	c := p.GetJobCancel()
+	if c == nil {
+		return bus.WrongPayload(p, "a job cancel")
+	}
+	w.mu.Lock()
+	cancel := w.running[c.GetJobId()]
+	w.mu.Unlock()
+	if cancel != nil {
+		w.log.Info("cancelling job", "job_id", c.GetJobId())
+		cancel(errCancelled)
+	}
+	return nil
+}
+
+func (w *Worker) track(id string, cancel context.CancelCauseFunc) func() {
+	w.mu.Lock()
+	w.running[id] = cancel
+	w.mu.Unlock()
+	return func() {
+		w.mu.Lock()
+		delete(w.running, id)
+		w.mu.Unlock()
+	}
+}
+
 func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
 	w.active.Add(1)
 	defer w.active.Add(-1)
 	started := time.Now()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	defer w.track(req.GetJobId(), cancel)()
+	timeout := req.GetTimeout().AsDuration()
+	if timeout > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeoutCause(ctx, timeout, errTimedOut)
+		defer stop()
+	}
 	res := &cortexv1.JobResult{
 		JobId:     req.GetJobId(),
 		Attempt:   req.GetAttempt(),
 		WorkerId:  w.opts.ID,
 		StartedAt: timestamppb.New(started),
 	}
-	output, err := w.run(ctx, req, started)
+	output, err := w.run(ctx, traceID, req, started)
 	if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNoPrompt) {
-		// The job moved on without us (finished, expired, or failed for want
-		// of its prompt, which Start recorded): nothing to report.
+		// The job moved on without us (cancelled, finished, expired, or
+		// failed for want of its input, which Start recorded): nothing to
+		// report.
 		w.log.Info("skipped job", "job_id", req.GetJobId(), "err", err)
+		return
+	}
+	cause := context.Cause(ctx)
+	if errors.Is(cause, errCancelled) {
+		w.log.Info("job cancelled", "job_id", req.GetJobId())
 		return
 	}
 	if err == nil {
 		err = w.store.PutResult(ctx, req.GetJobId(), output)
 	}
-	if err != nil {
+	switch {
+	case err != nil && errors.Is(cause, errTimedOut):
+		res.State = cortexv1.JobState_JOB_STATE_TIMEOUT
+		res.Error = fmt.Sprintf("the attempt ran past its timeout of %s", timeout)
+		w.failed.Add(1)
+	case err != nil:
 		res.State = cortexv1.JobState_JOB_STATE_FAILED
 		res.Error = err.Error()
 		w.failed.Add(1)
-	} else {
+	default:
 		res.State = cortexv1.JobState_JOB_STATE_COMPLETED
 		res.ResultPtr = store.ResultPtr(req.GetJobId())
+		res.ResultSize = uint64(len(output))
 		w.completed.Add(1)
 	}
 	res.FinishedAt = timestamppb.Now()
@@ -232,24 +299,33 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	}
 }
 
-// run marks the job RUNNING, reads its prompt and runs its handler.
-func (w *Worker) run(ctx context.Context, req *cortexv1.JobRequest, now time.Time) (string, error) {
+// run marks the job RUNNING, reads its input and runs its handler.
+func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, now time.Time) (string, error) {
 	h, ok := w.opts.Handlers[req.GetTopic()]
 	if !ok {
 		return "", fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
 	}
-	prompt, err := w.store.Start(ctx, req.GetJobId(), w.opts.ID, now)
+	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, now)
+	if j != nil {
+		if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
+			w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
+		}
+	}
 	if err != nil {
 		return "", err
 	}
-	out, err := callHandler(ctx, h, &plugins.Job{
+	job := &plugins.Job{
 		ID:      req.GetJobId(),
 		Topic:   req.GetTopic(),
 		Tenant:  req.GetTenantId(),
 		Attempt: req.GetAttempt(),
-		Prompt:  prompt,
+		Prompt:  input,
 		Labels:  req.GetLabels(),
-	})
+	}
+	if req.GetBinaryPayload() {
+		job.Prompt, job.Payload = "", []byte(input)
+	}
+	out, err := callHandler(ctx, h, job)
 	if err != nil {
 		return "", fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
 	}

@@ -1,13 +1,17 @@
 package worker_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/redis/go-redis/v9"
 
@@ -25,9 +29,13 @@ type rig struct {
 	conn    *bus.Conn
 	results chan *cortexv1.JobResult
 	beats   chan *cortexv1.Heartbeat
+
+	mu     sync.Mutex
+	events []*cortexv1.Job
 }
 
 func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
+	t.Helper()
 	return newRigWith(t, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: handlers})
 }
 
@@ -47,6 +55,11 @@ func newRigWith(t *testing.T, opts worker.Options) *rig {
 	for subject, f := range map[string]func(*cortexv1.BusPacket){
 		bus.SubjectJobResult:    func(p *cortexv1.BusPacket) { r.results <- p.GetJobResult() },
 		bus.SubjectHeartbeatAll: func(p *cortexv1.BusPacket) { r.beats <- p.GetHeartbeat() },
+		bus.SubjectJobEvent: func(p *cortexv1.BusPacket) {
+			r.mu.Lock()
+			r.events = append(r.events, p.GetJobEvent().GetJob())
+			r.mu.Unlock()
+		},
 	} {
 		if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
 			if p, err := bus.Decode(m.Data); err == nil {
@@ -86,17 +99,26 @@ func (r *rig) dispatch(t *testing.T, id, topic, prompt string) *cortexv1.JobResu
 
 func (r *rig) send(t *testing.T, id, topic, prompt string) {
 	t.Helper()
+	r.sendJob(t, store.NewJob{ID: id, Topic: topic, Input: prompt})
+}
+
+// sendJob records j (tenant "t") and dispatches its first attempt to pool
+// p, as the gateway and the scheduler would.
+func (r *rig) sendJob(t *testing.T, j store.NewJob) {
+	t.Helper()
 	ctx := context.Background()
 	now := time.Now()
-	if err := r.st.CreateJob(ctx, store.NewJob{ID: id, Topic: topic, Tenant: "t", Prompt: prompt}, now); err != nil {
+	j.Tenant = "t"
+	if _, err := r.st.CreateJob(ctx, j, now); err != nil {
 		t.Fatal(err)
 	}
-	if err := r.st.Transition(ctx, id, store.Change{To: store.Dispatched, Pool: "p"}, now); err != nil {
+	rec, err := r.st.Transition(ctx, j.ID, store.Change{To: store.Dispatched, Attempt: 1, Pool: "p"}, now)
+	if err != nil {
 		t.Fatal(err)
 	}
-	err := r.conn.Publish(bus.JobSubject("p", topic), &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{
-		JobRequest: &cortexv1.JobRequest{JobId: id, Topic: topic, Attempt: 1, Pool: "p"},
-	}})
+	req := rec.Request()
+	req.Pool = "p"
+	err = r.conn.Publish(bus.JobSubject("p", j.Topic), &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,16 +127,53 @@ func (r *rig) send(t *testing.T, id, topic, prompt string) {
 	}
 }
 
+func (r *rig) cancel(t *testing.T, id string) {
+	t.Helper()
+	err := r.conn.Publish(bus.SubjectJobCancel, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobCancel{
+		JobCancel: &cortexv1.JobCancel{JobId: id, Reason: "cancelled by test"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.conn.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func (r *rig) result(t *testing.T, id string) *cortexv1.JobResult {
 	t.Helper()
 	select {
 	case res := <-r.results:
+		if res.GetJobId() != id {
+			t.Fatalf("result for job %s (%v), want one for %s", res.GetJobId(), res, id)
+		}
 		return res
 	case <-time.After(5 * time.Second):
 		t.Fatalf("no result for job %s", id)
 		return nil
 	}
 }
+
+// waitEvent polls until a job event says id entered state.
+func (r *rig) waitEvent(t *testing.T, id string, state cortexv1.JobState) *cortexv1.Job {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		r.mu.Lock()
+		for _, e := range r.events {
+			if e.GetJobId() == id && e.GetState() == state {
+				r.mu.Unlock()
+				return e
+			}
+		}
+		r.mu.Unlock()
+	}
+	t.Fatalf("no %s event for job %s", state, id)
+	return nil
+}
+
+var echo = plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+	return &plugins.Result{Output: j.Prompt + string(j.Payload)}, nil
+})
 
 func TestWorkerRunsHandlersAndReports(t *testing.T) {
 	r := newRig(t, map[string]plugins.Handler{
@@ -134,20 +193,22 @@ func TestWorkerRunsHandlersAndReports(t *testing.T) {
 	}
 
 	res := r.dispatch(t, "j-ok", "job.upper", "hi")
-	if res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetResultPtr() != "redis://res:j-ok" || res.GetWorkerId() != "w-1" {
+	if res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetResultPtr() != "redis://res:j-ok" ||
+		res.GetWorkerId() != "w-1" || res.GetAttempt() != 1 || res.GetResultSize() != uint64(len("hi!")) {
 		t.Fatalf("ok job: %v", res)
 	}
-	j, _, err := r.st.Get(context.Background(), "j-ok")
+	ctx := context.Background()
+	j, err := r.st.Get(ctx, "j-ok")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if j.State != store.Running || j.WorkerID != "w-1" {
 		t.Errorf("store after the worker ran it: %+v (the scheduler records the end)", j)
 	}
-	if err := r.st.Transition(context.Background(), "j-ok", store.Change{To: store.Completed}, time.Now()); err != nil {
+	if _, err := r.st.Transition(ctx, "j-ok", store.Change{To: store.Completed, Attempt: 1}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, out, _ := r.st.Get(context.Background(), "j-ok"); out != "hi!" {
+	if _, out, _ := r.st.Output(ctx, "j-ok"); out != "hi!" {
 		t.Errorf("stored result %q, want the handler's output", out)
 	}
 
@@ -157,7 +218,7 @@ func TestWorkerRunsHandlersAndReports(t *testing.T) {
 		"job.none":  "no handler for topic job.none",
 	} {
 		res := r.dispatch(t, "j-"+topic, topic, "x")
-		if res.GetState() != cortexv1.JobState_JOB_STATE_FAILED || len(res.GetError()) < len(want) || res.GetError()[:len(want)] != want {
+		if res.GetState() != cortexv1.JobState_JOB_STATE_FAILED || !strings.HasPrefix(res.GetError(), want) {
 			t.Errorf("%s: %v, want FAILED with %q", topic, res, want)
 		}
 	}
@@ -215,5 +276,174 @@ func TestStopCancelsJobsAfterGrace(t *testing.T) {
 	r.w.Stop()
 	if res := r.result(t, "j-hang"); res.GetState() != cortexv1.JobState_JOB_STATE_FAILED {
 		t.Fatalf("job that outlived the grace period: %v, want FAILED", res)
+	}
+}
+
+func TestTimeoutReportsTimeout(t *testing.T) {
+	ended := make(chan error, 1)
+	r := newRig(t, map[string]plugins.Handler{
+		"job.hang": plugins.HandlerFunc(func(ctx context.Context, _ *plugins.Job) (*plugins.Result, error) {
+			<-ctx.Done()
+			ended <- ctx.Err()
+			return nil, ctx.Err()
+		}),
+		"job.echo": echo,
+	})
+	r.sendJob(t, store.NewJob{ID: "j-hang", Topic: "job.hang", Input: "x", Timeout: 20 * time.Millisecond})
+	res := r.result(t, "j-hang")
+	if res.GetState() != cortexv1.JobState_JOB_STATE_TIMEOUT || !strings.Contains(res.GetError(), "timeout of 20ms") ||
+		res.GetResultPtr() != "" || res.GetAttempt() != 1 {
+		t.Fatalf("job that ran past its timeout: %v, want TIMEOUT", res)
+	}
+	if err := <-ended; !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("handler's context ended with %v, want DeadlineExceeded", err)
+	}
+
+	// A job that finishes within its timeout is not affected by it.
+	r.sendJob(t, store.NewJob{ID: "j-quick", Topic: "job.echo", Input: "x", Timeout: time.Hour})
+	if res := r.result(t, "j-quick"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("job within its timeout: %v, want COMPLETED", res)
+	}
+}
+
+// blocker is a handler that announces each job it runs and holds it until
+// the job's context ends or release is closed.
+type blocker struct {
+	running chan runningJob
+	release chan struct{}
+}
+
+type runningJob struct {
+	id    string
+	ctx   context.Context
+	ended chan error
+}
+
+func newBlocker() *blocker {
+	return &blocker{running: make(chan runningJob, 10), release: make(chan struct{})}
+}
+
+func (b *blocker) Handle(ctx context.Context, j *plugins.Job) (*plugins.Result, error) {
+	rj := runningJob{id: j.ID, ctx: ctx, ended: make(chan error, 1)}
+	b.running <- rj
+	select {
+	case <-ctx.Done():
+		rj.ended <- context.Cause(ctx)
+		return nil, ctx.Err()
+	case <-b.release:
+		rj.ended <- nil
+		return &plugins.Result{Output: "released"}, nil
+	}
+}
+
+func (b *blocker) next(t *testing.T, id string) runningJob {
+	t.Helper()
+	select {
+	case rj := <-b.running:
+		if rj.id != id {
+			t.Fatalf("handler started job %s, want %s", rj.id, id)
+		}
+		return rj
+	case <-time.After(5 * time.Second):
+		t.Fatalf("job %s never reached its handler", id)
+		return runningJob{}
+	}
+}
+
+func TestCancelStopsRunningJobAndReportsNothing(t *testing.T) {
+	b := newBlocker()
+	r := newRig(t, map[string]plugins.Handler{"job.block": b, "job.echo": echo})
+	r.send(t, "j-cancel", "job.block", "x")
+	rj := b.next(t, "j-cancel")
+	// The gateway records the cancel, then tells the workers.
+	if _, err := r.st.Transition(context.Background(), "j-cancel", store.Change{To: store.Cancelled, Reason: "by test"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r.cancel(t, "j-cancel")
+	select {
+	case err := <-rj.ended:
+		if err == nil || !errors.Is(rj.ctx.Err(), context.Canceled) {
+			t.Fatalf("handler ended with cause %v, ctx err %v; want its context cancelled", err, rj.ctx.Err())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancelled job's handler kept running")
+	}
+	// A result for the cancelled job would be out before the next job's:
+	// result fails on any result but the one it waits for.
+	if res := r.dispatch(t, "j-after", "job.echo", "x"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("job after the cancel: %v", res)
+	}
+	if j, _ := r.st.Get(context.Background(), "j-cancel"); j.State != store.Cancelled {
+		t.Errorf("cancelled job is now %s", j.State)
+	}
+}
+
+func TestCancelForJobNotRunningIsIgnored(t *testing.T) {
+	b := newBlocker()
+	r := newRig(t, map[string]plugins.Handler{"job.block": b})
+	r.send(t, "j-keep", "job.block", "x")
+	keep := b.next(t, "j-keep")
+	r.send(t, "j-stop", "job.block", "x")
+	stop := b.next(t, "j-stop")
+
+	r.cancel(t, "j-unknown")
+	r.cancel(t, "j-stop")
+	// Cancels are handled in order, so once j-stop has ended the cancel
+	// for j-unknown has been handled too.
+	select {
+	case <-stop.ended:
+	case <-time.After(5 * time.Second):
+		t.Fatal("j-stop was not cancelled")
+	}
+	if err := keep.ctx.Err(); err != nil {
+		t.Fatalf("cancels for other jobs ended j-keep's context: %v", err)
+	}
+	close(b.release)
+	if res := r.result(t, "j-keep"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("j-keep: %v, want COMPLETED", res)
+	}
+}
+
+func TestRunningEventIsPublished(t *testing.T) {
+	r := newRig(t, map[string]plugins.Handler{"job.echo": echo})
+	r.dispatch(t, "j-1", "job.echo", "hi")
+	ev := r.waitEvent(t, "j-1", cortexv1.JobState_JOB_STATE_RUNNING)
+	if ev.GetWorkerId() != "w-1" || ev.GetAttempt() != 1 || ev.GetTenantId() != "t" || ev.GetTopic() != "job.echo" || ev.GetPool() != "p" {
+		t.Errorf("RUNNING event %v", ev)
+	}
+}
+
+func TestInputReachesHandler(t *testing.T) {
+	binary := []byte{0x00, 0xff, 0x10, '\n', 0x80}
+	for _, tc := range []struct {
+		name        string
+		job         store.NewJob
+		wantPrompt  string
+		wantPayload []byte
+	}{
+		{"text", store.NewJob{Input: "hello"}, "hello", nil},
+		{"binary", store.NewJob{Input: string(binary), Binary: true}, "", binary},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			seen := make(chan *plugins.Job, 1)
+			r := newRig(t, map[string]plugins.Handler{
+				"job.see": plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+					seen <- j
+					return &plugins.Result{Output: "ok"}, nil
+				}),
+			})
+			tc.job.ID, tc.job.Topic = uuid.NewString(), "job.see"
+			r.sendJob(t, tc.job)
+			if res := r.result(t, tc.job.ID); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+				t.Fatalf("result %v", res)
+			}
+			j := <-seen
+			if j.Prompt != tc.wantPrompt || !bytes.Equal(j.Payload, tc.wantPayload) || (tc.wantPayload == nil) != (j.Payload == nil) {
+				t.Errorf("handler saw prompt %q payload %q, want %q and %q", j.Prompt, j.Payload, tc.wantPrompt, tc.wantPayload)
+			}
+			if j.ID != tc.job.ID || j.Tenant != "t" || j.Attempt != 1 {
+				t.Errorf("handler saw job %+v", j)
+			}
+		})
 	}
 }

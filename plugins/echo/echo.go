@@ -11,7 +11,10 @@ import (
 // Topic is the topic echo serves.
 const Topic = "job.echo"
 
-// Handler returns the prompt as the result.
+// Handler returns the input (prompt or payload) as the result.
 var Handler plugins.Handler = plugins.HandlerFunc(func(_ context.Context, job *plugins.Job) (*plugins.Result, error) {
+	if job.Payload != nil {
+		return &plugins.Result{Output: string(job.Payload)}, nil
+	}
 	return &plugins.Result{Output: job.Prompt}, nil
 })

@@ -134,9 +134,9 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurr
 			for next.Add(1) <= int64(n) {
 				t0 := time.Now()
 				res, err := c.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: topic, Prompt: prompt})
-				var st *cortexv1.GetJobStatusResponse
+				var st *cortexv1.Job
 				if err == nil {
-					st, err = job.PollUntilEnd(ctx, c, res.GetJobId(), 500*time.Microsecond, 5*time.Millisecond)
+					st, err = job.WaitForEnd(ctx, c, res.GetJobId(), nil)
 				}
 				if err != nil {
 					mu.Lock()

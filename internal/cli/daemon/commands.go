@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,12 +14,10 @@ import (
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/safety"
-	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
-	"github.com/cortex-os/core/plugins"
-	"github.com/cortex-os/core/plugins/echo"
 )
 
 // Options are the flags every daemon shares.
@@ -158,12 +155,9 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --route job.echo=echo",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			table := scheduler.DefaultRoutes()
-			if len(routes) > 0 {
-				var err error
-				if table, err = scheduler.ParseRoutes(routes); err != nil {
-					return &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
-				}
+			table, err := routeTable(routes)
+			if err != nil {
+				return err
 			}
 			e, err := o.prepare(cmd, true)
 			if err != nil {
@@ -178,7 +172,7 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 		},
 	}
 	o.addFlags(cmd, true)
-	cmd.Flags().StringSliceVar(&routes, "route", nil, "topic=pool routes, repeatable (default job.echo=echo)")
+	addRouteFlag(cmd, &routes)
 	cmd.Flags().DurationVar(&safetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long to wait for a safety decision before denying the job")
 	return cmd
 }
@@ -192,11 +186,15 @@ func NewCmdWorker() *cobra.Command {
 		Short: "Run a worker of one pool as a daemon",
 		Long: `Run a worker: it takes jobs of its pool (queue group workers-<pool>), runs the
 plugin registered for each job's topic and reports the result. Workers of a
-pool share its jobs; start more to add capacity. Built-in plugins: echo (job.echo).`,
+pool share its jobs; start more to add capacity. Built-in pools: echo
+(job.echo returns its prompt; job.sleep waits for the duration in its prompt).`,
 		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			wo.Handlers = map[string]plugins.Handler{echo.Topic: echo.Handler}
+			var err error
+			if wo.Handlers, err = PoolHandlers(wo.Pool); err != nil {
+				return &cmdutil.UsageError{Err: fmt.Errorf("--pool: %w", err)}
+			}
 			if err := worker.CheckOptions(wo); err != nil {
 				return &cmdutil.UsageError{Err: err}
 			}
@@ -224,7 +222,7 @@ pool share its jobs; start more to add capacity. Built-in plugins: echo (job.ech
 func NewCmdGateway() *cobra.Command {
 	o := &Options{}
 	var listen string
-	var keys []string
+	var keys, routes []string
 	var maxPrompt int
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -232,15 +230,21 @@ func NewCmdGateway() *cobra.Command {
 		Long: `Run the API gateway: gRPC, gRPC-Web and HTTP/JSON on one port, plus /healthz
 and /readyz. Every call needs an API key ('Authorization: Bearer <key>');
 keys map to tenants and come from --api-keys or CORTEX_API_KEYS
-(key:tenant[,key:tenant...]). Without keys the gateway refuses to start
-unless --insecure is given.`,
+(key:tenant[,key:tenant...]; key:tenant:read makes a read-only key). Keys
+are held only as SHA-256 digests. Without keys the gateway refuses to start
+unless --insecure is given. A job.* topic that no --route serves is refused
+at submit; give the gateway the same routes as the schedulers.`,
 		Example: `  CORTEX_API_KEYS=s3cr3t:acme cortexctl gateway --listen 0.0.0.0:7470 \
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			keyTable, err := parseKeys(keys)
+			keyTable, err := gateway.ParseKeys(keys)
 			if err != nil {
-				return &cmdutil.UsageError{Err: err}
+				return &cmdutil.UsageError{Err: fmt.Errorf("--api-keys: %w", err)}
+			}
+			table, err := routeTable(routes)
+			if err != nil {
+				return err
 			}
 			if len(keyTable) == 0 && !o.Insecure {
 				return &cmdutil.UsageError{Err: gateway.ErrNoKeys}
@@ -250,7 +254,7 @@ unless --insecure is given.`,
 				return err
 			}
 			defer e.close()
-			g, conn, err := NewGateway(o.NATSURL, e.store, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, e.log)
+			g, conn, err := NewGateway(o.NATSURL, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, e.log)
 			if err != nil {
 				return err
 			}
@@ -265,19 +269,27 @@ unless --insecure is given.`,
 	}
 	o.addFlags(cmd, true)
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7470", "address to serve the API on")
-	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant, repeatable (also CORTEX_API_KEYS)")
-	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt accepted")
+	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant or key:tenant:read, repeatable (also CORTEX_API_KEYS)")
+	addRouteFlag(cmd, &routes)
+	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
 	return cmd
 }
 
-func parseKeys(pairs []string) (map[string]string, error) {
-	keys := map[string]string{}
-	for _, p := range pairs {
-		key, tenant, ok := strings.Cut(p, ":")
-		if !ok || key == "" || tenant == "" {
-			return nil, errors.New("--api-keys: want key:tenant pairs, e.g. s3cr3t:acme")
-		}
-		keys[key] = tenant
+func addRouteFlag(cmd *cobra.Command, routes *[]string) {
+	cmd.Flags().StringSliceVar(routes, "route", nil, "topic=pool routes, repeatable (default job.echo=echo, job.sleep=echo)")
+}
+
+// routeTable is the --route table, or the default one.
+func routeTable(routes []string) (map[string]string, error) {
+	if len(routes) == 0 {
+		return routing.DefaultRoutes(), nil
 	}
-	return keys, nil
+	table, err := routing.ParseRoutes(routes)
+	if err == nil {
+		_, err = routing.NewRouter(table)
+	}
+	if err != nil {
+		return nil, &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
+	}
+	return table, nil
 }

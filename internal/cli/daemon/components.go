@@ -16,11 +16,15 @@ import (
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/ids"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/echo"
+	"github.com/cortex-os/core/plugins/sleep"
 )
 
 // instanceName names one component instance on the bus: component-<random>.
@@ -77,7 +81,7 @@ type SchedulerOptions struct {
 
 // StartScheduler runs a scheduler until it is closed.
 func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
-	router, err := scheduler.NewRouter(opts.Routes)
+	router, err := routing.NewRouter(opts.Routes)
 	if err != nil {
 		return nil, err
 	}
@@ -114,8 +118,22 @@ func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts work
 	return w, nil
 }
 
-// NewGateway returns a gateway publishing on its own connection.
-func NewGateway(natsURL string, st *store.Store, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
+// PoolHandlers are the built-in plugins of a pool.
+func PoolHandlers(pool string) (map[string]plugins.Handler, error) {
+	switch pool {
+	case "echo":
+		return map[string]plugins.Handler{echo.Topic: echo.Handler, sleep.Topic: sleep.Handler}, nil
+	}
+	return nil, fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep)", pool)
+}
+
+// NewGateway returns a gateway on its own connection, routing by routes.
+func NewGateway(natsURL string, st *store.Store, routes map[string]string, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
+	router, err := routing.NewRouter(routes)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Router = router
 	conn, err := bus.Connect(natsURL, instanceName("gateway"), log)
 	if err != nil {
 		return nil, nil, err

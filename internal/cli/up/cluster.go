@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,11 +17,10 @@ import (
 	"github.com/cortex-os/core/internal/devstack"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/ids"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
-	"github.com/cortex-os/core/plugins"
-	"github.com/cortex-os/core/plugins/echo"
 )
 
 // ClusterOptions configures a whole stack in one process.
@@ -32,7 +33,7 @@ type ClusterOptions struct {
 	RedisURL string
 	// DataDir holds the embedded JetStream's storage (temporary if empty).
 	DataDir string
-	// Routes maps topics to pools (scheduler.DefaultRoutes when nil).
+	// Routes maps topics to pools (routing.DefaultRoutes when nil).
 	Routes map[string]string
 	// SafetyTimeout bounds each safety decision.
 	SafetyTimeout time.Duration
@@ -52,6 +53,8 @@ type Cluster struct {
 	RedisURL    string
 	Store       *store.Store
 	WorkerID    string
+	// WorkerTopics lists the topics the in-process worker serves.
+	WorkerTopics []string
 
 	cancel      context.CancelFunc
 	serveDone   chan error
@@ -68,7 +71,7 @@ type Cluster struct {
 // submits that will be carried through.
 func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c *Cluster, err error) {
 	if opts.Routes == nil {
-		opts.Routes = scheduler.DefaultRoutes()
+		opts.Routes = routing.DefaultRoutes()
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL}
@@ -109,20 +112,25 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	c.conns = append(c.conns, c.scheduler.Conn())
+	handlers, err := daemon.PoolHandlers("echo")
+	if err != nil {
+		return c, err
+	}
 	c.worker, err = daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
 		Pool:        "echo",
 		MaxParallel: opts.WorkerParallel,
-		Handlers:    map[string]plugins.Handler{echo.Topic: echo.Handler},
+		Handlers:    handlers,
 	}, log.With("component", "worker"))
 	if err != nil {
 		return c, err
 	}
 	c.conns = append(c.conns, c.worker.Conn())
 	c.WorkerID = c.worker.ID()
+	c.WorkerTopics = slices.Sorted(maps.Keys(handlers))
 
 	c.APIKey = "cx_dev_" + ids.Hex(16)
-	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, gateway.Options{
-		Keys: map[string]string{c.APIKey: gateway.InsecureTenant},
+	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, opts.Routes, gateway.Options{
+		Keys: map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant}},
 	}, log.With("component", "gateway"))
 	if err != nil {
 		return c, err

@@ -102,7 +102,16 @@ func (s *dispatchSpy) dispatched(id string) bool {
 	return s.seen[id]
 }
 
-func (h *harness) run(t *testing.T, topic, prompt string) *cortexv1.GetJobStatusResponse {
+// outcome is how a job ended, with its output.
+type outcome struct {
+	*cortexv1.Job
+	result string
+}
+
+func (o outcome) GetResult() string { return o.result }
+func (o outcome) GetRule() string   { return o.GetSafety().GetRule() }
+
+func (h *harness) run(t *testing.T, topic, prompt string) outcome {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -110,11 +119,19 @@ func (h *harness) run(t *testing.T, topic, prompt string) *cortexv1.GetJobStatus
 	if err != nil {
 		t.Fatalf("submit %s: %v", topic, err)
 	}
-	st, err := job.WaitForEnd(ctx, h.client, res.GetJobId())
+	st, err := job.WaitForEnd(ctx, h.client, res.GetJobId(), nil)
 	if err != nil {
 		t.Fatalf("wait for %s job %s: %v", topic, res.GetJobId(), err)
 	}
-	return st
+	o := outcome{Job: st}
+	if st.GetState() == completed {
+		r, err := h.client.GetResult(ctx, &cortexv1.GetResultRequest{JobId: st.GetJobId()})
+		if err != nil {
+			t.Fatalf("result of %s: %v", st.GetJobId(), err)
+		}
+		o.result = r.GetText()
+	}
+	return o
 }
 
 const (

@@ -7,6 +7,7 @@ package up
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -74,9 +75,9 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	server := "http://" + c.GatewayAddr
 	contextPath := "(not written: --no-context)"
 	if !o.NoContext {
-		contextPath, err = client.SaveContext(client.Context{
+		contextPath, err = client.SaveContext(client.LocalContext, client.Context{
 			Server: server, APIKey: c.APIKey, NATSURL: c.NATSURL, RedisURL: c.RedisURL,
-		})
+		}, true)
 		if err != nil {
 			_ = c.Close()
 			return err
@@ -107,8 +108,8 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 	fmt.Fprintf(w, "  nats     %s  (%s)\n", natsURL, natsNote)
 	fmt.Fprintf(w, "  redis    %s  (%s)\n", redisURL, redisNote)
 	fmt.Fprintf(w, "  api key  %s  (tenant default)\n", c.APIKey)
-	fmt.Fprintf(w, "  worker   %s  (pool echo: job.echo)\n", c.WorkerID)
-	fmt.Fprintf(w, "  context  %s\n", contextPath)
+	fmt.Fprintf(w, "  worker   %s  (pool echo: %s)\n", c.WorkerID, strings.Join(c.WorkerTopics, ", "))
+	fmt.Fprintf(w, "  context  %s (%s)\n", client.LocalContext, contextPath)
 	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
 		took.Round(time.Millisecond))
 }

@@ -9,6 +9,7 @@ package cortexv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -21,71 +22,6 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
-
-// JobState is the lifecycle of a job as recorded in Redis (job:<id>).
-type JobState int32
-
-const (
-	JobState_JOB_STATE_UNSPECIFIED JobState = 0
-	JobState_JOB_STATE_PENDING     JobState = 1
-	JobState_JOB_STATE_SCHEDULED   JobState = 2
-	JobState_JOB_STATE_DISPATCHED  JobState = 3
-	JobState_JOB_STATE_RUNNING     JobState = 4
-	JobState_JOB_STATE_COMPLETED   JobState = 5
-	JobState_JOB_STATE_FAILED      JobState = 6
-	JobState_JOB_STATE_DENIED      JobState = 7
-)
-
-// Enum value maps for JobState.
-var (
-	JobState_name = map[int32]string{
-		0: "JOB_STATE_UNSPECIFIED",
-		1: "JOB_STATE_PENDING",
-		2: "JOB_STATE_SCHEDULED",
-		3: "JOB_STATE_DISPATCHED",
-		4: "JOB_STATE_RUNNING",
-		5: "JOB_STATE_COMPLETED",
-		6: "JOB_STATE_FAILED",
-		7: "JOB_STATE_DENIED",
-	}
-	JobState_value = map[string]int32{
-		"JOB_STATE_UNSPECIFIED": 0,
-		"JOB_STATE_PENDING":     1,
-		"JOB_STATE_SCHEDULED":   2,
-		"JOB_STATE_DISPATCHED":  3,
-		"JOB_STATE_RUNNING":     4,
-		"JOB_STATE_COMPLETED":   5,
-		"JOB_STATE_FAILED":      6,
-		"JOB_STATE_DENIED":      7,
-	}
-)
-
-func (x JobState) Enum() *JobState {
-	p := new(JobState)
-	*p = x
-	return p
-}
-
-func (x JobState) String() string {
-	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
-}
-
-func (JobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_cortex_v1_bus_proto_enumTypes[0].Descriptor()
-}
-
-func (JobState) Type() protoreflect.EnumType {
-	return &file_cortex_v1_bus_proto_enumTypes[0]
-}
-
-func (x JobState) Number() protoreflect.EnumNumber {
-	return protoreflect.EnumNumber(x)
-}
-
-// Deprecated: Use JobState.Descriptor instead.
-func (JobState) EnumDescriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{0}
-}
 
 // BusPacket is the only message ever published on the bus. Every subject
 // carries exactly one payload kind; docs/BUS_PROTOCOL.md lists which.
@@ -106,6 +42,8 @@ type BusPacket struct {
 	//	*BusPacket_Heartbeat
 	//	*BusPacket_CheckRequest
 	//	*BusPacket_CheckResponse
+	//	*BusPacket_JobEvent
+	//	*BusPacket_JobCancel
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -221,6 +159,24 @@ func (x *BusPacket) GetCheckResponse() *CheckResponse {
 	return nil
 }
 
+func (x *BusPacket) GetJobEvent() *JobEvent {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_JobEvent); ok {
+			return x.JobEvent
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetJobCancel() *JobCancel {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_JobCancel); ok {
+			return x.JobCancel
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -245,6 +201,14 @@ type BusPacket_CheckResponse struct {
 	CheckResponse *CheckResponse `protobuf:"bytes,14,opt,name=check_response,json=checkResponse,proto3,oneof"`
 }
 
+type BusPacket_JobEvent struct {
+	JobEvent *JobEvent `protobuf:"bytes,15,opt,name=job_event,json=jobEvent,proto3,oneof"`
+}
+
+type BusPacket_JobCancel struct {
+	JobCancel *JobCancel `protobuf:"bytes,16,opt,name=job_cancel,json=jobCancel,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -254,6 +218,10 @@ func (*BusPacket_Heartbeat) isBusPacket_Payload() {}
 func (*BusPacket_CheckRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_CheckResponse) isBusPacket_Payload() {}
+
+func (*BusPacket_JobEvent) isBusPacket_Payload() {}
+
+func (*BusPacket_JobCancel) isBusPacket_Payload() {}
 
 // JobRequest asks for one attempt of a job. The prompt is not carried: it
 // lives in Redis and context_ptr points at it (redis://ctx:<id>).
@@ -268,7 +236,14 @@ type JobRequest struct {
 	Pool   string            `protobuf:"bytes,6,opt,name=pool,proto3" json:"pool,omitempty"`
 	Labels map[string]string `protobuf:"bytes,7,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// prompt_size is the size of the stored prompt in bytes.
-	PromptSize    uint64 `protobuf:"varint,8,opt,name=prompt_size,json=promptSize,proto3" json:"prompt_size,omitempty"`
+	PromptSize uint64 `protobuf:"varint,8,opt,name=prompt_size,json=promptSize,proto3" json:"prompt_size,omitempty"`
+	// priority orders queued jobs: higher runs first.
+	Priority int32 `protobuf:"varint,9,opt,name=priority,proto3" json:"priority,omitempty"`
+	// timeout bounds one attempt's run; unset means no limit.
+	Timeout     *durationpb.Duration `protobuf:"bytes,10,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	MaxAttempts uint32               `protobuf:"varint,11,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
+	// binary_payload says the stored input is bytes, not prompt text.
+	BinaryPayload bool `protobuf:"varint,12,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,6 +334,34 @@ func (x *JobRequest) GetPromptSize() uint64 {
 	return 0
 }
 
+func (x *JobRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *JobRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *JobRequest) GetMaxAttempts() uint32 {
+	if x != nil {
+		return x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *JobRequest) GetBinaryPayload() bool {
+	if x != nil {
+		return x.BinaryPayload
+	}
+	return false
+}
+
 // JobResult reports the outcome of one attempt. The output is not carried:
 // result_ptr points at it (redis://res:<id>).
 type JobResult struct {
@@ -366,13 +369,15 @@ type JobResult struct {
 	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	Attempt  uint32                 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	WorkerId string                 `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	// state is JOB_STATE_COMPLETED or JOB_STATE_FAILED.
+	// state is JOB_STATE_COMPLETED, JOB_STATE_FAILED or JOB_STATE_TIMEOUT.
 	State     JobState `protobuf:"varint,4,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
 	ResultPtr string   `protobuf:"bytes,5,opt,name=result_ptr,json=resultPtr,proto3" json:"result_ptr,omitempty"`
 	// error is the handler's error message when state is FAILED.
-	Error         string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
-	FinishedAt    *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	Error      string                 `protobuf:"bytes,6,opt,name=error,proto3" json:"error,omitempty"`
+	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
+	// result_size is the size of the stored output in bytes.
+	ResultSize    uint64 `protobuf:"varint,9,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -461,6 +466,13 @@ func (x *JobResult) GetFinishedAt() *timestamppb.Timestamp {
 		return x.FinishedAt
 	}
 	return nil
+}
+
+func (x *JobResult) GetResultSize() uint64 {
+	if x != nil {
+		return x.ResultSize
+	}
+	return 0
 }
 
 // Heartbeat is what a worker says about itself every few seconds on
@@ -566,11 +578,112 @@ func (x *Heartbeat) GetVersion() string {
 	return ""
 }
 
+// JobEvent reports a job after one of its state changes, on
+// sys.job.event. Events are best effort: a watcher that must not miss the
+// end of a job also reads the job from the store.
+type JobEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobEvent) Reset() {
+	*x = JobEvent{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobEvent) ProtoMessage() {}
+
+func (x *JobEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
+func (*JobEvent) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *JobEvent) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+// JobCancel asks whichever worker runs the job to stop it, on
+// sys.job.cancel. The job is already recorded CANCELLED.
+type JobCancel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobCancel) Reset() {
+	*x = JobCancel{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobCancel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobCancel) ProtoMessage() {}
+
+func (x *JobCancel) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
+func (*JobCancel) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *JobCancel) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobCancel) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x03\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x04\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x129\n" +
@@ -584,8 +697,11 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"job_result\x18\v \x01(\v2\x14.cortex.v1.JobResultH\x00R\tjobResult\x124\n" +
 	"\theartbeat\x18\f \x01(\v2\x14.cortex.v1.HeartbeatH\x00R\theartbeat\x12>\n" +
 	"\rcheck_request\x18\r \x01(\v2\x17.cortex.v1.CheckRequestH\x00R\fcheckRequest\x12A\n" +
-	"\x0echeck_response\x18\x0e \x01(\v2\x18.cortex.v1.CheckResponseH\x00R\rcheckResponseB\t\n" +
-	"\apayload\"\xbc\x02\n" +
+	"\x0echeck_response\x18\x0e \x01(\v2\x18.cortex.v1.CheckResponseH\x00R\rcheckResponse\x122\n" +
+	"\tjob_event\x18\x0f \x01(\v2\x13.cortex.v1.JobEventH\x00R\bjobEvent\x125\n" +
+	"\n" +
+	"job_cancel\x18\x10 \x01(\v2\x14.cortex.v1.JobCancelH\x00R\tjobCancelB\t\n" +
+	"\apayload\"\xd7\x03\n" +
 	"\n" +
 	"JobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -597,10 +713,15 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\x04pool\x18\x06 \x01(\tR\x04pool\x129\n" +
 	"\x06labels\x18\a \x03(\v2!.cortex.v1.JobRequest.LabelsEntryR\x06labels\x12\x1f\n" +
 	"\vprompt_size\x18\b \x01(\x04R\n" +
-	"promptSize\x1a9\n" +
+	"promptSize\x12\x1a\n" +
+	"\bpriority\x18\t \x01(\x05R\bpriority\x123\n" +
+	"\atimeout\x18\n" +
+	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12!\n" +
+	"\fmax_attempts\x18\v \x01(\rR\vmaxAttempts\x12%\n" +
+	"\x0ebinary_payload\x18\f \x01(\bR\rbinaryPayload\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb1\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x02\n" +
 	"\tJobResult\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
@@ -612,7 +733,9 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12;\n" +
 	"\vfinished_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"finishedAt\"\x83\x02\n" +
+	"finishedAt\x12\x1f\n" +
+	"\vresult_size\x18\t \x01(\x04R\n" +
+	"resultSize\"\x83\x02\n" +
 	"\tHeartbeat\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x1f\n" +
@@ -623,16 +746,12 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\x0ecompleted_jobs\x18\x06 \x01(\x04R\rcompletedJobs\x12\x1f\n" +
 	"\vfailed_jobs\x18\a \x01(\x04R\n" +
 	"failedJobs\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion*\xcb\x01\n" +
-	"\bJobState\x12\x19\n" +
-	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
-	"\x11JOB_STATE_PENDING\x10\x01\x12\x17\n" +
-	"\x13JOB_STATE_SCHEDULED\x10\x02\x12\x18\n" +
-	"\x14JOB_STATE_DISPATCHED\x10\x03\x12\x15\n" +
-	"\x11JOB_STATE_RUNNING\x10\x04\x12\x17\n" +
-	"\x13JOB_STATE_COMPLETED\x10\x05\x12\x14\n" +
-	"\x10JOB_STATE_FAILED\x10\x06\x12\x14\n" +
-	"\x10JOB_STATE_DENIED\x10\aB\x8f\x01\n" +
+	"\aversion\x18\b \x01(\tR\aversion\",\n" +
+	"\bJobEvent\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\":\n" +
+	"\tJobCancel\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reasonB\x8f\x01\n" +
 	"\rcom.cortex.v1B\bBusProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -648,35 +767,42 @@ func file_cortex_v1_bus_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_bus_proto_rawDescData
 }
 
-var file_cortex_v1_bus_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_cortex_v1_bus_proto_goTypes = []any{
-	(JobState)(0),                 // 0: cortex.v1.JobState
-	(*BusPacket)(nil),             // 1: cortex.v1.BusPacket
-	(*JobRequest)(nil),            // 2: cortex.v1.JobRequest
-	(*JobResult)(nil),             // 3: cortex.v1.JobResult
-	(*Heartbeat)(nil),             // 4: cortex.v1.Heartbeat
-	nil,                           // 5: cortex.v1.JobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(*CheckRequest)(nil),          // 7: cortex.v1.CheckRequest
-	(*CheckResponse)(nil),         // 8: cortex.v1.CheckResponse
+	(*BusPacket)(nil),             // 0: cortex.v1.BusPacket
+	(*JobRequest)(nil),            // 1: cortex.v1.JobRequest
+	(*JobResult)(nil),             // 2: cortex.v1.JobResult
+	(*Heartbeat)(nil),             // 3: cortex.v1.Heartbeat
+	(*JobEvent)(nil),              // 4: cortex.v1.JobEvent
+	(*JobCancel)(nil),             // 5: cortex.v1.JobCancel
+	nil,                           // 6: cortex.v1.JobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*CheckRequest)(nil),          // 8: cortex.v1.CheckRequest
+	(*CheckResponse)(nil),         // 9: cortex.v1.CheckResponse
+	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
+	(JobState)(0),                 // 11: cortex.v1.JobState
+	(*Job)(nil),                   // 12: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
-	6,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
-	3,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
-	4,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
-	7,  // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
-	8,  // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
-	5,  // 6: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	0,  // 7: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	6,  // 8: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	6,  // 9: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
+	1,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
+	2,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
+	3,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
+	8,  // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
+	9,  // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
+	4,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
+	5,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
+	6,  // 8: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	10, // 9: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	11, // 10: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	7,  // 11: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	7,  // 12: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	12, // 13: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -684,6 +810,7 @@ func file_cortex_v1_bus_proto_init() {
 	if File_cortex_v1_bus_proto != nil {
 		return
 	}
+	file_cortex_v1_job_proto_init()
 	file_cortex_v1_safety_proto_init()
 	file_cortex_v1_bus_proto_msgTypes[0].OneofWrappers = []any{
 		(*BusPacket_JobRequest)(nil),
@@ -691,20 +818,21 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_Heartbeat)(nil),
 		(*BusPacket_CheckRequest)(nil),
 		(*BusPacket_CheckResponse)(nil),
+		(*BusPacket_JobEvent)(nil),
+		(*BusPacket_JobCancel)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_bus_proto_rawDesc), len(file_cortex_v1_bus_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   5,
+			NumEnums:      0,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_cortex_v1_bus_proto_goTypes,
 		DependencyIndexes: file_cortex_v1_bus_proto_depIdxs,
-		EnumInfos:         file_cortex_v1_bus_proto_enumTypes,
 		MessageInfos:      file_cortex_v1_bus_proto_msgTypes,
 	}.Build()
 	File_cortex_v1_bus_proto = out.File

@@ -9,7 +9,7 @@ package cortexv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
-	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -26,11 +26,23 @@ type SubmitJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// topic names the kind of work, e.g. "job.echo".
 	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
-	// prompt is the job's input text.
-	Prompt        string            `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
-	Labels        map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// prompt is the job's input text. Set prompt or payload, not both.
+	Prompt string            `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// payload is binary input, for jobs whose input is not text.
+	Payload []byte `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	// priority orders queued jobs, 0-9, higher first (default 0).
+	Priority *int32 `protobuf:"varint,5,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	// timeout bounds one attempt's run (default: no limit, at most 24h).
+	Timeout *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	// max_attempts is how many times a failing job runs (1-10, default 1).
+	MaxAttempts *uint32 `protobuf:"varint,7,opt,name=max_attempts,json=maxAttempts,proto3,oneof" json:"max_attempts,omitempty"`
+	// idempotency_key makes a retried submit safe: the same key from the
+	// same tenant returns the first job's id instead of a second job. Reusing
+	// a key for a different request is AlreadyExists.
+	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *SubmitJobRequest) Reset() {
@@ -84,10 +96,48 @@ func (x *SubmitJobRequest) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *SubmitJobRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *SubmitJobRequest) GetPriority() int32 {
+	if x != nil && x.Priority != nil {
+		return *x.Priority
+	}
+	return 0
+}
+
+func (x *SubmitJobRequest) GetTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.Timeout
+	}
+	return nil
+}
+
+func (x *SubmitJobRequest) GetMaxAttempts() uint32 {
+	if x != nil && x.MaxAttempts != nil {
+		return *x.MaxAttempts
+	}
+	return 0
+}
+
+func (x *SubmitJobRequest) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
+}
+
 type SubmitJobResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	State         JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	State JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
+	// deduplicated says the idempotency key matched an earlier submit, whose
+	// job id this is; nothing new was created.
+	Deduplicated  bool `protobuf:"varint,3,opt,name=deduplicated,proto3" json:"deduplicated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -136,27 +186,34 @@ func (x *SubmitJobResponse) GetState() JobState {
 	return JobState_JOB_STATE_UNSPECIFIED
 }
 
-type GetJobStatusRequest struct {
+func (x *SubmitJobResponse) GetDeduplicated() bool {
+	if x != nil {
+		return x.Deduplicated
+	}
+	return false
+}
+
+type GetJobRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GetJobStatusRequest) Reset() {
-	*x = GetJobStatusRequest{}
+func (x *GetJobRequest) Reset() {
+	*x = GetJobRequest{}
 	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GetJobStatusRequest) String() string {
+func (x *GetJobRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GetJobStatusRequest) ProtoMessage() {}
+func (*GetJobRequest) ProtoMessage() {}
 
-func (x *GetJobStatusRequest) ProtoReflect() protoreflect.Message {
+func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -168,51 +225,39 @@ func (x *GetJobStatusRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GetJobStatusRequest.ProtoReflect.Descriptor instead.
-func (*GetJobStatusRequest) Descriptor() ([]byte, []int) {
+// Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
+func (*GetJobRequest) Descriptor() ([]byte, []int) {
 	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *GetJobStatusRequest) GetJobId() string {
+func (x *GetJobRequest) GetJobId() string {
 	if x != nil {
 		return x.JobId
 	}
 	return ""
 }
 
-type GetJobStatusResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	State JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
-	Topic string                 `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
-	// reason explains a DENIED or FAILED state.
-	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
-	// rule names the safety rule behind a DENIED state.
-	Rule string `protobuf:"bytes,5,opt,name=rule,proto3" json:"rule,omitempty"`
-	// result is the job's output once it is COMPLETED.
-	Result        string                 `protobuf:"bytes,6,opt,name=result,proto3" json:"result,omitempty"`
-	WorkerId      string                 `protobuf:"bytes,7,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`
-	CreatedAt     *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	UpdatedAt     *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+type GetJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GetJobStatusResponse) Reset() {
-	*x = GetJobStatusResponse{}
+func (x *GetJobResponse) Reset() {
+	*x = GetJobResponse{}
 	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GetJobStatusResponse) String() string {
+func (x *GetJobResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GetJobStatusResponse) ProtoMessage() {}
+func (*GetJobResponse) ProtoMessage() {}
 
-func (x *GetJobStatusResponse) ProtoReflect() protoreflect.Message {
+func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -224,115 +269,673 @@ func (x *GetJobStatusResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GetJobStatusResponse.ProtoReflect.Descriptor instead.
-func (*GetJobStatusResponse) Descriptor() ([]byte, []int) {
+// Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
+func (*GetJobResponse) Descriptor() ([]byte, []int) {
 	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
-func (x *GetJobStatusResponse) GetJobId() string {
+func (x *GetJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type GetResultRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetResultRequest) Reset() {
+	*x = GetResultRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetResultRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetResultRequest) ProtoMessage() {}
+
+func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
+func (*GetResultRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *GetResultRequest) GetJobId() string {
 	if x != nil {
 		return x.JobId
 	}
 	return ""
 }
 
-func (x *GetJobStatusResponse) GetState() JobState {
+type GetResultResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	State JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
+	// Types that are valid to be assigned to Output:
+	//
+	//	*GetResultResponse_Text
+	//	*GetResultResponse_Data
+	Output        isGetResultResponse_Output `protobuf_oneof:"output"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetResultResponse) Reset() {
+	*x = GetResultResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetResultResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetResultResponse) ProtoMessage() {}
+
+func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
+func (*GetResultResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetResultResponse) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *GetResultResponse) GetState() JobState {
 	if x != nil {
 		return x.State
 	}
 	return JobState_JOB_STATE_UNSPECIFIED
 }
 
-func (x *GetJobStatusResponse) GetTopic() string {
+func (x *GetResultResponse) GetOutput() isGetResultResponse_Output {
+	if x != nil {
+		return x.Output
+	}
+	return nil
+}
+
+func (x *GetResultResponse) GetText() string {
+	if x != nil {
+		if x, ok := x.Output.(*GetResultResponse_Text); ok {
+			return x.Text
+		}
+	}
+	return ""
+}
+
+func (x *GetResultResponse) GetData() []byte {
+	if x != nil {
+		if x, ok := x.Output.(*GetResultResponse_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+type isGetResultResponse_Output interface {
+	isGetResultResponse_Output()
+}
+
+type GetResultResponse_Text struct {
+	// text is the output when it is valid UTF-8.
+	Text string `protobuf:"bytes,3,opt,name=text,proto3,oneof"`
+}
+
+type GetResultResponse_Data struct {
+	// data is the output when it is not.
+	Data []byte `protobuf:"bytes,4,opt,name=data,proto3,oneof"`
+}
+
+func (*GetResultResponse_Text) isGetResultResponse_Output() {}
+
+func (*GetResultResponse_Data) isGetResultResponse_Output() {}
+
+type ListJobsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// states keeps jobs in any of these states (all when empty).
+	States []JobState `protobuf:"varint,1,rep,packed,name=states,proto3,enum=cortex.v1.JobState" json:"states,omitempty"`
+	// topic keeps jobs of this topic; "job.*" keeps every topic under job.
+	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	// labels keeps jobs carrying every one of these labels.
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// page_size is the most jobs per page: default 50, at most 500.
+	PageSize uint32 `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues from a previous page's next_page_token.
+	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsRequest) Reset() {
+	*x = ListJobsRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsRequest) ProtoMessage() {}
+
+func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
+func (*ListJobsRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ListJobsRequest) GetStates() []JobState {
+	if x != nil {
+		return x.States
+	}
+	return nil
+}
+
+func (x *ListJobsRequest) GetTopic() string {
 	if x != nil {
 		return x.Topic
 	}
 	return ""
 }
 
-func (x *GetJobStatusResponse) GetReason() string {
+func (x *ListJobsRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ListJobsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListJobsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type ListJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Jobs  []*Job                 `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// next_page_token is set when there may be more jobs.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListJobsResponse) Reset() {
+	*x = ListJobsResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListJobsResponse) ProtoMessage() {}
+
+func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
+func (*ListJobsResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListJobsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *ListJobsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type CancelJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// reason is recorded on the job (default "cancelled by the client").
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobRequest) Reset() {
+	*x = CancelJobRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobRequest) ProtoMessage() {}
+
+func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
+func (*CancelJobRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *CancelJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *CancelJobRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
 	}
 	return ""
 }
 
-func (x *GetJobStatusResponse) GetRule() string {
+type CancelJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CancelJobResponse) Reset() {
+	*x = CancelJobResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CancelJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CancelJobResponse) ProtoMessage() {}
+
+func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	if x != nil {
-		return x.Rule
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
+func (*CancelJobResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CancelJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type WatchJobRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobRequest) Reset() {
+	*x = WatchJobRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobRequest) ProtoMessage() {}
+
+func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
+func (*WatchJobRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *WatchJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
 	}
 	return ""
 }
 
-func (x *GetJobStatusResponse) GetResult() string {
+type WatchJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchJobResponse) Reset() {
+	*x = WatchJobResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchJobResponse) ProtoMessage() {}
+
+func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	if x != nil {
-		return x.Result
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
+func (*WatchJobResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *WatchJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type StreamEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// topic keeps events of this topic; "job.*" keeps every topic under job.
+	Topic string `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	// states keeps events into any of these states (all when empty).
+	States []JobState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=cortex.v1.JobState" json:"states,omitempty"`
+	// labels keeps events of jobs carrying every one of these labels.
+	Labels        map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamEventsRequest) Reset() {
+	*x = StreamEventsRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamEventsRequest) ProtoMessage() {}
+
+func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamEventsRequest.ProtoReflect.Descriptor instead.
+func (*StreamEventsRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *StreamEventsRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
 	}
 	return ""
 }
 
-func (x *GetJobStatusResponse) GetWorkerId() string {
+func (x *StreamEventsRequest) GetStates() []JobState {
 	if x != nil {
-		return x.WorkerId
+		return x.States
 	}
-	return ""
+	return nil
 }
 
-func (x *GetJobStatusResponse) GetAttempt() uint32 {
+func (x *StreamEventsRequest) GetLabels() map[string]string {
 	if x != nil {
-		return x.Attempt
+		return x.Labels
+	}
+	return nil
+}
+
+type StreamEventsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// dropped counts events this stream skipped since the last message
+	// because the reader was too slow.
+	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamEventsResponse) Reset() {
+	*x = StreamEventsResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamEventsResponse) ProtoMessage() {}
+
+func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamEventsResponse.ProtoReflect.Descriptor instead.
+func (*StreamEventsResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *StreamEventsResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *StreamEventsResponse) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
 	}
 	return 0
-}
-
-func (x *GetJobStatusResponse) GetCreatedAt() *timestamppb.Timestamp {
-	if x != nil {
-		return x.CreatedAt
-	}
-	return nil
-}
-
-func (x *GetJobStatusResponse) GetUpdatedAt() *timestamppb.Timestamp {
-	if x != nil {
-		return x.UpdatedAt
-	}
-	return nil
 }
 
 var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/bus.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbc\x01\n" +
+	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x03\n" +
 	"\x10SubmitJobRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12?\n" +
-	"\x06labels\x18\x03 \x03(\v2'.cortex.v1.SubmitJobRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x03 \x03(\v2'.cortex.v1.SubmitJobRequest.LabelsEntryR\x06labels\x12\x18\n" +
+	"\apayload\x18\x04 \x01(\fR\apayload\x12\x1f\n" +
+	"\bpriority\x18\x05 \x01(\x05H\x00R\bpriority\x88\x01\x01\x123\n" +
+	"\atimeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12&\n" +
+	"\fmax_attempts\x18\a \x01(\rH\x01R\vmaxAttempts\x88\x01\x01\x12'\n" +
+	"\x0fidempotency_key\x18\b \x01(\tR\x0eidempotencyKey\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"U\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
+	"\t_priorityB\x0f\n" +
+	"\r_max_attempts\"y\n" +
 	"\x11SubmitJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
-	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\",\n" +
-	"\x13GetJobStatusRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\xdf\x02\n" +
-	"\x14GetJobStatusResponse\x12\x15\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\"\n" +
+	"\fdeduplicated\x18\x03 \x01(\bR\fdeduplicated\"&\n" +
+	"\rGetJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"2\n" +
+	"\x0eGetJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\")\n" +
+	"\x10GetResultRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"\x8b\x01\n" +
+	"\x11GetResultResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\x14\n" +
-	"\x05topic\x18\x03 \x01(\tR\x05topic\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x12\n" +
-	"\x04rule\x18\x05 \x01(\tR\x04rule\x12\x16\n" +
-	"\x06result\x18\x06 \x01(\tR\x06result\x12\x1b\n" +
-	"\tworker_id\x18\a \x01(\tR\bworkerId\x12\x18\n" +
-	"\aattempt\x18\b \x01(\rR\aattempt\x129\n" +
+	"\x04text\x18\x03 \x01(\tH\x00R\x04text\x12\x14\n" +
+	"\x04data\x18\x04 \x01(\fH\x00R\x04dataB\b\n" +
+	"\x06output\"\x8b\x02\n" +
+	"\x0fListJobsRequest\x12+\n" +
+	"\x06states\x18\x01 \x03(\x0e2\x13.cortex.v1.JobStateR\x06states\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12>\n" +
+	"\x06labels\x18\x03 \x03(\v2&.cortex.v1.ListJobsRequest.LabelsEntryR\x06labels\x12\x1b\n" +
+	"\tpage_size\x18\x04 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
-	"\n" +
-	"updated_at\x18\n" +
-	" \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt2\xa9\x01\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"^\n" +
+	"\x10ListJobsResponse\x12\"\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x0e.cortex.v1.JobR\x04jobs\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"A\n" +
+	"\x10CancelJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
+	"\x11CancelJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"(\n" +
+	"\x0fWatchJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"4\n" +
+	"\x10WatchJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"\xd7\x01\n" +
+	"\x13StreamEventsRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12+\n" +
+	"\x06states\x18\x02 \x03(\x0e2\x13.cortex.v1.JobStateR\x06states\x12B\n" +
+	"\x06labels\x18\x03 \x03(\v2*.cortex.v1.StreamEventsRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
+	"\x14StreamEventsResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped2\x86\x04\n" +
 	"\x0eGatewayService\x12F\n" +
-	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12O\n" +
-	"\fGetJobStatus\x12\x1e.cortex.v1.GetJobStatusRequest\x1a\x1f.cortex.v1.GetJobStatusResponseB\x93\x01\n" +
+	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12=\n" +
+	"\x06GetJob\x12\x18.cortex.v1.GetJobRequest\x1a\x19.cortex.v1.GetJobResponse\x12F\n" +
+	"\tGetResult\x12\x1b.cortex.v1.GetResultRequest\x1a\x1c.cortex.v1.GetResultResponse\x12C\n" +
+	"\bListJobs\x12\x1a.cortex.v1.ListJobsRequest\x1a\x1b.cortex.v1.ListJobsResponse\x12F\n" +
+	"\tCancelJob\x12\x1b.cortex.v1.CancelJobRequest\x1a\x1c.cortex.v1.CancelJobResponse\x12E\n" +
+	"\bWatchJob\x12\x1a.cortex.v1.WatchJobRequest\x1a\x1b.cortex.v1.WatchJobResponse0\x01\x12Q\n" +
+	"\fStreamEvents\x12\x1e.cortex.v1.StreamEventsRequest\x1a\x1f.cortex.v1.StreamEventsResponse0\x01B\x93\x01\n" +
 	"\rcom.cortex.v1B\fGatewayProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -348,31 +951,62 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_gateway_proto_rawDescData
 }
 
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_cortex_v1_gateway_proto_goTypes = []any{
-	(*SubmitJobRequest)(nil),      // 0: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),     // 1: cortex.v1.SubmitJobResponse
-	(*GetJobStatusRequest)(nil),   // 2: cortex.v1.GetJobStatusRequest
-	(*GetJobStatusResponse)(nil),  // 3: cortex.v1.GetJobStatusResponse
-	nil,                           // 4: cortex.v1.SubmitJobRequest.LabelsEntry
-	(JobState)(0),                 // 5: cortex.v1.JobState
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*SubmitJobRequest)(nil),     // 0: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),    // 1: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),        // 2: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),       // 3: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),     // 4: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),    // 5: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),      // 6: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),     // 7: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),     // 8: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),    // 9: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),      // 10: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),     // 11: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),  // 12: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil), // 13: cortex.v1.StreamEventsResponse
+	nil,                          // 14: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                          // 15: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                          // 16: cortex.v1.StreamEventsRequest.LabelsEntry
+	(*durationpb.Duration)(nil),  // 17: google.protobuf.Duration
+	(JobState)(0),                // 18: cortex.v1.JobState
+	(*Job)(nil),                  // 19: cortex.v1.Job
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	4, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	5, // 1: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	5, // 2: cortex.v1.GetJobStatusResponse.state:type_name -> cortex.v1.JobState
-	6, // 3: cortex.v1.GetJobStatusResponse.created_at:type_name -> google.protobuf.Timestamp
-	6, // 4: cortex.v1.GetJobStatusResponse.updated_at:type_name -> google.protobuf.Timestamp
-	0, // 5: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	2, // 6: cortex.v1.GatewayService.GetJobStatus:input_type -> cortex.v1.GetJobStatusRequest
-	1, // 7: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	3, // 8: cortex.v1.GatewayService.GetJobStatus:output_type -> cortex.v1.GetJobStatusResponse
-	7, // [7:9] is the sub-list for method output_type
-	5, // [5:7] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	14, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	17, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	18, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	19, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	18, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	18, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	15, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	19, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	19, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	19, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	18, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	16, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	19, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	0,  // 13: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	2,  // 14: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	4,  // 15: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	6,  // 16: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	8,  // 17: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	10, // 18: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	12, // 19: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	1,  // 20: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	3,  // 21: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	5,  // 22: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	7,  // 23: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	9,  // 24: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	11, // 25: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	13, // 26: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	20, // [20:27] is the sub-list for method output_type
+	13, // [13:20] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -380,14 +1014,19 @@ func file_cortex_v1_gateway_proto_init() {
 	if File_cortex_v1_gateway_proto != nil {
 		return
 	}
-	file_cortex_v1_bus_proto_init()
+	file_cortex_v1_job_proto_init()
+	file_cortex_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{}
+	file_cortex_v1_gateway_proto_msgTypes[5].OneofWrappers = []any{
+		(*GetResultResponse_Text)(nil),
+		(*GetResultResponse_Data)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   5,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

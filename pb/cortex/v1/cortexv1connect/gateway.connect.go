@@ -26,9 +26,19 @@ const (
 const (
 	// GatewayServiceSubmitJobProcedure is the procedure name of the GatewayService's SubmitJob RPC.
 	GatewayServiceSubmitJobProcedure = "/cortex.v1.GatewayService/SubmitJob"
-	// GatewayServiceGetJobStatusProcedure is the procedure name of the GatewayService's GetJobStatus
+	// GatewayServiceGetJobProcedure is the procedure name of the GatewayService's GetJob RPC.
+	GatewayServiceGetJobProcedure = "/cortex.v1.GatewayService/GetJob"
+	// GatewayServiceGetResultProcedure is the procedure name of the GatewayService's GetResult RPC.
+	GatewayServiceGetResultProcedure = "/cortex.v1.GatewayService/GetResult"
+	// GatewayServiceListJobsProcedure is the procedure name of the GatewayService's ListJobs RPC.
+	GatewayServiceListJobsProcedure = "/cortex.v1.GatewayService/ListJobs"
+	// GatewayServiceCancelJobProcedure is the procedure name of the GatewayService's CancelJob RPC.
+	GatewayServiceCancelJobProcedure = "/cortex.v1.GatewayService/CancelJob"
+	// GatewayServiceWatchJobProcedure is the procedure name of the GatewayService's WatchJob RPC.
+	GatewayServiceWatchJobProcedure = "/cortex.v1.GatewayService/WatchJob"
+	// GatewayServiceStreamEventsProcedure is the procedure name of the GatewayService's StreamEvents
 	// RPC.
-	GatewayServiceGetJobStatusProcedure = "/cortex.v1.GatewayService/GetJobStatus"
+	GatewayServiceStreamEventsProcedure = "/cortex.v1.GatewayService/StreamEvents"
 )
 
 var (
@@ -39,23 +49,74 @@ var (
 			Procedure:  GatewayServiceSubmitJobProcedure,
 		}
 	})
-	gatewayServiceGetJobStatusSpec = sync.OnceValue(func() connect.Spec {
+	gatewayServiceGetJobSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType: connect.StreamTypeUnary,
-			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("GetJobStatus"),
-			Procedure:  GatewayServiceGetJobStatusProcedure,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("GetJob"),
+			Procedure:  GatewayServiceGetJobProcedure,
+		}
+	})
+	gatewayServiceGetResultSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("GetResult"),
+			Procedure:  GatewayServiceGetResultProcedure,
+		}
+	})
+	gatewayServiceListJobsSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ListJobs"),
+			Procedure:  GatewayServiceListJobsProcedure,
+		}
+	})
+	gatewayServiceCancelJobSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("CancelJob"),
+			Procedure:  GatewayServiceCancelJobProcedure,
+		}
+	})
+	gatewayServiceWatchJobSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeServer,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("WatchJob"),
+			Procedure:  GatewayServiceWatchJobProcedure,
+		}
+	})
+	gatewayServiceStreamEventsSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeServer,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("StreamEvents"),
+			Procedure:  GatewayServiceStreamEventsProcedure,
 		}
 	})
 )
 
 // GatewayServiceClient is a client for the cortex.v1.GatewayService service.
 type GatewayServiceClient interface {
-	// SubmitJob stores the prompt, records the job as PENDING and hands it to
-	// the scheduler. It answers with the job id once the job is accepted.
+	// SubmitJob stores the input, records the job as PENDING and hands it to
+	// the scheduler. A job.* topic that no pool serves is refused. A topic the
+	// safety policy denies is accepted and recorded DENIED.
 	SubmitJob(context.Context, *v1.SubmitJobRequest) (*v1.SubmitJobResponse, error)
-	// GetJobStatus returns the job's state, the reason for a denial or
-	// failure, and the result once the job has completed.
-	GetJobStatus(context.Context, *v1.GetJobStatusRequest) (*v1.GetJobStatusResponse, error)
+	// GetJob returns a job's record: state, attempt, pool, worker, safety
+	// decision and the time of every transition.
+	GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error)
+	// GetResult returns the output of a COMPLETED job. A job that has not
+	// completed is FailedPrecondition.
+	GetResult(context.Context, *v1.GetResultRequest) (*v1.GetResultResponse, error)
+	// ListJobs lists jobs newest first, filtered, one page at a time.
+	ListJobs(context.Context, *v1.ListJobsRequest) (*v1.ListJobsResponse, error)
+	// CancelJob ends a job that has not finished: a job not yet dispatched
+	// never runs, a running one is asked to stop. Cancelling a cancelled job
+	// is a no-op; cancelling another finished job is FailedPrecondition.
+	CancelJob(context.Context, *v1.CancelJobRequest) (*v1.CancelJobResponse, error)
+	// WatchJob streams the job as it is now, then after every change, and
+	// ends once the job is finished.
+	WatchJob(context.Context, *v1.WatchJobRequest) (GatewayServiceWatchJobClientStream, error)
+	// StreamEvents streams every change of the tenant's jobs that matches the
+	// filter, until the caller hangs up.
+	StreamEvents(context.Context, *v1.StreamEventsRequest) (GatewayServiceStreamEventsClientStream, error)
 }
 
 // NewGatewayServiceClient constructs a client for the cortex.v1.GatewayService service. Multiple
@@ -64,14 +125,71 @@ func NewGatewayServiceClient(client *connect.Client) GatewayServiceClient {
 	return &gatewayServiceClient{client: client}
 }
 
+// GatewayServiceWatchJobClientStream is the client stream for the GatewayService's WatchJob RPC.
+type GatewayServiceWatchJobClientStream struct {
+	stream connect.ClientStream
+}
+
+// Receive returns the next response message from the server.
+func (s GatewayServiceWatchJobClientStream) Receive() (*v1.WatchJobResponse, error) {
+	var res v1.WatchJobResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s GatewayServiceWatchJobClientStream) Close() error {
+	return s.stream.Close()
+}
+
+// GatewayServiceStreamEventsClientStream is the client stream for the GatewayService's StreamEvents
+// RPC.
+type GatewayServiceStreamEventsClientStream struct {
+	stream connect.ClientStream
+}
+
+// Receive returns the next response message from the server.
+func (s GatewayServiceStreamEventsClientStream) Receive() (*v1.StreamEventsResponse, error) {
+	var res v1.StreamEventsResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s GatewayServiceStreamEventsClientStream) Close() error {
+	return s.stream.Close()
+}
+
 // GatewayServiceHandler is an implementation of the cortex.v1.GatewayService service.
 type GatewayServiceHandler interface {
-	// SubmitJob stores the prompt, records the job as PENDING and hands it to
-	// the scheduler. It answers with the job id once the job is accepted.
+	// SubmitJob stores the input, records the job as PENDING and hands it to
+	// the scheduler. A job.* topic that no pool serves is refused. A topic the
+	// safety policy denies is accepted and recorded DENIED.
 	SubmitJob(context.Context, *v1.SubmitJobRequest) (*v1.SubmitJobResponse, error)
-	// GetJobStatus returns the job's state, the reason for a denial or
-	// failure, and the result once the job has completed.
-	GetJobStatus(context.Context, *v1.GetJobStatusRequest) (*v1.GetJobStatusResponse, error)
+	// GetJob returns a job's record: state, attempt, pool, worker, safety
+	// decision and the time of every transition.
+	GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error)
+	// GetResult returns the output of a COMPLETED job. A job that has not
+	// completed is FailedPrecondition.
+	GetResult(context.Context, *v1.GetResultRequest) (*v1.GetResultResponse, error)
+	// ListJobs lists jobs newest first, filtered, one page at a time.
+	ListJobs(context.Context, *v1.ListJobsRequest) (*v1.ListJobsResponse, error)
+	// CancelJob ends a job that has not finished: a job not yet dispatched
+	// never runs, a running one is asked to stop. Cancelling a cancelled job
+	// is a no-op; cancelling another finished job is FailedPrecondition.
+	CancelJob(context.Context, *v1.CancelJobRequest) (*v1.CancelJobResponse, error)
+	// WatchJob streams the job as it is now, then after every change, and
+	// ends once the job is finished.
+	WatchJob(context.Context, *v1.WatchJobRequest, GatewayServiceWatchJobServerStream) error
+	// StreamEvents streams every change of the tenant's jobs that matches the
+	// filter, until the caller hangs up.
+	StreamEvents(context.Context, *v1.StreamEventsRequest, GatewayServiceStreamEventsServerStream) error
 }
 
 // RegisterGatewayServiceHandler registers svc as the cortex.v1.GatewayService implementation on
@@ -80,8 +198,44 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 	adapter := gatewayServiceHandler{svc: svc}
 	server.Register(
 		connect.Method{Spec: gatewayServiceSubmitJobSpec(), Handler: adapter.submitJob},
-		connect.Method{Spec: gatewayServiceGetJobStatusSpec(), Handler: adapter.getJobStatus},
+		connect.Method{Spec: gatewayServiceGetJobSpec(), Handler: adapter.getJob},
+		connect.Method{Spec: gatewayServiceGetResultSpec(), Handler: adapter.getResult},
+		connect.Method{Spec: gatewayServiceListJobsSpec(), Handler: adapter.listJobs},
+		connect.Method{Spec: gatewayServiceCancelJobSpec(), Handler: adapter.cancelJob},
+		connect.Method{Spec: gatewayServiceWatchJobSpec(), Handler: adapter.watchJob},
+		connect.Method{Spec: gatewayServiceStreamEventsSpec(), Handler: adapter.streamEvents},
 	)
+}
+
+// GatewayServiceWatchJobServerStream is the server stream for the GatewayService's WatchJob RPC.
+type GatewayServiceWatchJobServerStream struct {
+	stream connect.ServerStream
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s GatewayServiceWatchJobServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s GatewayServiceWatchJobServerStream) Send(res *v1.WatchJobResponse) error {
+	return s.stream.Send(res)
+}
+
+// GatewayServiceStreamEventsServerStream is the server stream for the GatewayService's StreamEvents
+// RPC.
+type GatewayServiceStreamEventsServerStream struct {
+	stream connect.ServerStream
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s GatewayServiceStreamEventsServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s GatewayServiceStreamEventsServerStream) Send(res *v1.StreamEventsResponse) error {
+	return s.stream.Send(res)
 }
 
 // UnimplementedGatewayServiceHandler returns CodeUnimplemented from all methods.
@@ -91,8 +245,28 @@ func (UnimplementedGatewayServiceHandler) SubmitJob(context.Context, *v1.SubmitJ
 	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.SubmitJob is not implemented")
 }
 
-func (UnimplementedGatewayServiceHandler) GetJobStatus(context.Context, *v1.GetJobStatusRequest) (*v1.GetJobStatusResponse, error) {
-	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.GetJobStatus is not implemented")
+func (UnimplementedGatewayServiceHandler) GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.GetJob is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) GetResult(context.Context, *v1.GetResultRequest) (*v1.GetResultResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.GetResult is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ListJobs(context.Context, *v1.ListJobsRequest) (*v1.ListJobsResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListJobs is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) CancelJob(context.Context, *v1.CancelJobRequest) (*v1.CancelJobResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.CancelJob is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) WatchJob(context.Context, *v1.WatchJobRequest, GatewayServiceWatchJobServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.WatchJob is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) StreamEvents(context.Context, *v1.StreamEventsRequest, GatewayServiceStreamEventsServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.StreamEvents is not implemented")
 }
 
 type gatewayServiceClient struct {
@@ -107,12 +281,52 @@ func (c *gatewayServiceClient) SubmitJob(ctx context.Context, req *v1.SubmitJobR
 	return &res, nil
 }
 
-func (c *gatewayServiceClient) GetJobStatus(ctx context.Context, req *v1.GetJobStatusRequest) (*v1.GetJobStatusResponse, error) {
-	var res v1.GetJobStatusResponse
-	if err := c.client.CallUnary(ctx, gatewayServiceGetJobStatusSpec(), req, &res); err != nil {
+func (c *gatewayServiceClient) GetJob(ctx context.Context, req *v1.GetJobRequest) (*v1.GetJobResponse, error) {
+	var res v1.GetJobResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceGetJobSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
+}
+
+func (c *gatewayServiceClient) GetResult(ctx context.Context, req *v1.GetResultRequest) (*v1.GetResultResponse, error) {
+	var res v1.GetResultResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceGetResultSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) ListJobs(ctx context.Context, req *v1.ListJobsRequest) (*v1.ListJobsResponse, error) {
+	var res v1.ListJobsResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceListJobsSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) CancelJob(ctx context.Context, req *v1.CancelJobRequest) (*v1.CancelJobResponse, error) {
+	var res v1.CancelJobResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceCancelJobSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) WatchJob(ctx context.Context, req *v1.WatchJobRequest) (GatewayServiceWatchJobClientStream, error) {
+	stream, err := c.client.CallServerStream(ctx, gatewayServiceWatchJobSpec(), req)
+	if err != nil {
+		return GatewayServiceWatchJobClientStream{}, err
+	}
+	return GatewayServiceWatchJobClientStream{stream: stream}, nil
+}
+
+func (c *gatewayServiceClient) StreamEvents(ctx context.Context, req *v1.StreamEventsRequest) (GatewayServiceStreamEventsClientStream, error) {
+	stream, err := c.client.CallServerStream(ctx, gatewayServiceStreamEventsSpec(), req)
+	if err != nil {
+		return GatewayServiceStreamEventsClientStream{}, err
+	}
+	return GatewayServiceStreamEventsClientStream{stream: stream}, nil
 }
 
 type gatewayServiceHandler struct{ svc GatewayServiceHandler }
@@ -129,14 +343,66 @@ func (h gatewayServiceHandler) submitJob(ctx context.Context, _ connect.Spec, st
 	return stream.Send(res)
 }
 
-func (h gatewayServiceHandler) getJobStatus(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
-	var req v1.GetJobStatusRequest
+func (h gatewayServiceHandler) getJob(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.GetJobRequest
 	if err := stream.Receive(&req); err != nil {
 		return err
 	}
-	res, err := h.svc.GetJobStatus(ctx, &req)
+	res, err := h.svc.GetJob(ctx, &req)
 	if err != nil {
 		return err
 	}
 	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) getResult(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.GetResultRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.GetResult(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) listJobs(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ListJobsRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ListJobs(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) cancelJob(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.CancelJobRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.CancelJob(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) watchJob(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.WatchJobRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	return h.svc.WatchJob(ctx, &req, GatewayServiceWatchJobServerStream{stream: stream})
+}
+
+func (h gatewayServiceHandler) streamEvents(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.StreamEventsRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	return h.svc.StreamEvents(ctx, &req, GatewayServiceStreamEventsServerStream{stream: stream})
 }

@@ -1,4 +1,7 @@
-package scheduler
+// Package routing owns the table that maps job topics to the worker pools
+// that serve them. The gateway reads it to refuse topics no pool serves; the
+// scheduler reads it to dispatch. It holds no state beyond the table.
+package routing
 
 import (
 	"fmt"
@@ -15,7 +18,9 @@ type Router struct {
 }
 
 // DefaultRoutes is the routing table `up` and the daemons start with.
-func DefaultRoutes() map[string]string { return map[string]string{"job.echo": "echo"} }
+func DefaultRoutes() map[string]string {
+	return map[string]string{"job.echo": "echo", "job.sleep": "echo"}
+}
 
 // NewRouter checks a topic → pool table.
 func NewRouter(routes map[string]string) (*Router, error) {
@@ -47,6 +52,16 @@ func ParseRoutes(pairs []string) (map[string]string, error) {
 func (r *Router) Pool(topic string) (string, bool) {
 	pool, ok := r.routes[topic]
 	return pool, ok
+}
+
+// Routable reports whether topic may be submitted: any topic outside job.*
+// (the safety policy decides those), and job.* topics that a pool serves.
+func (r *Router) Routable(topic string) bool {
+	if !strings.HasPrefix(topic, "job.") {
+		return true
+	}
+	_, ok := r.routes[topic]
+	return ok
 }
 
 // Topics lists the routable topics, sorted.

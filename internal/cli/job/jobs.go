@@ -1,0 +1,387 @@
+package job
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"github.com/spf13/cobra"
+
+	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/cli/output"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+// NewCmdJobs returns the jobs command group.
+func NewCmdJobs(f *cmdutil.Factory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "jobs",
+		Short: "List, inspect, cancel and watch jobs",
+		Long: `List, inspect, cancel and watch the jobs of your tenant (the API key's).
+Jobs are kept for 24 hours.`,
+		Example: `  cortexctl jobs list --state failed -o wide
+  cortexctl jobs get 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e
+  cortexctl jobs result 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e > out.txt
+  cortexctl jobs cancel 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e
+  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e`,
+		Args: cobra.NoArgs,
+	}
+	cmd.AddCommand(NewCmdList(f, nil), NewCmdGet(f, nil), NewCmdResult(f, nil), NewCmdCancel(f, nil), NewCmdWatch(f, nil))
+	return cmd
+}
+
+// ListOptions are `jobs list`'s inputs.
+type ListOptions struct {
+	Factory *cmdutil.Factory
+	States  []string
+	Topic   string
+	Labels  []string
+	Limit   int
+	Page    string
+	Watch   bool
+	Output  output.Format
+}
+
+// Most jobs `jobs list` prints unless --limit says otherwise.
+const defaultListLimit = 50
+
+// NewCmdList returns `jobs list`.
+func NewCmdList(f *cmdutil.Factory, runF func(context.Context, *ListOptions) error) *cobra.Command {
+	o := &ListOptions{Factory: f}
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List jobs, newest first",
+		Long: `List your jobs, newest first, filtered by state, topic and labels. At most
+--limit jobs print (0 for all); when more match, the command says how to get
+the next page. With --watch, keep printing jobs as they change.`,
+		Example: `  cortexctl jobs list
+  cortexctl jobs list --state denied,failed --topic 'job.*' -o wide
+  cortexctl jobs list --label team=ml -o json | jq -r '.items[].jobId'
+  cortexctl jobs list --watch`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return listRun(cmd.Context(), o)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringSliceVar(&o.States, "state", nil, "only jobs in these states (e.g. running,failed), repeatable")
+	fs.StringVar(&o.Topic, "topic", "", "only jobs of this topic, or a prefix such as job.*")
+	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "only jobs with this key=value label, repeatable")
+	fs.IntVar(&o.Limit, "limit", defaultListLimit, "most jobs to print (0: all)")
+	fs.StringVar(&o.Page, "page", "", "continue from a previous list's next page token")
+	fs.BoolVarP(&o.Watch, "watch", "w", false, "after listing, print jobs as they change")
+	output.AddFormatFlag(cmd, &o.Output)
+	_ = cmd.RegisterFlagCompletionFunc("state", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return stateNames(), cobra.ShellCompDirectiveNoFileComp
+	})
+	return cmd
+}
+
+func listRun(ctx context.Context, o *ListOptions) error {
+	states, err := parseStates(o.States)
+	if err != nil {
+		return &cmdutil.UsageError{Err: fmt.Errorf("--state: %w", err)}
+	}
+	labels, err := ParseLabels(o.Labels)
+	if err != nil {
+		return &cmdutil.UsageError{Err: err}
+	}
+	if o.Limit < 0 {
+		return &cmdutil.UsageError{Err: errors.New("--limit must be 0 (all) or more")}
+	}
+	if o.Page != "" {
+		if _, err := base64.RawURLEncoding.DecodeString(o.Page); err != nil {
+			return &cmdutil.UsageError{Err: errors.New("--page: not a page token; pass the token a previous list printed")}
+		}
+	}
+	c, _, err := o.Factory.Client()
+	if err != nil {
+		return err
+	}
+	var jobs []*cortexv1.Job
+	token := o.Page
+	for {
+		size := uint32(500)
+		if o.Limit > 0 {
+			size = uint32(min(o.Limit-len(jobs), 500))
+		}
+		res, err := c.ListJobs(ctx, &cortexv1.ListJobsRequest{States: states, Topic: o.Topic, Labels: labels, PageSize: size, PageToken: token})
+		if err != nil {
+			return err
+		}
+		jobs = append(jobs, res.GetJobs()...)
+		token = res.GetNextPageToken()
+		if token == "" || o.Limit > 0 && len(jobs) >= o.Limit {
+			break
+		}
+	}
+	p := output.New(o.Factory.Out, o.Output)
+	now := time.Now()
+	if p.Machine() {
+		if err := p.Print(output.List[*cortexv1.Job]{Items: jobs, NextPageToken: token}); err != nil {
+			return err
+		}
+	} else {
+		if len(jobs) == 0 && !o.Watch {
+			fmt.Fprintln(o.Factory.ErrOut, "no jobs found")
+			return nil
+		}
+		rows := make([][]string, len(jobs))
+		for i, j := range jobs {
+			rows[i] = jobRow(p, j, now)
+		}
+		if err := p.Table(jobHeader(p.Wide()), rows); err != nil {
+			return err
+		}
+		if token != "" {
+			fmt.Fprintf(o.Factory.ErrOut, "more jobs match: add --page %s (or --limit 0 for all)\n", token)
+		}
+	}
+	if !o.Watch {
+		return nil
+	}
+	return streamJobs(ctx, o.Factory, &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels}, func(j *cortexv1.Job) error {
+		if p.Machine() {
+			return p.Print(j)
+		}
+		return p.Table(nil, [][]string{jobRow(p, j, time.Now())})
+	})
+}
+
+// oneJobCmd builds the commands that act on job ids.
+func oneJobCmd(use, short, long, example string, run func(cmd *cobra.Command, id string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:     use,
+		Short:   short,
+		Long:    long,
+		Example: example,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return &cmdutil.UsageError{Err: fmt.Errorf("%s takes one job id (see cortexctl jobs list); got %d arguments", cmd.CommandPath(), len(args))}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return run(cmd, args[0]) },
+	}
+}
+
+// GetOptions are `jobs get`'s inputs.
+type GetOptions struct {
+	Factory *cmdutil.Factory
+	ID      string
+	Output  output.Format
+}
+
+// NewCmdGet returns `jobs get`.
+func NewCmdGet(f *cmdutil.Factory, runF func(context.Context, *GetOptions) error) *cobra.Command {
+	o := &GetOptions{Factory: f}
+	cmd := oneJobCmd("get JOB_ID", "Show a job: state, attempts, placement, safety decision, transitions",
+		`Show everything known about a job but its input and output: state and
+reason, attempt, pool and worker, the safety decision (rule, reason, policy),
+labels, sizes, and when it entered each state.`,
+		"  cortexctl jobs get 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e\n  cortexctl jobs get 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e -o json",
+		func(cmd *cobra.Command, id string) error {
+			o.ID = id
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return getRun(cmd.Context(), o)
+		})
+	output.AddFormatFlag(cmd, &o.Output)
+	return cmd
+}
+
+func getRun(ctx context.Context, o *GetOptions) error {
+	c, _, err := o.Factory.Client()
+	if err != nil {
+		return err
+	}
+	res, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: o.ID})
+	if err != nil {
+		return err
+	}
+	p := output.New(o.Factory.Out, o.Output)
+	switch {
+	case p.Machine():
+		return p.Print(res.GetJob())
+	case p.Wide():
+		return p.Table(jobHeader(true), [][]string{jobRow(p, res.GetJob(), time.Now())})
+	}
+	printDetail(o.Factory.Out, p, res.GetJob(), time.Now())
+	return nil
+}
+
+// ResultOptions are `jobs result`'s inputs.
+type ResultOptions struct {
+	Factory *cmdutil.Factory
+	ID      string
+	Output  output.Format
+}
+
+// NewCmdResult returns `jobs result`.
+func NewCmdResult(f *cmdutil.Factory, runF func(context.Context, *ResultOptions) error) *cobra.Command {
+	o := &ResultOptions{Factory: f}
+	cmd := oneJobCmd("result JOB_ID", "Print a completed job's output",
+		`Print a COMPLETED job's output on stdout, byte for byte (binary output too).
+A job that ended otherwise exits 3 with its reason; one still running exits 1
+and says how to wait for it.`,
+		"  cortexctl jobs result 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e > answer.txt",
+		func(cmd *cobra.Command, id string) error {
+			o.ID = id
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return resultRun(cmd.Context(), o)
+		})
+	output.AddFormatFlag(cmd, &o.Output)
+	return cmd
+}
+
+func resultRun(ctx context.Context, o *ResultOptions) error {
+	c, _, err := o.Factory.Client()
+	if err != nil {
+		return err
+	}
+	res, err := c.GetResult(ctx, &cortexv1.GetResultRequest{JobId: o.ID})
+	if connect.CodeOf(err) == connect.CodeFailedPrecondition {
+		// Finished without a result is exit 3, like --wait.
+		if got, gerr := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: o.ID}); gerr == nil && Terminal(got.GetJob().GetState()) {
+			return endError(got.GetJob())
+		}
+	}
+	if err != nil {
+		return err
+	}
+	p := output.New(o.Factory.Out, o.Output)
+	if p.Machine() {
+		return p.Print(res)
+	}
+	if res.GetData() != nil {
+		_, err = o.Factory.Out.Write(res.GetData())
+		return err
+	}
+	_, err = io.WriteString(o.Factory.Out, withNewline(res.GetText()))
+	return err
+}
+
+// CancelOptions are `jobs cancel`'s inputs.
+type CancelOptions struct {
+	Factory *cmdutil.Factory
+	IDs     []string
+	Reason  string
+	Output  output.Format
+}
+
+// NewCmdCancel returns `jobs cancel`.
+func NewCmdCancel(f *cmdutil.Factory, runF func(context.Context, *CancelOptions) error) *cobra.Command {
+	o := &CancelOptions{Factory: f}
+	cmd := &cobra.Command{
+		Use:   "cancel JOB_ID...",
+		Short: "Cancel jobs that have not finished",
+		Long: `Cancel jobs: a job not yet dispatched never runs; a running one is asked to
+stop and its result, if any, is discarded. Cancelling a cancelled job does
+nothing; cancelling a finished one is an error.`,
+		Example: `  cortexctl jobs cancel 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e
+  cortexctl jobs list --state pending -o json | jq -r '.items[].jobId' | xargs cortexctl jobs cancel`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return &cmdutil.UsageError{Err: errors.New("give at least one job id (see cortexctl jobs list)")}
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.IDs = args
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return cancelRun(cmd.Context(), o)
+		},
+	}
+	cmd.Flags().StringVar(&o.Reason, "reason", "", "why, recorded on the job (default \"cancelled by the client\")")
+	output.AddFormatFlag(cmd, &o.Output)
+	return cmd
+}
+
+func cancelRun(ctx context.Context, o *CancelOptions) error {
+	c, _, err := o.Factory.Client()
+	if err != nil {
+		return err
+	}
+	p := output.New(o.Factory.Out, o.Output)
+	var errs []error
+	for _, id := range o.IDs {
+		res, err := c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: id, Reason: o.Reason})
+		if err != nil {
+			if len(o.IDs) == 1 {
+				return err
+			}
+			fmt.Fprintf(o.Factory.ErrOut, "%s: %v\n", id, err)
+			errs = append(errs, err)
+			continue
+		}
+		if p.Machine() {
+			if err := p.Print(res.GetJob()); err != nil {
+				return err
+			}
+			continue
+		}
+		fmt.Fprintf(o.Factory.Out, "%s %s\n", res.GetJob().GetJobId(), p.Colorize(StateName(res.GetJob().GetState())))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%d of %d jobs not cancelled: %w", len(errs), len(o.IDs), errs[0])
+	}
+	return nil
+}
+
+// WatchOptions are `jobs watch`'s inputs.
+type WatchOptions struct {
+	Factory *cmdutil.Factory
+	ID      string
+	Output  output.Format
+}
+
+// NewCmdWatch returns `jobs watch`.
+func NewCmdWatch(f *cmdutil.Factory, runF func(context.Context, *WatchOptions) error) *cobra.Command {
+	o := &WatchOptions{Factory: f}
+	cmd := oneJobCmd("watch JOB_ID", "Follow a job's state changes until it ends",
+		`Print a line for every state change of a job until it is finished. The exit
+status says how it ended: 0 COMPLETED, 3 DENIED, FAILED, CANCELLED or TIMEOUT.`,
+		"  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e\n  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e && cortexctl jobs result 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e",
+		func(cmd *cobra.Command, id string) error {
+			o.ID = id
+			if runF != nil {
+				return runF(cmd.Context(), o)
+			}
+			return watchRun(cmd.Context(), o)
+		})
+	output.AddFormatFlag(cmd, &o.Output)
+	return cmd
+}
+
+func watchRun(ctx context.Context, o *WatchOptions) error {
+	c, _, err := o.Factory.Client()
+	if err != nil {
+		return err
+	}
+	p := output.New(o.Factory.Out, o.Output)
+	var printErr error
+	j, err := WaitForEnd(ctx, c, o.ID, func(j *cortexv1.Job) {
+		if p.Machine() {
+			printErr = errors.Join(printErr, p.Print(j))
+			return
+		}
+		fmt.Fprintln(o.Factory.Out, eventLine(p, j))
+	})
+	if err != nil {
+		return err
+	}
+	return errors.Join(printErr, endError(j))
+}

@@ -1,0 +1,175 @@
+package gateway
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"connectrpc.com/connect/v2"
+	"github.com/google/uuid"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+// Bounds of the job options a client may set.
+const (
+	MaxPriority       = 9
+	MaxAttempts       = 10
+	MaxTimeout        = 24 * time.Hour
+	maxIdempotencyKey = 256
+)
+
+// SubmitJob validates and records a job, then hands it to the scheduler.
+func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest) (*cortexv1.SubmitJobResponse, error) {
+	if err := requireWrite(ctx, "submit jobs"); err != nil {
+		return nil, err
+	}
+	if err := g.validateSubmit(req); err != nil {
+		return nil, err
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInternal, "could not make a job id, try again")
+	}
+	nj := newJob(id.String(), tenantFrom(ctx), req)
+	now := time.Now()
+	existing, err := g.store.CreateJob(ctx, nj, now)
+	switch {
+	case errors.Is(err, store.ErrIdempotencyMismatch):
+		return nil, connect.Errorf(connect.CodeAlreadyExists,
+			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", req.GetIdempotencyKey(), existing)
+	case err != nil:
+		g.log.Error("record job", "job_id", nj.ID, "err", err)
+		return nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
+	case existing != "":
+		j, err := g.store.Get(ctx, existing)
+		if err != nil {
+			g.log.Error("read job", "job_id", existing, "err", err)
+			return nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
+		}
+		return &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true}, nil
+	}
+	j := nj.Record(now)
+	if err := g.bus.PublishJobEvent(j.ID, j.Proto()); err != nil {
+		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
+	}
+	err = g.bus.Publish(bus.SubjectJobSubmit, &cortexv1.BusPacket{
+		TraceId: j.ID,
+		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: j.Request()},
+	})
+	if err != nil {
+		g.log.Error("hand job to scheduler", "job_id", j.ID, "err", err)
+		// The client may be gone; the job must still not stay PENDING.
+		_, _ = g.store.Transition(context.WithoutCancel(ctx), j.ID, store.Change{To: store.Failed, Reason: "the bus was unavailable at submit"}, time.Now())
+		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the job was not queued, try again")
+	}
+	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING}, nil
+}
+
+// newJob is the store record of an accepted request.
+func newJob(id, tenant string, req *cortexv1.SubmitJobRequest) store.NewJob {
+	nj := store.NewJob{
+		ID:             id,
+		Topic:          req.GetTopic(),
+		Tenant:         tenant,
+		Input:          req.GetPrompt(),
+		Labels:         req.GetLabels(),
+		Priority:       req.GetPriority(),
+		Timeout:        req.GetTimeout().AsDuration(),
+		MaxAttempts:    max(req.GetMaxAttempts(), 1),
+		IdempotencyKey: req.GetIdempotencyKey(),
+	}
+	if req.GetTimeout() == nil {
+		nj.Timeout = 0
+	}
+	if req.Payload != nil {
+		nj.Input, nj.Binary = string(req.GetPayload()), true
+	}
+	if nj.IdempotencyKey != "" {
+		nj.Fingerprint = fingerprint(nj)
+	}
+	return nj
+}
+
+// fingerprint identifies what a request asks for, so that an idempotency
+// key reused for a different request is caught.
+func fingerprint(j store.NewJob) string {
+	h := sha256.New()
+	field := func(s string) {
+		_ = binary.Write(h, binary.LittleEndian, uint64(len(s)))
+		h.Write([]byte(s))
+	}
+	field(j.Topic)
+	field(j.Input)
+	for _, k := range slices.Sorted(maps.Keys(j.Labels)) {
+		field(k)
+		field(j.Labels[k])
+	}
+	_ = binary.Write(h, binary.LittleEndian, []int64{int64(j.Priority), int64(j.Timeout), int64(j.MaxAttempts)})
+	if j.Binary {
+		h.Write([]byte{1})
+	}
+	return hex.EncodeToString(h.Sum(nil)[:16])
+}
+
+func (g *Gateway) validateSubmit(req *cortexv1.SubmitJobRequest) error {
+	topic := req.GetTopic()
+	if !bus.ValidTopic(topic) {
+		return connect.Errorf(connect.CodeInvalidArgument,
+			"topic %.80q is not valid: use 2-8 dot-separated tokens of a-z, 0-9, - and _, e.g. job.echo", topic)
+	}
+	if !g.router.Routable(topic) {
+		return connect.Errorf(connect.CodeInvalidArgument,
+			"no pool serves topic %s; routable topics: %s", topic, strings.Join(g.router.Topics(), ", "))
+	}
+	if req.GetPrompt() != "" && req.Payload != nil {
+		return connect.NewError(connect.CodeInvalidArgument, "set prompt or payload, not both")
+	}
+	if n := len(req.GetPrompt()) + len(req.GetPayload()); n > g.maxPrompt {
+		return connect.Errorf(connect.CodeResourceExhausted,
+			"the input is %d bytes, over the %d byte limit; store large data elsewhere and send a reference", n, g.maxPrompt)
+	}
+	if !utf8.ValidString(req.GetPrompt()) {
+		return connect.NewError(connect.CodeInvalidArgument, "prompt is not valid UTF-8; send bytes as payload instead")
+	}
+	if err := validateLabels(req.GetLabels()); err != nil {
+		return err
+	}
+	if p := req.GetPriority(); p < 0 || p > MaxPriority {
+		return connect.Errorf(connect.CodeInvalidArgument, "priority %d is out of range: use 0-%d (higher runs first)", p, MaxPriority)
+	}
+	if req.MaxAttempts != nil && (req.GetMaxAttempts() < 1 || req.GetMaxAttempts() > MaxAttempts) {
+		return connect.Errorf(connect.CodeInvalidArgument, "max attempts %d is out of range: use 1-%d", req.GetMaxAttempts(), MaxAttempts)
+	}
+	if t := req.GetTimeout(); t != nil {
+		if err := t.CheckValid(); err != nil || t.AsDuration() <= 0 || t.AsDuration() > MaxTimeout {
+			return connect.Errorf(connect.CodeInvalidArgument, "timeout %s is out of range: use more than 0s and at most %s", t.AsDuration(), MaxTimeout)
+		}
+	}
+	if k := req.GetIdempotencyKey(); len(k) > maxIdempotencyKey || !utf8.ValidString(k) {
+		return connect.Errorf(connect.CodeInvalidArgument, "idempotency key must be UTF-8 text of at most %d bytes", maxIdempotencyKey)
+	}
+	return nil
+}
+
+func validateLabels(labels map[string]string) error {
+	if n := len(labels); n > maxLabels {
+		return connect.Errorf(connect.CodeInvalidArgument, "%d labels, at most %d are allowed", n, maxLabels)
+	}
+	for k, v := range labels {
+		if k == "" || len(k) > maxLabelBytes || len(v) > maxLabelBytes || !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return connect.Errorf(connect.CodeInvalidArgument,
+				"label %.40q: keys must be 1-%d bytes and values at most %d bytes of UTF-8", k, maxLabelBytes, maxLabelBytes)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,170 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect/v2"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+)
+
+// Fan-out tuning. Events are best effort, so a watcher also rereads its job
+// from the store when it has heard nothing for watchPoll.
+const (
+	watcherBuffer = 256
+	watchPoll     = 2 * time.Second
+)
+
+// watcher is one open stream's subscription to job events.
+type watcher struct {
+	tenant  string
+	match   func(*cortexv1.Job) bool
+	ch      chan *cortexv1.Job
+	dropped atomic.Uint64
+}
+
+// hub hands each job event to the watchers of its tenant that want it,
+// never blocking: a full watcher loses the event and counts it.
+type hub struct {
+	mu       sync.RWMutex
+	watchers map[*watcher]struct{}
+}
+
+func newHub() *hub { return &hub{watchers: map[*watcher]struct{}{}} }
+
+func (h *hub) add(w *watcher) (remove func()) {
+	h.mu.Lock()
+	h.watchers[w] = struct{}{}
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		delete(h.watchers, w)
+		h.mu.Unlock()
+	}
+}
+
+func (h *hub) publish(j *cortexv1.Job) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for w := range h.watchers {
+		if w.tenant != j.GetTenantId() || !w.match(j) {
+			continue
+		}
+		select {
+		case w.ch <- j:
+		default:
+			w.dropped.Add(1)
+		}
+	}
+}
+
+func (g *Gateway) onEvent(_ context.Context, p *cortexv1.BusPacket, _ string) error {
+	ev := p.GetJobEvent()
+	if ev == nil || ev.GetJob() == nil {
+		return bus.WrongPayload(p, "a job event")
+	}
+	g.hub.publish(ev.GetJob())
+	return nil
+}
+
+func terminal(s cortexv1.JobState) bool { return store.StateOf(s).Terminal() }
+
+// errClosing ends streams when the gateway shuts down.
+var errClosing = connect.NewError(connect.CodeUnavailable, "the gateway is shutting down; reconnect and watch again")
+
+// WatchJob streams a job of the caller's tenant until it is finished.
+func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, stream cortexv1connect.GatewayServiceWatchJobServerStream) error {
+	id, err := parseJobID(req.GetJobId())
+	if err != nil {
+		return err
+	}
+	w := &watcher{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
+	// Listen before reading, so no change falls between the two.
+	defer g.hub.add(w)()
+	j, err := g.ownJob(ctx, id)
+	if err != nil {
+		return err
+	}
+	cur := j.Proto()
+	poll := time.NewTicker(watchPoll)
+	defer poll.Stop()
+	for {
+		if err := stream.Send(&cortexv1.WatchJobResponse{Job: cur}); err != nil {
+			return err
+		}
+		if terminal(cur.GetState()) {
+			return nil
+		}
+		next, err := g.nextChange(ctx, w, poll, id, cur.GetVersion())
+		if err != nil {
+			return err
+		}
+		cur = next
+	}
+}
+
+// nextChange waits for a version of the job newer than seen, from the bus
+// or, when the bus is quiet, from the store.
+func (g *Gateway) nextChange(ctx context.Context, w *watcher, poll *time.Ticker, id string, seen uint64) (*cortexv1.Job, error) {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-g.closing:
+			return nil, errClosing
+		case j := <-w.ch:
+			if j.GetVersion() > seen {
+				poll.Reset(watchPoll)
+				return j, nil
+			}
+		case <-poll.C:
+			j, err := g.store.Get(ctx, id)
+			if err != nil {
+				return nil, g.readErr(id, err)
+			}
+			if j.Version > seen {
+				return j.Proto(), nil
+			}
+		}
+	}
+}
+
+// StreamEvents streams changes of the caller's jobs that match the filter.
+func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRequest, stream cortexv1connect.GatewayServiceStreamEventsServerStream) error {
+	if err := validateFilter(req.GetTopic(), req.GetStates(), req.GetLabels()); err != nil {
+		return err
+	}
+	q := store.Query{Topic: req.GetTopic(), Labels: req.GetLabels()}
+	for _, s := range req.GetStates() {
+		q.States = append(q.States, store.StateOf(s))
+	}
+	w := &watcher{
+		tenant: tenantFrom(ctx),
+		match: func(j *cortexv1.Job) bool {
+			return q.Matches(&store.Job{State: store.StateOf(j.GetState()), Topic: j.GetTopic(), Labels: j.GetLabels()})
+		},
+		ch: make(chan *cortexv1.Job, watcherBuffer),
+	}
+	defer g.hub.add(w)()
+	if err := stream.SendHeaders(); err != nil {
+		return err
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-g.closing:
+			return errClosing
+		case j := <-w.ch:
+			if err := stream.Send(&cortexv1.StreamEventsResponse{Job: j, Dropped: w.dropped.Swap(0)}); err != nil {
+				return err
+			}
+		}
+	}
+}

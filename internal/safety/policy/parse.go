@@ -1,0 +1,401 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"cel.dev/cel-go/cel"
+	"go.yaml.in/yaml/v3"
+)
+
+// LoadError is one problem in a policy file. Its message has the form
+// `file:line: rule "name": field: problem`, with the rule and field parts
+// present when they apply.
+type LoadError struct {
+	File string
+	Line int
+	// Rule is the rule's name, or empty for problems outside a rule or in a
+	// rule without a valid name (then RuleIndex is set).
+	Rule string
+	// RuleIndex is the 1-based position of the rule, or 0 outside a rule.
+	RuleIndex int
+	// Field is the YAML field at fault, such as "when" or "rate.burst".
+	Field string
+	Msg   string
+}
+
+// Error implements error.
+func (e *LoadError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s:%d: ", e.File, e.Line)
+	switch {
+	case e.Rule != "":
+		fmt.Fprintf(&b, "rule %q: ", e.Rule)
+	case e.RuleIndex > 0:
+		fmt.Fprintf(&b, "rule #%d: ", e.RuleIndex)
+	}
+	if e.Field != "" {
+		b.WriteString(e.Field)
+		b.WriteString(": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+const (
+	maxRules     = 1000
+	maxLoadErrs  = 20
+	maxWhenBytes = 16 << 10
+	maxRate      = 1e6
+)
+
+// ruleNameRE is what a rule or policy name may look like: a token that is
+// safe in logs, metrics labels and URLs.
+var ruleNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// Parse parses and compiles a policy from data; name is the file name used
+// in error messages and explanations. Every `when` expression is compiled
+// once here. All problems found are returned together (errors.Join of
+// *LoadError values, or a single *LoadError).
+func Parse(name string, data []byte) (*Policy, error) {
+	if len(data) > maxPolicyBytes {
+		return nil, &LoadError{File: name, Line: 1, Msg: fmt.Sprintf("policy file is larger than %d bytes", maxPolicyBytes)}
+	}
+	env, err := celEnv()
+	if err != nil {
+		return nil, fmt.Errorf("parse policy %s: build CEL environment: %w", name, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, &LoadError{File: name, Line: 1, Msg: "policy file is empty; it needs version, name, default and rules"}
+		}
+		return nil, yamlError(name, err)
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		return nil, &LoadError{File: name, Line: extra.Line, Msg: "a policy file holds one YAML document; remove the second one"}
+	} else if !errors.Is(err, io.EOF) {
+		return nil, yamlError(name, err)
+	}
+	ps := &parser{file: name, env: env}
+	p := ps.policy(&doc)
+	if len(ps.errs) > 0 {
+		if len(ps.errs) == 1 {
+			return nil, ps.errs[0]
+		}
+		return nil, errors.Join(ps.errs...)
+	}
+	p.hash = hashOf(data)
+	p.source = name
+	p.dflt.PolicyHash = p.hash
+	p.limiter = newLimiter(maxBuckets)
+	return p, nil
+}
+
+var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+// yamlError turns a YAML syntax error into a LoadError with its line.
+func yamlError(file string, err error) error {
+	msg := err.Error()
+	line := 1
+	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+		line, _ = strconv.Atoi(m[1])
+		msg = m[2]
+	} else {
+		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	return &LoadError{File: file, Line: line, Msg: "invalid YAML: " + msg}
+}
+
+// parser walks the YAML node tree, collecting every problem it finds.
+type parser struct {
+	file string
+	env  *cel.Env
+	errs []error
+}
+
+// ruleRef says which rule a problem is in.
+type ruleRef struct {
+	name  string
+	index int
+}
+
+func (ps *parser) add(line int, r ruleRef, field, format string, args ...any) {
+	if len(ps.errs) == maxLoadErrs {
+		ps.errs = append(ps.errs, &LoadError{File: ps.file, Line: line, Msg: "too many errors; fix the ones above first"})
+	}
+	if len(ps.errs) > maxLoadErrs {
+		return
+	}
+	ps.errs = append(ps.errs, &LoadError{File: ps.file, Line: line, Rule: r.name, RuleIndex: r.index, Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// fields returns the values of a mapping node by key, reporting unknown and
+// duplicate keys, anchors and aliases.
+func (ps *parser) fields(m *yaml.Node, r ruleRef, prefix string, known ...string) map[string]*yaml.Node {
+	out := make(map[string]*yaml.Node, len(known))
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		k, v := m.Content[i], m.Content[i+1]
+		if !ps.plain(k, r, prefix) || !ps.plain(v, r, prefix+k.Value) {
+			continue
+		}
+		key := k.Value
+		if k.Kind != yaml.ScalarNode {
+			ps.add(k.Line, r, prefix, "field names must be strings")
+			continue
+		}
+		isKnown := false
+		for _, name := range known {
+			if key == name {
+				isKnown = true
+				break
+			}
+		}
+		if !isKnown {
+			ps.add(k.Line, r, "", "unknown field %q; known fields are %s", prefix+key, strings.Join(known, ", "))
+			continue
+		}
+		if _, dup := out[key]; dup {
+			ps.add(k.Line, r, prefix+key, "duplicate field")
+			continue
+		}
+		out[key] = v
+	}
+	return out
+}
+
+// plain reports a problem and returns false for anchors, aliases and merge
+// keys, which a policy file does not use.
+func (ps *parser) plain(n *yaml.Node, r ruleRef, field string) bool {
+	if n.Kind == yaml.AliasNode || n.Anchor != "" || n.Tag == "!!merge" {
+		ps.add(n.Line, r, field, "YAML anchors, aliases and merge keys are not supported; write the value out")
+		return false
+	}
+	return true
+}
+
+// scalar returns the text of a required scalar field, or false after
+// reporting why there is none.
+func (ps *parser) scalar(parent *yaml.Node, fields map[string]*yaml.Node, key string, r ruleRef, field string) (string, *yaml.Node, bool) {
+	v, ok := fields[key]
+	if !ok {
+		ps.add(parent.Line, r, field, "missing")
+		return "", nil, false
+	}
+	if v.Kind != yaml.ScalarNode {
+		ps.add(v.Line, r, field, "must be a single value, not a list or mapping")
+		return "", v, false
+	}
+	if v.Tag == "!!null" || strings.TrimSpace(v.Value) == "" {
+		ps.add(v.Line, r, field, "must not be empty")
+		return "", v, false
+	}
+	return v.Value, v, true
+}
+
+func (ps *parser) policy(doc *yaml.Node) *Policy {
+	root := doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind != yaml.MappingNode {
+		ps.add(root.Line, ruleRef{}, "", "a policy must be a YAML mapping with version, name, default and rules")
+		return nil
+	}
+	p := &Policy{}
+	f := ps.fields(root, ruleRef{}, "", "version", "name", "default", "rules")
+
+	if _, has := f["version"]; !has {
+		ps.add(root.Line, ruleRef{}, "version", "missing; add `version: 1`")
+	} else if v, n, ok := ps.scalar(root, f, "version", ruleRef{}, "version"); ok && v != "1" {
+		ps.add(n.Line, ruleRef{}, "version", "unsupported version %q; this build reads version 1", v)
+	}
+	if v, n, ok := ps.scalar(root, f, "name", ruleRef{}, "name"); ok {
+		if !ruleNameRE.MatchString(v) {
+			ps.add(n.Line, ruleRef{}, "name", "%q is not a valid name: use letters, digits, '.', '_' and '-', up to 64 characters", v)
+		}
+		p.name = v
+	}
+	if d, ok := f["default"]; !ok {
+		ps.add(root.Line, ruleRef{}, "default", "missing; a policy needs an explicit default decision (there is no implicit allow), e.g. default: {decision: DENY, reason: \"no rule allowed this job\"}")
+	} else if d.Kind != yaml.MappingNode {
+		ps.add(d.Line, ruleRef{}, "default", "must be a mapping with decision and reason")
+	} else {
+		df := ps.fields(d, ruleRef{}, "default.", "decision", "reason")
+		p.dflt.Rule = DefaultRuleName
+		if v, n, ok := ps.scalar(d, df, "decision", ruleRef{}, "default.decision"); ok {
+			k, err := ParseKind(v)
+			switch {
+			case err != nil:
+				ps.add(n.Line, ruleRef{}, "default.decision", "unknown decision %q: use ALLOW, DENY or REQUIRE_APPROVAL", v)
+			case k == Throttle:
+				ps.add(n.Line, ruleRef{}, "default.decision", "THROTTLE needs a rule with a rate; the default must be ALLOW, DENY or REQUIRE_APPROVAL")
+			default:
+				p.dflt.Decision = k
+			}
+		}
+		if v, _, ok := ps.scalar(d, df, "reason", ruleRef{}, "default.reason"); ok {
+			p.dflt.Reason = strings.TrimSpace(v)
+		}
+	}
+	if rs, ok := f["rules"]; ok && rs.Tag != "!!null" {
+		if rs.Kind != yaml.SequenceNode {
+			ps.add(rs.Line, ruleRef{}, "rules", "must be a list of rules")
+		} else if len(rs.Content) > maxRules {
+			ps.add(rs.Line, ruleRef{}, "rules", "%d rules is more than the limit of %d", len(rs.Content), maxRules)
+		} else {
+			seen := make(map[string]int, len(rs.Content))
+			for i, n := range rs.Content {
+				if r := ps.rule(n, i, seen); r != nil {
+					p.rules = append(p.rules, r)
+				}
+			}
+		}
+	}
+	return p
+}
+
+func (ps *parser) rule(n *yaml.Node, i int, seen map[string]int) *rule {
+	ref := ruleRef{index: i + 1}
+	if !ps.plain(n, ref, "") {
+		return nil
+	}
+	if n.Kind != yaml.MappingNode {
+		ps.add(n.Line, ref, "", "must be a mapping with name, when, decision and reason")
+		return nil
+	}
+	// Find the name first so that every other problem can name the rule.
+	r := &rule{index: i, line: n.Line}
+	for j := 0; j+1 < len(n.Content); j += 2 {
+		if k, v := n.Content[j], n.Content[j+1]; k.Value == "name" && v.Kind == yaml.ScalarNode && ruleNameRE.MatchString(v.Value) {
+			ref.name = v.Value
+		}
+	}
+	f := ps.fields(n, ref, "", "name", "when", "decision", "reason", "rate")
+	ok := true
+	if v, vn, good := ps.scalar(n, f, "name", ref, "name"); !good {
+		ok = false
+	} else if !ruleNameRE.MatchString(v) {
+		ps.add(vn.Line, ref, "name", "%q is not a valid rule name: use letters, digits, '.', '_' and '-', up to 64 characters", v)
+		ok = false
+	} else if v == DefaultRuleName {
+		ps.add(vn.Line, ref, "name", "%q is reserved for the default decision; choose another name", v)
+		ok = false
+	} else if first, dup := seen[v]; dup {
+		ps.add(vn.Line, ref, "name", "duplicate rule name; it is first used on line %d", first)
+		ok = false
+	} else {
+		seen[v] = vn.Line
+		r.name = v
+	}
+	if v, vn, good := ps.scalar(n, f, "decision", ref, "decision"); !good {
+		ok = false
+	} else if k, err := ParseKind(v); err != nil {
+		ps.add(vn.Line, ref, "decision", "%v", err)
+		ok = false
+	} else {
+		r.decision = k
+	}
+	if v, _, good := ps.scalar(n, f, "reason", ref, "reason"); !good {
+		ok = false
+	} else {
+		r.reason = strings.TrimSpace(v)
+	}
+	if rn, has := f["rate"]; has {
+		if r.decision != Throttle {
+			ps.add(rn.Line, ref, "rate", "only THROTTLE rules have a rate; remove it or use decision: THROTTLE")
+			ok = false
+		} else if rate, good := ps.rate(rn, ref); good {
+			r.rate = rate
+		} else {
+			ok = false
+		}
+	} else if r.decision == Throttle {
+		ps.add(n.Line, ref, "rate", "a THROTTLE rule needs a rate, e.g. rate: {per_second: 5, burst: 10}")
+		ok = false
+	}
+	if v, vn, good := ps.scalar(n, f, "when", ref, "when"); !good {
+		ok = false
+	} else if prg, good := ps.compile(v, vn, ref); good {
+		r.when = v
+		r.prg = prg
+	} else {
+		ok = false
+	}
+	if !ok {
+		return nil
+	}
+	if r.decision == Throttle {
+		limit := fmt.Sprintf("%g/s, burst %d", r.rate.PerSecond, r.rate.Burst)
+		r.allowReason = "within rate (" + limit + "): " + r.reason
+		r.exceeded = "rate exceeded (" + limit + ")"
+	}
+	return r
+}
+
+func (ps *parser) rate(n *yaml.Node, ref ruleRef) (Rate, bool) {
+	if n.Kind != yaml.MappingNode {
+		ps.add(n.Line, ref, "rate", "must be a mapping: rate: {per_second: 5, burst: 10}")
+		return Rate{}, false
+	}
+	f := ps.fields(n, ref, "rate.", "per_second", "burst")
+	var rate Rate
+	ok := true
+	if v, vn, good := ps.scalar(n, f, "per_second", ref, "rate.per_second"); !good {
+		ok = false
+	} else if x, err := strconv.ParseFloat(v, 64); err != nil || math.IsNaN(x) || x <= 0 || x > maxRate {
+		ps.add(vn.Line, ref, "rate.per_second", "must be a positive number up to %g, got %q", float64(maxRate), v)
+		ok = false
+	} else {
+		rate.PerSecond = x
+	}
+	if v, vn, good := ps.scalar(n, f, "burst", ref, "rate.burst"); !good {
+		ok = false
+	} else if x, err := strconv.Atoi(v); err != nil || x < 1 || x > maxRate {
+		ps.add(vn.Line, ref, "rate.burst", "must be a whole number from 1 to %d, got %q", int(maxRate), v)
+		ok = false
+	} else {
+		rate.Burst = x
+	}
+	return rate, ok
+}
+
+// compile compiles a when expression, reporting CEL errors at their line
+// in the file.
+func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (cel.Program, bool) {
+	if len(expr) > maxWhenBytes {
+		ps.add(n.Line, ref, "when", "expression is %d bytes, more than the limit of %d", len(expr), maxWhenBytes)
+		return nil, false
+	}
+	ast, iss := ps.env.Compile(expr)
+	if iss != nil && iss.Err() != nil {
+		for _, e := range iss.Errors() {
+			line := n.Line + e.Location.Line() - 1
+			if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+				// Block scalars start on the line after the "when: |".
+				line++
+			}
+			msg := strings.TrimSuffix(e.Message, " (in container '')")
+			ps.add(line, ref, "when", "ERROR: %s", msg)
+		}
+		return nil, false
+	}
+	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) {
+		ps.add(n.Line, ref, "when", "must be a boolean expression; this one is of type %s", t)
+		return nil, false
+	}
+	prg, err := ps.env.Program(ast, programOptions()...)
+	if err != nil {
+		ps.add(n.Line, ref, "when", "ERROR: %v", err)
+		return nil, false
+	}
+	return prg, true
+}
