@@ -107,7 +107,6 @@ func (c *Conn) Publish(subject string, p *cortexv1.BusPacket) error {
 	return nil
 }
 
-// Request sends a packet and waits for the reply packet until ctx ends. A
 // PublishJobEvent reports a job after a state change on SubjectJobEvent.
 // Events are best effort: an error is for the caller to log, not to undo
 // the change it reports.
@@ -118,6 +117,7 @@ func (c *Conn) PublishJobEvent(traceID string, j *cortexv1.Job) error {
 	})
 }
 
+// Request sends a packet and waits for the reply packet until ctx ends. A
 // reply that does not decode is counted as dropped and wraps ErrMalformed.
 func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error) {
 	c.stamp(p)

@@ -83,6 +83,7 @@ func (s *Store) List(ctx context.Context, q Query) ([]*Job, string, error) {
 			return nil, "", fmt.Errorf("list jobs: %w", err)
 		}
 		var gone []any
+		full := ""
 		for i, id := range ids {
 			scanned++
 			fields := cmds[i].Val()
@@ -93,13 +94,17 @@ func (s *Store) List(ctx context.Context, q Query) ([]*Job, string, error) {
 			if j := parseJob(id, fields); q.Matches(j) {
 				jobs = append(jobs, j)
 				if len(jobs) == q.Limit {
-					return jobs, id, nil
+					full = id
+					break
 				}
 			}
 		}
 		if len(gone) > 0 {
 			// Expired jobs leave their index entry behind: tidy up.
 			_ = s.rdb.ZRem(ctx, index, gone...).Err()
+		}
+		if full != "" {
+			return jobs, full, nil
 		}
 		if len(ids) < scanBatch {
 			return jobs, "", nil

@@ -211,6 +211,9 @@ func (c Change) args(now time.Time) []any {
 // returns the record after the change. ErrNotFound if there is no such job,
 // a *ConflictError (ErrConflict) if the move is not allowed.
 func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) (*Job, error) {
+	if c.Retry && (c.To != Pending || c.WorkerID != "") {
+		return nil, fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", id)
+	}
 	res, err := transitionScript.Run(ctx, s.rdb, []string{jobPrefix + id}, c.args(now)...).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("move job %s to %s: %w", id, c.To, err)

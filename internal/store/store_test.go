@@ -199,12 +199,17 @@ func TestTerminalStatesAreFinal(t *testing.T) {
 				t.Fatalf("%s is not terminal", end)
 			}
 			for _, to := range allStates {
-				for _, retry := range []bool{false, true} {
-					_, err := st.Transition(ctx, id, store.Change{To: to, Retry: retry, Reason: "late", WorkerID: "w-9"}, now.Add(time.Hour))
-					conflict(t, string(end)+" -> "+string(to), err, end, 1)
+				_, err := st.Transition(ctx, id, store.Change{To: to, Reason: "late", WorkerID: "w-9"}, now.Add(time.Hour))
+				conflict(t, string(end)+" -> "+string(to), err, end, 1)
+			}
+			_, err := st.Transition(ctx, id, store.Change{To: store.Pending, Retry: true, Reason: "late"}, now.Add(time.Hour))
+			conflict(t, "retry of a "+string(end)+" job", err, end, 1)
+			for _, bad := range []store.Change{{To: store.Completed, Retry: true}, {To: store.Pending, Retry: true, WorkerID: "w-9"}} {
+				if _, err := st.Transition(ctx, id, bad, now.Add(time.Hour)); err == nil || errors.Is(err, store.ErrConflict) {
+					t.Errorf("malformed retry %+v: err = %v, want a refusal before Redis", bad, err)
 				}
 			}
-			_, _, err := st.Start(ctx, id, 1, "w-9", now.Add(time.Hour))
+			_, _, err = st.Start(ctx, id, 1, "w-9", now.Add(time.Hour))
 			conflict(t, "Start on a "+string(end)+" job", err, end, 1)
 			if j := get(t, st, id); !reflect.DeepEqual(j, before) {
 				t.Errorf("refused transitions changed a %s job:\n got %+v\nwant %+v", end, j, before)

@@ -73,9 +73,9 @@ type Worker struct {
 	// period is over.
 	cancelJobs context.CancelFunc
 	// running holds a cancel function per job being run.
-	mu      sync.Mutex
-	running map[string]context.CancelCauseFunc
-	stopBeats  context.CancelFunc
+	mu        sync.Mutex
+	running   map[string]context.CancelCauseFunc
+	stopBeats context.CancelFunc
 }
 
 // CheckOptions reports what is wrong with opts, before anything connects.
