@@ -89,5 +89,9 @@ func endError(j *cortexv1.Job) error {
 	if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
 		return nil
 	}
-	return &cmdutil.JobNotDoneError{JobID: j.GetJobId(), State: StateName(j.GetState()), Rule: j.GetSafety().GetRule(), Reason: j.GetReason()}
+	e := &cmdutil.JobNotDoneError{JobID: j.GetJobId(), State: StateName(j.GetState()), Reason: j.GetReason()}
+	if j.GetState() == cortexv1.JobState_JOB_STATE_DENIED {
+		e.Rule = j.GetSafety().GetRule()
+	}
+	return e
 }
