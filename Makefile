@@ -5,11 +5,20 @@ GO        ?= go
 TOOL      := $(GO) tool -modfile=$(CURDIR)/tools/go.mod
 TESTFLAGS ?=
 UPFLAGS   ?=
+FUZZTIME  ?= 10s
 
-.PHONY: test generate check-generate lint build up fmt-check vet completions
+.PHONY: test fuzz generate check-generate lint build up fmt-check vet completions
 
 test: ## all tests, with the race detector (needs cgo: gcc)
 	$(GO) test -race $(TESTFLAGS) ./...
+
+fuzz: ## every fuzz target, FUZZTIME each (CI runs it bounded)
+	@set -e; for dir in $$(git ls-files -- '*_test.go' | xargs grep -l '^func Fuzz' | xargs -n1 dirname | sort -u); do \
+		for target in $$(grep -h '^func Fuzz' $$dir/*_test.go | sed 's/^func \(Fuzz[A-Za-z0-9_]*\).*/\1/'); do \
+			echo "fuzz ./$$dir $$target ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./$$dir; \
+		done; \
+	done
 
 generate: ## proto/ -> pb/ (plugins are tools of the main go.mod)
 	cd proto && $(TOOL) buf generate --clean

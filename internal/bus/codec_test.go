@@ -55,6 +55,15 @@ func TestDecodeRejects(t *testing.T) {
 		"result no state": mutate(func(p *cortexv1.BusPacket) {
 			p.Payload = &cortexv1.BusPacket_JobResult{JobResult: &cortexv1.JobResult{JobId: "j"}}
 		}),
+		"event without tenant": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: &cortexv1.Job{JobId: "j"}}}
+		}),
+		"event without job": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{}}
+		}),
+		"cancel without job id": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_JobCancel{JobCancel: &cortexv1.JobCancel{Reason: "x"}}
+		}),
 		"heartbeat bad id": mutate(func(p *cortexv1.BusPacket) {
 			p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "a.b"}}
 		}),

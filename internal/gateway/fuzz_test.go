@@ -85,3 +85,22 @@ func FuzzSubmitJSON(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseKeys feeds arbitrary --api-keys values: no panic, and an
+// accepted key always names a valid tenant.
+func FuzzParseKeys(f *testing.F) {
+	for _, seed := range []string{"s3cr3t-key:acme", "r3ad-only-key:acme:read", "::", "k:", "longenough:acme:write"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, spec string) {
+		keys, err := gateway.ParseKeys([]string{spec})
+		if err != nil {
+			return
+		}
+		for key, p := range keys {
+			if len(key) < 8 || !bus.ValidToken(p.Tenant) {
+				t.Fatalf("ParseKeys(%q) accepted key %q for tenant %q", spec, key, p.Tenant)
+			}
+		}
+	})
+}

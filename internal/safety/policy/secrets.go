@@ -178,19 +178,30 @@ func scanCredentials(s string, first bool) credSet {
 		return found
 	}
 	var pendingAWSSecret bool // a secret-shaped string seen without context
-	for i := 0; i < len(s); {
-		if !tokenChar[s[i]] {
-			i++
+	// Find the runs of at least minCredentialLen token characters without
+	// looking at every byte: s[i-1] is never a token character, so a long
+	// run starting at or after i must cover s[i+minCredentialLen-1]. If that
+	// byte is not a token character, skip past it; otherwise walk back to
+	// the start of its run and on to the end.
+	for i := 0; i+minCredentialLen <= len(s); {
+		probe := i + minCredentialLen - 1
+		if !tokenChar[s[probe]] {
+			i = probe + 1
 			continue
 		}
-		start := i
-		for i < len(s) && tokenChar[s[i]] {
-			i++
+		start := probe
+		for start > i && tokenChar[s[start-1]] {
+			start--
 		}
-		if i-start < minCredentialLen {
+		end := probe + 1
+		for end < len(s) && tokenChar[s[end]] {
+			end++
+		}
+		i = end + 1
+		if end-start < minCredentialLen {
 			continue
 		}
-		f, pending := scanRun(s, start, i)
+		f, pending := scanRun(s, start, end)
 		found |= f
 		pendingAWSSecret = pendingAWSSecret || pending
 		if first && found != 0 {
