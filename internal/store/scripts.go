@@ -3,11 +3,11 @@ package store
 import "github.com/redis/go-redis/v9"
 
 // createScript: KEYS = job, ctx, index[, idempotency]; ARGV = job id, input,
-// retention ms, index trim bound, request fingerprint, field/value...
-// Records a new job in one step. With an idempotency key it first looks for
-// an earlier job under that key and answers {"EXISTS", "<id> <fingerprint>"}
-// instead of creating a second one; otherwise {"OK"}. The tenant's index
-// drops entries older than the retention as it grows.
+// retention ms, index trim bound ("" for no trim), request fingerprint,
+// field/value... Records a new job in one step. With an idempotency key it
+// first looks for an earlier job under that key and answers {"EXISTS",
+// "<id> <fingerprint>"} instead of creating a second one; otherwise {"OK"}.
+// Given a bound, the tenant's index drops entries older than the retention.
 var createScript = redis.NewScript(`
 if #KEYS == 4 then
   local prev = redis.call('GET', KEYS[4])
@@ -18,7 +18,7 @@ redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
-redis.call('ZREMRANGEBYLEX', KEYS[3], '-', ARGV[4])
+if ARGV[4] ~= '' then redis.call('ZREMRANGEBYLEX', KEYS[3], '-', ARGV[4]) end
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 return {'OK'}
 `)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -79,7 +80,13 @@ const DefaultRetention = 24 * time.Hour
 type Store struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	// lastTrim is when (µs) a create last trimmed an index.
+	lastTrim atomic.Int64
 }
+
+// trimInterval spaces the trims of tenants' indexes: a trim costs a sort of
+// the whole set in miniredis, and List skips expired entries anyway.
+const trimInterval = time.Minute
 
 // New wraps a Redis client.
 func New(rdb redis.UniversalClient, opts Options) *Store {
@@ -135,8 +142,12 @@ func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) (existin
 	if j.IdempotencyKey != "" {
 		keys = append(keys, idempotencyKey(j.Tenant, j.IdempotencyKey))
 	}
+	trim := ""
+	if last := s.lastTrim.Load(); now.UnixMicro()-last >= trimInterval.Microseconds() && s.lastTrim.CompareAndSwap(last, now.UnixMicro()) {
+		trim = "(" + indexBound(now.Add(-s.retention))
+	}
 	res, err := createScript.Run(ctx, s.rdb, keys,
-		j.ID, j.Input, s.retention.Milliseconds(), "("+indexBound(now.Add(-s.retention)), j.Fingerprint,
+		j.ID, j.Input, s.retention.Milliseconds(), trim, j.Fingerprint,
 		fState, string(Pending), fTopic, j.Topic, fTenant, j.Tenant, fLabels, string(labels),
 		fPriority, strconv.Itoa(int(j.Priority)), fTimeout, strconv.FormatInt(j.Timeout.Milliseconds(), 10),
 		fMaxAttempts, strconv.Itoa(int(j.MaxAttempts)), fAttempt, "1",

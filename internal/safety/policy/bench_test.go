@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 )
 
@@ -37,6 +38,24 @@ func BenchmarkDetector(b *testing.B) {
 		b.Run(fmt.Sprintf("prompt=%dB", size), func(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(size))
+			for b.Loop() {
+				HasCredentials(s)
+			}
+		})
+	}
+	// Worst cases: one 64 KiB base64 run, and Go source with many long
+	// identifiers and dotted names.
+	blob := fake(1, b64Chars, 64<<10)
+	var code strings.Builder
+	for code.Len() < 64<<10 {
+		code.WriteString("\tresp, err := client.Chat.Completions.New(ctx, openai.ChatCompletionNewParams{Model: openai.ChatModelGPT4oMini, Messages: msgs})\n" +
+			"\tif err != nil {\n\t\treturn fmt.Errorf(\"chat completion for tenant %s: %w\", tenantID, err)\n\t}\n" +
+			"\turl := \"https://api.example.com/v1/projects/\" + projectID + \"/deployments/production-eu-west-1/status\"\n")
+	}
+	for name, s := range map[string]string{"base64-blob=65536B": blob, "go-code=65536B": code.String()[:64<<10]} {
+		b.Run(name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(s)))
 			for b.Loop() {
 				HasCredentials(s)
 			}

@@ -156,13 +156,28 @@ var tokenChar = func() (t [256]bool) {
 	return t
 }()
 
-func isAlnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
-}
+// triggerChar marks the first bytes of the prefixes scanRun looks for.
+var triggerChar = func() (t [256]bool) {
+	for _, c := range "Axhdsrge.:" {
+		t[c] = true
+	}
+	return t
+}()
+
+// alnumChar and base64Char are lookup tables for isAlnum and isBase64.
+var alnumChar, base64Char = func() (a, b [256]bool) {
+	for c := range 256 {
+		a[c] = c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		b[c] = a[c] || c == '+' || c == '/'
+	}
+	return a, b
+}()
+
+func isAlnum(c byte) bool { return alnumChar[c] }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 
-func isBase64(c byte) bool { return isAlnum(c) || c == '+' || c == '/' }
+func isBase64(c byte) bool { return base64Char[c] }
 
 func isBase64URL(c byte) bool { return isAlnum(c) || c == '-' || c == '_' }
 
@@ -330,8 +345,15 @@ func (r *tokenRule) try(run string, at int) bool {
 func scanRun(s string, start, end int) (found credSet, pendingAWSSecret bool) {
 	run := s[start:end]
 	for j := 0; j < len(run); j++ {
+		c := run[j]
+		// Every prefix rule needs a token boundary before the prefix, so
+		// only the first letter after a separator can start one; '.' and
+		// ':' are checked for the formats found from the middle.
+		if !triggerChar[c] || c != '.' && c != ':' && j > 0 && alnumChar[run[j-1]] {
+			continue
+		}
 		rest := run[j:]
-		switch run[j] {
+		switch c {
 		case 'A':
 			if strings.HasPrefix(rest, "AKIA") || strings.HasPrefix(rest, "ASIA") {
 				if awsKeyIDRule.try(run, j) {
