@@ -78,6 +78,7 @@ func programOptions() []cel.ProgramOption {
 // scan: one unit per ten bytes, so that they count against CostLimit.
 type detectorCost struct{}
 
+// CallCost implements cost.ActualCostEstimator.
 func (detectorCost) CallCost(_, overloadID string, args []ref.Val, _ ref.Val) *uint64 {
 	if overloadID != overloadHasCredentials && overloadID != overloadCredentialKinds || len(args) != 1 {
 		return nil

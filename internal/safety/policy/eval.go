@@ -83,7 +83,7 @@ func isCostLimit(err error) bool {
 // errorText returns err's message unless it might quote the prompt.
 func errorText(err error, prompt string) string {
 	msg := err.Error()
-	if prompt != "" && strings.Contains(msg, prompt[:min(len(prompt), 16)]) {
+	if len(prompt) >= 4 && strings.Contains(msg, prompt[:min(len(prompt), 16)]) {
 		return "(message withheld: it quotes the prompt)"
 	}
 	if len(msg) > 200 {

@@ -13,10 +13,11 @@ import (
 //
 // How it works, and why it is shaped this way:
 //
-//   - One pass over the text splits it into runs of token characters
-//     ([A-Za-z0-9] and "_-+/=.:"). Credentials never contain spaces or
-//     quotes, and no credential recognised here is shorter than 20 bytes,
-//     so ordinary prose (short words) is skipped at table-lookup speed.
+//   - One pass over the text finds runs of token characters ([A-Za-z0-9]
+//     and "_-+/=.:") at least 20 bytes long. Credentials never contain
+//     spaces or quotes and none recognised here is shorter than 20 bytes,
+//     so ordinary prose is skipped mostly without looking at every byte
+//     (about 0.3 ns a byte; 1-2 ns a byte for code or base64 blobs).
 //   - Inside a long run, a credential is only considered where its literal
 //     prefix occurs (AKIA, xoxb-, sk-ant-, ghp_, eyJ ...) at a token
 //     boundary. Then an anchored regular expression checks the exact format
