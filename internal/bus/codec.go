@@ -79,6 +79,11 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if j := pl.JobEvent.GetJob(); j.GetJobId() == "" || j.GetTenantId() == "" {
 			return errors.New("job event without a job id or tenant")
 		}
+	case *cortexv1.BusPacket_SafetyDecision:
+		if pl.SafetyDecision.GetJobId() == "" || pl.SafetyDecision.GetVerdict() == nil {
+			return errors.New("safety decision without a job id or verdict")
+		}
+	case *cortexv1.BusPacket_PolicyApply, *cortexv1.BusPacket_PolicyQuery, *cortexv1.BusPacket_PolicyReply:
 	case *cortexv1.BusPacket_JobCancel:
 		if pl.JobCancel.GetJobId() == "" {
 			return errors.New("job cancel without a job id")

@@ -137,6 +137,42 @@ func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacke
 	return reply, nil
 }
 
+// Gather publishes a packet to every subscriber of subject and collects
+// their replies until ctx ends, which is how it returns normally: the
+// number of responders is not known in advance. Replies that do not decode
+// are dropped and counted.
+func (c *Conn) Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error) {
+	c.stamp(p)
+	data, err := Encode(p)
+	if err != nil {
+		return nil, err
+	}
+	inbox := c.nc.NewInbox()
+	ch := make(chan *nats.Msg, 64)
+	sub, err := c.nc.ChanSubscribe(inbox, ch)
+	if err != nil {
+		return nil, fmt.Errorf("gather on %s: %w", subject, err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := c.nc.PublishRequest(subject, inbox, data); err != nil {
+		return nil, fmt.Errorf("gather on %s: %w", subject, err)
+	}
+	var replies []*cortexv1.BusPacket
+	for {
+		select {
+		case <-ctx.Done():
+			return replies, nil
+		case m := <-ch:
+			r, err := Decode(m.Data)
+			if err != nil {
+				c.drop(m.Subject, len(m.Data), err)
+				continue
+			}
+			replies = append(replies, r)
+		}
+	}
+}
+
 // Handler processes one decoded packet. reply is the subject to answer on,
 // empty when the sender expects no answer. A handler returns an error only
 // for a packet it cannot use (a payload that does not belong on the

@@ -21,6 +21,15 @@ const (
 	SubjectJobEvent = "sys.job.event"
 	// SubjectJobCancel carries JobCancel to every worker.
 	SubjectJobCancel = "sys.job.cancel"
+	// SubjectSafetyDecision carries SafetyDecisionEvent: every decision a
+	// kernel makes, for tail --decisions and the dashboard.
+	SubjectSafetyDecision = "sys.safety.decision"
+	// SubjectPolicyApply carries PolicyApply to every kernel; each replies
+	// with a PolicyReply.
+	SubjectPolicyApply = "sys.safety.policy.apply"
+	// SubjectPolicyQuery carries PolicyQuery to one kernel (queue group
+	// cortex-safety), answered with a PolicyReply.
+	SubjectPolicyQuery = "sys.safety.policy.get"
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strings"
@@ -21,26 +22,44 @@ type Principal struct {
 	Tenant string
 	// ReadOnly keys may read and watch jobs but not submit or cancel.
 	ReadOnly bool
+	// Admin keys may also approve and reject held jobs, apply policies and
+	// watch every tenant's safety decisions.
+	Admin bool
+	// key names the key in records (approvals) without revealing it: the
+	// first 8 hex digits of its SHA-256.
+	key string
 }
 
-// ParseKeys reads API keys given as key:tenant or key:tenant:read (a
-// read-only key), as in --api-keys and CORTEX_API_KEYS.
+// Name says who acted, for records: "tenant (key 1a2b3c4d)".
+func (p Principal) Name() string {
+	if p.key == "" {
+		return p.Tenant
+	}
+	return p.Tenant + " (key " + p.key + ")"
+}
+
+// ParseKeys reads API keys given as key:tenant, key:tenant:read (a
+// read-only key) or key:tenant:admin, as in --api-keys and CORTEX_API_KEYS.
 func ParseKeys(specs []string) (map[string]Principal, error) {
 	keys := make(map[string]Principal, len(specs))
 	for _, spec := range specs {
 		parts := strings.Split(spec, ":")
 		if len(parts) < 2 || len(parts) > 3 || parts[0] == "" {
-			return nil, errors.New("want key:tenant or key:tenant:read, e.g. s3cr3t:acme")
+			return nil, errors.New("want key:tenant, key:tenant:read or key:tenant:admin, e.g. s3cr3t:acme")
 		}
 		p := Principal{Tenant: parts[1]}
 		if !bus.ValidToken(p.Tenant) {
 			return nil, fmt.Errorf("tenant %q must be 1-64 characters of a-z, 0-9, - and _", p.Tenant)
 		}
 		if len(parts) == 3 {
-			if parts[2] != "read" {
-				return nil, fmt.Errorf("scope %q is not known: the only scope is read (a read-only key)", parts[2])
+			switch parts[2] {
+			case "read":
+				p.ReadOnly = true
+			case "admin":
+				p.Admin = true
+			default:
+				return nil, fmt.Errorf("scope %q is not known: use read (a read-only key) or admin", parts[2])
 			}
-			p.ReadOnly = true
 		}
 		if len(parts[0]) < 8 {
 			return nil, fmt.Errorf("the key for tenant %s is %d characters; use at least 8 (cortexctl up makes 32)", p.Tenant, len(parts[0]))
@@ -58,7 +77,9 @@ type keyring struct {
 func newKeyring(keys map[string]Principal) *keyring {
 	k := &keyring{digests: make(map[[sha256.Size]byte]Principal, len(keys))}
 	for key, p := range keys {
-		k.digests[sha256.Sum256([]byte(key))] = p
+		d := sha256.Sum256([]byte(key))
+		p.key = hex.EncodeToString(d[:4])
+		k.digests[d] = p
 	}
 	return k
 }
@@ -84,6 +105,15 @@ func principalFrom(ctx context.Context) Principal {
 
 func tenantFrom(ctx context.Context) string { return principalFrom(ctx).Tenant }
 
+// requireAdmin refuses a key without the admin scope.
+func requireAdmin(ctx context.Context, what string) error {
+	if !principalFrom(ctx).Admin {
+		return connect.Errorf(connect.CodePermissionDenied,
+			"only an admin key can %s; give the key the :admin scope (key:tenant:admin)", what)
+	}
+	return nil
+}
+
 // requireWrite refuses a read-only key.
 func requireWrite(ctx context.Context, what string) error {
 	if principalFrom(ctx).ReadOnly {
@@ -100,7 +130,8 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
 		if g.keys == nil || strings.HasPrefix(spec.Procedure, "/grpc.reflection.") {
 			// Reflection describes the public schema, nothing of a tenant.
-			return next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant}), spec, stream)
+			// Without keys everyone is the admin of tenant default.
+			return next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant, Admin: g.keys == nil}), spec, stream)
 		}
 		var header string
 		if info, ok := connect.CallInfoForServerContext(ctx); ok {

@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,6 +28,12 @@ var _ gateway.Bus = nullBus{}
 func (nullBus) Publish(string, *cortexv1.BusPacket) error   { return nil }
 func (nullBus) PublishJobEvent(string, *cortexv1.Job) error { return nil }
 func (nullBus) Subscribe(context.Context, string, string, int, bus.Handler) (*bus.Subscription, error) {
+	return nil, nil
+}
+func (nullBus) Request(context.Context, string, *cortexv1.BusPacket) (*cortexv1.BusPacket, error) {
+	return nil, errors.New("no kernel")
+}
+func (nullBus) Gather(context.Context, string, *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error) {
 	return nil, nil
 }
 

@@ -34,6 +34,7 @@ type Store interface {
 	Get(ctx context.Context, id string) (*store.Job, error)
 	Output(ctx context.Context, id string) (*store.Job, string, error)
 	List(ctx context.Context, q store.Query) ([]*store.Job, string, error)
+	SavePolicy(ctx context.Context, shadow bool, source string) error
 	Ping(ctx context.Context) error
 }
 
@@ -42,6 +43,8 @@ type Bus interface {
 	Publish(subject string, p *cortexv1.BusPacket) error
 	PublishJobEvent(traceID string, j *cortexv1.Job) error
 	Subscribe(ctx context.Context, subject, queue string, concurrency int, h bus.Handler) (*bus.Subscription, error)
+	Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error)
+	Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error)
 }
 
 // Router says which topics a pool serves.
@@ -86,7 +89,8 @@ type Gateway struct {
 	keys      *keyring
 	maxPrompt int
 	log       *slog.Logger
-	hub       *hub
+	jobs      *hub[*cortexv1.Job]
+	decisions *hub[*cortexv1.SafetyDecisionEvent]
 	// closing is closed when Serve stops, to end open streams.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -98,7 +102,7 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 	if opts.Router == nil {
 		return nil, errors.New("gateway: no routing table")
 	}
-	g := &Gateway{store: st, bus: b, router: opts.Router, maxPrompt: opts.MaxPromptBytes, log: log, hub: newHub(), closing: make(chan struct{})}
+	g := &Gateway{store: st, bus: b, router: opts.Router, maxPrompt: opts.MaxPromptBytes, log: log, jobs: newHub[*cortexv1.Job](), decisions: newHub[*cortexv1.SafetyDecisionEvent](), closing: make(chan struct{})}
 	if g.maxPrompt <= 0 {
 		g.maxPrompt = DefaultMaxPromptBytes
 	}
@@ -111,12 +115,15 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 	return g, nil
 }
 
-// Start fans job events from the bus out to WatchJob and StreamEvents
-// callers, until ctx ends. Without it, watchers still see every change by
-// reading the store, only later.
+// Start fans job events and safety decisions from the bus out to WatchJob,
+// StreamEvents and StreamDecisions callers, until ctx ends. Without it,
+// job watchers still see every change by reading the store, only later.
 func (g *Gateway) Start(ctx context.Context) error {
 	// One handler at a time keeps events in the order they arrive.
 	if _, err := g.bus.Subscribe(ctx, bus.SubjectJobEvent, "", 1, g.onEvent); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	if _, err := g.bus.Subscribe(ctx, bus.SubjectSafetyDecision, "", 1, g.onDecision); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	return nil

@@ -166,11 +166,11 @@ func TestNewRefusesToStartWithoutKeys(t *testing.T) {
 }
 
 func TestParseKeys(t *testing.T) {
-	got, err := gateway.ParseKeys([]string{"s3cr3t-key:acme", "r3ad-only-key:acme:read"})
-	if err != nil || got["s3cr3t-key"] != (gateway.Principal{Tenant: "acme"}) || !got["r3ad-only-key"].ReadOnly {
+	got, err := gateway.ParseKeys([]string{"s3cr3t-key:acme", "r3ad-only-key:acme:read", "adm1n-key:ops:admin"})
+	if err != nil || got["s3cr3t-key"] != (gateway.Principal{Tenant: "acme"}) || !got["r3ad-only-key"].ReadOnly || !got["adm1n-key"].Admin {
 		t.Fatalf("ParseKeys = %v, %v", got, err)
 	}
-	for _, bad := range []string{"nokey", ":acme", "short:acme", "longenough:Acme Corp", "longenough:acme:admin", "a:b:c:d"} {
+	for _, bad := range []string{"nokey", ":acme", "short:acme", "longenough:Acme Corp", "longenough:acme:root", "a:b:c:d"} {
 		if _, err := gateway.ParseKeys([]string{bad}); err == nil {
 			t.Errorf("ParseKeys(%q) accepted", bad)
 		}

@@ -21,24 +21,25 @@ const (
 	watchPoll     = 2 * time.Second
 )
 
-// watcher is one open stream's subscription to job events.
-type watcher struct {
+// watcher is one open stream's subscription to events of type T.
+type watcher[T any] struct {
+	// tenant is the tenant whose events are wanted; "" wants every tenant's.
 	tenant  string
-	match   func(*cortexv1.Job) bool
-	ch      chan *cortexv1.Job
+	match   func(T) bool
+	ch      chan T
 	dropped atomic.Uint64
 }
 
-// hub hands each job event to the watchers of its tenant that want it,
-// never blocking: a full watcher loses the event and counts it.
-type hub struct {
+// hub hands each event to the watchers of its tenant that want it, never
+// blocking: a full watcher loses the event and counts it.
+type hub[T any] struct {
 	mu       sync.RWMutex
-	watchers map[*watcher]struct{}
+	watchers map[*watcher[T]]struct{}
 }
 
-func newHub() *hub { return &hub{watchers: map[*watcher]struct{}{}} }
+func newHub[T any]() *hub[T] { return &hub[T]{watchers: map[*watcher[T]]struct{}{}} }
 
-func (h *hub) add(w *watcher) (remove func()) {
+func (h *hub[T]) add(w *watcher[T]) (remove func()) {
 	h.mu.Lock()
 	h.watchers[w] = struct{}{}
 	h.mu.Unlock()
@@ -49,15 +50,15 @@ func (h *hub) add(w *watcher) (remove func()) {
 	}
 }
 
-func (h *hub) publish(j *cortexv1.Job) {
+func (h *hub[T]) publish(tenant string, v T) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for w := range h.watchers {
-		if w.tenant != j.GetTenantId() || !w.match(j) {
+		if w.tenant != "" && w.tenant != tenant || !w.match(v) {
 			continue
 		}
 		select {
-		case w.ch <- j:
+		case w.ch <- v:
 		default:
 			w.dropped.Add(1)
 		}
@@ -69,7 +70,16 @@ func (g *Gateway) onEvent(_ context.Context, p *cortexv1.BusPacket, _ string) er
 	if ev == nil || ev.GetJob() == nil {
 		return bus.WrongPayload(p, "a job event")
 	}
-	g.hub.publish(ev.GetJob())
+	g.jobs.publish(ev.GetJob().GetTenantId(), ev.GetJob())
+	return nil
+}
+
+func (g *Gateway) onDecision(_ context.Context, p *cortexv1.BusPacket, _ string) error {
+	ev := p.GetSafetyDecision()
+	if ev == nil {
+		return bus.WrongPayload(p, "a safety decision")
+	}
+	g.decisions.publish(ev.GetTenantId(), ev)
 	return nil
 }
 
@@ -84,9 +94,9 @@ func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, s
 	if err != nil {
 		return err
 	}
-	w := &watcher{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
+	w := &watcher[*cortexv1.Job]{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
 	// Listen before reading, so no change falls between the two.
-	defer g.hub.add(w)()
+	defer g.jobs.add(w)()
 	j, err := g.ownJob(ctx, id)
 	if err != nil {
 		return err
@@ -111,7 +121,7 @@ func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, s
 
 // nextChange waits for a version of the job newer than seen, from the bus
 // or, when the bus is quiet, from the store.
-func (g *Gateway) nextChange(ctx context.Context, w *watcher, poll *time.Ticker, id string, seen uint64) (*cortexv1.Job, error) {
+func (g *Gateway) nextChange(ctx context.Context, w *watcher[*cortexv1.Job], poll *time.Ticker, id string, seen uint64) (*cortexv1.Job, error) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -144,14 +154,14 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 	for _, s := range req.GetStates() {
 		q.States = append(q.States, store.StateOf(s))
 	}
-	w := &watcher{
+	w := &watcher[*cortexv1.Job]{
 		tenant: tenantFrom(ctx),
 		match: func(j *cortexv1.Job) bool {
 			return q.Matches(&store.Job{State: store.StateOf(j.GetState()), Topic: j.GetTopic(), Labels: j.GetLabels()})
 		},
 		ch: make(chan *cortexv1.Job, watcherBuffer),
 	}
-	defer g.hub.add(w)()
+	defer g.jobs.add(w)()
 	if err := stream.SendHeaders(); err != nil {
 		return err
 	}

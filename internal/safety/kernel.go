@@ -1,59 +1,359 @@
+// Package safety is the safety kernel: it holds the enforced policy and an
+// optional shadow policy (internal/safety/policy compiles and evaluates
+// them), answers checks over the bus, publishes every decision on
+// sys.safety.decision, reloads policies from a file, on demand and when an
+// operator applies one across the cluster; and the fail-closed client the
+// scheduler asks through. It never records job state or runs jobs.
 package safety
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/safety/policy"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
-	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
 
-// Kernel serves policy decisions.
+// Inputs reads a job's prompt, for policies whose rules look at its text.
+type Inputs interface {
+	Input(ctx context.Context, id string) (string, error)
+}
+
+// PolicyStore holds the policies an operator applied to the cluster.
+type PolicyStore interface {
+	LoadPolicy(ctx context.Context, shadow bool) (string, error)
+}
+
+// Origins of a loaded policy, as PolicyInfo.origin says.
+const (
+	OriginBuiltin = "builtin"
+	OriginApplied = "applied"
+	originFile    = "file "
+)
+
+// loaded is a compiled policy with what is shown about it.
+type loaded struct {
+	policy *policy.Policy
+	info   *cortexv1.PolicyInfo
+}
+
+func newLoaded(p *policy.Policy, origin, source string) *loaded {
+	return &loaded{policy: p, info: &cortexv1.PolicyInfo{
+		Name: p.Name(), Hash: p.Hash(), Origin: origin, Source: source, LoadedAt: timestamppb.Now(),
+	}}
+}
+
+// Kernel decides. It is safe for concurrent use; policies are swapped
+// atomically, so a check sees one whole policy.
 type Kernel struct {
-	policy *Policy
-	log    *slog.Logger
+	id      string
+	inputs  Inputs
+	log     *slog.Logger
+	active  atomic.Pointer[loaded]
+	shadow  atomic.Pointer[loaded]
+	lastErr atomic.Pointer[string]
+	// events publishes decisions; nil until Start.
+	events func(*cortexv1.SafetyDecisionEvent)
+	now    func() time.Time
+	mu     sync.Mutex // serialises reloads
 }
 
-var _ cortexv1connect.SafetyServiceHandler = (*Kernel)(nil)
-
-// NewKernel returns a kernel enforcing policy.
-func NewKernel(policy *Policy, log *slog.Logger) *Kernel {
-	return &Kernel{policy: policy, log: log}
+// NewKernel returns a kernel enforcing the built-in default policy until
+// told otherwise. inputs may be nil when no policy reads prompt text.
+func NewKernel(id string, inputs Inputs, log *slog.Logger) *Kernel {
+	k := &Kernel{id: id, inputs: inputs, log: log, now: time.Now}
+	k.active.Store(newLoaded(policy.Default(), OriginBuiltin, string(policy.DefaultYAML())))
+	return k
 }
 
-// Check decides one request.
-func (k *Kernel) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
-	return k.policy.Evaluate(r), nil
+// ID names the kernel instance.
+func (k *Kernel) ID() string { return k.id }
+
+// Use puts p in force (or in the shadow, with shadow set; nil removes the
+// shadow policy).
+func (k *Kernel) Use(p *policy.Policy, origin, source string, shadow bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.use(p, origin, source, shadow)
 }
 
-// Start answers checks on the bus until conn is closed. It returns once the
-// subscription is in place.
-func (k *Kernel) Start(ctx context.Context, conn *bus.Conn) error {
-	_, err := conn.Subscribe(context.WithoutCancel(ctx), bus.SubjectSafetyCheck, bus.QueueSafety, 64,
-		func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
+func (k *Kernel) use(p *policy.Policy, origin, source string, shadow bool) {
+	switch {
+	case shadow && p == nil:
+		k.shadow.Store(nil)
+		k.log.Info("shadow policy removed")
+		return
+	case shadow:
+		k.shadow.Store(newLoaded(p, origin, source))
+	default:
+		k.active.Store(newLoaded(p, origin, source))
+	}
+	k.lastErr.Store(nil)
+	k.log.Info("policy loaded", "shadow", shadow, "policy", p.Name(), "hash", p.Hash(), "origin", origin)
+}
+
+// LoadFile reads, compiles and puts in force the policy at path. A file
+// that does not compile changes nothing: the error (with file:line) is
+// returned and kept for Status.
+func (k *Kernel) LoadFile(path string, shadow bool) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		err = fmt.Errorf("read policy %s: %w", path, err)
+		k.refused(err)
+		return err
+	}
+	p, err := policy.Parse(path, data)
+	if err != nil {
+		k.refused(err)
+		return err
+	}
+	k.use(p, originFile+path, string(data), shadow)
+	return nil
+}
+
+// LoadStored puts in force the policy an operator applied (see
+// PolicyStore), if there is one. It reports whether one was loaded.
+func (k *Kernel) LoadStored(ctx context.Context, st PolicyStore, shadow bool) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	src, err := st.LoadPolicy(ctx, shadow)
+	if err != nil || src == "" {
+		return false, err
+	}
+	p, err := policy.Parse("applied.yaml", []byte(src))
+	if err != nil {
+		k.refused(err)
+		return false, err
+	}
+	k.use(p, OriginApplied, src, shadow)
+	return true, nil
+}
+
+func (k *Kernel) refused(err error) {
+	msg := err.Error()
+	k.lastErr.Store(&msg)
+	k.log.Error("policy refused; the policy in force stays", "err", err)
+}
+
+// Status reports the policies in force.
+func (k *Kernel) Status() *cortexv1.PolicyStatus {
+	st := &cortexv1.PolicyStatus{KernelId: k.id, Active: k.active.Load().info}
+	if sh := k.shadow.Load(); sh != nil {
+		st.Shadow = sh.info
+	}
+	if e := k.lastErr.Load(); e != nil {
+		st.LastError = *e
+	}
+	return st
+}
+
+// Check decides one attempt of a job, and publishes the decision.
+func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+	start := time.Now()
+	active, shadow := k.active.Load(), k.shadow.Load()
+	resp := &cortexv1.CheckResponse{}
+	in, err := k.input(ctx, r, active, shadow)
+	if err != nil {
+		resp.Decision, resp.Rule, resp.PolicyVersion = cortexv1.Decision_DECISION_DENY, bus.RuleFailClosed, active.policy.Hash()
+		resp.Reason = "the safety kernel could not read the prompt: " + err.Error()
+	} else {
+		v := decide(active.policy, in, r.GetApproved())
+		resp.Decision, resp.Rule, resp.Reason, resp.PolicyVersion = v.Decision, v.Rule, v.Reason, v.PolicyVersion
+		if shadow != nil {
+			resp.Shadow = decide(shadow.policy, in, r.GetApproved())
+		}
+	}
+	if k.events != nil {
+		k.events(&cortexv1.SafetyDecisionEvent{
+			JobId:    r.GetJobId(),
+			TenantId: r.GetTenantId(),
+			Topic:    r.GetTopic(),
+			Attempt:  r.GetAttempt(),
+			Verdict: &cortexv1.SafetyVerdict{Decision: resp.GetDecision(), Rule: resp.GetRule(),
+				Reason: resp.GetReason(), PolicyVersion: resp.GetPolicyVersion()},
+			Shadow:    resp.GetShadow(),
+			Latency:   durationpb.New(time.Since(start)),
+			DecidedAt: timestamppb.New(start),
+			KernelId:  k.id,
+		})
+	}
+	return resp, nil
+}
+
+// input is what the policies see of the request; the prompt is read from
+// the store only when a rule looks at its text.
+func (k *Kernel) input(ctx context.Context, r *cortexv1.CheckRequest, active, shadow *loaded) (policy.Input, error) {
+	in := policy.Input{
+		JobID:      r.GetJobId(),
+		Topic:      r.GetTopic(),
+		Tenant:     r.GetTenantId(),
+		Labels:     r.GetLabels(),
+		Priority:   r.GetPriority(),
+		Attempt:    r.GetAttempt(),
+		PromptSize: r.GetPromptSize(),
+		Now:        k.now(),
+	}
+	needs := active.policy.NeedsPrompt() || shadow != nil && shadow.policy.NeedsPrompt()
+	if !needs || r.GetBinaryPayload() || r.GetPromptSize() == 0 {
+		return in, nil
+	}
+	if k.inputs == nil {
+		return in, errors.New("this kernel has no job store to read prompts from (start it with --redis-url)")
+	}
+	prompt, err := k.inputs.Input(ctx, r.GetJobId())
+	if err != nil {
+		return in, err
+	}
+	in.Prompt = prompt
+	return in, nil
+}
+
+// decide evaluates p. A person's approval turns REQUIRE_APPROVAL into
+// ALLOW; it changes no other decision.
+func decide(p *policy.Policy, in policy.Input, approved bool) *cortexv1.SafetyVerdict {
+	v := verdictOf(p.Evaluate(in))
+	if approved && v.Decision == cortexv1.Decision_DECISION_REQUIRE_APPROVAL {
+		v.Decision = cortexv1.Decision_DECISION_ALLOW
+		v.Reason = "approved by a person: " + v.Reason
+	}
+	return v
+}
+
+// Explain says how the active and shadow policies decide a job like r, on
+// prompt, without publishing anything.
+func (k *Kernel) Explain(r *cortexv1.CheckRequest, prompt string) *cortexv1.PolicyReply {
+	in := policy.Input{
+		JobID: r.GetJobId(), Topic: r.GetTopic(), Tenant: r.GetTenantId(), Labels: r.GetLabels(),
+		Priority: r.GetPriority(), Attempt: max(r.GetAttempt(), 1), PromptSize: uint64(len(prompt)), Prompt: prompt, Now: k.now(),
+	}
+	active, shadow := k.active.Load(), k.shadow.Load()
+	ex := active.policy.Explain(in)
+	reply := &cortexv1.PolicyReply{Status: k.Status(), Decision: verdictOf(ex.Decision), Explanation: ex.String()}
+	if shadow != nil {
+		ex = shadow.policy.Explain(in)
+		reply.Shadow, reply.ShadowExplanation = verdictOf(ex.Decision), ex.String()
+	}
+	return reply
+}
+
+func verdictOf(d policy.Decision) *cortexv1.SafetyVerdict {
+	v := &cortexv1.SafetyVerdict{Rule: d.Rule, Reason: d.Reason, PolicyVersion: d.PolicyHash, Decision: cortexv1.Decision_DECISION_DENY}
+	switch d.Decision {
+	case policy.Allow:
+		v.Decision = cortexv1.Decision_DECISION_ALLOW
+	case policy.RequireApproval:
+		v.Decision = cortexv1.Decision_DECISION_REQUIRE_APPROVAL
+	}
+	return v
+}
+
+// Start answers checks, policy queries and policy applies on the bus until
+// conn is closed, and publishes every decision on sys.safety.decision. It
+// returns once the subscriptions are in place. st is where applied
+// policies are kept.
+func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) error {
+	k.events = func(ev *cortexv1.SafetyDecisionEvent) {
+		err := conn.Publish(bus.SubjectSafetyDecision, &cortexv1.BusPacket{
+			TraceId: ev.GetJobId(),
+			Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: ev},
+		})
+		if err != nil {
+			k.log.Warn("publish safety decision", "job_id", ev.GetJobId(), "err", err)
+		}
+	}
+	hctx := context.WithoutCancel(ctx)
+	answer := func(p *cortexv1.BusPacket, reply string, out *cortexv1.BusPacket) {
+		out.TraceId = p.GetTraceId()
+		if err := conn.Publish(reply, out); err != nil {
+			k.log.Error("answer on the bus", "err", err)
+		}
+	}
+	subs := []struct {
+		subject, queue string
+		h              bus.Handler
+	}{
+		{bus.SubjectSafetyCheck, bus.QueueSafety, func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
 			req := p.GetCheckRequest()
 			if req == nil || reply == "" {
 				return bus.WrongPayload(p, "a check request with a reply subject")
 			}
 			resp, _ := k.Check(ctx, req)
-			k.log.Debug("safety decision", "job_id", req.GetJobId(), "topic", req.GetTopic(),
-				"decision", resp.GetDecision().String(), "rule", resp.GetRule())
-			out := &cortexv1.BusPacket{
-				TraceId: p.GetTraceId(),
-				Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp},
+			answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp}})
+			return nil
+		}},
+		{bus.SubjectPolicyQuery, bus.QueueSafety, func(_ context.Context, p *cortexv1.BusPacket, reply string) error {
+			q := p.GetPolicyQuery()
+			if q == nil || reply == "" {
+				return bus.WrongPayload(p, "a policy query with a reply subject")
 			}
-			if err := conn.Publish(reply, out); err != nil {
-				k.log.Error("answer safety check", "job_id", req.GetJobId(), "err", err)
+			r := &cortexv1.PolicyReply{Status: k.Status()}
+			if q.GetExplain() != nil {
+				r = k.Explain(q.GetExplain(), q.GetPrompt())
+			}
+			answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyReply{PolicyReply: r}})
+			return nil
+		}},
+		{bus.SubjectPolicyApply, "", func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
+			a := p.GetPolicyApply()
+			if a == nil {
+				return bus.WrongPayload(p, "a policy apply")
+			}
+			r := &cortexv1.PolicyReply{}
+			if err := k.apply(ctx, st, a); err != nil {
+				r.Error = err.Error()
+			}
+			r.Status = k.Status()
+			if reply != "" {
+				answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyReply{PolicyReply: r}})
 			}
 			return nil
-		})
-	if err != nil {
-		return fmt.Errorf("safety kernel: %w", err)
+		}},
+	}
+	for _, sub := range subs {
+		if _, err := conn.Subscribe(hctx, sub.subject, sub.queue, 64, sub.h); err != nil {
+			return fmt.Errorf("safety kernel: %w", err)
+		}
 	}
 	if err := conn.Flush(ctx); err != nil {
 		return fmt.Errorf("safety kernel: %w", err)
+	}
+	return nil
+}
+
+// apply loads the policy an operator applied.
+func (k *Kernel) apply(ctx context.Context, st PolicyStore, a *cortexv1.PolicyApply) error {
+	if a.GetClear() {
+		k.Use(nil, "", "", true)
+		return nil
+	}
+	if st == nil {
+		return errors.New("this kernel has no job store to read applied policies from (start it with --redis-url)")
+	}
+	ok, err := k.LoadStored(ctx, st, a.GetShadow())
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return errors.New("no applied policy is stored")
+	}
+	cur := k.active.Load()
+	if a.GetShadow() {
+		cur = k.shadow.Load()
+	}
+	if h := a.GetHash(); h != "" && cur != nil && cur.info.GetHash() != h {
+		return fmt.Errorf("loaded policy %s, not %s: another apply came in between", cur.info.GetHash(), h)
 	}
 	return nil
 }

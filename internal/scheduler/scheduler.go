@@ -101,12 +101,16 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ strin
 func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
 	id := req.GetJobId()
 	decision, err := s.checker.Check(ctx, &cortexv1.CheckRequest{
-		JobId:      id,
-		Topic:      req.GetTopic(),
-		TenantId:   req.GetTenantId(),
-		Attempt:    req.GetAttempt(),
-		Labels:     req.GetLabels(),
-		PromptSize: req.GetPromptSize(),
+		JobId:         id,
+		Topic:         req.GetTopic(),
+		TenantId:      req.GetTenantId(),
+		Attempt:       req.GetAttempt(),
+		Labels:        req.GetLabels(),
+		PromptSize:    req.GetPromptSize(),
+		Priority:      req.GetPriority(),
+		ContextPtr:    req.GetContextPtr(),
+		Approved:      req.GetApproved(),
+		BinaryPayload: req.GetBinaryPayload(),
 	})
 	verdict := &store.Verdict{
 		Decision: strings.TrimPrefix(decision.GetDecision().String(), "DECISION_"),
@@ -114,10 +118,17 @@ func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.
 		Reason:   decision.GetReason(),
 		Policy:   decision.GetPolicyVersion(),
 	}
-	if err != nil {
+	switch {
+	case err != nil:
 		verdict = &store.Verdict{Decision: "DENY", Rule: bus.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
-	}
-	if err != nil || decision.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
+		s.record(ctx, traceID, id, store.Change{To: store.Denied, Attempt: req.GetAttempt(), Reason: verdict.Reason, Safety: verdict})
+		return
+	case decision.GetDecision() == cortexv1.Decision_DECISION_REQUIRE_APPROVAL:
+		s.record(ctx, traceID, id, store.Change{To: store.AwaitingApproval, Attempt: req.GetAttempt(), Safety: verdict,
+			Reason: fmt.Sprintf("waiting for a person to approve (rule %s: %s); run: cortexctl approve %s, or cortexctl reject %s",
+				verdict.Rule, verdict.Reason, id, id)})
+		return
+	case decision.GetDecision() != cortexv1.Decision_DECISION_ALLOW:
 		if verdict.Decision != "DENY" {
 			verdict.Reason = fmt.Sprintf("decision %s is not ALLOW: %s", verdict.Decision, verdict.Reason)
 			verdict.Decision = "DENY"

@@ -27,6 +27,8 @@ const (
 	Denied     State = "DENIED"
 	Cancelled  State = "CANCELLED"
 	Timeout    State = "TIMEOUT"
+	// AwaitingApproval holds a job until a person approves or rejects it.
+	AwaitingApproval State = "AWAITING_APPROVAL"
 )
 
 // Terminal reports whether s is a final state.
@@ -62,6 +64,14 @@ type Verdict struct {
 	Policy   string
 }
 
+// Approval is a person's answer to a job held for approval.
+type Approval struct {
+	Approved bool
+	By       string
+	Comment  string
+	At       time.Time
+}
+
 // Job is a job record: everything but its input and output.
 type Job struct {
 	ID          string
@@ -86,6 +96,8 @@ type Job struct {
 	Entered map[State]time.Time
 	// Version grows with every change.
 	Version uint64
+	// Approval is set once a person answered a REQUIRE_APPROVAL decision.
+	Approval *Approval
 }
 
 // Hash fields of job:<id>. Entered times are "t:<STATE>".
@@ -111,6 +123,10 @@ const (
 	fCreated     = "created_at"
 	fUpdated     = "updated_at"
 	fVersion     = "version"
+	fApproved    = "approved"
+	fApprovalBy  = "approval_by"
+	fApprovalMsg = "approval_comment"
+	fApprovalAt  = "approval_at"
 	enteredPre   = "t:"
 )
 
@@ -135,6 +151,9 @@ func parseJob(id string, f map[string]string) *Job {
 		UpdatedAt:   parseMicros(f[fUpdated]),
 		Version:     uint64(parseInt(f[fVersion])),
 		Entered:     map[State]time.Time{},
+	}
+	if a, ok := f[fApproved]; ok {
+		j.Approval = &Approval{Approved: a == "1", By: f[fApprovalBy], Comment: f[fApprovalMsg], At: parseMicros(f[fApprovalAt])}
 	}
 	if l := f[fLabels]; l != "" {
 		_ = json.Unmarshal([]byte(l), &j.Labels)
@@ -195,6 +214,9 @@ func (j *Job) Proto() *cortexv1.Job {
 	if j.Timeout > 0 {
 		p.Timeout = durationpb.New(j.Timeout)
 	}
+	if a := j.Approval; a != nil {
+		p.Approval = &cortexv1.Approval{Approved: a.Approved, By: a.By, Comment: a.Comment, At: timestamppb.New(a.At)}
+	}
 	if j.Safety.Decision != "" {
 		p.Safety = &cortexv1.SafetyVerdict{
 			Decision:      cortexv1.Decision(cortexv1.Decision_value["DECISION_"+j.Safety.Decision]),
@@ -228,6 +250,7 @@ func (j *Job) Request() *cortexv1.JobRequest {
 		Priority:      j.Priority,
 		MaxAttempts:   j.MaxAttempts,
 		BinaryPayload: j.Binary,
+		Approved:      j.Approval != nil && j.Approval.Approved,
 	}
 	if j.Timeout > 0 {
 		r.Timeout = durationpb.New(j.Timeout)

@@ -193,6 +193,8 @@ type Change struct {
 	WorkerID   string
 	Safety     *Verdict
 	ResultSize *uint64
+	// Approval records a person's answer to a job held for approval.
+	Approval *Approval
 }
 
 func (c Change) args(now time.Time) []any {
@@ -210,6 +212,13 @@ func (c Change) args(now time.Time) []any {
 	}
 	if v := c.Safety; v != nil {
 		args = append(args, fDecision, v.Decision, fRule, v.Rule, fSafety, v.Reason, fPolicy, v.Policy)
+	}
+	if a := c.Approval; a != nil {
+		approved := "0"
+		if a.Approved {
+			approved = "1"
+		}
+		args = append(args, fApproved, approved, fApprovalBy, a.By, fApprovalMsg, a.Comment, fApprovalAt, micros(a.At))
 	}
 	if c.ResultSize != nil {
 		args = append(args, fResultSize, strconv.FormatUint(*c.ResultSize, 10))
@@ -305,4 +314,56 @@ func (s *Store) Output(ctx context.Context, id string) (*Job, string, error) {
 		return nil, "", fmt.Errorf("read result of job %s: %w", id, err)
 	}
 	return j, out, nil
+}
+
+// Input returns a job's stored input (prompt text or payload bytes).
+func (s *Store) Input(ctx context.Context, id string) (string, error) {
+	in, err := s.rdb.Get(ctx, contextPrefix+id).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("read input of job %s: %w", id, ErrNoPrompt)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read input of job %s: %w", id, err)
+	}
+	return in, nil
+}
+
+// Policy keys: the policy `cortexctl policy apply` put in force, so that
+// kernels that start later load it too. They never expire.
+const (
+	activePolicyKey = "policy:active"
+	shadowPolicyKey = "policy:shadow"
+)
+
+func policyKey(shadow bool) string {
+	if shadow {
+		return shadowPolicyKey
+	}
+	return activePolicyKey
+}
+
+// SavePolicy stores an applied policy's text; empty text removes it.
+func (s *Store) SavePolicy(ctx context.Context, shadow bool, source string) error {
+	var err error
+	if source == "" {
+		err = s.rdb.Del(ctx, policyKey(shadow)).Err()
+	} else {
+		err = s.rdb.Set(ctx, policyKey(shadow), source, 0).Err()
+	}
+	if err != nil {
+		return fmt.Errorf("store policy: %w", err)
+	}
+	return nil
+}
+
+// LoadPolicy returns the applied policy's text, "" when none was applied.
+func (s *Store) LoadPolicy(ctx context.Context, shadow bool) (string, error) {
+	src, err := s.rdb.Get(ctx, policyKey(shadow)).Result()
+	if errors.Is(err, redis.Nil) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read policy: %w", err)
+	}
+	return src, nil
 }

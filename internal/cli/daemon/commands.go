@@ -7,6 +7,9 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,6 +19,7 @@ import (
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/safety"
+	"github.com/cortex-os/core/internal/safety/policy"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
 )
@@ -118,27 +122,67 @@ func serve(cmd *cobra.Command, what string, stop func()) error {
 // NewCmdSafety runs the safety kernel.
 func NewCmdSafety() *cobra.Command {
 	o := &Options{}
+	var files safety.Files
 	cmd := &cobra.Command{
-		Use:     "safety",
-		Short:   "Run the safety kernel as a daemon",
-		Long:    "Run the safety kernel: it answers every scheduler's checks on sys.safety.check with the built-in policy.",
-		Example: "  cortexctl safety --nats-url nats://cortex:secret@127.0.0.1:4222",
-		Args:    cobra.NoArgs,
+		Use:   "safety",
+		Short: "Run the safety kernel as a daemon",
+		Long: `Run the safety kernel: it answers every scheduler's checks on sys.safety.check
+and publishes each decision on sys.safety.decision.
+
+It enforces --policy FILE if given, else the policy last put in force with
+'cortexctl policy apply' (kept in Redis), else the built-in default policy
+(see 'cortexctl policy show'). --shadow-policy FILE is evaluated beside it and
+recorded, never enforced. Files are reloaded when they change and on SIGHUP;
+a file that does not compile is refused with file:line and the policy in force
+stays. Redis is needed to read prompts for rules that look at the text.`,
+		Example: `  cortexctl safety --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
+  cortexctl safety --policy /etc/cortex/policy.yaml --shadow-policy /etc/cortex/next.yaml ...
+  kill -HUP $(pidof cortexctl)   # reload the policy files now`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			e, err := o.prepare(cmd, false)
+			if err := CheckPolicyFiles(files); err != nil {
+				return err
+			}
+			e, err := o.prepare(cmd, true)
 			if err != nil {
 				return err
 			}
 			defer e.close()
-			conn, err := StartSafety(e.ctx, o.NATSURL, e.log)
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			k, conn, err := StartSafety(e.ctx, o.NATSURL, e.store, files, hup, e.log)
 			if err != nil {
 				return err
 			}
+			st := k.Status().GetActive()
+			fmt.Fprintf(cmd.ErrOrStderr(), "enforcing policy %s %s (%s)\n", st.GetName(), st.GetHash(), st.GetOrigin())
 			return serve(cmd, "safety kernel", conn.Close)
 		},
 	}
-	o.addFlags(cmd, false)
+	o.addFlags(cmd, true)
+	AddPolicyFlags(cmd, &files)
 	return cmd
+}
+
+// AddPolicyFlags adds --policy and --shadow-policy.
+func AddPolicyFlags(cmd *cobra.Command, files *safety.Files) {
+	cmd.Flags().StringVar(&files.Policy, "policy", "", "policy file to enforce (default: the applied policy, else the built-in one)")
+	cmd.Flags().StringVar(&files.Shadow, "shadow-policy", "", "policy file to evaluate beside it, recorded but never enforced")
+}
+
+// CheckPolicyFiles refuses files that do not compile before anything
+// starts, with file:line errors.
+func CheckPolicyFiles(files safety.Files) error {
+	for _, f := range []string{files.Policy, files.Shadow} {
+		if f == "" {
+			continue
+		}
+		if _, err := policy.Load(f); err != nil {
+			return &cmdutil.UsageError{Err: err}
+		}
+	}
+	return nil
 }
 
 // NewCmdScheduler runs a scheduler.

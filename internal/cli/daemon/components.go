@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -59,18 +60,44 @@ func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store
 	return st, rdb, nil
 }
 
-// StartSafety runs a safety kernel with the built-in policy until ctx ends.
-// Close the returned connection to wait for in-flight checks.
-func StartSafety(ctx context.Context, natsURL string, log *slog.Logger) (*bus.Conn, error) {
-	conn, err := bus.Connect(natsURL, instanceName("safety"), log)
+// StartSafety runs a safety kernel until ctx ends. It enforces the policy
+// file if one is given, else the policy an operator last applied (kept in
+// Redis), else the built-in default; and shadows files.Shadow, or the
+// applied shadow policy. It reloads the files when they change or reload
+// receives (SIGHUP). Close the returned connection to wait for in-flight
+// checks.
+func StartSafety(ctx context.Context, natsURL string, st *store.Store, files safety.Files, reload <-chan os.Signal, log *slog.Logger) (*safety.Kernel, *bus.Conn, error) {
+	name := instanceName("safety")
+	k := safety.NewKernel(name, st, log)
+	if err := k.LoadFiles(files); err != nil {
+		return nil, nil, err
+	}
+	for _, shadow := range []bool{false, true} {
+		if shadow && files.Shadow != "" || !shadow && files.Policy != "" {
+			continue
+		}
+		if _, err := k.LoadStored(ctx, st, shadow); err != nil {
+			// A stored policy that no longer compiles must not keep the
+			// kernel down: it enforces what it has and says why.
+			log.Error("the applied policy does not load; enforcing the policy in force", "shadow", shadow, "err", err)
+		}
+	}
+	conn, err := bus.Connect(natsURL, name, log)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := safety.NewKernel(safety.BuiltinPolicy(), log).Start(ctx, conn); err != nil {
+	if err := k.Start(ctx, conn, st); err != nil {
 		conn.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return conn, nil
+	if files.Policy != "" || files.Shadow != "" || reload != nil {
+		go func() {
+			if err := k.Watch(ctx, files, reload); err != nil {
+				log.Error("policy files are not watched; reload with SIGHUP or cortexctl policy apply", "err", err)
+			}
+		}()
+	}
+	return k, conn, nil
 }
 
 // SchedulerOptions configures StartScheduler.

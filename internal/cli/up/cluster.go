@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/routing"
+	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
@@ -41,6 +43,10 @@ type ClusterOptions struct {
 	WorkerParallel int
 	// NoSafety leaves the safety kernel out, for tests of failing closed.
 	NoSafety bool
+	// Policy names the policy files the kernel enforces and shadows.
+	Policy safety.Files
+	// Reload makes the kernel reload its policy files (SIGHUP).
+	Reload <-chan os.Signal
 }
 
 // Cluster is a running stack: gateway, scheduler, safety kernel and an echo
@@ -53,6 +59,8 @@ type Cluster struct {
 	RedisURL    string
 	Store       *store.Store
 	WorkerID    string
+	// Kernel is the in-process safety kernel (nil with NoSafety).
+	Kernel *safety.Kernel
 	// WorkerTopics lists the topics the in-process worker serves.
 	WorkerTopics []string
 
@@ -99,7 +107,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	if !opts.NoSafety {
-		c.safetyConn, err = daemon.StartSafety(runCtx, c.NATSURL, log.With("component", "safety"))
+		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, c.NATSURL, c.Store, opts.Policy, opts.Reload, log.With("component", "safety"))
 		if err != nil {
 			return c, err
 		}
@@ -130,7 +138,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 
 	c.APIKey = "cx_dev_" + ids.Hex(16)
 	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, opts.Routes, gateway.Options{
-		Keys: map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant}},
+		Keys: map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant, Admin: true}},
 	}, log.With("component", "gateway"))
 	if err != nil {
 		return c, err

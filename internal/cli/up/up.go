@@ -7,12 +7,16 @@ package up
 import (
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/telemetry"
@@ -38,10 +42,14 @@ func NewCmdUp() *cobra.Command {
 With no --nats-url / --redis-url it starts an embedded NATS server (JetStream
 on) and an embedded Redis (miniredis): state is in memory and is gone when up
 stops. Both listen on 127.0.0.1 with random passwords, shown in their URLs.
-up writes the gateway address and a dev API key to the context file, so
-'cortexctl submit' in another terminal needs no flags.`,
+up writes the gateway address and a dev API key (an admin key) to the
+context "local", so 'cortexctl submit' in another terminal needs no flags.
+
+The safety kernel enforces --policy FILE, or the built-in default policy;
+the file is reloaded when it changes and on SIGHUP.`,
 		Example: `  cortexctl up
   cortexctl up --listen 127.0.0.1:8080
+  cortexctl up --policy policy.yaml --shadow-policy next-policy.yaml
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -55,6 +63,7 @@ up writes the gateway address and a dev API key to the context file, so
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory for the embedded JetStream's storage (default: a temporary directory)")
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
+	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	cmdutil.BindEnv(cmd)
@@ -67,7 +76,14 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	if err != nil {
 		return err
 	}
+	if err := daemon.CheckPolicyFiles(o.Cluster.Policy); err != nil {
+		return err
+	}
 	ctx := cmd.Context()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	o.Cluster.Reload = hup
 	c, err := StartCluster(ctx, o.Cluster, log)
 	if err != nil {
 		return err
@@ -107,7 +123,15 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 	fmt.Fprintf(w, "  gateway  %s  (gRPC, gRPC-Web and HTTP/JSON)\n", server)
 	fmt.Fprintf(w, "  nats     %s  (%s)\n", natsURL, natsNote)
 	fmt.Fprintf(w, "  redis    %s  (%s)\n", redisURL, redisNote)
-	fmt.Fprintf(w, "  api key  %s  (tenant default)\n", c.APIKey)
+	fmt.Fprintf(w, "  api key  %s  (tenant default, admin)\n", c.APIKey)
+	if c.Kernel != nil {
+		p := c.Kernel.Status()
+		line := fmt.Sprintf("%s %s (%s)", p.GetActive().GetName(), p.GetActive().GetHash(), p.GetActive().GetOrigin())
+		if sh := p.GetShadow(); sh != nil {
+			line += fmt.Sprintf("; shadow %s %s", sh.GetName(), sh.GetHash())
+		}
+		fmt.Fprintf(w, "  policy   %s\n", line)
+	}
 	fmt.Fprintf(w, "  worker   %s  (pool echo: %s)\n", c.WorkerID, strings.Join(c.WorkerTopics, ", "))
 	fmt.Fprintf(w, "  context  %s (%s)\n", client.LocalContext, contextPath)
 	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",

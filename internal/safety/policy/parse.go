@@ -25,6 +25,10 @@ type LoadError struct {
 	Rule string
 	// RuleIndex is the 1-based position of the rule, or 0 outside a rule.
 	RuleIndex int
+	// Case and CaseIndex are the same for a case of a test file (see
+	// ParseCases).
+	Case      string
+	CaseIndex int
 	// Field is the YAML field at fault, such as "when" or "rate.burst".
 	Field string
 	Msg   string
@@ -39,6 +43,10 @@ func (e *LoadError) Error() string {
 		fmt.Fprintf(&b, "rule %q: ", e.Rule)
 	case e.RuleIndex > 0:
 		fmt.Fprintf(&b, "rule #%d: ", e.RuleIndex)
+	case e.Case != "":
+		fmt.Fprintf(&b, "case %q: ", e.Case)
+	case e.CaseIndex > 0:
+		fmt.Fprintf(&b, "case #%d: ", e.CaseIndex)
 	}
 	if e.Field != "" {
 		b.WriteString(e.Field)
@@ -97,6 +105,9 @@ func Parse(name string, data []byte) (*Policy, error) {
 	p.source = name
 	p.dflt.PolicyHash = p.hash
 	p.limiter = newLimiter(maxBuckets)
+	for _, r := range p.rules {
+		p.needsPrompt = p.needsPrompt || r.usesPrompt
+	}
 	return p, nil
 }
 
@@ -122,10 +133,12 @@ type parser struct {
 	errs []error
 }
 
-// ruleRef says which rule a problem is in.
+// ruleRef says which rule (or, in a test file, which case) a problem is
+// in.
 type ruleRef struct {
-	name  string
-	index int
+	name   string
+	index  int
+	isCase bool
 }
 
 func (ps *parser) add(line int, r ruleRef, field, format string, args ...any) {
@@ -135,7 +148,13 @@ func (ps *parser) add(line int, r ruleRef, field, format string, args ...any) {
 	if len(ps.errs) > maxLoadErrs {
 		return
 	}
-	ps.errs = append(ps.errs, &LoadError{File: ps.file, Line: line, Rule: r.name, RuleIndex: r.index, Field: field, Msg: fmt.Sprintf(format, args...)})
+	e := &LoadError{File: ps.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)}
+	if r.isCase {
+		e.Case, e.CaseIndex = r.name, r.index
+	} else {
+		e.Rule, e.RuleIndex = r.name, r.index
+	}
+	ps.errs = append(ps.errs, e)
 }
 
 // fields returns the values of a mapping node by key, reporting unknown and
@@ -240,6 +259,7 @@ func (ps *parser) policy(doc *yaml.Node) *Policy {
 				ps.add(n.Line, ruleRef{}, "default.decision", "THROTTLE needs a rule with a rate; the default must be ALLOW, DENY or REQUIRE_APPROVAL")
 			default:
 				p.dflt.Decision = k
+				p.dfltLine = n.Line
 			}
 		}
 		if v, _, ok := ps.scalar(d, df, "reason", ruleRef{}, "default.reason"); ok {
@@ -324,9 +344,12 @@ func (ps *parser) rule(n *yaml.Node, i int, seen map[string]int) *rule {
 	}
 	if v, vn, good := ps.scalar(n, f, "when", ref, "when"); !good {
 		ok = false
-	} else if prg, good := ps.compile(v, vn, ref); good {
+	} else if c, good := ps.compile(v, vn, ref); good {
 		r.when = v
-		r.prg = prg
+		r.whenLine = vn.Line
+		r.ast = c.ast
+		r.prg = c.prg
+		r.usesPrompt = references(c.ast, "prompt")
 	} else {
 		ok = false
 	}
@@ -368,9 +391,15 @@ func (ps *parser) rate(n *yaml.Node, ref ruleRef) (Rate, bool) {
 	return rate, ok
 }
 
+// compiled is a checked when expression and its program.
+type compiled struct {
+	ast *cel.Ast
+	prg cel.Program
+}
+
 // compile compiles a when expression, reporting CEL errors at their line
-// in the file.
-func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (cel.Program, bool) {
+// in the file, and refuses one whose worst-case cost is over CostLimit.
+func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (*compiled, bool) {
 	if len(expr) > maxWhenBytes {
 		ps.add(n.Line, ref, "when", "expression is %d bytes, more than the limit of %d", len(expr), maxWhenBytes)
 		return nil, false
@@ -392,10 +421,37 @@ func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (cel.Program, 
 		ps.add(n.Line, ref, "when", "must be a boolean expression; this one is of type %s", t)
 		return nil, false
 	}
+	if !ps.withinCostLimit(ast, n, ref) {
+		return nil, false
+	}
 	prg, err := ps.env.Program(ast, programOptions()...)
 	if err != nil {
 		ps.add(n.Line, ref, "when", "ERROR: %v", err)
 		return nil, false
 	}
-	return prg, true
+	return &compiled{ast: ast, prg: prg}, true
+}
+
+// withinCostLimit estimates the most the checked expression can cost for
+// any job the gateway accepts (see inputSizes) and reports it if that is
+// over CostLimit: such a rule would deny the largest jobs at run time, so
+// it is refused when the policy is loaded instead.
+func (ps *parser) withinCostLimit(ast *cel.Ast, n *yaml.Node, ref ruleRef) bool {
+	est, err := ps.env.EstimateCost(ast, inputSizes{})
+	if err != nil {
+		ps.add(n.Line, ref, "when", "cannot estimate the worst-case cost of the expression: %v", err)
+		return false
+	}
+	if est.Max <= CostLimit {
+		return true
+	}
+	worst := "is unbounded"
+	if est.Max != math.MaxUint64 {
+		worst = fmt.Sprintf("%.2g is over the limit of %g", float64(est.Max), float64(CostLimit))
+	}
+	ps.add(n.Line, ref, "when", "worst-case cost %s; simplify the expression: "+
+		"the body of a comprehension over labels runs up to %d times, nested ones multiply, "+
+		"and each scan of the prompt (contains, matches, has_credentials ...) costs up to %d for a %d-byte prompt",
+		worst, maxLabels, detectorCallCost(MaxPromptBytes), MaxPromptBytes)
+	return false
 }

@@ -121,6 +121,10 @@ type Policy struct {
 	dflt    Decision
 	limiter *limiter
 	source  string // file name, for explanations
+	// dfltLine is the line of the default decision, for Lint.
+	dfltLine int
+	// needsPrompt says some rule reads the prompt (see NeedsPrompt).
+	needsPrompt bool
 }
 
 // rule is one compiled rule.
@@ -133,6 +137,12 @@ type rule struct {
 	reason   string
 	rate     Rate
 	prg      cel.Program
+	// whenLine is the line of the when field; ast is its checked
+	// expression, kept for Lint.
+	whenLine int
+	ast      *cel.Ast
+	// usesPrompt says the expression reads the prompt variable.
+	usesPrompt bool
 	// allowReason and exceeded are the reasons of a THROTTLE rule.
 	allowReason string
 	exceeded    string
@@ -147,6 +157,23 @@ func (p *Policy) Hash() string { return p.hash }
 
 // Source returns the file name the policy was parsed from.
 func (p *Policy) Source() string { return p.source }
+
+// NeedsPrompt reports whether any rule's expression reads the prompt
+// variable (has_credentials(prompt), prompt.contains(...)); prompt_size
+// does not count. When it is false, Evaluate gives the same decision with
+// or without Input.Prompt, so a caller need not fetch the prompt text.
+// Every rule counts, even one that an earlier rule shadows, because
+// Explain evaluates them all. It is decided from the checked expressions
+// when the policy is loaded.
+func (p *Policy) NeedsPrompt() bool {
+	if p == nil {
+		return false
+	}
+	return p.needsPrompt
+}
+
+// NumRules returns the number of rules in the policy.
+func (p *Policy) NumRules() int { return len(p.rules) }
 
 // Load reads and parses the policy file at path. Errors in the file are
 // reported as `path:line: rule "name": field: problem`.

@@ -44,6 +44,10 @@ type BusPacket struct {
 	//	*BusPacket_CheckResponse
 	//	*BusPacket_JobEvent
 	//	*BusPacket_JobCancel
+	//	*BusPacket_SafetyDecision
+	//	*BusPacket_PolicyApply
+	//	*BusPacket_PolicyQuery
+	//	*BusPacket_PolicyReply
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -177,6 +181,42 @@ func (x *BusPacket) GetJobCancel() *JobCancel {
 	return nil
 }
 
+func (x *BusPacket) GetSafetyDecision() *SafetyDecisionEvent {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_SafetyDecision); ok {
+			return x.SafetyDecision
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetPolicyApply() *PolicyApply {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_PolicyApply); ok {
+			return x.PolicyApply
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetPolicyQuery() *PolicyQuery {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_PolicyQuery); ok {
+			return x.PolicyQuery
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetPolicyReply() *PolicyReply {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_PolicyReply); ok {
+			return x.PolicyReply
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -209,6 +249,22 @@ type BusPacket_JobCancel struct {
 	JobCancel *JobCancel `protobuf:"bytes,16,opt,name=job_cancel,json=jobCancel,proto3,oneof"`
 }
 
+type BusPacket_SafetyDecision struct {
+	SafetyDecision *SafetyDecisionEvent `protobuf:"bytes,17,opt,name=safety_decision,json=safetyDecision,proto3,oneof"`
+}
+
+type BusPacket_PolicyApply struct {
+	PolicyApply *PolicyApply `protobuf:"bytes,18,opt,name=policy_apply,json=policyApply,proto3,oneof"`
+}
+
+type BusPacket_PolicyQuery struct {
+	PolicyQuery *PolicyQuery `protobuf:"bytes,19,opt,name=policy_query,json=policyQuery,proto3,oneof"`
+}
+
+type BusPacket_PolicyReply struct {
+	PolicyReply *PolicyReply `protobuf:"bytes,20,opt,name=policy_reply,json=policyReply,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -222,6 +278,14 @@ func (*BusPacket_CheckResponse) isBusPacket_Payload() {}
 func (*BusPacket_JobEvent) isBusPacket_Payload() {}
 
 func (*BusPacket_JobCancel) isBusPacket_Payload() {}
+
+func (*BusPacket_SafetyDecision) isBusPacket_Payload() {}
+
+func (*BusPacket_PolicyApply) isBusPacket_Payload() {}
+
+func (*BusPacket_PolicyQuery) isBusPacket_Payload() {}
+
+func (*BusPacket_PolicyReply) isBusPacket_Payload() {}
 
 // JobRequest asks for one attempt of a job. The prompt is not carried: it
 // lives in Redis and context_ptr points at it (redis://ctx:<id>).
@@ -244,6 +308,8 @@ type JobRequest struct {
 	MaxAttempts uint32               `protobuf:"varint,11,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// binary_payload says the stored input is bytes, not prompt text.
 	BinaryPayload bool `protobuf:"varint,12,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
+	// approved says a person approved the job (see CheckRequest.approved).
+	Approved      bool `protobuf:"varint,13,opt,name=approved,proto3" json:"approved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -358,6 +424,13 @@ func (x *JobRequest) GetMaxAttempts() uint32 {
 func (x *JobRequest) GetBinaryPayload() bool {
 	if x != nil {
 		return x.BinaryPayload
+	}
+	return false
+}
+
+func (x *JobRequest) GetApproved() bool {
+	if x != nil {
+		return x.Approved
 	}
 	return false
 }
@@ -683,7 +756,7 @@ var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc9\x04\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x129\n" +
@@ -700,8 +773,12 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\x0echeck_response\x18\x0e \x01(\v2\x18.cortex.v1.CheckResponseH\x00R\rcheckResponse\x122\n" +
 	"\tjob_event\x18\x0f \x01(\v2\x13.cortex.v1.JobEventH\x00R\bjobEvent\x125\n" +
 	"\n" +
-	"job_cancel\x18\x10 \x01(\v2\x14.cortex.v1.JobCancelH\x00R\tjobCancelB\t\n" +
-	"\apayload\"\xd7\x03\n" +
+	"job_cancel\x18\x10 \x01(\v2\x14.cortex.v1.JobCancelH\x00R\tjobCancel\x12I\n" +
+	"\x0fsafety_decision\x18\x11 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventH\x00R\x0esafetyDecision\x12;\n" +
+	"\fpolicy_apply\x18\x12 \x01(\v2\x16.cortex.v1.PolicyApplyH\x00R\vpolicyApply\x12;\n" +
+	"\fpolicy_query\x18\x13 \x01(\v2\x16.cortex.v1.PolicyQueryH\x00R\vpolicyQuery\x12;\n" +
+	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReplyB\t\n" +
+	"\apayload\"\xf3\x03\n" +
 	"\n" +
 	"JobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -718,7 +795,8 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\atimeout\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12!\n" +
 	"\fmax_attempts\x18\v \x01(\rR\vmaxAttempts\x12%\n" +
-	"\x0ebinary_payload\x18\f \x01(\bR\rbinaryPayload\x1a9\n" +
+	"\x0ebinary_payload\x18\f \x01(\bR\rbinaryPayload\x12\x1a\n" +
+	"\bapproved\x18\r \x01(\bR\bapproved\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x02\n" +
@@ -779,9 +857,13 @@ var file_cortex_v1_bus_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 	(*CheckRequest)(nil),          // 8: cortex.v1.CheckRequest
 	(*CheckResponse)(nil),         // 9: cortex.v1.CheckResponse
-	(*durationpb.Duration)(nil),   // 10: google.protobuf.Duration
-	(JobState)(0),                 // 11: cortex.v1.JobState
-	(*Job)(nil),                   // 12: cortex.v1.Job
+	(*SafetyDecisionEvent)(nil),   // 10: cortex.v1.SafetyDecisionEvent
+	(*PolicyApply)(nil),           // 11: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 12: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 13: cortex.v1.PolicyReply
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(JobState)(0),                 // 15: cortex.v1.JobState
+	(*Job)(nil),                   // 16: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
 	7,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
@@ -792,17 +874,21 @@ var file_cortex_v1_bus_proto_depIdxs = []int32{
 	9,  // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
 	4,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
 	5,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
-	6,  // 8: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	10, // 9: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	11, // 10: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	7,  // 11: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	7,  // 12: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	12, // 13: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	10, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
+	11, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
+	12, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
+	13, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
+	6,  // 12: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	14, // 13: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	15, // 14: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	7,  // 15: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	7,  // 16: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	16, // 17: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -820,6 +906,10 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_CheckResponse)(nil),
 		(*BusPacket_JobEvent)(nil),
 		(*BusPacket_JobCancel)(nil),
+		(*BusPacket_SafetyDecision)(nil),
+		(*BusPacket_PolicyApply)(nil),
+		(*BusPacket_PolicyQuery)(nil),
+		(*BusPacket_PolicyReply)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

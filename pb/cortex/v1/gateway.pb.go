@@ -861,11 +861,666 @@ func (x *StreamEventsResponse) GetDropped() uint64 {
 	return 0
 }
 
+type ApproveJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// comment is recorded on the job.
+	Comment       string `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveJobRequest) Reset() {
+	*x = ApproveJobRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveJobRequest) ProtoMessage() {}
+
+func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveJobRequest.ProtoReflect.Descriptor instead.
+func (*ApproveJobRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ApproveJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *ApproveJobRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type ApproveJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApproveJobResponse) Reset() {
+	*x = ApproveJobResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApproveJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApproveJobResponse) ProtoMessage() {}
+
+func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApproveJobResponse.ProtoReflect.Descriptor instead.
+func (*ApproveJobResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ApproveJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type RejectJobRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// reason is recorded on the job (default "rejected by <tenant>").
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectJobRequest) Reset() {
+	*x = RejectJobRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectJobRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectJobRequest) ProtoMessage() {}
+
+func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectJobRequest.ProtoReflect.Descriptor instead.
+func (*RejectJobRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RejectJobRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RejectJobRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RejectJobResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RejectJobResponse) Reset() {
+	*x = RejectJobResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RejectJobResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RejectJobResponse) ProtoMessage() {}
+
+func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RejectJobResponse.ProtoReflect.Descriptor instead.
+func (*RejectJobResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *RejectJobResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type GetPolicyRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyRequest) Reset() {
+	*x = GetPolicyRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyRequest) ProtoMessage() {}
+
+func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
+func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
+}
+
+type GetPolicyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *PolicyStatus          `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetPolicyResponse) Reset() {
+	*x = GetPolicyResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetPolicyResponse) ProtoMessage() {}
+
+func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
+func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *GetPolicyResponse) GetStatus() *PolicyStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type ApplyPolicyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// source is the policy file's text (YAML).
+	Source string `protobuf:"bytes,1,opt,name=source,proto3" json:"source,omitempty"`
+	// name is the file name, used in error messages (default "policy.yaml").
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// shadow applies the policy as the shadow policy instead.
+	Shadow bool `protobuf:"varint,3,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	// clear_shadow removes the shadow policy; source must be empty.
+	ClearShadow   bool `protobuf:"varint,4,opt,name=clear_shadow,json=clearShadow,proto3" json:"clear_shadow,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPolicyRequest) Reset() {
+	*x = ApplyPolicyRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPolicyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPolicyRequest) ProtoMessage() {}
+
+func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
+func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ApplyPolicyRequest) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *ApplyPolicyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ApplyPolicyRequest) GetShadow() bool {
+	if x != nil {
+		return x.Shadow
+	}
+	return false
+}
+
+func (x *ApplyPolicyRequest) GetClearShadow() bool {
+	if x != nil {
+		return x.ClearShadow
+	}
+	return false
+}
+
+type ApplyPolicyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// hash is the applied policy's hash.
+	Hash string `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	// kernels lists every kernel that answered, with what it now enforces.
+	Kernels       []*PolicyStatus `protobuf:"bytes,2,rep,name=kernels,proto3" json:"kernels,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyPolicyResponse) Reset() {
+	*x = ApplyPolicyResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyPolicyResponse) ProtoMessage() {}
+
+func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
+func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ApplyPolicyResponse) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *ApplyPolicyResponse) GetKernels() []*PolicyStatus {
+	if x != nil {
+		return x.Kernels
+	}
+	return nil
+}
+
+type ExplainDecisionRequest struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Topic    string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Prompt   string                 `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	Labels   map[string]string      `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Priority int32                  `protobuf:"varint,4,opt,name=priority,proto3" json:"priority,omitempty"`
+	// attempt defaults to 1.
+	Attempt       uint32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainDecisionRequest) Reset() {
+	*x = ExplainDecisionRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainDecisionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainDecisionRequest) ProtoMessage() {}
+
+func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainDecisionRequest.ProtoReflect.Descriptor instead.
+func (*ExplainDecisionRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExplainDecisionRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ExplainDecisionRequest) GetPrompt() string {
+	if x != nil {
+		return x.Prompt
+	}
+	return ""
+}
+
+func (x *ExplainDecisionRequest) GetLabels() map[string]string {
+	if x != nil {
+		return x.Labels
+	}
+	return nil
+}
+
+func (x *ExplainDecisionRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *ExplainDecisionRequest) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+type ExplainDecisionResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Decision *SafetyVerdict         `protobuf:"bytes,1,opt,name=decision,proto3" json:"decision,omitempty"`
+	// explanation walks the rules in order: which matched, which decided.
+	Explanation string `protobuf:"bytes,2,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	// shadow is unset without a shadow policy.
+	Shadow            *SafetyVerdict `protobuf:"bytes,3,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	ShadowExplanation string         `protobuf:"bytes,4,opt,name=shadow_explanation,json=shadowExplanation,proto3" json:"shadow_explanation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *ExplainDecisionResponse) Reset() {
+	*x = ExplainDecisionResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainDecisionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainDecisionResponse) ProtoMessage() {}
+
+func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainDecisionResponse.ProtoReflect.Descriptor instead.
+func (*ExplainDecisionResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ExplainDecisionResponse) GetDecision() *SafetyVerdict {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
+func (x *ExplainDecisionResponse) GetExplanation() string {
+	if x != nil {
+		return x.Explanation
+	}
+	return ""
+}
+
+func (x *ExplainDecisionResponse) GetShadow() *SafetyVerdict {
+	if x != nil {
+		return x.Shadow
+	}
+	return nil
+}
+
+func (x *ExplainDecisionResponse) GetShadowExplanation() string {
+	if x != nil {
+		return x.ShadowExplanation
+	}
+	return ""
+}
+
+type StreamDecisionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// decisions keeps only these decisions (all when empty).
+	Decisions []Decision `protobuf:"varint,1,rep,packed,name=decisions,proto3,enum=cortex.v1.Decision" json:"decisions,omitempty"`
+	// topic keeps one topic, or a prefix such as "job.*".
+	Topic         string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamDecisionsRequest) Reset() {
+	*x = StreamDecisionsRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamDecisionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamDecisionsRequest) ProtoMessage() {}
+
+func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamDecisionsRequest.ProtoReflect.Descriptor instead.
+func (*StreamDecisionsRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *StreamDecisionsRequest) GetDecisions() []Decision {
+	if x != nil {
+		return x.Decisions
+	}
+	return nil
+}
+
+func (x *StreamDecisionsRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+type StreamDecisionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Event *SafetyDecisionEvent   `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// dropped counts decisions skipped since the last message because the
+	// reader was too slow.
+	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StreamDecisionsResponse) Reset() {
+	*x = StreamDecisionsResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StreamDecisionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StreamDecisionsResponse) ProtoMessage() {}
+
+func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StreamDecisionsResponse.ProtoReflect.Descriptor instead.
+func (*StreamDecisionsResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *StreamDecisionsResponse) GetEvent() *SafetyDecisionEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *StreamDecisionsResponse) GetDropped() uint64 {
+	if x != nil {
+		return x.Dropped
+	}
+	return 0
+}
+
 var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x03\n" +
+	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x03\n" +
 	"\x10SubmitJobRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12?\n" +
@@ -927,7 +1582,48 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
 	"\x14StreamEventsResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x04R\adropped2\x86\x04\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\"D\n" +
+	"\x11ApproveJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"6\n" +
+	"\x12ApproveJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"A\n" +
+	"\x10RejectJobRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
+	"\x11RejectJobResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"\x12\n" +
+	"\x10GetPolicyRequest\"D\n" +
+	"\x11GetPolicyResponse\x12/\n" +
+	"\x06status\x18\x01 \x01(\v2\x17.cortex.v1.PolicyStatusR\x06status\"{\n" +
+	"\x12ApplyPolicyRequest\x12\x16\n" +
+	"\x06source\x18\x01 \x01(\tR\x06source\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
+	"\x06shadow\x18\x03 \x01(\bR\x06shadow\x12!\n" +
+	"\fclear_shadow\x18\x04 \x01(\bR\vclearShadow\"\\\n" +
+	"\x13ApplyPolicyResponse\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\x121\n" +
+	"\akernels\x18\x02 \x03(\v2\x17.cortex.v1.PolicyStatusR\akernels\"\xfe\x01\n" +
+	"\x16ExplainDecisionRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
+	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12E\n" +
+	"\x06labels\x18\x03 \x03(\v2-.cortex.v1.ExplainDecisionRequest.LabelsEntryR\x06labels\x12\x1a\n" +
+	"\bpriority\x18\x04 \x01(\x05R\bpriority\x12\x18\n" +
+	"\aattempt\x18\x05 \x01(\rR\aattempt\x1a9\n" +
+	"\vLabelsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x01\n" +
+	"\x17ExplainDecisionResponse\x124\n" +
+	"\bdecision\x18\x01 \x01(\v2\x18.cortex.v1.SafetyVerdictR\bdecision\x12 \n" +
+	"\vexplanation\x18\x02 \x01(\tR\vexplanation\x120\n" +
+	"\x06shadow\x18\x03 \x01(\v2\x18.cortex.v1.SafetyVerdictR\x06shadow\x12-\n" +
+	"\x12shadow_explanation\x18\x04 \x01(\tR\x11shadowExplanation\"a\n" +
+	"\x16StreamDecisionsRequest\x121\n" +
+	"\tdecisions\x18\x01 \x03(\x0e2\x13.cortex.v1.DecisionR\tdecisions\x12\x14\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\"i\n" +
+	"\x17StreamDecisionsResponse\x124\n" +
+	"\x05event\x18\x01 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventR\x05event\x12\x18\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped2\xe5\a\n" +
 	"\x0eGatewayService\x12F\n" +
 	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12=\n" +
 	"\x06GetJob\x12\x18.cortex.v1.GetJobRequest\x1a\x19.cortex.v1.GetJobResponse\x12F\n" +
@@ -935,7 +1631,14 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\bListJobs\x12\x1a.cortex.v1.ListJobsRequest\x1a\x1b.cortex.v1.ListJobsResponse\x12F\n" +
 	"\tCancelJob\x12\x1b.cortex.v1.CancelJobRequest\x1a\x1c.cortex.v1.CancelJobResponse\x12E\n" +
 	"\bWatchJob\x12\x1a.cortex.v1.WatchJobRequest\x1a\x1b.cortex.v1.WatchJobResponse0\x01\x12Q\n" +
-	"\fStreamEvents\x12\x1e.cortex.v1.StreamEventsRequest\x1a\x1f.cortex.v1.StreamEventsResponse0\x01B\x93\x01\n" +
+	"\fStreamEvents\x12\x1e.cortex.v1.StreamEventsRequest\x1a\x1f.cortex.v1.StreamEventsResponse0\x01\x12I\n" +
+	"\n" +
+	"ApproveJob\x12\x1c.cortex.v1.ApproveJobRequest\x1a\x1d.cortex.v1.ApproveJobResponse\x12F\n" +
+	"\tRejectJob\x12\x1b.cortex.v1.RejectJobRequest\x1a\x1c.cortex.v1.RejectJobResponse\x12F\n" +
+	"\tGetPolicy\x12\x1b.cortex.v1.GetPolicyRequest\x1a\x1c.cortex.v1.GetPolicyResponse\x12L\n" +
+	"\vApplyPolicy\x12\x1d.cortex.v1.ApplyPolicyRequest\x1a\x1e.cortex.v1.ApplyPolicyResponse\x12X\n" +
+	"\x0fExplainDecision\x12!.cortex.v1.ExplainDecisionRequest\x1a\".cortex.v1.ExplainDecisionResponse\x12Z\n" +
+	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01B\x93\x01\n" +
 	"\rcom.cortex.v1B\fGatewayProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -951,62 +1654,100 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_gateway_proto_rawDescData
 }
 
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_cortex_v1_gateway_proto_goTypes = []any{
-	(*SubmitJobRequest)(nil),     // 0: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),    // 1: cortex.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),        // 2: cortex.v1.GetJobRequest
-	(*GetJobResponse)(nil),       // 3: cortex.v1.GetJobResponse
-	(*GetResultRequest)(nil),     // 4: cortex.v1.GetResultRequest
-	(*GetResultResponse)(nil),    // 5: cortex.v1.GetResultResponse
-	(*ListJobsRequest)(nil),      // 6: cortex.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),     // 7: cortex.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),     // 8: cortex.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),    // 9: cortex.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),      // 10: cortex.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),     // 11: cortex.v1.WatchJobResponse
-	(*StreamEventsRequest)(nil),  // 12: cortex.v1.StreamEventsRequest
-	(*StreamEventsResponse)(nil), // 13: cortex.v1.StreamEventsResponse
-	nil,                          // 14: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                          // 15: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                          // 16: cortex.v1.StreamEventsRequest.LabelsEntry
-	(*durationpb.Duration)(nil),  // 17: google.protobuf.Duration
-	(JobState)(0),                // 18: cortex.v1.JobState
-	(*Job)(nil),                  // 19: cortex.v1.Job
+	(*SubmitJobRequest)(nil),        // 0: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 1: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),           // 2: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 3: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),        // 4: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),       // 5: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),         // 6: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 7: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 8: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 9: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),         // 10: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),        // 11: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),     // 12: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil),    // 13: cortex.v1.StreamEventsResponse
+	(*ApproveJobRequest)(nil),       // 14: cortex.v1.ApproveJobRequest
+	(*ApproveJobResponse)(nil),      // 15: cortex.v1.ApproveJobResponse
+	(*RejectJobRequest)(nil),        // 16: cortex.v1.RejectJobRequest
+	(*RejectJobResponse)(nil),       // 17: cortex.v1.RejectJobResponse
+	(*GetPolicyRequest)(nil),        // 18: cortex.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),       // 19: cortex.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),      // 20: cortex.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),     // 21: cortex.v1.ApplyPolicyResponse
+	(*ExplainDecisionRequest)(nil),  // 22: cortex.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil), // 23: cortex.v1.ExplainDecisionResponse
+	(*StreamDecisionsRequest)(nil),  // 24: cortex.v1.StreamDecisionsRequest
+	(*StreamDecisionsResponse)(nil), // 25: cortex.v1.StreamDecisionsResponse
+	nil,                             // 26: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 27: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 28: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 29: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
+	(JobState)(0),                   // 31: cortex.v1.JobState
+	(*Job)(nil),                     // 32: cortex.v1.Job
+	(*PolicyStatus)(nil),            // 33: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 34: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 35: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 36: cortex.v1.SafetyDecisionEvent
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	14, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	17, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	18, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	19, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	18, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	18, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	15, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	19, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	19, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	19, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	18, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	16, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	19, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	0,  // 13: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	2,  // 14: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	4,  // 15: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	6,  // 16: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	8,  // 17: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	10, // 18: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	12, // 19: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	1,  // 20: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	3,  // 21: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	5,  // 22: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	7,  // 23: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	9,  // 24: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	11, // 25: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	13, // 26: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	20, // [20:27] is the sub-list for method output_type
-	13, // [13:20] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	26, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	30, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	31, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	32, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	31, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	31, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	27, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	32, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	32, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	32, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	31, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	28, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	32, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	32, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	32, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	33, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	33, // 16: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	29, // 17: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	34, // 18: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	34, // 19: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	35, // 20: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	36, // 21: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	0,  // 22: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	2,  // 23: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	4,  // 24: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	6,  // 25: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	8,  // 26: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	10, // 27: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	12, // 28: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	14, // 29: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	16, // 30: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	18, // 31: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	20, // 32: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	22, // 33: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	24, // 34: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	1,  // 35: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	3,  // 36: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	5,  // 37: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	7,  // 38: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	9,  // 39: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	11, // 40: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	13, // 41: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	15, // 42: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	17, // 43: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	19, // 44: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	21, // 45: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	23, // 46: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	25, // 47: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	35, // [35:48] is the sub-list for method output_type
+	22, // [22:35] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -1015,6 +1756,7 @@ func file_cortex_v1_gateway_proto_init() {
 		return
 	}
 	file_cortex_v1_job_proto_init()
+	file_cortex_v1_safety_proto_init()
 	file_cortex_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{}
 	file_cortex_v1_gateway_proto_msgTypes[5].OneofWrappers = []any{
 		(*GetResultResponse_Text)(nil),
@@ -1026,7 +1768,7 @@ func file_cortex_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   17,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -38,33 +38,38 @@ const (
 	JobState_JOB_STATE_DENIED      JobState = 7
 	JobState_JOB_STATE_CANCELLED   JobState = 8
 	JobState_JOB_STATE_TIMEOUT     JobState = 9
+	// AWAITING_APPROVAL: the safety policy requires a person to approve or
+	// reject the job (cortexctl approve / reject) before it may run.
+	JobState_JOB_STATE_AWAITING_APPROVAL JobState = 10
 )
 
 // Enum value maps for JobState.
 var (
 	JobState_name = map[int32]string{
-		0: "JOB_STATE_UNSPECIFIED",
-		1: "JOB_STATE_PENDING",
-		2: "JOB_STATE_SCHEDULED",
-		3: "JOB_STATE_DISPATCHED",
-		4: "JOB_STATE_RUNNING",
-		5: "JOB_STATE_COMPLETED",
-		6: "JOB_STATE_FAILED",
-		7: "JOB_STATE_DENIED",
-		8: "JOB_STATE_CANCELLED",
-		9: "JOB_STATE_TIMEOUT",
+		0:  "JOB_STATE_UNSPECIFIED",
+		1:  "JOB_STATE_PENDING",
+		2:  "JOB_STATE_SCHEDULED",
+		3:  "JOB_STATE_DISPATCHED",
+		4:  "JOB_STATE_RUNNING",
+		5:  "JOB_STATE_COMPLETED",
+		6:  "JOB_STATE_FAILED",
+		7:  "JOB_STATE_DENIED",
+		8:  "JOB_STATE_CANCELLED",
+		9:  "JOB_STATE_TIMEOUT",
+		10: "JOB_STATE_AWAITING_APPROVAL",
 	}
 	JobState_value = map[string]int32{
-		"JOB_STATE_UNSPECIFIED": 0,
-		"JOB_STATE_PENDING":     1,
-		"JOB_STATE_SCHEDULED":   2,
-		"JOB_STATE_DISPATCHED":  3,
-		"JOB_STATE_RUNNING":     4,
-		"JOB_STATE_COMPLETED":   5,
-		"JOB_STATE_FAILED":      6,
-		"JOB_STATE_DENIED":      7,
-		"JOB_STATE_CANCELLED":   8,
-		"JOB_STATE_TIMEOUT":     9,
+		"JOB_STATE_UNSPECIFIED":       0,
+		"JOB_STATE_PENDING":           1,
+		"JOB_STATE_SCHEDULED":         2,
+		"JOB_STATE_DISPATCHED":        3,
+		"JOB_STATE_RUNNING":           4,
+		"JOB_STATE_COMPLETED":         5,
+		"JOB_STATE_FAILED":            6,
+		"JOB_STATE_DENIED":            7,
+		"JOB_STATE_CANCELLED":         8,
+		"JOB_STATE_TIMEOUT":           9,
+		"JOB_STATE_AWAITING_APPROVAL": 10,
 	}
 )
 
@@ -129,7 +134,9 @@ type Job struct {
 	// transitions lists when the job last entered each state, oldest first.
 	Transitions []*JobTransition `protobuf:"bytes,19,rep,name=transitions,proto3" json:"transitions,omitempty"`
 	// version grows with every change, so a reader can order snapshots.
-	Version       uint64 `protobuf:"varint,20,opt,name=version,proto3" json:"version,omitempty"`
+	Version uint64 `protobuf:"varint,20,opt,name=version,proto3" json:"version,omitempty"`
+	// approval records who approved or rejected a job held for approval.
+	Approval      *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -304,31 +311,39 @@ func (x *Job) GetVersion() uint64 {
 	return 0
 }
 
-// SafetyVerdict is a safety decision as recorded on a job.
-type SafetyVerdict struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Decision      Decision               `protobuf:"varint,1,opt,name=decision,proto3,enum=cortex.v1.Decision" json:"decision,omitempty"`
-	Rule          string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
-	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
-	PolicyVersion string                 `protobuf:"bytes,4,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+func (x *Job) GetApproval() *Approval {
+	if x != nil {
+		return x.Approval
+	}
+	return nil
+}
+
+// Approval is a person's answer to a REQUIRE_APPROVAL decision.
+type Approval struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Approved bool                   `protobuf:"varint,1,opt,name=approved,proto3" json:"approved,omitempty"`
+	// by names the tenant of the key that answered.
+	By            string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	Comment       string                 `protobuf:"bytes,3,opt,name=comment,proto3" json:"comment,omitempty"`
+	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *SafetyVerdict) Reset() {
-	*x = SafetyVerdict{}
+func (x *Approval) Reset() {
+	*x = Approval{}
 	mi := &file_cortex_v1_job_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *SafetyVerdict) String() string {
+func (x *Approval) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*SafetyVerdict) ProtoMessage() {}
+func (*Approval) ProtoMessage() {}
 
-func (x *SafetyVerdict) ProtoReflect() protoreflect.Message {
+func (x *Approval) ProtoReflect() protoreflect.Message {
 	mi := &file_cortex_v1_job_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
@@ -340,37 +355,37 @@ func (x *SafetyVerdict) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use SafetyVerdict.ProtoReflect.Descriptor instead.
-func (*SafetyVerdict) Descriptor() ([]byte, []int) {
+// Deprecated: Use Approval.ProtoReflect.Descriptor instead.
+func (*Approval) Descriptor() ([]byte, []int) {
 	return file_cortex_v1_job_proto_rawDescGZIP(), []int{1}
 }
 
-func (x *SafetyVerdict) GetDecision() Decision {
+func (x *Approval) GetApproved() bool {
 	if x != nil {
-		return x.Decision
+		return x.Approved
 	}
-	return Decision_DECISION_UNSPECIFIED
+	return false
 }
 
-func (x *SafetyVerdict) GetRule() string {
+func (x *Approval) GetBy() string {
 	if x != nil {
-		return x.Rule
+		return x.By
 	}
 	return ""
 }
 
-func (x *SafetyVerdict) GetReason() string {
+func (x *Approval) GetComment() string {
 	if x != nil {
-		return x.Reason
+		return x.Comment
 	}
 	return ""
 }
 
-func (x *SafetyVerdict) GetPolicyVersion() string {
+func (x *Approval) GetAt() *timestamppb.Timestamp {
 	if x != nil {
-		return x.PolicyVersion
+		return x.At
 	}
-	return ""
+	return nil
 }
 
 // JobTransition is the time a job entered a state.
@@ -430,7 +445,7 @@ var File_cortex_v1_job_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa7\x06\n" +
+	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x06\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12)\n" +
@@ -456,18 +471,19 @@ const file_cortex_v1_job_proto_rawDesc = "" +
 	"\n" +
 	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12:\n" +
 	"\vtransitions\x18\x13 \x03(\v2\x18.cortex.v1.JobTransitionR\vtransitions\x12\x18\n" +
-	"\aversion\x18\x14 \x01(\x04R\aversion\x1a9\n" +
+	"\aversion\x18\x14 \x01(\x04R\aversion\x12/\n" +
+	"\bapproval\x18\x15 \x01(\v2\x13.cortex.v1.ApprovalR\bapproval\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x01\n" +
-	"\rSafetyVerdict\x12/\n" +
-	"\bdecision\x18\x01 \x01(\x0e2\x13.cortex.v1.DecisionR\bdecision\x12\x12\n" +
-	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
-	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion\"f\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"|\n" +
+	"\bApproval\x12\x1a\n" +
+	"\bapproved\x18\x01 \x01(\bR\bapproved\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\x12\x18\n" +
+	"\acomment\x18\x03 \x01(\tR\acomment\x12*\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"f\n" +
 	"\rJobTransition\x12)\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12*\n" +
-	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at*\xfb\x01\n" +
+	"\x02at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x02at*\x9c\x02\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11JOB_STATE_PENDING\x10\x01\x12\x17\n" +
@@ -478,7 +494,9 @@ const file_cortex_v1_job_proto_rawDesc = "" +
 	"\x10JOB_STATE_FAILED\x10\x06\x12\x14\n" +
 	"\x10JOB_STATE_DENIED\x10\a\x12\x17\n" +
 	"\x13JOB_STATE_CANCELLED\x10\b\x12\x15\n" +
-	"\x11JOB_STATE_TIMEOUT\x10\tB\x8f\x01\n" +
+	"\x11JOB_STATE_TIMEOUT\x10\t\x12\x1f\n" +
+	"\x1bJOB_STATE_AWAITING_APPROVAL\x10\n" +
+	"B\x8f\x01\n" +
 	"\rcom.cortex.v1B\bJobProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -499,29 +517,30 @@ var file_cortex_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_cortex_v1_job_proto_goTypes = []any{
 	(JobState)(0),                 // 0: cortex.v1.JobState
 	(*Job)(nil),                   // 1: cortex.v1.Job
-	(*SafetyVerdict)(nil),         // 2: cortex.v1.SafetyVerdict
+	(*Approval)(nil),              // 2: cortex.v1.Approval
 	(*JobTransition)(nil),         // 3: cortex.v1.JobTransition
 	nil,                           // 4: cortex.v1.Job.LabelsEntry
 	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
-	(Decision)(0),                 // 7: cortex.v1.Decision
+	(*SafetyVerdict)(nil),         // 6: cortex.v1.SafetyVerdict
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_cortex_v1_job_proto_depIdxs = []int32{
 	0,  // 0: cortex.v1.Job.state:type_name -> cortex.v1.JobState
 	4,  // 1: cortex.v1.Job.labels:type_name -> cortex.v1.Job.LabelsEntry
 	5,  // 2: cortex.v1.Job.timeout:type_name -> google.protobuf.Duration
-	2,  // 3: cortex.v1.Job.safety:type_name -> cortex.v1.SafetyVerdict
-	6,  // 4: cortex.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	6,  // 5: cortex.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	6,  // 3: cortex.v1.Job.safety:type_name -> cortex.v1.SafetyVerdict
+	7,  // 4: cortex.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	7,  // 5: cortex.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
 	3,  // 6: cortex.v1.Job.transitions:type_name -> cortex.v1.JobTransition
-	7,  // 7: cortex.v1.SafetyVerdict.decision:type_name -> cortex.v1.Decision
-	0,  // 8: cortex.v1.JobTransition.state:type_name -> cortex.v1.JobState
-	6,  // 9: cortex.v1.JobTransition.at:type_name -> google.protobuf.Timestamp
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	2,  // 7: cortex.v1.Job.approval:type_name -> cortex.v1.Approval
+	7,  // 8: cortex.v1.Approval.at:type_name -> google.protobuf.Timestamp
+	0,  // 9: cortex.v1.JobTransition.state:type_name -> cortex.v1.JobState
+	7,  // 10: cortex.v1.JobTransition.at:type_name -> google.protobuf.Timestamp
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_job_proto_init() }

@@ -9,6 +9,8 @@ package cortexv1
 import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
+	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -22,13 +24,16 @@ const (
 )
 
 // Decision is the kernel's verdict. Anything but DECISION_ALLOW means the
-// job does not run; a client treats an unknown value as a deny.
+// job does not run now; a client treats an unknown value as a deny.
+// REQUIRE_APPROVAL holds the job until a person approves or rejects it.
+// (A THROTTLE rule answers ALLOW within its rate and DENY over it.)
 type Decision int32
 
 const (
-	Decision_DECISION_UNSPECIFIED Decision = 0
-	Decision_DECISION_ALLOW       Decision = 1
-	Decision_DECISION_DENY        Decision = 2
+	Decision_DECISION_UNSPECIFIED      Decision = 0
+	Decision_DECISION_ALLOW            Decision = 1
+	Decision_DECISION_DENY             Decision = 2
+	Decision_DECISION_REQUIRE_APPROVAL Decision = 3
 )
 
 // Enum value maps for Decision.
@@ -37,11 +42,13 @@ var (
 		0: "DECISION_UNSPECIFIED",
 		1: "DECISION_ALLOW",
 		2: "DECISION_DENY",
+		3: "DECISION_REQUIRE_APPROVAL",
 	}
 	Decision_value = map[string]int32{
-		"DECISION_UNSPECIFIED": 0,
-		"DECISION_ALLOW":       1,
-		"DECISION_DENY":        2,
+		"DECISION_UNSPECIFIED":      0,
+		"DECISION_ALLOW":            1,
+		"DECISION_DENY":             2,
+		"DECISION_REQUIRE_APPROVAL": 3,
 	}
 )
 
@@ -80,7 +87,16 @@ type CheckRequest struct {
 	Attempt  uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	Labels   map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// prompt_size is the size of the stored prompt in bytes.
-	PromptSize    uint64 `protobuf:"varint,6,opt,name=prompt_size,json=promptSize,proto3" json:"prompt_size,omitempty"`
+	PromptSize uint64 `protobuf:"varint,6,opt,name=prompt_size,json=promptSize,proto3" json:"prompt_size,omitempty"`
+	Priority   int32  `protobuf:"varint,7,opt,name=priority,proto3" json:"priority,omitempty"`
+	// context_ptr points at the prompt (redis://ctx:<id>). The prompt never
+	// rides the bus: the kernel reads it when a rule needs the text.
+	ContextPtr string `protobuf:"bytes,8,opt,name=context_ptr,json=contextPtr,proto3" json:"context_ptr,omitempty"`
+	// approved says a person approved the job. It satisfies a
+	// REQUIRE_APPROVAL rule and nothing else.
+	Approved bool `protobuf:"varint,9,opt,name=approved,proto3" json:"approved,omitempty"`
+	// binary_payload says the input is bytes, not text.
+	BinaryPayload bool `protobuf:"varint,10,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -157,14 +173,46 @@ func (x *CheckRequest) GetPromptSize() uint64 {
 	return 0
 }
 
+func (x *CheckRequest) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
+func (x *CheckRequest) GetContextPtr() string {
+	if x != nil {
+		return x.ContextPtr
+	}
+	return ""
+}
+
+func (x *CheckRequest) GetApproved() bool {
+	if x != nil {
+		return x.Approved
+	}
+	return false
+}
+
+func (x *CheckRequest) GetBinaryPayload() bool {
+	if x != nil {
+		return x.BinaryPayload
+	}
+	return false
+}
+
 type CheckResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Decision Decision               `protobuf:"varint,1,opt,name=decision,proto3,enum=cortex.v1.Decision" json:"decision,omitempty"`
 	// rule names the policy rule that decided.
 	Rule string `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
 	// reason is a human explanation of the decision.
-	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// policy_version is the hash of the policy that decided.
 	PolicyVersion string `protobuf:"bytes,4,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	// shadow is what the shadow policy, if any, would have decided. It is
+	// recorded and counted, never enforced.
+	Shadow        *SafetyVerdict `protobuf:"bytes,5,opt,name=shadow,proto3" json:"shadow,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -227,11 +275,559 @@ func (x *CheckResponse) GetPolicyVersion() string {
 	return ""
 }
 
+func (x *CheckResponse) GetShadow() *SafetyVerdict {
+	if x != nil {
+		return x.Shadow
+	}
+	return nil
+}
+
+// SafetyVerdict is a safety decision as recorded on a job or an event.
+type SafetyVerdict struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Decision      Decision               `protobuf:"varint,1,opt,name=decision,proto3,enum=cortex.v1.Decision" json:"decision,omitempty"`
+	Rule          string                 `protobuf:"bytes,2,opt,name=rule,proto3" json:"rule,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	PolicyVersion string                 `protobuf:"bytes,4,opt,name=policy_version,json=policyVersion,proto3" json:"policy_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SafetyVerdict) Reset() {
+	*x = SafetyVerdict{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SafetyVerdict) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SafetyVerdict) ProtoMessage() {}
+
+func (x *SafetyVerdict) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SafetyVerdict.ProtoReflect.Descriptor instead.
+func (*SafetyVerdict) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SafetyVerdict) GetDecision() Decision {
+	if x != nil {
+		return x.Decision
+	}
+	return Decision_DECISION_UNSPECIFIED
+}
+
+func (x *SafetyVerdict) GetRule() string {
+	if x != nil {
+		return x.Rule
+	}
+	return ""
+}
+
+func (x *SafetyVerdict) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SafetyVerdict) GetPolicyVersion() string {
+	if x != nil {
+		return x.PolicyVersion
+	}
+	return ""
+}
+
+// SafetyDecisionEvent is published on sys.safety.decision for every check.
+// It never carries the prompt.
+type SafetyDecisionEvent struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	JobId    string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	TenantId string                 `protobuf:"bytes,2,opt,name=tenant_id,json=tenantId,proto3" json:"tenant_id,omitempty"`
+	Topic    string                 `protobuf:"bytes,3,opt,name=topic,proto3" json:"topic,omitempty"`
+	Attempt  uint32                 `protobuf:"varint,4,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	Verdict  *SafetyVerdict         `protobuf:"bytes,5,opt,name=verdict,proto3" json:"verdict,omitempty"`
+	Shadow   *SafetyVerdict         `protobuf:"bytes,6,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	// latency is the time the kernel took to decide, reading the prompt
+	// included.
+	Latency   *durationpb.Duration   `protobuf:"bytes,7,opt,name=latency,proto3" json:"latency,omitempty"`
+	DecidedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=decided_at,json=decidedAt,proto3" json:"decided_at,omitempty"`
+	// kernel_id names the kernel instance that decided.
+	KernelId      string `protobuf:"bytes,9,opt,name=kernel_id,json=kernelId,proto3" json:"kernel_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SafetyDecisionEvent) Reset() {
+	*x = SafetyDecisionEvent{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SafetyDecisionEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SafetyDecisionEvent) ProtoMessage() {}
+
+func (x *SafetyDecisionEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SafetyDecisionEvent.ProtoReflect.Descriptor instead.
+func (*SafetyDecisionEvent) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SafetyDecisionEvent) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *SafetyDecisionEvent) GetTenantId() string {
+	if x != nil {
+		return x.TenantId
+	}
+	return ""
+}
+
+func (x *SafetyDecisionEvent) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *SafetyDecisionEvent) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *SafetyDecisionEvent) GetVerdict() *SafetyVerdict {
+	if x != nil {
+		return x.Verdict
+	}
+	return nil
+}
+
+func (x *SafetyDecisionEvent) GetShadow() *SafetyVerdict {
+	if x != nil {
+		return x.Shadow
+	}
+	return nil
+}
+
+func (x *SafetyDecisionEvent) GetLatency() *durationpb.Duration {
+	if x != nil {
+		return x.Latency
+	}
+	return nil
+}
+
+func (x *SafetyDecisionEvent) GetDecidedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DecidedAt
+	}
+	return nil
+}
+
+func (x *SafetyDecisionEvent) GetKernelId() string {
+	if x != nil {
+		return x.KernelId
+	}
+	return ""
+}
+
+// PolicyInfo describes one loaded policy.
+type PolicyInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// hash is "sha256:" and the first 12 hex digits of the file's hash.
+	Hash string `protobuf:"bytes,2,opt,name=hash,proto3" json:"hash,omitempty"`
+	// origin says where it came from: "builtin", "file <path>" or "applied".
+	Origin string `protobuf:"bytes,3,opt,name=origin,proto3" json:"origin,omitempty"`
+	// source is the policy file's text.
+	Source        string                 `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	LoadedAt      *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=loaded_at,json=loadedAt,proto3" json:"loaded_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyInfo) Reset() {
+	*x = PolicyInfo{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyInfo) ProtoMessage() {}
+
+func (x *PolicyInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyInfo.ProtoReflect.Descriptor instead.
+func (*PolicyInfo) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PolicyInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PolicyInfo) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+func (x *PolicyInfo) GetOrigin() string {
+	if x != nil {
+		return x.Origin
+	}
+	return ""
+}
+
+func (x *PolicyInfo) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
+}
+
+func (x *PolicyInfo) GetLoadedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LoadedAt
+	}
+	return nil
+}
+
+// PolicyStatus is what one kernel enforces (and shadows).
+type PolicyStatus struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	KernelId string                 `protobuf:"bytes,1,opt,name=kernel_id,json=kernelId,proto3" json:"kernel_id,omitempty"`
+	Active   *PolicyInfo            `protobuf:"bytes,2,opt,name=active,proto3" json:"active,omitempty"`
+	// shadow is unset when the kernel has no shadow policy.
+	Shadow *PolicyInfo `protobuf:"bytes,3,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	// last_error is the most recent failed reload, if any; the policy above
+	// stayed in force.
+	LastError     string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyStatus) Reset() {
+	*x = PolicyStatus{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyStatus) ProtoMessage() {}
+
+func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
+func (*PolicyStatus) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *PolicyStatus) GetKernelId() string {
+	if x != nil {
+		return x.KernelId
+	}
+	return ""
+}
+
+func (x *PolicyStatus) GetActive() *PolicyInfo {
+	if x != nil {
+		return x.Active
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetShadow() *PolicyInfo {
+	if x != nil {
+		return x.Shadow
+	}
+	return nil
+}
+
+func (x *PolicyStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+// PolicyApply asks every kernel, on sys.safety.policy.apply, to load the
+// policy stored in Redis (policy:active, or policy:shadow with shadow set;
+// the text does not ride the bus); each answers with a PolicyReply. With
+// clear set the shadow policy is removed instead.
+type PolicyApply struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Shadow bool                   `protobuf:"varint,1,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	Clear  bool                   `protobuf:"varint,2,opt,name=clear,proto3" json:"clear,omitempty"`
+	// hash is the hash of the stored policy the sender expects to be loaded.
+	Hash          string `protobuf:"bytes,3,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyApply) Reset() {
+	*x = PolicyApply{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyApply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyApply) ProtoMessage() {}
+
+func (x *PolicyApply) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyApply.ProtoReflect.Descriptor instead.
+func (*PolicyApply) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PolicyApply) GetShadow() bool {
+	if x != nil {
+		return x.Shadow
+	}
+	return false
+}
+
+func (x *PolicyApply) GetClear() bool {
+	if x != nil {
+		return x.Clear
+	}
+	return false
+}
+
+func (x *PolicyApply) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
+// PolicyQuery asks one kernel, on sys.safety.policy.get, for its status;
+// with explain set, also to explain a decision on the job it describes.
+type PolicyQuery struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Explain *CheckRequest          `protobuf:"bytes,1,opt,name=explain,proto3" json:"explain,omitempty"`
+	// prompt is the text to explain with (never a stored job's prompt).
+	Prompt        string `protobuf:"bytes,2,opt,name=prompt,proto3" json:"prompt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyQuery) Reset() {
+	*x = PolicyQuery{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyQuery) ProtoMessage() {}
+
+func (x *PolicyQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyQuery.ProtoReflect.Descriptor instead.
+func (*PolicyQuery) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PolicyQuery) GetExplain() *CheckRequest {
+	if x != nil {
+		return x.Explain
+	}
+	return nil
+}
+
+func (x *PolicyQuery) GetPrompt() string {
+	if x != nil {
+		return x.Prompt
+	}
+	return ""
+}
+
+// PolicyReply answers PolicyApply and PolicyQuery.
+type PolicyReply struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status *PolicyStatus          `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// error is set when the kernel refused the request.
+	Error string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	// explanation is the human rendering of an explained decision.
+	Explanation       string         `protobuf:"bytes,3,opt,name=explanation,proto3" json:"explanation,omitempty"`
+	Decision          *SafetyVerdict `protobuf:"bytes,4,opt,name=decision,proto3" json:"decision,omitempty"`
+	Shadow            *SafetyVerdict `protobuf:"bytes,5,opt,name=shadow,proto3" json:"shadow,omitempty"`
+	ShadowExplanation string         `protobuf:"bytes,6,opt,name=shadow_explanation,json=shadowExplanation,proto3" json:"shadow_explanation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *PolicyReply) Reset() {
+	*x = PolicyReply{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyReply) ProtoMessage() {}
+
+func (x *PolicyReply) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyReply.ProtoReflect.Descriptor instead.
+func (*PolicyReply) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PolicyReply) GetStatus() *PolicyStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *PolicyReply) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *PolicyReply) GetExplanation() string {
+	if x != nil {
+		return x.Explanation
+	}
+	return ""
+}
+
+func (x *PolicyReply) GetDecision() *SafetyVerdict {
+	if x != nil {
+		return x.Decision
+	}
+	return nil
+}
+
+func (x *PolicyReply) GetShadow() *SafetyVerdict {
+	if x != nil {
+		return x.Shadow
+	}
+	return nil
+}
+
+func (x *PolicyReply) GetShadowExplanation() string {
+	if x != nil {
+		return x.ShadowExplanation
+	}
+	return ""
+}
+
 var File_cortex_v1_safety_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_safety_proto_rawDesc = "" +
 	"\n" +
-	"\x16cortex/v1/safety.proto\x12\tcortex.v1\"\x8b\x02\n" +
+	"\x16cortex/v1/safety.proto\x12\tcortex.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n" +
 	"\fCheckRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x1b\n" +
@@ -239,19 +835,70 @@ const file_cortex_v1_safety_proto_rawDesc = "" +
 	"\aattempt\x18\x04 \x01(\rR\aattempt\x12;\n" +
 	"\x06labels\x18\x05 \x03(\v2#.cortex.v1.CheckRequest.LabelsEntryR\x06labels\x12\x1f\n" +
 	"\vprompt_size\x18\x06 \x01(\x04R\n" +
-	"promptSize\x1a9\n" +
+	"promptSize\x12\x1a\n" +
+	"\bpriority\x18\a \x01(\x05R\bpriority\x12\x1f\n" +
+	"\vcontext_ptr\x18\b \x01(\tR\n" +
+	"contextPtr\x12\x1a\n" +
+	"\bapproved\x18\t \x01(\bR\bapproved\x12%\n" +
+	"\x0ebinary_payload\x18\n" +
+	" \x01(\bR\rbinaryPayload\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x93\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc5\x01\n" +
 	"\rCheckResponse\x12/\n" +
 	"\bdecision\x18\x01 \x01(\x0e2\x13.cortex.v1.DecisionR\bdecision\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
-	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion*K\n" +
+	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion\x120\n" +
+	"\x06shadow\x18\x05 \x01(\v2\x18.cortex.v1.SafetyVerdictR\x06shadow\"\x93\x01\n" +
+	"\rSafetyVerdict\x12/\n" +
+	"\bdecision\x18\x01 \x01(\x0e2\x13.cortex.v1.DecisionR\bdecision\x12\x12\n" +
+	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
+	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion\"\xec\x02\n" +
+	"\x13SafetyDecisionEvent\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
+	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x14\n" +
+	"\x05topic\x18\x03 \x01(\tR\x05topic\x12\x18\n" +
+	"\aattempt\x18\x04 \x01(\rR\aattempt\x122\n" +
+	"\averdict\x18\x05 \x01(\v2\x18.cortex.v1.SafetyVerdictR\averdict\x120\n" +
+	"\x06shadow\x18\x06 \x01(\v2\x18.cortex.v1.SafetyVerdictR\x06shadow\x123\n" +
+	"\alatency\x18\a \x01(\v2\x19.google.protobuf.DurationR\alatency\x129\n" +
+	"\n" +
+	"decided_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\tdecidedAt\x12\x1b\n" +
+	"\tkernel_id\x18\t \x01(\tR\bkernelId\"\x9d\x01\n" +
+	"\n" +
+	"PolicyInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04hash\x18\x02 \x01(\tR\x04hash\x12\x16\n" +
+	"\x06origin\x18\x03 \x01(\tR\x06origin\x12\x16\n" +
+	"\x06source\x18\x04 \x01(\tR\x06source\x127\n" +
+	"\tloaded_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\"\xa8\x01\n" +
+	"\fPolicyStatus\x12\x1b\n" +
+	"\tkernel_id\x18\x01 \x01(\tR\bkernelId\x12-\n" +
+	"\x06active\x18\x02 \x01(\v2\x15.cortex.v1.PolicyInfoR\x06active\x12-\n" +
+	"\x06shadow\x18\x03 \x01(\v2\x15.cortex.v1.PolicyInfoR\x06shadow\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\"O\n" +
+	"\vPolicyApply\x12\x16\n" +
+	"\x06shadow\x18\x01 \x01(\bR\x06shadow\x12\x14\n" +
+	"\x05clear\x18\x02 \x01(\bR\x05clear\x12\x12\n" +
+	"\x04hash\x18\x03 \x01(\tR\x04hash\"X\n" +
+	"\vPolicyQuery\x121\n" +
+	"\aexplain\x18\x01 \x01(\v2\x17.cortex.v1.CheckRequestR\aexplain\x12\x16\n" +
+	"\x06prompt\x18\x02 \x01(\tR\x06prompt\"\x8d\x02\n" +
+	"\vPolicyReply\x12/\n" +
+	"\x06status\x18\x01 \x01(\v2\x17.cortex.v1.PolicyStatusR\x06status\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12 \n" +
+	"\vexplanation\x18\x03 \x01(\tR\vexplanation\x124\n" +
+	"\bdecision\x18\x04 \x01(\v2\x18.cortex.v1.SafetyVerdictR\bdecision\x120\n" +
+	"\x06shadow\x18\x05 \x01(\v2\x18.cortex.v1.SafetyVerdictR\x06shadow\x12-\n" +
+	"\x12shadow_explanation\x18\x06 \x01(\tR\x11shadowExplanation*j\n" +
 	"\bDecision\x12\x18\n" +
 	"\x14DECISION_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eDECISION_ALLOW\x10\x01\x12\x11\n" +
-	"\rDECISION_DENY\x10\x022K\n" +
+	"\rDECISION_DENY\x10\x02\x12\x1d\n" +
+	"\x19DECISION_REQUIRE_APPROVAL\x10\x032K\n" +
 	"\rSafetyService\x12:\n" +
 	"\x05Check\x12\x17.cortex.v1.CheckRequest\x1a\x18.cortex.v1.CheckResponseB\x92\x01\n" +
 	"\rcom.cortex.v1B\vSafetyProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
@@ -270,23 +917,45 @@ func file_cortex_v1_safety_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_safety_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_safety_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_cortex_v1_safety_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_cortex_v1_safety_proto_goTypes = []any{
-	(Decision)(0),         // 0: cortex.v1.Decision
-	(*CheckRequest)(nil),  // 1: cortex.v1.CheckRequest
-	(*CheckResponse)(nil), // 2: cortex.v1.CheckResponse
-	nil,                   // 3: cortex.v1.CheckRequest.LabelsEntry
+	(Decision)(0),                 // 0: cortex.v1.Decision
+	(*CheckRequest)(nil),          // 1: cortex.v1.CheckRequest
+	(*CheckResponse)(nil),         // 2: cortex.v1.CheckResponse
+	(*SafetyVerdict)(nil),         // 3: cortex.v1.SafetyVerdict
+	(*SafetyDecisionEvent)(nil),   // 4: cortex.v1.SafetyDecisionEvent
+	(*PolicyInfo)(nil),            // 5: cortex.v1.PolicyInfo
+	(*PolicyStatus)(nil),          // 6: cortex.v1.PolicyStatus
+	(*PolicyApply)(nil),           // 7: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 8: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 9: cortex.v1.PolicyReply
+	nil,                           // 10: cortex.v1.CheckRequest.LabelsEntry
+	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
 }
 var file_cortex_v1_safety_proto_depIdxs = []int32{
-	3, // 0: cortex.v1.CheckRequest.labels:type_name -> cortex.v1.CheckRequest.LabelsEntry
-	0, // 1: cortex.v1.CheckResponse.decision:type_name -> cortex.v1.Decision
-	1, // 2: cortex.v1.SafetyService.Check:input_type -> cortex.v1.CheckRequest
-	2, // 3: cortex.v1.SafetyService.Check:output_type -> cortex.v1.CheckResponse
-	3, // [3:4] is the sub-list for method output_type
-	2, // [2:3] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	10, // 0: cortex.v1.CheckRequest.labels:type_name -> cortex.v1.CheckRequest.LabelsEntry
+	0,  // 1: cortex.v1.CheckResponse.decision:type_name -> cortex.v1.Decision
+	3,  // 2: cortex.v1.CheckResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	0,  // 3: cortex.v1.SafetyVerdict.decision:type_name -> cortex.v1.Decision
+	3,  // 4: cortex.v1.SafetyDecisionEvent.verdict:type_name -> cortex.v1.SafetyVerdict
+	3,  // 5: cortex.v1.SafetyDecisionEvent.shadow:type_name -> cortex.v1.SafetyVerdict
+	11, // 6: cortex.v1.SafetyDecisionEvent.latency:type_name -> google.protobuf.Duration
+	12, // 7: cortex.v1.SafetyDecisionEvent.decided_at:type_name -> google.protobuf.Timestamp
+	12, // 8: cortex.v1.PolicyInfo.loaded_at:type_name -> google.protobuf.Timestamp
+	5,  // 9: cortex.v1.PolicyStatus.active:type_name -> cortex.v1.PolicyInfo
+	5,  // 10: cortex.v1.PolicyStatus.shadow:type_name -> cortex.v1.PolicyInfo
+	1,  // 11: cortex.v1.PolicyQuery.explain:type_name -> cortex.v1.CheckRequest
+	6,  // 12: cortex.v1.PolicyReply.status:type_name -> cortex.v1.PolicyStatus
+	3,  // 13: cortex.v1.PolicyReply.decision:type_name -> cortex.v1.SafetyVerdict
+	3,  // 14: cortex.v1.PolicyReply.shadow:type_name -> cortex.v1.SafetyVerdict
+	1,  // 15: cortex.v1.SafetyService.Check:input_type -> cortex.v1.CheckRequest
+	2,  // 16: cortex.v1.SafetyService.Check:output_type -> cortex.v1.CheckResponse
+	16, // [16:17] is the sub-list for method output_type
+	15, // [15:16] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_safety_proto_init() }
@@ -300,7 +969,7 @@ func file_cortex_v1_safety_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_safety_proto_rawDesc), len(file_cortex_v1_safety_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   3,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -39,6 +39,20 @@ const (
 	// GatewayServiceStreamEventsProcedure is the procedure name of the GatewayService's StreamEvents
 	// RPC.
 	GatewayServiceStreamEventsProcedure = "/cortex.v1.GatewayService/StreamEvents"
+	// GatewayServiceApproveJobProcedure is the procedure name of the GatewayService's ApproveJob RPC.
+	GatewayServiceApproveJobProcedure = "/cortex.v1.GatewayService/ApproveJob"
+	// GatewayServiceRejectJobProcedure is the procedure name of the GatewayService's RejectJob RPC.
+	GatewayServiceRejectJobProcedure = "/cortex.v1.GatewayService/RejectJob"
+	// GatewayServiceGetPolicyProcedure is the procedure name of the GatewayService's GetPolicy RPC.
+	GatewayServiceGetPolicyProcedure = "/cortex.v1.GatewayService/GetPolicy"
+	// GatewayServiceApplyPolicyProcedure is the procedure name of the GatewayService's ApplyPolicy RPC.
+	GatewayServiceApplyPolicyProcedure = "/cortex.v1.GatewayService/ApplyPolicy"
+	// GatewayServiceExplainDecisionProcedure is the procedure name of the GatewayService's
+	// ExplainDecision RPC.
+	GatewayServiceExplainDecisionProcedure = "/cortex.v1.GatewayService/ExplainDecision"
+	// GatewayServiceStreamDecisionsProcedure is the procedure name of the GatewayService's
+	// StreamDecisions RPC.
+	GatewayServiceStreamDecisionsProcedure = "/cortex.v1.GatewayService/StreamDecisions"
 )
 
 var (
@@ -91,6 +105,48 @@ var (
 			Procedure:  GatewayServiceStreamEventsProcedure,
 		}
 	})
+	gatewayServiceApproveJobSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ApproveJob"),
+			Procedure:  GatewayServiceApproveJobProcedure,
+		}
+	})
+	gatewayServiceRejectJobSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("RejectJob"),
+			Procedure:  GatewayServiceRejectJobProcedure,
+		}
+	})
+	gatewayServiceGetPolicySpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("GetPolicy"),
+			Procedure:  GatewayServiceGetPolicyProcedure,
+		}
+	})
+	gatewayServiceApplyPolicySpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ApplyPolicy"),
+			Procedure:  GatewayServiceApplyPolicyProcedure,
+		}
+	})
+	gatewayServiceExplainDecisionSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ExplainDecision"),
+			Procedure:  GatewayServiceExplainDecisionProcedure,
+		}
+	})
+	gatewayServiceStreamDecisionsSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeServer,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("StreamDecisions"),
+			Procedure:  GatewayServiceStreamDecisionsProcedure,
+		}
+	})
 )
 
 // GatewayServiceClient is a client for the cortex.v1.GatewayService service.
@@ -117,6 +173,24 @@ type GatewayServiceClient interface {
 	// StreamEvents streams every change of the tenant's jobs that matches the
 	// filter, until the caller hangs up.
 	StreamEvents(context.Context, *v1.StreamEventsRequest) (GatewayServiceStreamEventsClientStream, error)
+	// ApproveJob lets a job held for approval (AWAITING_APPROVAL) run: it goes
+	// through the safety gate again, where the approval satisfies the
+	// REQUIRE_APPROVAL rule and nothing else. Needs an admin key.
+	ApproveJob(context.Context, *v1.ApproveJobRequest) (*v1.ApproveJobResponse, error)
+	// RejectJob ends a job held for approval as DENIED. Needs an admin key.
+	RejectJob(context.Context, *v1.RejectJobRequest) (*v1.RejectJobResponse, error)
+	// GetPolicy returns the policy a safety kernel enforces and its shadow.
+	GetPolicy(context.Context, *v1.GetPolicyRequest) (*v1.GetPolicyResponse, error)
+	// ApplyPolicy checks a policy and loads it on every running safety kernel
+	// (and on kernels that start later). An invalid policy is refused with
+	// file:line errors and changes nothing. Needs an admin key.
+	ApplyPolicy(context.Context, *v1.ApplyPolicyRequest) (*v1.ApplyPolicyResponse, error)
+	// ExplainDecision says which rule would decide a job like the one
+	// described, why, and what the shadow policy would say. Nothing is run.
+	ExplainDecision(context.Context, *v1.ExplainDecisionRequest) (*v1.ExplainDecisionResponse, error)
+	// StreamDecisions streams safety decisions as they are made: the
+	// caller's tenant's, or every tenant's for an admin key.
+	StreamDecisions(context.Context, *v1.StreamDecisionsRequest) (GatewayServiceStreamDecisionsClientStream, error)
 }
 
 // NewGatewayServiceClient constructs a client for the cortex.v1.GatewayService service. Multiple
@@ -166,6 +240,27 @@ func (s GatewayServiceStreamEventsClientStream) Close() error {
 	return s.stream.Close()
 }
 
+// GatewayServiceStreamDecisionsClientStream is the client stream for the GatewayService's
+// StreamDecisions RPC.
+type GatewayServiceStreamDecisionsClientStream struct {
+	stream connect.ClientStream
+}
+
+// Receive returns the next response message from the server.
+func (s GatewayServiceStreamDecisionsClientStream) Receive() (*v1.StreamDecisionsResponse, error) {
+	var res v1.StreamDecisionsResponse
+	if err := s.stream.Receive(&res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Close releases the stream's resources. It is idempotent and is typically deferred to clean up a
+// stream abandoned before io.EOF.
+func (s GatewayServiceStreamDecisionsClientStream) Close() error {
+	return s.stream.Close()
+}
+
 // GatewayServiceHandler is an implementation of the cortex.v1.GatewayService service.
 type GatewayServiceHandler interface {
 	// SubmitJob stores the input, records the job as PENDING and hands it to
@@ -190,6 +285,24 @@ type GatewayServiceHandler interface {
 	// StreamEvents streams every change of the tenant's jobs that matches the
 	// filter, until the caller hangs up.
 	StreamEvents(context.Context, *v1.StreamEventsRequest, GatewayServiceStreamEventsServerStream) error
+	// ApproveJob lets a job held for approval (AWAITING_APPROVAL) run: it goes
+	// through the safety gate again, where the approval satisfies the
+	// REQUIRE_APPROVAL rule and nothing else. Needs an admin key.
+	ApproveJob(context.Context, *v1.ApproveJobRequest) (*v1.ApproveJobResponse, error)
+	// RejectJob ends a job held for approval as DENIED. Needs an admin key.
+	RejectJob(context.Context, *v1.RejectJobRequest) (*v1.RejectJobResponse, error)
+	// GetPolicy returns the policy a safety kernel enforces and its shadow.
+	GetPolicy(context.Context, *v1.GetPolicyRequest) (*v1.GetPolicyResponse, error)
+	// ApplyPolicy checks a policy and loads it on every running safety kernel
+	// (and on kernels that start later). An invalid policy is refused with
+	// file:line errors and changes nothing. Needs an admin key.
+	ApplyPolicy(context.Context, *v1.ApplyPolicyRequest) (*v1.ApplyPolicyResponse, error)
+	// ExplainDecision says which rule would decide a job like the one
+	// described, why, and what the shadow policy would say. Nothing is run.
+	ExplainDecision(context.Context, *v1.ExplainDecisionRequest) (*v1.ExplainDecisionResponse, error)
+	// StreamDecisions streams safety decisions as they are made: the
+	// caller's tenant's, or every tenant's for an admin key.
+	StreamDecisions(context.Context, *v1.StreamDecisionsRequest, GatewayServiceStreamDecisionsServerStream) error
 }
 
 // RegisterGatewayServiceHandler registers svc as the cortex.v1.GatewayService implementation on
@@ -204,6 +317,12 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 		connect.Method{Spec: gatewayServiceCancelJobSpec(), Handler: adapter.cancelJob},
 		connect.Method{Spec: gatewayServiceWatchJobSpec(), Handler: adapter.watchJob},
 		connect.Method{Spec: gatewayServiceStreamEventsSpec(), Handler: adapter.streamEvents},
+		connect.Method{Spec: gatewayServiceApproveJobSpec(), Handler: adapter.approveJob},
+		connect.Method{Spec: gatewayServiceRejectJobSpec(), Handler: adapter.rejectJob},
+		connect.Method{Spec: gatewayServiceGetPolicySpec(), Handler: adapter.getPolicy},
+		connect.Method{Spec: gatewayServiceApplyPolicySpec(), Handler: adapter.applyPolicy},
+		connect.Method{Spec: gatewayServiceExplainDecisionSpec(), Handler: adapter.explainDecision},
+		connect.Method{Spec: gatewayServiceStreamDecisionsSpec(), Handler: adapter.streamDecisions},
 	)
 }
 
@@ -238,6 +357,22 @@ func (s GatewayServiceStreamEventsServerStream) Send(res *v1.StreamEventsRespons
 	return s.stream.Send(res)
 }
 
+// GatewayServiceStreamDecisionsServerStream is the server stream for the GatewayService's
+// StreamDecisions RPC.
+type GatewayServiceStreamDecisionsServerStream struct {
+	stream connect.ServerStream
+}
+
+// SendHeaders flushes the response headers without a message. The first Send does this implicitly.
+func (s GatewayServiceStreamDecisionsServerStream) SendHeaders() error {
+	return s.stream.SendHeaders()
+}
+
+// Send sends a response message to the client.
+func (s GatewayServiceStreamDecisionsServerStream) Send(res *v1.StreamDecisionsResponse) error {
+	return s.stream.Send(res)
+}
+
 // UnimplementedGatewayServiceHandler returns CodeUnimplemented from all methods.
 type UnimplementedGatewayServiceHandler struct{}
 
@@ -267,6 +402,30 @@ func (UnimplementedGatewayServiceHandler) WatchJob(context.Context, *v1.WatchJob
 
 func (UnimplementedGatewayServiceHandler) StreamEvents(context.Context, *v1.StreamEventsRequest, GatewayServiceStreamEventsServerStream) error {
 	return connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.StreamEvents is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ApproveJob(context.Context, *v1.ApproveJobRequest) (*v1.ApproveJobResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ApproveJob is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) RejectJob(context.Context, *v1.RejectJobRequest) (*v1.RejectJobResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.RejectJob is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) GetPolicy(context.Context, *v1.GetPolicyRequest) (*v1.GetPolicyResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.GetPolicy is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ApplyPolicy(context.Context, *v1.ApplyPolicyRequest) (*v1.ApplyPolicyResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ApplyPolicy is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ExplainDecision(context.Context, *v1.ExplainDecisionRequest) (*v1.ExplainDecisionResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ExplainDecision is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) StreamDecisions(context.Context, *v1.StreamDecisionsRequest, GatewayServiceStreamDecisionsServerStream) error {
+	return connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.StreamDecisions is not implemented")
 }
 
 type gatewayServiceClient struct {
@@ -327,6 +486,54 @@ func (c *gatewayServiceClient) StreamEvents(ctx context.Context, req *v1.StreamE
 		return GatewayServiceStreamEventsClientStream{}, err
 	}
 	return GatewayServiceStreamEventsClientStream{stream: stream}, nil
+}
+
+func (c *gatewayServiceClient) ApproveJob(ctx context.Context, req *v1.ApproveJobRequest) (*v1.ApproveJobResponse, error) {
+	var res v1.ApproveJobResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceApproveJobSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) RejectJob(ctx context.Context, req *v1.RejectJobRequest) (*v1.RejectJobResponse, error) {
+	var res v1.RejectJobResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceRejectJobSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) GetPolicy(ctx context.Context, req *v1.GetPolicyRequest) (*v1.GetPolicyResponse, error) {
+	var res v1.GetPolicyResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceGetPolicySpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) ApplyPolicy(ctx context.Context, req *v1.ApplyPolicyRequest) (*v1.ApplyPolicyResponse, error) {
+	var res v1.ApplyPolicyResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceApplyPolicySpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) ExplainDecision(ctx context.Context, req *v1.ExplainDecisionRequest) (*v1.ExplainDecisionResponse, error) {
+	var res v1.ExplainDecisionResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceExplainDecisionSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) StreamDecisions(ctx context.Context, req *v1.StreamDecisionsRequest) (GatewayServiceStreamDecisionsClientStream, error) {
+	stream, err := c.client.CallServerStream(ctx, gatewayServiceStreamDecisionsSpec(), req)
+	if err != nil {
+		return GatewayServiceStreamDecisionsClientStream{}, err
+	}
+	return GatewayServiceStreamDecisionsClientStream{stream: stream}, nil
 }
 
 type gatewayServiceHandler struct{ svc GatewayServiceHandler }
@@ -405,4 +612,72 @@ func (h gatewayServiceHandler) streamEvents(ctx context.Context, _ connect.Spec,
 		return err
 	}
 	return h.svc.StreamEvents(ctx, &req, GatewayServiceStreamEventsServerStream{stream: stream})
+}
+
+func (h gatewayServiceHandler) approveJob(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ApproveJobRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ApproveJob(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) rejectJob(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.RejectJobRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.RejectJob(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) getPolicy(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.GetPolicyRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.GetPolicy(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) applyPolicy(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ApplyPolicyRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ApplyPolicy(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) explainDecision(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ExplainDecisionRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ExplainDecision(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) streamDecisions(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.StreamDecisionsRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	return h.svc.StreamDecisions(ctx, &req, GatewayServiceStreamDecisionsServerStream{stream: stream})
 }

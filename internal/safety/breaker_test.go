@@ -1,0 +1,41 @@
+package safety
+
+import (
+	"testing"
+	"time"
+)
+
+func TestBreaker(t *testing.T) {
+	now := time.Unix(0, 0)
+	b := breaker{threshold: 3, coolDown: time.Second, now: func() time.Time { return now }}
+	for i := range 3 {
+		if _, ok := b.allow(); !ok {
+			t.Fatalf("closed breaker refused check %d", i)
+		}
+		b.record(false)
+	}
+	if wait, ok := b.allow(); ok || wait != time.Second {
+		t.Fatalf("after 3 failures: allow = %v, %v; want open for 1s", wait, ok)
+	}
+	now = now.Add(time.Second)
+	if _, ok := b.allow(); !ok {
+		t.Fatal("after the cool-down the probe was refused")
+	}
+	if _, ok := b.allow(); ok {
+		t.Fatal("a second check went through while the probe was out")
+	}
+	b.record(false)
+	if _, ok := b.allow(); ok {
+		t.Fatal("a failed probe did not reopen the breaker")
+	}
+	now = now.Add(time.Second)
+	if _, ok := b.allow(); !ok {
+		t.Fatal("second probe refused")
+	}
+	b.record(true)
+	for i := range 5 {
+		if _, ok := b.allow(); !ok {
+			t.Fatalf("after a good probe, check %d refused", i)
+		}
+	}
+}
