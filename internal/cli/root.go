@@ -91,7 +91,8 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 		c.GroupID = "run"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdJobs(f), job.NewCmdTail(f, nil), bench.NewCmdBench(f)} {
+	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdJobs(f), job.NewCmdTail(f, nil),
+		job.NewCmdApprove(f, nil), job.NewCmdReject(f, nil), bench.NewCmdBench(f)} {
 		c.GroupID = "jobs"
 		root.AddCommand(c)
 	}

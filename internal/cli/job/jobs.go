@@ -315,30 +315,10 @@ func cancelRun(ctx context.Context, o *CancelOptions) error {
 	if err != nil {
 		return err
 	}
-	p := output.New(o.Factory.Out, o.Output)
-	var errs []error
-	for _, id := range o.IDs {
+	return eachJob(o.Factory, o.IDs, o.Output, "cancelled", func(id string) (*cortexv1.Job, error) {
 		res, err := c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: id, Reason: o.Reason})
-		if err != nil {
-			if len(o.IDs) == 1 {
-				return err
-			}
-			fmt.Fprintf(o.Factory.ErrOut, "%s: %v\n", id, err)
-			errs = append(errs, err)
-			continue
-		}
-		if p.Machine() {
-			if err := p.Print(res.GetJob()); err != nil {
-				return err
-			}
-			continue
-		}
-		fmt.Fprintf(o.Factory.Out, "%s %s\n", res.GetJob().GetJobId(), p.Colorize(StateName(res.GetJob().GetState())))
-	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%d of %d jobs not cancelled: %w", len(errs), len(o.IDs), errs[0])
-	}
-	return nil
+		return res.GetJob(), err
+	})
 }
 
 // WatchOptions are `jobs watch`'s inputs.

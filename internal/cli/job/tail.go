@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -13,7 +14,6 @@ import (
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/output"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
-	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
 
 // TailOptions are tail's inputs.
@@ -23,6 +23,9 @@ type TailOptions struct {
 	Topic   string
 	Labels  []string
 	Output  output.Format
+	// Decisions streams safety decisions instead of job changes.
+	Decisions  bool
+	DecisionIn []string
 }
 
 // NewCmdTail returns the tail command.
@@ -34,14 +37,28 @@ func NewCmdTail(f *cmdutil.Factory, runF func(context.Context, *TailOptions) err
 		Long: `Print a line for every state change of your jobs, live, until Ctrl-C:
 submits, safety denials with their rule and reason, dispatches, runs and
 outcomes. Filter by topic, state and labels. -o json prints one JSON object
-per change.`,
+per change.
+
+With --decisions, print every safety decision instead: decision, rule,
+reason, topic, tenant, job, the kernel's latency, and what the shadow policy
+would have said. An admin key sees every tenant's decisions.`,
 		Example: `  cortexctl tail
   cortexctl tail --state denied
-  cortexctl tail --topic 'job.*' --label team=ml -o json`,
+  cortexctl tail --topic 'job.*' --label team=ml -o json
+  cortexctl tail --decisions --decision deny`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !o.Decisions && len(o.DecisionIn) > 0 {
+				return &cmdutil.UsageError{Err: errors.New("--decision filters safety decisions: add --decisions")}
+			}
+			if o.Decisions && (len(o.States) > 0 || len(o.Labels) > 0) {
+				return &cmdutil.UsageError{Err: errors.New("--state and --label filter job changes, not --decisions (use --decision and --topic)")}
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
+			}
+			if o.Decisions {
+				return tailDecisions(cmd.Context(), o)
 			}
 			return tailRun(cmd.Context(), o)
 		},
@@ -50,6 +67,8 @@ per change.`,
 	fs.StringSliceVar(&o.States, "state", nil, "only changes into these states (e.g. denied,failed), repeatable")
 	fs.StringVar(&o.Topic, "topic", "", "only jobs of this topic, or a prefix such as job.*")
 	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "only jobs with this key=value label, repeatable")
+	fs.BoolVar(&o.Decisions, "decisions", false, "print safety decisions instead of job changes")
+	fs.StringSliceVar(&o.DecisionIn, "decision", nil, "with --decisions, only these decisions: allow, deny, require_approval")
 	output.AddFormatFlag(cmd, &o.Output)
 	return cmd
 }
@@ -73,6 +92,57 @@ func tailRun(ctx context.Context, o *TailOptions) error {
 	})
 }
 
+func tailDecisions(ctx context.Context, o *TailOptions) error {
+	req := &cortexv1.StreamDecisionsRequest{Topic: o.Topic}
+	for _, d := range o.DecisionIn {
+		v, ok := cortexv1.Decision_value["DECISION_"+strings.ToUpper(strings.TrimPrefix(strings.ToUpper(d), "DECISION_"))]
+		if !ok || v == 0 {
+			return &cmdutil.UsageError{Err: fmt.Errorf("--decision %q: use allow, deny or require_approval", d)}
+		}
+		req.Decisions = append(req.Decisions, cortexv1.Decision(v))
+	}
+	c, _, err := o.Factory.Client()
+	if err != nil {
+		return err
+	}
+	p := output.New(o.Factory.Out, o.Output)
+	return resume(ctx, o.Factory.ErrOut, func() error {
+		stream, err := c.StreamDecisions(ctx, req)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = stream.Close() }()
+		for {
+			msg, err := stream.Receive()
+			if err != nil {
+				return err
+			}
+			skipped(o.Factory.ErrOut, msg.GetDropped())
+			if p.Machine() {
+				err = p.Print(msg.GetEvent())
+			} else {
+				_, err = fmt.Fprintln(o.Factory.Out, decisionLine(p, msg.GetEvent()))
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// decisionLine is one line of tail --decisions on a terminal.
+func decisionLine(p *output.Printer, ev *cortexv1.SafetyDecisionEvent) string {
+	v := ev.GetVerdict()
+	d := strings.TrimPrefix(v.GetDecision().String(), "DECISION_")
+	line := fmt.Sprintf("%s  %-16s %-18s %-12s tenant %s  job %s  %s  %s",
+		ev.GetDecidedAt().AsTime().Local().Format("15:04:05.000"), p.Colorize(d), v.GetRule(), ev.GetTopic(),
+		ev.GetTenantId(), ev.GetJobId(), ev.GetLatency().AsDuration().Round(time.Microsecond), v.GetReason())
+	if sh := ev.GetShadow(); sh != nil {
+		line += fmt.Sprintf("  [shadow: %s by %s]", strings.TrimPrefix(sh.GetDecision().String(), "DECISION_"), sh.GetRule())
+	}
+	return line
+}
+
 // streamJobs prints job events until ctx ends, reconnecting when the
 // gateway drops the stream, and says on stderr when events were missed.
 func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEventsRequest, print func(*cortexv1.Job) error) error {
@@ -80,15 +150,37 @@ func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEve
 	if err != nil {
 		return err
 	}
+	return resume(ctx, f.ErrOut, func() error {
+		stream, err := c.StreamEvents(ctx, req)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = stream.Close() }()
+		for {
+			msg, err := stream.Receive()
+			if err != nil {
+				return err
+			}
+			skipped(f.ErrOut, msg.GetDropped())
+			if err := print(msg.GetJob()); err != nil {
+				return err
+			}
+		}
+	})
+}
+
+// resume runs follow, which reads one stream to its end, again whenever
+// the gateway drops the stream (a restart, say), until ctx ends.
+func resume(ctx context.Context, errOut io.Writer, follow func() error) error {
 	for {
-		err := streamOnce(ctx, c, f.ErrOut, req, print)
+		err := follow()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if connect.CodeOf(err) != connect.CodeUnavailable && !errors.Is(err, io.EOF) {
 			return err
 		}
-		fmt.Fprintf(f.ErrOut, "event stream interrupted (%v); reconnecting\n", err)
+		fmt.Fprintf(errOut, "stream interrupted (%v); reconnecting\n", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -97,23 +189,9 @@ func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEve
 	}
 }
 
-// streamOnce follows one StreamEvents stream until it ends.
-func streamOnce(ctx context.Context, c cortexv1connect.GatewayServiceClient, errOut io.Writer, req *cortexv1.StreamEventsRequest, print func(*cortexv1.Job) error) error {
-	stream, err := c.StreamEvents(ctx, req)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = stream.Close() }()
-	for {
-		msg, err := stream.Receive()
-		if err != nil {
-			return err
-		}
-		if n := msg.GetDropped(); n > 0 {
-			fmt.Fprintf(errOut, "(%d events skipped: this terminal could not keep up)\n", n)
-		}
-		if err := print(msg.GetJob()); err != nil {
-			return err
-		}
+// skipped says on stderr that the gateway dropped n events for this reader.
+func skipped(errOut io.Writer, n uint64) {
+	if n > 0 {
+		fmt.Fprintf(errOut, "(%d events skipped: this terminal could not keep up)\n", n)
 	}
 }

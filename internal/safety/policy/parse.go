@@ -450,8 +450,8 @@ func (ps *parser) withinCostLimit(ast *cel.Ast, n *yaml.Node, ref ruleRef) bool 
 		worst = fmt.Sprintf("%.2g is over the limit of %g", float64(est.Max), float64(CostLimit))
 	}
 	ps.add(n.Line, ref, "when", "worst-case cost %s; simplify the expression: "+
-		"the body of a comprehension over labels runs up to %d times, nested ones multiply, "+
-		"and each scan of the prompt (contains, matches, has_credentials ...) costs up to %d for a %d-byte prompt",
-		worst, maxLabels, detectorCallCost(MaxPromptBytes), MaxPromptBytes)
+		"the body of a comprehension over labels runs up to %d times and nested ones multiply, "+
+		"and each scan of a 1 MiB prompt (contains, matches, has_credentials ...) costs about %.1g",
+		worst, maxLabels, float64(detectorCallCost(MaxPromptBytes)))
 	return false
 }
