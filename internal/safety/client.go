@@ -47,10 +47,19 @@ func NewClient(conn *bus.Conn, timeout time.Duration) *Client {
 // DENY with rule fail-closed.
 func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
 	if wait, ok := c.breaker.allow(); !ok {
-		return failClosed(fmt.Sprintf("the safety kernel failed %d checks in a row; the circuit breaker denies without asking for another %s",
-			c.breaker.threshold, wait.Round(time.Millisecond))), nil
+		next := "until a probe check finds it answering again"
+		if wait > 0 {
+			next = "for another " + wait.Round(time.Millisecond).String()
+		}
+		return failClosed(fmt.Sprintf("the safety kernel failed %d checks in a row; the circuit breaker denies without asking %s",
+			c.breaker.threshold, next)), nil
 	}
 	resp, reason := c.ask(ctx, r)
+	if ctx.Err() != nil {
+		// The caller gave up (shutdown, say): no news about the kernel.
+		c.breaker.release()
+		return failClosed("the check was abandoned: " + context.Cause(ctx).Error()), nil
+	}
 	c.breaker.record(reason == "")
 	if reason != "" {
 		return failClosed(reason), nil
@@ -118,6 +127,13 @@ func (b *breaker) allow() (time.Duration, bool) {
 	}
 	b.probing = true
 	return 0, true
+}
+
+// release ends a probe without a verdict on the kernel.
+func (b *breaker) release() {
+	b.mu.Lock()
+	b.probing = false
+	b.mu.Unlock()
 }
 
 func (b *breaker) record(ok bool) {

@@ -41,6 +41,10 @@ const (
 	originFile    = "file "
 )
 
+// inputTimeout bounds the read of one prompt, so a slow store cannot pile
+// checks up in the kernel long after their clients have given up.
+const inputTimeout = time.Second
+
 // loaded is a compiled policy with what is shown about it.
 type loaded struct {
 	policy *policy.Policy
@@ -62,8 +66,8 @@ type Kernel struct {
 	active  atomic.Pointer[loaded]
 	shadow  atomic.Pointer[loaded]
 	lastErr atomic.Pointer[string]
-	// events publishes decisions; nil until Start.
-	events func(*cortexv1.SafetyDecisionEvent)
+	// events publishes decisions; unset until Start.
+	events atomic.Pointer[func(*cortexv1.SafetyDecisionEvent)]
 	now    func() time.Time
 	mu     sync.Mutex // serialises reloads
 }
@@ -80,10 +84,15 @@ func NewKernel(id string, inputs Inputs, log *slog.Logger) *Kernel {
 func (k *Kernel) ID() string { return k.id }
 
 // Use puts p in force (or in the shadow, with shadow set; nil removes the
-// shadow policy).
+// shadow policy). A nil active policy is refused: there is no implicit
+// allow, and no implicit nothing.
 func (k *Kernel) Use(p *policy.Policy, origin, source string, shadow bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if p == nil && !shadow {
+		k.log.Error("refused to remove the enforced policy; it stays in force")
+		return
+	}
 	k.use(p, origin, source, shadow)
 }
 
@@ -129,8 +138,12 @@ func (k *Kernel) LoadStored(ctx context.Context, st PolicyStore, shadow bool) (b
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	src, err := st.LoadPolicy(ctx, shadow)
-	if err != nil || src == "" {
+	if err != nil {
+		k.refused(err)
 		return false, err
+	}
+	if src == "" {
+		return false, nil
 	}
 	p, err := policy.Parse("applied.yaml", []byte(src))
 	if err != nil {
@@ -175,8 +188,8 @@ func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 			resp.Shadow = decide(shadow.policy, in, r.GetApproved())
 		}
 	}
-	if k.events != nil {
-		k.events(&cortexv1.SafetyDecisionEvent{
+	if publish := k.events.Load(); publish != nil {
+		(*publish)(&cortexv1.SafetyDecisionEvent{
 			JobId:    r.GetJobId(),
 			TenantId: r.GetTenantId(),
 			Topic:    r.GetTopic(),
@@ -212,6 +225,8 @@ func (k *Kernel) input(ctx context.Context, r *cortexv1.CheckRequest, active, sh
 	if k.inputs == nil {
 		return in, errors.New("this kernel has no job store to read prompts from (start it with --redis-url)")
 	}
+	ctx, cancel := context.WithTimeout(ctx, inputTimeout)
+	defer cancel()
 	prompt, err := k.inputs.Input(ctx, r.GetJobId())
 	if err != nil {
 		return in, err
@@ -264,7 +279,7 @@ func verdictOf(d policy.Decision) *cortexv1.SafetyVerdict {
 // returns once the subscriptions are in place. st is where applied
 // policies are kept.
 func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) error {
-	k.events = func(ev *cortexv1.SafetyDecisionEvent) {
+	publish := func(ev *cortexv1.SafetyDecisionEvent) {
 		err := conn.Publish(bus.SubjectSafetyDecision, &cortexv1.BusPacket{
 			TraceId: ev.GetJobId(),
 			Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: ev},
@@ -273,6 +288,7 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) erro
 			k.log.Warn("publish safety decision", "job_id", ev.GetJobId(), "err", err)
 		}
 	}
+	k.events.Store(&publish)
 	hctx := context.WithoutCancel(ctx)
 	answer := func(p *cortexv1.BusPacket, reply string, out *cortexv1.BusPacket) {
 		out.TraceId = p.GetTraceId()

@@ -62,7 +62,11 @@ func (k *Kernel) Watch(ctx context.Context, f Files, reload <-chan os.Signal) er
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-reload:
+		case _, ok := <-reload:
+			if !ok {
+				reload = nil
+				continue
+			}
 			k.log.Info("reloading policy files (signal)")
 			k.reloadChanged(f, true)
 		case ev, ok := <-w.Events:
@@ -105,7 +109,7 @@ func (k *Kernel) reloadChanged(f Files, force bool) {
 		if c.shadow {
 			cur = k.shadow.Load()
 		}
-		if !force && cur != nil && cur.info.GetSource() == string(data) {
+		if !force && cur != nil && cur.info.GetSource() == string(data) && k.lastErr.Load() == nil {
 			continue
 		}
 		_ = k.LoadFile(c.path, c.shadow)

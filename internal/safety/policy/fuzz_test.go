@@ -62,3 +62,37 @@ func FuzzDetector(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseCases checks that no test file makes ParseCases panic, that
+// every error is a file:line error, and that parsed cases are usable:
+// named, with a decision Evaluate can return and a size no smaller than
+// the prompt.
+func FuzzParseCases(f *testing.F) {
+	if data, err := os.ReadFile("testdata/default_cases.yaml"); err == nil {
+		f.Add(data)
+	}
+	f.Add([]byte("cases: [{name: a, job: {topic: job.echo, labels: {a: b}, priority: -1, attempt: 2, prompt_size: 0x10, now: 2026-11-22T12:00:00Z}, want: {decision: ALLOW, rule: r}}]\n"))
+	f.Add([]byte("now: 2026-01-01T00:00:00Z\ncases:\n  - name: x\n    job: {prompt: |\n      hi\n    }\n    want: {decision: THROTTLE}\n"))
+	f.Add([]byte("cases: [&a {name: a}, *a]\n"))
+	p := Default()
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cases, err := ParseCases("fuzz.yaml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.yaml:") {
+				t.Fatalf("error without file:line: %v", err)
+			}
+			return
+		}
+		if len(cases) == 0 {
+			t.Fatal("no error and no cases")
+		}
+		for _, c := range cases {
+			if c.Name == "" || c.Line < 1 || c.Want.Decision == Throttle || c.Input.PromptSize < uint64(len(c.Input.Prompt)) || c.Input.Attempt < 1 {
+				t.Fatalf("bad case %+v", c)
+			}
+			if d, _ := c.Run(p); d.Rule == "" {
+				t.Fatalf("decision without a rule: %+v", d)
+			}
+		}
+	})
+}
