@@ -74,9 +74,13 @@ func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool
 		return nil, connect.Errorf(connect.CodeFailedPrecondition, "job %s is %s, not AWAITING_APPROVAL: only jobs held by the safety policy can be %sd", j.ID, j.State, verb)
 	}
 	who := principalFrom(ctx).Name()
-	c := store.Change{To: store.Pending, Attempt: j.Attempt, Approval: &store.Approval{Approved: true, By: who, Comment: comment, At: time.Now()}}
+	reason := "approved by " + who
+	if comment != "" {
+		reason += ": " + comment
+	}
+	c := store.Change{To: store.Pending, Attempt: j.Attempt, Reason: reason, Approval: &store.Approval{Approved: true, By: who, Comment: comment, At: time.Now()}}
 	if !approve {
-		reason := "rejected by " + who
+		reason = "rejected by " + who
 		if comment != "" {
 			reason += ": " + comment
 		}
@@ -163,6 +167,9 @@ func (g *Gateway) ApplyPolicy(ctx context.Context, req *cortexv1.ApplyPolicyRequ
 	for _, r := range replies {
 		if pr := r.GetPolicyReply(); pr != nil {
 			st := pr.GetStatus()
+			if st == nil {
+				st = &cortexv1.PolicyStatus{KernelId: "unknown"}
+			}
 			if pr.GetError() != "" {
 				st.LastError = pr.GetError()
 				failed = append(failed, fmt.Sprintf("%s: %s", st.GetKernelId(), pr.GetError()))

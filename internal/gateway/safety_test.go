@@ -271,6 +271,14 @@ func TestApplyPolicy(t *testing.T) {
 	if stored(false) != allowAllPolicy {
 		t.Fatal("the applied policy was not stored")
 	}
+	// An empty or oversized source is refused and leaves the stored one.
+	_, err = admin.ApplyPolicy(ctx, &cortexv1.ApplyPolicyRequest{})
+	wantCode(t, "an empty policy", err, connect.CodeInvalidArgument)
+	_, err = admin.ApplyPolicy(ctx, &cortexv1.ApplyPolicyRequest{Source: allowAllPolicy + "#" + strings.Repeat("x", 1<<20)})
+	wantCode(t, "an oversized policy", err, connect.CodeResourceExhausted)
+	if stored(false) != allowAllPolicy {
+		t.Fatal("a refused apply changed the stored policy")
+	}
 
 	// A running kernel loads the new policy and says so.
 	k := f.startKernel(t, "safety-test-1")
@@ -538,4 +546,22 @@ func TestStreamDecisions(t *testing.T) {
 		default:
 		}
 	}
+}
+
+// A kernel's reply on sys.safety.policy.apply that carries an error but no
+// status must be reported like any refusal, not crash the call.
+func TestApplyPolicyWithAReplyWithoutStatus(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: adminKeys})
+	sub, err := f.other.Subscribe(context.Background(), bus.SubjectPolicyApply, "", 1, func(_ context.Context, p *cortexv1.BusPacket, reply string) error {
+		return f.other.Publish(reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyReply{PolicyReply: &cortexv1.PolicyReply{Error: "cannot load"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Drain()
+	if err := f.other.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.client(t, "key-acme-admin").ApplyPolicy(context.Background(), &cortexv1.ApplyPolicyRequest{Source: allowAllPolicy})
+	wantCode(t, "apply answered by a reply without status", err, connect.CodeAborted, "cannot load")
 }

@@ -70,12 +70,16 @@ type Kernel struct {
 	events atomic.Pointer[func(*cortexv1.SafetyDecisionEvent)]
 	now    func() time.Time
 	mu     sync.Mutex // serialises reloads
+	// fileText holds what was last read from each policy file, so a file
+	// is reloaded when it changes, not whenever it differs from a policy
+	// an operator applied since.
+	fileText map[string]string
 }
 
 // NewKernel returns a kernel enforcing the built-in default policy until
 // told otherwise. inputs may be nil when no policy reads prompt text.
 func NewKernel(id string, inputs Inputs, log *slog.Logger) *Kernel {
-	k := &Kernel{id: id, inputs: inputs, log: log, now: time.Now}
+	k := &Kernel{id: id, inputs: inputs, log: log, now: time.Now, fileText: map[string]string{}}
 	k.active.Store(newLoaded(policy.Default(), OriginBuiltin, string(policy.DefaultYAML())))
 	return k
 }
@@ -123,6 +127,7 @@ func (k *Kernel) LoadFile(path string, shadow bool) error {
 		k.refused(err)
 		return err
 	}
+	k.fileText[path] = string(data)
 	p, err := policy.Parse(path, data)
 	if err != nil {
 		k.refused(err)

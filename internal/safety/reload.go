@@ -105,11 +105,10 @@ func (k *Kernel) reloadChanged(f Files, force bool) {
 			}
 			continue
 		}
-		cur := k.active.Load()
-		if c.shadow {
-			cur = k.shadow.Load()
-		}
-		if !force && cur != nil && cur.info.GetSource() == string(data) && k.lastErr.Load() == nil {
+		k.mu.Lock()
+		unchanged := k.fileText[c.path] == string(data)
+		k.mu.Unlock()
+		if !force && unchanged {
 			continue
 		}
 		_ = k.LoadFile(c.path, c.shadow)

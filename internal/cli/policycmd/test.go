@@ -52,8 +52,8 @@ Wanted decisions are ALLOW, DENY or REQUIRE_APPROVAL; a THROTTLE rule decides
 ALLOW within its rate and DENY over it. Cases run in order against one
 policy, so throttle buckets carry over from case to case.
 
-Exit status: 0 when every case passes, 1 when one fails, 2 when FILE or
-CASES is invalid.`,
+FILE or CASES may be - for standard input. Exit status: 0 when every case
+passes, 1 when one fails, 2 when FILE or CASES is invalid.`,
 		Example: `  cortexctl policy test policy.yaml policy_cases.yaml
   cortexctl policy test policy.yaml policy_cases.yaml --run 'credential'
   cortexctl policy check policy.yaml && cortexctl policy test policy.yaml policy_cases.yaml && cortexctl policy apply policy.yaml`,

@@ -739,3 +739,59 @@ func TestShadowPolicyIsRecordedNotEnforced(t *testing.T) {
 	}
 	wantShadow("explanation", ex.GetShadow())
 }
+
+func TestBrokenPolicyFileStopsTheStart(t *testing.T) {
+	path := writePolicy(t, filepath.Join(t.TempDir(), "broken.yaml"), brokenPolicy)
+	c, err := up.StartCluster(context.Background(), up.ClusterOptions{Listen: "127.0.0.1:0", Policy: safety.Files{Policy: path}}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_ = c.Close()
+		t.Fatal("a cluster started on a policy file that does not compile")
+	}
+	if !strings.Contains(err.Error(), path+":10") || !strings.Contains(err.Error(), "deny-typo") {
+		t.Fatalf("start with a broken policy: %v, want the error at %s:10 in rule deny-typo", err, path)
+	}
+}
+
+// `policy apply` says a kernel started with --policy FILE follows its file
+// when the file changes; an edit of another file (here the shadow file
+// beside it) is not a change of the policy file and must leave the applied
+// policy in force.
+func TestAppliedPolicySurvivesAnEditOfTheShadowFile(t *testing.T) {
+	dir := t.TempDir()
+	files := safety.Files{
+		Policy: writePolicy(t, filepath.Join(dir, "policy.yaml"), denySleepPolicy),
+		Shadow: writePolicy(t, filepath.Join(dir, "shadow.yaml"), denyEchoPolicy),
+	}
+	h := startHarness(t, up.ClusterOptions{Policy: files})
+	ctx := context.Background()
+	status := func() *cortexv1.PolicyStatus {
+		t.Helper()
+		res, err := h.client.GetPolicy(ctx, &cortexv1.GetPolicyRequest{})
+		if err != nil {
+			t.Fatalf("get policy: %v", err)
+		}
+		return res.GetStatus()
+	}
+	const applied = `version: 1
+name: applied
+default:
+  decision: ALLOW
+  reason: "everything runs"
+rules: []
+`
+	if _, err := h.client.ApplyPolicy(ctx, &cortexv1.ApplyPolicyRequest{Source: applied}); err != nil {
+		t.Fatal(err)
+	}
+	if st := status(); st.GetActive().GetHash() != hashOf(t, applied) {
+		t.Fatalf("after apply: %v", st.GetActive())
+	}
+	newShadow := strings.Replace(denyEchoPolicy, "job.echo is retired", "job.echo is retired, really", 1)
+	writePolicy(t, files.Shadow, newShadow)
+	// One reload pass reads both files, the policy file first: once the
+	// new shadow is in, the pass is over.
+	poll(t, "the new shadow loaded", func() bool { return status().GetShadow().GetHash() == hashOf(t, newShadow) })
+	if st := status(); st.GetActive().GetHash() != hashOf(t, applied) || st.GetActive().GetOrigin() != safety.OriginApplied {
+		t.Fatalf("editing the shadow file replaced the applied policy with %s (%s); the policy file did not change",
+			st.GetActive().GetHash(), st.GetActive().GetOrigin())
+	}
+}
