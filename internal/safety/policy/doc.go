@@ -6,10 +6,16 @@
 //
 // A Policy is loaded once (Load, Parse, Default): every expression is
 // compiled and type-checked then, and any problem is reported with file,
-// line and rule name. Evaluate is then a pure, concurrency-safe function of
-// the policy and the input (plus the token buckets of THROTTLE rules), and
-// fails closed: an expression that errors or exceeds its CEL cost limit
-// denies the job.
+// line and rule name. So is an expression whose worst-case CEL cost, for
+// the largest job the gateway accepts, is over CostLimit. Evaluate is then
+// a pure, concurrency-safe function of the policy and the input (plus the
+// token buckets of THROTTLE rules), and fails closed: an expression that
+// errors or still exceeds the cost limit at run time denies the job.
+//
+// Lint reports likely mistakes in a policy that loads (unreachable rules,
+// a default of ALLOW); ParseCases and Case.Run run a test file of jobs and
+// wanted decisions against a policy. Both back `cortexctl policy check`
+// and `cortexctl policy test`.
 //
 // This package must not do I/O beyond reading the policy file in Load: no
 // NATS, no Redis, no network, no logging. It never stores or logs prompt

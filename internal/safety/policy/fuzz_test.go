@@ -9,7 +9,7 @@ import (
 )
 
 // FuzzParse checks that no input makes Parse panic, that every error is a
-// file:line error, and that a policy that loads also evaluates.
+// file:line error, and that a policy that loads also evaluates and lints.
 func FuzzParse(f *testing.F) {
 	files, _ := filepath.Glob("testdata/*.yaml")
 	for _, name := range files {
@@ -35,6 +35,11 @@ func FuzzParse(f *testing.F) {
 		}
 		if e := p.Explain(in); len(e.Rules) != len(p.rules) {
 			t.Fatalf("Explain has %d rules, policy %d", len(e.Rules), len(p.rules))
+		}
+		for _, w := range p.Lint() {
+			if w.File != "fuzz.yaml" || w.Line < 1 || w.Msg == "" {
+				t.Fatalf("bad warning %+v", w)
+			}
 		}
 	})
 }

@@ -161,7 +161,8 @@ func (p *Policy) Source() string { return p.source }
 // NeedsPrompt reports whether any rule's expression reads the prompt
 // variable (has_credentials(prompt), prompt.contains(...)); prompt_size
 // does not count. When it is false, Evaluate gives the same decision with
-// or without Input.Prompt, so a caller need not fetch the prompt text.
+// or without Input.Prompt (given Input.PromptSize), so a caller need not
+// fetch the prompt text.
 // Every rule counts, even one that an earlier rule shadows, because
 // Explain evaluates them all. It is decided from the checked expressions
 // when the policy is loaded.
