@@ -19,8 +19,9 @@ import (
 // NewCmdJobs returns the jobs command group.
 func NewCmdJobs(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "jobs",
-		Short: "List, inspect, cancel and watch jobs",
+		Use:        "jobs",
+		Short:      "List, inspect, cancel and watch jobs",
+		SuggestFor: []string{"status", "job", "get", "list", "cancel", "watch", "result"},
 		Long: `List, inspect, cancel and watch the jobs of your tenant (the API key's).
 Jobs are kept for 24 hours.`,
 		Example: `  cortexctl jobs list --state failed -o wide
@@ -63,7 +64,7 @@ the next page. With --watch, keep printing jobs as they change.`,
   cortexctl jobs list --state denied,failed --topic 'job.*' -o wide
   cortexctl jobs list --label team=ml -o json | jq -r '.items[].jobId'
   cortexctl jobs list --watch`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if runF != nil {
 				return runF(cmd.Context(), o)

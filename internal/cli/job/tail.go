@@ -38,7 +38,7 @@ per change.`,
 		Example: `  cortexctl tail
   cortexctl tail --state denied
   cortexctl tail --topic 'job.*' --label team=ml -o json`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if runF != nil {
 				return runF(cmd.Context(), o)

@@ -43,7 +43,7 @@ up writes the gateway address and a dev API key to the context file, so
 		Example: `  cortexctl up
   cortexctl up --listen 127.0.0.1:8080
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return upRun(cmd, o)
 		},
