@@ -19,10 +19,8 @@ import (
 // TailOptions are tail's inputs.
 type TailOptions struct {
 	Factory *cmdutil.Factory
-	States  []string
-	Topic   string
-	Labels  []string
-	Output  output.Format
+	filter
+	Output output.Format
 }
 
 // NewCmdTail returns the tail command.
@@ -46,22 +44,15 @@ per change.`,
 			return tailRun(cmd.Context(), o)
 		},
 	}
-	fs := cmd.Flags()
-	fs.StringSliceVar(&o.States, "state", nil, "only changes into these states (e.g. denied,failed), repeatable")
-	fs.StringVar(&o.Topic, "topic", "", "only jobs of this topic, or a prefix such as job.*")
-	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "only jobs with this key=value label, repeatable")
+	o.addFlags(cmd, "only changes into these states")
 	output.AddFormatFlag(cmd, &o.Output)
 	return cmd
 }
 
 func tailRun(ctx context.Context, o *TailOptions) error {
-	states, err := parseStates(o.States)
+	states, labels, err := o.parse()
 	if err != nil {
-		return &cmdutil.UsageError{Err: fmt.Errorf("--state: %w", err)}
-	}
-	labels, err := ParseLabels(o.Labels)
-	if err != nil {
-		return &cmdutil.UsageError{Err: err}
+		return err
 	}
 	p := output.New(o.Factory.Out, o.Output)
 	return streamJobs(ctx, o.Factory, &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels}, func(j *cortexv1.Job) error {
