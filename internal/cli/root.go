@@ -21,7 +21,9 @@ import (
 	"github.com/cortex-os/core/internal/cli/contextcmd"
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/job"
+	"github.com/cortex-os/core/internal/cli/policycmd"
 	"github.com/cortex-os/core/internal/cli/up"
+	"github.com/cortex-os/core/internal/client"
 )
 
 // Version and Commit are set at build time with -ldflags "-X ...".
@@ -74,6 +76,10 @@ Clients find the gateway and key from --server/--api-key, then CORTEX_SERVER/
 CORTEX_API_KEY, then the current context ('cortexctl context', which
 'cortexctl up' writes), then ` + "http://127.0.0.1:7470." + `
 ` + exitCodesHelp,
+		Example: `  cortexctl up                                        # the whole stack, in one process
+  cortexctl submit --topic job.echo --prompt hello --wait
+  cortexctl jobs list -o wide
+  cortexctl tail`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
@@ -96,18 +102,36 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 		c.GroupID = "jobs"
 		root.AddCommand(c)
 	}
+	pol := policycmd.NewCmdPolicy(f, policycmd.NewCmdExplain(f, nil), policycmd.NewCmdApply(f, nil), policycmd.NewCmdShow(f, nil))
+	pol.GroupID = "config"
 	ctxCmd := contextcmd.NewCmdContext(f)
 	ctxCmd.GroupID = "config"
-	root.AddCommand(ctxCmd, newCmdVersion(f))
+	root.AddCommand(pol, ctxCmd, newCmdVersion(f))
+	addCompletionExamples(root)
 	suggestSubcommands(root)
 	return root
 }
 
+// addCompletionExamples gives cobra's completion command examples.
+func addCompletionExamples(root *cobra.Command) {
+	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		if c.Name() != "completion" {
+			continue
+		}
+		c.Example = "  source <(cortexctl completion bash)\n  cortexctl completion zsh > \"${fpath[1]}/_cortexctl\""
+		for _, sh := range c.Commands() {
+			sh.Example = "  cortexctl completion " + sh.Name() + " > cortexctl." + sh.Name()
+		}
+	}
+}
+
 func newCmdVersion(f *cmdutil.Factory) *cobra.Command {
 	return &cobra.Command{
-		Use:   "version",
-		Short: "Print the version",
-		Args:  cobra.NoArgs,
+		Use:     "version",
+		Short:   "Print the version",
+		Example: "  cortexctl version",
+		Args:    cmdutil.NoArgs,
 		Run: func(*cobra.Command, []string) {
 			v, c := version()
 			fmt.Fprintf(f.Out, "cortexctl %s (commit %s, %s, %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
@@ -133,8 +157,13 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err != nil && code != cmdutil.ExitInterrupted {
 		fmt.Fprintln(stderr, "Error:", err)
 		switch {
-		case code == cmdutil.ExitUsage:
+		case code == cmdutil.ExitUsage && connect.CodeOf(err) == connect.CodeUnknown && !errors.As(err, new(*policycmd.InvalidError)):
+			// A mistake on the command line, not a request the server refused.
 			fmt.Fprintln(stderr, "Run 'cortexctl --help' (or COMMAND --help) for usage.")
+		case connect.CodeOf(err) == connect.CodeUnauthenticated:
+			if t, rerr := client.Resolve(f.Server, f.APIKey); rerr == nil && t.APIKey == "" {
+				fmt.Fprintf(stderr, "No API key was sent to %s: pass --api-key, set CORTEX_API_KEY, or 'cortexctl context use' a context of that server (a context's key is only sent to its own server).\n", t.Server)
+			}
 		case connect.CodeOf(err) == connect.CodeUnavailable && errors.Is(err, syscall.ECONNREFUSED):
 			fmt.Fprintln(stderr, "Is the gateway running? Start one with 'cortexctl up', or point --server at one.")
 		}
@@ -151,7 +180,8 @@ func ExitCode(err error) int {
 		return cmdutil.ExitOK
 	case errors.As(err, &notDone):
 		return cmdutil.ExitJobNotDone
-	case errors.As(err, &usage), isCobraUsage(err), connect.CodeOf(err) == connect.CodeInvalidArgument:
+	case errors.As(err, &usage), isCobraUsage(err), connect.CodeOf(err) == connect.CodeInvalidArgument,
+		connect.CodeOf(err) == connect.CodeResourceExhausted, connect.CodeOf(err) == connect.CodeAlreadyExists:
 		return cmdutil.ExitUsage
 	case connect.CodeOf(err) == connect.CodeUnauthenticated, connect.CodeOf(err) == connect.CodePermissionDenied:
 		return cmdutil.ExitAuth

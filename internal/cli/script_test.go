@@ -1,14 +1,21 @@
 package cli_test
 
 import (
+	"cmp"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,13 +29,72 @@ import (
 )
 
 // TestMain lets the test binary run as cortexctl, so that the scripts run
-// cortexctl as real, separate processes (signals, exit codes, streams).
+// cortexctl as real, separate processes (signals, exit codes, streams), and
+// as expect-exit (see expectExit).
 func TestMain(m *testing.M) {
 	testscript.Main(m, map[string]func(){
 		"cortexctl": func() {
 			os.Exit(cli.Main(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 		},
+		"expect-exit": expectExit,
 	})
+}
+
+// expect-exit [-stdout FILE] [-stderr FILE] N COMMAND [ARGS...] runs
+// COMMAND, passes SIGINT and SIGTERM on to it, and exits 0 when COMMAND
+// exits with status N (1 otherwise). It is for background commands, whose
+// status testscript only sees as success or failure: `exec expect-exit 130
+// cortexctl tail &tail&`, then `kill -INT tail` and `wait tail`. With
+// -stdout or -stderr, that stream of COMMAND goes to FILE as it is written,
+// so that wait-file can follow a command that is still running.
+func expectExit() {
+	fs := flag.NewFlagSet("expect-exit", flag.ExitOnError)
+	stdout := fs.String("stdout", "", "write the command's standard output to this file")
+	stderr := fs.String("stderr", "", "write the command's standard error to this file")
+	_ = fs.Parse(os.Args[1:])
+	if fs.NArg() < 2 {
+		fmt.Fprintln(os.Stderr, "usage: expect-exit [-stdout FILE] [-stderr FILE] N COMMAND [ARGS...]")
+		os.Exit(2)
+	}
+	want, err := strconv.Atoi(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "expect-exit: N must be a number, not %q\n", fs.Arg(0))
+		os.Exit(2)
+	}
+	cmd := exec.Command(fs.Arg(1), fs.Args()[2:]...) //nolint:gosec // the script names the command to run
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	for _, redirect := range []struct {
+		path   string
+		stream *io.Writer
+	}{{*stdout, &cmd.Stdout}, {*stderr, &cmd.Stderr}} {
+		if redirect.path == "" {
+			continue
+		}
+		f, err := os.Create(redirect.path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "expect-exit:", err)
+			os.Exit(2)
+		}
+		defer f.Close()
+		*redirect.stream = f
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	if err := cmd.Start(); err != nil {
+		fmt.Fprintln(os.Stderr, "expect-exit:", err)
+		os.Exit(2)
+	}
+	go func() {
+		for s := range sigs {
+			_ = cmd.Process.Signal(s)
+		}
+	}()
+	_ = cmd.Wait()
+	if got := cmd.ProcessState.ExitCode(); got != want {
+		fmt.Fprintf(os.Stderr, "expect-exit: %s exited with status %d (%s), want %d\n", fs.Arg(1), got, cmd.ProcessState, want)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 const (
@@ -36,12 +102,21 @@ const (
 	scriptTimeout = 2 * time.Minute
 	// readyTimeout bounds wait-ready.
 	readyTimeout = 10 * time.Second
-	// jobTimeout bounds each job of jobs-on-worker.
+	// jobTimeout bounds each job of jobs-on-worker, and wait-state.
 	jobTimeout = 10 * time.Second
+	// fileTimeout bounds wait-file and sync-events.
+	fileTimeout = 10 * time.Second
+	// pollEvery is how often the waiting commands look again.
+	pollEvery = 25 * time.Millisecond
 )
 
 // TestScripts runs the top-level testdata/script/*.txtar. Each script has its own $WORK,
-// with the context file, HOME and the config directory inside it.
+// with the contexts file, HOME and the config directory inside it.
+//
+// Under go test a command's stdout and stderr are pipes, never terminals:
+// the scripts check the piped behaviour (no ANSI escapes, no spinner, the
+// same JSON every time). Colours and the spinner on a terminal are tested in
+// internal/cli/output.
 func TestScripts(t *testing.T) {
 	deadline := time.Now().Add(scriptTimeout)
 	if d, ok := t.Deadline(); ok && d.Before(deadline) {
@@ -52,9 +127,12 @@ func TestScripts(t *testing.T) {
 		RequireExplicitExec: true,
 		Deadline:            deadline,
 		Setup: func(env *testscript.Env) error {
-			env.Setenv("CORTEX_CONTEXT_FILE", filepath.Join(env.WorkDir, "context.json"))
+			env.Setenv("CORTEX_CONTEXT_FILE", filepath.Join(env.WorkDir, "contexts.json"))
 			env.Setenv("HOME", filepath.Join(env.WorkDir, "home"))
 			env.Setenv("XDG_CONFIG_HOME", filepath.Join(env.WorkDir, "config"))
+			// Under -race every process sleeps 1s before it exits
+			// (atexit_sleep_ms); the scripts start a few hundred.
+			env.Setenv("GORACE", strings.TrimSpace("atexit_sleep_ms=0 "+os.Getenv("GORACE")))
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -62,6 +140,11 @@ func TestScripts(t *testing.T) {
 			"ctx-env":        cmdCtxEnv,
 			"jobs-on-worker": cmdJobsOnWorker,
 			"exit-code":      cmdExitCode,
+			"stdout-env":     cmdStdoutEnv,
+			"wait-state":     cmdWaitState,
+			"wait-file":      cmdWaitFile,
+			"sync-events":    cmdSyncEvents,
+			"bigfile":        cmdBigfile,
 		},
 	})
 }
@@ -225,4 +308,165 @@ func cmdExitCode(ts *testscript.TestScript, neg bool, args []string) {
 	if got != want {
 		ts.Fatalf("%s exited with status %d, want %d", args[1], got, want)
 	}
+}
+
+// stdout-env NAME [REGEXP] sets $NAME to the last command's standard output
+// (which must be one line, such as a job id), or with REGEXP to what the
+// first group of REGEXP (else all of it) matched in that output.
+func cmdStdoutEnv(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 1 || len(args) > 2 {
+		ts.Fatalf("usage: stdout-env NAME [REGEXP]")
+	}
+	out := ts.ReadFile("stdout")
+	if len(args) == 1 {
+		v := strings.TrimSuffix(out, "\n")
+		if v == "" || strings.Contains(v, "\n") {
+			ts.Fatalf("stdout-env: stdout is not one line: %q", out)
+		}
+		ts.Setenv(args[0], v)
+		return
+	}
+	v, ok := firstMatch(ts, args[1], out)
+	if !ok {
+		ts.Fatalf("stdout-env: no match for %q in stdout", args[1])
+	}
+	ts.Setenv(args[0], v)
+}
+
+// firstMatch returns the first group of pattern (else the whole match) in
+// s; like stdout, ^ and $ match at line ends.
+func firstMatch(ts *testscript.TestScript, pattern, s string) (string, bool) {
+	re, err := regexp.Compile("(?m)" + pattern)
+	ts.Check(err)
+	m := re.FindStringSubmatch(s)
+	if m == nil {
+		return "", false
+	}
+	return m[len(m)-1], true
+}
+
+// gateway returns a client of the gateway the script's commands use:
+// $CORTEX_SERVER and $CORTEX_API_KEY when the script set them, else the
+// current context's.
+func gateway(ts *testscript.TestScript) cortexv1connect.GatewayServiceClient {
+	server, key := ts.Getenv("CORTEX_SERVER"), ts.Getenv("CORTEX_API_KEY")
+	if server == "" || key == "" {
+		c, err := loadContext(ts)
+		ts.Check(err)
+		server, key = cmp.Or(server, c.Server), cmp.Or(key, c.APIKey)
+	}
+	gw, err := client.New(server, key)
+	ts.Check(err)
+	return gw
+}
+
+// wait-state JOB_ID STATE polls the job (see gateway) until it is in STATE
+// (RUNNING, PENDING, ...), for at most jobTimeout. It fails at once if the
+// job finishes in another state.
+func cmdWaitState(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: wait-state JOB_ID STATE")
+	}
+	v, ok := cortexv1.JobState_value["JOB_STATE_"+strings.ToUpper(args[1])]
+	if !ok {
+		ts.Fatalf("wait-state: no state %q", args[1])
+	}
+	want := cortexv1.JobState(v)
+	gw := gateway(ts)
+	ctx, cancel := context.WithTimeout(context.Background(), jobTimeout)
+	defer cancel()
+	for {
+		res, err := gw.GetJob(ctx, &cortexv1.GetJobRequest{JobId: args[0]})
+		if err != nil {
+			ts.Fatalf("wait-state %s %s: %v", args[0], args[1], err)
+		}
+		got := res.GetJob().GetState()
+		switch {
+		case got == want:
+			return
+		case job.Terminal(got):
+			ts.Fatalf("wait-state: job %s ended %s (%s), want %s", args[0], job.StateName(got), res.GetJob().GetReason(), args[1])
+		}
+		select {
+		case <-ctx.Done():
+			ts.Fatalf("wait-state: job %s still %s after %s, want %s", args[0], job.StateName(got), jobTimeout, args[1])
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// wait-file FILE REGEXP [NAME] polls FILE (written by a background command,
+// see expect-exit -stdout) until REGEXP matches its content, for at most
+// fileTimeout; with NAME, it sets $NAME as stdout-env does.
+func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 || len(args) > 3 {
+		ts.Fatalf("usage: wait-file FILE REGEXP [NAME]")
+	}
+	deadline := time.Now().Add(fileTimeout)
+	for {
+		b, _ := os.ReadFile(ts.MkAbs(args[0]))
+		if v, ok := firstMatch(ts, args[1], string(b)); ok {
+			if len(args) == 3 {
+				ts.Setenv(args[2], v)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("wait-file: no match for %q in %s after %s; it holds:\n%s", args[1], args[0], fileTimeout, b)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// sync-events FILE TOPIC [KEY=VALUE...] makes sure that a background event
+// stream (tail, jobs list --watch) writing to FILE is live: every 250ms it
+// submits a probe job on TOPIC with the labels and the prompt "0s" (which
+// job.echo echoes and job.sleep sleeps for; see gateway for where it goes)
+// until one of the probes' ids shows in FILE, for at most fileTimeout.
+// Choose TOPIC and labels that the stream's filter lets through; the
+// probes stay in its output.
+func cmdSyncEvents(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: sync-events FILE TOPIC [KEY=VALUE...]")
+	}
+	labels, err := job.ParseLabels(args[2:])
+	ts.Check(err)
+	gw := gateway(ts)
+	ctx, cancel := context.WithTimeout(context.Background(), fileTimeout)
+	defer cancel()
+	var ids []string
+	for {
+		res, err := gw.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: args[1], Prompt: "0s", Labels: labels})
+		if err != nil {
+			ts.Fatalf("sync-events: submit a probe: %v", err)
+		}
+		ids = append(ids, res.GetJobId())
+		for range 10 {
+			b, _ := os.ReadFile(ts.MkAbs(args[0]))
+			for _, id := range ids {
+				if strings.Contains(string(b), id) {
+					ts.Logf("sync-events: probe %s seen in %s after %d probes", id, args[0], len(ids))
+					return
+				}
+			}
+			select {
+			case <-ctx.Done():
+				ts.Fatalf("sync-events: none of %d probes showed in %s within %s; it holds:\n%s", len(ids), args[0], fileTimeout, b)
+			case <-time.After(pollEvery):
+			}
+		}
+	}
+}
+
+// bigfile FILE SIZE writes SIZE bytes of "a" to FILE, for inputs too large
+// to spell out in a script.
+func cmdBigfile(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: bigfile FILE SIZE")
+	}
+	n, err := strconv.Atoi(args[1])
+	if err != nil || n < 0 {
+		ts.Fatalf("bigfile: SIZE must be a number of bytes, not %q", args[1])
+	}
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), []byte(strings.Repeat("a", n)), 0o600))
 }

@@ -45,7 +45,7 @@ func ParseKeys(specs []string) (map[string]Principal, error) {
 	for _, spec := range specs {
 		parts := strings.Split(spec, ":")
 		if len(parts) < 2 || len(parts) > 3 || parts[0] == "" {
-			return nil, errors.New("want key:tenant, key:tenant:read or key:tenant:admin, e.g. s3cr3t:acme")
+			return nil, errors.New("want key:tenant, key:tenant:read or key:tenant:admin, e.g. s3cr3t-key:acme")
 		}
 		p := Principal{Tenant: parts[1]}
 		if !bus.ValidToken(p.Tenant) {
@@ -63,6 +63,9 @@ func ParseKeys(specs []string) (map[string]Principal, error) {
 		}
 		if len(parts[0]) < 8 {
 			return nil, fmt.Errorf("the key for tenant %s is %d characters; use at least 8 (cortexctl up makes 32)", p.Tenant, len(parts[0]))
+		}
+		if prev, dup := keys[parts[0]]; dup {
+			return nil, fmt.Errorf("the same key is given twice (for tenants %s and %s); every key must be unique", prev.Tenant, p.Tenant)
 		}
 		keys[parts[0]] = p
 	}
@@ -131,7 +134,7 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 		if g.keys == nil || strings.HasPrefix(spec.Procedure, "/grpc.reflection.") {
 			// Reflection describes the public schema, nothing of a tenant.
 			// Without keys everyone is the admin of tenant default.
-			return next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant, Admin: g.keys == nil}), spec, stream)
+			return g.explainLimit(next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant, Admin: g.keys == nil}), spec, stream))
 		}
 		var header string
 		if info, ok := connect.CallInfoForServerContext(ctx); ok {
@@ -146,8 +149,18 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 		if !ok {
 			return connect.NewError(connect.CodeUnauthenticated, "API key not recognised: check the key, or ask an operator for one")
 		}
-		return next(context.WithValue(ctx, principalKey{}, p), spec, stream)
+		return g.explainLimit(next(context.WithValue(ctx, principalKey{}, p), spec, stream))
 	}
+}
+
+// explainLimit rewrites the transport's message for a request body over the
+// read limit, which names neither the prompt limit nor what to do.
+func (g *Gateway) explainLimit(err error) error {
+	if connect.CodeOf(err) == connect.CodeResourceExhausted && strings.Contains(err.Error(), "larger than configured max") {
+		return connect.Errorf(connect.CodeResourceExhausted,
+			"the request is too large: inputs are limited to %d bytes; store large data elsewhere and send a reference", g.maxPrompt)
+	}
+	return err
 }
 
 // ErrNoKeys is returned by New when no key is configured and insecure mode

@@ -18,6 +18,7 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
+	"connectrpc.com/connect/v2/connectproto"
 	"connectrpc.com/grpcreflect/v2"
 
 	"github.com/cortex-os/core/internal/bus"
@@ -135,7 +136,12 @@ func (g *Gateway) Handler() http.Handler {
 	cortexv1connect.RegisterGatewayServiceHandler(srv, g)
 	grpcreflect.Register(srv)
 	mux := http.NewServeMux()
+	// JSON requests are strict: a misspelt field ("promt") is an error, not
+	// an empty job.
+	strict := connectproto.NewJSONCodec()
+	strict.UnmarshalOptions.DiscardUnknown = false
 	connecthttp.Mount(mux, srv,
+		connecthttp.WithCodecs(connectproto.NewBinaryCodec(), strict),
 		connecthttp.WithReadMaxBytes(g.maxPrompt*4/3+64<<10),
 		// Compressing small answers costs more CPU than it saves bytes.
 		connecthttp.WithCompressMinBytes(8<<10))

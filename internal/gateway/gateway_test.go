@@ -170,6 +170,9 @@ func TestParseKeys(t *testing.T) {
 	if err != nil || got["s3cr3t-key"] != (gateway.Principal{Tenant: "acme"}) || !got["r3ad-only-key"].ReadOnly || !got["adm1n-key"].Admin {
 		t.Fatalf("ParseKeys = %v, %v", got, err)
 	}
+	if _, err := gateway.ParseKeys([]string{"same-key-1:acme", "same-key-1:globex"}); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Errorf("ParseKeys with one key for two tenants: %v, want a refusal", err)
+	}
 	for _, bad := range []string{"nokey", ":acme", "short:acme", "longenough:Acme Corp", "longenough:acme:root", "a:b:c:d"} {
 		if _, err := gateway.ParseKeys([]string{bad}); err == nil {
 			t.Errorf("ParseKeys(%q) accepted", bad)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -79,7 +80,7 @@ func (s *Store) List(ctx context.Context, q Query) ([]*Job, string, error) {
 		for i, id := range ids {
 			cmds[i] = pipe.HGetAll(ctx, jobPrefix+id)
 		}
-		if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return nil, "", fmt.Errorf("list jobs: %w", err)
 		}
 		var gone []any

@@ -391,7 +391,10 @@ func TestCancelForJobNotRunningIsIgnored(t *testing.T) {
 	// Cancels are handled in order, so once j-stop has ended the cancel
 	// for j-unknown has been handled too.
 	select {
-	case <-stop.ended:
+	case cause := <-stop.ended:
+		if cause == nil {
+			t.Fatal("j-stop finished instead of being cancelled")
+		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("j-stop was not cancelled")
 	}

@@ -45,7 +45,7 @@ runs against the stack the context points at, or with --inprocess against a
 fresh stack it starts itself.`,
 		Example: `  cortexctl bench -n 20000 -c 64
   cortexctl bench --inprocess -n 5000`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Jobs < 1 || o.Concurrency < 1 {
 				return &cmdutil.UsageError{Err: fmt.Errorf("-n and -c must be at least 1")}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/spf13/cobra"
+
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
@@ -69,4 +71,13 @@ func (e *JobNotDoneError) Error() string {
 		msg += ": " + e.Reason
 	}
 	return msg
+}
+
+// NoArgs is cobra.NoArgs with an error that says what was wrong (cobra's
+// calls a stray argument an unknown command).
+func NoArgs(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return &UsageError{Err: fmt.Errorf("%s takes no arguments, got %q (flags start with --; see --help)", cmd.CommandPath(), args[0])}
+	}
+	return nil
 }

@@ -33,7 +33,7 @@ stack started by 'cortexctl up', with their passwords hidden. Use
 		Example: `  cortexctl context list
   cortexctl context list -o wide
   cortexctl context list -o json | jq -r '.items[] | select(.current) | .server'`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(*cobra.Command, []string) error {
 			if runF != nil {
 				return runF(o)

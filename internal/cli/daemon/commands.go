@@ -138,7 +138,7 @@ stays. Redis is needed to read prompts for rules that look at the text.`,
 		Example: `  cortexctl safety --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
   cortexctl safety --policy /etc/cortex/policy.yaml --shadow-policy /etc/cortex/next.yaml ...
   kill -HUP $(pidof cortexctl)   # reload the policy files now`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := CheckPolicyFiles(files); err != nil {
 				return err
@@ -197,7 +197,7 @@ func NewCmdScheduler() *cobra.Command {
 denials, routes allowed jobs to their pool and records the outcomes workers
 report. Several schedulers share the work (queue group cortex-scheduler).`,
 		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --route job.echo=echo",
-		Args:    cobra.NoArgs,
+		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			table, err := routeTable(routes)
 			if err != nil {
@@ -233,7 +233,7 @@ plugin registered for each job's topic and reports the result. Workers of a
 pool share its jobs; start more to add capacity. Built-in pools: echo
 (job.echo returns its prompt; job.sleep waits for the duration in its prompt).`,
 		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
-		Args:    cobra.NoArgs,
+		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if wo.Handlers, err = PoolHandlers(wo.Pool); err != nil {
@@ -278,9 +278,9 @@ keys map to tenants and come from --api-keys or CORTEX_API_KEYS
 are held only as SHA-256 digests. Without keys the gateway refuses to start
 unless --insecure is given. A job.* topic that no --route serves is refused
 at submit; give the gateway the same routes as the schedulers.`,
-		Example: `  CORTEX_API_KEYS=s3cr3t:acme cortexctl gateway --listen 0.0.0.0:7470 \
+		Example: `  CORTEX_API_KEYS=s3cr3t-key:acme cortexctl gateway --listen 0.0.0.0:7470 \
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			keyTable, err := gateway.ParseKeys(keys)
 			if err != nil {

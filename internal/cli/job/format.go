@@ -8,8 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/output"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -31,6 +33,38 @@ func parseStates(names []string) ([]cortexv1.JobState, error) {
 		states = append(states, cortexv1.JobState(v))
 	}
 	return states, nil
+}
+
+// filter is the --state, --topic and --label selection that list and tail
+// share.
+type filter struct {
+	States []string
+	Topic  string
+	Labels []string
+}
+
+// addFlags adds the filter's flags; states says what --state selects.
+func (f *filter) addFlags(cmd *cobra.Command, states string) {
+	fs := cmd.Flags()
+	fs.StringSliceVar(&f.States, "state", nil, states+" (e.g. running,failed), repeatable")
+	fs.StringVar(&f.Topic, "topic", "", "only jobs of this topic, or a prefix such as job.*")
+	fs.StringSliceVarP(&f.Labels, "label", "l", nil, "only jobs with this key=value label, repeatable")
+	_ = cmd.RegisterFlagCompletionFunc("state", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return stateNames(), cobra.ShellCompDirectiveNoFileComp
+	})
+}
+
+// parse checks the filter's flags.
+func (f *filter) parse() ([]cortexv1.JobState, map[string]string, error) {
+	states, err := parseStates(f.States)
+	if err != nil {
+		return nil, nil, &cmdutil.UsageError{Err: fmt.Errorf("--state: %w", err)}
+	}
+	labels, err := ParseLabels(f.Labels)
+	if err != nil {
+		return nil, nil, &cmdutil.UsageError{Err: err}
+	}
+	return states, labels, nil
 }
 
 func stateNames() []string {

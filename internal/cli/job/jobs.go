@@ -19,8 +19,9 @@ import (
 // NewCmdJobs returns the jobs command group.
 func NewCmdJobs(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "jobs",
-		Short: "List, inspect, cancel and watch jobs",
+		Use:        "jobs",
+		Short:      "List, inspect, cancel and watch jobs",
+		SuggestFor: []string{"status", "job", "get", "list", "cancel", "watch", "result"},
 		Long: `List, inspect, cancel and watch the jobs of your tenant (the API key's).
 Jobs are kept for 24 hours.`,
 		Example: `  cortexctl jobs list --state failed -o wide
@@ -37,13 +38,11 @@ Jobs are kept for 24 hours.`,
 // ListOptions are `jobs list`'s inputs.
 type ListOptions struct {
 	Factory *cmdutil.Factory
-	States  []string
-	Topic   string
-	Labels  []string
-	Limit   int
-	Page    string
-	Watch   bool
-	Output  output.Format
+	filter
+	Limit  int
+	Page   string
+	Watch  bool
+	Output output.Format
 }
 
 // Most jobs `jobs list` prints unless --limit says otherwise.
@@ -63,7 +62,7 @@ the next page. With --watch, keep printing jobs as they change.`,
   cortexctl jobs list --state denied,failed --topic 'job.*' -o wide
   cortexctl jobs list --label team=ml -o json | jq -r '.items[].jobId'
   cortexctl jobs list --watch`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if runF != nil {
 				return runF(cmd.Context(), o)
@@ -71,28 +70,19 @@ the next page. With --watch, keep printing jobs as they change.`,
 			return listRun(cmd.Context(), o)
 		},
 	}
+	o.addFlags(cmd, "only jobs in these states")
 	fs := cmd.Flags()
-	fs.StringSliceVar(&o.States, "state", nil, "only jobs in these states (e.g. running,failed), repeatable")
-	fs.StringVar(&o.Topic, "topic", "", "only jobs of this topic, or a prefix such as job.*")
-	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "only jobs with this key=value label, repeatable")
 	fs.IntVar(&o.Limit, "limit", defaultListLimit, "most jobs to print (0: all)")
 	fs.StringVar(&o.Page, "page", "", "continue from a previous list's next page token")
 	fs.BoolVarP(&o.Watch, "watch", "w", false, "after listing, print jobs as they change")
 	output.AddFormatFlag(cmd, &o.Output)
-	_ = cmd.RegisterFlagCompletionFunc("state", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
-		return stateNames(), cobra.ShellCompDirectiveNoFileComp
-	})
 	return cmd
 }
 
 func listRun(ctx context.Context, o *ListOptions) error {
-	states, err := parseStates(o.States)
+	states, labels, err := o.parse()
 	if err != nil {
-		return &cmdutil.UsageError{Err: fmt.Errorf("--state: %w", err)}
-	}
-	labels, err := ParseLabels(o.Labels)
-	if err != nil {
-		return &cmdutil.UsageError{Err: err}
+		return err
 	}
 	if o.Limit < 0 {
 		return &cmdutil.UsageError{Err: errors.New("--limit must be 0 (all) or more")}

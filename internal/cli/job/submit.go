@@ -11,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -29,7 +30,7 @@ type SubmitOptions struct {
 	Labels         []string
 	Priority       int32
 	Timeout        time.Duration
-	MaxAttempts    uint32
+	MaxAttempts    int
 	IdempotencyKey string
 	Wait           bool
 	WaitTimeout    time.Duration
@@ -93,7 +94,7 @@ the API key is missing or wrong; 1 on any other error.`,
 	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "key=value label, repeatable")
 	fs.Int32Var(&o.Priority, "priority", 0, "0-9, higher runs first")
 	fs.DurationVar(&o.Timeout, "timeout", 0, "stop an attempt that runs longer than this (e.g. 30s; default: no limit)")
-	fs.Uint32Var(&o.MaxAttempts, "max-attempts", 1, "run a failing job up to this many times (1-10)")
+	fs.IntVar(&o.MaxAttempts, "max-attempts", 1, "run a failing job up to this many times (1-10)")
 	fs.StringVar(&o.IdempotencyKey, "idempotency-key", "", "resubmitting with the same key returns the first job instead of a new one")
 	fs.BoolVarP(&o.Wait, "wait", "w", false, "wait for the job to end and print its result")
 	fs.DurationVar(&o.WaitTimeout, "wait-timeout", 0, "with --wait, give up waiting after this long (0 waits forever)")
@@ -126,6 +127,13 @@ func (o *SubmitOptions) request() (*cortexv1.SubmitJobRequest, error) {
 		return nil, &cmdutil.UsageError{Err: err}
 	}
 	req := &cortexv1.SubmitJobRequest{Topic: o.Topic, Prompt: o.Prompt, Labels: labels, IdempotencyKey: o.IdempotencyKey}
+	changed := o.set
+	if changed == nil {
+		changed = func(string) bool { return false }
+	}
+	if o.PromptFile == "" && !changed("prompt") {
+		return nil, &cmdutil.UsageError{Err: errors.New("give the job's input: --prompt TEXT, --prompt-file FILE, or - for standard input (--prompt '' for none)")}
+	}
 	if o.PromptFile != "" {
 		data, err := o.readInput()
 		if err != nil {
@@ -137,15 +145,15 @@ func (o *SubmitOptions) request() (*cortexv1.SubmitJobRequest, error) {
 			req.Payload = data
 		}
 	}
-	changed := o.set
-	if changed == nil {
-		changed = func(string) bool { return false }
-	}
 	if changed("priority") {
 		req.Priority = &o.Priority
 	}
 	if changed("max-attempts") {
-		req.MaxAttempts = &o.MaxAttempts
+		if o.MaxAttempts < 0 || o.MaxAttempts > 1000 {
+			return nil, &cmdutil.UsageError{Err: fmt.Errorf("--max-attempts %d: use 1-10", o.MaxAttempts)}
+		}
+		n := uint32(o.MaxAttempts)
+		req.MaxAttempts = &n
 	}
 	if changed("timeout") {
 		if o.Timeout <= 0 {
@@ -216,10 +224,13 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 		spin.Update(fmt.Sprintf("job %s %s", j.GetJobId(), StateName(j.GetState())))
 	})
 	spin.Stop()
-	if err != nil {
-		if errors.Is(err, context.DeadlineExceeded) {
-			return fmt.Errorf("job %s did not end within --wait-timeout %s; follow it with: cortexctl jobs watch %s", res.GetJobId(), o.WaitTimeout, res.GetJobId())
-		}
+	switch {
+	case errors.Is(err, context.Canceled):
+		fmt.Fprintf(o.Factory.ErrOut, "stopped waiting; job %s goes on: cortexctl jobs watch %s\n", res.GetJobId(), res.GetJobId())
+		return err
+	case errors.Is(err, context.DeadlineExceeded) || connect.CodeOf(err) == connect.CodeDeadlineExceeded:
+		return fmt.Errorf("job %s did not end within --wait-timeout %s; follow it with: cortexctl jobs watch %s", res.GetJobId(), o.WaitTimeout, res.GetJobId())
+	case err != nil:
 		return err
 	}
 	var result string

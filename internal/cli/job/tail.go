@@ -19,10 +19,8 @@ import (
 // TailOptions are tail's inputs.
 type TailOptions struct {
 	Factory *cmdutil.Factory
-	States  []string
-	Topic   string
-	Labels  []string
-	Output  output.Format
+	filter
+	Output output.Format
 	// Decisions streams safety decisions instead of job changes.
 	Decisions  bool
 	DecisionIn []string
@@ -46,7 +44,7 @@ would have said. An admin key sees every tenant's decisions.`,
   cortexctl tail --state denied
   cortexctl tail --topic 'job.*' --label team=ml -o json
   cortexctl tail --decisions --decision deny`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !o.Decisions && len(o.DecisionIn) > 0 {
 				return &cmdutil.UsageError{Err: errors.New("--decision filters safety decisions: add --decisions")}
@@ -63,10 +61,8 @@ would have said. An admin key sees every tenant's decisions.`,
 			return tailRun(cmd.Context(), o)
 		},
 	}
+	o.addFlags(cmd, "only changes into these states")
 	fs := cmd.Flags()
-	fs.StringSliceVar(&o.States, "state", nil, "only changes into these states (e.g. denied,failed), repeatable")
-	fs.StringVar(&o.Topic, "topic", "", "only jobs of this topic, or a prefix such as job.*")
-	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "only jobs with this key=value label, repeatable")
 	fs.BoolVar(&o.Decisions, "decisions", false, "print safety decisions instead of job changes")
 	fs.StringSliceVar(&o.DecisionIn, "decision", nil, "with --decisions, only these decisions: allow, deny, require_approval")
 	output.AddFormatFlag(cmd, &o.Output)
@@ -74,13 +70,9 @@ would have said. An admin key sees every tenant's decisions.`,
 }
 
 func tailRun(ctx context.Context, o *TailOptions) error {
-	states, err := parseStates(o.States)
+	states, labels, err := o.parse()
 	if err != nil {
-		return &cmdutil.UsageError{Err: fmt.Errorf("--state: %w", err)}
-	}
-	labels, err := ParseLabels(o.Labels)
-	if err != nil {
-		return &cmdutil.UsageError{Err: err}
+		return err
 	}
 	p := output.New(o.Factory.Out, o.Output)
 	return streamJobs(ctx, o.Factory, &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels}, func(j *cortexv1.Job) error {

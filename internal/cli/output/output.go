@@ -87,6 +87,8 @@ type Printer struct {
 	Format Format
 	// Color turns on ANSI colours in Colorize (and so in tables).
 	Color bool
+	// widths are the column widths of the tables printed so far.
+	widths []int
 }
 
 // New returns a Printer on out; colour is on when ColorEnabled(out).

@@ -31,7 +31,9 @@ func (p *Printer) Table(header []string, rows [][]string) error {
 		all = append(all, header)
 	}
 	all = append(all, rows...)
-	var widths []int
+	// Widths carry over from earlier calls, so rows printed later (a
+	// --watch) line up under the first table.
+	widths := p.widths
 	for i, row := range all {
 		clean := make([]string, len(row))
 		for j, cell := range row {
@@ -43,6 +45,7 @@ func (p *Printer) Table(header []string, rows [][]string) error {
 		}
 		all[i] = clean
 	}
+	p.widths = widths
 	var b strings.Builder
 	for _, row := range all {
 		var line strings.Builder

@@ -51,7 +51,7 @@ the file is reloaded when it changes and on SIGHUP.`,
   cortexctl up --listen 127.0.0.1:8080
   cortexctl up --policy policy.yaml --shadow-policy next-policy.yaml
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
-		Args: cobra.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return upRun(cmd, o)
 		},

@@ -451,8 +451,8 @@ func TestHash(t *testing.T) {
 	if got := hashOf([]byte("version: 1\n")); got != "sha256:"+hexSum("version: 1\n")[:12] || len(got) != len("sha256:")+12 {
 		t.Errorf("hashOf = %q", got)
 	}
-	if Default().Hash() != Default().Hash() {
-		t.Errorf("Default hash is not stable")
+	if a, b := Default(), Default(); a.Hash() != b.Hash() {
+		t.Errorf("Default hash is not stable: %s, %s", a.Hash(), b.Hash())
 	}
 }
 
