@@ -112,6 +112,21 @@ func FuzzDecode(f *testing.F) {
 	f.Add(seed)
 	f.Add([]byte{})
 	f.Add([]byte("\x0a\x01t\x20\x01\x5a\x00"))
+	for _, p := range []*cortexv1.BusPacket{
+		{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: &cortexv1.SafetyDecisionEvent{
+			JobId: "j", TenantId: "t", Topic: "job.echo", Verdict: &cortexv1.SafetyVerdict{Decision: cortexv1.Decision_DECISION_DENY, Rule: "r"},
+		}}},
+		{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_REQUIRE_APPROVAL}}},
+		{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_PolicyApply{PolicyApply: &cortexv1.PolicyApply{Shadow: true, Hash: "sha256:0"}}},
+		{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_PolicyReply{PolicyReply: &cortexv1.PolicyReply{Error: "x"}}},
+		{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: &cortexv1.Job{JobId: "j", TenantId: "t"}}}},
+	} {
+		b, err := Encode(p)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Decode(data)
 		if err != nil {

@@ -39,6 +39,9 @@ var celEnv = sync.OnceValues(func() (*cel.Env, error) {
 		cel.Variable("now", cel.TimestampType),
 		cel.OptionalTypes(),
 		cel.ParserExpressionSizeLimit(maxWhenBytes),
+		// Deep nesting makes type-checking superlinear (240 levels of [[...]]
+		// took seconds); no sensible rule nests 32 deep.
+		cel.ParserRecursionLimit(32),
 		cel.Function("has_credentials",
 			cel.Overload(overloadHasCredentials, []*cel.Type{cel.StringType}, cel.BoolType,
 				cel.UnaryBinding(func(v ref.Val) ref.Val {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadRefusesExpensiveRules(t *testing.T) {
@@ -173,4 +174,15 @@ func TestReferencesIgnoresText(t *testing.T) {
 	if !references(ast, "topic") || !references(ast, "labels") || references(ast, "tenant") {
 		t.Errorf("references gets other variables wrong")
 	}
+}
+
+func TestDeepNestingIsRefusedAtLoad(t *testing.T) {
+	expr := strings.Repeat("[", 40) + "1" + strings.Repeat("]", 40) + " == []"
+	src := "version: 1\nname: deep\ndefault: {decision: DENY, reason: no}\nrules:\n  - name: deep\n    when: '" + expr + "'\n    decision: ALLOW\n    reason: never\n"
+	start := time.Now()
+	_, err := Parse("deep.yaml", []byte(src))
+	if err == nil || !strings.Contains(err.Error(), `deep.yaml:6: rule "deep"`) {
+		t.Fatalf("Parse of a 40-deep expression = %v, want a refusal naming the rule", err)
+	}
+	t.Logf("refused in %s: %v", time.Since(start), err)
 }

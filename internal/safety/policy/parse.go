@@ -407,7 +407,7 @@ func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (*compiled, bo
 	ast, iss := ps.env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
 		for _, e := range iss.Errors() {
-			line := n.Line + e.Location.Line() - 1
+			line := n.Line + max(e.Location.Line(), 1) - 1
 			if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 				// Block scalars start on the line after the "when: |".
 				line++
