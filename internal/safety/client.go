@@ -55,10 +55,10 @@ func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 			c.breaker.threshold, next)), nil
 	}
 	resp, reason := c.ask(ctx, r)
-	if ctx.Err() != nil {
+	if cause := context.Cause(ctx); cause != nil {
 		// The caller gave up (shutdown, say): no news about the kernel.
 		c.breaker.release()
-		return failClosed("the check was abandoned: " + context.Cause(ctx).Error()), nil
+		return failClosed("the check was abandoned: " + cause.Error()), nil //nolint:nilerr // failing closed is the answer
 	}
 	c.breaker.record(reason == "")
 	if reason != "" {

@@ -52,12 +52,6 @@ func (f *fakeInputs) Input(_ context.Context, id string) (string, error) {
 	return p, nil
 }
 
-func (f *fakeInputs) set(id, prompt string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.prompts[id] = prompt
-}
-
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // fakeGitHubToken returns text the credential detector flags: a classic

@@ -136,7 +136,9 @@ func TestWatchShadowFile(t *testing.T) {
 	go func() { done <- k.Watch(ctx, files, nil) }()
 	defer func() {
 		cancel()
-		<-done
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
 	}()
 	approval := readTestdata(t, "approval.yaml")
 	retrying(t, "the rewritten shadow policy to be loaded", func() { writeFile(t, shadowPath, approval) }, func() bool {
