@@ -143,6 +143,7 @@ func TestScripts(t *testing.T) {
 			"stdout-env":     cmdStdoutEnv,
 			"wait-state":     cmdWaitState,
 			"wait-file":      cmdWaitFile,
+			"wait-stdout":    cmdWaitStdout,
 			"sync-events":    cmdSyncEvents,
 			"bigfile":        cmdBigfile,
 		},
@@ -415,6 +416,32 @@ func cmdWaitFile(ts *testscript.TestScript, neg bool, args []string) {
 			ts.Fatalf("wait-file: no match for %q in %s after %s; it holds:\n%s", args[1], args[0], fileTimeout, b)
 		}
 		time.Sleep(pollEvery)
+	}
+}
+
+// wait-stdout REGEXP COMMAND [ARGS...] runs COMMAND (as exec does) again
+// and again, every pollEvery*4, until it succeeds and REGEXP matches its
+// standard output, for at most fileTimeout; stdout and stderr are then the
+// last run's. It is for state that changes by itself a moment after the
+// script acts, such as a policy file the safety kernel reloads once it has
+// changed on disk: wait-stdout '^Policy: +new ' cortexctl policy show.
+func cmdWaitStdout(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 {
+		ts.Fatalf("usage: wait-stdout REGEXP COMMAND [ARGS...]")
+	}
+	re, err := regexp.Compile("(?m)" + args[0])
+	ts.Check(err)
+	deadline := time.Now().Add(fileTimeout)
+	for {
+		err := ts.Exec(args[1], args[2:]...)
+		out := ts.ReadFile("stdout")
+		if err == nil && re.MatchString(out) {
+			return
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("wait-stdout: no match for %q in the output of %s after %s (last error: %v); it printed:\n%s", args[0], args[1], fileTimeout, err, out)
+		}
+		time.Sleep(4 * pollEvery)
 	}
 }
 

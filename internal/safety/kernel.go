@@ -66,6 +66,8 @@ type Kernel struct {
 	active  atomic.Pointer[loaded]
 	shadow  atomic.Pointer[loaded]
 	lastErr atomic.Pointer[string]
+	// Counters of Status: checks decided, and how the shadow compared.
+	checks, shadowChecks, shadowDisagreed atomic.Uint64
 	// events publishes decisions; unset until Start.
 	events atomic.Pointer[func(*cortexv1.SafetyDecisionEvent)]
 	now    func() time.Time
@@ -174,6 +176,7 @@ func (k *Kernel) Status() *cortexv1.PolicyStatus {
 	if e := k.lastErr.Load(); e != nil {
 		st.LastError = *e
 	}
+	st.Checks, st.ShadowChecks, st.ShadowDisagreements = k.checks.Load(), k.shadowChecks.Load(), k.shadowDisagreed.Load()
 	return st
 }
 
@@ -191,8 +194,13 @@ func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 		resp.Decision, resp.Rule, resp.Reason, resp.PolicyVersion = v.Decision, v.Rule, v.Reason, v.PolicyVersion
 		if shadow != nil {
 			resp.Shadow = decide(shadow.policy, in, r.GetApproved())
+			k.shadowChecks.Add(1)
+			if resp.Shadow.GetDecision() != resp.GetDecision() {
+				k.shadowDisagreed.Add(1)
+			}
 		}
 	}
+	k.checks.Add(1)
 	if publish := k.events.Load(); publish != nil {
 		(*publish)(&cortexv1.SafetyDecisionEvent{
 			JobId:    r.GetJobId(),

@@ -273,12 +273,19 @@ func TestShadowPolicy(t *testing.T) {
 		t.Errorf("job.other: shadow verdict %v, want ALLOW by allow-jobs from the shadow policy", got.GetShadow())
 	}
 
+	if st := k.Status(); st.GetChecks() != 2 || st.GetShadowChecks() != 2 || st.GetShadowDisagreements() != 1 {
+		t.Errorf("counters: %d checks, %d shadowed, %d disagreements; want 2, 2, 1", st.GetChecks(), st.GetShadowChecks(), st.GetShadowDisagreements())
+	}
+
 	k.Use(nil, "", "", true)
 	if st := k.Status(); st.GetShadow() != nil {
 		t.Errorf("after removing the shadow, status still shows %v", st.GetShadow())
 	}
 	if got := mustCheck(t, k, req(cleanJobID, "job.echo", len(cleanPrompt))); got.GetShadow() != nil || got.GetDecision() != allow {
 		t.Errorf("after removing the shadow: %v, want ALLOW with no shadow verdict", got)
+	}
+	if st := k.Status(); st.GetChecks() != 3 || st.GetShadowChecks() != 2 {
+		t.Errorf("after removing the shadow: %d checks, %d shadowed; want 3, 2", st.GetChecks(), st.GetShadowChecks())
 	}
 }
 

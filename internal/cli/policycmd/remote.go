@@ -302,10 +302,11 @@ func showRun(ctx context.Context, o *ShowOptions) error {
 	info("Policy:", st.GetActive())
 	if st.GetShadow() != nil {
 		info("Shadow:", st.GetShadow())
+		fmt.Fprintf(w, "%-8s the shadow decided otherwise on %d of the %d checks it saw\n", "", st.GetShadowDisagreements(), st.GetShadowChecks())
 	} else {
 		fmt.Fprintf(w, "%-8s none\n", "Shadow:")
 	}
-	fmt.Fprintf(w, "%-8s %s\n", "Kernel:", st.GetKernelId())
+	fmt.Fprintf(w, "%-8s %s (%d checks since it started)\n", "Kernel:", st.GetKernelId(), st.GetChecks())
 	if e := st.GetLastError(); e != "" {
 		fmt.Fprintf(w, "Last reload failed (the policy above stayed in force):\n  %s\n", strings.ReplaceAll(e, "\n", "\n  "))
 	}

@@ -553,9 +553,15 @@ type PolicyStatus struct {
 	Shadow *PolicyInfo `protobuf:"bytes,3,opt,name=shadow,proto3" json:"shadow,omitempty"`
 	// last_error is the most recent failed reload, if any; the policy above
 	// stayed in force.
-	LastError     string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LastError string `protobuf:"bytes,4,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// checks counts the checks this kernel decided since it started.
+	Checks uint64 `protobuf:"varint,5,opt,name=checks,proto3" json:"checks,omitempty"`
+	// shadow_checks counts those the shadow policy also decided, and
+	// shadow_disagreements those where it decided otherwise.
+	ShadowChecks        uint64 `protobuf:"varint,6,opt,name=shadow_checks,json=shadowChecks,proto3" json:"shadow_checks,omitempty"`
+	ShadowDisagreements uint64 `protobuf:"varint,7,opt,name=shadow_disagreements,json=shadowDisagreements,proto3" json:"shadow_disagreements,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *PolicyStatus) Reset() {
@@ -614,6 +620,27 @@ func (x *PolicyStatus) GetLastError() string {
 		return x.LastError
 	}
 	return ""
+}
+
+func (x *PolicyStatus) GetChecks() uint64 {
+	if x != nil {
+		return x.Checks
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetShadowChecks() uint64 {
+	if x != nil {
+		return x.ShadowChecks
+	}
+	return 0
+}
+
+func (x *PolicyStatus) GetShadowDisagreements() uint64 {
+	if x != nil {
+		return x.ShadowDisagreements
+	}
+	return 0
 }
 
 // PolicyApply asks every kernel, on sys.safety.policy.apply, to load the
@@ -873,13 +900,16 @@ const file_cortex_v1_safety_proto_rawDesc = "" +
 	"\x04hash\x18\x02 \x01(\tR\x04hash\x12\x16\n" +
 	"\x06origin\x18\x03 \x01(\tR\x06origin\x12\x16\n" +
 	"\x06source\x18\x04 \x01(\tR\x06source\x127\n" +
-	"\tloaded_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\"\xa8\x01\n" +
+	"\tloaded_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bloadedAt\"\x98\x02\n" +
 	"\fPolicyStatus\x12\x1b\n" +
 	"\tkernel_id\x18\x01 \x01(\tR\bkernelId\x12-\n" +
 	"\x06active\x18\x02 \x01(\v2\x15.cortex.v1.PolicyInfoR\x06active\x12-\n" +
 	"\x06shadow\x18\x03 \x01(\v2\x15.cortex.v1.PolicyInfoR\x06shadow\x12\x1d\n" +
 	"\n" +
-	"last_error\x18\x04 \x01(\tR\tlastError\"O\n" +
+	"last_error\x18\x04 \x01(\tR\tlastError\x12\x16\n" +
+	"\x06checks\x18\x05 \x01(\x04R\x06checks\x12#\n" +
+	"\rshadow_checks\x18\x06 \x01(\x04R\fshadowChecks\x121\n" +
+	"\x14shadow_disagreements\x18\a \x01(\x04R\x13shadowDisagreements\"O\n" +
 	"\vPolicyApply\x12\x16\n" +
 	"\x06shadow\x18\x01 \x01(\bR\x06shadow\x12\x14\n" +
 	"\x05clear\x18\x02 \x01(\bR\x05clear\x12\x12\n" +
