@@ -30,6 +30,9 @@ const (
 	// SubjectPolicyQuery carries PolicyQuery to one kernel (queue group
 	// cortex-safety), answered with a PolicyReply.
 	SubjectPolicyQuery = "sys.safety.policy.get"
+	// SubjectPolicyStatus carries PolicyQuery to every kernel; each answers
+	// with a PolicyReply holding its status.
+	SubjectPolicyStatus = "sys.safety.policy.status"
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 

@@ -157,8 +157,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	if err != nil && code != cmdutil.ExitInterrupted {
 		fmt.Fprintln(stderr, "Error:", err)
 		switch {
-		case code == cmdutil.ExitUsage && connect.CodeOf(err) == connect.CodeUnknown && !errors.As(err, new(*policycmd.InvalidError)):
-			// A mistake on the command line, not a request the server refused.
+		case wantsHelpHint(err):
 			fmt.Fprintln(stderr, "Run 'cortexctl --help' (or COMMAND --help) for usage.")
 		case connect.CodeOf(err) == connect.CodeUnauthenticated:
 			if t, rerr := client.Resolve(f.Server, f.APIKey); rerr == nil && t.APIKey == "" {
@@ -189,4 +188,13 @@ func ExitCode(err error) int {
 		return cmdutil.ExitInterrupted
 	}
 	return cmdutil.ExitError
+}
+
+// wantsHelpHint reports whether err is a command-line mistake that --help
+// explains: an unknown command or flag, a wrong number of arguments. Other
+// usage errors (a bad file, a request the server refused) say what to do
+// themselves.
+func wantsHelpHint(err error) bool {
+	var usage *cmdutil.UsageError
+	return isCobraUsage(err) || errors.As(err, &usage) && usage.Hint
 }

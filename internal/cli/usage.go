@@ -41,7 +41,7 @@ func flagError(cmd *cobra.Command, err error) error {
 	if s := suggestFlag(cmd, err); s != "" {
 		err = fmt.Errorf("%w (did you mean --%s?)", err, s)
 	}
-	return &cmdutil.UsageError{Err: err}
+	return &cmdutil.UsageError{Err: err, Hint: true}
 }
 
 // suggestFlag returns the name of cmd's flag nearest to the unknown one in

@@ -35,7 +35,7 @@ type Store interface {
 	Get(ctx context.Context, id string) (*store.Job, error)
 	Output(ctx context.Context, id string) (*store.Job, string, error)
 	List(ctx context.Context, q store.Query) ([]*store.Job, string, error)
-	SavePolicy(ctx context.Context, shadow bool, source string) error
+	SavePolicy(ctx context.Context, shadow bool, name, source string) error
 	Ping(ctx context.Context) error
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -21,8 +22,10 @@ import (
 const (
 	// kernelTimeout bounds a question to one kernel.
 	kernelTimeout = 2 * time.Second
-	// applyWindow is how long ApplyPolicy collects kernels' answers.
-	applyWindow = 750 * time.Millisecond
+	// applyWindow is how long ApplyPolicy collects kernels' answers, and
+	// statusWindow how long GetPolicy does.
+	applyWindow  = 750 * time.Millisecond
+	statusWindow = 300 * time.Millisecond
 	// maxPolicyBytes bounds an applied policy file.
 	maxPolicyBytes = 1 << 20
 	// maxExplainPrompt bounds the prompt of ExplainDecision, which rides the
@@ -59,7 +62,10 @@ func (g *Gateway) RejectJob(ctx context.Context, req *cortexv1.RejectJobRequest)
 
 // answerApproval records a person's answer on a job AWAITING_APPROVAL.
 func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool, comment string) (*store.Job, error) {
-	verb := map[bool]string{true: "approve", false: "reject"}[approve]
+	verb, done := "reject", "rejected"
+	if approve {
+		verb, done = "approve", "approved"
+	}
 	if err := requireAdmin(ctx, verb+" jobs"); err != nil {
 		return nil, err
 	}
@@ -71,7 +77,7 @@ func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool
 		return nil, err
 	}
 	if j.State != store.AwaitingApproval {
-		return nil, connect.Errorf(connect.CodeFailedPrecondition, "job %s is %s, not AWAITING_APPROVAL: only jobs held by the safety policy can be %sd", j.ID, j.State, verb)
+		return nil, connect.Errorf(connect.CodeFailedPrecondition, "job %s is %s, not AWAITING_APPROVAL: only jobs held by the safety policy can be %s", j.ID, j.State, done)
 	}
 	who := principalFrom(ctx).Name()
 	reason := "approved by " + who
@@ -90,7 +96,7 @@ func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool
 	var conflict *store.ConflictError
 	switch {
 	case errors.As(err, &conflict):
-		return nil, connect.Errorf(connect.CodeFailedPrecondition, "job %s moved to %s before it could be %sd", j.ID, conflict.State, verb)
+		return nil, connect.Errorf(connect.CodeFailedPrecondition, "job %s moved to %s before it could be %s", j.ID, conflict.State, done)
 	case err != nil:
 		return nil, g.readErr(j.ID, err)
 	}
@@ -121,11 +127,24 @@ func (g *Gateway) askKernel(ctx context.Context, q *cortexv1.PolicyQuery) (*cort
 
 // GetPolicy returns what a kernel enforces.
 func (g *Gateway) GetPolicy(ctx context.Context, _ *cortexv1.GetPolicyRequest) (*cortexv1.GetPolicyResponse, error) {
-	r, err := g.askKernel(ctx, &cortexv1.PolicyQuery{})
+	gctx, cancel := context.WithTimeout(ctx, statusWindow)
+	defer cancel()
+	replies, err := g.bus.Gather(gctx, bus.SubjectPolicyStatus, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyQuery{PolicyQuery: &cortexv1.PolicyQuery{}}})
 	if err != nil {
-		return nil, err
+		g.log.Warn("ask safety kernels", "err", err)
+		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable, try again")
 	}
-	return &cortexv1.GetPolicyResponse{Status: r.GetStatus()}, nil
+	res := &cortexv1.GetPolicyResponse{}
+	for _, r := range replies {
+		if st := r.GetPolicyReply().GetStatus(); st != nil {
+			res.Kernels = append(res.Kernels, st)
+		}
+	}
+	if len(res.Kernels) == 0 {
+		return nil, connect.Errorf(connect.CodeUnavailable, "no safety kernel answered within %s; is one running (cortexctl safety, or up)?", statusWindow)
+	}
+	res.Status = res.Kernels[0]
+	return res, nil
 }
 
 // ApplyPolicy checks a policy, stores it and has every kernel load it.
@@ -134,6 +153,10 @@ func (g *Gateway) ApplyPolicy(ctx context.Context, req *cortexv1.ApplyPolicyRequ
 		return nil, err
 	}
 	res := &cortexv1.ApplyPolicyResponse{}
+	name := req.GetName()
+	if name == "" || len(name) > 200 || !utf8.ValidString(name) || strings.ContainsAny(name, "\n\r") {
+		name = "policy.yaml"
+	}
 	apply := &cortexv1.PolicyApply{Shadow: req.GetShadow() || req.GetClearShadow(), Clear: req.GetClearShadow()}
 	switch {
 	case req.GetClearShadow() && req.GetSource() != "":
@@ -142,17 +165,13 @@ func (g *Gateway) ApplyPolicy(ctx context.Context, req *cortexv1.ApplyPolicyRequ
 	case len(req.GetSource()) > maxPolicyBytes:
 		return nil, connect.Errorf(connect.CodeResourceExhausted, "the policy is %d bytes, over the %d byte limit", len(req.GetSource()), maxPolicyBytes)
 	default:
-		name := req.GetName()
-		if name == "" || len(name) > 200 || !utf8.ValidString(name) {
-			name = "policy.yaml"
-		}
 		p, err := policy.Parse(name, []byte(req.GetSource()))
 		if err != nil {
 			return nil, connect.NewError(connect.CodeInvalidArgument, err.Error())
 		}
 		res.Hash, apply.Hash = p.Hash(), p.Hash()
 	}
-	if err := g.store.SavePolicy(ctx, apply.GetShadow(), req.GetSource()); err != nil {
+	if err := g.store.SavePolicy(ctx, apply.GetShadow(), name, req.GetSource()); err != nil {
 		g.log.Error("store policy", "err", err)
 		return nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; the policy was not applied, try again")
 	}

@@ -242,7 +242,7 @@ func TestApplyPolicy(t *testing.T) {
 	acme, admin := f.client(t, "key-acme-1234"), f.client(t, "key-acme-admin")
 	stored := func(shadow bool) string {
 		t.Helper()
-		src, err := f.st.LoadPolicy(ctx, shadow)
+		_, src, err := f.st.LoadPolicy(ctx, shadow)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,7 +32,7 @@ type Inputs interface {
 
 // PolicyStore holds the policies an operator applied to the cluster.
 type PolicyStore interface {
-	LoadPolicy(ctx context.Context, shadow bool) (string, error)
+	LoadPolicy(ctx context.Context, shadow bool) (name, source string, err error)
 }
 
 // Origins of a loaded policy, as PolicyInfo.origin says.
@@ -144,7 +145,7 @@ func (k *Kernel) LoadFile(path string, shadow bool) error {
 func (k *Kernel) LoadStored(ctx context.Context, st PolicyStore, shadow bool) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	src, err := st.LoadPolicy(ctx, shadow)
+	name, src, err := st.LoadPolicy(ctx, shadow)
 	if err != nil {
 		k.refused(err)
 		return false, err
@@ -152,7 +153,10 @@ func (k *Kernel) LoadStored(ctx context.Context, st PolicyStore, shadow bool) (b
 	if src == "" {
 		return false, nil
 	}
-	p, err := policy.Parse("applied.yaml", []byte(src))
+	if name == "" {
+		name = "applied.yaml"
+	}
+	p, err := policy.Parse(name, []byte(src))
 	if err != nil {
 		k.refused(err)
 		return false, err
@@ -232,7 +236,7 @@ func (k *Kernel) input(ctx context.Context, r *cortexv1.CheckRequest, active, sh
 		Now:        k.now(),
 	}
 	needs := active.policy.NeedsPrompt() || shadow != nil && shadow.policy.NeedsPrompt()
-	if !needs || r.GetBinaryPayload() || r.GetPromptSize() == 0 {
+	if !needs || r.GetPromptSize() == 0 {
 		return in, nil
 	}
 	if k.inputs == nil {
@@ -244,7 +248,9 @@ func (k *Kernel) input(ctx context.Context, r *cortexv1.CheckRequest, active, sh
 	if err != nil {
 		return in, err
 	}
-	in.Prompt = prompt
+	// A binary payload is read as text too, with invalid UTF-8 replaced, so
+	// one stray byte cannot hide a credential from the rules.
+	in.Prompt = strings.ToValidUTF8(prompt, "\uFFFD")
 	return in, nil
 }
 
@@ -309,6 +315,18 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) erro
 			k.log.Error("answer on the bus", "err", err)
 		}
 	}
+	query := func(_ context.Context, p *cortexv1.BusPacket, reply string) error {
+		q := p.GetPolicyQuery()
+		if q == nil || reply == "" {
+			return bus.WrongPayload(p, "a policy query with a reply subject")
+		}
+		r := &cortexv1.PolicyReply{Status: k.Status()}
+		if q.GetExplain() != nil {
+			r = k.Explain(q.GetExplain(), q.GetPrompt())
+		}
+		answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyReply{PolicyReply: r}})
+		return nil
+	}
 	subs := []struct {
 		subject, queue string
 		h              bus.Handler
@@ -322,18 +340,8 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) erro
 			answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp}})
 			return nil
 		}},
-		{bus.SubjectPolicyQuery, bus.QueueSafety, func(_ context.Context, p *cortexv1.BusPacket, reply string) error {
-			q := p.GetPolicyQuery()
-			if q == nil || reply == "" {
-				return bus.WrongPayload(p, "a policy query with a reply subject")
-			}
-			r := &cortexv1.PolicyReply{Status: k.Status()}
-			if q.GetExplain() != nil {
-				r = k.Explain(q.GetExplain(), q.GetPrompt())
-			}
-			answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyReply{PolicyReply: r}})
-			return nil
-		}},
+		{bus.SubjectPolicyQuery, bus.QueueSafety, query},
+		{bus.SubjectPolicyStatus, "", query},
 		{bus.SubjectPolicyApply, "", func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
 			a := p.GetPolicyApply()
 			if a == nil {

@@ -170,7 +170,8 @@ func TestCheckReadsPromptOnlyWhenNeeded(t *testing.T) {
 		{"prompt_size only", noPrompt, nil, req(cleanJobID, "job.echo", 5000), 0, deny},
 		{"rule reads the prompt", policy.Default(), nil, req(cleanJobID, "job.echo", len(cleanPrompt)), 1, allow},
 		{"shadow rule reads the prompt", noPrompt, policy.Default(), req(cleanJobID, "job.echo", len(cleanPrompt)), 1, allow},
-		{"binary payload", policy.Default(), nil, &cortexv1.CheckRequest{JobId: credJobID, Topic: "job.echo", PromptSize: 100, BinaryPayload: true}, 0, allow},
+		// A binary payload is scanned too: a stray byte must not hide a key.
+		{"binary payload", policy.Default(), nil, &cortexv1.CheckRequest{JobId: credJobID, Topic: "job.echo", PromptSize: 100, BinaryPayload: true}, 1, deny},
 		{"empty prompt", policy.Default(), nil, req(credJobID, "job.echo", 0), 0, allow},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

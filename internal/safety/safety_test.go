@@ -37,13 +37,13 @@ type fakeStore struct {
 
 var _ safety.PolicyStore = (*fakeStore)(nil)
 
-func (s *fakeStore) LoadPolicy(_ context.Context, shadow bool) (string, error) {
+func (s *fakeStore) LoadPolicy(_ context.Context, shadow bool) (string, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if shadow {
-		return s.shadow, nil
+		return "shadow.yaml", s.shadow, nil
 	}
-	return s.active, nil
+	return "active.yaml", s.active, nil
 }
 
 func (s *fakeStore) set(active, shadow string) {

@@ -342,13 +342,14 @@ func policyKey(shadow bool) string {
 	return activePolicyKey
 }
 
-// SavePolicy stores an applied policy's text; empty text removes it.
-func (s *Store) SavePolicy(ctx context.Context, shadow bool, source string) error {
+// SavePolicy stores an applied policy's file name and text; empty text
+// removes it.
+func (s *Store) SavePolicy(ctx context.Context, shadow bool, name, source string) error {
 	var err error
 	if source == "" {
 		err = s.rdb.Del(ctx, policyKey(shadow)).Err()
 	} else {
-		err = s.rdb.Set(ctx, policyKey(shadow), source, 0).Err()
+		err = s.rdb.HSet(ctx, policyKey(shadow), "name", name, "source", source).Err()
 	}
 	if err != nil {
 		return fmt.Errorf("store policy: %w", err)
@@ -356,14 +357,12 @@ func (s *Store) SavePolicy(ctx context.Context, shadow bool, source string) erro
 	return nil
 }
 
-// LoadPolicy returns the applied policy's text, "" when none was applied.
-func (s *Store) LoadPolicy(ctx context.Context, shadow bool) (string, error) {
-	src, err := s.rdb.Get(ctx, policyKey(shadow)).Result()
-	if errors.Is(err, redis.Nil) {
-		return "", nil
-	}
+// LoadPolicy returns the applied policy's file name and text ("" when none
+// was applied).
+func (s *Store) LoadPolicy(ctx context.Context, shadow bool) (name, source string, err error) {
+	f, err := s.rdb.HGetAll(ctx, policyKey(shadow)).Result()
 	if err != nil {
-		return "", fmt.Errorf("read policy: %w", err)
+		return "", "", fmt.Errorf("read policy: %w", err)
 	}
-	return src, nil
+	return f["name"], f["source"], nil
 }

@@ -48,8 +48,12 @@ func (f *Factory) Client() (cortexv1connect.GatewayServiceClient, string, error)
 	return c, t.Server, nil
 }
 
-// UsageError is a mistake in the command line (exit 2).
-type UsageError struct{ Err error }
+// UsageError is a mistake in the command line (exit 2). Hint adds the
+// pointer to --help, for mistakes the message alone does not explain.
+type UsageError struct {
+	Err  error
+	Hint bool
+}
 
 func (e *UsageError) Error() string { return e.Err.Error() }
 func (e *UsageError) Unwrap() error { return e.Err }

@@ -148,6 +148,16 @@ func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time)
 		}
 		row("Safety", v)
 	}
+	if a := j.GetApproval(); a != nil {
+		v := "rejected by " + a.GetBy()
+		if a.GetApproved() {
+			v = "approved by " + a.GetBy()
+		}
+		if a.GetComment() != "" {
+			v += ": " + a.GetComment()
+		}
+		row("Approval", v+" at "+a.GetAt().AsTime().Local().Format(time.RFC3339))
+	}
 	row("Labels", labelsText(j.GetLabels()))
 	kind := "text"
 	if j.GetBinaryPayload() {
@@ -162,7 +172,7 @@ func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time)
 		fmt.Fprintln(w, "Transitions:")
 		start := j.GetTransitions()[0].GetAt().AsTime()
 		for _, t := range j.GetTransitions() {
-			fmt.Fprintf(w, "  %-11s %s  %s\n", StateName(t.GetState()), t.GetAt().AsTime().Local().Format("15:04:05.000"),
+			fmt.Fprintf(w, "  %-18s %s  %s\n", StateName(t.GetState()), t.GetAt().AsTime().Local().Format("15:04:05.000"),
 				"+"+t.GetAt().AsTime().Sub(start).Round(100*time.Microsecond).String())
 		}
 	}

@@ -307,6 +307,17 @@ func showRun(ctx context.Context, o *ShowOptions) error {
 		fmt.Fprintf(w, "%-8s none\n", "Shadow:")
 	}
 	fmt.Fprintf(w, "%-8s %s (%d checks since it started)\n", "Kernel:", st.GetKernelId(), st.GetChecks())
+	if ks := res.GetKernels(); len(ks) > 1 {
+		fmt.Fprintf(w, "%d kernels answered:\n", len(ks))
+		differ := false
+		for _, k := range ks {
+			fmt.Fprintf(w, "  %s  %s %s (%s)\n", k.GetKernelId(), k.GetActive().GetName(), k.GetActive().GetHash(), k.GetActive().GetOrigin())
+			differ = differ || k.GetActive().GetHash() != st.GetActive().GetHash()
+		}
+		if differ {
+			fmt.Fprintln(w, "Warning: the kernels enforce different policies; 'cortexctl policy apply FILE' puts one in force everywhere.")
+		}
+	}
 	if e := st.GetLastError(); e != "" {
 		fmt.Fprintf(w, "Last reload failed (the policy above stayed in force):\n  %s\n", strings.ReplaceAll(e, "\n", "\n  "))
 	}

@@ -249,6 +249,7 @@ func (p *Policy) Explain(in Input) Explanation {
 func (e Explanation) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "policy %s (%s, %s)\n", e.Policy, e.Source, e.PolicyHash)
+	decided := false
 	for _, t := range e.Rules {
 		mark := "  "
 		if t.Decided {
@@ -258,9 +259,12 @@ func (e Explanation) String() string {
 		switch {
 		case t.Error != "":
 			state = "error: " + t.Error
+		case t.Matched && decided:
+			state = "match (not reached: an earlier rule decided)"
 		case t.Matched:
 			state = "match"
 		}
+		decided = decided || t.Decided
 		fmt.Fprintf(&b, "%s %-24s line %-4d %-16s %s\n", mark, t.Name, t.Line, t.Decision, state)
 		if t.Note != "" {
 			fmt.Fprintf(&b, "   %s\n", t.Note)

@@ -1092,8 +1092,11 @@ func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
 }
 
 type GetPolicyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        *PolicyStatus          `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// status is the first kernel's answer.
+	Status *PolicyStatus `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// kernels lists every kernel that answered, to show when they differ.
+	Kernels       []*PolicyStatus `protobuf:"bytes,2,rep,name=kernels,proto3" json:"kernels,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1131,6 +1134,13 @@ func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
 func (x *GetPolicyResponse) GetStatus() *PolicyStatus {
 	if x != nil {
 		return x.Status
+	}
+	return nil
+}
+
+func (x *GetPolicyResponse) GetKernels() []*PolicyStatus {
+	if x != nil {
+		return x.Kernels
 	}
 	return nil
 }
@@ -1593,9 +1603,10 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
 	"\x11RejectJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"\x12\n" +
-	"\x10GetPolicyRequest\"D\n" +
+	"\x10GetPolicyRequest\"w\n" +
 	"\x11GetPolicyResponse\x12/\n" +
-	"\x06status\x18\x01 \x01(\v2\x17.cortex.v1.PolicyStatusR\x06status\"{\n" +
+	"\x06status\x18\x01 \x01(\v2\x17.cortex.v1.PolicyStatusR\x06status\x121\n" +
+	"\akernels\x18\x02 \x03(\v2\x17.cortex.v1.PolicyStatusR\akernels\"{\n" +
 	"\x12ApplyPolicyRequest\x12\x16\n" +
 	"\x06source\x18\x01 \x01(\tR\x06source\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -1711,43 +1722,44 @@ var file_cortex_v1_gateway_proto_depIdxs = []int32{
 	32, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
 	32, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
 	33, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	33, // 16: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	29, // 17: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	34, // 18: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	34, // 19: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	35, // 20: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	36, // 21: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	0,  // 22: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	2,  // 23: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	4,  // 24: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	6,  // 25: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	8,  // 26: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	10, // 27: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	12, // 28: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	14, // 29: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	16, // 30: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	18, // 31: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	20, // 32: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	22, // 33: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	24, // 34: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	1,  // 35: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	3,  // 36: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	5,  // 37: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	7,  // 38: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	9,  // 39: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	11, // 40: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	13, // 41: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	15, // 42: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	17, // 43: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	19, // 44: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	21, // 45: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	23, // 46: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	25, // 47: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	35, // [35:48] is the sub-list for method output_type
-	22, // [22:35] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	33, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	33, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	29, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	34, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	34, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	35, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	36, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	0,  // 23: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	2,  // 24: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	4,  // 25: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	6,  // 26: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	8,  // 27: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	10, // 28: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	12, // 29: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	14, // 30: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	16, // 31: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	18, // 32: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	20, // 33: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	22, // 34: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	24, // 35: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	1,  // 36: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	3,  // 37: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	5,  // 38: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	7,  // 39: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	9,  // 40: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	11, // 41: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	13, // 42: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	15, // 43: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	17, // 44: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	19, // 45: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	21, // 46: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	23, // 47: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	25, // 48: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	36, // [36:49] is the sub-list for method output_type
+	23, // [23:36] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
