@@ -253,20 +253,7 @@ func (g *Gateway) StreamDecisions(ctx context.Context, req *cortexv1.StreamDecis
 	if p.Admin {
 		w.tenant = ""
 	}
-	defer g.decisions.add(w)()
-	if err := stream.SendHeaders(); err != nil {
-		return err
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-g.closing:
-			return errClosing
-		case ev := <-w.ch:
-			if err := stream.Send(&cortexv1.StreamDecisionsResponse{Event: ev, Dropped: w.dropped.Swap(0)}); err != nil {
-				return err
-			}
-		}
-	}
+	return follow(ctx, g, g.decisions, w, stream.SendHeaders, func(ev *cortexv1.SafetyDecisionEvent, dropped uint64) error {
+		return stream.Send(&cortexv1.StreamDecisionsResponse{Event: ev, Dropped: dropped})
+	})
 }

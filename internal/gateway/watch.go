@@ -161,8 +161,17 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 		},
 		ch: make(chan *cortexv1.Job, watcherBuffer),
 	}
-	defer g.jobs.add(w)()
-	if err := stream.SendHeaders(); err != nil {
+	return follow(ctx, g, g.jobs, w, stream.SendHeaders, func(j *cortexv1.Job, dropped uint64) error {
+		return stream.Send(&cortexv1.StreamEventsResponse{Job: j, Dropped: dropped})
+	})
+}
+
+// follow registers w on h and sends what it receives, with the count of
+// events dropped since the last send, until the caller hangs up or the
+// gateway shuts down.
+func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], headers func() error, send func(T, uint64) error) error {
+	defer h.add(w)()
+	if err := headers(); err != nil {
 		return err
 	}
 	for {
@@ -171,8 +180,8 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 			return ctx.Err()
 		case <-g.closing:
 			return errClosing
-		case j := <-w.ch:
-			if err := stream.Send(&cortexv1.StreamEventsResponse{Job: j, Dropped: w.dropped.Swap(0)}); err != nil {
+		case v := <-w.ch:
+			if err := send(v, w.dropped.Swap(0)); err != nil {
 				return err
 			}
 		}
