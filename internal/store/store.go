@@ -80,6 +80,8 @@ const DefaultRetention = 24 * time.Hour
 type Store struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	// trips counts round trips to Redis (a command or a pipeline each).
+	trips atomic.Uint64
 	// lastTrim is when (µs) a create last trimmed an index.
 	lastTrim atomic.Int64
 }
@@ -93,7 +95,56 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.Retention <= 0 {
 		opts.Retention = DefaultRetention
 	}
-	return &Store{rdb: rdb, retention: opts.Retention}
+	s := &Store{rdb: rdb, retention: opts.Retention}
+	rdb.AddHook(tripCounter{&s.trips})
+	return s
+}
+
+// RoundTrips counts the round trips this store has made to Redis: each
+// command, script or pipeline is one. docs/STORE.md lists how many a job
+// takes.
+func (s *Store) RoundTrips() uint64 { return s.trips.Load() }
+
+// tripCounter is a go-redis hook that counts round trips.
+type tripCounter struct{ n *atomic.Uint64 }
+
+func (tripCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (c tripCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if !handshake(cmd) {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (c tripCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if !allHandshake(cmds) {
+			c.n.Add(1)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// handshake reports whether cmd is part of opening a connection (which
+// go-redis sends through the same hooks), not work.
+func handshake(cmd redis.Cmder) bool {
+	switch cmd.Name() {
+	case "hello", "auth", "client", "select":
+		return true
+	}
+	return false
+}
+
+func allHandshake(cmds []redis.Cmder) bool {
+	for _, c := range cmds {
+		if !handshake(c) {
+			return false
+		}
+	}
+	return true
 }
 
 // Ping checks that Redis answers.
