@@ -378,11 +378,9 @@ func TestGetJobAndResult(t *testing.T) {
 	if _, _, err := f.st.Start(ctx, id, 1, "echo-1", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if err := f.st.PutResult(ctx, id, "hi"); err != nil {
+	if _, err := f.st.Finish(ctx, id, 1, "hi", time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	size := uint64(2)
-	f.move(t, id, store.Change{To: store.Completed, Attempt: 1, ResultSize: &size})
 	got, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id})
 	if err != nil {
 		t.Fatal(err)
@@ -403,8 +401,12 @@ func TestGetJobAndResult(t *testing.T) {
 	}
 	bin := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Payload: []byte{0xff, 0}})
 	f.move(t, bin, store.Change{To: store.Dispatched})
-	_ = f.st.PutResult(ctx, bin, "\xff\x00")
-	f.move(t, bin, store.Change{To: store.Completed})
+	if _, _, err := f.st.Start(ctx, bin, 1, "echo-1", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.st.Finish(ctx, bin, 1, "\xff\x00", time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	res, err = c.GetResult(ctx, &cortexv1.GetResultRequest{JobId: bin})
 	if err != nil || string(res.GetData()) != "\xff\x00" || res.GetText() != "" {
 		t.Fatalf("binary result = %v, %v", res, err)

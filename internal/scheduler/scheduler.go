@@ -1,8 +1,8 @@
 // Package scheduler owns the decision path of every job: it takes submits
 // from the bus, asks the safety kernel, records a denial or routes the job
-// to a pool and dispatches it, and records the outcome the worker reports,
+// to a pool and dispatches it, and records the failures workers report,
 // retrying a failed attempt while the job has attempts left (through the
-// safety gate again). After every change it makes it publishes a job event.
+// safety gate again); workers record completions themselves. After every change it makes it publishes a job event.
 // It owns the interfaces it needs (Store, Checker) and never runs jobs.
 package scheduler
 

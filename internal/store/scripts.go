@@ -82,3 +82,18 @@ table.insert(rec, 1, input)
 table.insert(rec, 1, 'OK')
 return rec
 `)
+
+// finishScript: KEYS = job, res; ARGV = attempt, now (µs), output,
+// retention ms, output size. Stores the output of a RUNNING job's attempt
+// and records it COMPLETED, in one step, and answers like transitionScript.
+var finishScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if not cur[1] then return {''} end
+if cur[1] ~= 'RUNNING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
+redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+local rec = redis.call('HGETALL', KEYS[1])
+table.insert(rec, 1, 'OK')
+return rec
+`)

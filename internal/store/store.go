@@ -323,12 +323,20 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	return nil, "", refusal(id, Running, res)
 }
 
-// PutResult stores a job's output under res:<id>.
-func (s *Store) PutResult(ctx context.Context, id, output string) error {
-	if err := s.rdb.Set(ctx, resultPrefix+id, output, s.retention).Err(); err != nil {
-		return fmt.Errorf("store result of job %s: %w", id, err)
+// Finish stores the output of attempt of a RUNNING job under res:<id> and
+// records the job COMPLETED, in one script, returning the record. A job
+// that is no longer RUNNING at that attempt (cancelled, say) changes
+// nothing: a *ConflictError.
+func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*Job, error) {
+	res, err := finishScript.Run(ctx, s.rdb, []string{jobPrefix + id, resultPrefix + id},
+		strconv.FormatUint(uint64(attempt), 10), micros(now), output, s.retention.Milliseconds(), len(output)).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("finish job %s: %w", id, err)
 	}
-	return nil
+	if len(res) > 0 && res[0] == "OK" {
+		return parseJob(id, pairs(res[1:])), nil
+	}
+	return nil, refusal(id, Completed, res)
 }
 
 // Get returns a job record.

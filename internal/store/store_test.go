@@ -143,12 +143,15 @@ func TestJobLifecycle(t *testing.T) {
 		if input != "hello" || j.State != store.Running || j.WorkerID != "w-1" {
 			t.Fatalf("Start = %+v, %q", j, input)
 		}
-		if err := st.PutResult(ctx, id, "olleh"); err != nil {
-			t.Fatal(err)
-		}
 		later := now.Add(time.Second)
 		size := uint64(len("olleh"))
-		done := move(t, st, id, store.Change{To: store.Completed, Attempt: 1, WorkerID: "w-1", ResultSize: &size}, later)
+		done, err := st.Finish(ctx, id, 1, "olleh", later)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Finish(ctx, id, 1, "again", later); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("finishing a COMPLETED job again: %v, want ErrConflict", err)
+		}
 		j, out, err := st.Output(ctx, id)
 		if err != nil {
 			t.Fatal(err)
@@ -472,10 +475,13 @@ func TestOutputOnlyWhenCompleted(t *testing.T) {
 			{store.Cancelled, ""},
 		} {
 			id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
-			if err := st.PutResult(ctx, id, "the output"); err != nil {
-				t.Fatal(err)
-			}
-			if tc.end != store.Running {
+			switch tc.end {
+			case store.Completed:
+				if _, err := st.Finish(ctx, id, 1, "the output", now); err != nil {
+					t.Fatal(err)
+				}
+			case store.Running:
+			default:
 				move(t, st, id, store.Change{To: tc.end}, now)
 			}
 			j, out, err := st.Output(ctx, id)
@@ -553,7 +559,6 @@ func BenchmarkJobPath(b *testing.B) {
 		st := store.New(rdb, store.Options{})
 		ctx := context.Background()
 		tenant := newTenant(b)
-		size := uint64(1)
 		for b.Loop() {
 			id := newID(b)
 			if _, err := st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: tenant, Input: "p"}, now); err != nil {
@@ -565,10 +570,7 @@ func BenchmarkJobPath(b *testing.B) {
 			if _, _, err := st.Start(ctx, id, 1, "w", now); err != nil {
 				b.Fatal(err)
 			}
-			if err := st.PutResult(ctx, id, "p"); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := st.Transition(ctx, id, store.Change{To: store.Completed, Attempt: 1, ResultSize: &size}, now); err != nil {
+			if _, err := st.Finish(ctx, id, 1, "p", now); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -1,7 +1,8 @@
 // Package worker is the worker runtime: it takes jobs of one pool from the
 // bus (one queue group per pool), reads each input from the store, runs the
-// plugin registered for the job's topic under the job's timeout, writes the
-// result and reports it, stops a job when asked to cancel it, and sends a
+// plugin registered for the job's topic under the job's timeout, records a
+// completion (output and COMPLETED in one script) or reports a failure to
+// the scheduler, stops a job when asked to cancel it, and sends a
 // Heartbeat every few seconds. It owns concurrency and draining; what a job
 // does is the plugin's business.
 package worker
@@ -28,7 +29,7 @@ import (
 // Store is what the worker needs from the memory fabric.
 type Store interface {
 	Start(ctx context.Context, id string, attempt uint32, workerID string, now time.Time) (*store.Job, string, error)
-	PutResult(ctx context.Context, id, output string) error
+	Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*store.Job, error)
 }
 
 var _ Store = (*store.Store)(nil)
@@ -272,22 +273,30 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		return
 	}
 	if err == nil {
-		err = w.store.PutResult(ctx, req.GetJobId(), output)
+		// Recorded whatever happens to ctx now: the work is done.
+		j, ferr := w.store.Finish(context.WithoutCancel(ctx), req.GetJobId(), req.GetAttempt(), output, time.Now())
+		switch {
+		case ferr == nil:
+			w.completed.Add(1)
+			if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
+				w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
+			}
+			return
+		case errors.Is(ferr, store.ErrConflict), errors.Is(ferr, store.ErrNotFound):
+			w.log.Info("result not recorded: the job moved on", "job_id", req.GetJobId(), "err", ferr)
+			return
+		}
+		err = ferr
 	}
 	switch {
 	case err != nil && errors.Is(cause, errTimedOut):
 		res.State = cortexv1.JobState_JOB_STATE_TIMEOUT
 		res.Error = fmt.Sprintf("the attempt ran past its timeout of %s", timeout)
 		w.failed.Add(1)
-	case err != nil:
+	default:
 		res.State = cortexv1.JobState_JOB_STATE_FAILED
 		res.Error = err.Error()
 		w.failed.Add(1)
-	default:
-		res.State = cortexv1.JobState_JOB_STATE_COMPLETED
-		res.ResultPtr = store.ResultPtr(req.GetJobId())
-		res.ResultSize = uint64(len(output))
-		w.completed.Add(1)
 	}
 	res.FinishedAt = timestamppb.Now()
 	err = w.conn.Publish(bus.SubjectJobResult, &cortexv1.BusPacket{

@@ -15,8 +15,9 @@ import (
 
 // tripsPerJob is the number of Redis round trips one echo job takes from
 // submit to recorded result, as docs/STORE.md lists them: create, the
-// kernel's read of the prompt, DISPATCHED, start, the result, COMPLETED.
-const tripsPerJob = 6
+// kernel's read of the prompt, DISPATCHED, start, and the result with
+// COMPLETED.
+const tripsPerJob = 5
 
 func TestRedisRoundTripsPerJob(t *testing.T) {
 	backends(t, up.ClusterOptions{}, func(t *testing.T, h *harness) {
