@@ -31,6 +31,7 @@ import (
 // Store is what the gateway needs from the memory fabric.
 type Store interface {
 	CreateJob(ctx context.Context, j store.NewJob, now time.Time) (string, error)
+	CreateJobs(ctx context.Context, jobs []store.NewJob, now time.Time) []store.Created
 	Transition(ctx context.Context, id string, c store.Change, now time.Time) (*store.Job, error)
 	Get(ctx context.Context, id string) (*store.Job, error)
 	Output(ctx context.Context, id string) (*store.Job, string, error)

@@ -33,20 +33,35 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 	if err := requireWrite(ctx, "submit jobs"); err != nil {
 		return nil, err
 	}
-	if err := g.validateSubmit(req); err != nil {
+	nj, err := g.accept(ctx, req)
+	if err != nil {
 		return nil, err
+	}
+	now := time.Now()
+	existing, err := g.store.CreateJob(ctx, nj, now)
+	return g.handOff(ctx, nj, existing, err, now)
+}
+
+// accept validates a request and makes its job's record.
+func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (store.NewJob, error) {
+	if err := g.validateSubmit(req); err != nil {
+		return store.NewJob{}, err
 	}
 	id, err := uuid.NewV7()
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInternal, "could not make a job id, try again")
+		return store.NewJob{}, connect.NewError(connect.CodeInternal, "could not make a job id, try again")
 	}
-	nj := newJob(id.String(), tenantFrom(ctx), req)
-	now := time.Now()
-	existing, err := g.store.CreateJob(ctx, nj, now)
+	return newJob(id.String(), tenantFrom(ctx), req), nil
+}
+
+// handOff answers for a job the store was asked to create (existing and
+// err are what it said): on success it publishes the job's event and hands
+// the job to the scheduler.
+func (g *Gateway) handOff(ctx context.Context, nj store.NewJob, existing string, err error, now time.Time) (*cortexv1.SubmitJobResponse, error) {
 	switch {
 	case errors.Is(err, store.ErrIdempotencyMismatch):
 		return nil, connect.Errorf(connect.CodeAlreadyExists,
-			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", req.GetIdempotencyKey(), existing)
+			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", nj.IdempotencyKey, existing)
 	case err != nil:
 		g.log.Error("record job", "job_id", nj.ID, "err", err)
 		return nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
@@ -73,6 +88,53 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the job was not queued, try again")
 	}
 	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING}, nil
+}
+
+// MaxBatch bounds the jobs of one SubmitJobs call.
+const MaxBatch = 1000
+
+// SubmitJobs validates and records many jobs in one round trip to the
+// store; each job is answered as SubmitJob would answer it alone.
+func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsRequest) (*cortexv1.SubmitJobsResponse, error) {
+	if err := requireWrite(ctx, "submit jobs"); err != nil {
+		return nil, err
+	}
+	if n := len(req.GetJobs()); n == 0 || n > MaxBatch {
+		return nil, connect.Errorf(connect.CodeInvalidArgument, "a batch holds 1 to %d jobs, not %d; split it", MaxBatch, n)
+	}
+	res := &cortexv1.SubmitJobsResponse{Results: make([]*cortexv1.SubmitJobsResult, len(req.GetJobs()))}
+	var jobs []store.NewJob
+	var at []int
+	for i, r := range req.GetJobs() {
+		nj, err := g.accept(ctx, r)
+		if err != nil {
+			res.Results[i] = batchResult(nil, err)
+			continue
+		}
+		jobs, at = append(jobs, nj), append(at, i)
+	}
+	now := time.Now()
+	for k, c := range g.store.CreateJobs(ctx, jobs, now) {
+		one, err := g.handOff(ctx, jobs[k], c.Existing, c.Err, now)
+		res.Results[at[k]] = batchResult(one, err)
+	}
+	return res, nil
+}
+
+func batchResult(one *cortexv1.SubmitJobResponse, err error) *cortexv1.SubmitJobsResult {
+	if err != nil {
+		return &cortexv1.SubmitJobsResult{ErrorCode: connect.CodeOf(err).String(), Error: errorMessage(err)}
+	}
+	return &cortexv1.SubmitJobsResult{JobId: one.GetJobId(), State: one.GetState(), Deduplicated: one.GetDeduplicated()}
+}
+
+// errorMessage is a Connect error's message without its code prefix.
+func errorMessage(err error) string {
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return ce.Message()
+	}
+	return err.Error()
 }
 
 // newJob is the store record of an accepted request.

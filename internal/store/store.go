@@ -180,9 +180,60 @@ type NewJob struct {
 // the tenant, nothing is created: CreateJob returns the earlier job's id,
 // and ErrIdempotencyMismatch too if that job came from a different request.
 func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) (existing string, err error) {
+	keys, args, err := s.createArgs(j, now)
+	if err != nil {
+		return "", err
+	}
+	res, err := createScript.Run(ctx, s.rdb, keys, args...).StringSlice()
+	return created(j, res, err)
+}
+
+// Created is the outcome of one job of CreateJobs, as CreateJob returns it.
+type Created struct {
+	Existing string
+	Err      error
+}
+
+// CreateJobs is CreateJob for many jobs in one round trip (a pipeline of
+// scripts). Each job succeeds or fails alone.
+func (s *Store) CreateJobs(ctx context.Context, jobs []NewJob, now time.Time) []Created {
+	out := make([]Created, len(jobs))
+	cmds := make([]*redis.Cmd, len(jobs))
+	run := func() error {
+		pipe := s.rdb.Pipeline()
+		for i, j := range jobs {
+			keys, args, err := s.createArgs(j, now)
+			if err != nil {
+				out[i].Err = err
+				continue
+			}
+			cmds[i] = createScript.EvalSha(ctx, pipe, keys, args...)
+		}
+		_, err := pipe.Exec(ctx)
+		return err
+	}
+	// Exec's error is the first command's; each command keeps its own.
+	if err := run(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+		// Redis lost its scripts (a restart): load and go again. A create
+		// that failed with NOSCRIPT changed nothing.
+		if createScript.Load(ctx, s.rdb).Err() == nil {
+			_ = run()
+		}
+	}
+	for i, c := range cmds {
+		if c != nil {
+			res, err := c.StringSlice()
+			out[i].Existing, out[i].Err = created(jobs[i], res, err)
+		}
+	}
+	return out
+}
+
+// createArgs are createScript's keys and arguments for j.
+func (s *Store) createArgs(j NewJob, now time.Time) ([]string, []any, error) {
 	labels, err := json.Marshal(j.Labels)
 	if err != nil {
-		return "", fmt.Errorf("create job %s: %w", j.ID, err)
+		return nil, nil, fmt.Errorf("create job %s: %w", j.ID, err)
 	}
 	ts := micros(now)
 	binary := "0"
@@ -197,14 +248,18 @@ func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) (existin
 	if last := s.lastTrim.Load(); now.UnixMicro()-last >= trimInterval.Microseconds() && s.lastTrim.CompareAndSwap(last, now.UnixMicro()) {
 		trim = "(" + indexBound(now.Add(-s.retention))
 	}
-	res, err := createScript.Run(ctx, s.rdb, keys,
+	return keys, []any{
 		j.ID, j.Input, s.retention.Milliseconds(), trim, j.Fingerprint,
 		fState, string(Pending), fTopic, j.Topic, fTenant, j.Tenant, fLabels, string(labels),
 		fPriority, strconv.Itoa(int(j.Priority)), fTimeout, strconv.FormatInt(j.Timeout.Milliseconds(), 10),
 		fMaxAttempts, strconv.Itoa(int(j.MaxAttempts)), fAttempt, "1",
 		fPromptSize, strconv.Itoa(len(j.Input)), fBinary, binary,
-		fCreated, ts, fUpdated, ts, enteredPre+string(Pending), ts, fVersion, "1",
-	).StringSlice()
+		fCreated, ts, fUpdated, ts, enteredPre + string(Pending), ts, fVersion, "1",
+	}, nil
+}
+
+// created reads createScript's answer for j.
+func created(j NewJob, res []string, err error) (string, error) {
 	switch {
 	case err != nil:
 		return "", fmt.Errorf("create job %s: %w", j.ID, err)

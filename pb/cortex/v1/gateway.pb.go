@@ -1526,6 +1526,175 @@ func (x *StreamDecisionsResponse) GetDropped() uint64 {
 	return 0
 }
 
+type SubmitJobsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*SubmitJobRequest    `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitJobsRequest) Reset() {
+	*x = SubmitJobsRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitJobsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitJobsRequest) ProtoMessage() {}
+
+func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitJobsRequest.ProtoReflect.Descriptor instead.
+func (*SubmitJobsRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *SubmitJobsRequest) GetJobs() []*SubmitJobRequest {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+type SubmitJobsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// results answer the jobs in the order they were sent.
+	Results       []*SubmitJobsResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitJobsResponse) Reset() {
+	*x = SubmitJobsResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitJobsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitJobsResponse) ProtoMessage() {}
+
+func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitJobsResponse.ProtoReflect.Descriptor instead.
+func (*SubmitJobsResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SubmitJobsResponse) GetResults() []*SubmitJobsResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// SubmitJobsResult is the answer for one job of a batch: a job id, or the
+// error that job alone would have got.
+type SubmitJobsResult struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	JobId        string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	State        JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
+	Deduplicated bool                   `protobuf:"varint,3,opt,name=deduplicated,proto3" json:"deduplicated,omitempty"`
+	// error_code is the Connect code name ("invalid_argument", ...) when the
+	// job was refused; error says why and what to do.
+	ErrorCode     string `protobuf:"bytes,4,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SubmitJobsResult) Reset() {
+	*x = SubmitJobsResult{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SubmitJobsResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SubmitJobsResult) ProtoMessage() {}
+
+func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SubmitJobsResult.ProtoReflect.Descriptor instead.
+func (*SubmitJobsResult) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *SubmitJobsResult) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *SubmitJobsResult) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *SubmitJobsResult) GetDeduplicated() bool {
+	if x != nil {
+		return x.Deduplicated
+	}
+	return false
+}
+
+func (x *SubmitJobsResult) GetErrorCode() string {
+	if x != nil {
+		return x.ErrorCode
+	}
+	return ""
+}
+
+func (x *SubmitJobsResult) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
@@ -1634,9 +1803,22 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\"i\n" +
 	"\x17StreamDecisionsResponse\x124\n" +
 	"\x05event\x18\x01 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventR\x05event\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x04R\adropped2\xe5\a\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\"D\n" +
+	"\x11SubmitJobsRequest\x12/\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobRequestR\x04jobs\"K\n" +
+	"\x12SubmitJobsResponse\x125\n" +
+	"\aresults\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobsResultR\aresults\"\xad\x01\n" +
+	"\x10SubmitJobsResult\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\"\n" +
+	"\fdeduplicated\x18\x03 \x01(\bR\fdeduplicated\x12\x1d\n" +
+	"\n" +
+	"error_code\x18\x04 \x01(\tR\terrorCode\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error2\xb0\b\n" +
 	"\x0eGatewayService\x12F\n" +
-	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12=\n" +
+	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12I\n" +
+	"\n" +
+	"SubmitJobs\x12\x1c.cortex.v1.SubmitJobsRequest\x1a\x1d.cortex.v1.SubmitJobsResponse\x12=\n" +
 	"\x06GetJob\x12\x18.cortex.v1.GetJobRequest\x1a\x19.cortex.v1.GetJobResponse\x12F\n" +
 	"\tGetResult\x12\x1b.cortex.v1.GetResultRequest\x1a\x1c.cortex.v1.GetResultResponse\x12C\n" +
 	"\bListJobs\x12\x1a.cortex.v1.ListJobsRequest\x1a\x1b.cortex.v1.ListJobsResponse\x12F\n" +
@@ -1665,7 +1847,7 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_gateway_proto_rawDescData
 }
 
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_cortex_v1_gateway_proto_goTypes = []any{
 	(*SubmitJobRequest)(nil),        // 0: cortex.v1.SubmitJobRequest
 	(*SubmitJobResponse)(nil),       // 1: cortex.v1.SubmitJobResponse
@@ -1693,73 +1875,81 @@ var file_cortex_v1_gateway_proto_goTypes = []any{
 	(*ExplainDecisionResponse)(nil), // 23: cortex.v1.ExplainDecisionResponse
 	(*StreamDecisionsRequest)(nil),  // 24: cortex.v1.StreamDecisionsRequest
 	(*StreamDecisionsResponse)(nil), // 25: cortex.v1.StreamDecisionsResponse
-	nil,                             // 26: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                             // 27: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                             // 28: cortex.v1.StreamEventsRequest.LabelsEntry
-	nil,                             // 29: cortex.v1.ExplainDecisionRequest.LabelsEntry
-	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
-	(JobState)(0),                   // 31: cortex.v1.JobState
-	(*Job)(nil),                     // 32: cortex.v1.Job
-	(*PolicyStatus)(nil),            // 33: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 34: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 35: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 36: cortex.v1.SafetyDecisionEvent
+	(*SubmitJobsRequest)(nil),       // 26: cortex.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 27: cortex.v1.SubmitJobsResponse
+	(*SubmitJobsResult)(nil),        // 28: cortex.v1.SubmitJobsResult
+	nil,                             // 29: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 30: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 31: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 32: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
+	(JobState)(0),                   // 34: cortex.v1.JobState
+	(*Job)(nil),                     // 35: cortex.v1.Job
+	(*PolicyStatus)(nil),            // 36: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 37: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 38: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 39: cortex.v1.SafetyDecisionEvent
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	26, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	30, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	31, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	32, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	31, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	31, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	27, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	32, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	32, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	32, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	31, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	28, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	32, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	32, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	32, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	33, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	33, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	33, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	29, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	34, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	34, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	35, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	36, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	0,  // 23: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	2,  // 24: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	4,  // 25: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	6,  // 26: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	8,  // 27: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	10, // 28: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	12, // 29: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	14, // 30: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	16, // 31: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	18, // 32: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	20, // 33: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	22, // 34: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	24, // 35: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	1,  // 36: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	3,  // 37: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	5,  // 38: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	7,  // 39: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	9,  // 40: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	11, // 41: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	13, // 42: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	15, // 43: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	17, // 44: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	19, // 45: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	21, // 46: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	23, // 47: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	25, // 48: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	36, // [36:49] is the sub-list for method output_type
-	23, // [23:36] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	29, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	33, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	34, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	35, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	34, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	34, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	30, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	35, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	35, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	35, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	34, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	31, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	35, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	35, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	35, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	36, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	36, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	36, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	32, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	37, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	37, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	38, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	39, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	0,  // 23: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	28, // 24: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	34, // 25: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	0,  // 26: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	26, // 27: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	2,  // 28: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	4,  // 29: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	6,  // 30: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	8,  // 31: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	10, // 32: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	12, // 33: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	14, // 34: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	16, // 35: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	18, // 36: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	20, // 37: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	22, // 38: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	24, // 39: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	1,  // 40: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	27, // 41: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	3,  // 42: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	5,  // 43: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	7,  // 44: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	9,  // 45: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	11, // 46: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	13, // 47: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	15, // 48: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	17, // 49: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	19, // 50: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	21, // 51: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	23, // 52: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	25, // 53: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	40, // [40:54] is the sub-list for method output_type
+	26, // [26:40] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -1780,7 +1970,7 @@ func file_cortex_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

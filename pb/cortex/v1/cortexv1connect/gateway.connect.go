@@ -26,6 +26,8 @@ const (
 const (
 	// GatewayServiceSubmitJobProcedure is the procedure name of the GatewayService's SubmitJob RPC.
 	GatewayServiceSubmitJobProcedure = "/cortex.v1.GatewayService/SubmitJob"
+	// GatewayServiceSubmitJobsProcedure is the procedure name of the GatewayService's SubmitJobs RPC.
+	GatewayServiceSubmitJobsProcedure = "/cortex.v1.GatewayService/SubmitJobs"
 	// GatewayServiceGetJobProcedure is the procedure name of the GatewayService's GetJob RPC.
 	GatewayServiceGetJobProcedure = "/cortex.v1.GatewayService/GetJob"
 	// GatewayServiceGetResultProcedure is the procedure name of the GatewayService's GetResult RPC.
@@ -61,6 +63,13 @@ var (
 			StreamType: connect.StreamTypeUnary,
 			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("SubmitJob"),
 			Procedure:  GatewayServiceSubmitJobProcedure,
+		}
+	})
+	gatewayServiceSubmitJobsSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("SubmitJobs"),
+			Procedure:  GatewayServiceSubmitJobsProcedure,
 		}
 	})
 	gatewayServiceGetJobSpec = sync.OnceValue(func() connect.Spec {
@@ -155,6 +164,10 @@ type GatewayServiceClient interface {
 	// the scheduler. A job.* topic that no pool serves is refused. A topic the
 	// safety policy denies is accepted and recorded DENIED.
 	SubmitJob(context.Context, *v1.SubmitJobRequest) (*v1.SubmitJobResponse, error)
+	// SubmitJobs submits up to 1000 jobs in one call, for high-volume
+	// producers: each is validated and recorded as if submitted alone, and
+	// answered in order; one invalid job does not stop the others.
+	SubmitJobs(context.Context, *v1.SubmitJobsRequest) (*v1.SubmitJobsResponse, error)
 	// GetJob returns a job's record: state, attempt, pool, worker, safety
 	// decision and the time of every transition.
 	GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error)
@@ -267,6 +280,10 @@ type GatewayServiceHandler interface {
 	// the scheduler. A job.* topic that no pool serves is refused. A topic the
 	// safety policy denies is accepted and recorded DENIED.
 	SubmitJob(context.Context, *v1.SubmitJobRequest) (*v1.SubmitJobResponse, error)
+	// SubmitJobs submits up to 1000 jobs in one call, for high-volume
+	// producers: each is validated and recorded as if submitted alone, and
+	// answered in order; one invalid job does not stop the others.
+	SubmitJobs(context.Context, *v1.SubmitJobsRequest) (*v1.SubmitJobsResponse, error)
 	// GetJob returns a job's record: state, attempt, pool, worker, safety
 	// decision and the time of every transition.
 	GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error)
@@ -311,6 +328,7 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 	adapter := gatewayServiceHandler{svc: svc}
 	server.Register(
 		connect.Method{Spec: gatewayServiceSubmitJobSpec(), Handler: adapter.submitJob},
+		connect.Method{Spec: gatewayServiceSubmitJobsSpec(), Handler: adapter.submitJobs},
 		connect.Method{Spec: gatewayServiceGetJobSpec(), Handler: adapter.getJob},
 		connect.Method{Spec: gatewayServiceGetResultSpec(), Handler: adapter.getResult},
 		connect.Method{Spec: gatewayServiceListJobsSpec(), Handler: adapter.listJobs},
@@ -380,6 +398,10 @@ func (UnimplementedGatewayServiceHandler) SubmitJob(context.Context, *v1.SubmitJ
 	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.SubmitJob is not implemented")
 }
 
+func (UnimplementedGatewayServiceHandler) SubmitJobs(context.Context, *v1.SubmitJobsRequest) (*v1.SubmitJobsResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.SubmitJobs is not implemented")
+}
+
 func (UnimplementedGatewayServiceHandler) GetJob(context.Context, *v1.GetJobRequest) (*v1.GetJobResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.GetJob is not implemented")
 }
@@ -435,6 +457,14 @@ type gatewayServiceClient struct {
 func (c *gatewayServiceClient) SubmitJob(ctx context.Context, req *v1.SubmitJobRequest) (*v1.SubmitJobResponse, error) {
 	var res v1.SubmitJobResponse
 	if err := c.client.CallUnary(ctx, gatewayServiceSubmitJobSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) SubmitJobs(ctx context.Context, req *v1.SubmitJobsRequest) (*v1.SubmitJobsResponse, error) {
+	var res v1.SubmitJobsResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceSubmitJobsSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -544,6 +574,18 @@ func (h gatewayServiceHandler) submitJob(ctx context.Context, _ connect.Spec, st
 		return err
 	}
 	res, err := h.svc.SubmitJob(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) submitJobs(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.SubmitJobsRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.SubmitJobs(ctx, &req)
 	if err != nil {
 		return err
 	}
