@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +22,59 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// WorkerState says whether a worker takes jobs.
+type WorkerState int32
+
+const (
+	WorkerState_WORKER_STATE_UNSPECIFIED WorkerState = 0
+	// LIVE: heartbeats arrive and the worker takes jobs.
+	WorkerState_WORKER_STATE_LIVE WorkerState = 1
+	// DRAINING: the worker is stopping; it finishes its jobs, takes no new
+	// ones, and leaves the list after three missed heartbeats.
+	WorkerState_WORKER_STATE_DRAINING WorkerState = 2
+)
+
+// Enum value maps for WorkerState.
+var (
+	WorkerState_name = map[int32]string{
+		0: "WORKER_STATE_UNSPECIFIED",
+		1: "WORKER_STATE_LIVE",
+		2: "WORKER_STATE_DRAINING",
+	}
+	WorkerState_value = map[string]int32{
+		"WORKER_STATE_UNSPECIFIED": 0,
+		"WORKER_STATE_LIVE":        1,
+		"WORKER_STATE_DRAINING":    2,
+	}
+)
+
+func (x WorkerState) Enum() *WorkerState {
+	p := new(WorkerState)
+	*p = x
+	return p
+}
+
+func (x WorkerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WorkerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_cortex_v1_gateway_proto_enumTypes[0].Descriptor()
+}
+
+func (WorkerState) Type() protoreflect.EnumType {
+	return &file_cortex_v1_gateway_proto_enumTypes[0]
+}
+
+func (x WorkerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WorkerState.Descriptor instead.
+func (WorkerState) EnumDescriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
 
 type SubmitJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1526,11 +1580,431 @@ func (x *StreamDecisionsResponse) GetDropped() uint64 {
 	return 0
 }
 
+type ListWorkersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pool keeps the workers of one pool (all when empty).
+	Pool          string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersRequest) Reset() {
+	*x = ListWorkersRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersRequest) ProtoMessage() {}
+
+func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListWorkersRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+type ListWorkersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workers       []*WorkerInfo          `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersResponse) Reset() {
+	*x = ListWorkersResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersResponse) ProtoMessage() {}
+
+func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
+// WorkerInfo is what the last heartbeat of a worker said, and when it came.
+type WorkerInfo struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId        string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Pool            string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	State           WorkerState            `protobuf:"varint,3,opt,name=state,proto3,enum=cortex.v1.WorkerState" json:"state,omitempty"`
+	ActiveJobs      uint32                 `protobuf:"varint,4,opt,name=active_jobs,json=activeJobs,proto3" json:"active_jobs,omitempty"`
+	MaxParallelJobs uint32                 `protobuf:"varint,5,opt,name=max_parallel_jobs,json=maxParallelJobs,proto3" json:"max_parallel_jobs,omitempty"`
+	// cpu_load is the host's 1-minute load average per CPU (0: unknown).
+	CpuLoad       float64  `protobuf:"fixed64,6,opt,name=cpu_load,json=cpuLoad,proto3" json:"cpu_load,omitempty"`
+	Topics        []string `protobuf:"bytes,7,rep,name=topics,proto3" json:"topics,omitempty"`
+	Capabilities  []string `protobuf:"bytes,8,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Version       string   `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	CompletedJobs uint64   `protobuf:"varint,10,opt,name=completed_jobs,json=completedJobs,proto3" json:"completed_jobs,omitempty"`
+	FailedJobs    uint64   `protobuf:"varint,11,opt,name=failed_jobs,json=failedJobs,proto3" json:"failed_jobs,omitempty"`
+	// last_heartbeat is when the gateway received the last heartbeat.
+	LastHeartbeat     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
+	HeartbeatInterval *durationpb.Duration   `protobuf:"bytes,13,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	// first_seen is when the gateway received the first heartbeat.
+	FirstSeen *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	// missed_heartbeats counts the heartbeats due since the last one (0-2).
+	MissedHeartbeats uint32 `protobuf:"varint,15,opt,name=missed_heartbeats,json=missedHeartbeats,proto3" json:"missed_heartbeats,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *WorkerInfo) Reset() {
+	*x = WorkerInfo{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerInfo) ProtoMessage() {}
+
+func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
+func (*WorkerInfo) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *WorkerInfo) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetState() WorkerState {
+	if x != nil {
+		return x.State
+	}
+	return WorkerState_WORKER_STATE_UNSPECIFIED
+}
+
+func (x *WorkerInfo) GetActiveJobs() uint32 {
+	if x != nil {
+		return x.ActiveJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetMaxParallelJobs() uint32 {
+	if x != nil {
+		return x.MaxParallelJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetCpuLoad() float64 {
+	if x != nil {
+		return x.CpuLoad
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetCompletedJobs() uint64 {
+	if x != nil {
+		return x.CompletedJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetFailedJobs() uint64 {
+	if x != nil {
+		return x.FailedJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetLastHeartbeat() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastHeartbeat
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetMissedHeartbeats() uint32 {
+	if x != nil {
+		return x.MissedHeartbeats
+	}
+	return 0
+}
+
+type ListPoolsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoolsRequest) Reset() {
+	*x = ListPoolsRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoolsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoolsRequest) ProtoMessage() {}
+
+func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
+func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
+}
+
+type ListPoolsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pools         []*PoolInfo            `protobuf:"bytes,1,rep,name=pools,proto3" json:"pools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoolsResponse) Reset() {
+	*x = ListPoolsResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoolsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoolsResponse) ProtoMessage() {}
+
+func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
+func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListPoolsResponse) GetPools() []*PoolInfo {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+// PoolInfo sums the workers of one pool.
+type PoolInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// workers counts the live workers, which take jobs.
+	Workers uint32 `protobuf:"varint,2,opt,name=workers,proto3" json:"workers,omitempty"`
+	// draining_workers counts the workers that are stopping.
+	DrainingWorkers uint32 `protobuf:"varint,3,opt,name=draining_workers,json=drainingWorkers,proto3" json:"draining_workers,omitempty"`
+	// active_jobs is what the live workers run; capacity is how many jobs
+	// they can run at once.
+	ActiveJobs uint32 `protobuf:"varint,4,opt,name=active_jobs,json=activeJobs,proto3" json:"active_jobs,omitempty"`
+	Capacity   uint32 `protobuf:"varint,5,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// topics is every topic a worker of the pool serves.
+	Topics        []string `protobuf:"bytes,6,rep,name=topics,proto3" json:"topics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolInfo) Reset() {
+	*x = PoolInfo{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolInfo) ProtoMessage() {}
+
+func (x *PoolInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolInfo.ProtoReflect.Descriptor instead.
+func (*PoolInfo) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *PoolInfo) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *PoolInfo) GetWorkers() uint32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetDrainingWorkers() uint32 {
+	if x != nil {
+		return x.DrainingWorkers
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetActiveJobs() uint32 {
+	if x != nil {
+		return x.ActiveJobs
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetCapacity() uint32 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
 var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x03\n" +
+	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n" +
 	"\x10SubmitJobRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12?\n" +
@@ -1634,7 +2108,47 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\"i\n" +
 	"\x17StreamDecisionsResponse\x124\n" +
 	"\x05event\x18\x01 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventR\x05event\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x04R\adropped2\xe5\a\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\"(\n" +
+	"\x12ListWorkersRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\"F\n" +
+	"\x13ListWorkersResponse\x12/\n" +
+	"\aworkers\x18\x01 \x03(\v2\x15.cortex.v1.WorkerInfoR\aworkers\"\xe6\x04\n" +
+	"\n" +
+	"WorkerInfo\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12,\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x16.cortex.v1.WorkerStateR\x05state\x12\x1f\n" +
+	"\vactive_jobs\x18\x04 \x01(\rR\n" +
+	"activeJobs\x12*\n" +
+	"\x11max_parallel_jobs\x18\x05 \x01(\rR\x0fmaxParallelJobs\x12\x19\n" +
+	"\bcpu_load\x18\x06 \x01(\x01R\acpuLoad\x12\x16\n" +
+	"\x06topics\x18\a \x03(\tR\x06topics\x12\"\n" +
+	"\fcapabilities\x18\b \x03(\tR\fcapabilities\x12\x18\n" +
+	"\aversion\x18\t \x01(\tR\aversion\x12%\n" +
+	"\x0ecompleted_jobs\x18\n" +
+	" \x01(\x04R\rcompletedJobs\x12\x1f\n" +
+	"\vfailed_jobs\x18\v \x01(\x04R\n" +
+	"failedJobs\x12A\n" +
+	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12H\n" +
+	"\x12heartbeat_interval\x18\r \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x129\n" +
+	"\n" +
+	"first_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x12+\n" +
+	"\x11missed_heartbeats\x18\x0f \x01(\rR\x10missedHeartbeats\"\x12\n" +
+	"\x10ListPoolsRequest\">\n" +
+	"\x11ListPoolsResponse\x12)\n" +
+	"\x05pools\x18\x01 \x03(\v2\x13.cortex.v1.PoolInfoR\x05pools\"\xb8\x01\n" +
+	"\bPoolInfo\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
+	"\aworkers\x18\x02 \x01(\rR\aworkers\x12)\n" +
+	"\x10draining_workers\x18\x03 \x01(\rR\x0fdrainingWorkers\x12\x1f\n" +
+	"\vactive_jobs\x18\x04 \x01(\rR\n" +
+	"activeJobs\x12\x1a\n" +
+	"\bcapacity\x18\x05 \x01(\rR\bcapacity\x12\x16\n" +
+	"\x06topics\x18\x06 \x03(\tR\x06topics*]\n" +
+	"\vWorkerState\x12\x1c\n" +
+	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11WORKER_STATE_LIVE\x10\x01\x12\x19\n" +
+	"\x15WORKER_STATE_DRAINING\x10\x022\xfb\b\n" +
 	"\x0eGatewayService\x12F\n" +
 	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12=\n" +
 	"\x06GetJob\x12\x18.cortex.v1.GetJobRequest\x1a\x19.cortex.v1.GetJobResponse\x12F\n" +
@@ -1649,7 +2163,9 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\tGetPolicy\x12\x1b.cortex.v1.GetPolicyRequest\x1a\x1c.cortex.v1.GetPolicyResponse\x12L\n" +
 	"\vApplyPolicy\x12\x1d.cortex.v1.ApplyPolicyRequest\x1a\x1e.cortex.v1.ApplyPolicyResponse\x12X\n" +
 	"\x0fExplainDecision\x12!.cortex.v1.ExplainDecisionRequest\x1a\".cortex.v1.ExplainDecisionResponse\x12Z\n" +
-	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01B\x93\x01\n" +
+	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01\x12L\n" +
+	"\vListWorkers\x12\x1d.cortex.v1.ListWorkersRequest\x1a\x1e.cortex.v1.ListWorkersResponse\x12F\n" +
+	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponseB\x93\x01\n" +
 	"\rcom.cortex.v1B\fGatewayProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -1665,101 +2181,120 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_gateway_proto_rawDescData
 }
 
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_cortex_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_cortex_v1_gateway_proto_goTypes = []any{
-	(*SubmitJobRequest)(nil),        // 0: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 1: cortex.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),           // 2: cortex.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 3: cortex.v1.GetJobResponse
-	(*GetResultRequest)(nil),        // 4: cortex.v1.GetResultRequest
-	(*GetResultResponse)(nil),       // 5: cortex.v1.GetResultResponse
-	(*ListJobsRequest)(nil),         // 6: cortex.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 7: cortex.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 8: cortex.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 9: cortex.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),         // 10: cortex.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),        // 11: cortex.v1.WatchJobResponse
-	(*StreamEventsRequest)(nil),     // 12: cortex.v1.StreamEventsRequest
-	(*StreamEventsResponse)(nil),    // 13: cortex.v1.StreamEventsResponse
-	(*ApproveJobRequest)(nil),       // 14: cortex.v1.ApproveJobRequest
-	(*ApproveJobResponse)(nil),      // 15: cortex.v1.ApproveJobResponse
-	(*RejectJobRequest)(nil),        // 16: cortex.v1.RejectJobRequest
-	(*RejectJobResponse)(nil),       // 17: cortex.v1.RejectJobResponse
-	(*GetPolicyRequest)(nil),        // 18: cortex.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),       // 19: cortex.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),      // 20: cortex.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),     // 21: cortex.v1.ApplyPolicyResponse
-	(*ExplainDecisionRequest)(nil),  // 22: cortex.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil), // 23: cortex.v1.ExplainDecisionResponse
-	(*StreamDecisionsRequest)(nil),  // 24: cortex.v1.StreamDecisionsRequest
-	(*StreamDecisionsResponse)(nil), // 25: cortex.v1.StreamDecisionsResponse
-	nil,                             // 26: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                             // 27: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                             // 28: cortex.v1.StreamEventsRequest.LabelsEntry
-	nil,                             // 29: cortex.v1.ExplainDecisionRequest.LabelsEntry
-	(*durationpb.Duration)(nil),     // 30: google.protobuf.Duration
-	(JobState)(0),                   // 31: cortex.v1.JobState
-	(*Job)(nil),                     // 32: cortex.v1.Job
-	(*PolicyStatus)(nil),            // 33: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 34: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 35: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 36: cortex.v1.SafetyDecisionEvent
+	(WorkerState)(0),                // 0: cortex.v1.WorkerState
+	(*SubmitJobRequest)(nil),        // 1: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 2: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),           // 3: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 4: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),        // 5: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),       // 6: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),         // 7: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 8: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 9: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 10: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),         // 11: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),        // 12: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),     // 13: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil),    // 14: cortex.v1.StreamEventsResponse
+	(*ApproveJobRequest)(nil),       // 15: cortex.v1.ApproveJobRequest
+	(*ApproveJobResponse)(nil),      // 16: cortex.v1.ApproveJobResponse
+	(*RejectJobRequest)(nil),        // 17: cortex.v1.RejectJobRequest
+	(*RejectJobResponse)(nil),       // 18: cortex.v1.RejectJobResponse
+	(*GetPolicyRequest)(nil),        // 19: cortex.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),       // 20: cortex.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),      // 21: cortex.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),     // 22: cortex.v1.ApplyPolicyResponse
+	(*ExplainDecisionRequest)(nil),  // 23: cortex.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil), // 24: cortex.v1.ExplainDecisionResponse
+	(*StreamDecisionsRequest)(nil),  // 25: cortex.v1.StreamDecisionsRequest
+	(*StreamDecisionsResponse)(nil), // 26: cortex.v1.StreamDecisionsResponse
+	(*ListWorkersRequest)(nil),      // 27: cortex.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 28: cortex.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),              // 29: cortex.v1.WorkerInfo
+	(*ListPoolsRequest)(nil),        // 30: cortex.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 31: cortex.v1.ListPoolsResponse
+	(*PoolInfo)(nil),                // 32: cortex.v1.PoolInfo
+	nil,                             // 33: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 34: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 35: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 36: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*durationpb.Duration)(nil),     // 37: google.protobuf.Duration
+	(JobState)(0),                   // 38: cortex.v1.JobState
+	(*Job)(nil),                     // 39: cortex.v1.Job
+	(*PolicyStatus)(nil),            // 40: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 41: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 42: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 43: cortex.v1.SafetyDecisionEvent
+	(*timestamppb.Timestamp)(nil),   // 44: google.protobuf.Timestamp
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	26, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	30, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	31, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	32, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	31, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	31, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	27, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	32, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	32, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	32, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	31, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	28, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	32, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	32, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	32, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	33, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	33, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	33, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	29, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	34, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	34, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	35, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	36, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	0,  // 23: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	2,  // 24: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	4,  // 25: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	6,  // 26: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	8,  // 27: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	10, // 28: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	12, // 29: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	14, // 30: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	16, // 31: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	18, // 32: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	20, // 33: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	22, // 34: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	24, // 35: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	1,  // 36: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	3,  // 37: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	5,  // 38: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	7,  // 39: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	9,  // 40: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	11, // 41: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	13, // 42: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	15, // 43: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	17, // 44: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	19, // 45: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	21, // 46: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	23, // 47: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	25, // 48: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	36, // [36:49] is the sub-list for method output_type
-	23, // [23:36] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	33, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	37, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	38, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	39, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	38, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	38, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	34, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	39, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	39, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	39, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	38, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	35, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	39, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	39, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	39, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	40, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	40, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	40, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	36, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	41, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	41, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	42, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	43, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	29, // 23: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 24: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	44, // 25: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	37, // 26: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	44, // 27: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	32, // 28: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	1,  // 29: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	3,  // 30: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	5,  // 31: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	7,  // 32: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	9,  // 33: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	11, // 34: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	13, // 35: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	15, // 36: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	17, // 37: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	19, // 38: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	21, // 39: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	23, // 40: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	25, // 41: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	27, // 42: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	30, // 43: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	2,  // 44: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	4,  // 45: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	6,  // 46: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	8,  // 47: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	10, // 48: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	12, // 49: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	14, // 50: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	16, // 51: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	18, // 52: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	20, // 53: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	22, // 54: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	24, // 55: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	26, // 56: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	28, // 57: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	31, // 58: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	44, // [44:59] is the sub-list for method output_type
+	29, // [29:44] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -1779,13 +2314,14 @@ func file_cortex_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   30,
+			NumEnums:      1,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_cortex_v1_gateway_proto_goTypes,
 		DependencyIndexes: file_cortex_v1_gateway_proto_depIdxs,
+		EnumInfos:         file_cortex_v1_gateway_proto_enumTypes,
 		MessageInfos:      file_cortex_v1_gateway_proto_msgTypes,
 	}.Build()
 	File_cortex_v1_gateway_proto = out.File
