@@ -23,6 +23,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/policycmd"
 	"github.com/cortex-os/core/internal/cli/up"
+	"github.com/cortex-os/core/internal/cli/workercmd"
 	"github.com/cortex-os/core/internal/client"
 )
 
@@ -100,6 +101,11 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdJobs(f), job.NewCmdTail(f, nil),
 		job.NewCmdApprove(f, nil), job.NewCmdReject(f, nil), bench.NewCmdBench(f)} {
 		c.GroupID = "jobs"
+		root.AddCommand(c)
+	}
+	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Cluster:"})
+	for _, c := range []*cobra.Command{workercmd.NewCmdWorkers(f, nil), workercmd.NewCmdPools(f, nil)} {
+		c.GroupID = "cluster"
 		root.AddCommand(c)
 	}
 	pol := policycmd.NewCmdPolicy(f, policycmd.NewCmdExplain(f, nil), policycmd.NewCmdApply(f, nil), policycmd.NewCmdShow(f, nil))

@@ -49,10 +49,12 @@ type Bus interface {
 	Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error)
 }
 
-// Router says which topics a pool serves.
+// Router says which topics a pool serves, and with which job defaults.
 type Router interface {
 	Routable(topic string) bool
 	Topics() []string
+	Pool(topic string) (string, bool)
+	Defaults(pool string) routing.Defaults
 }
 
 var (
@@ -81,6 +83,9 @@ type Options struct {
 	MaxPromptBytes int
 	// Router refuses job.* topics that no pool serves.
 	Router Router
+	// Workers lists workers and pools; Start starts it. Without it,
+	// ListWorkers and ListPools are Unimplemented.
+	Workers Workers
 }
 
 // Gateway serves the public API.
@@ -93,6 +98,7 @@ type Gateway struct {
 	log       *slog.Logger
 	jobs      *hub[*cortexv1.Job]
 	decisions *hub[*cortexv1.SafetyDecisionEvent]
+	workers   Workers
 	// closing is closed when Serve stops, to end open streams.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -108,6 +114,7 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 	if g.maxPrompt <= 0 {
 		g.maxPrompt = DefaultMaxPromptBytes
 	}
+	g.workers = opts.Workers
 	switch {
 	case len(opts.Keys) > 0:
 		g.keys = newKeyring(opts.Keys)
@@ -118,7 +125,8 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 }
 
 // Start fans job events and safety decisions from the bus out to WatchJob,
-// StreamEvents and StreamDecisions callers, until ctx ends. Without it,
+// StreamEvents and StreamDecisions callers, and feeds the worker registry
+// (Options.Workers) with heartbeats, until ctx ends. Without it,
 // job watchers still see every change by reading the store, only later.
 func (g *Gateway) Start(ctx context.Context) error {
 	// One handler at a time keeps events in the order they arrive.
@@ -127,6 +135,11 @@ func (g *Gateway) Start(ctx context.Context) error {
 	}
 	if _, err := g.bus.Subscribe(ctx, bus.SubjectSafetyDecision, "", 1, g.onDecision); err != nil {
 		return fmt.Errorf("gateway: %w", err)
+	}
+	if g.workers != nil {
+		if err := g.workers.Start(ctx, g.bus); err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -51,7 +52,8 @@ func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (s
 	if err != nil {
 		return store.NewJob{}, connect.NewError(connect.CodeInternal, "could not make a job id, try again")
 	}
-	return newJob(id.String(), tenantFrom(ctx), req), nil
+	pool, _ := g.router.Pool(req.GetTopic())
+	return newJob(id.String(), tenantFrom(ctx), req, g.router.Defaults(pool)), nil
 }
 
 // handOff answers for a job the store was asked to create (existing and
@@ -137,47 +139,76 @@ func errorMessage(err error) string {
 	return err.Error()
 }
 
-// newJob is the store record of an accepted request.
-func newJob(id, tenant string, req *cortexv1.SubmitJobRequest) store.NewJob {
+// newJob is the store record of an accepted request. The options the
+// request leaves unset (priority, timeout, max attempts) take the defaults
+// of the topic's pool, and are recorded on the job as if sent.
+func newJob(id, tenant string, req *cortexv1.SubmitJobRequest, d routing.Defaults) store.NewJob {
 	nj := store.NewJob{
 		ID:             id,
 		Topic:          req.GetTopic(),
 		Tenant:         tenant,
 		Input:          req.GetPrompt(),
 		Labels:         req.GetLabels(),
-		Priority:       req.GetPriority(),
-		Timeout:        req.GetTimeout().AsDuration(),
-		MaxAttempts:    max(req.GetMaxAttempts(), 1),
+		Priority:       d.Priority,
+		Timeout:        d.Timeout,
+		MaxAttempts:    max(d.MaxAttempts, 1),
 		IdempotencyKey: req.GetIdempotencyKey(),
 	}
-	if req.GetTimeout() == nil {
-		nj.Timeout = 0
+	if req.Priority != nil {
+		nj.Priority = req.GetPriority()
+	}
+	if req.Timeout != nil {
+		nj.Timeout = req.GetTimeout().AsDuration()
+	}
+	if req.MaxAttempts != nil {
+		nj.MaxAttempts = req.GetMaxAttempts()
 	}
 	if req.Payload != nil {
 		nj.Input, nj.Binary = string(req.GetPayload()), true
 	}
 	if nj.IdempotencyKey != "" {
-		nj.Fingerprint = fingerprint(nj)
+		nj.Fingerprint = fingerprint(req)
 	}
 	return nj
 }
 
 // fingerprint identifies what a request asks for, so that an idempotency
-// key reused for a different request is caught.
-func fingerprint(j store.NewJob) string {
+// key reused for a different request is caught. It hashes the request as
+// sent, not the job it became: an option left unset is hashed as unset, not
+// as the pool default it took. So a retry of the same request with the same
+// key finds the first job even if the routing table (and its defaults)
+// changed in between, while leaving an option unset and setting it to the
+// value of today's default are different requests.
+func fingerprint(req *cortexv1.SubmitJobRequest) string {
 	h := sha256.New()
 	field := func(s string) {
 		_ = binary.Write(h, binary.LittleEndian, uint64(len(s)))
 		h.Write([]byte(s))
 	}
-	field(j.Topic)
-	field(j.Input)
-	for _, k := range slices.Sorted(maps.Keys(j.Labels)) {
-		field(k)
-		field(j.Labels[k])
+	field(req.GetTopic())
+	if req.Payload != nil {
+		field(string(req.GetPayload()))
+	} else {
+		field(req.GetPrompt())
 	}
-	_ = binary.Write(h, binary.LittleEndian, []int64{int64(j.Priority), int64(j.Timeout), int64(j.MaxAttempts)})
-	if j.Binary {
+	labels := req.GetLabels()
+	for _, k := range slices.Sorted(maps.Keys(labels)) {
+		field(k)
+		field(labels[k])
+	}
+	// -1 stands for unset: no valid value is negative.
+	opts := []int64{-1, -1, -1}
+	if req.Priority != nil {
+		opts[0] = int64(req.GetPriority())
+	}
+	if req.Timeout != nil {
+		opts[1] = int64(req.GetTimeout().AsDuration())
+	}
+	if req.MaxAttempts != nil {
+		opts[2] = int64(req.GetMaxAttempts())
+	}
+	_ = binary.Write(h, binary.LittleEndian, opts)
+	if req.Payload != nil {
 		h.Write([]byte{1})
 	}
 	return hex.EncodeToString(h.Sum(nil)[:16])

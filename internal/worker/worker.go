@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
@@ -53,8 +54,13 @@ type Options struct {
 	Handlers map[string]plugins.Handler
 	// HeartbeatInterval is the time between heartbeats.
 	HeartbeatInterval time.Duration
-	// Version is reported in heartbeats.
+	// Version is reported in heartbeats (default: the module version of
+	// the build, else "dev").
 	Version string
+	// Capabilities are reported in heartbeats: what the worker can do
+	// beyond its topics ("python3", "gpu"). When empty, the kinds of its
+	// topics are reported (job.echo: "echo").
+	Capabilities []string
 	// ShutdownGrace is how long Stop lets running jobs finish before it
 	// cancels their context.
 	ShutdownGrace time.Duration
@@ -77,6 +83,10 @@ type Worker struct {
 	mu        sync.Mutex
 	running   map[string]context.CancelCauseFunc
 	stopBeats context.CancelFunc
+	// beatsDone is closed when the heartbeat loop has returned.
+	beatsDone chan struct{}
+	// draining is set once Stop began; heartbeats say so.
+	draining atomic.Bool
 }
 
 // CheckOptions reports what is wrong with opts, before anything connects.
@@ -118,6 +128,12 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 		topics = append(topics, t)
 	}
 	slices.Sort(topics)
+	if opts.Version == "" {
+		opts.Version = buildVersion()
+	}
+	if len(opts.Capabilities) == 0 {
+		opts.Capabilities = kinds(topics)
+	}
 	return &Worker{
 		conn: conn, store: st, opts: opts, topics: topics,
 		log:     log.With("worker_id", opts.ID, "pool", opts.Pool),
@@ -161,7 +177,9 @@ func (w *Worker) Start(ctx context.Context) error {
 		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
 	}
 	w.beat()
+	w.beatsDone = make(chan struct{})
 	go func() {
+		defer close(w.beatsDone)
 		tick := time.NewTicker(w.opts.HeartbeatInterval)
 		defer tick.Stop()
 		for {
@@ -178,9 +196,16 @@ func (w *Worker) Start(ctx context.Context) error {
 
 // Stop takes no new jobs, lets running ones finish for up to the shutdown
 // grace period (then cancels their context), reports their results, and
-// closes the connection.
+// closes the connection. Its last heartbeat, sent first, says the worker
+// is draining.
 func (w *Worker) Stop() {
 	w.stopBeats()
+	if w.beatsDone != nil {
+		<-w.beatsDone
+	}
+	if !w.draining.Swap(true) {
+		w.beat()
+	}
 	grace := time.AfterFunc(w.opts.ShutdownGrace, w.cancelJobs)
 	w.conn.Close()
 	grace.Stop()
@@ -189,14 +214,18 @@ func (w *Worker) Stop() {
 
 func (w *Worker) beat() {
 	hb := &cortexv1.Heartbeat{
-		WorkerId:        w.opts.ID,
-		Pool:            w.opts.Pool,
-		ActiveJobs:      uint32(w.active.Load()),
-		MaxParallelJobs: uint32(w.opts.MaxParallel),
-		Topics:          w.topics,
-		CompletedJobs:   w.completed.Load(),
-		FailedJobs:      w.failed.Load(),
-		Version:         w.opts.Version,
+		WorkerId:          w.opts.ID,
+		Pool:              w.opts.Pool,
+		ActiveJobs:        uint32(w.active.Load()),
+		MaxParallelJobs:   uint32(w.opts.MaxParallel),
+		Topics:            w.topics,
+		CompletedJobs:     w.completed.Load(),
+		FailedJobs:        w.failed.Load(),
+		Version:           w.opts.Version,
+		CpuLoad:           cpuLoad(),
+		Capabilities:      w.opts.Capabilities,
+		HeartbeatInterval: durationpb.New(w.opts.HeartbeatInterval),
+		Draining:          w.draining.Load(),
 	}
 	err := w.conn.Publish(bus.HeartbeatSubject(w.opts.ID), &cortexv1.BusPacket{
 		Payload: &cortexv1.BusPacket_Heartbeat{Heartbeat: hb},

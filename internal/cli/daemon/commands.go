@@ -188,7 +188,7 @@ func CheckPolicyFiles(files safety.Files) error {
 // NewCmdScheduler runs a scheduler.
 func NewCmdScheduler() *cobra.Command {
 	o := &Options{}
-	var routes []string
+	var routes RouteFlags
 	var safetyTimeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "scheduler",
@@ -196,10 +196,10 @@ func NewCmdScheduler() *cobra.Command {
 		Long: `Run a scheduler: it takes submitted jobs, asks the safety kernel, records
 denials, routes allowed jobs to their pool and records the outcomes workers
 report. Several schedulers share the work (queue group cortex-scheduler).`,
-		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --route job.echo=echo",
+		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --routes routing.yaml",
 		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			table, err := routeTable(routes)
+			table, err := routes.Router()
 			if err != nil {
 				return err
 			}
@@ -216,7 +216,7 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 		},
 	}
 	o.addFlags(cmd, true)
-	addRouteFlag(cmd, &routes)
+	AddRouteFlags(cmd, &routes)
 	cmd.Flags().DurationVar(&safetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long to wait for a safety decision before denying the job")
 	return cmd
 }
@@ -259,6 +259,7 @@ pool share its jobs; start more to add capacity. Built-in pools: echo
 	cmd.Flags().StringVar(&wo.ID, "id", "", "worker id on the bus (default <pool>-<random>)")
 	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
 	cmd.Flags().DurationVar(&wo.HeartbeatInterval, "heartbeat", worker.DefaultHeartbeatInterval, "time between heartbeats")
+	cmd.Flags().StringSliceVar(&wo.Capabilities, "capability", nil, "what this worker offers beyond its plugins, repeatable (e.g. python3,gpu; default: its plugins' names), shown by 'cortexctl workers -o wide'")
 	return cmd
 }
 
@@ -266,7 +267,8 @@ pool share its jobs; start more to add capacity. Built-in pools: echo
 func NewCmdGateway() *cobra.Command {
 	o := &Options{}
 	var listen string
-	var keys, routes []string
+	var keys []string
+	var routes RouteFlags
 	var maxPrompt int
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -276,8 +278,9 @@ and /readyz. Every call needs an API key ('Authorization: Bearer <key>');
 keys map to tenants and come from --api-keys or CORTEX_API_KEYS
 (key:tenant[,key:tenant...]; key:tenant:read makes a read-only key). Keys
 are held only as SHA-256 digests. Without keys the gateway refuses to start
-unless --insecure is given. A job.* topic that no --route serves is refused
-at submit; give the gateway the same routes as the schedulers.`,
+unless --insecure is given. A job.* topic that no pool serves (--routes FILE, or --route) is refused
+at submit, and the options a submit leaves unset take its pool's defaults;
+give the gateway the same routes as the schedulers.`,
 		Example: `  CORTEX_API_KEYS=s3cr3t-key:acme cortexctl gateway --listen 0.0.0.0:7470 \
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args: cmdutil.NoArgs,
@@ -286,7 +289,7 @@ at submit; give the gateway the same routes as the schedulers.`,
 			if err != nil {
 				return &cmdutil.UsageError{Err: fmt.Errorf("--api-keys: %w", err)}
 			}
-			table, err := routeTable(routes)
+			table, err := routes.Router()
 			if err != nil {
 				return err
 			}
@@ -314,26 +317,50 @@ at submit; give the gateway the same routes as the schedulers.`,
 	o.addFlags(cmd, true)
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7470", "address to serve the API on")
 	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant or key:tenant:read, repeatable (also CORTEX_API_KEYS)")
-	addRouteFlag(cmd, &routes)
+	AddRouteFlags(cmd, &routes)
 	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
 	return cmd
 }
 
-func addRouteFlag(cmd *cobra.Command, routes *[]string) {
-	cmd.Flags().StringSliceVar(routes, "route", nil, "topic=pool routes, repeatable (default job.echo=echo, job.sleep=echo)")
+// RouteFlags are --routes FILE and --route topic=pool, which pick the
+// routing table of up, the gateway and the scheduler.
+type RouteFlags struct {
+	File  string
+	Pairs []string
 }
 
-// routeTable is the --route table, or the default one.
-func routeTable(routes []string) (map[string]string, error) {
-	if len(routes) == 0 {
-		return routing.DefaultRoutes(), nil
+// AddRouteFlags adds --routes and --route to cmd.
+func AddRouteFlags(cmd *cobra.Command, f *RouteFlags) {
+	cmd.Flags().StringVar(&f.File, "routes", "", "routing file: topic patterns to pools, with per-pool job defaults (default: job.echo and job.sleep to pool echo)")
+	cmd.Flags().StringSliceVar(&f.Pairs, "route", nil, "topic=pool routes instead of --routes, repeatable; a topic may be a pattern such as job.chat.*")
+}
+
+// Router is the table of --routes or --route, or routing.Default. A file
+// that does not load is a usage error (exit 2) naming its file:line.
+func (f *RouteFlags) Router() (*routing.Router, error) {
+	switch {
+	case f.File != "" && len(f.Pairs) > 0:
+		return nil, &cmdutil.UsageError{Err: errors.New("--routes and --route do not mix: put every route in the routing file")}
+	case f.File != "":
+		r, err := routing.Load(f.File)
+		if _, ok := err.(interface{ Unwrap() []error }); ok {
+			// One problem a line, each starting with its file:line.
+			err = fmt.Errorf("routing file %s does not load; fix these and start again:\n%w", f.File, err)
+		}
+		if err != nil {
+			return nil, &cmdutil.UsageError{Err: err}
+		}
+		return r, nil
+	case len(f.Pairs) > 0:
+		table, err := routing.ParseRoutes(f.Pairs)
+		var r *routing.Router
+		if err == nil {
+			r, err = routing.NewRouter(table)
+		}
+		if err != nil {
+			return nil, &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
+		}
+		return r, nil
 	}
-	table, err := routing.ParseRoutes(routes)
-	if err == nil {
-		_, err = routing.NewRouter(table)
-	}
-	if err != nil {
-		return nil, &cmdutil.UsageError{Err: fmt.Errorf("--route: %w", err)}
-	}
-	return table, nil
+	return routing.Default(), nil
 }

@@ -5,6 +5,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/ids"
+	"github.com/cortex-os/core/internal/registry"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/scheduler"
@@ -102,16 +104,14 @@ func StartSafety(ctx context.Context, natsURL string, st *store.Store, files saf
 
 // SchedulerOptions configures StartScheduler.
 type SchedulerOptions struct {
-	Routes        map[string]string
+	// Routes is the routing table (routing.Default when nil).
+	Routes        *routing.Router
 	SafetyTimeout time.Duration
 }
 
 // StartScheduler runs a scheduler until it is closed.
 func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
-	router, err := routing.NewRouter(opts.Routes)
-	if err != nil {
-		return nil, err
-	}
+	router := cmp.Or(opts.Routes, routing.Default())
 	conn, err := bus.Connect(natsURL, instanceName("scheduler"), log)
 	if err != nil {
 		return nil, err
@@ -154,13 +154,14 @@ func PoolHandlers(pool string) (map[string]plugins.Handler, error) {
 	return nil, fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep)", pool)
 }
 
-// NewGateway returns a gateway on its own connection, routing by routes.
-func NewGateway(natsURL string, st *store.Store, routes map[string]string, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
-	router, err := routing.NewRouter(routes)
-	if err != nil {
-		return nil, nil, err
+// NewGateway returns a gateway on its own connection, routing by routes
+// (routing.Default when nil).
+func NewGateway(natsURL string, st *store.Store, routes *routing.Router, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
+	opts.Router = cmp.Or(routes, routing.Default())
+	if opts.Workers == nil {
+		// Fed by heartbeats once the gateway starts; for ListWorkers/ListPools.
+		opts.Workers = registry.New(registry.Options{Log: log})
 	}
-	opts.Router = router
 	conn, err := bus.Connect(natsURL, instanceName("gateway"), log)
 	if err != nil {
 		return nil, nil, err

@@ -35,8 +35,9 @@ type ClusterOptions struct {
 	RedisURL string
 	// DataDir holds the embedded JetStream's storage (temporary if empty).
 	DataDir string
-	// Routes maps topics to pools (routing.DefaultRoutes when nil).
-	Routes map[string]string
+	// Routes maps topics to pools, with their job defaults (routing.Default
+	// when nil).
+	Routes *routing.Router
 	// SafetyTimeout bounds each safety decision.
 	SafetyTimeout time.Duration
 	// WorkerParallel bounds the in-process echo worker's jobs at once.
@@ -79,7 +80,7 @@ type Cluster struct {
 // submits that will be carried through.
 func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c *Cluster, err error) {
 	if opts.Routes == nil {
-		opts.Routes = routing.DefaultRoutes()
+		opts.Routes = routing.Default()
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL}

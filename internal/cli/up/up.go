@@ -26,6 +26,7 @@ import (
 // Options are up's flags.
 type Options struct {
 	Cluster  ClusterOptions
+	Routes   daemon.RouteFlags
 	LogLevel string
 	// NoContext skips writing the context file.
 	NoContext bool
@@ -46,10 +47,14 @@ up writes the gateway address and a dev API key (an admin key) to the
 context "local", so 'cortexctl submit' in another terminal needs no flags.
 
 The safety kernel enforces --policy FILE, or the built-in default policy;
-the file is reloaded when it changes and on SIGHUP.`,
+the file is reloaded when it changes and on SIGHUP.
+
+--routes FILE maps job topics to pools, with each pool's job defaults; the
+built-in worker serves pool echo only.`,
 		Example: `  cortexctl up
   cortexctl up --listen 127.0.0.1:8080
   cortexctl up --policy policy.yaml --shadow-policy next-policy.yaml
+  cortexctl up --routes routing.yaml
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -64,6 +69,7 @@ the file is reloaded when it changes and on SIGHUP.`,
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
 	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
+	daemon.AddRouteFlags(cmd, &o.Routes)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	cmdutil.BindEnv(cmd)
@@ -77,6 +83,9 @@ func upRun(cmd *cobra.Command, o *Options) error {
 		return err
 	}
 	if err := daemon.CheckPolicyFiles(o.Cluster.Policy); err != nil {
+		return err
+	}
+	if o.Cluster.Routes, err = o.Routes.Router(); err != nil {
 		return err
 	}
 	ctx := cmd.Context()

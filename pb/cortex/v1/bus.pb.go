@@ -561,6 +561,18 @@ type Heartbeat struct {
 	CompletedJobs uint64   `protobuf:"varint,6,opt,name=completed_jobs,json=completedJobs,proto3" json:"completed_jobs,omitempty"`
 	FailedJobs    uint64   `protobuf:"varint,7,opt,name=failed_jobs,json=failedJobs,proto3" json:"failed_jobs,omitempty"`
 	Version       string   `protobuf:"bytes,8,opt,name=version,proto3" json:"version,omitempty"`
+	// cpu_load is the host's 1-minute load average divided by its CPUs
+	// (1.0: every CPU busy), from /proc/loadavg; 0 where it is not known.
+	CpuLoad float64 `protobuf:"fixed64,9,opt,name=cpu_load,json=cpuLoad,proto3" json:"cpu_load,omitempty"`
+	// capabilities names what the worker can do beyond its topics' plugins
+	// ("python3", "gpu"); by default the kinds of its topics ("echo").
+	Capabilities []string `protobuf:"bytes,10,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// heartbeat_interval is the time until the worker's next heartbeat. A
+	// registry expires the worker after three intervals without one.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,11,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	// draining says the worker is stopping: it takes no new jobs and
+	// finishes the ones it holds. Its last heartbeat has it set.
+	Draining      bool `protobuf:"varint,12,opt,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -649,6 +661,34 @@ func (x *Heartbeat) GetVersion() string {
 		return x.Version
 	}
 	return ""
+}
+
+func (x *Heartbeat) GetCpuLoad() float64 {
+	if x != nil {
+		return x.CpuLoad
+	}
+	return 0
+}
+
+func (x *Heartbeat) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+func (x *Heartbeat) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
 }
 
 // JobEvent reports a job after one of its state changes, on
@@ -813,7 +853,7 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\vfinished_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x1f\n" +
 	"\vresult_size\x18\t \x01(\x04R\n" +
-	"resultSize\"\x83\x02\n" +
+	"resultSize\"\xa8\x03\n" +
 	"\tHeartbeat\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x1f\n" +
@@ -824,7 +864,12 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\x0ecompleted_jobs\x18\x06 \x01(\x04R\rcompletedJobs\x12\x1f\n" +
 	"\vfailed_jobs\x18\a \x01(\x04R\n" +
 	"failedJobs\x12\x18\n" +
-	"\aversion\x18\b \x01(\tR\aversion\",\n" +
+	"\aversion\x18\b \x01(\tR\aversion\x12\x19\n" +
+	"\bcpu_load\x18\t \x01(\x01R\acpuLoad\x12\"\n" +
+	"\fcapabilities\x18\n" +
+	" \x03(\tR\fcapabilities\x12H\n" +
+	"\x12heartbeat_interval\x18\v \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1a\n" +
+	"\bdraining\x18\f \x01(\bR\bdraining\",\n" +
 	"\bJobEvent\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\":\n" +
 	"\tJobCancel\x12\x15\n" +
@@ -883,12 +928,13 @@ var file_cortex_v1_bus_proto_depIdxs = []int32{
 	15, // 14: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
 	7,  // 15: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
 	7,  // 16: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	16, // 17: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	14, // 17: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	16, // 18: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }

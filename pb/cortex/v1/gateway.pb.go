@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -21,6 +22,59 @@ const (
 	// Verify that runtime/protoimpl is sufficiently up-to-date.
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
+
+// WorkerState says whether a worker takes jobs.
+type WorkerState int32
+
+const (
+	WorkerState_WORKER_STATE_UNSPECIFIED WorkerState = 0
+	// LIVE: heartbeats arrive and the worker takes jobs.
+	WorkerState_WORKER_STATE_LIVE WorkerState = 1
+	// DRAINING: the worker is stopping; it finishes its jobs, takes no new
+	// ones, and leaves the list after three missed heartbeats.
+	WorkerState_WORKER_STATE_DRAINING WorkerState = 2
+)
+
+// Enum value maps for WorkerState.
+var (
+	WorkerState_name = map[int32]string{
+		0: "WORKER_STATE_UNSPECIFIED",
+		1: "WORKER_STATE_LIVE",
+		2: "WORKER_STATE_DRAINING",
+	}
+	WorkerState_value = map[string]int32{
+		"WORKER_STATE_UNSPECIFIED": 0,
+		"WORKER_STATE_LIVE":        1,
+		"WORKER_STATE_DRAINING":    2,
+	}
+)
+
+func (x WorkerState) Enum() *WorkerState {
+	p := new(WorkerState)
+	*p = x
+	return p
+}
+
+func (x WorkerState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WorkerState) Descriptor() protoreflect.EnumDescriptor {
+	return file_cortex_v1_gateway_proto_enumTypes[0].Descriptor()
+}
+
+func (WorkerState) Type() protoreflect.EnumType {
+	return &file_cortex_v1_gateway_proto_enumTypes[0]
+}
+
+func (x WorkerState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WorkerState.Descriptor instead.
+func (WorkerState) EnumDescriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
 
 type SubmitJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1695,11 +1749,431 @@ func (x *SubmitJobsResult) GetError() string {
 	return ""
 }
 
+type ListWorkersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pool keeps the workers of one pool (all when empty).
+	Pool          string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersRequest) Reset() {
+	*x = ListWorkersRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersRequest) ProtoMessage() {}
+
+func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
+func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListWorkersRequest) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+type ListWorkersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Workers       []*WorkerInfo          `protobuf:"bytes,1,rep,name=workers,proto3" json:"workers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListWorkersResponse) Reset() {
+	*x = ListWorkersResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListWorkersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListWorkersResponse) ProtoMessage() {}
+
+func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
+func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
+	if x != nil {
+		return x.Workers
+	}
+	return nil
+}
+
+// WorkerInfo is what the last heartbeat of a worker said, and when it came.
+type WorkerInfo struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId        string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Pool            string                 `protobuf:"bytes,2,opt,name=pool,proto3" json:"pool,omitempty"`
+	State           WorkerState            `protobuf:"varint,3,opt,name=state,proto3,enum=cortex.v1.WorkerState" json:"state,omitempty"`
+	ActiveJobs      uint32                 `protobuf:"varint,4,opt,name=active_jobs,json=activeJobs,proto3" json:"active_jobs,omitempty"`
+	MaxParallelJobs uint32                 `protobuf:"varint,5,opt,name=max_parallel_jobs,json=maxParallelJobs,proto3" json:"max_parallel_jobs,omitempty"`
+	// cpu_load is the host's 1-minute load average per CPU (0: unknown).
+	CpuLoad       float64  `protobuf:"fixed64,6,opt,name=cpu_load,json=cpuLoad,proto3" json:"cpu_load,omitempty"`
+	Topics        []string `protobuf:"bytes,7,rep,name=topics,proto3" json:"topics,omitempty"`
+	Capabilities  []string `protobuf:"bytes,8,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Version       string   `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	CompletedJobs uint64   `protobuf:"varint,10,opt,name=completed_jobs,json=completedJobs,proto3" json:"completed_jobs,omitempty"`
+	FailedJobs    uint64   `protobuf:"varint,11,opt,name=failed_jobs,json=failedJobs,proto3" json:"failed_jobs,omitempty"`
+	// last_heartbeat is when the gateway received the last heartbeat.
+	LastHeartbeat     *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
+	HeartbeatInterval *durationpb.Duration   `protobuf:"bytes,13,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	// first_seen is when the gateway received the first heartbeat.
+	FirstSeen *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=first_seen,json=firstSeen,proto3" json:"first_seen,omitempty"`
+	// missed_heartbeats counts the heartbeats due since the last one (0-2).
+	MissedHeartbeats uint32 `protobuf:"varint,15,opt,name=missed_heartbeats,json=missedHeartbeats,proto3" json:"missed_heartbeats,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *WorkerInfo) Reset() {
+	*x = WorkerInfo{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerInfo) ProtoMessage() {}
+
+func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
+func (*WorkerInfo) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *WorkerInfo) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetState() WorkerState {
+	if x != nil {
+		return x.State
+	}
+	return WorkerState_WORKER_STATE_UNSPECIFIED
+}
+
+func (x *WorkerInfo) GetActiveJobs() uint32 {
+	if x != nil {
+		return x.ActiveJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetMaxParallelJobs() uint32 {
+	if x != nil {
+		return x.MaxParallelJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetCpuLoad() float64 {
+	if x != nil {
+		return x.CpuLoad
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *WorkerInfo) GetCompletedJobs() uint64 {
+	if x != nil {
+		return x.CompletedJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetFailedJobs() uint64 {
+	if x != nil {
+		return x.FailedJobs
+	}
+	return 0
+}
+
+func (x *WorkerInfo) GetLastHeartbeat() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastHeartbeat
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetFirstSeen() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FirstSeen
+	}
+	return nil
+}
+
+func (x *WorkerInfo) GetMissedHeartbeats() uint32 {
+	if x != nil {
+		return x.MissedHeartbeats
+	}
+	return 0
+}
+
+type ListPoolsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoolsRequest) Reset() {
+	*x = ListPoolsRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoolsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoolsRequest) ProtoMessage() {}
+
+func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
+func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
+}
+
+type ListPoolsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pools         []*PoolInfo            `protobuf:"bytes,1,rep,name=pools,proto3" json:"pools,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListPoolsResponse) Reset() {
+	*x = ListPoolsResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListPoolsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListPoolsResponse) ProtoMessage() {}
+
+func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
+func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *ListPoolsResponse) GetPools() []*PoolInfo {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+// PoolInfo sums the workers of one pool.
+type PoolInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pool  string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// workers counts the live workers, which take jobs.
+	Workers uint32 `protobuf:"varint,2,opt,name=workers,proto3" json:"workers,omitempty"`
+	// draining_workers counts the workers that are stopping.
+	DrainingWorkers uint32 `protobuf:"varint,3,opt,name=draining_workers,json=drainingWorkers,proto3" json:"draining_workers,omitempty"`
+	// active_jobs is what the live workers run; capacity is how many jobs
+	// they can run at once.
+	ActiveJobs uint32 `protobuf:"varint,4,opt,name=active_jobs,json=activeJobs,proto3" json:"active_jobs,omitempty"`
+	Capacity   uint32 `protobuf:"varint,5,opt,name=capacity,proto3" json:"capacity,omitempty"`
+	// topics is every topic a worker of the pool serves.
+	Topics        []string `protobuf:"bytes,6,rep,name=topics,proto3" json:"topics,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PoolInfo) Reset() {
+	*x = PoolInfo{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PoolInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PoolInfo) ProtoMessage() {}
+
+func (x *PoolInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PoolInfo.ProtoReflect.Descriptor instead.
+func (*PoolInfo) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *PoolInfo) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *PoolInfo) GetWorkers() uint32 {
+	if x != nil {
+		return x.Workers
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetDrainingWorkers() uint32 {
+	if x != nil {
+		return x.DrainingWorkers
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetActiveJobs() uint32 {
+	if x != nil {
+		return x.ActiveJobs
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetCapacity() uint32 {
+	if x != nil {
+		return x.Capacity
+	}
+	return 0
+}
+
+func (x *PoolInfo) GetTopics() []string {
+	if x != nil {
+		return x.Topics
+	}
+	return nil
+}
+
 var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\"\x9b\x03\n" +
+	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n" +
 	"\x10SubmitJobRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12?\n" +
@@ -1814,7 +2288,47 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\fdeduplicated\x18\x03 \x01(\bR\fdeduplicated\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x04 \x01(\tR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error2\xb0\b\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\"(\n" +
+	"\x12ListWorkersRequest\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\"F\n" +
+	"\x13ListWorkersResponse\x12/\n" +
+	"\aworkers\x18\x01 \x03(\v2\x15.cortex.v1.WorkerInfoR\aworkers\"\xe6\x04\n" +
+	"\n" +
+	"WorkerInfo\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
+	"\x04pool\x18\x02 \x01(\tR\x04pool\x12,\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x16.cortex.v1.WorkerStateR\x05state\x12\x1f\n" +
+	"\vactive_jobs\x18\x04 \x01(\rR\n" +
+	"activeJobs\x12*\n" +
+	"\x11max_parallel_jobs\x18\x05 \x01(\rR\x0fmaxParallelJobs\x12\x19\n" +
+	"\bcpu_load\x18\x06 \x01(\x01R\acpuLoad\x12\x16\n" +
+	"\x06topics\x18\a \x03(\tR\x06topics\x12\"\n" +
+	"\fcapabilities\x18\b \x03(\tR\fcapabilities\x12\x18\n" +
+	"\aversion\x18\t \x01(\tR\aversion\x12%\n" +
+	"\x0ecompleted_jobs\x18\n" +
+	" \x01(\x04R\rcompletedJobs\x12\x1f\n" +
+	"\vfailed_jobs\x18\v \x01(\x04R\n" +
+	"failedJobs\x12A\n" +
+	"\x0elast_heartbeat\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12H\n" +
+	"\x12heartbeat_interval\x18\r \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x129\n" +
+	"\n" +
+	"first_seen\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\tfirstSeen\x12+\n" +
+	"\x11missed_heartbeats\x18\x0f \x01(\rR\x10missedHeartbeats\"\x12\n" +
+	"\x10ListPoolsRequest\">\n" +
+	"\x11ListPoolsResponse\x12)\n" +
+	"\x05pools\x18\x01 \x03(\v2\x13.cortex.v1.PoolInfoR\x05pools\"\xb8\x01\n" +
+	"\bPoolInfo\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x18\n" +
+	"\aworkers\x18\x02 \x01(\rR\aworkers\x12)\n" +
+	"\x10draining_workers\x18\x03 \x01(\rR\x0fdrainingWorkers\x12\x1f\n" +
+	"\vactive_jobs\x18\x04 \x01(\rR\n" +
+	"activeJobs\x12\x1a\n" +
+	"\bcapacity\x18\x05 \x01(\rR\bcapacity\x12\x16\n" +
+	"\x06topics\x18\x06 \x03(\tR\x06topics*]\n" +
+	"\vWorkerState\x12\x1c\n" +
+	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
+	"\x11WORKER_STATE_LIVE\x10\x01\x12\x19\n" +
+	"\x15WORKER_STATE_DRAINING\x10\x022\xc6\t\n" +
 	"\x0eGatewayService\x12F\n" +
 	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12I\n" +
 	"\n" +
@@ -1831,7 +2345,9 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\tGetPolicy\x12\x1b.cortex.v1.GetPolicyRequest\x1a\x1c.cortex.v1.GetPolicyResponse\x12L\n" +
 	"\vApplyPolicy\x12\x1d.cortex.v1.ApplyPolicyRequest\x1a\x1e.cortex.v1.ApplyPolicyResponse\x12X\n" +
 	"\x0fExplainDecision\x12!.cortex.v1.ExplainDecisionRequest\x1a\".cortex.v1.ExplainDecisionResponse\x12Z\n" +
-	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01B\x93\x01\n" +
+	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01\x12L\n" +
+	"\vListWorkers\x12\x1d.cortex.v1.ListWorkersRequest\x1a\x1e.cortex.v1.ListWorkersResponse\x12F\n" +
+	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponseB\x93\x01\n" +
 	"\rcom.cortex.v1B\fGatewayProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -1847,109 +2363,128 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_gateway_proto_rawDescData
 }
 
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_cortex_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_cortex_v1_gateway_proto_goTypes = []any{
-	(*SubmitJobRequest)(nil),        // 0: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 1: cortex.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),           // 2: cortex.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 3: cortex.v1.GetJobResponse
-	(*GetResultRequest)(nil),        // 4: cortex.v1.GetResultRequest
-	(*GetResultResponse)(nil),       // 5: cortex.v1.GetResultResponse
-	(*ListJobsRequest)(nil),         // 6: cortex.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 7: cortex.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 8: cortex.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 9: cortex.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),         // 10: cortex.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),        // 11: cortex.v1.WatchJobResponse
-	(*StreamEventsRequest)(nil),     // 12: cortex.v1.StreamEventsRequest
-	(*StreamEventsResponse)(nil),    // 13: cortex.v1.StreamEventsResponse
-	(*ApproveJobRequest)(nil),       // 14: cortex.v1.ApproveJobRequest
-	(*ApproveJobResponse)(nil),      // 15: cortex.v1.ApproveJobResponse
-	(*RejectJobRequest)(nil),        // 16: cortex.v1.RejectJobRequest
-	(*RejectJobResponse)(nil),       // 17: cortex.v1.RejectJobResponse
-	(*GetPolicyRequest)(nil),        // 18: cortex.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),       // 19: cortex.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),      // 20: cortex.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),     // 21: cortex.v1.ApplyPolicyResponse
-	(*ExplainDecisionRequest)(nil),  // 22: cortex.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil), // 23: cortex.v1.ExplainDecisionResponse
-	(*StreamDecisionsRequest)(nil),  // 24: cortex.v1.StreamDecisionsRequest
-	(*StreamDecisionsResponse)(nil), // 25: cortex.v1.StreamDecisionsResponse
-	(*SubmitJobsRequest)(nil),       // 26: cortex.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),      // 27: cortex.v1.SubmitJobsResponse
-	(*SubmitJobsResult)(nil),        // 28: cortex.v1.SubmitJobsResult
-	nil,                             // 29: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                             // 30: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                             // 31: cortex.v1.StreamEventsRequest.LabelsEntry
-	nil,                             // 32: cortex.v1.ExplainDecisionRequest.LabelsEntry
-	(*durationpb.Duration)(nil),     // 33: google.protobuf.Duration
-	(JobState)(0),                   // 34: cortex.v1.JobState
-	(*Job)(nil),                     // 35: cortex.v1.Job
-	(*PolicyStatus)(nil),            // 36: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 37: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 38: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 39: cortex.v1.SafetyDecisionEvent
+	(WorkerState)(0),                // 0: cortex.v1.WorkerState
+	(*SubmitJobRequest)(nil),        // 1: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 2: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),           // 3: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 4: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),        // 5: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),       // 6: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),         // 7: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 8: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 9: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 10: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),         // 11: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),        // 12: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),     // 13: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil),    // 14: cortex.v1.StreamEventsResponse
+	(*ApproveJobRequest)(nil),       // 15: cortex.v1.ApproveJobRequest
+	(*ApproveJobResponse)(nil),      // 16: cortex.v1.ApproveJobResponse
+	(*RejectJobRequest)(nil),        // 17: cortex.v1.RejectJobRequest
+	(*RejectJobResponse)(nil),       // 18: cortex.v1.RejectJobResponse
+	(*GetPolicyRequest)(nil),        // 19: cortex.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),       // 20: cortex.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),      // 21: cortex.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),     // 22: cortex.v1.ApplyPolicyResponse
+	(*ExplainDecisionRequest)(nil),  // 23: cortex.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil), // 24: cortex.v1.ExplainDecisionResponse
+	(*StreamDecisionsRequest)(nil),  // 25: cortex.v1.StreamDecisionsRequest
+	(*StreamDecisionsResponse)(nil), // 26: cortex.v1.StreamDecisionsResponse
+	(*SubmitJobsRequest)(nil),       // 27: cortex.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 28: cortex.v1.SubmitJobsResponse
+	(*SubmitJobsResult)(nil),        // 29: cortex.v1.SubmitJobsResult
+	(*ListWorkersRequest)(nil),      // 30: cortex.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 31: cortex.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),              // 32: cortex.v1.WorkerInfo
+	(*ListPoolsRequest)(nil),        // 33: cortex.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 34: cortex.v1.ListPoolsResponse
+	(*PoolInfo)(nil),                // 35: cortex.v1.PoolInfo
+	nil,                             // 36: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 37: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 38: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 39: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
+	(JobState)(0),                   // 41: cortex.v1.JobState
+	(*Job)(nil),                     // 42: cortex.v1.Job
+	(*PolicyStatus)(nil),            // 43: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 44: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 45: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 46: cortex.v1.SafetyDecisionEvent
+	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	29, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	33, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	34, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	35, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	34, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	34, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	30, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	35, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	35, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	35, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	34, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	31, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	35, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	35, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	35, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	36, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	36, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	36, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	32, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	37, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	37, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	38, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	39, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	0,  // 23: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	28, // 24: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	34, // 25: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	0,  // 26: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	26, // 27: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	2,  // 28: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	4,  // 29: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	6,  // 30: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	8,  // 31: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	10, // 32: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	12, // 33: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	14, // 34: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	16, // 35: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	18, // 36: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	20, // 37: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	22, // 38: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	24, // 39: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	1,  // 40: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	27, // 41: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	3,  // 42: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	5,  // 43: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	7,  // 44: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	9,  // 45: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	11, // 46: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	13, // 47: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	15, // 48: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	17, // 49: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	19, // 50: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	21, // 51: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	23, // 52: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	25, // 53: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	40, // [40:54] is the sub-list for method output_type
-	26, // [26:40] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	36, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	40, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	41, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	42, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	41, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	41, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	37, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	42, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	42, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	42, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	41, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	38, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	42, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	42, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	42, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	43, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	43, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	43, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	39, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	44, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	44, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	45, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	46, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	1,  // 23: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	29, // 24: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	41, // 25: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	32, // 26: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 27: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	47, // 28: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	40, // 29: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	47, // 30: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	35, // 31: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	1,  // 32: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	27, // 33: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	3,  // 34: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	5,  // 35: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	7,  // 36: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	9,  // 37: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	11, // 38: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	13, // 39: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	15, // 40: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	17, // 41: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	19, // 42: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	21, // 43: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	23, // 44: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	25, // 45: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	30, // 46: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	33, // 47: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	2,  // 48: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	28, // 49: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	4,  // 50: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	6,  // 51: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	8,  // 52: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	10, // 53: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	12, // 54: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	14, // 55: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	16, // 56: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	18, // 57: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	20, // 58: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	22, // 59: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	24, // 60: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	26, // 61: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	31, // 62: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	34, // 63: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	48, // [48:64] is the sub-list for method output_type
+	32, // [32:48] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -1969,13 +2504,14 @@ func file_cortex_v1_gateway_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   33,
+			NumEnums:      1,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_cortex_v1_gateway_proto_goTypes,
 		DependencyIndexes: file_cortex_v1_gateway_proto_depIdxs,
+		EnumInfos:         file_cortex_v1_gateway_proto_enumTypes,
 		MessageInfos:      file_cortex_v1_gateway_proto_msgTypes,
 	}.Build()
 	File_cortex_v1_gateway_proto = out.File

@@ -55,6 +55,10 @@ const (
 	// GatewayServiceStreamDecisionsProcedure is the procedure name of the GatewayService's
 	// StreamDecisions RPC.
 	GatewayServiceStreamDecisionsProcedure = "/cortex.v1.GatewayService/StreamDecisions"
+	// GatewayServiceListWorkersProcedure is the procedure name of the GatewayService's ListWorkers RPC.
+	GatewayServiceListWorkersProcedure = "/cortex.v1.GatewayService/ListWorkers"
+	// GatewayServiceListPoolsProcedure is the procedure name of the GatewayService's ListPools RPC.
+	GatewayServiceListPoolsProcedure = "/cortex.v1.GatewayService/ListPools"
 )
 
 var (
@@ -156,6 +160,20 @@ var (
 			Procedure:  GatewayServiceStreamDecisionsProcedure,
 		}
 	})
+	gatewayServiceListWorkersSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ListWorkers"),
+			Procedure:  GatewayServiceListWorkersProcedure,
+		}
+	})
+	gatewayServiceListPoolsSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ListPools"),
+			Procedure:  GatewayServiceListPoolsProcedure,
+		}
+	})
 )
 
 // GatewayServiceClient is a client for the cortex.v1.GatewayService service.
@@ -204,6 +222,16 @@ type GatewayServiceClient interface {
 	// StreamDecisions streams safety decisions as they are made: the
 	// caller's tenant's, or every tenant's for an admin key.
 	StreamDecisions(context.Context, *v1.StreamDecisionsRequest) (GatewayServiceStreamDecisionsClientStream, error)
+	// ListWorkers lists the workers whose heartbeats the gateway hears, by
+	// pool then id. Workers are cluster-wide infrastructure, shared by every
+	// tenant: any key, read-only ones too, may list them; nothing about
+	// jobs or tenants is in the answer. A worker is listed from its first
+	// heartbeat until it has missed three.
+	ListWorkers(context.Context, *v1.ListWorkersRequest) (*v1.ListWorkersResponse, error)
+	// ListPools sums the listed workers by pool: how many accept jobs, how
+	// many jobs they run and can run, and the topics they serve. Any key may
+	// list them, as with ListWorkers.
+	ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error)
 }
 
 // NewGatewayServiceClient constructs a client for the cortex.v1.GatewayService service. Multiple
@@ -320,6 +348,16 @@ type GatewayServiceHandler interface {
 	// StreamDecisions streams safety decisions as they are made: the
 	// caller's tenant's, or every tenant's for an admin key.
 	StreamDecisions(context.Context, *v1.StreamDecisionsRequest, GatewayServiceStreamDecisionsServerStream) error
+	// ListWorkers lists the workers whose heartbeats the gateway hears, by
+	// pool then id. Workers are cluster-wide infrastructure, shared by every
+	// tenant: any key, read-only ones too, may list them; nothing about
+	// jobs or tenants is in the answer. A worker is listed from its first
+	// heartbeat until it has missed three.
+	ListWorkers(context.Context, *v1.ListWorkersRequest) (*v1.ListWorkersResponse, error)
+	// ListPools sums the listed workers by pool: how many accept jobs, how
+	// many jobs they run and can run, and the topics they serve. Any key may
+	// list them, as with ListWorkers.
+	ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error)
 }
 
 // RegisterGatewayServiceHandler registers svc as the cortex.v1.GatewayService implementation on
@@ -341,6 +379,8 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 		connect.Method{Spec: gatewayServiceApplyPolicySpec(), Handler: adapter.applyPolicy},
 		connect.Method{Spec: gatewayServiceExplainDecisionSpec(), Handler: adapter.explainDecision},
 		connect.Method{Spec: gatewayServiceStreamDecisionsSpec(), Handler: adapter.streamDecisions},
+		connect.Method{Spec: gatewayServiceListWorkersSpec(), Handler: adapter.listWorkers},
+		connect.Method{Spec: gatewayServiceListPoolsSpec(), Handler: adapter.listPools},
 	)
 }
 
@@ -448,6 +488,14 @@ func (UnimplementedGatewayServiceHandler) ExplainDecision(context.Context, *v1.E
 
 func (UnimplementedGatewayServiceHandler) StreamDecisions(context.Context, *v1.StreamDecisionsRequest, GatewayServiceStreamDecisionsServerStream) error {
 	return connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.StreamDecisions is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ListWorkers(context.Context, *v1.ListWorkersRequest) (*v1.ListWorkersResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListWorkers is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListPools is not implemented")
 }
 
 type gatewayServiceClient struct {
@@ -564,6 +612,22 @@ func (c *gatewayServiceClient) StreamDecisions(ctx context.Context, req *v1.Stre
 		return GatewayServiceStreamDecisionsClientStream{}, err
 	}
 	return GatewayServiceStreamDecisionsClientStream{stream: stream}, nil
+}
+
+func (c *gatewayServiceClient) ListWorkers(ctx context.Context, req *v1.ListWorkersRequest) (*v1.ListWorkersResponse, error) {
+	var res v1.ListWorkersResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceListWorkersSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) ListPools(ctx context.Context, req *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error) {
+	var res v1.ListPoolsResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceListPoolsSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 type gatewayServiceHandler struct{ svc GatewayServiceHandler }
@@ -722,4 +786,28 @@ func (h gatewayServiceHandler) streamDecisions(ctx context.Context, _ connect.Sp
 		return err
 	}
 	return h.svc.StreamDecisions(ctx, &req, GatewayServiceStreamDecisionsServerStream{stream: stream})
+}
+
+func (h gatewayServiceHandler) listWorkers(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ListWorkersRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ListWorkers(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) listPools(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ListPoolsRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ListPools(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
 }

@@ -1,0 +1,89 @@
+package gateway_test
+
+import (
+	"context"
+	"slices"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect/v2"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/registry"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+func (f *fixture) heartbeat(t *testing.T, hb *cortexv1.Heartbeat) {
+	t.Helper()
+	if err := f.other.Publish(bus.HeartbeatSubject(hb.GetWorkerId()), &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_Heartbeat{Heartbeat: hb}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.other.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestListWorkersShowsAWorkerAfterItsHeartbeat(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys, Workers: registry.New(registry.Options{})})
+	ctx := context.Background()
+	// Workers are cluster-wide: a read-only key of any tenant lists them.
+	c := f.client(t, "key-acme-read")
+	res, err := c.ListWorkers(ctx, &cortexv1.ListWorkersRequest{})
+	if err != nil || len(res.GetWorkers()) != 0 {
+		t.Fatalf("before any heartbeat: %v, %v", res, err)
+	}
+	f.heartbeat(t, &cortexv1.Heartbeat{
+		WorkerId: "echo-1", Pool: "echo", ActiveJobs: 2, MaxParallelJobs: 8, Topics: []string{"job.echo", "job.sleep"},
+		Capabilities: []string{"echo", "sleep"}, Version: "v1", CpuLoad: 0.5, CompletedJobs: 3,
+		HeartbeatInterval: durationpb.New(time.Minute),
+	})
+	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "gpu-1", Pool: "gpu", MaxParallelJobs: 1, Draining: true})
+	eventually(t, "workers listed", func() bool {
+		res, err = c.ListWorkers(ctx, &cortexv1.ListWorkersRequest{})
+		return err == nil && len(res.GetWorkers()) == 2
+	})
+	w := res.GetWorkers()[0]
+	if w.GetWorkerId() != "echo-1" || w.GetPool() != "echo" || w.GetState() != cortexv1.WorkerState_WORKER_STATE_LIVE ||
+		w.GetActiveJobs() != 2 || w.GetMaxParallelJobs() != 8 || w.GetCpuLoad() != 0.5 || w.GetVersion() != "v1" ||
+		!slices.Equal(w.GetTopics(), []string{"job.echo", "job.sleep"}) || !slices.Equal(w.GetCapabilities(), []string{"echo", "sleep"}) ||
+		w.GetCompletedJobs() != 3 || w.GetHeartbeatInterval().AsDuration() != time.Minute ||
+		time.Since(w.GetLastHeartbeat().AsTime()) > time.Minute || w.GetFirstSeen() == nil {
+		t.Errorf("echo-1: %v", w)
+	}
+	if g := res.GetWorkers()[1]; g.GetWorkerId() != "gpu-1" || g.GetState() != cortexv1.WorkerState_WORKER_STATE_DRAINING {
+		t.Errorf("gpu-1: %v", g)
+	}
+
+	res, err = f.client(t, "key-globex-1234").ListWorkers(ctx, &cortexv1.ListWorkersRequest{Pool: "gpu"})
+	if err != nil || len(res.GetWorkers()) != 1 || res.GetWorkers()[0].GetWorkerId() != "gpu-1" {
+		t.Fatalf("pool gpu for another tenant: %v, %v", res, err)
+	}
+	if _, err := c.ListWorkers(ctx, &cortexv1.ListWorkersRequest{Pool: "job.*"}); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Errorf("bad pool filter: %v, want InvalidArgument", err)
+	}
+
+	pools, err := c.ListPools(ctx, &cortexv1.ListPoolsRequest{})
+	if err != nil || len(pools.GetPools()) != 2 {
+		t.Fatalf("ListPools: %v, %v", pools, err)
+	}
+	if p := pools.GetPools()[0]; p.GetPool() != "echo" || p.GetWorkers() != 1 || p.GetActiveJobs() != 2 || p.GetCapacity() != 8 ||
+		!slices.Equal(p.GetTopics(), []string{"job.echo", "job.sleep"}) {
+		t.Errorf("pool echo: %v", p)
+	}
+	if p := pools.GetPools()[1]; p.GetPool() != "gpu" || p.GetWorkers() != 0 || p.GetDrainingWorkers() != 1 || p.GetCapacity() != 0 {
+		t.Errorf("pool gpu: %v", p)
+	}
+}
+
+func TestListWorkersNeedsAKeyAndARegistry(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys, Workers: registry.New(registry.Options{})})
+	if _, err := f.client(t, "").ListWorkers(context.Background(), &cortexv1.ListWorkersRequest{}); connect.CodeOf(err) != connect.CodeUnauthenticated {
+		t.Errorf("without a key: %v, want Unauthenticated", err)
+	}
+	bare := newFixture(t, gateway.Options{Keys: keys})
+	if _, err := bare.client(t, "key-acme-1234").ListPools(context.Background(), &cortexv1.ListPoolsRequest{}); connect.CodeOf(err) != connect.CodeUnimplemented {
+		t.Errorf("without a registry: %v, want Unimplemented", err)
+	}
+}
