@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"encoding/binary"
 	"fmt"
 	"slices"
@@ -219,4 +220,45 @@ func TestQueryMatches(t *testing.T) {
 			t.Errorf("%+v.Matches(%+v) = %v, want %v", tc.q, j, got, tc.want)
 		}
 	}
+}
+
+func TestCreateJobs(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		tenant := newTenant(t)
+		dup := store.NewJob{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "same", IdempotencyKey: "k", Fingerprint: "f1"}
+		if _, err := st.CreateJob(ctx, dup, now); err != nil {
+			t.Fatal(err)
+		}
+		// Redis forgets its scripts on a restart: the batch loads it again.
+		if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		jobs := []store.NewJob{
+			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "a"},
+			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "same", IdempotencyKey: "k", Fingerprint: "f1"},
+			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "other", IdempotencyKey: "k", Fingerprint: "f2"},
+			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "b"},
+		}
+		got := st.CreateJobs(ctx, jobs, now)
+		if len(got) != 4 || got[0] != (store.Created{}) || got[3] != (store.Created{}) {
+			t.Fatalf("CreateJobs = %+v", got)
+		}
+		if got[1].Existing != dup.ID || got[1].Err != nil {
+			t.Errorf("same key and request: %+v, want the first job %s", got[1], dup.ID)
+		}
+		if got[2].Existing != dup.ID || !errors.Is(got[2].Err, store.ErrIdempotencyMismatch) {
+			t.Errorf("same key, other request: %+v, want ErrIdempotencyMismatch naming %s", got[2], dup.ID)
+		}
+		for _, i := range []int{0, 3} {
+			if j, err := st.Get(ctx, jobs[i].ID); err != nil || j.State != store.Pending {
+				t.Errorf("job %d: %+v, %v", i, j, err)
+			}
+		}
+		for _, i := range []int{1, 2} {
+			if _, err := st.Get(ctx, jobs[i].ID); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("deduplicated job %d was created: %v", i, err)
+			}
+		}
+	})
 }

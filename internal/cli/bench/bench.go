@@ -31,6 +31,10 @@ type Options struct {
 	Topic       string
 	Prompt      string
 	InProcess   bool
+	// Batch > 0 submits with SubmitJobs, that many jobs a call, and follows
+	// them on one event stream; Rate paces it.
+	Batch int
+	Rate  float64
 }
 
 // NewCmdBench returns the bench command.
@@ -42,13 +46,22 @@ func NewCmdBench(f *cmdutil.Factory) *cobra.Command {
 		Long: `Submit JOBS jobs from CONCURRENCY clients through the gateway, follow each to
 its end, and print jobs/s and the submit-to-result latency percentiles. It
 runs against the stack the context points at, or with --inprocess against a
-fresh stack it starts itself.`,
+fresh stack it starts itself.
+
+With --batch N, each client submits N jobs per call (SubmitJobs) and one event
+stream follows them all, as a high-volume producer would; --rate paces the
+submits to a steady number of jobs a second.`,
 		Example: `  cortexctl bench -n 20000 -c 64
-  cortexctl bench --inprocess -n 5000`,
+  cortexctl bench --inprocess -n 5000
+  cortexctl bench -n 100000 -c 8 --batch 500            # batched submits, as fast as it goes
+  cortexctl bench -n 10000 --batch 10 --rate 1000       # a steady 1,000 jobs/s`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Jobs < 1 || o.Concurrency < 1 {
 				return &cmdutil.UsageError{Err: fmt.Errorf("-n and -c must be at least 1")}
+			}
+			if o.Batch < 0 || o.Batch > 1000 || o.Rate < 0 || o.Rate > 0 && o.Batch == 0 {
+				return &cmdutil.UsageError{Err: fmt.Errorf("--batch is 1-1000 (0: one job a call) and --rate needs --batch")}
 			}
 			return benchRun(cmd.Context(), o)
 		},
@@ -59,6 +72,8 @@ fresh stack it starts itself.`,
 	fs.StringVar(&o.Topic, "topic", "job.echo", "topic of the jobs")
 	fs.StringVar(&o.Prompt, "prompt", "bench", "prompt of every job")
 	fs.BoolVar(&o.InProcess, "inprocess", false, "start a stack in this process and measure it")
+	fs.IntVar(&o.Batch, "batch", 0, "jobs per SubmitJobs call (0: one SubmitJob a job)")
+	fs.Float64Var(&o.Rate, "rate", 0, "with --batch, submit this many jobs a second (0: as fast as possible)")
 	return cmd
 }
 
@@ -83,7 +98,14 @@ func benchRun(ctx context.Context, o *Options) error {
 		}
 	}
 	fmt.Fprintf(o.Factory.ErrOut, "bench: %d %s jobs, %d clients, against %s\n", o.Jobs, o.Topic, o.Concurrency, target)
-	r, err := Run(ctx, c, o.Jobs, o.Concurrency, o.Topic, o.Prompt)
+	var r *Report
+	var err error
+	if o.Batch > 0 {
+		r, err = RunBatched(ctx, c, Batched{Jobs: o.Jobs, Concurrency: o.Concurrency, Batch: o.Batch, Rate: o.Rate,
+			Topic: o.Topic, Prompt: o.Prompt, Timeout: time.Minute})
+	} else {
+		r, err = Run(ctx, c, o.Jobs, o.Concurrency, o.Topic, o.Prompt)
+	}
 	if err != nil {
 		return err
 	}
@@ -98,6 +120,9 @@ type Report struct {
 	NotDone   int
 	Elapsed   time.Duration
 	Latencies []time.Duration // sorted
+	// Dropped counts the events the gateway skipped because this client
+	// read too slowly: their jobs count as not done.
+	Dropped uint64
 }
 
 // Percentile returns the p-th percentile (0-100) latency.
@@ -113,6 +138,9 @@ func (r *Report) Percentile(p float64) time.Duration {
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "jobs        %d (%d completed, %d did not complete)\n", r.Jobs, r.Completed, r.NotDone)
 	fmt.Fprintf(w, "elapsed     %s\n", r.Elapsed.Round(time.Millisecond))
+	if r.Dropped > 0 {
+		fmt.Fprintf(w, "events      %d skipped by the gateway: this client read too slowly, so their jobs count as not done\n", r.Dropped)
+	}
 	fmt.Fprintf(w, "throughput  %.0f jobs/s\n", float64(r.Jobs)/r.Elapsed.Seconds())
 	fmt.Fprintf(w, "latency     p50 %s  p90 %s  p99 %s  max %s  (submit to result)\n",
 		r.Percentile(50).Round(time.Microsecond), r.Percentile(90).Round(time.Microsecond),

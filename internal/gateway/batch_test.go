@@ -1,0 +1,98 @@
+package gateway_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"connectrpc.com/connect/v2"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/gateway"
+	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+func TestSubmitJobsAnswersEachJob(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	first := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "once", IdempotencyKey: "k-1"})
+	res, err := c.SubmitJobs(ctx, &cortexv1.SubmitJobsRequest{Jobs: []*cortexv1.SubmitJobRequest{
+		{Topic: "job.echo", Prompt: "a", Labels: map[string]string{"n": "1"}},
+		{Topic: "Bad Topic"},
+		{Topic: "job.echo", Prompt: "once", IdempotencyKey: "k-1"},
+		{Topic: "job.echo", Prompt: "other", IdempotencyKey: "k-1"},
+		{Topic: "job.nope"},
+		{Topic: "job.echo", Prompt: "b"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := res.GetResults()
+	if len(r) != 6 {
+		t.Fatalf("%d results for 6 jobs", len(r))
+	}
+	for i, want := range []struct{ code, says string }{
+		{"", ""}, {"invalid_argument", "not valid"}, {"", ""}, {"already_exists", first}, {"invalid_argument", "routable topics"}, {"", ""},
+	} {
+		if r[i].GetErrorCode() != want.code || !strings.Contains(r[i].GetError(), want.says) {
+			t.Errorf("job %d: %v, want code %q saying %q", i, r[i], want.code, want.says)
+		}
+	}
+	if r[2].GetJobId() != first || !r[2].GetDeduplicated() {
+		t.Errorf("the repeated key: %v, want job %s deduplicated", r[2], first)
+	}
+	for _, i := range []int{0, 5} {
+		j, err := f.st.Get(ctx, r[i].GetJobId())
+		if err != nil || j.State != store.Pending || r[i].GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+			t.Errorf("job %d (%s) recorded %+v, %v", i, r[i].GetJobId(), j, err)
+		}
+	}
+	eventually(t, "three submits published", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 3 })
+}
+
+func TestSubmitJobsRefusesABadBatch(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	huge := make([]*cortexv1.SubmitJobRequest, gateway.MaxBatch+1)
+	for i := range huge {
+		huge[i] = &cortexv1.SubmitJobRequest{Topic: "job.echo"}
+	}
+	for name, tc := range map[string]struct {
+		key  string
+		jobs []*cortexv1.SubmitJobRequest
+		code connect.Code
+	}{
+		"empty":     {"key-acme-1234", nil, connect.CodeInvalidArgument},
+		"too many":  {"key-acme-1234", huge, connect.CodeInvalidArgument},
+		"read-only": {"key-acme-read", []*cortexv1.SubmitJobRequest{{Topic: "job.echo"}}, connect.CodePermissionDenied},
+		"no key":    {"", []*cortexv1.SubmitJobRequest{{Topic: "job.echo"}}, connect.CodeUnauthenticated},
+	} {
+		_, err := f.client(t, tc.key).SubmitJobs(ctx, &cortexv1.SubmitJobsRequest{Jobs: tc.jobs})
+		if connect.CodeOf(err) != tc.code {
+			t.Errorf("%s: %v, want %v", name, err, tc.code)
+		}
+	}
+	if keys := f.mr.Keys(); len(keys) != 0 {
+		t.Errorf("refused batches wrote to Redis: %v", keys)
+	}
+}
+
+func TestSubmitJobsIsOneStoreRoundTrip(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"}) // loads the script
+	jobs := make([]*cortexv1.SubmitJobRequest, 100)
+	for i := range jobs {
+		jobs[i] = &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"}
+	}
+	before := f.st.RoundTrips()
+	if _, err := c.SubmitJobs(ctx, &cortexv1.SubmitJobsRequest{Jobs: jobs}); err != nil {
+		t.Fatal(err)
+	}
+	if n := f.st.RoundTrips() - before; n != 1 {
+		t.Fatalf("a batch of 100 took %d round trips to Redis, want 1", n)
+	}
+}
