@@ -84,13 +84,13 @@ func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool
 	if comment != "" {
 		reason += ": " + comment
 	}
-	c := store.Change{To: store.Pending, Attempt: j.Attempt, Reason: reason, Approval: &store.Approval{Approved: true, By: who, Comment: comment, At: time.Now()}}
+	c := store.Change{To: store.Pending, Attempt: j.Attempt, Reason: reason, Approval: &store.Approval{Approved: true, By: who, Comment: comment, At: time.Now(), Attempt: j.Attempt, Rule: j.Safety.Rule}}
 	if !approve {
 		reason = "rejected by " + who
 		if comment != "" {
 			reason += ": " + comment
 		}
-		c = store.Change{To: store.Denied, Attempt: j.Attempt, Reason: reason, Approval: &store.Approval{By: who, Comment: comment, At: time.Now()}}
+		c = store.Change{To: store.Denied, Attempt: j.Attempt, Reason: reason, Approval: &store.Approval{By: who, Comment: comment, At: time.Now(), Attempt: j.Attempt, Rule: j.Safety.Rule}}
 	}
 	after, err := g.store.Transition(ctx, j.ID, c, time.Now())
 	var conflict *store.ConflictError

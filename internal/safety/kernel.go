@@ -194,10 +194,10 @@ func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 		resp.Decision, resp.Rule, resp.PolicyVersion = cortexv1.Decision_DECISION_DENY, bus.RuleFailClosed, active.policy.Hash()
 		resp.Reason = "the safety kernel could not read the prompt: " + err.Error()
 	} else {
-		v := decide(active.policy, in, r.GetApproved())
+		v := decide(active.policy, in, approvedRule(r))
 		resp.Decision, resp.Rule, resp.Reason, resp.PolicyVersion = v.Decision, v.Rule, v.Reason, v.PolicyVersion
 		if shadow != nil {
-			resp.Shadow = decide(shadow.policy, in, r.GetApproved())
+			resp.Shadow = decide(shadow.policy, in, approvedRule(r))
 			k.shadowChecks.Add(1)
 			if resp.Shadow.GetDecision() != resp.GetDecision() {
 				k.shadowDisagreed.Add(1)
@@ -254,11 +254,21 @@ func (k *Kernel) input(ctx context.Context, r *cortexv1.CheckRequest, active, sh
 	return in, nil
 }
 
+// approvedRule is the REQUIRE_APPROVAL rule a person approved this attempt
+// under, "" for none.
+func approvedRule(r *cortexv1.CheckRequest) string {
+	if !r.GetApproved() {
+		return ""
+	}
+	return r.GetApprovedRule()
+}
+
 // decide evaluates p. A person's approval turns REQUIRE_APPROVAL into
-// ALLOW; it changes no other decision.
-func decide(p *policy.Policy, in policy.Input, approved bool) *cortexv1.SafetyVerdict {
+// ALLOW when the rule holding the job is the one approved; it changes no
+// other decision.
+func decide(p *policy.Policy, in policy.Input, approved string) *cortexv1.SafetyVerdict {
 	v := verdictOf(p.Evaluate(in))
-	if approved && v.Decision == cortexv1.Decision_DECISION_REQUIRE_APPROVAL {
+	if approved != "" && v.Decision == cortexv1.Decision_DECISION_REQUIRE_APPROVAL && v.Rule == approved {
 		v.Decision = cortexv1.Decision_DECISION_ALLOW
 		v.Reason = "approved by a person: " + v.Reason
 	}

@@ -241,10 +241,15 @@ func TestCheckRequireApproval(t *testing.T) {
 		{"approval does not lift a deny", "sys.gpu", true, deny, "deny-sys", "reserved"},
 		{"approval does not lift the default", "other.gpu", true, deny, policy.DefaultRuleName, "no rule"},
 		{"approval keeps an allow", "job.echo", true, allow, "allow-jobs", "allowed"},
+		{"approval of another rule holds it again", "job.gpu", true, requireApproval, "review-gpu", "approval"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := req("j1", tc.topic, 0)
 			r.Approved = tc.approved
+			r.ApprovedRule = tc.rule
+			if tc.name == "approval of another rule holds it again" {
+				r.ApprovedRule = "some-other-rule"
+			}
 			got := mustCheck(t, k, r)
 			if got.GetDecision() != tc.decision || got.GetRule() != tc.rule || !strings.Contains(got.GetReason(), tc.reason) || got.GetPolicyVersion() != p.Hash() {
 				t.Errorf("got %v by %q (%q, %s), want %v by %q with a reason containing %q and version %s",

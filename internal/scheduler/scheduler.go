@@ -110,6 +110,7 @@ func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.
 		Priority:      req.GetPriority(),
 		ContextPtr:    req.GetContextPtr(),
 		Approved:      req.GetApproved(),
+		ApprovedRule:  req.GetApprovedRule(),
 		BinaryPayload: req.GetBinaryPayload(),
 	})
 	verdict := &store.Verdict{

@@ -70,6 +70,10 @@ type Approval struct {
 	By       string
 	Comment  string
 	At       time.Time
+	// Attempt and Rule say what was approved: that attempt, held by that
+	// REQUIRE_APPROVAL rule.
+	Attempt uint32
+	Rule    string
 }
 
 // Job is a job record: everything but its input and output.
@@ -127,6 +131,8 @@ const (
 	fApprovalBy  = "approval_by"
 	fApprovalMsg = "approval_comment"
 	fApprovalAt  = "approval_at"
+	fApprovalAtt = "approval_attempt"
+	fApprovalRul = "approval_rule"
 	enteredPre   = "t:"
 )
 
@@ -153,7 +159,8 @@ func parseJob(id string, f map[string]string) *Job {
 		Entered:     map[State]time.Time{},
 	}
 	if a, ok := f[fApproved]; ok {
-		j.Approval = &Approval{Approved: a == "1", By: f[fApprovalBy], Comment: f[fApprovalMsg], At: parseMicros(f[fApprovalAt])}
+		j.Approval = &Approval{Approved: a == "1", By: f[fApprovalBy], Comment: f[fApprovalMsg], At: parseMicros(f[fApprovalAt]),
+			Attempt: uint32(parseInt(f[fApprovalAtt])), Rule: f[fApprovalRul]}
 	}
 	if l := f[fLabels]; l != "" {
 		_ = json.Unmarshal([]byte(l), &j.Labels)
@@ -215,7 +222,7 @@ func (j *Job) Proto() *cortexv1.Job {
 		p.Timeout = durationpb.New(j.Timeout)
 	}
 	if a := j.Approval; a != nil {
-		p.Approval = &cortexv1.Approval{Approved: a.Approved, By: a.By, Comment: a.Comment, At: timestamppb.New(a.At)}
+		p.Approval = &cortexv1.Approval{Approved: a.Approved, By: a.By, Comment: a.Comment, At: timestamppb.New(a.At), Attempt: a.Attempt, Rule: a.Rule}
 	}
 	if j.Safety.Decision != "" {
 		p.Safety = &cortexv1.SafetyVerdict{
@@ -250,7 +257,11 @@ func (j *Job) Request() *cortexv1.JobRequest {
 		Priority:      j.Priority,
 		MaxAttempts:   j.MaxAttempts,
 		BinaryPayload: j.Binary,
-		Approved:      j.Approval != nil && j.Approval.Approved,
+	}
+	// An approval holds for the attempt it was given to, and only for the
+	// rule that held it.
+	if a := j.Approval; a != nil && a.Approved && a.Attempt == j.Attempt && a.Rule != "" {
+		r.Approved, r.ApprovedRule = true, a.Rule
 	}
 	if j.Timeout > 0 {
 		r.Timeout = durationpb.New(j.Timeout)

@@ -324,7 +324,8 @@ func (c Change) args(now time.Time) []any {
 		if a.Approved {
 			approved = "1"
 		}
-		args = append(args, fApproved, approved, fApprovalBy, a.By, fApprovalMsg, a.Comment, fApprovalAt, micros(a.At))
+		args = append(args, fApproved, approved, fApprovalBy, a.By, fApprovalMsg, a.Comment, fApprovalAt, micros(a.At),
+			fApprovalAtt, strconv.FormatUint(uint64(a.Attempt), 10), fApprovalRul, a.Rule)
 	}
 	if c.ResultSize != nil {
 		args = append(args, fResultSize, strconv.FormatUint(*c.ResultSize, 10))

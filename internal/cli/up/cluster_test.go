@@ -67,6 +67,7 @@ type dispatchSpy struct {
 	mu   sync.Mutex
 	seen map[string]bool
 	nc   *nats.Conn
+	sub  *nats.Subscription
 }
 
 func newDispatchSpy(t *testing.T, url string) *dispatchSpy {
@@ -77,14 +78,9 @@ func newDispatchSpy(t *testing.T, url string) *dispatchSpy {
 	}
 	t.Cleanup(nc.Close)
 	s := &dispatchSpy{seen: map[string]bool{}, nc: nc}
-	_, err = nc.Subscribe("job.>", func(m *nats.Msg) {
-		if p, err := bus.Decode(m.Data); err == nil {
-			s.mu.Lock()
-			s.seen[p.GetJobRequest().GetJobId()] = true
-			s.mu.Unlock()
-		}
-	})
-	if err != nil {
+	// A synchronous subscription: dispatched reads what is queued itself,
+	// so nothing delivered before its flush can still be on its way.
+	if s.sub, err = nc.SubscribeSync("job.>"); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
@@ -94,11 +90,20 @@ func newDispatchSpy(t *testing.T, url string) *dispatchSpy {
 }
 
 func (s *dispatchSpy) dispatched(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if err := s.nc.Flush(); err != nil { // deliver anything in flight first
 		return true
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	for {
+		m, err := s.sub.NextMsg(time.Millisecond)
+		if err != nil {
+			break
+		}
+		if p, err := bus.Decode(m.Data); err == nil {
+			s.seen[p.GetJobRequest().GetJobId()] = true
+		}
+	}
 	return s.seen[id]
 }
 

@@ -795,3 +795,50 @@ rules: []
 			st.GetActive().GetHash(), st.GetActive().GetOrigin())
 	}
 }
+
+// An approval covers the attempt it was given to and the rule that held it:
+// a retry held by another rule waits for a person again.
+func TestApprovalDoesNotCarryOverToARetry(t *testing.T) {
+	const pol = `version: 1
+name: two-approvals
+default:
+  decision: DENY
+  reason: "no"
+rules:
+  - name: second-look-on-retry
+    when: topic == "job.sleep" && attempt > 1
+    decision: REQUIRE_APPROVAL
+    reason: "a retry needs a fresh look"
+  - name: approve-sleep
+    when: topic == "job.sleep"
+    decision: REQUIRE_APPROVAL
+    reason: "sleep needs a person"
+  - name: allow-jobs
+    when: topic.startsWith("job.")
+    decision: ALLOW
+    reason: "ok"
+`
+	path := writePolicy(t, filepath.Join(t.TempDir(), "p.yaml"), pol)
+	h := startHarness(t, up.ClusterOptions{Policy: safety.Files{Policy: path}})
+	spy := newAttemptSpy(t, h.cluster.NATSURL)
+	req := proto.Clone(sleepJob).(*cortexv1.SubmitJobRequest)
+	req.Timeout = durationpb.New(200 * time.Millisecond)
+	id := h.submit(t, req)
+	h.waitState(t, id, awaiting)
+	if _, err := h.client.ApproveJob(context.Background(), &cortexv1.ApproveJobRequest{JobId: id}); err != nil {
+		t.Fatal(err)
+	}
+	// Attempt 1 runs, times out, and attempt 2 is held by the other rule.
+	var j *cortexv1.Job
+	poll(t, "attempt 2 held for approval", func() bool {
+		res, err := h.client.GetJob(context.Background(), &cortexv1.GetJobRequest{JobId: id})
+		j = res.GetJob()
+		return err == nil && j.GetAttempt() == 2 && j.GetState() == awaiting
+	})
+	if j.GetSafety().GetRule() != "second-look-on-retry" {
+		t.Errorf("attempt 2 held by %q, want second-look-on-retry", j.GetSafety().GetRule())
+	}
+	if got := spy.of(id); !slices.Equal(got, []uint32{1}) {
+		t.Errorf("dispatched attempts %v, want only the approved attempt 1", got)
+	}
+}

@@ -308,8 +308,10 @@ type JobRequest struct {
 	MaxAttempts uint32               `protobuf:"varint,11,opt,name=max_attempts,json=maxAttempts,proto3" json:"max_attempts,omitempty"`
 	// binary_payload says the stored input is bytes, not prompt text.
 	BinaryPayload bool `protobuf:"varint,12,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
-	// approved says a person approved the job (see CheckRequest.approved).
-	Approved      bool `protobuf:"varint,13,opt,name=approved,proto3" json:"approved,omitempty"`
+	// approved says a person approved this attempt of the job (see
+	// CheckRequest.approved), when held by approved_rule.
+	Approved      bool   `protobuf:"varint,13,opt,name=approved,proto3" json:"approved,omitempty"`
+	ApprovedRule  string `protobuf:"bytes,14,opt,name=approved_rule,json=approvedRule,proto3" json:"approved_rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -433,6 +435,13 @@ func (x *JobRequest) GetApproved() bool {
 		return x.Approved
 	}
 	return false
+}
+
+func (x *JobRequest) GetApprovedRule() string {
+	if x != nil {
+		return x.ApprovedRule
+	}
+	return ""
 }
 
 // JobResult reports the outcome of one attempt. The output is not carried:
@@ -818,7 +827,7 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fpolicy_apply\x18\x12 \x01(\v2\x16.cortex.v1.PolicyApplyH\x00R\vpolicyApply\x12;\n" +
 	"\fpolicy_query\x18\x13 \x01(\v2\x16.cortex.v1.PolicyQueryH\x00R\vpolicyQuery\x12;\n" +
 	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReplyB\t\n" +
-	"\apayload\"\xf3\x03\n" +
+	"\apayload\"\x98\x04\n" +
 	"\n" +
 	"JobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -836,7 +845,8 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\atimeout\x12!\n" +
 	"\fmax_attempts\x18\v \x01(\rR\vmaxAttempts\x12%\n" +
 	"\x0ebinary_payload\x18\f \x01(\bR\rbinaryPayload\x12\x1a\n" +
-	"\bapproved\x18\r \x01(\bR\bapproved\x1a9\n" +
+	"\bapproved\x18\r \x01(\bR\bapproved\x12#\n" +
+	"\rapproved_rule\x18\x0e \x01(\tR\fapprovedRule\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x02\n" +

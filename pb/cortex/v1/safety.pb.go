@@ -92,11 +92,13 @@ type CheckRequest struct {
 	// context_ptr points at the prompt (redis://ctx:<id>). The prompt never
 	// rides the bus: the kernel reads it when a rule needs the text.
 	ContextPtr string `protobuf:"bytes,8,opt,name=context_ptr,json=contextPtr,proto3" json:"context_ptr,omitempty"`
-	// approved says a person approved the job. It satisfies a
-	// REQUIRE_APPROVAL rule and nothing else.
+	// approved says a person approved this attempt of the job when it was
+	// held by approved_rule. It satisfies that REQUIRE_APPROVAL rule and
+	// nothing else: another rule holding the job holds it again.
 	Approved bool `protobuf:"varint,9,opt,name=approved,proto3" json:"approved,omitempty"`
 	// binary_payload says the input is bytes, not text.
-	BinaryPayload bool `protobuf:"varint,10,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
+	BinaryPayload bool   `protobuf:"varint,10,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
+	ApprovedRule  string `protobuf:"bytes,11,opt,name=approved_rule,json=approvedRule,proto3" json:"approved_rule,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -199,6 +201,13 @@ func (x *CheckRequest) GetBinaryPayload() bool {
 		return x.BinaryPayload
 	}
 	return false
+}
+
+func (x *CheckRequest) GetApprovedRule() string {
+	if x != nil {
+		return x.ApprovedRule
+	}
+	return ""
 }
 
 type CheckResponse struct {
@@ -854,7 +863,7 @@ var File_cortex_v1_safety_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_safety_proto_rawDesc = "" +
 	"\n" +
-	"\x16cortex/v1/safety.proto\x12\tcortex.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8b\x03\n" +
+	"\x16cortex/v1/safety.proto\x12\tcortex.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x03\n" +
 	"\fCheckRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x1b\n" +
@@ -868,7 +877,8 @@ const file_cortex_v1_safety_proto_rawDesc = "" +
 	"contextPtr\x12\x1a\n" +
 	"\bapproved\x18\t \x01(\bR\bapproved\x12%\n" +
 	"\x0ebinary_payload\x18\n" +
-	" \x01(\bR\rbinaryPayload\x1a9\n" +
+	" \x01(\bR\rbinaryPayload\x12#\n" +
+	"\rapproved_rule\x18\v \x01(\tR\fapprovedRule\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc5\x01\n" +
