@@ -268,6 +268,12 @@ func (s *Subscription) Drain() {
 	}
 	deadline := time.Now().Add(drainTimeout)
 	for s.sub.IsValid() && time.Now().Before(deadline) {
+		if !s.nc.IsConnected() {
+			// The server went away during the drain (or before the client
+			// noticed): it cannot complete, so stop waiting for it.
+			_ = s.sub.Unsubscribe()
+			break
+		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	s.mu.Lock()

@@ -206,7 +206,11 @@ func (g *Gateway) CancelJob(ctx context.Context, req *cortexv1.CancelJobRequest)
 	if err := g.bus.PublishJobEvent(j.ID, after.Proto()); err != nil {
 		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
 	}
-	if j.State == store.Dispatched || j.State == store.Running {
+	// Decide from the record the cancel wrote, not the one read before it:
+	// the job may have been dispatched in between. A job that was ever
+	// dispatched may be on a worker (which ignores a job it does not run).
+	_, dispatched := after.Entered[store.Dispatched]
+	if dispatched {
 		err := g.bus.Publish(bus.SubjectJobCancel, &cortexv1.BusPacket{
 			TraceId: j.ID,
 			Payload: &cortexv1.BusPacket_JobCancel{JobCancel: &cortexv1.JobCancel{JobId: j.ID, Reason: reason}},

@@ -26,8 +26,9 @@ const (
 	// statusWindow how long GetPolicy does.
 	applyWindow  = 750 * time.Millisecond
 	statusWindow = 300 * time.Millisecond
-	// maxPolicyBytes bounds an applied policy file.
-	maxPolicyBytes = 1 << 20
+	// maxPolicyBytes bounds an applied policy file: kernels report what they
+	// enforce, source included, in one bus packet (64 KiB).
+	maxPolicyBytes = 48 << 10
 	// maxExplainPrompt bounds the prompt of ExplainDecision, which rides the
 	// bus to a kernel.
 	maxExplainPrompt = 48 << 10
@@ -143,6 +144,16 @@ func (g *Gateway) GetPolicy(ctx context.Context, _ *cortexv1.GetPolicyRequest) (
 	if len(res.Kernels) == 0 {
 		return nil, connect.Errorf(connect.CodeUnavailable, "no safety kernel answered within %s; is one running (cortexctl safety, or up)?", statusWindow)
 	}
+	if !principalFrom(ctx).Admin {
+		// Rules can name tenants: the text is for admin keys.
+		for _, k := range res.Kernels {
+			for _, p := range []*cortexv1.PolicyInfo{k.GetActive(), k.GetShadow()} {
+				if p != nil {
+					p.Source = ""
+				}
+			}
+		}
+	}
 	res.Status = res.Kernels[0]
 	return res, nil
 }
@@ -163,7 +174,8 @@ func (g *Gateway) ApplyPolicy(ctx context.Context, req *cortexv1.ApplyPolicyRequ
 		return nil, connect.NewError(connect.CodeInvalidArgument, "clear_shadow removes the shadow policy: send no source with it")
 	case req.GetClearShadow():
 	case len(req.GetSource()) > maxPolicyBytes:
-		return nil, connect.Errorf(connect.CodeResourceExhausted, "the policy is %d bytes, over the %d byte limit", len(req.GetSource()), maxPolicyBytes)
+		return nil, connect.Errorf(connect.CodeResourceExhausted,
+			"the policy is %d bytes, over the %d byte limit of policy apply; start the kernels with --policy FILE for larger ones", len(req.GetSource()), maxPolicyBytes)
 	default:
 		p, err := policy.Parse(name, []byte(req.GetSource()))
 		if err != nil {

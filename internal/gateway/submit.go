@@ -86,7 +86,14 @@ func (g *Gateway) handOff(ctx context.Context, nj store.NewJob, existing string,
 	if err != nil {
 		g.log.Error("hand job to scheduler", "job_id", j.ID, "err", err)
 		// The client may be gone; the job must still not stay PENDING.
-		_, _ = g.store.Transition(context.WithoutCancel(ctx), j.ID, store.Change{To: store.Failed, Reason: "the bus was unavailable at submit"}, time.Now())
+		bg := context.WithoutCancel(ctx)
+		_, _ = g.store.Transition(bg, j.ID, store.Change{To: store.Failed, Reason: "the bus was unavailable at submit"}, time.Now())
+		if nj.IdempotencyKey != "" {
+			// The client is told to try again: the key must make a new job.
+			if err := g.store.ForgetIdempotencyKey(bg, nj.Tenant, nj.IdempotencyKey); err != nil {
+				g.log.Error("forget idempotency key", "job_id", j.ID, "err", err)
+			}
+		}
 		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the job was not queued, try again")
 	}
 	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING}, nil

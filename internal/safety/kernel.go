@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -165,17 +166,31 @@ func (k *Kernel) LoadStored(ctx context.Context, st PolicyStore, shadow bool) (b
 	return true, nil
 }
 
+// shown is info as Status reports it: without the text of a long policy.
+func shown(info *cortexv1.PolicyInfo) *cortexv1.PolicyInfo {
+	if len(info.GetSource()) <= maxSourceInStatus {
+		return info
+	}
+	c := proto.Clone(info).(*cortexv1.PolicyInfo)
+	c.Source = fmt.Sprintf("# the policy text is %d bytes, too long to send over the bus; read it where it came from (%s)\n", len(info.GetSource()), info.GetOrigin())
+	return c
+}
+
 func (k *Kernel) refused(err error) {
 	msg := err.Error()
 	k.lastErr.Store(&msg)
 	k.log.Error("policy refused; the policy in force stays", "err", err)
 }
 
+// maxSourceInStatus bounds the policy text Status carries, so a status fits
+// in one bus packet; a longer file is named, not sent.
+const maxSourceInStatus = 24 << 10
+
 // Status reports the policies in force.
 func (k *Kernel) Status() *cortexv1.PolicyStatus {
-	st := &cortexv1.PolicyStatus{KernelId: k.id, Active: k.active.Load().info}
+	st := &cortexv1.PolicyStatus{KernelId: k.id, Active: shown(k.active.Load().info)}
 	if sh := k.shadow.Load(); sh != nil {
-		st.Shadow = sh.info
+		st.Shadow = shown(sh.info)
 	}
 	if e := k.lastErr.Load(); e != nil {
 		st.LastError = *e

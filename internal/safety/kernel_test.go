@@ -352,3 +352,16 @@ func writeFile(t *testing.T, path, text string) {
 		t.Fatal(err)
 	}
 }
+
+func TestStatusLeavesOutTheTextOfALongPolicy(t *testing.T) {
+	k := safety.NewKernel("k1", nil, discard())
+	k.Use(policy.Default(), "file big.yaml", strings.Repeat("# padding\n", 5000), false)
+	src := k.Status().GetActive().GetSource()
+	if len(src) > 1024 || !strings.Contains(src, "too long to send") || !strings.Contains(src, "big.yaml") {
+		t.Fatalf("status source %.200q, want a short note naming where the policy came from", src)
+	}
+	k.Use(policy.Default(), "file small.yaml", "version: 1\n", false)
+	if got := k.Status().GetActive().GetSource(); got != "version: 1\n" {
+		t.Fatalf("short policy text %q, want it whole", got)
+	}
+}

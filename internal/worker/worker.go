@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -324,7 +325,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		w.failed.Add(1)
 	default:
 		res.State = cortexv1.JobState_JOB_STATE_FAILED
-		res.Error = err.Error()
+		res.Error = truncate(err.Error(), maxErrorBytes)
 		w.failed.Add(1)
 	}
 	res.FinishedAt = timestamppb.Now()
@@ -382,4 +383,20 @@ func callHandler(ctx context.Context, h plugins.Handler, job *plugins.Job) (res 
 		}
 	}()
 	return h.Handle(ctx, job)
+}
+
+// maxErrorBytes bounds the error a result carries: it becomes the job's
+// reason, and the result must fit in one bus packet.
+const maxErrorBytes = 4 << 10
+
+// truncate cuts s to at most n bytes on a UTF-8 boundary, marking the cut.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	cut := n - len(" …(truncated)")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + " …(truncated)"
 }

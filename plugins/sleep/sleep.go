@@ -23,7 +23,7 @@ const MaxDuration = time.Hour
 var Handler plugins.Handler = plugins.HandlerFunc(func(ctx context.Context, job *plugins.Job) (*plugins.Result, error) {
 	d, err := time.ParseDuration(strings.TrimSpace(job.Prompt))
 	if err != nil || d < 0 || d > MaxDuration {
-		return nil, fmt.Errorf("prompt %.40q is not a duration between 0s and %s, e.g. 2s", job.Prompt, MaxDuration)
+		return nil, fmt.Errorf("the prompt is not a duration between 0s and %s, e.g. 2s", MaxDuration)
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()

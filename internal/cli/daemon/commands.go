@@ -316,7 +316,7 @@ give the gateway the same routes as the schedulers.`,
 	}
 	o.addFlags(cmd, true)
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7470", "address to serve the API on")
-	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant or key:tenant:read, repeatable (also CORTEX_API_KEYS)")
+	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant, key:tenant:read or key:tenant:admin, repeatable (also CORTEX_API_KEYS)")
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
 	return cmd

@@ -79,9 +79,15 @@ func StartSafety(ctx context.Context, natsURL string, st *store.Store, files saf
 			continue
 		}
 		if _, err := k.LoadStored(ctx, st, shadow); err != nil {
-			// A stored policy that no longer compiles must not keep the
-			// kernel down: it enforces what it has and says why.
-			log.Error("the applied policy does not load; enforcing the policy in force", "shadow", shadow, "err", err)
+			if shadow {
+				// The shadow is never enforced: run without it and say why.
+				log.Error("the applied shadow policy does not load; running without a shadow", "err", err)
+				continue
+			}
+			// Enforcing the built-in policy instead would decide with
+			// rules nobody put in force: fail closed by not starting.
+			return nil, nil, fmt.Errorf("the applied policy (policy:active in Redis) does not load, so this kernel will not decide: %w; "+
+				"apply a good one with 'cortexctl policy apply FILE', or start the kernel with --policy FILE", err)
 		}
 	}
 	conn, err := bus.Connect(natsURL, name, log)

@@ -290,6 +290,8 @@ func showRun(ctx context.Context, o *ShowOptions) error {
 	switch {
 	case p.Machine():
 		return p.Print(st)
+	case o.Source && st.GetActive().GetSource() == "":
+		return errors.New("the policy text is shown to admin keys only (key:tenant:admin)")
 	case o.Source:
 		_, err := fmt.Fprint(o.Factory.Out, st.GetActive().GetSource())
 		return err

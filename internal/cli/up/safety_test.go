@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/safety"
@@ -840,5 +841,24 @@ rules:
 	}
 	if got := spy.of(id); !slices.Equal(got, []uint32{1}) {
 		t.Errorf("dispatched attempts %v, want only the approved attempt 1", got)
+	}
+}
+
+// A kernel that cannot load the policy an operator applied does not start:
+// enforcing the built-in policy instead would let through what the applied
+// one denies.
+func TestKernelWithABrokenAppliedPolicyDoesNotStart(t *testing.T) {
+	h := startHarness(t, up.ClusterOptions{})
+	ctx := context.Background()
+	if err := h.cluster.Store.SavePolicy(ctx, false, "future.yaml", "version: 2\n"); err != nil {
+		t.Fatal(err)
+	}
+	k, conn, err := daemon.StartSafety(ctx, h.cluster.NATSURL, h.cluster.Store, safety.Files{}, nil, slog.New(slog.DiscardHandler))
+	if err == nil {
+		conn.Close()
+		t.Fatalf("a kernel started on %v", k.Status().GetActive())
+	}
+	if !strings.Contains(err.Error(), "does not load") || !strings.Contains(err.Error(), "policy apply") {
+		t.Fatalf("error %q, want one that says the applied policy does not load and what to do", err)
 	}
 }
