@@ -62,10 +62,13 @@ func startHarness(t *testing.T, opts up.ClusterOptions) *harness {
 	return &harness{cluster: c, client: gc, spy: newDispatchSpy(t, c.NATSURL)}
 }
 
-// dispatchSpy records the job id of every packet dispatched to any pool.
+// dispatchSpy records the job id of every packet dispatched to any pool
+// or worker (job.>). A channel subscription puts each message in msgs as
+// it is read, so after a Flush every earlier dispatch is in msgs.
 type dispatchSpy struct {
 	mu   sync.Mutex
 	seen map[string]bool
+	msgs chan *nats.Msg
 	nc   *nats.Conn
 }
 
@@ -76,15 +79,8 @@ func newDispatchSpy(t *testing.T, url string) *dispatchSpy {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	s := &dispatchSpy{seen: map[string]bool{}, nc: nc}
-	_, err = nc.Subscribe("job.>", func(m *nats.Msg) {
-		if p, err := bus.Decode(m.Data); err == nil {
-			s.mu.Lock()
-			s.seen[p.GetJobRequest().GetJobId()] = true
-			s.mu.Unlock()
-		}
-	})
-	if err != nil {
+	s := &dispatchSpy{seen: map[string]bool{}, msgs: make(chan *nats.Msg, 1<<16), nc: nc}
+	if _, err = nc.ChanSubscribe("job.>", s.msgs); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
@@ -99,7 +95,16 @@ func (s *dispatchSpy) dispatched(id string) bool {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.seen[id]
+	for {
+		select {
+		case m := <-s.msgs:
+			if p, err := bus.Decode(m.Data); err == nil {
+				s.seen[p.GetJobRequest().GetJobId()] = true
+			}
+		default:
+			return s.seen[id]
+		}
+	}
 }
 
 // outcome is how a job ended, with its output.
