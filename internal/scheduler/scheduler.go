@@ -1,6 +1,7 @@
 // Package scheduler owns the decision path of every job: it takes submits
 // from the bus, asks the safety kernel, records a denial or routes the job
-// to a pool and dispatches it, and records the failures workers report,
+// to a pool and places it on the least loaded live worker of that pool
+// (placement.go: it waits, PENDING, while no worker has a free slot), and records the failures workers report,
 // retrying a failed attempt while the job has attempts left (through the
 // safety gate again); workers record completions themselves. After every change it makes it publishes a job event.
 // It owns the interfaces it needs (Store, Checker) and never runs jobs.
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/registry"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -24,6 +26,7 @@ import (
 type Store interface {
 	Transition(ctx context.Context, id string, c store.Change, now time.Time) (*store.Job, error)
 	Get(ctx context.Context, id string) (*store.Job, error)
+	SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*store.Job, error)
 }
 
 // Checker asks for a safety decision. Anything but an ALLOW answer,
@@ -46,11 +49,28 @@ type Scheduler struct {
 	log         *slog.Logger
 	concurrency int
 	submits     *bus.Subscription
+	// reg is the scheduler's own worker registry, fed by heartbeats.
+	reg   *registry.Registry
+	place *placement
 }
 
-// New wires a scheduler.
-func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log *slog.Logger) *Scheduler {
-	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency}
+// Option configures a Scheduler.
+type Option func(*registry.Options)
+
+// WithClock sets the clock of the scheduler's worker registry (for tests
+// that expire workers).
+func WithClock(now func() time.Time) Option { return func(o *registry.Options) { o.Now = now } }
+
+// New wires a scheduler. It keeps its own worker registry, fed by
+// heartbeats from Start on, to place jobs.
+func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log *slog.Logger, opts ...Option) *Scheduler {
+	ro := registry.Options{Log: log}
+	for _, o := range opts {
+		o(&ro)
+	}
+	reg := registry.New(ro)
+	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency,
+		reg: reg, place: newPlacement(reg)}
 }
 
 // Start consumes submits and results until the connection is closed. It
@@ -58,6 +78,14 @@ func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log 
 // that outlives ctx, so what was received is finished during a drain.
 func (s *Scheduler) Start(ctx context.Context) error {
 	hctx := context.WithoutCancel(ctx)
+	// Heartbeats first, in order (the registry wants them so), and the
+	// job events that free slots, before any job is taken.
+	if _, err := s.conn.Subscribe(hctx, bus.SubjectHeartbeatAll, "", 1, s.onHeartbeat); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobEvent, "", s.concurrency, s.onJobEvent); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
 	var err error
 	s.submits, err = s.conn.Subscribe(hctx, bus.SubjectJobSubmit, bus.QueueScheduler, s.concurrency, s.onSubmit)
 	if err != nil {
@@ -143,17 +171,7 @@ func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.
 			"no pool serves topic %s; routable topics: %s", req.GetTopic(), strings.Join(s.router.Topics(), ", "))})
 		return
 	}
-	if s.record(ctx, traceID, id, store.Change{To: store.Dispatched, Attempt: req.GetAttempt(), Pool: pool, Safety: verdict}) == nil {
-		return
-	}
-	req.Pool = pool
-	err = s.conn.Publish(bus.JobSubject(pool, req.GetTopic()), &cortexv1.BusPacket{
-		TraceId: traceID,
-		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req},
-	})
-	if err != nil {
-		s.record(ctx, traceID, id, store.Change{To: store.Failed, Attempt: req.GetAttempt(), Reason: "dispatch failed: " + err.Error()})
-	}
+	s.placeWaiting(ctx, pool, &waiting{traceID: traceID, req: req, verdict: verdict})
 }
 
 func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
@@ -204,9 +222,13 @@ func (s *Scheduler) record(ctx context.Context, traceID, id string, c store.Chan
 	j, err := s.store.Transition(ctx, id, c, time.Now())
 	switch {
 	case err == nil:
-		if err := s.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
+		pj := j.Proto()
+		if err := s.conn.PublishJobEvent(traceID, pj); err != nil {
 			s.log.Warn("publish job event", "job_id", id, "err", err)
 		}
+		// A change of our own that ends a placed attempt frees its slot
+		// now rather than when its event comes back.
+		s.noteEnded(ctx, pj)
 		return j
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
 		s.log.Info("transition refused", "job_id", id, "to", string(c.To), "err", err)

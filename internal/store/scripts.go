@@ -97,3 +97,21 @@ local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
 return rec
 `)
+
+// waitScript: KEYS = job; ARGV = attempt, now (µs), reason, pool. Records
+// the pool a PENDING job was routed to and why it is still waiting (for a
+// worker, say) without changing its state, which the state machine of
+// transitionScript could not do: there
+// is no PENDING → PENDING move. Answers like transitionScript, with
+// {"CONFLICT", state, attempt} when the job is no longer PENDING at that
+// attempt, so a job that moved on keeps its own reason.
+var waitScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+if not cur[1] then return {''} end
+if cur[1] ~= 'PENDING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
+redis.call('HSET', KEYS[1], 'reason', ARGV[3], 'pool', ARGV[4], 'updated_at', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+local rec = redis.call('HGETALL', KEYS[1])
+table.insert(rec, 1, 'OK')
+return rec
+`)

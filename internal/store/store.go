@@ -361,6 +361,23 @@ func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Ti
 	return nil, refusal(id, c.To, res)
 }
 
+// SetPendingReason records the pool attempt of a PENDING job was routed to
+// and why it is still waiting (no live worker in the pool, say), keeping
+// it PENDING, and returns the
+// record. A job that is not PENDING at that attempt changes nothing: a
+// *ConflictError; ErrNotFound if there is no such job.
+func (s *Store) SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*Job, error) {
+	res, err := waitScript.Run(ctx, s.rdb, []string{jobPrefix + id},
+		strconv.FormatUint(uint64(attempt), 10), micros(now), reason, pool).StringSlice()
+	if err != nil {
+		return nil, fmt.Errorf("set reason of job %s: %w", id, err)
+	}
+	if len(res) > 0 && res[0] == "OK" {
+		return parseJob(id, pairs(res[1:])), nil
+	}
+	return nil, refusal(id, Pending, res)
+}
+
 // refusal is the error for a script's {""} or {"CONFLICT", state, attempt}.
 func refusal(id string, to State, res []string) error {
 	if len(res) == 3 && res[0] == "CONFLICT" {

@@ -602,3 +602,29 @@ func ids(jobs []*store.Job) []string {
 	}
 	return out
 }
+
+func TestSetPendingReason(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		id, _ := reach(t, st, nil)
+		before := get(t, st, id)
+		j, err := st.SetPendingReason(ctx, id, 1, "echo", "waiting for a live worker in pool echo", now.Add(time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.State != store.Pending || j.Reason != "waiting for a live worker in pool echo" || j.Pool != "echo" || j.Version != before.Version+1 {
+			t.Fatalf("after SetPendingReason: %+v", j)
+		}
+		_, err = st.SetPendingReason(ctx, id, 2, "echo", "wrong attempt", now)
+		conflict(t, "attempt 2", err, store.Pending, 1)
+		move(t, st, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now)
+		_, err = st.SetPendingReason(ctx, id, 1, "echo", "too late", now)
+		conflict(t, "dispatched job", err, store.Dispatched, 1)
+		if got := get(t, st, id); got.Reason != "waiting for a live worker in pool echo" {
+			t.Fatalf("a refused reason changed the job: %q", got.Reason)
+		}
+		if _, err := st.SetPendingReason(ctx, "no-such-job", 1, "echo", "x", now); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("missing job: %v", err)
+		}
+	})
+}

@@ -1,5 +1,6 @@
 // Package worker is the worker runtime: it takes jobs of one pool from the
-// bus (one queue group per pool), reads each input from the store, runs the
+// bus (those the scheduler placed on its own subject, and any sent to the
+// pool's queue group), reads each input from the store, runs the
 // plugin registered for the job's topic under the job's timeout, records a
 // completion (output and COMPLETED in one script) or reports a failure to
 // the scheduler, stops a job when asked to cancel it, and sends a
@@ -157,15 +158,25 @@ func (w *Worker) Start(ctx context.Context) error {
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 	beatCtx, stopBeats := context.WithCancel(ctx)
 	w.cancelJobs, w.stopBeats = cancelJobs, stopBeats
-	_, err := w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel,
-		func(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
-			req := p.GetJobRequest()
-			if req == nil {
-				return bus.WrongPayload(p, "a job request")
-			}
-			w.handle(ctx, p.GetTraceId(), req)
-			return nil
-		})
+	// Jobs come on the worker's own subject, where the scheduler places
+	// them, and on the pool's subjects (queue group), where anything else
+	// may publish one for whichever worker of the pool takes it. One set
+	// of slots bounds both to MaxParallel running jobs.
+	slots := make(chan struct{}, w.opts.MaxParallel)
+	onJob := func(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
+		req := p.GetJobRequest()
+		if req == nil {
+			return bus.WrongPayload(p, "a job request")
+		}
+		slots <- struct{}{}
+		defer func() { <-slots }()
+		w.handle(ctx, p.GetTraceId(), req)
+		return nil
+	}
+	_, err := w.conn.Subscribe(jobCtx, bus.WorkerSubject(w.opts.Pool, w.opts.ID), "", w.opts.MaxParallel, onJob)
+	if err == nil {
+		_, err = w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel, onJob)
+	}
 	if err == nil {
 		_, err = w.conn.Subscribe(beatCtx, bus.SubjectJobCancel, "", 1, w.onCancel)
 	}

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,6 +115,12 @@ func (r *rig) send(t *testing.T, id, topic, prompt string) {
 // p, as the gateway and the scheduler would.
 func (r *rig) sendJob(t *testing.T, j store.NewJob) {
 	t.Helper()
+	r.sendJobTo(t, j, bus.JobSubject("p", j.Topic))
+}
+
+// sendJobTo is sendJob on a given subject.
+func (r *rig) sendJobTo(t *testing.T, j store.NewJob, subject string) {
+	t.Helper()
 	ctx := context.Background()
 	now := time.Now()
 	j.Tenant = "t"
@@ -125,7 +133,7 @@ func (r *rig) sendJob(t *testing.T, j store.NewJob) {
 	}
 	req := rec.Request()
 	req.Pool = "p"
-	err = r.conn.Publish(bus.JobSubject("p", j.Topic), &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}})
+	err = r.conn.Publish(subject, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -449,5 +457,49 @@ func TestInputReachesHandler(t *testing.T) {
 				t.Errorf("handler saw job %+v", j)
 			}
 		})
+	}
+}
+
+// TestJobsOnTheWorkerSubjectRun: the scheduler places jobs on the worker's
+// own subject; they run once, and the slots bound them together with those
+// of the pool's queue group.
+func TestJobsOnTheWorkerSubjectRun(t *testing.T) {
+	release := make(chan struct{})
+	var running, most atomic.Int32
+	r := newRig(t, map[string]plugins.Handler{
+		"job.hold": plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) {
+			n := running.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			<-release
+			running.Add(-1)
+			return &plugins.Result{Output: "ok"}, nil
+		}),
+	})
+	for i := range 6 {
+		subject := bus.WorkerSubject("p", "w-1")
+		if i%2 == 1 {
+			subject = bus.JobSubject("p", "job.hold")
+		}
+		r.sendJobTo(t, store.NewJob{ID: fmt.Sprintf("j-%d", i), Topic: "job.hold", Input: "x"}, subject)
+	}
+	for deadline := time.Now().Add(5 * time.Second); running.Load() < 3 && time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+	}
+	close(release)
+	seen := map[string]bool{}
+	for range 6 {
+		var res *cortexv1.JobResult
+		select {
+		case res = <-r.results:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("results so far %v, want 6", seen)
+		}
+		if res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || seen[res.GetJobId()] {
+			t.Fatalf("result %v (seen %v)", res, seen)
+		}
+		seen[res.GetJobId()] = true
+	}
+	if m := most.Load(); m > 3 {
+		t.Fatalf("%d jobs ran at once, want at most MaxParallel 3", m)
 	}
 }
