@@ -1,7 +1,8 @@
 // Package config resolves settings in one order for every command: defaults
 // < environment (CORTEX_*) < flags. It validates as it goes and owns no
 // setting itself: commands declare their flags, this package fills the ones
-// left unset from the environment.
+// left unset from the environment. It also helps config-file loaders report
+// YAML errors at file:line.
 package config
 
 import (

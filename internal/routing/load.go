@@ -7,15 +7,14 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/config"
 )
 
 // A routing file looks like this:
@@ -128,18 +127,9 @@ func Parse(name string, data []byte) (*Router, error) {
 	}
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
 // yamlError turns a YAML syntax error into a LoadError with its line.
 func yamlError(file string, err error) error {
-	msg := err.Error()
-	line := 1
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
+	line, msg := config.YAMLErrorAt(err)
 	return &LoadError{File: file, Line: line, Msg: "invalid YAML: " + msg}
 }
 

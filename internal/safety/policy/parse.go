@@ -12,6 +12,8 @@ import (
 
 	"cel.dev/cel-go/cel"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/cortex-os/core/internal/config"
 )
 
 // LoadError is one problem in a policy file. Its message has the form
@@ -111,18 +113,9 @@ func Parse(name string, data []byte) (*Policy, error) {
 	return p, nil
 }
 
-var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
 // yamlError turns a YAML syntax error into a LoadError with its line.
 func yamlError(file string, err error) error {
-	msg := err.Error()
-	line := 1
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ = strconv.Atoi(m[1])
-		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
-	}
+	line, msg := config.YAMLErrorAt(err)
 	return &LoadError{File: file, Line: line, Msg: "invalid YAML: " + msg}
 }
 
