@@ -98,27 +98,15 @@ func tailDecisions(ctx context.Context, o *TailOptions) error {
 		return err
 	}
 	p := output.New(o.Factory.Out, o.Output)
-	return resume(ctx, o.Factory.ErrOut, func() error {
-		stream, err := c.StreamDecisions(ctx, req)
-		if err != nil {
-			return err
+	return follow(ctx, o.Factory.ErrOut, func() (stream[*cortexv1.StreamDecisionsResponse], error) {
+		return c.StreamDecisions(ctx, req)
+	}, func(msg *cortexv1.StreamDecisionsResponse) error {
+		skipped(o.Factory.ErrOut, msg.GetDropped())
+		if p.Machine() {
+			return p.Print(msg.GetEvent())
 		}
-		defer func() { _ = stream.Close() }()
-		for {
-			msg, err := stream.Receive()
-			if err != nil {
-				return err
-			}
-			skipped(o.Factory.ErrOut, msg.GetDropped())
-			if p.Machine() {
-				err = p.Print(msg.GetEvent())
-			} else {
-				_, err = fmt.Fprintln(o.Factory.Out, decisionLine(p, msg.GetEvent()))
-			}
-			if err != nil {
-				return err
-			}
-		}
+		_, err := fmt.Fprintln(o.Factory.Out, decisionLine(p, msg.GetEvent()))
+		return err
 	})
 }
 
@@ -142,30 +130,46 @@ func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEve
 	if err != nil {
 		return err
 	}
-	return resume(ctx, f.ErrOut, func() error {
-		stream, err := c.StreamEvents(ctx, req)
+	return follow(ctx, f.ErrOut, func() (stream[*cortexv1.StreamEventsResponse], error) {
+		return c.StreamEvents(ctx, req)
+	}, func(msg *cortexv1.StreamEventsResponse) error {
+		skipped(f.ErrOut, msg.GetDropped())
+		return print(msg.GetJob())
+	})
+}
+
+// stream is a server stream of T, as the generated clients return them.
+type stream[T any] interface {
+	Receive() (T, error)
+	Close() error
+}
+
+// follow reads the stream open returns, handing each message to each,
+// and opens it again whenever the gateway drops it, until ctx ends.
+func follow[T any](ctx context.Context, errOut io.Writer, open func() (stream[T], error), each func(T) error) error {
+	return resume(ctx, errOut, func() error {
+		s, err := open()
 		if err != nil {
 			return err
 		}
-		defer func() { _ = stream.Close() }()
+		defer func() { _ = s.Close() }()
 		for {
-			msg, err := stream.Receive()
+			msg, err := s.Receive()
 			if err != nil {
 				return err
 			}
-			skipped(f.ErrOut, msg.GetDropped())
-			if err := print(msg.GetJob()); err != nil {
+			if err := each(msg); err != nil {
 				return err
 			}
 		}
 	})
 }
 
-// resume runs follow, which reads one stream to its end, again whenever
+// resume runs read, which reads one stream to its end, again whenever
 // the gateway drops the stream (a restart, say), until ctx ends.
-func resume(ctx context.Context, errOut io.Writer, follow func() error) error {
+func resume(ctx context.Context, errOut io.Writer, read func() error) error {
 	for {
-		err := follow()
+		err := read()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
