@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -134,11 +133,7 @@ func wireDecision(k policy.Kind) cortexv1.Decision {
 // readFile reads path, or standard input for "-".
 func readFile(f *cmdutil.Factory, path string) ([]byte, error) {
 	if path == "-" {
-		data, err := io.ReadAll(io.LimitReader(f.In, 1<<20))
-		if err != nil {
-			return nil, fmt.Errorf("read standard input: %w", err)
-		}
-		return data, nil
+		return readStdin(f.In)
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -200,13 +195,13 @@ and counted, never enforced. Needs an admin key.`,
 func applyRun(ctx context.Context, o *ApplyOptions) error {
 	req := &cortexv1.ApplyPolicyRequest{Shadow: o.Shadow, ClearShadow: o.ClearShadow}
 	if o.File != "" {
-		// Checked here first, so errors name the file as the user knows it.
-		if _, err := policy.Load(o.File); err != nil {
-			return &cmdutil.UsageError{Err: err}
-		}
 		data, err := readFile(o.Factory, o.File)
 		if err != nil {
 			return err
+		}
+		// Checked here first, so errors name the file as the user knows it.
+		if _, err := policy.Parse(o.File, data); err != nil {
+			return &cmdutil.UsageError{Err: err}
 		}
 		req.Source, req.Name = string(data), filepath.Base(o.File)
 	}
