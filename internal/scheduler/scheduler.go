@@ -203,7 +203,7 @@ func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.Jo
 	j, err := s.store.Get(ctx, id)
 	if err == nil && j.Attempt == attempt && attempt < j.MaxAttempts {
 		retry := s.record(ctx, traceID, id, store.Change{
-			To: store.Pending, Attempt: attempt, Retry: true,
+			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end,
 			Reason: fmt.Sprintf("attempt %d of %d ended %s: %s; retrying", attempt, j.MaxAttempts, end, res.GetError()),
 		})
 		if retry != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -102,6 +103,17 @@ type Job struct {
 	Version uint64
 	// Approval is set once a person answered a REQUIRE_APPROVAL decision.
 	Approval *Approval
+	// Attempts are the attempts that have ended, oldest first.
+	Attempts []AttemptRecord
+}
+
+// AttemptRecord is how one attempt of a job ended.
+type AttemptRecord struct {
+	Attempt  uint32
+	State    State
+	WorkerID string
+	Reason   string
+	EndedAt  time.Time
 }
 
 // Hash fields of job:<id>. Entered times are "t:<STATE>".
@@ -134,6 +146,7 @@ const (
 	fApprovalAtt = "approval_attempt"
 	fApprovalRul = "approval_rule"
 	enteredPre   = "t:"
+	attemptPre   = "a:"
 )
 
 func parseJob(id string, f map[string]string) *Job {
@@ -166,10 +179,19 @@ func parseJob(id string, f map[string]string) *Job {
 		_ = json.Unmarshal([]byte(l), &j.Labels)
 	}
 	for k, v := range f {
-		if len(k) > len(enteredPre) && k[:len(enteredPre)] == enteredPre {
+		switch {
+		case strings.HasPrefix(k, enteredPre):
 			j.Entered[State(k[len(enteredPre):])] = parseMicros(v)
+		case strings.HasPrefix(k, attemptPre):
+			// state, worker, ended (µs), reason, tab-separated.
+			p := strings.SplitN(v, "\t", 4)
+			if len(p) == 4 {
+				j.Attempts = append(j.Attempts, AttemptRecord{Attempt: uint32(parseInt(k[len(attemptPre):])),
+					State: State(p[0]), WorkerID: p[1], EndedAt: parseMicros(p[2]), Reason: p[3]})
+			}
 		}
 	}
+	slices.SortFunc(j.Attempts, func(a, b AttemptRecord) int { return int(a.Attempt) - int(b.Attempt) })
 	return j
 }
 
@@ -231,6 +253,10 @@ func (j *Job) Proto() *cortexv1.Job {
 			Reason:        j.Safety.Reason,
 			PolicyVersion: j.Safety.Policy,
 		}
+	}
+	for _, a := range j.Attempts {
+		p.Attempts = append(p.Attempts, &cortexv1.AttemptRecord{Attempt: a.Attempt, State: a.State.Proto(), WorkerId: a.WorkerID,
+			Reason: a.Reason, EndedAt: timestamppb.New(a.EndedAt)})
 	}
 	for s, at := range j.Entered {
 		p.Transitions = append(p.Transitions, &cortexv1.JobTransition{State: s.Proto(), At: timestamppb.New(at)})

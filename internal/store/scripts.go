@@ -24,7 +24,11 @@ return {'OK'}
 `)
 
 // transitionScript: KEYS = job; ARGV = target state, expected attempt ("0":
-// any), now (µs), retry ("1": start the next attempt), field/value...
+// any), now (µs), retry ("1": start the next attempt), the outcome of the
+// attempt a retry ends, field/value... A move that ends an attempt (a
+// retry, or a final state) records the attempt's outcome, worker, end time
+// and reason in "a:<attempt>" (tab-separated), so the job keeps its
+// attempt history.
 // Answers {"OK", field, value, ...} with the whole record after the change,
 // {""} when there is no job, or {"CONFLICT", current state, attempt} when
 // the state machine or the attempt guard refuses the move. Terminal states
@@ -43,12 +47,20 @@ local exits = allowed[cur[1]]
 if not exits or not exits[ARGV[1]] or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then
   return {'CONFLICT', cur[1], cur[2]}
 end
+local final = {COMPLETED=true, FAILED=true, DENIED=true, CANCELLED=true, TIMEOUT=true}
+local worker = redis.call('HGET', KEYS[1], 'worker_id') or ''
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 't:' .. ARGV[1], ARGV[3])
 if ARGV[4] == '1' then
   redis.call('HINCRBY', KEYS[1], 'attempt', 1)
   redis.call('HDEL', KEYS[1], 'worker_id')
 end
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if ARGV[4] == '1' or final[ARGV[1]] then
+  local outcome = ARGV[1]
+  if ARGV[4] == '1' then outcome = ARGV[5] else worker = redis.call('HGET', KEYS[1], 'worker_id') or '' end
+  local reason = redis.call('HGET', KEYS[1], 'reason') or ''
+  redis.call('HSET', KEYS[1], 'a:' .. cur[2], outcome .. '\t' .. worker .. '\t' .. ARGV[3] .. '\t' .. reason)
+end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
@@ -68,8 +80,9 @@ if cur[1] ~= 'DISPATCHED' or cur[2] ~= ARGV[3] then return {'CONFLICT', cur[1], 
 local input = redis.call('GET', KEYS[2])
 local rec
 if not input then
-  redis.call('HSET', KEYS[1], 'state', 'FAILED', 'updated_at', ARGV[2], 't:FAILED', ARGV[2],
-    'reason', 'the prompt expired or was deleted before a worker ran the job')
+  local why = 'the prompt expired or was deleted before a worker ran the job'
+  redis.call('HSET', KEYS[1], 'state', 'FAILED', 'updated_at', ARGV[2], 't:FAILED', ARGV[2], 'reason', why,
+    'a:' .. ARGV[3], 'FAILED\t' .. ARGV[1] .. '\t' .. ARGV[2] .. '\t' .. why)
   redis.call('HINCRBY', KEYS[1], 'version', 1)
   rec = redis.call('HGETALL', KEYS[1])
   table.insert(rec, 1, 'NOPROMPT')
@@ -91,7 +104,8 @@ local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if not cur[1] then return {''} end
 if cur[1] ~= 'RUNNING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5])
+redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
+  'a:' .. ARGV[1], 'COMPLETED\t' .. (redis.call('HGET', KEYS[1], 'worker_id') or '') .. '\t' .. ARGV[2] .. '\t')
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')

@@ -302,8 +302,10 @@ type Change struct {
 	To State
 	// Attempt, when not zero, must be the job's current attempt.
 	Attempt uint32
-	// Retry starts the next attempt (To must be PENDING).
+	// Retry starts the next attempt (To must be PENDING); Outcome is how the
+	// attempt it ends ended (FAILED or TIMEOUT), for the attempt history.
 	Retry      bool
+	Outcome    State
 	Reason     string
 	Pool       string
 	WorkerID   string
@@ -318,7 +320,7 @@ func (c Change) args(now time.Time) []any {
 	if c.Retry {
 		retry = "1"
 	}
-	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry}
+	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry, string(c.Outcome)}
 	for _, f := range [...]struct{ k, v string }{
 		{fReason, c.Reason}, {fPool, c.Pool}, {fWorker, c.WorkerID},
 	} {

@@ -136,7 +136,9 @@ type Job struct {
 	// version grows with every change, so a reader can order snapshots.
 	Version uint64 `protobuf:"varint,20,opt,name=version,proto3" json:"version,omitempty"`
 	// approval records who approved or rejected a job held for approval.
-	Approval      *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
+	Approval *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
+	// attempts lists how each attempt that has ended ended, oldest first.
+	Attempts      []*AttemptRecord `protobuf:"bytes,22,rep,name=attempts,proto3" json:"attempts,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -318,6 +320,92 @@ func (x *Job) GetApproval() *Approval {
 	return nil
 }
 
+func (x *Job) GetAttempts() []*AttemptRecord {
+	if x != nil {
+		return x.Attempts
+	}
+	return nil
+}
+
+// AttemptRecord is how one attempt of a job ended.
+type AttemptRecord struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Attempt uint32                 `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// state is the attempt's outcome: COMPLETED, FAILED, TIMEOUT, DENIED or
+	// CANCELLED.
+	State         JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
+	WorkerId      string                 `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	EndedAt       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=ended_at,json=endedAt,proto3" json:"ended_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttemptRecord) Reset() {
+	*x = AttemptRecord{}
+	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttemptRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttemptRecord) ProtoMessage() {}
+
+func (x *AttemptRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttemptRecord.ProtoReflect.Descriptor instead.
+func (*AttemptRecord) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AttemptRecord) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *AttemptRecord) GetState() JobState {
+	if x != nil {
+		return x.State
+	}
+	return JobState_JOB_STATE_UNSPECIFIED
+}
+
+func (x *AttemptRecord) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *AttemptRecord) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *AttemptRecord) GetEndedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EndedAt
+	}
+	return nil
+}
+
 // Approval is a person's answer to a REQUIRE_APPROVAL decision.
 type Approval struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -336,7 +424,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	mi := &file_cortex_v1_job_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -348,7 +436,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	mi := &file_cortex_v1_job_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -361,7 +449,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_job_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Approval) GetApproved() bool {
@@ -417,7 +505,7 @@ type JobTransition struct {
 
 func (x *JobTransition) Reset() {
 	*x = JobTransition{}
-	mi := &file_cortex_v1_job_proto_msgTypes[2]
+	mi := &file_cortex_v1_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -429,7 +517,7 @@ func (x *JobTransition) String() string {
 func (*JobTransition) ProtoMessage() {}
 
 func (x *JobTransition) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_job_proto_msgTypes[2]
+	mi := &file_cortex_v1_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -442,7 +530,7 @@ func (x *JobTransition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobTransition.ProtoReflect.Descriptor instead.
 func (*JobTransition) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_job_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *JobTransition) GetState() JobState {
@@ -463,7 +551,7 @@ var File_cortex_v1_job_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x06\n" +
+	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\a\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12)\n" +
@@ -490,10 +578,17 @@ const file_cortex_v1_job_proto_rawDesc = "" +
 	"updated_at\x18\x12 \x01(\v2\x1a.google.protobuf.TimestampR\tupdatedAt\x12:\n" +
 	"\vtransitions\x18\x13 \x03(\v2\x18.cortex.v1.JobTransitionR\vtransitions\x12\x18\n" +
 	"\aversion\x18\x14 \x01(\x04R\aversion\x12/\n" +
-	"\bapproval\x18\x15 \x01(\v2\x13.cortex.v1.ApprovalR\bapproval\x1a9\n" +
+	"\bapproval\x18\x15 \x01(\v2\x13.cortex.v1.ApprovalR\bapproval\x124\n" +
+	"\battempts\x18\x16 \x03(\v2\x18.cortex.v1.AttemptRecordR\battempts\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xaa\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
+	"\rAttemptRecord\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\rR\aattempt\x12)\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\x1b\n" +
+	"\tworker_id\x18\x03 \x01(\tR\bworkerId\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x125\n" +
+	"\bended_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aendedAt\"\xaa\x01\n" +
 	"\bApproval\x12\x1a\n" +
 	"\bapproved\x18\x01 \x01(\bR\bapproved\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12\x18\n" +
@@ -533,34 +628,38 @@ func file_cortex_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_cortex_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_cortex_v1_job_proto_goTypes = []any{
 	(JobState)(0),                 // 0: cortex.v1.JobState
 	(*Job)(nil),                   // 1: cortex.v1.Job
-	(*Approval)(nil),              // 2: cortex.v1.Approval
-	(*JobTransition)(nil),         // 3: cortex.v1.JobTransition
-	nil,                           // 4: cortex.v1.Job.LabelsEntry
-	(*durationpb.Duration)(nil),   // 5: google.protobuf.Duration
-	(*SafetyVerdict)(nil),         // 6: cortex.v1.SafetyVerdict
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
+	(*AttemptRecord)(nil),         // 2: cortex.v1.AttemptRecord
+	(*Approval)(nil),              // 3: cortex.v1.Approval
+	(*JobTransition)(nil),         // 4: cortex.v1.JobTransition
+	nil,                           // 5: cortex.v1.Job.LabelsEntry
+	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
+	(*SafetyVerdict)(nil),         // 7: cortex.v1.SafetyVerdict
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
 }
 var file_cortex_v1_job_proto_depIdxs = []int32{
 	0,  // 0: cortex.v1.Job.state:type_name -> cortex.v1.JobState
-	4,  // 1: cortex.v1.Job.labels:type_name -> cortex.v1.Job.LabelsEntry
-	5,  // 2: cortex.v1.Job.timeout:type_name -> google.protobuf.Duration
-	6,  // 3: cortex.v1.Job.safety:type_name -> cortex.v1.SafetyVerdict
-	7,  // 4: cortex.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	7,  // 5: cortex.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	3,  // 6: cortex.v1.Job.transitions:type_name -> cortex.v1.JobTransition
-	2,  // 7: cortex.v1.Job.approval:type_name -> cortex.v1.Approval
-	7,  // 8: cortex.v1.Approval.at:type_name -> google.protobuf.Timestamp
-	0,  // 9: cortex.v1.JobTransition.state:type_name -> cortex.v1.JobState
-	7,  // 10: cortex.v1.JobTransition.at:type_name -> google.protobuf.Timestamp
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	5,  // 1: cortex.v1.Job.labels:type_name -> cortex.v1.Job.LabelsEntry
+	6,  // 2: cortex.v1.Job.timeout:type_name -> google.protobuf.Duration
+	7,  // 3: cortex.v1.Job.safety:type_name -> cortex.v1.SafetyVerdict
+	8,  // 4: cortex.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	8,  // 5: cortex.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	4,  // 6: cortex.v1.Job.transitions:type_name -> cortex.v1.JobTransition
+	3,  // 7: cortex.v1.Job.approval:type_name -> cortex.v1.Approval
+	2,  // 8: cortex.v1.Job.attempts:type_name -> cortex.v1.AttemptRecord
+	0,  // 9: cortex.v1.AttemptRecord.state:type_name -> cortex.v1.JobState
+	8,  // 10: cortex.v1.AttemptRecord.ended_at:type_name -> google.protobuf.Timestamp
+	8,  // 11: cortex.v1.Approval.at:type_name -> google.protobuf.Timestamp
+	0,  // 12: cortex.v1.JobTransition.state:type_name -> cortex.v1.JobState
+	8,  // 13: cortex.v1.JobTransition.at:type_name -> google.protobuf.Timestamp
+	14, // [14:14] is the sub-list for method output_type
+	14, // [14:14] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_job_proto_init() }
@@ -575,7 +674,7 @@ func file_cortex_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_job_proto_rawDesc), len(file_cortex_v1_job_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
