@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/telemetry"
@@ -25,6 +26,7 @@ const drainTimeout = 30 * time.Second
 // do not decode instead of passing them on.
 type Conn struct {
 	nc       *nats.Conn
+	js       jetstream.JetStream
 	senderID string
 	log      *slog.Logger
 	dropped  atomic.Uint64
@@ -56,7 +58,12 @@ func Connect(rawURL, name string, log *slog.Logger) (*Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(rawURL), err)
 	}
-	return &Conn{nc: nc, senderID: name, log: log}, nil
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("JetStream on %s: %w", telemetry.RedactURL(rawURL), err)
+	}
+	return &Conn{nc: nc, js: js, senderID: name, log: log}, nil
 }
 
 // NATS exposes the underlying connection for tests and health checks.

@@ -47,9 +47,11 @@ type Stack struct {
 	// NATSURL and RedisURL carry the credentials; treat them as secrets.
 	NATSURL  string
 	RedisURL string
-	tmpDir   string
-	stopTTL  chan struct{}
-	ttlDone  chan struct{}
+	// DataDir is where JetStream keeps file-backed streams.
+	DataDir string
+	tmpDir  string
+	stopTTL chan struct{}
+	ttlDone chan struct{}
 }
 
 // DefaultTTLTick is how often the embedded Redis's TTLs advance. Each
@@ -116,6 +118,7 @@ func (s *Stack) startNATS(opts Options) error {
 		}
 		s.tmpDir, dataDir = tmp, tmp
 	}
+	s.DataDir = dataDir
 	port := opts.NATSPort
 	if port == 0 {
 		port = server.RANDOM_PORT

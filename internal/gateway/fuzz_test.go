@@ -27,6 +27,9 @@ var _ gateway.Bus = nullBus{}
 
 func (nullBus) Publish(string, *cortexv1.BusPacket) error   { return nil }
 func (nullBus) PublishJobEvent(string, *cortexv1.Job) error { return nil }
+func (nullBus) PublishDurables(_ context.Context, ds []bus.Durable) []error {
+	return make([]error, len(ds))
+}
 func (nullBus) Subscribe(context.Context, string, string, int, bus.Handler) (*bus.Subscription, error) {
 	return nil, nil
 }

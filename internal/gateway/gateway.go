@@ -44,6 +44,7 @@ type Store interface {
 // Bus is what the gateway needs from the bus.
 type Bus interface {
 	Publish(subject string, p *cortexv1.BusPacket) error
+	PublishDurables(ctx context.Context, ds []bus.Durable) []error
 	PublishJobEvent(traceID string, j *cortexv1.Job) error
 	Subscribe(ctx context.Context, subject, queue string, concurrency int, h bus.Handler) (*bus.Subscription, error)
 	Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error)

@@ -375,7 +375,7 @@ func TestGetJobAndResult(t *testing.T) {
 		t.Fatalf("result of a pending job: %v, want FailedPrecondition pointing at jobs watch", err)
 	}
 	f.move(t, id, store.Change{To: store.Dispatched, Pool: "echo", Safety: &store.Verdict{Decision: "ALLOW", Rule: "allow-jobs", Policy: "builtin"}})
-	if _, _, err := f.st.Start(ctx, id, 1, "echo-1", time.Now()); err != nil {
+	if _, _, err := f.st.Start(ctx, id, 1, "echo-1", false, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.st.Finish(ctx, id, 1, "hi", time.Now()); err != nil {
@@ -401,7 +401,7 @@ func TestGetJobAndResult(t *testing.T) {
 	}
 	bin := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Payload: []byte{0xff, 0}})
 	f.move(t, bin, store.Change{To: store.Dispatched})
-	if _, _, err := f.st.Start(ctx, bin, 1, "echo-1", time.Now()); err != nil {
+	if _, _, err := f.st.Start(ctx, bin, 1, "echo-1", false, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.st.Finish(ctx, bin, 1, "\xff\x00", time.Now()); err != nil {
@@ -505,7 +505,7 @@ func TestCancelJob(t *testing.T) {
 
 	running := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
 	f.move(t, running, store.Change{To: store.Dispatched})
-	if _, _, err := f.st.Start(ctx, running, 1, "echo-1", time.Now()); err != nil {
+	if _, _, err := f.st.Start(ctx, running, 1, "echo-1", false, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	res, err = c.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: running})

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -40,15 +41,7 @@ func (g *Gateway) ApproveJob(ctx context.Context, req *cortexv1.ApproveJobReques
 	if err != nil {
 		return nil, err
 	}
-	err = g.bus.Publish(bus.SubjectJobSubmit, &cortexv1.BusPacket{
-		TraceId: j.ID,
-		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: j.Request()},
-	})
-	if err != nil {
-		g.log.Error("hand approved job to scheduler", "job_id", j.ID, "err", err)
-		_, _ = g.store.Transition(context.WithoutCancel(ctx), j.ID, store.Change{To: store.Failed, Reason: "the bus was unavailable after approval"}, time.Now())
-		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the approved job was marked FAILED, submit it again")
-	}
+	g.handOff(ctx, []bus.Durable{bus.Submit(j.ID, j.Request(), strconv.FormatUint(j.Version, 10))})
 	return &cortexv1.ApproveJobResponse{Job: j.Proto()}, nil
 }
 

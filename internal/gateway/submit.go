@@ -8,12 +8,12 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
 
 	"connectrpc.com/connect/v2"
-	"github.com/google/uuid"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/routing"
@@ -40,7 +40,11 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 	}
 	now := time.Now()
 	existing, err := g.store.CreateJob(ctx, nj, now)
-	return g.handOff(ctx, nj, existing, err, now)
+	res, handOff, err := g.recorded(ctx, nj, existing, err, now)
+	if handOff != nil {
+		g.handOff(ctx, []bus.Durable{*handOff})
+	}
+	return res, err
 }
 
 // accept validates a request and makes its job's record.
@@ -48,62 +52,66 @@ func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (s
 	if err := g.validateSubmit(req); err != nil {
 		return store.NewJob{}, err
 	}
-	id, err := uuid.NewV7()
+	tenant := tenantFrom(ctx)
+	id, err := store.NewJobID(tenant, req.GetIdempotencyKey())
 	if err != nil {
 		return store.NewJob{}, connect.NewError(connect.CodeInternal, "could not make a job id, try again")
 	}
 	pool, _ := g.router.Pool(req.GetTopic())
-	return newJob(id.String(), tenantFrom(ctx), req, g.router.Defaults(pool)), nil
+	return newJob(id, tenant, req, g.router.Defaults(pool)), nil
 }
 
-// handOff answers for a job the store was asked to create (existing and
-// err are what it said): on success it publishes the job's event and hands
-// the job to the scheduler.
-func (g *Gateway) handOff(ctx context.Context, nj store.NewJob, existing string, err error, now time.Time) (*cortexv1.SubmitJobResponse, error) {
+// recorded answers for a job the store was asked to create (existing and
+// err are what it said). A new job's event is published, and the job
+// returned to hand to the scheduler.
+func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string, err error, now time.Time) (*cortexv1.SubmitJobResponse, *bus.Durable, error) {
 	switch {
 	case errors.Is(err, store.ErrIdempotencyMismatch):
-		return nil, connect.Errorf(connect.CodeAlreadyExists,
+		return nil, nil, connect.Errorf(connect.CodeAlreadyExists,
 			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", nj.IdempotencyKey, existing)
 	case err != nil:
 		g.log.Error("record job", "job_id", nj.ID, "err", err)
-		return nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
+		return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
 	case existing != "":
 		j, err := g.store.Get(ctx, existing)
 		if err != nil {
 			g.log.Error("read job", "job_id", existing, "err", err)
-			return nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
+			return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
 		}
-		return &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true}, nil
+		return &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true}, nil, nil
 	}
 	j := nj.Record(now)
 	if err := g.bus.PublishJobEvent(j.ID, j.Proto()); err != nil {
 		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
 	}
-	err = g.bus.Publish(bus.SubjectJobSubmit, &cortexv1.BusPacket{
-		TraceId: j.ID,
-		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: j.Request()},
-	})
-	if err != nil {
-		g.log.Error("hand job to scheduler", "job_id", j.ID, "err", err)
-		// The client may be gone; the job must still not stay PENDING.
-		bg := context.WithoutCancel(ctx)
-		_, _ = g.store.Transition(bg, j.ID, store.Change{To: store.Failed, Reason: "the bus was unavailable at submit"}, time.Now())
-		if nj.IdempotencyKey != "" {
-			// The client is told to try again: the key must make a new job.
-			if err := g.store.ForgetIdempotencyKey(bg, nj.Tenant, nj.IdempotencyKey); err != nil {
-				g.log.Error("forget idempotency key", "job_id", j.ID, "err", err)
-			}
-		}
-		return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the job was not queued, try again")
-	}
-	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING}, nil
+	d := bus.Submit(j.ID, j.Request(), strconv.FormatUint(j.Version, 10))
+	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING}, &d, nil
 }
+
+// handOff stores recorded jobs in the submit stream for the schedulers.
+// A job the bus does not take is not lost: it is PENDING in the store, and
+// the reconciler hands it on within a redrive interval, so the client
+// still gets its id.
+func (g *Gateway) handOff(ctx context.Context, ds []bus.Durable) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handOffTimeout)
+	defer cancel()
+	for i, err := range g.bus.PublishDurables(ctx, ds) {
+		if err != nil {
+			g.log.Warn("hand job to the schedulers; the reconciler will", "job_id", ds[i].Packet.GetJobRequest().GetJobId(), "err", err)
+		}
+	}
+}
+
+// handOffTimeout bounds how long a submit waits for the bus to store its
+// jobs; past it the reconciler hands them on.
+const handOffTimeout = 3 * time.Second
 
 // MaxBatch bounds the jobs of one SubmitJobs call.
 const MaxBatch = 1000
 
 // SubmitJobs validates and records many jobs in one round trip to the
-// store; each job is answered as SubmitJob would answer it alone.
+// store and hands them on together; each job is answered as SubmitJob
+// would answer it alone.
 func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsRequest) (*cortexv1.SubmitJobsResponse, error) {
 	if err := requireWrite(ctx, "submit jobs"); err != nil {
 		return nil, err
@@ -123,9 +131,16 @@ func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsReques
 		jobs, at = append(jobs, nj), append(at, i)
 	}
 	now := time.Now()
+	var ds []bus.Durable
 	for k, c := range g.store.CreateJobs(ctx, jobs, now) {
-		one, err := g.handOff(ctx, jobs[k], c.Existing, c.Err, now)
+		one, d, err := g.recorded(ctx, jobs[k], c.Existing, c.Err, now)
 		res.Results[at[k]] = batchResult(one, err)
+		if d != nil {
+			ds = append(ds, *d)
+		}
+	}
+	if len(ds) > 0 {
+		g.handOff(ctx, ds)
 	}
 	return res, nil
 }

@@ -14,37 +14,36 @@ import (
 )
 
 // Placement. An allowed job joins its pool's queue, and leaves it for the
-// live, non-draining worker of the pool with the most free slots (ties: the
-// fewest jobs in flight, then round robin), on that worker's own subject
-// (bus.WorkerSubject). Nothing is ever placed beyond a worker's max
-// parallel jobs: a job that finds no free slot waits in the queue, PENDING,
-// and the queue is served higher priority first, first come first served
-// within a priority, whenever capacity appears: a heartbeat (a worker came,
-// or came back) or the end of a job.
+// pool's durable job stream while the pool has free capacity: the max
+// parallel jobs of its live, non-draining workers (from their heartbeats,
+// via the registry) less the jobs this scheduler released into the pool
+// that have not ended. The queue is served higher priority first, first
+// come first served within a priority, whenever capacity appears: a
+// heartbeat (a worker came, or came back) or the end of a job. A job
+// waits, PENDING with the reason recorded, while its pool has no live
+// worker.
 //
-// A worker's free slots are its max parallel jobs (from its heartbeats, via
-// the registry) less the jobs this scheduler placed on it that have not
-// ended. The scheduler learns that a job ended from sys.job.event, which
-// carries every change whoever made it (the worker records COMPLETED
-// itself; the scheduler retries and fails; the gateway cancels): an attempt
-// ends when its job is terminal, or PENDING or awaiting approval at a later
-// attempt. Results alone would miss completions and cancels. The
-// heartbeats' active_jobs are not used: they are up to an interval old, so
-// a worker that just finished its jobs would look busy for seconds. When a
-// worker expires (three missed heartbeats), what was in flight on it is
-// forgotten, so a dead worker does not hold capacity forever.
+// Which worker runs a released job is the workers' business: each pulls
+// from its pool's consumer only as many jobs as it has free slots, so the
+// least loaded worker takes the most, no worker ever holds more than its
+// max parallel jobs, and a job whose worker dies is redelivered to another
+// when its lease (the consumer's AckWait) runs out.
 //
-// Limits: each scheduler counts only its own placements, so several
-// schedulers may together give a worker more than its max parallel jobs
-// (the worker's own slots then hold the extra in its queue); an end event
-// that is lost (events are best effort) keeps its slot taken until the
-// worker expires.
+// The scheduler learns that a job ended from sys.job.event, which carries
+// every change whoever made it (the worker records COMPLETED itself; the
+// scheduler retries and fails; the gateway cancels): an attempt ends when
+// its job is terminal, or PENDING or awaiting approval at a later attempt.
+// Events are best effort: a released job not heard of for its deadline
+// (twice the lease) gives its slot back, as do the jobs of a pool that lost
+// all its workers. Several schedulers each count their own releases; when
+// together they release more than a pool can run, the extra waits in the
+// stream (first in, first out) and no worker is overfilled.
 
-// flight is one attempt placed on a worker and not yet ended.
+// flight is one attempt released into a pool and not yet ended.
 type flight struct {
-	worker  string
 	pool    string
 	attempt uint32
+	at      time.Time
 }
 
 // waiting is one allowed attempt in a pool's queue.
@@ -78,101 +77,86 @@ func (q *queue) Pop() any {
 // placement is the scheduler's queues and its view of capacity.
 type placement struct {
 	reg *registry.Registry
+	// stale is how long a released job may go unheard of before its slot
+	// is given back.
+	stale time.Duration
 
 	mu       sync.Mutex
 	queues   map[string]*queue
+	queued   map[string]uint32 // attempt per queued job id
 	seq      uint64
-	inFlight map[string]int    // per worker id
+	inFlight map[string]int    // per pool
 	flights  map[string]flight // per job id
-	rr       map[string]uint64 // round robin position per pool
 }
 
-func newPlacement(reg *registry.Registry) *placement {
-	return &placement{reg: reg, queues: map[string]*queue{}, inFlight: map[string]int{},
-		flights: map[string]flight{}, rr: map[string]uint64{}}
+func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
+	return &placement{reg: reg, stale: stale, queues: map[string]*queue{}, queued: map[string]uint32{},
+		inFlight: map[string]int{}, flights: map[string]flight{}}
 }
 
-// pick is one job taken from a queue for a worker, its slot reserved.
-type pick struct {
-	w      *waiting
-	worker string
+// holds reports whether this scheduler has attempt of a job queued or
+// released: a second copy of it (a re-drive) is not taken again.
+func (pl *placement) holds(jobID string, attempt uint32) bool {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if a, ok := pl.queued[jobID]; ok && a == attempt {
+		return true
+	}
+	f, ok := pl.flights[jobID]
+	return ok && f.attempt == attempt
 }
 
 // take queues w (when not nil) and takes from pool's queue as many jobs as
-// the pool's workers have free slots, reserving a slot for each. It
-// reports whether the pool has a live worker.
-func (pl *placement) take(pool string, w *waiting) (picks []pick, live bool) {
-	snap := pl.reg.Snapshot()
+// the pool has free capacity, counting each as released. It reports
+// whether the pool has a live worker.
+func (pl *placement) take(pool string, w *waiting, now time.Time) (picks []*waiting, live bool) {
+	capacity := 0
+	for _, x := range pl.reg.Snapshot().Workers {
+		if x.Pool == pool && x.State == registry.Live {
+			capacity += x.MaxParallel
+			live = true
+		}
+	}
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	pl.forgetExpiredLocked(snap)
+	pl.forgetStaleLocked(pool, live, now)
 	q := pl.queues[pool]
 	if q == nil {
 		q = &queue{}
 		pl.queues[pool] = q
 	}
 	if w != nil {
-		pl.seq++
-		w.seq = pl.seq
-		heap.Push(q, w)
-	}
-	var workers []registry.Worker
-	for _, x := range snap.Workers {
-		if x.Pool == pool && x.State == registry.Live {
-			workers = append(workers, x)
+		id := w.req.GetJobId()
+		if a, ok := pl.queued[id]; ok && a == w.req.GetAttempt() {
+			w = nil // already waiting
+		} else {
+			pl.seq++
+			w.seq = pl.seq
+			pl.queued[id] = w.req.GetAttempt()
+			heap.Push(q, w)
 		}
 	}
-	for q.Len() > 0 {
-		best := -1
-		bestFree, bestIn := 0, 0
-		n := len(workers)
-		for k := range n {
-			i := (k + int(pl.rr[pool]%uint64(max(n, 1)))) % n
-			in := pl.inFlight[workers[i].ID]
-			free := workers[i].MaxParallel - in
-			if free <= 0 {
-				continue
-			}
-			if best < 0 || free > bestFree || free == bestFree && in < bestIn {
-				best, bestFree, bestIn = i, free, in
-			}
-		}
-		if best < 0 {
-			break
-		}
-		pl.rr[pool]++
+	for q.Len() > 0 && pl.inFlight[pool] < capacity {
 		x := heap.Pop(q).(*waiting)
-		id := workers[best].ID
-		pl.releaseLocked(x.req.GetJobId())
-		pl.flights[x.req.GetJobId()] = flight{worker: id, pool: pool, attempt: x.req.GetAttempt()}
-		pl.inFlight[id]++
-		picks = append(picks, pick{w: x, worker: id})
+		id := x.req.GetJobId()
+		delete(pl.queued, id)
+		pl.releaseLocked(id)
+		pl.flights[id] = flight{pool: pool, attempt: x.req.GetAttempt(), at: now}
+		pl.inFlight[pool]++
+		picks = append(picks, x)
 	}
-	return picks, len(workers) > 0
+	return picks, live
 }
 
-// forgetExpiredLocked drops what was in flight on workers the registry no
-// longer lists.
-func (pl *placement) forgetExpiredLocked(snap registry.Snapshot) {
-	if len(pl.inFlight) == 0 {
+// forgetStaleLocked gives back the slots of pool's released jobs not heard
+// of for too long, and all of them when the pool has no live worker.
+func (pl *placement) forgetStaleLocked(pool string, live bool, now time.Time) {
+	if pl.inFlight[pool] == 0 {
 		return
 	}
-	listed := make(map[string]bool, len(snap.Workers))
-	for _, w := range snap.Workers {
-		listed[w.ID] = true
-	}
-	gone := false
-	for id := range pl.inFlight {
-		if !listed[id] {
-			delete(pl.inFlight, id)
-			gone = true
-		}
-	}
-	if gone {
-		for job, f := range pl.flights {
-			if !listed[f.worker] {
-				delete(pl.flights, job)
-			}
+	for id, f := range pl.flights {
+		if f.pool == pool && (!live || now.Sub(f.at) > pl.stale) {
+			pl.releaseLocked(id)
 		}
 	}
 }
@@ -183,8 +167,8 @@ func (pl *placement) releaseLocked(jobID string) (flight, bool) {
 		return f, false
 	}
 	delete(pl.flights, jobID)
-	if pl.inFlight[f.worker]--; pl.inFlight[f.worker] <= 0 {
-		delete(pl.inFlight, f.worker)
+	if pl.inFlight[f.pool]--; pl.inFlight[f.pool] <= 0 {
+		delete(pl.inFlight, f.pool)
 	}
 	return f, true
 }
@@ -224,7 +208,7 @@ func (s *Scheduler) onJobEvent(ctx context.Context, p *cortexv1.BusPacket, _ str
 	return nil
 }
 
-// noteEnded frees the slot of j's placed attempt if j says it ended.
+// noteEnded frees the slot of j's released attempt if j says it ended.
 func (s *Scheduler) noteEnded(ctx context.Context, j *cortexv1.Job) {
 	s.place.mu.Lock()
 	f, ok := s.place.flights[j.GetJobId()]
@@ -247,18 +231,15 @@ func (s *Scheduler) onHeartbeat(ctx context.Context, p *cortexv1.BusPacket, _ st
 	return nil
 }
 
-// placeWaiting queues w (when not nil) in pool and dispatches every job of
-// the pool's queue that has a free slot now: DISPATCHED is recorded before
-// the job is published on its worker's subject. A job that must wait
-// because the pool has no live worker gets the reason recorded.
+// placeWaiting queues w (when not nil) in pool and releases every job of
+// the pool's queue that has a free slot now. A job that must wait because
+// the pool has no live worker gets the reason recorded.
 func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
-	picks, live := s.place.take(pool, w)
-	placed := false
-	for _, pk := range picks {
-		placed = placed || pk.w == w
-		s.send(ctx, pool, pk)
+	picks, live := s.place.take(pool, w, time.Now())
+	if len(picks) > 0 {
+		s.send(ctx, pool, picks)
 	}
-	if w != nil && !placed && !live {
+	if w != nil && !live {
 		id := w.req.GetJobId()
 		reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
 			pool, registry.MissedBeats*registry.DefaultInterval)
@@ -274,24 +255,42 @@ func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
 	}
 }
 
-// send records one placed job DISPATCHED to its worker and publishes it on
-// the worker's subject; a job that cannot be recorded (cancelled while it
-// waited) gives its slot back.
-func (s *Scheduler) send(ctx context.Context, pool string, pk pick) {
-	req, id := pk.w.req, pk.w.req.GetJobId()
-	if s.record(ctx, pk.w.traceID, id, store.Change{To: store.Dispatched, Attempt: req.GetAttempt(), Pool: pool, WorkerID: pk.worker, Safety: pk.w.verdict}) == nil {
-		if _, ok := s.place.release(id, req.GetAttempt()); ok {
-			defer s.placeWaiting(ctx, pool, nil)
+// send records released jobs DISPATCHED to pool and stores them in the
+// pool's job stream, all in flight at once. A job that cannot be recorded
+// (cancelled while it waited) gives its slot back; one the stream does not
+// take goes back to PENDING for the reconciler to re-drive.
+func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting) {
+	var ds []bus.Durable
+	var sent []*waiting
+	freed := false
+	for _, w := range picks {
+		req, id := w.req, w.req.GetJobId()
+		if s.record(ctx, w.traceID, id, store.Change{To: store.Dispatched, Attempt: req.GetAttempt(), Pool: pool, Safety: w.verdict}) == nil {
+			_, ok := s.place.release(id, req.GetAttempt())
+			freed = freed || ok
+			continue
 		}
-		return
+		req.Pool = pool
+		ds = append(ds, bus.Durable{
+			Subject: bus.JobSubject(pool, req.GetTopic()),
+			MsgID:   fmt.Sprintf("%s:%d", id, req.GetAttempt()),
+			Packet:  &cortexv1.BusPacket{TraceId: w.traceID, Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}},
+		})
+		sent = append(sent, w)
 	}
-	req.Pool = pool
-	err := s.conn.Publish(bus.WorkerSubject(pool, pk.worker), &cortexv1.BusPacket{
-		TraceId: pk.w.traceID,
-		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req},
-	})
-	if err != nil {
-		s.record(ctx, pk.w.traceID, id, store.Change{To: store.Failed, Attempt: req.GetAttempt(), Reason: "dispatch failed: " + err.Error()})
+	for i, err := range s.conn.PublishDurables(ctx, ds) {
+		if err == nil {
+			continue
+		}
+		req := sent[i].req
+		s.log.Warn("dispatch to the job stream; the reconciler will retry", "job_id", req.GetJobId(), "err", err)
+		s.record(ctx, sent[i].traceID, req.GetJobId(), store.Change{To: store.Pending, Attempt: req.GetAttempt(),
+			Reason: "the bus did not take the job at dispatch; it will be dispatched again: " + err.Error()})
+		_, ok := s.place.release(req.GetJobId(), req.GetAttempt())
+		freed = freed || ok
+	}
+	if freed {
+		s.placeWaiting(ctx, pool, nil)
 	}
 }
 

@@ -1,10 +1,13 @@
 // Package scheduler owns the decision path of every job: it takes submits
-// from the bus, asks the safety kernel, records a denial or routes the job
-// to a pool and places it on the least loaded live worker of that pool
-// (placement.go: it waits, PENDING, while no worker has a free slot), and records the failures workers report,
-// retrying a failed attempt while the job has attempts left (through the
-// safety gate again); workers record completions themselves. After every change it makes it publishes a job event.
-// It owns the interfaces it needs (Store, Checker) and never runs jobs.
+// from the durable submit stream, asks the safety kernel, records a denial
+// or routes the job to a pool, queues it by priority and releases it into
+// the pool's durable job stream while the pool has free capacity
+// (placement.go), records the failures workers report and retries them
+// with exponential backoff and jitter through the safety gate again, and
+// runs the reconciler (reconcile.go), which re-drives jobs that waited too
+// long and ends attempts whose lease ran out. Workers record completions
+// themselves. After every change it makes it publishes a job event. It
+// owns the interfaces it needs (Store, Checker) and never runs jobs.
 package scheduler
 
 import (
@@ -12,8 +15,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/registry"
@@ -27,6 +35,8 @@ type Store interface {
 	Transition(ctx context.Context, id string, c store.Change, now time.Time) (*store.Job, error)
 	Get(ctx context.Context, id string) (*store.Job, error)
 	SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*store.Job, error)
+	Due(ctx context.Context, now time.Time, limit int) ([]*store.Job, error)
+	PutOffRedrive(ctx context.Context, id string, attempt uint32, now time.Time) error
 }
 
 // Checker asks for a safety decision. Anything but an ALLOW answer,
@@ -37,45 +47,85 @@ type Checker interface {
 
 var _ Store = (*store.Store)(nil)
 
-// DefaultConcurrency bounds the submits and results handled at once.
-const DefaultConcurrency = 256
+// Defaults for Options.
+const (
+	// DefaultConcurrency bounds the submits and results handled at once.
+	DefaultConcurrency = 256
+	// DefaultRetryBase is the first retry's backoff; each retry doubles it,
+	// up to DefaultRetryMax, and jitter takes up to half of it off.
+	DefaultRetryBase = time.Second
+	DefaultRetryMax  = 5 * time.Minute
+	// DefaultReconcileEvery is how often the reconciler looks for jobs past
+	// their deadline.
+	DefaultReconcileEvery = time.Second
+	// DefaultLease is how long a placed job may go unstarted, or a started
+	// one without news, before its slot is given back (the reconciler ends
+	// the attempt at the store's deadline, twice this).
+	DefaultLease = store.DefaultLease
+)
 
 // Scheduler routes jobs from submit to dispatch and records outcomes.
 type Scheduler struct {
-	conn        *bus.Conn
-	store       Store
-	checker     Checker
-	router      *routing.Router
-	log         *slog.Logger
-	concurrency int
-	submits     *bus.Subscription
+	conn    *bus.Conn
+	store   Store
+	checker Checker
+	router  *routing.Router
+	log     *slog.Logger
+	opts    options
+	submits *bus.Consumer
+	subs    []*nats.Subscription
 	// reg is the scheduler's own worker registry, fed by heartbeats.
 	reg   *registry.Registry
 	place *placement
+	// stopReconcile ends the reconciler; reconciled is closed when it has.
+	stopReconcile context.CancelFunc
+	reconciled    chan struct{}
+}
+
+type options struct {
+	registry       registry.Options
+	concurrency    int
+	retryBase      time.Duration
+	retryMax       time.Duration
+	reconcileEvery time.Duration
+	lease          time.Duration
 }
 
 // Option configures a Scheduler.
-type Option func(*registry.Options)
+type Option func(*options)
 
 // WithClock sets the clock of the scheduler's worker registry (for tests
 // that expire workers).
-func WithClock(now func() time.Time) Option { return func(o *registry.Options) { o.Now = now } }
+func WithClock(now func() time.Time) Option { return func(o *options) { o.registry.Now = now } }
+
+// WithRetryBackoff sets the first retry's backoff and the most any retry
+// waits.
+func WithRetryBackoff(base, most time.Duration) Option {
+	return func(o *options) { o.retryBase, o.retryMax = base, most }
+}
+
+// WithReconcileEvery sets how often the reconciler runs.
+func WithReconcileEvery(d time.Duration) Option { return func(o *options) { o.reconcileEvery = d } }
+
+// WithLease sets the lease (DefaultLease).
+func WithLease(d time.Duration) Option { return func(o *options) { o.lease = d } }
 
 // New wires a scheduler. It keeps its own worker registry, fed by
 // heartbeats from Start on, to place jobs.
 func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log *slog.Logger, opts ...Option) *Scheduler {
-	ro := registry.Options{Log: log}
-	for _, o := range opts {
-		o(&ro)
+	o := options{registry: registry.Options{Log: log}, concurrency: DefaultConcurrency, retryBase: DefaultRetryBase,
+		retryMax: DefaultRetryMax, reconcileEvery: DefaultReconcileEvery, lease: DefaultLease}
+	for _, f := range opts {
+		f(&o)
 	}
-	reg := registry.New(ro)
-	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, concurrency: DefaultConcurrency,
-		reg: reg, place: newPlacement(reg)}
+	reg := registry.New(o.registry)
+	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, opts: o,
+		reg: reg, place: newPlacement(reg, 2*o.lease)}
 }
 
-// Start consumes submits and results until the connection is closed. It
-// returns once the subscriptions are in place. Handlers run on a context
-// that outlives ctx, so what was received is finished during a drain.
+// Start consumes submits and results and starts the reconciler. It
+// returns once the consumers are in place. Handlers run on a context that
+// outlives ctx, so what was received is finished during a drain.
 func (s *Scheduler) Start(ctx context.Context) error {
 	hctx := context.WithoutCancel(ctx)
 	// Heartbeats first, in order (the registry wants them so), and the
@@ -83,44 +133,84 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if _, err := s.conn.Subscribe(hctx, bus.SubjectHeartbeatAll, "", 1, s.onHeartbeat); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobEvent, "", s.concurrency, s.onJobEvent); err != nil {
+	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobEvent, "", s.opts.concurrency, s.onJobEvent); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	var err error
-	s.submits, err = s.conn.Subscribe(hctx, bus.SubjectJobSubmit, bus.QueueScheduler, s.concurrency, s.onSubmit)
+	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobResult, bus.QueueScheduler, s.opts.concurrency, s.onResult); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
+	sub, err := s.conn.NATS().QueueSubscribe(bus.SubjectMaxDeliveries, bus.QueueScheduler, func(m *nats.Msg) { s.onMaxDeliveries(hctx, m) })
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobResult, bus.QueueScheduler, s.concurrency, s.onResult); err != nil {
+	s.subs = append(s.subs, sub)
+	s.submits, err = s.conn.Consume(ctx, bus.StreamSubmit, jetstream.ConsumerConfig{
+		Durable:       bus.ConsumerScheduler,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       30 * time.Second,
+		MaxAckPending: 10 * s.opts.concurrency,
+	}, s.opts.concurrency, s.onSubmit)
+	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	if err := s.conn.Flush(ctx); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
+	rctx, stop := context.WithCancel(hctx)
+	s.stopReconcile, s.reconciled = stop, make(chan struct{})
+	go s.reconcileLoop(rctx)
 	return nil
 }
 
 // StopSubmits stops taking new jobs and returns once those received are
-// decided and dispatched. Results are still recorded until Close.
+// decided and placed and the reconciler has stopped. Results are still
+// recorded until Close.
 func (s *Scheduler) StopSubmits() {
 	if s.submits != nil {
-		s.submits.Drain()
+		s.submits.Stop()
+		s.submits = nil
 	}
+	if s.stopReconcile != nil {
+		s.stopReconcile()
+		<-s.reconciled
+		s.stopReconcile = nil
+	}
+	for _, sub := range s.subs {
+		_ = sub.Unsubscribe()
+	}
+	s.subs = nil
 }
 
 // Conn is the scheduler's bus connection.
 func (s *Scheduler) Conn() *bus.Conn { return s.conn }
 
-// Close stops taking submits and results, finishes what it holds and
-// closes the connection.
-func (s *Scheduler) Close() { s.conn.Close() }
+// Close stops taking submits, finishes what it holds, and closes the
+// connection (which drains the result subscription).
+func (s *Scheduler) Close() {
+	s.StopSubmits()
+	s.conn.Close()
+}
 
-func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
+// onSubmit takes one job from the submit stream: a retry whose backoff has
+// not passed is asked for again when it has; a job this scheduler already
+// holds (a re-drive of it) is dropped; any other goes through the gate.
+// The message is acked once the job is decided and queued: from there the
+// store's deadline, watched by the reconciler, covers it.
+func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.Delivery) error {
 	req := p.GetJobRequest()
 	if req == nil {
 		return bus.WrongPayload(p, "a job request")
 	}
-	s.dispatch(ctx, p.GetTraceId(), req)
+	if nb := req.GetNotBefore(); nb != nil {
+		if wait := time.Until(nb.AsTime()); wait > 0 {
+			d.Nak(wait)
+			return nil
+		}
+	}
+	if !s.place.holds(req.GetJobId(), req.GetAttempt()) {
+		s.dispatch(ctx, p.GetTraceId(), req)
+	}
+	d.Ack()
 	return nil
 }
 
@@ -192,26 +282,62 @@ func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ strin
 	return nil
 }
 
-// failed records a failed or timed-out attempt: the job is retried while it
-// has attempts left, and ends FAILED or TIMEOUT otherwise.
+// failed records a failed or timed-out attempt a worker reported.
 func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.JobResult) {
-	id, attempt := res.GetJobId(), res.GetAttempt()
 	end := store.Failed
 	if res.GetState() == cortexv1.JobState_JOB_STATE_TIMEOUT {
 		end = store.Timeout
 	}
-	j, err := s.store.Get(ctx, id)
-	if err == nil && j.Attempt == attempt && attempt < j.MaxAttempts {
-		retry := s.record(ctx, traceID, id, store.Change{
-			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end,
-			Reason: fmt.Sprintf("attempt %d of %d ended %s: %s; retrying", attempt, j.MaxAttempts, end, res.GetError()),
+	j, err := s.store.Get(ctx, res.GetJobId())
+	if err != nil {
+		s.log.Info("result for an unknown job", "job_id", res.GetJobId(), "err", err)
+		return
+	}
+	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), res.GetError())
+}
+
+// endAttempt ends attempt of job j as end (FAILED or TIMEOUT) for why: the
+// job is retried after a backoff while it has attempts left, through the
+// submit stream and so the safety gate; otherwise it ends so and is listed
+// in the dead-letter queue. A stale attempt changes nothing.
+func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job, attempt uint32, end store.State, workerID, why string) {
+	if j.Attempt == attempt && attempt < j.MaxAttempts {
+		wait := backoff(attempt, s.opts.retryBase, s.opts.retryMax)
+		due := time.Now().Add(wait)
+		retry := s.record(ctx, traceID, j.ID, store.Change{
+			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end, Due: due,
+			Reason: fmt.Sprintf("attempt %d of %d ended %s: %s; retrying in %s", attempt, j.MaxAttempts, end, why, wait.Round(time.Millisecond)),
 		})
 		if retry != nil {
-			s.dispatch(ctx, traceID, retry.Request())
+			req := retry.Request()
+			req.NotBefore = timestamppb.New(due)
+			s.requeue(ctx, traceID, req, fmt.Sprint(retry.Version))
 		}
 		return
 	}
-	s.record(ctx, traceID, id, store.Change{To: end, Attempt: attempt, WorkerID: res.GetWorkerId(), Reason: res.GetError()})
+	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, DeadLetter: true,
+		Reason: fmt.Sprintf("%s (attempt %d of %d, none left; listed in the dead-letter queue: cortexctl dlq list)", why, attempt, j.MaxAttempts)})
+}
+
+// requeue hands a PENDING job to the schedulers through the submit stream;
+// key makes the hand-off unique. When the bus does not take it, the
+// reconciler will, at the job's deadline.
+func (s *Scheduler) requeue(ctx context.Context, traceID string, req *cortexv1.JobRequest, key string) {
+	if err := s.conn.PublishDurable(ctx, bus.Submit(traceID, req, key)); err != nil {
+		s.log.Warn("requeue job; the reconciler will", "job_id", req.GetJobId(), "err", err)
+	}
+}
+
+// backoff is how long retry number attempt waits: base doubled per
+// attempt, at most most, less a random part of up to half (jitter, so that
+// jobs failed together do not come back together).
+func backoff(attempt uint32, base, most time.Duration) time.Duration {
+	d := base
+	for i := uint32(1); i < attempt && d < most; i++ {
+		d *= 2
+	}
+	d = min(d, most)
+	return d - time.Duration(rand.Int64N(int64(d)/2+1))
 }
 
 // record applies a transition, publishes the job event, and returns the

@@ -59,40 +59,36 @@ const (
 )
 
 // List returns the tenant's jobs that match q, newest first, and the id to
-// continue after ("" when the index is exhausted).
+// continue after ("" when the index is exhausted). The tenant's index is
+// split in Shards sets; each batch reads the next ids below the cursor
+// from all of them in one round trip and merges them: the first scanBatch
+// of the merge are the tenant's next scanBatch ids overall.
 func (s *Store) List(ctx context.Context, q Query) ([]*Job, string, error) {
-	index := indexPrefix + q.Tenant
 	upper := "+"
 	if q.After != "" {
 		upper = "(" + q.After
 	}
 	var jobs []*Job
 	for scanned := 0; scanned < maxScan; {
-		ids, err := s.rdb.ZRevRangeByLex(ctx, index, &redis.ZRangeBy{Max: upper, Min: "-", Count: scanBatch}).Result()
+		ids, more, err := s.nextIDs(ctx, q.Tenant, upper)
 		if err != nil {
-			return nil, "", fmt.Errorf("list jobs: %w", err)
+			return nil, "", err
 		}
 		if len(ids) == 0 {
 			return jobs, "", nil
 		}
-		pipe := s.rdb.Pipeline()
-		cmds := make([]*redis.MapStringStringCmd, len(ids))
-		for i, id := range ids {
-			cmds[i] = pipe.HGetAll(ctx, jobPrefix+id)
-		}
-		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		found, gone, err := s.getMany(ctx, ids)
+		if err != nil {
 			return nil, "", fmt.Errorf("list jobs: %w", err)
 		}
-		var gone []any
+		byID := make(map[string]*Job, len(found))
+		for _, j := range found {
+			byID[j.ID] = j
+		}
 		full := ""
-		for i, id := range ids {
+		for _, id := range ids {
 			scanned++
-			fields := cmds[i].Val()
-			if len(fields) == 0 {
-				gone = append(gone, id)
-				continue
-			}
-			if j := parseJob(id, fields); q.Matches(j) {
+			if j := byID[id]; j != nil && q.Matches(j) {
 				jobs = append(jobs, j)
 				if len(jobs) == q.Limit {
 					full = id
@@ -102,15 +98,39 @@ func (s *Store) List(ctx context.Context, q Query) ([]*Job, string, error) {
 		}
 		if len(gone) > 0 {
 			// Expired jobs leave their index entry behind: tidy up.
-			_ = s.rdb.ZRem(ctx, index, gone...).Err()
+			s.forget(ctx, gone, func(sh int) string { return indexKey(sh, q.Tenant) })
 		}
 		if full != "" {
 			return jobs, full, nil
 		}
-		if len(ids) < scanBatch {
+		if !more {
 			return jobs, "", nil
 		}
 		upper = "(" + ids[len(ids)-1]
 	}
 	return jobs, upper[1:], nil
+}
+
+// nextIDs returns the tenant's next scanBatch job ids below upper, newest
+// first, and whether there may be more.
+func (s *Store) nextIDs(ctx context.Context, tenant, upper string) ([]string, bool, error) {
+	pipe := s.rdb.Pipeline()
+	cmds := make([]*redis.StringSliceCmd, Shards)
+	for sh := range Shards {
+		cmds[sh] = pipe.ZRevRangeByLex(ctx, indexKey(sh, tenant), &redis.ZRangeBy{Max: upper, Min: "-", Count: scanBatch})
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, false, fmt.Errorf("list jobs: %w", err)
+	}
+	var ids []string
+	more := false
+	for _, c := range cmds {
+		ids = append(ids, c.Val()...)
+		more = more || len(c.Val()) == scanBatch
+	}
+	slices.SortFunc(ids, func(a, b string) int { return strings.Compare(b, a) })
+	if len(ids) > scanBatch {
+		ids, more = ids[:scanBatch], true
+	}
+	return ids, more, nil
 }

@@ -2,45 +2,53 @@ package store
 
 import "github.com/redis/go-redis/v9"
 
-// createScript: KEYS = job, ctx, index[, idempotency]; ARGV = job id, input,
-// retention ms, index trim bound ("" for no trim), request fingerprint,
-// field/value... Records a new job in one step. With an idempotency key it
-// first looks for an earlier job under that key and answers {"EXISTS",
-// "<id> <fingerprint>"} instead of creating a second one; otherwise {"OK"}.
-// Given a bound, the tenant's index drops entries older than the retention.
+// Every script touches one job and its shard's indexes: keys of one hash
+// slot (keys.go). A deadline argument is Unix milliseconds for the job's
+// entry in lease:{s}, or "" to take the job out of it.
+
+// createScript: KEYS = job, ctx, index, lease[, idempotency]; ARGV = job
+// id, input, retention ms, index trim bound ("" for no trim), request
+// fingerprint, deadline, field/value... Records a new job in one step. With
+// an idempotency key it first looks for an earlier job under that key and
+// answers {"EXISTS", "<id> <fingerprint>"} instead of creating a second
+// one; otherwise {"OK"}. Given a bound, the tenant's index drops entries
+// older than the retention.
 var createScript = redis.NewScript(`
-if #KEYS == 4 then
-  local prev = redis.call('GET', KEYS[4])
+if #KEYS == 5 then
+  local prev = redis.call('GET', KEYS[5])
   if prev then return {'EXISTS', prev} end
-  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[5], 'PX', ARGV[3])
+  redis.call('SET', KEYS[5], ARGV[1] .. ' ' .. ARGV[5], 'PX', ARGV[3])
 end
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSET', KEYS[1], unpack(ARGV, 7))
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[1])
 if ARGV[4] ~= '' then redis.call('ZREMRANGEBYLEX', KEYS[3], '-', ARGV[4]) end
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
+redis.call('ZADD', KEYS[4], ARGV[6], ARGV[1])
 return {'OK'}
 `)
 
-// transitionScript: KEYS = job; ARGV = target state, expected attempt ("0":
-// any), now (µs), retry ("1": start the next attempt), the outcome of the
-// attempt a retry ends, field/value... A move that ends an attempt (a
-// retry, or a final state) records the attempt's outcome, worker, end time
-// and reason in "a:<attempt>" (tab-separated), so the job keeps its
-// attempt history.
-// Answers {"OK", field, value, ...} with the whole record after the change,
-// {""} when there is no job, or {"CONFLICT", current state, attempt} when
-// the state machine or the attempt guard refuses the move. Terminal states
-// have no exits; a retry goes back to PENDING with the attempt incremented.
+// transitionScript: KEYS = job, lease, dlq; ARGV = target state, expected
+// attempt ("0": any), now (µs), retry ("1": start the next attempt), the
+// outcome of the attempt a retry ends, deadline, dead letter ("1": list
+// the job in dlq), field/value... A move that ends an attempt (a retry, or
+// a final state) records the attempt's outcome, worker, end time and
+// reason in "a:<attempt>" (tab-separated), so the job keeps its attempt
+// history. Answers {"OK", field, value, ...} with the whole record after
+// the change, {""} when there is no job, or {"CONFLICT", current state,
+// attempt} when the state machine or the attempt guard refuses the move.
+// Terminal states have no exits; a retry goes back to PENDING with the
+// attempt incremented.
 var transitionScript = redis.NewScript(`
 local allowed = {
-  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true, AWAITING_APPROVAL=true},
+  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true, AWAITING_APPROVAL=true, TIMEOUT=true},
   AWAITING_APPROVAL = {PENDING=true, DENIED=true, CANCELLED=true},
   SCHEDULED  = {DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true},
   DISPATCHED = {RUNNING=true, COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},
   RUNNING    = {COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},
 }
+local id = ARGV[8]
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if not cur[1] then return {''} end
 local exits = allowed[cur[1]]
@@ -54,29 +62,34 @@ if ARGV[4] == '1' then
   redis.call('HINCRBY', KEYS[1], 'attempt', 1)
   redis.call('HDEL', KEYS[1], 'worker_id')
 end
-if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
+if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
 if ARGV[4] == '1' or final[ARGV[1]] then
   local outcome = ARGV[1]
   if ARGV[4] == '1' then outcome = ARGV[5] else worker = redis.call('HGET', KEYS[1], 'worker_id') or '' end
   local reason = redis.call('HGET', KEYS[1], 'reason') or ''
   redis.call('HSET', KEYS[1], 'a:' .. cur[2], outcome .. '\t' .. worker .. '\t' .. ARGV[3] .. '\t' .. reason)
 end
+if ARGV[6] == '' then redis.call('ZREM', KEYS[2], id) else redis.call('ZADD', KEYS[2], ARGV[6], id) end
+if ARGV[7] == '1' then redis.call('ZADD', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000), id) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
 return rec
 `)
 
-// startScript: KEYS = job, ctx; ARGV = worker id, now (µs), attempt.
-// Moves a DISPATCHED job to RUNNING and answers {"OK", input, field,
-// value, ...}. Answers {""} when there is no job, {"CONFLICT", state,
-// attempt} when the job is not DISPATCHED at that attempt, and
-// {"NOPROMPT", field, value, ...} (having marked the job FAILED) when its
-// input is gone.
+// startScript: KEYS = job, ctx, lease; ARGV = worker id, now (µs),
+// attempt, deadline, job id, takeover ("1": a redelivery of the attempt,
+// whose first holder stopped acknowledging it). Moves a DISPATCHED job
+// (or, on a takeover, a RUNNING one) to RUNNING on this worker and answers
+// {"OK", input, field, value, ...}. Answers {""} when there is no job,
+// {"CONFLICT", state, attempt} when the job is not at that attempt in a
+// state it may start from, and {"NOPROMPT", field, value, ...} (having
+// marked the job FAILED) when its input is gone.
 var startScript = redis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if not cur[1] then return {''} end
-if cur[1] ~= 'DISPATCHED' or cur[2] ~= ARGV[3] then return {'CONFLICT', cur[1], cur[2]} end
+local ok = cur[1] == 'DISPATCHED' or (cur[1] == 'RUNNING' and ARGV[6] == '1')
+if not ok or cur[2] ~= ARGV[3] then return {'CONFLICT', cur[1], cur[2]} end
 local input = redis.call('GET', KEYS[2])
 local rec
 if not input then
@@ -84,21 +97,24 @@ if not input then
   redis.call('HSET', KEYS[1], 'state', 'FAILED', 'updated_at', ARGV[2], 't:FAILED', ARGV[2], 'reason', why,
     'a:' .. ARGV[3], 'FAILED\t' .. ARGV[1] .. '\t' .. ARGV[2] .. '\t' .. why)
   redis.call('HINCRBY', KEYS[1], 'version', 1)
+  redis.call('ZREM', KEYS[3], ARGV[5])
   rec = redis.call('HGETALL', KEYS[1])
   table.insert(rec, 1, 'NOPROMPT')
   return rec
 end
 redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't:RUNNING', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, input)
 table.insert(rec, 1, 'OK')
 return rec
 `)
 
-// finishScript: KEYS = job, res; ARGV = attempt, now (µs), output,
-// retention ms, output size. Stores the output of a RUNNING job's attempt
-// and records it COMPLETED, in one step, and answers like transitionScript.
+// finishScript: KEYS = job, res, lease; ARGV = attempt, now (µs), output,
+// retention ms, output size, job id. Stores the output of a RUNNING job's
+// attempt and records it COMPLETED, in one step, and answers like
+// transitionScript.
 var finishScript = redis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if not cur[1] then return {''} end
@@ -107,6 +123,7 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
   'a:' .. ARGV[1], 'COMPLETED\t' .. (redis.call('HGET', KEYS[1], 'worker_id') or '') .. '\t' .. ARGV[2] .. '\t')
 redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('ZREM', KEYS[3], ARGV[6])
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
 return rec
@@ -115,16 +132,57 @@ return rec
 // waitScript: KEYS = job; ARGV = attempt, now (µs), reason, pool. Records
 // the pool a PENDING job was routed to and why it is still waiting (for a
 // worker, say) without changing its state, which the state machine of
-// transitionScript could not do: there
-// is no PENDING → PENDING move. Answers like transitionScript, with
-// {"CONFLICT", state, attempt} when the job is no longer PENDING at that
-// attempt, so a job that moved on keeps its own reason.
+// transitionScript could not do: there is no PENDING → PENDING move.
+// Answers like transitionScript, with {"CONFLICT", state, attempt} when
+// the job is no longer PENDING at that attempt, so a job that moved on
+// keeps its own reason.
 var waitScript = redis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
 if not cur[1] then return {''} end
 if cur[1] ~= 'PENDING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
 redis.call('HSET', KEYS[1], 'reason', ARGV[3], 'pool', ARGV[4], 'updated_at', ARGV[2])
 redis.call('HINCRBY', KEYS[1], 'version', 1)
+local rec = redis.call('HGETALL', KEYS[1])
+table.insert(rec, 1, 'OK')
+return rec
+`)
+
+// leaseScript: KEYS = job, lease; ARGV = states (comma-separated),
+// attempt, worker id ("" for any), deadline, job id. Moves the job's
+// deadline when it is in one of the states at that attempt (and on that
+// worker): a worker extends its lease on a long job, the reconciler puts
+// off the next re-drive of a PENDING job. Answers {"OK"}, {""} or
+// {"CONFLICT", state, attempt}.
+var leaseScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'worker_id')
+if not cur[1] then return {''} end
+if not string.find(',' .. ARGV[1] .. ',', ',' .. cur[1] .. ',', 1, true) or cur[2] ~= ARGV[2]
+  or (ARGV[3] ~= '' and cur[3] ~= ARGV[3]) then
+  return {'CONFLICT', cur[1], cur[2]}
+end
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+return {'OK'}
+`)
+
+// reviveScript: KEYS = job, lease, dlq; ARGV = now (µs), deadline, reason,
+// job id. Gives a dead letter (a FAILED or TIMEOUT job listed in dlq) one
+// more attempt: PENDING at the next attempt, with room for it under
+// max_attempts, out of dlq and back under a deadline. Answers like
+// transitionScript; {"CONFLICT", state, attempt} for a job that is not a
+// dead letter.
+var reviveScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'max_attempts')
+if not cur[1] then return {''} end
+if (cur[1] ~= 'FAILED' and cur[1] ~= 'TIMEOUT') or not redis.call('ZSCORE', KEYS[3], ARGV[4]) then
+  return {'CONFLICT', cur[1], cur[2]}
+end
+local next = tonumber(cur[2]) + 1
+redis.call('HSET', KEYS[1], 'state', 'PENDING', 'attempt', next, 'updated_at', ARGV[1], 't:PENDING', ARGV[1], 'reason', ARGV[3])
+if tonumber(cur[3]) < next then redis.call('HSET', KEYS[1], 'max_attempts', next) end
+redis.call('HDEL', KEYS[1], 'worker_id')
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('ZREM', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
 return rec

@@ -1,10 +1,11 @@
-// Package store is the Redis memory fabric: inputs (ctx:<id>), outputs
-// (res:<id>), job records (job:<id>) with their state machine, a per-tenant
-// index of jobs (idx:<tenant>) and idempotency keys (idem:<tenant>:<hash>).
-// Every state change is one Lua compare-and-set guarded by the state machine
-// and the attempt number, so a transition that is not allowed (a late result
-// after a cancel, say) changes nothing. It must not know about NATS or any
-// service.
+// Package store is the Redis memory fabric: inputs, outputs, job records
+// with their state machine and attempt history, a per-tenant index of jobs,
+// idempotency keys, the deadlines the reconciler watches (lease) and the
+// dead-letter queue; keys.go gives the layout, which works unchanged on
+// Redis Cluster. Every state change is one Lua compare-and-set guarded by
+// the state machine and the attempt number, so a transition that is not
+// allowed (a late result after a cancel, say) changes nothing. It must not
+// know about NATS or any service.
 package store
 
 import (
@@ -59,29 +60,45 @@ const (
 	jobPrefix     = "job:"
 	indexPrefix   = "idx:"
 	idemPrefix    = "idem:"
+	leasePrefix   = "lease:"
+	dlqPrefix     = "dlq:"
 )
 
 // ContextPtr is the pointer to a job's input carried on the bus.
-func ContextPtr(id string) string { return "redis://" + contextPrefix + id }
+func ContextPtr(id string) string { return "redis://" + ctxKey(id) }
 
 // ResultPtr is the pointer to a job's output carried on the bus.
-func ResultPtr(id string) string { return "redis://" + resultPrefix + id }
+func ResultPtr(id string) string { return "redis://" + resKey(id) }
 
 // Options tunes a Store.
 type Options struct {
 	// Retention is how long a job's keys live after it is created.
 	Retention time.Duration
+	// Lease is how long a dispatched or running attempt may go without
+	// news (a start, or a worker extending it) before the reconciler takes
+	// it for lost; the deadline recorded is twice this, so that the bus's
+	// own redelivery, after one lease, comes first.
+	Lease time.Duration
+	// Redrive is how long a PENDING job may wait before the reconciler
+	// hands it to a scheduler again.
+	Redrive time.Duration
 }
 
-// DefaultRetention keeps jobs for a day.
-const DefaultRetention = 24 * time.Hour
+// Defaults for Options.
+const (
+	DefaultRetention = 24 * time.Hour
+	DefaultLease     = 30 * time.Second
+	DefaultRedrive   = 10 * time.Second
+)
 
 // Store reads and writes jobs in Redis.
 type Store struct {
 	rdb       redis.UniversalClient
 	retention time.Duration
+	lease     time.Duration
+	redrive   time.Duration
 	// trips counts round trips to Redis (a command or a pipeline each).
-	trips atomic.Uint64
+	trips *atomic.Uint64
 	// lastTrim is when (µs) a create last trimmed an index.
 	lastTrim atomic.Int64
 }
@@ -95,8 +112,14 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.Retention <= 0 {
 		opts.Retention = DefaultRetention
 	}
-	s := &Store{rdb: rdb, retention: opts.Retention}
-	rdb.AddHook(tripCounter{&s.trips})
+	if opts.Lease <= 0 {
+		opts.Lease = DefaultLease
+	}
+	if opts.Redrive <= 0 {
+		opts.Redrive = DefaultRedrive
+	}
+	s := &Store{rdb: rdb, retention: opts.Retention, lease: opts.Lease, redrive: opts.Redrive, trips: new(atomic.Uint64)}
+	rdb.AddHook(tripCounter{s.trips})
 	return s
 }
 
@@ -240,8 +263,12 @@ func (s *Store) createArgs(j NewJob, now time.Time) ([]string, []any, error) {
 	if j.Binary {
 		binary = "1"
 	}
-	keys := []string{jobPrefix + j.ID, contextPrefix + j.ID, indexPrefix + j.Tenant}
+	shard := shardOf(j.ID)
+	keys := []string{jobKey(j.ID), ctxKey(j.ID), indexKey(shard, j.Tenant), leaseKey(shard)}
 	if j.IdempotencyKey != "" {
+		if idemShard(j.Tenant, j.IdempotencyKey) != shard {
+			return nil, nil, fmt.Errorf("create job %s: the id is not in its idempotency key's shard (make it with NewJobID)", j.ID)
+		}
 		keys = append(keys, idempotencyKey(j.Tenant, j.IdempotencyKey))
 	}
 	trim := ""
@@ -249,7 +276,7 @@ func (s *Store) createArgs(j NewJob, now time.Time) ([]string, []any, error) {
 		trim = "(" + indexBound(now.Add(-s.retention))
 	}
 	return keys, []any{
-		j.ID, j.Input, s.retention.Milliseconds(), trim, j.Fingerprint,
+		j.ID, j.Input, s.retention.Milliseconds(), trim, j.Fingerprint, millis(now.Add(s.redrive)),
 		fState, string(Pending), fTopic, j.Topic, fTenant, j.Tenant, fLabels, string(labels),
 		fPriority, strconv.Itoa(int(j.Priority)), fTimeout, strconv.FormatInt(j.Timeout.Milliseconds(), 10),
 		fMaxAttempts, strconv.Itoa(int(j.MaxAttempts)), fAttempt, "1",
@@ -287,7 +314,7 @@ func (s *Store) ForgetIdempotencyKey(ctx context.Context, tenant, key string) er
 
 func idempotencyKey(tenant, key string) string {
 	sum := sha256.Sum256([]byte(key))
-	return idemPrefix + tenant + ":" + hex.EncodeToString(sum[:16])
+	return idemPrefix + tag(idemShard(tenant, key)) + ":" + tenant + ":" + hex.EncodeToString(sum[:16])
 }
 
 // indexBound is the smallest UUIDv7 string of a job created at t: its
@@ -304,8 +331,14 @@ type Change struct {
 	Attempt uint32
 	// Retry starts the next attempt (To must be PENDING); Outcome is how the
 	// attempt it ends ended (FAILED or TIMEOUT), for the attempt history.
-	Retry      bool
-	Outcome    State
+	Retry   bool
+	Outcome State
+	// Due, for a move to PENDING, is when the job may run again (a retry's
+	// backoff): the reconciler re-drives it a Redrive after that.
+	Due time.Time
+	// DeadLetter lists the job in the dead-letter queue (a final FAILED or
+	// TIMEOUT that ran out of attempts).
+	DeadLetter bool
 	Reason     string
 	Pool       string
 	WorkerID   string
@@ -315,12 +348,17 @@ type Change struct {
 	Approval *Approval
 }
 
-func (c Change) args(now time.Time) []any {
+func (s *Store) args(id string, c Change, now time.Time) []any {
 	retry := "0"
 	if c.Retry {
 		retry = "1"
 	}
-	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry, string(c.Outcome)}
+	dead := "0"
+	if c.DeadLetter {
+		dead = "1"
+	}
+	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry, string(c.Outcome),
+		s.deadline(c.To, c.Due, now), dead, id}
 	for _, f := range [...]struct{ k, v string }{
 		{fReason, c.Reason}, {fPool, c.Pool}, {fWorker, c.WorkerID},
 	} {
@@ -353,7 +391,7 @@ func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Ti
 	if c.Retry && (c.To != Pending || c.WorkerID != "") {
 		return nil, fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", id)
 	}
-	res, err := transitionScript.Run(ctx, s.rdb, []string{jobPrefix + id}, c.args(now)...).StringSlice()
+	res, err := transitionScript.Run(ctx, s.rdb, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)}, s.args(id, c, now)...).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("move job %s to %s: %w", id, c.To, err)
 	}
@@ -369,7 +407,7 @@ func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Ti
 // record. A job that is not PENDING at that attempt changes nothing: a
 // *ConflictError; ErrNotFound if there is no such job.
 func (s *Store) SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*Job, error) {
-	res, err := waitScript.Run(ctx, s.rdb, []string{jobPrefix + id},
+	res, err := waitScript.Run(ctx, s.rdb, []string{jobKey(id)},
 		strconv.FormatUint(uint64(attempt), 10), micros(now), reason, pool).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("set reason of job %s: %w", id, err)
@@ -392,11 +430,18 @@ func refusal(id string, to State, res []string) error {
 }
 
 // Start marks attempt of a dispatched job RUNNING on workerID and returns
-// the record and the input, in one script. A job whose input is gone is
-// marked FAILED instead: Start returns that record and ErrNoPrompt.
-func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID string, now time.Time) (*Job, string, error) {
-	res, err := startScript.Run(ctx, s.rdb, []string{jobPrefix + id, contextPrefix + id},
-		workerID, micros(now), strconv.FormatUint(uint64(attempt), 10)).StringSlice()
+// the record and the input, in one script; the job's deadline becomes
+// twice lease from now. With takeover (the bus redelivered the attempt
+// because its first holder stopped acknowledging it) a job RUNNING at that
+// attempt is taken over too. A job whose input is gone is marked FAILED
+// instead: Start returns that record and ErrNoPrompt.
+func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID string, takeover bool, lease time.Duration, now time.Time) (*Job, string, error) {
+	over := "0"
+	if takeover {
+		over = "1"
+	}
+	res, err := startScript.Run(ctx, s.rdb, []string{jobKey(id), ctxKey(id), leaseKeyOf(id)},
+		workerID, micros(now), itoa(attempt), millis(now.Add(2*lease)), id, over).StringSlice()
 	switch {
 	case err != nil:
 		return nil, "", fmt.Errorf("start job %s: %w", id, err)
@@ -413,8 +458,8 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 // that is no longer RUNNING at that attempt (cancelled, say) changes
 // nothing: a *ConflictError.
 func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*Job, error) {
-	res, err := finishScript.Run(ctx, s.rdb, []string{jobPrefix + id, resultPrefix + id},
-		strconv.FormatUint(uint64(attempt), 10), micros(now), output, s.retention.Milliseconds(), len(output)).StringSlice()
+	res, err := finishScript.Run(ctx, s.rdb, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
+		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("finish job %s: %w", id, err)
 	}
@@ -426,7 +471,7 @@ func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output st
 
 // Get returns a job record.
 func (s *Store) Get(ctx context.Context, id string) (*Job, error) {
-	fields, err := s.rdb.HGetAll(ctx, jobPrefix+id).Result()
+	fields, err := s.rdb.HGetAll(ctx, jobKey(id)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read job %s: %w", id, err)
 	}
@@ -439,8 +484,8 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, error) {
 // Output returns a job record and, when the job has COMPLETED, its output.
 func (s *Store) Output(ctx context.Context, id string) (*Job, string, error) {
 	pipe := s.rdb.Pipeline()
-	h := pipe.HGetAll(ctx, jobPrefix+id)
-	r := pipe.Get(ctx, resultPrefix+id)
+	h := pipe.HGetAll(ctx, jobKey(id))
+	r := pipe.Get(ctx, resKey(id))
 	_, _ = pipe.Exec(ctx)
 	fields, err := h.Result()
 	if err != nil {
@@ -462,7 +507,7 @@ func (s *Store) Output(ctx context.Context, id string) (*Job, string, error) {
 
 // Input returns a job's stored input (prompt text or payload bytes).
 func (s *Store) Input(ctx context.Context, id string) (string, error) {
-	in, err := s.rdb.Get(ctx, contextPrefix+id).Result()
+	in, err := s.rdb.Get(ctx, ctxKey(id)).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("read input of job %s: %w", id, ErrNoPrompt)
 	}

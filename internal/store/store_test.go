@@ -88,7 +88,7 @@ func move(t *testing.T, st *store.Store, id string, c store.Change, at time.Time
 // start marks attempt of a dispatched job RUNNING and must succeed.
 func start(t *testing.T, st *store.Store, id string, attempt uint32, at time.Time) (*store.Job, string) {
 	t.Helper()
-	j, input, err := st.Start(context.Background(), id, attempt, "w-1", at)
+	j, input, err := st.Start(context.Background(), id, attempt, "w-1", false, time.Minute, at)
 	if err != nil {
 		t.Fatalf("start %s attempt %d: %v", id, attempt, err)
 	}
@@ -212,7 +212,7 @@ func TestTerminalStatesAreFinal(t *testing.T) {
 					t.Errorf("malformed retry %+v: err = %v, want a refusal before Redis", bad, err)
 				}
 			}
-			_, _, err = st.Start(ctx, id, 1, "w-9", now.Add(time.Hour))
+			_, _, err = st.Start(ctx, id, 1, "w-9", false, time.Minute, now.Add(time.Hour))
 			conflict(t, "Start on a "+string(end)+" job", err, end, 1)
 			if j := get(t, st, id); !reflect.DeepEqual(j, before) {
 				t.Errorf("refused transitions changed a %s job:\n got %+v\nwant %+v", end, j, before)
@@ -281,7 +281,7 @@ func TestCancel(t *testing.T) {
 				_, err := st.Transition(ctx, id, store.Change{To: to, Reason: "late"}, at.Add(time.Minute))
 				conflict(t, "CANCELLED -> "+string(to), err, store.Cancelled, 1)
 			}
-			_, _, err := st.Start(ctx, id, 1, "w-2", at)
+			_, _, err := st.Start(ctx, id, 1, "w-2", false, time.Minute, at)
 			conflict(t, "Start on a cancelled job", err, store.Cancelled, 1)
 			if got := get(t, st, id); !reflect.DeepEqual(got, j) {
 				t.Errorf("a job left CANCELLED:\n got %+v\nwant %+v", got, j)
@@ -329,7 +329,7 @@ func TestAttemptGuard(t *testing.T) {
 		}
 
 		move(t, st, id, store.Change{To: store.Dispatched, Attempt: 2, Pool: "echo"}, now)
-		_, _, err = st.Start(ctx, id, 1, "w-1", now)
+		_, _, err = st.Start(ctx, id, 1, "w-1", false, time.Minute, now)
 		conflict(t, "Start of attempt 1", err, store.Dispatched, 2)
 		if j, _ := start(t, st, id, 2, now); j.Attempt != 2 || j.State != store.Running {
 			t.Fatalf("Start of attempt 2: %+v", j)
@@ -505,7 +505,7 @@ func TestMissingJob(t *testing.T) {
 		if _, err := st.Transition(ctx, id, store.Change{To: store.Running}, now); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Transition: err = %v, want ErrNotFound", err)
 		}
-		if _, _, err := st.Start(ctx, id, 1, "w-1", now); !errors.Is(err, store.ErrNotFound) {
+		if _, _, err := st.Start(ctx, id, 1, "w-1", false, time.Minute, now); !errors.Is(err, store.ErrNotFound) {
 			t.Errorf("Start: err = %v, want ErrNotFound", err)
 		}
 	})
@@ -539,7 +539,7 @@ func TestStartWithoutPromptFailsTheJob(t *testing.T) {
 		if err := rdb.Del(ctx, "ctx:"+id).Err(); err != nil {
 			t.Fatal(err)
 		}
-		j, _, err := st.Start(ctx, id, 1, "w-1", now)
+		j, _, err := st.Start(ctx, id, 1, "w-1", false, time.Minute, now)
 		if !errors.Is(err, store.ErrNoPrompt) {
 			t.Fatalf("Start without a prompt: err = %v, want ErrNoPrompt", err)
 		}
@@ -567,7 +567,7 @@ func BenchmarkJobPath(b *testing.B) {
 			if _, err := st.Transition(ctx, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now); err != nil {
 				b.Fatal(err)
 			}
-			if _, _, err := st.Start(ctx, id, 1, "w", now); err != nil {
+			if _, _, err := st.Start(ctx, id, 1, "w", false, time.Minute, now); err != nil {
 				b.Fatal(err)
 			}
 			if _, err := st.Finish(ctx, id, 1, "p", now); err != nil {

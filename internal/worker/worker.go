@@ -1,11 +1,12 @@
-// Package worker is the worker runtime: it takes jobs of one pool from the
-// bus (those the scheduler placed on its own subject, and any sent to the
-// pool's queue group), reads each input from the store, runs the
-// plugin registered for the job's topic under the job's timeout, records a
-// completion (output and COMPLETED in one script) or reports a failure to
-// the scheduler, stops a job when asked to cancel it, and sends a
-// Heartbeat every few seconds. It owns concurrency and draining; what a job
-// does is the plugin's business.
+// Package worker is the worker runtime: it pulls jobs of one pool from the
+// pool's durable job stream, never more than it has free slots, reads each
+// input from the store, runs the plugin registered for the job's topic
+// under the job's timeout while keeping the job's lease (in-progress acks
+// on the stream, the deadline in the store), records a completion (output
+// and COMPLETED in one script) or reports a failure to the scheduler, and
+// only then acks the message. It stops a job when asked to cancel it, and
+// sends a Heartbeat every few seconds. It owns concurrency and draining;
+// what a job does is the plugin's business.
 package worker
 
 import (
@@ -22,6 +23,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/store"
@@ -31,8 +34,9 @@ import (
 
 // Store is what the worker needs from the memory fabric.
 type Store interface {
-	Start(ctx context.Context, id string, attempt uint32, workerID string, now time.Time) (*store.Job, string, error)
+	Start(ctx context.Context, id string, attempt uint32, workerID string, takeover bool, lease time.Duration, now time.Time) (*store.Job, string, error)
 	Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*store.Job, error)
+	ExtendLease(ctx context.Context, id string, attempt uint32, workerID string, lease time.Duration, now time.Time) error
 }
 
 var _ Store = (*store.Store)(nil)
@@ -42,6 +46,12 @@ const (
 	DefaultMaxParallel       = 64
 	DefaultHeartbeatInterval = 3 * time.Second
 	DefaultShutdownGrace     = 10 * time.Second
+	// DefaultLease is the pool consumer's AckWait: a job not acked, nor
+	// kept with an in-progress ack, for this long goes to another worker.
+	DefaultLease = store.DefaultLease
+	// DefaultMaxDeliver is how many times the pool's workers may take one
+	// job without acking it before it goes to the dead-letter queue.
+	DefaultMaxDeliver = 5
 )
 
 // Options configures a worker.
@@ -66,6 +76,11 @@ type Options struct {
 	// ShutdownGrace is how long Stop lets running jobs finish before it
 	// cancels their context.
 	ShutdownGrace time.Duration
+	// Lease is the pool consumer's AckWait (DefaultLease); the worker
+	// renews it every third of it while a job runs.
+	Lease time.Duration
+	// MaxDeliver is the pool consumer's MaxDeliver (DefaultMaxDeliver).
+	MaxDeliver int
 }
 
 // Worker runs jobs of one pool.
@@ -89,6 +104,11 @@ type Worker struct {
 	beatsDone chan struct{}
 	// draining is set once Stop began; heartbeats say so.
 	draining atomic.Bool
+	// stopPulling ends the pull loop; pulled is closed when it has
+	// returned, and jobs counts the jobs being handled.
+	stopPulling context.CancelFunc
+	pulled      chan struct{}
+	jobs        sync.WaitGroup
 }
 
 // CheckOptions reports what is wrong with opts, before anything connects.
@@ -125,6 +145,12 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 	if opts.ShutdownGrace <= 0 {
 		opts.ShutdownGrace = DefaultShutdownGrace
 	}
+	if opts.Lease <= 0 {
+		opts.Lease = DefaultLease
+	}
+	if opts.MaxDeliver <= 0 {
+		opts.MaxDeliver = DefaultMaxDeliver
+	}
 	topics := make([]string, 0, len(opts.Handlers))
 	for t := range opts.Handlers {
 		topics = append(topics, t)
@@ -153,30 +179,21 @@ func (w *Worker) Conn() *bus.Conn { return w.conn }
 func (w *Worker) ID() string { return w.opts.ID }
 
 // Start takes jobs of the pool and sends heartbeats until Stop. It returns
-// once the subscription is in place and the first heartbeat is out.
+// once the pool's consumer and the cancel subscription are in place and
+// the first heartbeat is out.
 func (w *Worker) Start(ctx context.Context) error {
 	jobCtx, cancelJobs := context.WithCancel(context.WithoutCancel(ctx))
 	beatCtx, stopBeats := context.WithCancel(ctx)
 	w.cancelJobs, w.stopBeats = cancelJobs, stopBeats
-	// Jobs come on the worker's own subject, where the scheduler places
-	// them, and on the pool's subjects (queue group), where anything else
-	// may publish one for whichever worker of the pool takes it. One set
-	// of slots bounds both to MaxParallel running jobs.
-	slots := make(chan struct{}, w.opts.MaxParallel)
-	onJob := func(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
-		req := p.GetJobRequest()
-		if req == nil {
-			return bus.WrongPayload(p, "a job request")
-		}
-		slots <- struct{}{}
-		defer func() { <-slots }()
-		w.handle(ctx, p.GetTraceId(), req)
-		return nil
-	}
-	_, err := w.conn.Subscribe(jobCtx, bus.WorkerSubject(w.opts.Pool, w.opts.ID), "", w.opts.MaxParallel, onJob)
-	if err == nil {
-		_, err = w.conn.Subscribe(jobCtx, bus.PoolSubjects(w.opts.Pool), bus.WorkerQueue(w.opts.Pool), w.opts.MaxParallel, onJob)
-	}
+	puller, err := w.conn.Puller(ctx, bus.StreamJobs, jetstream.ConsumerConfig{
+		Durable:       bus.PoolConsumer(w.opts.Pool),
+		FilterSubject: bus.PoolSubjects(w.opts.Pool),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       w.opts.Lease,
+		MaxDeliver:    w.opts.MaxDeliver,
+		MaxAckPending: -1,
+		MaxWaiting:    4096,
+	})
 	if err == nil {
 		_, err = w.conn.Subscribe(beatCtx, bus.SubjectJobCancel, "", 1, w.onCancel)
 	}
@@ -188,6 +205,9 @@ func (w *Worker) Start(ctx context.Context) error {
 		stopBeats()
 		return fmt.Errorf("worker %s: %w", w.opts.ID, err)
 	}
+	pullCtx, stopPulling := context.WithCancel(context.WithoutCancel(ctx))
+	w.stopPulling, w.pulled = stopPulling, make(chan struct{})
+	go w.pull(pullCtx, jobCtx, puller)
 	w.beat()
 	w.beatsDone = make(chan struct{})
 	go func() {
@@ -206,10 +226,54 @@ func (w *Worker) Start(ctx context.Context) error {
 	return nil
 }
 
+// pullWait bounds one pull, and so how long Stop waits for the loop.
+const pullWait = time.Second
+
+// pull takes jobs from the pool's consumer while the worker has free
+// slots, as many as it has, and runs each on its own goroutine, until ctx
+// ends.
+func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
+	defer close(w.pulled)
+	slots := make(chan struct{}, w.opts.MaxParallel)
+	for ctx.Err() == nil {
+		// Wait for one free slot, then take as many as are free.
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		free := 1
+		for ; len(slots) < cap(slots); free++ {
+			slots <- struct{}{}
+		}
+		msgs, err := p.Pull(free, pullWait)
+		if err != nil && ctx.Err() == nil {
+			w.log.Warn("pull jobs", "err", err)
+			time.Sleep(250 * time.Millisecond)
+		}
+		for range free - len(msgs) {
+			<-slots
+		}
+		for _, m := range msgs {
+			w.jobs.Add(1)
+			go func() {
+				defer func() { <-slots; w.jobs.Done() }()
+				req := m.Packet.GetJobRequest()
+				if req == nil {
+					w.log.Warn("dropped a job message without a job request", "subject", m.Subject)
+					m.Delivery.Term()
+					return
+				}
+				w.handle(jobCtx, m.Packet.GetTraceId(), req, m.Delivery)
+			}()
+		}
+	}
+}
+
 // Stop takes no new jobs, lets running ones finish for up to the shutdown
-// grace period (then cancels their context), reports their results, and
-// closes the connection. Its last heartbeat, sent first, says the worker
-// is draining.
+// grace period (then cancels them: they go back to the stream for another
+// worker), reports their results, and closes the connection. Its last
+// heartbeat, sent first, says the worker is draining.
 func (w *Worker) Stop() {
 	w.stopBeats()
 	if w.beatsDone != nil {
@@ -218,10 +282,21 @@ func (w *Worker) Stop() {
 	if !w.draining.Swap(true) {
 		w.beat()
 	}
-	grace := time.AfterFunc(w.opts.ShutdownGrace, w.cancelJobs)
-	w.conn.Close()
+	if w.stopPulling != nil {
+		w.stopPulling()
+		<-w.pulled
+	}
+	grace := time.AfterFunc(w.opts.ShutdownGrace, func() {
+		w.mu.Lock()
+		for _, cancel := range w.running {
+			cancel(errShutdown)
+		}
+		w.mu.Unlock()
+	})
+	w.jobs.Wait()
 	grace.Stop()
 	w.cancelJobs()
+	w.conn.Close()
 }
 
 func (w *Worker) beat() {
@@ -251,6 +326,13 @@ func (w *Worker) beat() {
 var (
 	errCancelled = errors.New("the job was cancelled")
 	errTimedOut  = errors.New("the job ran past its timeout")
+	// errShutdown stops a job still running when the shutdown grace ran
+	// out: it goes back to the stream for another worker.
+	errShutdown = errors.New("the worker is shutting down")
+	// errMovedOn stops a job the store no longer gives to this worker.
+	errMovedOn = errors.New("the job is no longer this worker's (its lease was given up, or it was cancelled)")
+	// errNotStarted is a job the store could not be asked to start.
+	errNotStarted = errors.New("the job could not be started")
 )
 
 // onCancel stops a job this worker is running; the job is already recorded
@@ -281,7 +363,15 @@ func (w *Worker) track(id string, cancel context.CancelCauseFunc) func() {
 	}
 }
 
-func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
+// Redelivery delays: a job the worker could not start for want of the
+// store goes back to the stream for this long times its deliveries.
+const retryStartAfter = 2 * time.Second
+
+// handle runs one job and settles its message: acked once its outcome is
+// recorded or reported (or the job moved on without it), handed back
+// (nak) when the store could not be reached to start it or when the worker
+// is shutting down.
+func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest, d bus.Delivery) {
 	w.active.Add(1)
 	defer w.active.Add(-1)
 	started := time.Now()
@@ -289,81 +379,149 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	defer cancel(nil)
 	defer w.track(req.GetJobId(), cancel)()
 	timeout := req.GetTimeout().AsDuration()
+	runCtx := ctx
 	if timeout > 0 {
 		var stop context.CancelFunc
-		ctx, stop = context.WithTimeoutCause(ctx, timeout, errTimedOut)
+		runCtx, stop = context.WithTimeoutCause(ctx, timeout, errTimedOut)
 		defer stop()
 	}
-	res := &cortexv1.JobResult{
-		JobId:     req.GetJobId(),
-		Attempt:   req.GetAttempt(),
-		WorkerId:  w.opts.ID,
-		StartedAt: timestamppb.New(started),
-	}
-	output, err := w.run(ctx, traceID, req, started)
-	if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNoPrompt) {
-		// The job moved on without us (cancelled, finished, expired, or
-		// failed for want of its input, which Start recorded): nothing to
-		// report.
+	stopLease := func() {}
+	keep := func() { stopLease = w.keepLease(ctx, cancel, req, d) }
+	output, err := w.run(runCtx, traceID, req, d.Redelivered(), keep, started)
+	stopLease()
+	cause := context.Cause(runCtx)
+	switch {
+	case errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrNoPrompt):
+		// The job moved on without us (cancelled, finished, retried
+		// elsewhere, expired, or failed for want of its input, which
+		// Start recorded): nothing to report.
 		w.log.Info("skipped job", "job_id", req.GetJobId(), "err", err)
+		d.Ack()
 		return
-	}
-	cause := context.Cause(ctx)
-	if errors.Is(cause, errCancelled) {
-		w.log.Info("job cancelled", "job_id", req.GetJobId())
+	case errors.Is(err, errNotStarted):
+		w.log.Warn("job not started; handed back to the stream", "job_id", req.GetJobId(), "err", err)
+		d.Nak(retryStartAfter)
+		return
+	case errors.Is(cause, errShutdown):
+		w.log.Info("job handed back at shutdown", "job_id", req.GetJobId())
+		d.Nak(0)
+		return
+	case errors.Is(cause, errCancelled), errors.Is(cause, errMovedOn):
+		w.log.Info("job stopped", "job_id", req.GetJobId(), "cause", cause)
+		d.Ack()
 		return
 	}
 	if err == nil {
 		// Recorded whatever happens to ctx now: the work is done.
-		j, ferr := w.store.Finish(context.WithoutCancel(ctx), req.GetJobId(), req.GetAttempt(), output, time.Now())
-		switch {
-		case ferr == nil:
-			w.completed.Add(1)
-			if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
-				w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
-			}
-			return
-		case errors.Is(ferr, store.ErrConflict), errors.Is(ferr, store.ErrNotFound):
-			w.log.Info("result not recorded: the job moved on", "job_id", req.GetJobId(), "err", ferr)
-			return
+		if w.finish(context.WithoutCancel(ctx), traceID, req, output) {
+			d.Ack()
+		} else {
+			// The store stayed out of reach: the message comes back after
+			// the lease, to this or another worker, which takes the job
+			// over and runs it again; only one outcome is ever recorded.
+			w.log.Warn("result not recorded; the job will run again", "job_id", req.GetJobId())
 		}
-		err = ferr
+		return
 	}
-	switch {
-	case err != nil && errors.Is(cause, errTimedOut):
+	res := &cortexv1.JobResult{
+		JobId:      req.GetJobId(),
+		Attempt:    req.GetAttempt(),
+		WorkerId:   w.opts.ID,
+		StartedAt:  timestamppb.New(started),
+		FinishedAt: timestamppb.Now(),
+		State:      cortexv1.JobState_JOB_STATE_FAILED,
+		Error:      truncate(err.Error(), maxErrorBytes),
+	}
+	if errors.Is(cause, errTimedOut) {
 		res.State = cortexv1.JobState_JOB_STATE_TIMEOUT
 		res.Error = fmt.Sprintf("the attempt ran past its timeout of %s", timeout)
-		w.failed.Add(1)
-	default:
-		res.State = cortexv1.JobState_JOB_STATE_FAILED
-		res.Error = truncate(err.Error(), maxErrorBytes)
-		w.failed.Add(1)
 	}
-	res.FinishedAt = timestamppb.Now()
+	w.failed.Add(1)
 	err = w.conn.Publish(bus.SubjectJobResult, &cortexv1.BusPacket{
 		TraceId: traceID,
 		Payload: &cortexv1.BusPacket_JobResult{JobResult: res},
 	})
 	if err != nil {
+		// The lease runs out and the reconciler retries the attempt.
 		w.log.Error("report job result", "job_id", req.GetJobId(), "err", err)
 	}
+	d.Ack()
+}
+
+// finishTries bounds the attempts to record a completion while the store
+// is out of reach.
+const finishTries = 5
+
+// finish records a completed job's output, trying again for a while when
+// the store is out of reach, and reports whether the job is settled
+// (recorded, or moved on so that there is nothing to record).
+func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRequest, output string) bool {
+	for try := range finishTries {
+		j, err := w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), output, time.Now())
+		switch {
+		case err == nil:
+			w.completed.Add(1)
+			if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
+				w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
+			}
+			return true
+		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
+			w.log.Info("result not recorded: the job moved on", "job_id", req.GetJobId(), "err", err)
+			return true
+		}
+		w.log.Warn("record job result", "job_id", req.GetJobId(), "err", err)
+		time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
+	}
+	return false
+}
+
+// keepLease renews a running job's lease every third of it, on the stream
+// (in-progress ack) and in the store, until the returned function is
+// called. When the store says the job is no longer this worker's (the
+// reconciler gave up on it, or it was cancelled), the job is stopped.
+func (w *Worker) keepLease(ctx context.Context, cancel context.CancelCauseFunc, req *cortexv1.JobRequest, d bus.Delivery) func() {
+	ctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tick := time.NewTicker(w.opts.Lease / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				d.InProgress()
+				err := w.store.ExtendLease(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, w.opts.Lease, time.Now())
+				if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+					cancel(errMovedOn)
+					return
+				}
+			}
+		}
+	}()
+	return func() { stop(); <-done }
 }
 
 // run marks the job RUNNING, reads its input and runs its handler.
-func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, now time.Time) (string, error) {
+func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, started func(), now time.Time) (string, error) {
 	h, ok := w.opts.Handlers[req.GetTopic()]
 	if !ok {
 		return "", fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
 	}
-	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, now)
+	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, takeover, w.opts.Lease, now)
 	if j != nil {
 		if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
 			w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
 		}
 	}
 	if err != nil {
+		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNoPrompt) {
+			err = fmt.Errorf("%w: %w", errNotStarted, err)
+		}
 		return "", err
 	}
+	started()
 	job := &plugins.Job{
 		ID:      req.GetJobId(),
 		Topic:   req.GetTopic(),

@@ -111,6 +111,17 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	return e, nil
 }
 
+// storeWith is the env's store with lease as the store's lease.
+func (e *env) storeWith(lease time.Duration) *store.Store {
+	return e.store.WithLease(lease)
+}
+
+// AddLeaseFlag adds --lease.
+func AddLeaseFlag(cmd *cobra.Command, lease *time.Duration) {
+	cmd.Flags().DurationVar(lease, "lease", store.DefaultLease,
+		"how long a job may go without news from its worker before another worker takes it; the reconciler gives up on it after twice this")
+}
+
 // serve blocks until the command's context ends, then calls stop.
 func serve(cmd *cobra.Command, what string, stop func()) error {
 	fmt.Fprintf(cmd.ErrOrStderr(), "%s running; Ctrl-C or SIGTERM stops it\n", what)
@@ -189,13 +200,18 @@ func CheckPolicyFiles(files safety.Files) error {
 func NewCmdScheduler() *cobra.Command {
 	o := &Options{}
 	var routes RouteFlags
-	var safetyTimeout time.Duration
+	var safetyTimeout, lease time.Duration
 	cmd := &cobra.Command{
 		Use:   "scheduler",
 		Short: "Run a scheduler as a daemon",
-		Long: `Run a scheduler: it takes submitted jobs, asks the safety kernel, records
-denials, routes allowed jobs to their pool and records the outcomes workers
-report. Several schedulers share the work (queue group cortex-scheduler).`,
+		Long: `Run a scheduler: it takes submitted jobs from the durable submit stream
+(JetStream CORTEX_SUBMIT), asks the safety kernel, records denials, queues
+allowed jobs by priority and releases them into their pool's stream
+(CORTEX_JOBS) while the pool has free capacity, retries failed attempts with
+exponential backoff and jitter, and reconciles: a PENDING job nobody handed on
+is re-driven, and an attempt whose lease ran out (--lease, twice over) is
+retried or ends TIMEOUT in the dead-letter queue. Several schedulers share
+the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 		Example: "  cortexctl scheduler --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0 --routes routing.yaml",
 		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -208,7 +224,7 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 				return err
 			}
 			defer e.close()
-			s, err := StartScheduler(e.ctx, o.NATSURL, e.store, SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout}, e.log)
+			s, err := StartScheduler(e.ctx, o.NATSURL, e.storeWith(lease), SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout, Lease: lease}, e.log)
 			if err != nil {
 				return err
 			}
@@ -218,6 +234,7 @@ report. Several schedulers share the work (queue group cortex-scheduler).`,
 	o.addFlags(cmd, true)
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().DurationVar(&safetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long to wait for a safety decision before denying the job")
+	AddLeaseFlag(cmd, &lease)
 	return cmd
 }
 
@@ -228,10 +245,16 @@ func NewCmdWorker() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker of one pool as a daemon",
-		Long: `Run a worker: it takes jobs of its pool (queue group workers-<pool>), runs the
-plugin registered for each job's topic and reports the result. Workers of a
-pool share its jobs; start more to add capacity. Built-in pools: echo
-(job.echo returns its prompt; job.sleep waits for the duration in its prompt).`,
+		Long: `Run a worker: it pulls jobs of its pool from the durable job stream (consumer
+pool-<pool>), never more than it has free slots, runs the plugin registered
+for each job's topic, records or reports the result and only then acks the
+job. While a job runs the worker renews its lease (--lease); a job whose
+worker dies goes to another worker when the lease runs out, and one taken
+--max-deliver times without an ack goes to the dead-letter queue. Workers of
+a pool share its jobs; start more to add capacity. SIGTERM drains: no new
+jobs, running ones finish (or go back to the stream after a grace period).
+Built-in pools: echo (job.echo returns its prompt; job.sleep waits for the
+duration in its prompt).`,
 		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
 		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -247,7 +270,7 @@ pool share its jobs; start more to add capacity. Built-in pools: echo
 				return err
 			}
 			defer e.close()
-			w, err := StartWorker(e.ctx, o.NATSURL, e.store, wo, e.log)
+			w, err := StartWorker(e.ctx, o.NATSURL, e.storeWith(wo.Lease), wo, e.log)
 			if err != nil {
 				return err
 			}
@@ -259,6 +282,8 @@ pool share its jobs; start more to add capacity. Built-in pools: echo
 	cmd.Flags().StringVar(&wo.ID, "id", "", "worker id on the bus (default <pool>-<random>)")
 	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
 	cmd.Flags().DurationVar(&wo.HeartbeatInterval, "heartbeat", worker.DefaultHeartbeatInterval, "time between heartbeats")
+	AddLeaseFlag(cmd, &wo.Lease)
+	cmd.Flags().IntVar(&wo.MaxDeliver, "max-deliver", worker.DefaultMaxDeliver, "times the pool's workers may take one job without acking it before it is dead-lettered")
 	cmd.Flags().StringSliceVar(&wo.Capabilities, "capability", nil, "what this worker offers beyond its plugins, repeatable (e.g. python3,gpu; default: its plugins' names), shown by 'cortexctl workers -o wide'")
 	return cmd
 }

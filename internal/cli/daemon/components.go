@@ -108,21 +108,42 @@ func StartSafety(ctx context.Context, natsURL string, st *store.Store, files saf
 	return k, conn, nil
 }
 
+// ConnectDurable dials NATS and makes sure the durable streams exist: a
+// daemon creates them on file storage if no one has yet (`up` creates them
+// first, on the storage it chose).
+func ConnectDurable(ctx context.Context, natsURL, name string, log *slog.Logger) (*bus.Conn, error) {
+	conn, err := bus.Connect(natsURL, name, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := conn.EnsureStreams(ctx, bus.FileStorage); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return conn, nil
+}
+
 // SchedulerOptions configures StartScheduler.
 type SchedulerOptions struct {
 	// Routes is the routing table (routing.Default when nil).
 	Routes        *routing.Router
 	SafetyTimeout time.Duration
+	// Lease is how long a placed job may go without news (scheduler.DefaultLease).
+	Lease time.Duration
 }
 
 // StartScheduler runs a scheduler until it is closed.
 func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
 	router := cmp.Or(opts.Routes, routing.Default())
-	conn, err := bus.Connect(natsURL, instanceName("scheduler"), log)
+	conn, err := ConnectDurable(ctx, natsURL, instanceName("scheduler"), log)
 	if err != nil {
 		return nil, err
 	}
-	s := scheduler.New(conn, st, safety.NewClient(conn, opts.SafetyTimeout), router, log)
+	var so []scheduler.Option
+	if opts.Lease > 0 {
+		so = append(so, scheduler.WithLease(opts.Lease))
+	}
+	s := scheduler.New(conn, st, safety.NewClient(conn, opts.SafetyTimeout), router, log, so...)
 	if err := s.Start(ctx); err != nil {
 		conn.Close()
 		return nil, err
@@ -136,7 +157,7 @@ func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts work
 	if opts.ID == "" {
 		opts.ID = worker.NewID(opts.Pool)
 	}
-	conn, err := bus.Connect(natsURL, opts.ID, log)
+	conn, err := ConnectDurable(ctx, natsURL, opts.ID, log)
 	if err != nil {
 		return nil, err
 	}
@@ -168,7 +189,7 @@ func NewGateway(natsURL string, st *store.Store, routes *routing.Router, opts ga
 		// Fed by heartbeats once the gateway starts; for ListWorkers/ListPools.
 		opts.Workers = registry.New(registry.Options{Log: log})
 	}
-	conn, err := bus.Connect(natsURL, instanceName("gateway"), log)
+	conn, err := ConnectDurable(context.Background(), natsURL, instanceName("gateway"), log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -48,6 +48,8 @@ type ClusterOptions struct {
 	Policy safety.Files
 	// Reload makes the kernel reload its policy files (SIGHUP).
 	Reload <-chan os.Signal
+	// Lease is the jobs' lease (store.DefaultLease when zero).
+	Lease time.Duration
 }
 
 // Cluster is a running stack: gateway, scheduler, safety kernel and an echo
@@ -64,6 +66,9 @@ type Cluster struct {
 	Kernel *safety.Kernel
 	// WorkerTopics lists the topics the in-process worker serves.
 	WorkerTopics []string
+	// Streams says where the durable streams keep jobs in flight: on disk
+	// (bus.FileStorage) or in memory.
+	Streams bus.Storage
 
 	cancel      context.CancelFunc
 	serveDone   chan error
@@ -103,8 +108,13 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 			c.RedisURL = c.Stack.RedisURL
 		}
 	}
-	c.Store, c.rdb, err = daemon.OpenStore(ctx, c.RedisURL, store.Options{})
+	c.Store, c.rdb, err = daemon.OpenStore(ctx, c.RedisURL, store.Options{Lease: opts.Lease})
 	if err != nil {
+		return c, err
+	}
+	// The streams are made before any component asks for them: on disk
+	// under --data-dir (or on a remote server), else in memory.
+	if c.Streams, err = ensureStreams(ctx, c.NATSURL, opts.NATSURL == "" && opts.DataDir == "", log); err != nil {
 		return c, err
 	}
 	if !opts.NoSafety {
@@ -115,7 +125,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		c.conns = append(c.conns, c.safetyConn)
 	}
 	c.scheduler, err = daemon.StartScheduler(runCtx, c.NATSURL, c.Store, daemon.SchedulerOptions{
-		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout,
+		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout, Lease: opts.Lease,
 	}, log.With("component", "scheduler"))
 	if err != nil {
 		return c, err
@@ -129,6 +139,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		Pool:        "echo",
 		MaxParallel: opts.WorkerParallel,
 		Handlers:    handlers,
+		Lease:       opts.Lease,
 	}, log.With("component", "worker"))
 	if err != nil {
 		return c, err
@@ -223,4 +234,22 @@ func (c *Cluster) Close() error {
 		}
 	})
 	return err
+}
+
+// ensureStreams creates the durable streams, in memory when asked, and
+// reports the storage they have (an existing stream keeps its own).
+func ensureStreams(ctx context.Context, natsURL string, inMemory bool, log *slog.Logger) (bus.Storage, error) {
+	conn, err := bus.Connect(natsURL, "up-"+ids.Hex(4), log)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	storage := bus.FileStorage
+	if inMemory {
+		storage = bus.MemoryStorage
+	}
+	if err := conn.EnsureStreams(ctx, storage); err != nil {
+		return 0, err
+	}
+	return conn.StreamStorage(ctx)
 }

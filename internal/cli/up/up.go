@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/client"
@@ -65,7 +66,8 @@ built-in worker serves pool echo only.`,
 	fs.StringVar(&o.Cluster.Listen, "listen", "127.0.0.1:7470", "gateway address (gRPC, gRPC-Web and HTTP/JSON)")
 	fs.StringVar(&o.Cluster.NATSURL, "nats-url", "", "use this NATS server instead of the embedded one")
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
-	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory for the embedded JetStream's storage (default: a temporary directory)")
+	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory)")
+	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
 	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
@@ -117,6 +119,17 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	return serveErr
 }
 
+// streamsNote says where jobs in flight are kept.
+func streamsNote(c *Cluster) string {
+	if c.Streams == bus.MemoryStorage {
+		return "JetStream work queues in memory: jobs in flight are lost when up stops (--data-dir DIR keeps them on disk)"
+	}
+	if c.Stack != nil && c.Stack.NATS != nil {
+		return "JetStream work queues on disk in " + c.Stack.DataDir
+	}
+	return "JetStream work queues on the NATS server's disk"
+}
+
 func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.Duration) {
 	// Embedded servers' URLs are shown whole, so a worker or redis-cli can
 	// use them; a remote server's password is the operator's and stays hidden.
@@ -132,6 +145,7 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 	fmt.Fprintf(w, "  gateway  %s  (gRPC, gRPC-Web and HTTP/JSON)\n", server)
 	fmt.Fprintf(w, "  nats     %s  (%s)\n", natsURL, natsNote)
 	fmt.Fprintf(w, "  redis    %s  (%s)\n", redisURL, redisNote)
+	fmt.Fprintf(w, "  streams  %s\n", streamsNote(c))
 	fmt.Fprintf(w, "  api key  %s  (tenant default, admin)\n", c.APIKey)
 	if c.Kernel != nil {
 		p := c.Kernel.Status()

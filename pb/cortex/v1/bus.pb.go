@@ -310,8 +310,11 @@ type JobRequest struct {
 	BinaryPayload bool `protobuf:"varint,12,opt,name=binary_payload,json=binaryPayload,proto3" json:"binary_payload,omitempty"`
 	// approved says a person approved this attempt of the job (see
 	// CheckRequest.approved), when held by approved_rule.
-	Approved      bool   `protobuf:"varint,13,opt,name=approved,proto3" json:"approved,omitempty"`
-	ApprovedRule  string `protobuf:"bytes,14,opt,name=approved_rule,json=approvedRule,proto3" json:"approved_rule,omitempty"`
+	Approved     bool   `protobuf:"varint,13,opt,name=approved,proto3" json:"approved,omitempty"`
+	ApprovedRule string `protobuf:"bytes,14,opt,name=approved_rule,json=approvedRule,proto3" json:"approved_rule,omitempty"`
+	// not_before holds a retry back until its backoff has passed: a
+	// scheduler that receives it earlier asks for it again at that time.
+	NotBefore     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -442,6 +445,13 @@ func (x *JobRequest) GetApprovedRule() string {
 		return x.ApprovedRule
 	}
 	return ""
+}
+
+func (x *JobRequest) GetNotBefore() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotBefore
+	}
+	return nil
 }
 
 // JobResult reports the outcome of one attempt. The output is not carried:
@@ -827,7 +837,7 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fpolicy_apply\x18\x12 \x01(\v2\x16.cortex.v1.PolicyApplyH\x00R\vpolicyApply\x12;\n" +
 	"\fpolicy_query\x18\x13 \x01(\v2\x16.cortex.v1.PolicyQueryH\x00R\vpolicyQuery\x12;\n" +
 	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReplyB\t\n" +
-	"\apayload\"\x98\x04\n" +
+	"\apayload\"\xd3\x04\n" +
 	"\n" +
 	"JobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -846,7 +856,9 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fmax_attempts\x18\v \x01(\rR\vmaxAttempts\x12%\n" +
 	"\x0ebinary_payload\x18\f \x01(\bR\rbinaryPayload\x12\x1a\n" +
 	"\bapproved\x18\r \x01(\bR\bapproved\x12#\n" +
-	"\rapproved_rule\x18\x0e \x01(\tR\fapprovedRule\x1a9\n" +
+	"\rapproved_rule\x18\x0e \x01(\tR\fapprovedRule\x129\n" +
+	"\n" +
+	"not_before\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x02\n" +
@@ -935,16 +947,17 @@ var file_cortex_v1_bus_proto_depIdxs = []int32{
 	13, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
 	6,  // 12: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
 	14, // 13: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	15, // 14: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	7,  // 15: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	7,  // 16: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	14, // 17: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
-	16, // 18: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	19, // [19:19] is the sub-list for method output_type
-	19, // [19:19] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	7,  // 14: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
+	15, // 15: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	7,  // 16: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	7,  // 17: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	14, // 18: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	16, // 19: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }

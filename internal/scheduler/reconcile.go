@@ -1,0 +1,110 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/cortex-os/core/internal/store"
+)
+
+// The reconciler. The bus alone does not keep the promise that every job
+// the gateway accepted ends in exactly one final state: a component can die
+// between recording a change and handing the job on. So every live job has
+// a deadline in the store (store.Due), and every reconcileEvery the
+// reconciler acts on those past it:
+//
+//   - PENDING (never handed on, or handed to a scheduler that died with it
+//     queued): its deadline is put off and it goes to the submit stream
+//     again; a scheduler already holding it drops the copy;
+//   - DISPATCHED or RUNNING whose lease ran out (the worker died and the
+//     stream could not redeliver it, or the dispatch never reached the
+//     stream): the attempt ends TIMEOUT, and the job is retried with
+//     backoff while it has attempts left, else it ends TIMEOUT in the
+//     dead-letter queue.
+//
+// Every action is a compare-and-set on the state and attempt, so several
+// schedulers may reconcile at once: one wins, the others change nothing.
+
+// dueBatch bounds the jobs per shard the reconciler takes per round.
+const dueBatch = 200
+
+func (s *Scheduler) reconcileLoop(ctx context.Context) {
+	defer close(s.reconciled)
+	tick := time.NewTicker(s.opts.reconcileEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+			s.reconcile(ctx, time.Now())
+		}
+	}
+}
+
+// reconcile acts once on every job past its deadline at now.
+func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
+	jobs, err := s.store.Due(ctx, now, dueBatch)
+	if err != nil {
+		s.log.Warn("reconcile: read deadlines", "err", err)
+		return
+	}
+	for _, j := range jobs {
+		switch j.State {
+		case store.Pending:
+			if err := s.store.PutOffRedrive(ctx, j.ID, j.Attempt, now); err != nil {
+				continue // moved on meanwhile
+			}
+			s.log.Info("reconcile: re-driving a pending job", "job_id", j.ID, "attempt", j.Attempt)
+			s.requeue(ctx, j.ID, j.Request(), "redrive-"+strconv.FormatInt(now.UnixMilli(), 10))
+		case store.Dispatched, store.Scheduled, store.Running:
+			why := fmt.Sprintf("the attempt's lease ran out in state %s: nothing was heard of it for %s (its worker died, or the job never reached one)",
+				j.State, 2*s.opts.lease)
+			if j.WorkerID != "" {
+				why = fmt.Sprintf("the lease of worker %s ran out: nothing was heard of the attempt for %s (the worker died or lost its connection)",
+					j.WorkerID, 2*s.opts.lease)
+			}
+			s.log.Info("reconcile: lease expired", "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))
+			s.endAttempt(ctx, j.ID, j, j.Attempt, store.Timeout, j.WorkerID, why)
+		}
+	}
+}
+
+// maxDeliveries is the part of JetStream's max-deliveries advisory used.
+type maxDeliveries struct {
+	Stream     string `json:"stream"`
+	Consumer   string `json:"consumer"`
+	StreamSeq  uint64 `json:"stream_seq"`
+	Deliveries uint64 `json:"deliveries"`
+}
+
+// onMaxDeliveries dead-letters a job its pool's workers took MaxDeliver
+// times without acknowledging it (each crashed or hung on it): the attempt
+// ends FAILED in the dead-letter queue, and its message leaves the stream.
+func (s *Scheduler) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
+	var adv maxDeliveries
+	if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+		s.log.Warn("dropped a malformed max-deliveries advisory", "bytes", len(m.Data))
+		return
+	}
+	p, err := s.conn.JobMessage(ctx, adv.StreamSeq)
+	if err != nil {
+		s.log.Warn("max deliveries: read the job's message", "seq", adv.StreamSeq, "err", err)
+		return
+	}
+	req := p.GetJobRequest()
+	if req == nil {
+		return
+	}
+	why := fmt.Sprintf("delivered %d times to workers of pool %s without an acknowledgement (each crashed, hung or lost its connection on it); listed in the dead-letter queue: cortexctl dlq list",
+		adv.Deliveries, req.GetPool())
+	s.record(ctx, p.GetTraceId(), req.GetJobId(), store.Change{To: store.Failed, Attempt: req.GetAttempt(), DeadLetter: true, Reason: why})
+	if err := s.conn.DeleteJobMessage(ctx, adv.StreamSeq); err != nil {
+		s.log.Warn("max deliveries: remove the job's message", "job_id", req.GetJobId(), "err", err)
+	}
+}
