@@ -220,5 +220,5 @@ func (s *Store) WithLease(lease time.Duration) *Store {
 	if lease <= 0 || lease == s.lease {
 		return s
 	}
-	return &Store{rdb: s.rdb, retention: s.retention, lease: lease, redrive: s.redrive, trips: s.trips}
+	return &Store{rdb: s.rdb, retention: s.retention, lease: lease, redrive: s.redrive, trips: s.trips, lastTrim: s.lastTrim}
 }

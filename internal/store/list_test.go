@@ -28,10 +28,15 @@ func v7At(t testing.TB, at time.Time) string {
 // index reads a tenant's index, oldest first.
 func index(t *testing.T, rdb *redis.Client, tenant string) []string {
 	t.Helper()
-	entries, err := rdb.ZRange(context.Background(), "idx:"+tenant, 0, -1).Result()
-	if err != nil {
-		t.Fatal(err)
+	var entries []string
+	for _, key := range store.IndexKeys(tenant) {
+		part, err := rdb.ZRange(context.Background(), key, 0, -1).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, part...)
 	}
+	slices.Sort(entries)
 	return entries
 }
 
@@ -149,7 +154,7 @@ func TestListSkipsAndRemovesExpiredJobs(t *testing.T) {
 				b := create(t, st, store.NewJob{Tenant: tenant}, now)
 				c := create(t, st, store.NewJob{Tenant: tenant}, now)
 				// The record of b expires, as its TTL would make it.
-				if err := rdb.Del(ctx, "job:"+b).Err(); err != nil {
+				if err := rdb.Del(ctx, store.JobKey(b)).Err(); err != nil {
 					t.Fatal(err)
 				}
 				jobs, _, err := st.List(ctx, store.Query{Tenant: tenant, Limit: limit})
@@ -170,7 +175,10 @@ func TestIndexTrimsEntriesOlderThanRetention(t *testing.T) {
 		st := store.New(rdb, store.Options{Retention: time.Hour})
 		tenant := newTenant(t)
 		wall := time.Now()
-		at := func(ago time.Duration) (string, time.Time) { return v7At(t, wall.Add(-ago)), wall.Add(-ago) }
+		// Each shard's index is trimmed on its own: keep the jobs in one.
+		at := func(ago time.Duration) (string, time.Time) {
+			return store.InKeyShard(v7At(t, wall.Add(-ago)), tenant, "one shard"), wall.Add(-ago)
+		}
 
 		var old []string
 		for _, ago := range []time.Duration{5 * time.Hour, 4 * time.Hour} {
@@ -182,7 +190,8 @@ func TestIndexTrimsEntriesOlderThanRetention(t *testing.T) {
 		}
 		id, when := at(30 * time.Minute)
 		recent := create(t, st, store.NewJob{ID: id, Tenant: tenant}, when)
-		fresh := create(t, st, store.NewJob{ID: v7At(t, wall), Tenant: tenant}, wall)
+		id, _ = at(0)
+		fresh := create(t, st, store.NewJob{ID: id, Tenant: tenant}, wall)
 
 		if got := index(t, rdb, tenant); !slices.Equal(got, []string{recent, fresh}) {
 			t.Errorf("index = %v, want the jobs older than the retention trimmed: %v", got, []string{recent, fresh})
@@ -226,7 +235,7 @@ func TestCreateJobs(t *testing.T) {
 	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
 		tenant := newTenant(t)
-		dup := store.NewJob{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "same", IdempotencyKey: "k", Fingerprint: "f1"}
+		dup := store.NewJob{ID: store.InKeyShard(v7At(t, now), tenant, "k"), Tenant: tenant, Topic: "job.echo", Input: "same", IdempotencyKey: "k", Fingerprint: "f1"}
 		if _, err := st.CreateJob(ctx, dup, now); err != nil {
 			t.Fatal(err)
 		}
@@ -236,8 +245,8 @@ func TestCreateJobs(t *testing.T) {
 		}
 		jobs := []store.NewJob{
 			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "a"},
-			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "same", IdempotencyKey: "k", Fingerprint: "f1"},
-			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "other", IdempotencyKey: "k", Fingerprint: "f2"},
+			{ID: store.InKeyShard(v7At(t, now), tenant, "k"), Tenant: tenant, Topic: "job.echo", Input: "same", IdempotencyKey: "k", Fingerprint: "f1"},
+			{ID: store.InKeyShard(v7At(t, now), tenant, "k"), Tenant: tenant, Topic: "job.echo", Input: "other", IdempotencyKey: "k", Fingerprint: "f2"},
 			{ID: v7At(t, now), Tenant: tenant, Topic: "job.echo", Input: "b"},
 		}
 		got := st.CreateJobs(ctx, jobs, now)

@@ -42,7 +42,7 @@ return {'OK'}
 // attempt incremented.
 var transitionScript = redis.NewScript(`
 local allowed = {
-  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true, AWAITING_APPROVAL=true, TIMEOUT=true},
+  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true, AWAITING_APPROVAL=true},
   AWAITING_APPROVAL = {PENDING=true, DENIED=true, CANCELLED=true},
   SCHEDULED  = {DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true},
   DISPATCHED = {RUNNING=true, COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},

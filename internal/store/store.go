@@ -99,8 +99,8 @@ type Store struct {
 	redrive   time.Duration
 	// trips counts round trips to Redis (a command or a pipeline each).
 	trips *atomic.Uint64
-	// lastTrim is when (µs) a create last trimmed an index.
-	lastTrim atomic.Int64
+	// lastTrim is when (µs) a create last trimmed an index of each shard.
+	lastTrim *[Shards]atomic.Int64
 }
 
 // trimInterval spaces the trims of tenants' indexes: a trim costs a sort of
@@ -118,7 +118,7 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.Redrive <= 0 {
 		opts.Redrive = DefaultRedrive
 	}
-	s := &Store{rdb: rdb, retention: opts.Retention, lease: opts.Lease, redrive: opts.Redrive, trips: new(atomic.Uint64)}
+	s := &Store{rdb: rdb, retention: opts.Retention, lease: opts.Lease, redrive: opts.Redrive, trips: new(atomic.Uint64), lastTrim: new([Shards]atomic.Int64)}
 	rdb.AddHook(tripCounter{s.trips})
 	return s
 }
@@ -222,26 +222,36 @@ type Created struct {
 func (s *Store) CreateJobs(ctx context.Context, jobs []NewJob, now time.Time) []Created {
 	out := make([]Created, len(jobs))
 	cmds := make([]*redis.Cmd, len(jobs))
-	run := func() error {
+	run := func(which []int) {
 		pipe := s.rdb.Pipeline()
-		for i, j := range jobs {
-			keys, args, err := s.createArgs(j, now)
+		for _, i := range which {
+			keys, args, err := s.createArgs(jobs[i], now)
 			if err != nil {
 				out[i].Err = err
+				cmds[i] = nil
 				continue
 			}
 			cmds[i] = createScript.EvalSha(ctx, pipe, keys, args...)
 		}
-		_, err := pipe.Exec(ctx)
-		return err
+		// Each command keeps its own error.
+		_, _ = pipe.Exec(ctx)
 	}
-	// Exec's error is the first command's; each command keeps its own.
-	if err := run(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// Redis lost its scripts (a restart): load and go again. A create
-		// that failed with NOSCRIPT changed nothing.
-		if createScript.Load(ctx, s.rdb).Err() == nil {
-			_ = run()
+	all := make([]int, len(jobs))
+	for i := range all {
+		all[i] = i
+	}
+	run(all)
+	// A Redis that lost its scripts (a restart; on a cluster, one node's
+	// failover) answers NOSCRIPT to those commands only, having changed
+	// nothing for them: load the script and run just those again.
+	var again []int
+	for i, c := range cmds {
+		if c != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, i)
 		}
+	}
+	if len(again) > 0 && createScript.Load(ctx, s.rdb).Err() == nil {
+		run(again)
 	}
 	for i, c := range cmds {
 		if c != nil {
@@ -272,7 +282,7 @@ func (s *Store) createArgs(j NewJob, now time.Time) ([]string, []any, error) {
 		keys = append(keys, idempotencyKey(j.Tenant, j.IdempotencyKey))
 	}
 	trim := ""
-	if last := s.lastTrim.Load(); now.UnixMicro()-last >= trimInterval.Microseconds() && s.lastTrim.CompareAndSwap(last, now.UnixMicro()) {
+	if last := s.lastTrim[shard].Load(); now.UnixMicro()-last >= trimInterval.Microseconds() && s.lastTrim[shard].CompareAndSwap(last, now.UnixMicro()) {
 		trim = "(" + indexBound(now.Add(-s.retention))
 	}
 	return keys, []any{

@@ -406,7 +406,7 @@ func TestIdempotency(t *testing.T) {
 	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
 		ctx := context.Background()
 		tenant := newTenant(t)
-		first := store.NewJob{ID: newID(t), Topic: "job.echo", Tenant: tenant, Input: "hi", IdempotencyKey: "order-42", Fingerprint: "fp-1"}
+		first := store.NewJob{ID: store.InKeyShard(newID(t), tenant, "order-42"), Topic: "job.echo", Tenant: tenant, Input: "hi", IdempotencyKey: "order-42", Fingerprint: "fp-1"}
 		create(t, st, first, now)
 
 		for _, tc := range []struct {
@@ -420,7 +420,7 @@ func TestIdempotency(t *testing.T) {
 			{name: "different request", tenant: tenant, fp: "fp-2", wantID: first.ID, wantErr: store.ErrIdempotencyMismatch},
 		} {
 			again := first
-			again.ID, again.Fingerprint = newID(t), tc.fp
+			again.ID, again.Fingerprint = store.InKeyShard(newID(t), tenant, "order-42"), tc.fp
 			existing, err := st.CreateJob(ctx, again, now)
 			if existing != tc.wantID || !errors.Is(err, tc.wantErr) || (tc.wantErr == nil) != (err == nil) {
 				t.Errorf("%s: CreateJob = %q, %v; want %q, %v", tc.name, existing, err, tc.wantID, tc.wantErr)
@@ -428,7 +428,7 @@ func TestIdempotency(t *testing.T) {
 			if _, err := st.Get(ctx, again.ID); !errors.Is(err, store.ErrNotFound) {
 				t.Errorf("%s: a second job was created (Get: %v)", tc.name, err)
 			}
-			if n, err := rdb.Exists(ctx, "ctx:"+again.ID).Result(); err != nil || n != 0 {
+			if n, err := rdb.Exists(ctx, store.CtxKey(again.ID)).Result(); err != nil || n != 0 {
 				t.Errorf("%s: the second input was stored (%d, %v)", tc.name, n, err)
 			}
 		}
@@ -438,7 +438,8 @@ func TestIdempotency(t *testing.T) {
 		}
 
 		other := first
-		other.ID, other.Tenant = newID(t), newTenant(t)
+		other.Tenant = newTenant(t)
+		other.ID = store.InKeyShard(newID(t), other.Tenant, "order-42")
 		create(t, st, other, now)
 		if j := get(t, st, other.ID); j.Tenant != other.Tenant {
 			t.Errorf("other tenant's job: %+v", j)
@@ -536,7 +537,7 @@ func TestStartWithoutPromptFailsTheJob(t *testing.T) {
 		ctx := context.Background()
 		id := create(t, st, store.NewJob{Input: "p"}, now)
 		move(t, st, id, store.Change{To: store.Dispatched}, now)
-		if err := rdb.Del(ctx, "ctx:"+id).Err(); err != nil {
+		if err := rdb.Del(ctx, store.CtxKey(id)).Err(); err != nil {
 			t.Fatal(err)
 		}
 		j, _, err := st.Start(ctx, id, 1, "w-1", false, time.Minute, now)
