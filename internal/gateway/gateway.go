@@ -32,7 +32,6 @@ import (
 type Store interface {
 	CreateJob(ctx context.Context, j store.NewJob, now time.Time) (string, error)
 	CreateJobs(ctx context.Context, jobs []store.NewJob, now time.Time) []store.Created
-	ForgetIdempotencyKey(ctx context.Context, tenant, key string) error
 	Transition(ctx context.Context, id string, c store.Change, now time.Time) (*store.Job, error)
 	Get(ctx context.Context, id string) (*store.Job, error)
 	Output(ctx context.Context, id string) (*store.Job, string, error)

@@ -312,16 +312,6 @@ func created(j NewJob, res []string, err error) (string, error) {
 	return "", fmt.Errorf("create job %s: unexpected script answer %q", j.ID, res)
 }
 
-// ForgetIdempotencyKey removes a tenant's idempotency key, so that a
-// retry with it makes a new job: for a job that was recorded but never
-// handed on.
-func (s *Store) ForgetIdempotencyKey(ctx context.Context, tenant, key string) error {
-	if err := s.rdb.Del(ctx, idempotencyKey(tenant, key)).Err(); err != nil {
-		return fmt.Errorf("forget idempotency key: %w", err)
-	}
-	return nil
-}
-
 func idempotencyKey(tenant, key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return idemPrefix + tag(idemShard(tenant, key)) + ":" + tenant + ":" + hex.EncodeToString(sum[:16])
