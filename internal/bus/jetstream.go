@@ -261,6 +261,14 @@ type Pulled struct {
 	Packet   *cortexv1.BusPacket
 	Delivery Delivery
 	Subject  string
+	Size     int
+}
+
+// Reject drops and counts a pulled packet whose payload does not belong
+// on its subject (err says why), and terminates it.
+func (p *Puller) Reject(m Pulled, err error) {
+	p.c.drop(m.Subject, m.Size, err)
+	m.Delivery.Term()
 }
 
 // Pull returns at most n messages: those waiting now, else the first to
@@ -281,7 +289,7 @@ func (p *Puller) fetch(batch jetstream.MessageBatch, err error) ([]Pulled, error
 	var out []Pulled
 	for m := range batch.Messages() {
 		if pk, ok := p.c.decodeDelivery(m); ok {
-			out = append(out, Pulled{Packet: pk, Delivery: Delivery{m}, Subject: m.Subject()})
+			out = append(out, Pulled{Packet: pk, Delivery: Delivery{m}, Subject: m.Subject(), Size: len(m.Data())})
 		}
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) && len(out) == 0 {

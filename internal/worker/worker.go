@@ -260,8 +260,7 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 				defer func() { <-slots; w.jobs.Done() }()
 				req := m.Packet.GetJobRequest()
 				if req == nil {
-					w.log.Warn("dropped a job message without a job request", "subject", m.Subject)
-					m.Delivery.Term()
+					p.Reject(m, bus.WrongPayload(m.Packet, "a job request"))
 					return
 				}
 				w.handle(jobCtx, m.Packet.GetTraceId(), req, m.Delivery)
