@@ -7,10 +7,18 @@ TESTFLAGS ?=
 UPFLAGS   ?=
 FUZZTIME  ?= 10s
 
-.PHONY: test fuzz generate check-generate lint build up fmt-check vet completions
+.PHONY: test test-cluster chaos fuzz generate check-generate lint build up fmt-check vet completions
 
 test: ## all tests, with the race detector (needs cgo: gcc)
 	$(GO) test -race $(TESTFLAGS) ./...
+
+chaos: ## the SIGKILL chaos test: separate processes, real redis-server and nats-server, 10k jobs
+	bash .ci/chaos.sh
+
+test-cluster: ## the store's tests against a real 3-node Redis Cluster (started and stopped here)
+	@set -e; eval "$$(bash .ci/redis-cluster.sh start)"; \
+	rc=0; $(GO) test -count=1 -run 'Cluster|OneSlot' ./internal/store/ || rc=$$?; \
+	bash .ci/redis-cluster.sh stop; exit $$rc
 
 fuzz: ## every fuzz target, FUZZTIME each (CI runs it bounded)
 	@set -e; for dir in $$(git ls-files -- '*_test.go' | xargs grep -l '^func Fuzz' | xargs -n1 dirname | sort -u); do \

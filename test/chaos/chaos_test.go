@@ -195,9 +195,11 @@ func startCluster(t *testing.T, h *harness, cortexctl, natsBin, redisBin, logDir
 			args = daemon("safety")
 		case "scheduler":
 			// A loaded 2-core machine must not deny jobs for a slow answer.
-			args = daemon("scheduler", "--safety-timeout", "2s")
+			// Short leases, so that the attempts of a killed worker are
+			// taken over, or given up and retried, well within the run.
+			args = daemon("scheduler", "--safety-timeout", "2s", "--lease", "2s")
 		default:
-			args = daemon("worker", "--pool", "echo")
+			args = daemon("worker", "--pool", "echo", "--lease", "2s")
 		}
 		add(&proc{name: name, path: cortexctl, args: args, logPath: logPath(name),
 			ready: logReady(h, name, logPath(name), marker, 15*time.Second)})
