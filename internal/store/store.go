@@ -221,45 +221,62 @@ type Created struct {
 // scripts). Each job succeeds or fails alone.
 func (s *Store) CreateJobs(ctx context.Context, jobs []NewJob, now time.Time) []Created {
 	out := make([]Created, len(jobs))
-	cmds := make([]*redis.Cmd, len(jobs))
-	run := func(which []int) {
-		pipe := s.rdb.Pipeline()
-		for _, i := range which {
-			keys, args, err := s.createArgs(jobs[i], now)
-			if err != nil {
-				out[i].Err = err
-				cmds[i] = nil
-				continue
-			}
-			cmds[i] = createScript.EvalSha(ctx, pipe, keys, args...)
-		}
-		// Each command keeps its own error.
-		_, _ = pipe.Exec(ctx)
+	calls := make([]scriptCall, len(jobs))
+	for i, j := range jobs {
+		calls[i].keys, calls[i].args, out[i].Err = s.createArgs(j, now)
+		calls[i].skip = out[i].Err != nil
 	}
-	all := make([]int, len(jobs))
-	for i := range all {
-		all[i] = i
-	}
-	run(all)
-	// A Redis that lost its scripts (a restart; on a cluster, one node's
-	// failover) answers NOSCRIPT to those commands only, having changed
-	// nothing for them: load the script and run just those again.
-	var again []int
-	for i, c := range cmds {
-		if c != nil && redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			again = append(again, i)
-		}
-	}
-	if len(again) > 0 && createScript.Load(ctx, s.rdb).Err() == nil {
-		run(again)
-	}
-	for i, c := range cmds {
+	for i, c := range s.evalMany(ctx, createScript, calls) {
 		if c != nil {
 			res, err := c.StringSlice()
 			out[i].Existing, out[i].Err = created(jobs[i], res, err)
 		}
 	}
 	return out
+}
+
+// scriptCall is one run of a script in evalMany; skip leaves it out.
+type scriptCall struct {
+	keys []string
+	args []any
+	skip bool
+}
+
+// evalMany runs script once per call in one pipeline (one round trip) and
+// returns each call's command (nil for a skipped one). A Redis that lost
+// its scripts (a restart; on a cluster, one node's failover) answers
+// NOSCRIPT to those commands only, having changed nothing for them: the
+// script is loaded and just those run again.
+func (s *Store) evalMany(ctx context.Context, script *redis.Script, calls []scriptCall) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(calls))
+	run := func(which []int) {
+		pipe := s.rdb.Pipeline()
+		for _, i := range which {
+			cmds[i] = script.EvalSha(ctx, pipe, calls[i].keys, calls[i].args...)
+		}
+		// Each command keeps its own error.
+		_, _ = pipe.Exec(ctx)
+	}
+	var all []int
+	for i, c := range calls {
+		if !c.skip {
+			all = append(all, i)
+		}
+	}
+	if len(all) == 0 {
+		return cmds
+	}
+	run(all)
+	var again []int
+	for _, i := range all {
+		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 && script.Load(ctx, s.rdb).Err() == nil {
+		run(again)
+	}
+	return cmds
 }
 
 // createArgs are createScript's keys and arguments for j.
@@ -388,17 +405,51 @@ func (s *Store) args(id string, c Change, now time.Time) []any {
 // returns the record after the change. ErrNotFound if there is no such job,
 // a *ConflictError (ErrConflict) if the move is not allowed.
 func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) (*Job, error) {
-	if c.Retry && (c.To != Pending || c.WorkerID != "") {
-		return nil, fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", id)
+	m := s.TransitionMany(ctx, []Move{{ID: id, Change: c}}, now)[0]
+	return m.Job, m.Err
+}
+
+// Move is one job's transition for TransitionMany.
+type Move struct {
+	ID     string
+	Change Change
+}
+
+// Moved is the outcome of one Move, as Transition returns it.
+type Moved struct {
+	Job *Job
+	Err error
+}
+
+// TransitionMany applies many transitions in one round trip (a pipeline of
+// scripts); each succeeds or fails alone, as Transition would.
+func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time) []Moved {
+	out := make([]Moved, len(moves))
+	calls := make([]scriptCall, len(moves))
+	for i, m := range moves {
+		if m.Change.Retry && (m.Change.To != Pending || m.Change.WorkerID != "") {
+			out[i].Err = fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", m.ID)
+			calls[i].skip = true
+			continue
+		}
+		calls[i] = scriptCall{keys: []string{jobKey(m.ID), leaseKeyOf(m.ID), dlqKeyOf(m.ID)}, args: s.args(m.ID, m.Change, now)}
 	}
-	res, err := transitionScript.Run(ctx, s.rdb, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)}, s.args(id, c, now)...).StringSlice()
-	if err != nil {
-		return nil, fmt.Errorf("move job %s to %s: %w", id, c.To, err)
+	for i, c := range s.evalMany(ctx, transitionScript, calls) {
+		if c == nil {
+			continue
+		}
+		id, to := moves[i].ID, moves[i].Change.To
+		res, err := c.StringSlice()
+		switch {
+		case err != nil:
+			out[i].Err = fmt.Errorf("move job %s to %s: %w", id, to, err)
+		case len(res) > 0 && res[0] == "OK":
+			out[i].Job = parseJob(id, pairs(res[1:]))
+		default:
+			out[i].Err = refusal(id, to, res)
+		}
 	}
-	if len(res) > 0 && res[0] == "OK" {
-		return parseJob(id, pairs(res[1:])), nil
-	}
-	return nil, refusal(id, c.To, res)
+	return out
 }
 
 // SetPendingReason records the pool attempt of a PENDING job was routed to
