@@ -52,7 +52,7 @@ func (s *Store) PutOffRedrive(ctx context.Context, id string, attempt uint32, no
 }
 
 func (s *Store) moveDeadline(ctx context.Context, id, states string, attempt uint32, workerID string, at time.Time) error {
-	res, err := leaseScript.Run(ctx, s.rdb, []string{jobKey(id), leaseKeyOf(id)},
+	res, err := s.eval(leaseScript, []string{jobKey(id), leaseKeyOf(id)},
 		states, itoa(attempt), workerID, millis(at), id).StringSlice()
 	if err != nil {
 		return fmt.Errorf("move deadline of job %s: %w", id, err)
@@ -220,5 +220,5 @@ func (s *Store) WithLease(lease time.Duration) *Store {
 	if lease <= 0 || lease == s.lease {
 		return s
 	}
-	return &Store{rdb: s.rdb, retention: s.retention, lease: lease, redrive: s.redrive, trips: s.trips, lastTrim: s.lastTrim}
+	return &Store{rdb: s.rdb, retention: s.retention, lease: lease, redrive: s.redrive, trips: s.trips, lastTrim: s.lastTrim, batch: s.batch}
 }

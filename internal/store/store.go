@@ -97,6 +97,8 @@ type Store struct {
 	retention time.Duration
 	lease     time.Duration
 	redrive   time.Duration
+	// batch pipelines concurrent single-job commands (batch.go).
+	batch *batcher
 	// trips counts round trips to Redis (a command or a pipeline each).
 	trips *atomic.Uint64
 	// lastTrim is when (µs) a create last trimmed an index of each shard.
@@ -118,7 +120,8 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 	if opts.Redrive <= 0 {
 		opts.Redrive = DefaultRedrive
 	}
-	s := &Store{rdb: rdb, retention: opts.Retention, lease: opts.Lease, redrive: opts.Redrive, trips: new(atomic.Uint64), lastTrim: new([Shards]atomic.Int64)}
+	s := &Store{rdb: rdb, retention: opts.Retention, lease: opts.Lease, redrive: opts.Redrive, trips: new(atomic.Uint64), lastTrim: new([Shards]atomic.Int64),
+		batch: &batcher{rdb: rdb}}
 	rdb.AddHook(tripCounter{s.trips})
 	return s
 }
@@ -207,7 +210,7 @@ func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) (existin
 	if err != nil {
 		return "", err
 	}
-	res, err := createScript.Run(ctx, s.rdb, keys, args...).StringSlice()
+	res, err := s.eval(createScript, keys, args...).StringSlice()
 	return created(j, res, err)
 }
 
@@ -405,8 +408,22 @@ func (s *Store) args(id string, c Change, now time.Time) []any {
 // returns the record after the change. ErrNotFound if there is no such job,
 // a *ConflictError (ErrConflict) if the move is not allowed.
 func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) (*Job, error) {
-	m := s.TransitionMany(ctx, []Move{{ID: id, Change: c}}, now)[0]
-	return m.Job, m.Err
+	if c.Retry && (c.To != Pending || c.WorkerID != "") {
+		return nil, fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", id)
+	}
+	return moved(id, c.To, s.eval(transitionScript, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)}, s.args(id, c, now)...))
+}
+
+// moved reads a transition script's answer.
+func moved(id string, to State, c *redis.Cmd) (*Job, error) {
+	res, err := c.StringSlice()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("move job %s to %s: %w", id, to, err)
+	case len(res) > 0 && res[0] == "OK":
+		return parseJob(id, pairs(res[1:])), nil
+	}
+	return nil, refusal(id, to, res)
 }
 
 // Move is one job's transition for TransitionMany.
@@ -435,18 +452,8 @@ func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time)
 		calls[i] = scriptCall{keys: []string{jobKey(m.ID), leaseKeyOf(m.ID), dlqKeyOf(m.ID)}, args: s.args(m.ID, m.Change, now)}
 	}
 	for i, c := range s.evalMany(ctx, transitionScript, calls) {
-		if c == nil {
-			continue
-		}
-		id, to := moves[i].ID, moves[i].Change.To
-		res, err := c.StringSlice()
-		switch {
-		case err != nil:
-			out[i].Err = fmt.Errorf("move job %s to %s: %w", id, to, err)
-		case len(res) > 0 && res[0] == "OK":
-			out[i].Job = parseJob(id, pairs(res[1:]))
-		default:
-			out[i].Err = refusal(id, to, res)
+		if c != nil {
+			out[i].Job, out[i].Err = moved(moves[i].ID, moves[i].Change.To, c)
 		}
 	}
 	return out
@@ -458,7 +465,7 @@ func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time)
 // record. A job that is not PENDING at that attempt changes nothing: a
 // *ConflictError; ErrNotFound if there is no such job.
 func (s *Store) SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*Job, error) {
-	res, err := waitScript.Run(ctx, s.rdb, []string{jobKey(id)},
+	res, err := s.eval(waitScript, []string{jobKey(id)},
 		strconv.FormatUint(uint64(attempt), 10), micros(now), reason, pool).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("set reason of job %s: %w", id, err)
@@ -491,7 +498,7 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	if takeover {
 		over = "1"
 	}
-	res, err := startScript.Run(ctx, s.rdb, []string{jobKey(id), ctxKey(id), leaseKeyOf(id)},
+	res, err := s.eval(startScript, []string{jobKey(id), ctxKey(id), leaseKeyOf(id)},
 		workerID, micros(now), itoa(attempt), millis(now.Add(2*lease)), id, over).StringSlice()
 	switch {
 	case err != nil:
@@ -509,7 +516,7 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 // that is no longer RUNNING at that attempt (cancelled, say) changes
 // nothing: a *ConflictError.
 func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*Job, error) {
-	res, err := finishScript.Run(ctx, s.rdb, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
+	res, err := s.eval(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
 		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("finish job %s: %w", id, err)
@@ -522,7 +529,7 @@ func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output st
 
 // Get returns a job record.
 func (s *Store) Get(ctx context.Context, id string) (*Job, error) {
-	fields, err := s.rdb.HGetAll(ctx, jobKey(id)).Result()
+	fields, err := s.hgetall(jobKey(id)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("read job %s: %w", id, err)
 	}
@@ -558,7 +565,7 @@ func (s *Store) Output(ctx context.Context, id string) (*Job, string, error) {
 
 // Input returns a job's stored input (prompt text or payload bytes).
 func (s *Store) Input(ctx context.Context, id string) (string, error) {
-	in, err := s.rdb.Get(ctx, ctxKey(id)).Result()
+	in, err := s.get(ctxKey(id)).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("read input of job %s: %w", id, ErrNoPrompt)
 	}
