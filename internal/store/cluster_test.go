@@ -109,10 +109,12 @@ func TestClusterLifecycle(t *testing.T) {
 	owner, masters := slotMasters(t, rdb)
 	rec := newKeyRecorder()
 	rdb.AddHook(rec)
-	l := newLifecycle(t, store.New(rdb, store.Options{}), rec)
+	l := newLifecycle(t, store.New(rdb, lifecycleOptions), rec)
 	// One master forgets the store's scripts (restarted, or a replica that
 	// never saw them took over); the others keep them.
+	flushedAt := -1 // how many units were recorded when the master forgot
 	l.loseScripts = func(ctx context.Context) error {
+		flushedAt = len(rec.all())
 		var flushed atomic.Int32
 		err := rdb.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
 			if c.Options().Addr != masters[0] {
@@ -128,6 +130,29 @@ func TestClusterLifecycle(t *testing.T) {
 	}
 	l.run(clusterJobs)
 	l.report(t)
+
+	// The batch after the flush must have met NOSCRIPT on that master (and
+	// recovered: see CreateJobs), or the step tested nothing.
+	t.Run("a master lost its scripts", func(t *testing.T) {
+		if flushedAt < 0 {
+			t.Skip("the lifecycle did not get as far as flushing a master's scripts")
+		}
+		var onIt, noscript int
+		for _, u := range rec.all()[flushedAt:] {
+			if u.method == "CreateJobs" && u.script && len(u.keys) > 0 && owner[keySlot(u.keys[0])] == masters[0] {
+				onIt++
+				if u.err != nil && strings.HasPrefix(u.err.Error(), "NOSCRIPT") {
+					noscript++
+				}
+			}
+		}
+		switch {
+		case onIt == 0:
+			t.Skipf("no job of the batch after the flush had its keys on master %s", masters[0])
+		case noscript == 0:
+			t.Errorf("none of the %d script calls to master %s after it flushed its scripts answered NOSCRIPT", onIt, masters[0])
+		}
+	})
 
 	// The jobs must have spread over every master, or this was no test of
 	// a cluster: count the masters the creates that worked wrote to.
@@ -164,13 +189,19 @@ func TestEveryScriptTouchesOneSlot(t *testing.T) {
 	t.Cleanup(func() { _ = rdb.Close() })
 	rec := newKeyRecorder()
 	rdb.AddHook(rec)
-	l := newLifecycle(t, store.New(rdb, store.Options{}), rec)
+	l := newLifecycle(t, store.New(rdb, lifecycleOptions), rec)
 	l.loseScripts = func(ctx context.Context) error { return rdb.ScriptFlush(ctx).Err() }
 	l.run(miniredisJobs)
+	t.Logf("checks per method: %v", l.calls)
 
 	// Only a lifecycle that went all the way recorded every path's keys.
 	if l.failed() {
 		t.Errorf("the lifecycle failed on miniredis, so not every path's keys were recorded:\n%s", l.failures())
+	}
+	for _, m := range lifecycleMethods {
+		if l.calls[m] == 0 {
+			t.Errorf("the lifecycle never checked Store.%s on miniredis", m)
+		}
 	}
 	units := rec.all()
 	scripts := 0
@@ -584,9 +615,21 @@ type lifecycle struct {
 
 // lifecycleMethods are the Store methods run calls.
 var lifecycleMethods = []string{
-	"CreateJob", "CreateJobs", "ForgetIdempotencyKey", "Finish", "Get", "Input", "List", "LoadPolicy",
-	"Output", "Ping", "RoundTrips", "SavePolicy", "SetPendingReason", "Start", "Transition",
+	"CreateJob", "CreateJobs", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
+	"IsDeadLetter", "List", "LoadPolicy", "Output", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
+	"SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
 }
+
+// The lifecycle's store has short deadlines, so that Due finds jobs a few
+// seconds after the test's fixed now.
+const (
+	testLease   = time.Second
+	testRedrive = 2 * time.Second
+	// scanBatch is how many index entries List reads per batch (list.go).
+	scanBatch = 200
+)
+
+var lifecycleOptions = store.Options{Lease: testLease, Redrive: testRedrive}
 
 func newLifecycle(t *testing.T, st *store.Store, rec *keyRecorder) *lifecycle {
 	return &lifecycle{t: t, ctx: context.Background(), st: st, rec: rec, calls: map[string]int{}, fails: map[string][]string{}}
@@ -709,8 +752,10 @@ func (l *lifecycle) newJob(tenant string, i int) store.NewJob {
 }
 
 // run is the lifecycle: policies, n jobs of one tenant along every path
-// (half made by CreateJob, half by one CreateJobs), listing them, and
-// idempotency keys.
+// (half made by CreateJob, half by one CreateJobs), listing them, a tenant
+// with more jobs than a List batch, deadlines (Due, ExtendLease,
+// PutOffRedrive, WithLease), dead letters (DeadLetters, IsDeadLetter,
+// Revive, DropDeadLetter, TransitionMany) and idempotency keys.
 func (l *lifecycle) run(n int) {
 	ctx := l.ctx
 	trips := l.st.RoundTrips()
@@ -738,6 +783,9 @@ func (l *lifecycle) run(n int) {
 		last[nj.ID] = l.drive(nj, kind(slices.Index(kindNames[:], nj.Labels["kind"])))
 	}
 	l.lists(tenant, made, last)
+	l.manyJobs(2*scanBatch + 50)
+	l.deadlines()
+	l.deadLetters()
 	l.idempotency()
 
 	l.do("RoundTrips", func() error {
@@ -841,7 +889,7 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 	}
 	run := func(attempt uint32, worker string) bool {
 		return l.do("Start", func() error {
-			j, input, err := l.st.Start(ctx, id, attempt, worker, now)
+			j, input, err := l.st.Start(ctx, id, attempt, worker, false, time.Minute, now)
 			if err != nil {
 				return err
 			}
@@ -943,7 +991,7 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 	case kCancel:
 		ok = move(store.Change{To: store.Cancelled, Attempt: 1, Reason: "cancelled by the test"}) &&
 			l.do("Start", func() error {
-				_, _, err := l.st.Start(ctx, id, 1, "w-1", now)
+				_, _, err := l.st.Start(ctx, id, 1, "w-1", false, time.Minute, now)
 				return wantConflict(err, store.Cancelled, 1)
 			}) &&
 			l.do("Transition", func() error {
@@ -988,14 +1036,20 @@ func wantConflict(err error, state store.State, attempt uint32) error {
 
 // lists checks List on the tenant's jobs: every page, and filters.
 func (l *lifecycle) lists(tenant string, made []store.NewJob, last map[string]*store.Job) {
-	for _, q := range []store.Query{
-		{Tenant: tenant, Limit: 37},
-		{Tenant: tenant, States: []store.State{store.Completed}, Limit: 50},
-		{Tenant: tenant, States: []store.State{store.Failed, store.Timeout}, Topic: "job.echo"},
-		{Tenant: tenant, Topic: "job.cluster.*", Limit: 11},
-		{Tenant: tenant, Labels: map[string]string{"kind": "cancel"}},
-		{Tenant: newTenant(l.t)},
-	} {
+	l.queries(tenant, made, last,
+		store.Query{Tenant: tenant, Limit: 37},
+		store.Query{Tenant: tenant, States: []store.State{store.Completed}, Limit: 50},
+		store.Query{Tenant: tenant, States: []store.State{store.Failed, store.Timeout}, Topic: "job.echo"},
+		store.Query{Tenant: tenant, Topic: "job.cluster.*", Limit: 11},
+		store.Query{Tenant: tenant, Labels: map[string]string{"kind": "cancel"}},
+		store.Query{Tenant: newTenant(l.t)},
+	)
+}
+
+// queries checks that each query lists the jobs of made (last holds their
+// records, when they changed since they were created) that it matches.
+func (l *lifecycle) queries(tenant string, made []store.NewJob, last map[string]*store.Job, queries ...store.Query) {
+	for _, q := range queries {
 		var want []string
 		for _, nj := range made {
 			j := last[nj.ID]
@@ -1040,21 +1094,48 @@ func (l *lifecycle) list(q store.Query, want []string) {
 }
 
 // idempotency runs CreateJob and CreateJobs with idempotency keys of one
-// tenant: reused for the same request, for another, forgotten, and after
-// Redis lost its scripts.
+// tenant: an id outside its key's shard, the key reused for the same
+// request and for another, and a batch after Redis lost its scripts. Every
+// id of an idempotent create is in its key's shard (store.NewJobID, or
+// store.InKeyShard for a test's id), as the store requires.
 func (l *lifecycle) idempotency() {
 	ctx := l.ctx
 	tenant := newTenant(l.t)
+	// keyed is job k of tenant under an idempotency key, with an id in the
+	// key's shard.
+	keyed := func(k int, key, fingerprint string) store.NewJob {
+		nj := l.newJob(tenant, k)
+		nj.IdempotencyKey, nj.Fingerprint = key, fingerprint
+		nj.ID = store.InKeyShard(nj.ID, tenant, key)
+		return nj
+	}
 	var made []string
 	for k := range idemKeys {
-		first := l.newJob(tenant, k)
-		first.IdempotencyKey, first.Fingerprint = fmt.Sprintf("order-%d", k), fmt.Sprintf("request-%d", k)
+		first := keyed(k, fmt.Sprintf("order-%d", k), fmt.Sprintf("request-%d", k))
+		// An id outside the key's shard is refused, and takes nothing.
+		wrong := first
+		wrong.ID = otherShard(first.ID)
+		l.do("CreateJob", func() error {
+			existing, err := l.st.CreateJob(ctx, wrong, now)
+			if err == nil || !strings.Contains(err.Error(), "idempotency key's shard") || existing != "" {
+				return fmt.Errorf("CreateJob with id %s outside the shard of key %q = %q, %s; want the id refused", wrong.ID, wrong.IdempotencyKey, existing, fmt.Sprint(err))
+			}
+			return nil
+		})
+		if k%2 == 0 {
+			// As the gateway makes it.
+			id, err := store.NewJobID(tenant, first.IdempotencyKey)
+			if !l.check("CreateJob", err) {
+				continue
+			}
+			first.ID = id
+		}
 		if !l.create(first) {
 			continue
 		}
 		made = append(made, first.ID)
 		same := first
-		same.ID = newID(l.t)
+		same.ID = store.InKeyShard(newID(l.t), tenant, same.IdempotencyKey)
 		l.do("CreateJob", func() error {
 			existing, err := l.st.CreateJob(ctx, same, now)
 			if err != nil || existing != first.ID {
@@ -1063,7 +1144,7 @@ func (l *lifecycle) idempotency() {
 			return nil
 		})
 		other := first
-		other.ID, other.Fingerprint = newID(l.t), "another request"
+		other.ID, other.Fingerprint = store.InKeyShard(newID(l.t), tenant, other.IdempotencyKey), "another request"
 		l.do("CreateJob", func() error {
 			existing, err := l.st.CreateJob(ctx, other, now)
 			if existing != first.ID || !errors.Is(err, store.ErrIdempotencyMismatch) {
@@ -1071,28 +1152,34 @@ func (l *lifecycle) idempotency() {
 			}
 			return nil
 		})
-		for _, dup := range []string{same.ID, other.ID} {
+		for _, dup := range []string{wrong.ID, same.ID, other.ID} {
 			l.do("Get", func() error {
 				if _, err := l.st.Get(ctx, dup); !errors.Is(err, store.ErrNotFound) {
-					return fmt.Errorf("a deduplicated job was made: Get(%s) = %s", dup, fmt.Sprint(err))
+					return fmt.Errorf("a refused or deduplicated job was made: Get(%s) = %s", dup, fmt.Sprint(err))
 				}
 				return nil
 			})
-		}
-		if !l.do("ForgetIdempotencyKey", func() error { return l.st.ForgetIdempotencyKey(ctx, tenant, first.IdempotencyKey) }) {
-			continue
-		}
-		again := first
-		again.ID = newID(l.t)
-		if l.create(again) { // a forgotten key makes a new job
-			made = append(made, again.ID)
 		}
 	}
 
 	batch := make([]store.NewJob, idemKeys)
 	for k := range batch {
-		batch[k] = l.newJob(tenant, k)
-		batch[k].IdempotencyKey, batch[k].Fingerprint = fmt.Sprintf("batch-%d", k), fmt.Sprintf("request-%d", k)
+		batch[k] = keyed(k, fmt.Sprintf("batch-%d", k), fmt.Sprintf("request-%d", k))
+	}
+	// In a batch too, an id outside its key's shard fails alone.
+	strays := []store.NewJob{keyed(0, "stray", "request-stray"), l.newJob(tenant, 1)} // the second has no key: any id will do
+	strays[0].ID = otherShard(strays[0].ID)
+	l.enter("CreateJobs")
+	if res := l.st.CreateJobs(ctx, strays, now); len(res) != 2 {
+		l.check("CreateJobs", fmt.Errorf("CreateJobs of 2 jobs answered %d results", len(res)))
+	} else {
+		err := res[1].Err
+		if res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "idempotency key's shard") {
+			err = fmt.Errorf("CreateJobs with id %s outside the shard of key %q = %q, %s; want the id refused", strays[0].ID, strays[0].IdempotencyKey, res[0].Existing, fmt.Sprint(res[0].Err))
+		}
+		if l.check("CreateJobs", err) {
+			made = append(made, strays[1].ID)
+		}
 	}
 	okBatch := l.createBatch(batch, false)
 	for k, ok := range okBatch {
@@ -1105,7 +1192,7 @@ func (l *lifecycle) idempotency() {
 	dups := make([]store.NewJob, idemKeys)
 	for k := range dups {
 		dups[k] = batch[k]
-		dups[k].ID = newID(l.t)
+		dups[k].ID = store.InKeyShard(newID(l.t), tenant, batch[k].IdempotencyKey)
 		if k%2 == 1 {
 			dups[k].Fingerprint = "another request"
 		}
@@ -1132,8 +1219,7 @@ func (l *lifecycle) idempotency() {
 	if l.loseScripts != nil {
 		fresh := make([]store.NewJob, idemKeys)
 		for k := range fresh {
-			fresh[k] = l.newJob(tenant, k)
-			fresh[k].IdempotencyKey, fresh[k].Fingerprint = fmt.Sprintf("after-restart-%d", k), fmt.Sprintf("request-%d", k)
+			fresh[k] = keyed(k, fmt.Sprintf("after-restart-%d", k), fmt.Sprintf("request-%d", k))
 		}
 		for k, ok := range l.createBatch(fresh, true) {
 			if ok {
@@ -1143,4 +1229,516 @@ func (l *lifecycle) idempotency() {
 	}
 
 	l.list(store.Query{Tenant: tenant, Limit: 25}, made)
+	l.cancelAll(made)
+}
+
+// otherShard is id moved to the next shard: its last hex digit changed.
+func otherShard(id string) string {
+	const hex = "0123456789abcdef"
+	i := strings.IndexByte(hex, id[len(id)-1])
+	return id[:len(id)-1] + string(hex[(i+1)%len(hex)])
+}
+
+// manyJobs lists a tenant with more jobs than List reads in one batch, so
+// that the merge of the tenant's shard indexes goes on batch after batch,
+// then cancels them (in one TransitionMany), which takes them out of the
+// deadlines.
+func (l *lifecycle) manyJobs(n int) {
+	tenant := newTenant(l.t)
+	jobs := make([]store.NewJob, n)
+	for i := range jobs {
+		jobs[i] = l.newJob(tenant, i)
+	}
+	var made []store.NewJob
+	var ids []string
+	for i, ok := range l.createBatch(jobs, false) {
+		if ok {
+			made = append(made, jobs[i])
+			ids = append(ids, jobs[i].ID)
+		}
+	}
+	l.queries(tenant, made, map[string]*store.Job{},
+		store.Query{Tenant: tenant},
+		store.Query{Tenant: tenant, Limit: scanBatch - 50},
+		store.Query{Tenant: tenant, Limit: scanBatch + 1},
+		store.Query{Tenant: tenant, Topic: "job.echo", Limit: 90},
+		store.Query{Tenant: tenant, Labels: map[string]string{"n": "7"}},
+		store.Query{Tenant: tenant, States: []store.State{store.Running}},
+	)
+	l.cancelAll(ids)
+}
+
+// cancelAll cancels jobs in one TransitionMany, so that jobs a lifecycle
+// leaves PENDING do not linger in the deadlines of a cluster reused by a
+// later run.
+func (l *lifecycle) cancelAll(ids []string) {
+	if len(ids) == 0 {
+		return
+	}
+	moves := make([]store.Move, len(ids))
+	for i, id := range ids {
+		moves[i] = store.Move{ID: id, Change: store.Change{To: store.Cancelled, Reason: "cleaned up by the test"}}
+	}
+	l.enter("TransitionMany")
+	res := l.st.TransitionMany(l.ctx, moves, now)
+	if len(res) != len(moves) {
+		l.check("TransitionMany", fmt.Errorf("TransitionMany of %d moves answered %d results", len(moves), len(res)))
+		return
+	}
+	for i, m := range res {
+		err := m.Err
+		if err == nil && (m.Job == nil || m.Job.ID != ids[i] || m.Job.State != store.Cancelled) {
+			err = fmt.Errorf("TransitionMany cancelling %s answered %+v", ids[i], m.Job)
+		}
+		l.check("TransitionMany", err)
+	}
+}
+
+// tracked is a job of the deadline checks and the deadline it should have
+// (zero: none).
+type tracked struct {
+	id       string
+	state    store.State
+	attempt  uint32
+	deadline time.Time
+}
+
+// deadlines checks the deadlines the reconciler watches: the one each state
+// gives a job (a Redrive after it is queued or due, twice the lease after a
+// dispatch or a start, none when final or held for approval), ExtendLease,
+// PutOffRedrive and WithLease move them, and Due, probed just before and at
+// each deadline, finds exactly the jobs past theirs.
+func (l *lifecycle) deadlines() {
+	ctx, st := l.ctx, l.st
+	tenant := newTenant(l.t)
+	const lease, redrive = testLease, testRedrive
+	long := st.WithLease(10 * lease)
+	if !l.do("WithLease", func() error {
+		if st.WithLease(0) != st || st.WithLease(lease) != st {
+			return errors.New("WithLease of no lease, or of the store's own, made another store")
+		}
+		if long == st {
+			return errors.New("WithLease of a longer lease answered the store itself")
+		}
+		return nil
+	}) {
+		return
+	}
+
+	var jobs []*tracked
+	add := func(i int) *tracked {
+		nj := l.newJob(tenant, i)
+		if !l.create(nj) {
+			return nil
+		}
+		j := &tracked{id: nj.ID, state: store.Pending, attempt: 1, deadline: now.Add(redrive)}
+		jobs = append(jobs, j)
+		return j
+	}
+	move := func(st *store.Store, j *tracked, c store.Change, at time.Time, deadline time.Time) bool {
+		return j != nil && l.do("Transition", func() error {
+			got, err := st.Transition(ctx, j.id, c, at)
+			if err != nil {
+				return err
+			}
+			if got.State != c.To {
+				return fmt.Errorf("Transition(%s to %s) answered state %s", j.id, c.To, got.State)
+			}
+			j.state, j.attempt, j.deadline = got.State, got.Attempt, deadline
+			return nil
+		})
+	}
+	start := func(j *tracked, worker string, lease time.Duration, at time.Time) bool {
+		return j != nil && l.do("Start", func() error {
+			got, _, err := st.Start(ctx, j.id, j.attempt, worker, false, lease, at)
+			if err != nil {
+				return err
+			}
+			if got.State != store.Running || got.WorkerID != worker {
+				return fmt.Errorf("Start(%s) = %s on %q", j.id, got.State, got.WorkerID)
+			}
+			j.state, j.deadline = store.Running, at.Add(2*lease)
+			return nil
+		})
+	}
+	dispatch := func(st *store.Store, j *tracked, at time.Time, lease time.Duration) bool {
+		return move(st, j, store.Change{To: store.Dispatched, Attempt: j.attempt, Pool: "pool-a"}, at, at.Add(2*lease))
+	}
+	missing := newID(l.t)
+
+	// Queued: a Redrive from its creation.
+	queued := add(0)
+	// Dispatched: twice the lease, or twice a WithLease's lease.
+	dispatched := add(1)
+	ok := dispatch(st, dispatched, now, lease)
+	longLease := add(2)
+	ok = dispatch(long, longLease, now, 10*lease) && ok
+	// Running: twice the lease Start was given, then ExtendLease's.
+	running := add(3)
+	ok = dispatch(st, running, now, lease) && start(running, "w-1", 3*lease, now.Add(lease)) && ok
+	if ok {
+		ok = l.do("ExtendLease", func() error {
+			if err := st.ExtendLease(ctx, running.id, 1, "w-1", 4*lease, now.Add(2*lease)); err != nil {
+				return err
+			}
+			running.deadline = now.Add(2*lease + 8*lease)
+			return nil
+		}) && ok
+		for _, c := range []struct {
+			id      string
+			attempt uint32
+			worker  string
+			state   store.State
+		}{
+			{running.id, 1, "w-2", store.Running},    // another worker
+			{running.id, 2, "w-1", store.Running},    // another attempt
+			{queued.id, 1, "", store.Pending},        // not running
+			{dispatched.id, 1, "", store.Dispatched}, // not started
+		} {
+			l.do("ExtendLease", func() error {
+				return wantConflict(st.ExtendLease(ctx, c.id, c.attempt, c.worker, time.Hour, now), c.state, 1)
+			})
+		}
+		l.do("ExtendLease", func() error {
+			if err := st.ExtendLease(ctx, missing, 1, "w-1", time.Hour, now); !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("ExtendLease of a missing job = %s, want ErrNotFound", fmt.Sprint(err))
+			}
+			return nil
+		})
+	}
+	// Retried: a Redrive after the retry is due, or after the retry when
+	// it is due at once.
+	backoff := add(4)
+	ok = dispatch(st, backoff, now, lease) && start(backoff, "w-1", lease, now) &&
+		move(st, backoff, store.Change{To: store.Pending, Attempt: 1, Retry: true, Outcome: store.Failed, Due: now.Add(5 * time.Second)},
+			now.Add(lease), now.Add(5*time.Second+redrive)) && ok
+	retried := add(5)
+	ok = dispatch(st, retried, now, lease) && start(retried, "w-1", lease, now) &&
+		move(st, retried, store.Change{To: store.Pending, Attempt: 1, Retry: true, Outcome: store.Timeout, Due: now},
+			now.Add(lease), now.Add(lease+redrive)) && ok
+	// Put off: a Redrive from when the reconciler put it off.
+	putOff := add(6)
+	if putOff != nil {
+		ok = l.do("PutOffRedrive", func() error {
+			if err := st.PutOffRedrive(ctx, putOff.id, 1, now.Add(4*time.Second)); err != nil {
+				return err
+			}
+			putOff.deadline = now.Add(4*time.Second + redrive)
+			return nil
+		}) && ok
+		l.do("PutOffRedrive", func() error {
+			return wantConflict(st.PutOffRedrive(ctx, putOff.id, 2, now.Add(time.Hour)), store.Pending, 1)
+		})
+		l.do("PutOffRedrive", func() error {
+			return wantConflict(st.PutOffRedrive(ctx, dispatched.id, 1, now.Add(time.Hour)), store.Dispatched, 1)
+		})
+		l.do("PutOffRedrive", func() error {
+			if err := st.PutOffRedrive(ctx, missing, 1, now); !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("PutOffRedrive of a missing job = %s, want ErrNotFound", fmt.Sprint(err))
+			}
+			return nil
+		})
+	}
+	// Final, or held for a person: none; approved: a Redrive from then.
+	cancelled := add(7)
+	ok = move(st, cancelled, store.Change{To: store.Cancelled, Attempt: 1}, now, time.Time{}) && ok
+	completed := add(8)
+	ok = dispatch(st, completed, now, lease) && start(completed, "w-1", lease, now) && completed != nil &&
+		l.do("Finish", func() error {
+			if _, err := st.Finish(ctx, completed.id, 1, "done", now.Add(lease)); err != nil {
+				return err
+			}
+			completed.state, completed.deadline = store.Completed, time.Time{}
+			return nil
+		}) && ok
+	held := add(9)
+	ok = move(st, held, store.Change{To: store.AwaitingApproval, Attempt: 1, Safety: approveVerdict}, now, time.Time{}) && ok
+	approved := add(10)
+	ok = move(st, approved, store.Change{To: store.AwaitingApproval, Attempt: 1, Safety: approveVerdict}, now, time.Time{}) &&
+		move(st, approved, store.Change{To: store.Pending, Attempt: 1}, now.Add(3*time.Second), now.Add(3*time.Second+redrive)) && ok
+	if !ok || len(jobs) != 11 {
+		return
+	}
+
+	// Probe Due just before and at every deadline, and at the ends.
+	probes := []time.Time{now, now.Add(time.Hour)}
+	for _, j := range jobs {
+		if !j.deadline.IsZero() {
+			probes = append(probes, j.deadline.Add(-time.Millisecond), j.deadline)
+		}
+	}
+	slices.SortFunc(probes, time.Time.Compare)
+	probes = slices.Compact(probes)
+	for _, at := range probes {
+		var want []string
+		for _, j := range jobs {
+			if !j.deadline.IsZero() && !j.deadline.After(at) {
+				want = append(want, j.id)
+			}
+		}
+		l.due(tenant, at, want, func(got *store.Job) error {
+			for _, j := range jobs {
+				if j.id == got.ID && (got.State != j.state || got.Attempt != j.attempt) {
+					return fmt.Errorf("Due answered job %s %s at attempt %d, want %s at attempt %d", got.ID, got.State, got.Attempt, j.state, j.attempt)
+				}
+			}
+			return nil
+		})
+	}
+	l.do("Due", func() error {
+		got, err := st.Due(ctx, now.Add(time.Hour), 1)
+		if err == nil && len(got) > store.Shards {
+			err = fmt.Errorf("Due with a limit of 1 answered %d jobs, more than one per shard", len(got))
+		}
+		return err
+	})
+
+	// Leaving: a final state takes every job out of the deadlines.
+	var live []string
+	for _, j := range jobs {
+		if !j.deadline.IsZero() || j.state == store.AwaitingApproval {
+			live = append(live, j.id)
+		}
+	}
+	l.cancelAll(live)
+	l.due(tenant, now.Add(time.Hour), nil, nil)
+}
+
+// due checks that Due(at) lists, of the tenant's jobs, those of want; check,
+// when set, checks each of the tenant's jobs it answered.
+func (l *lifecycle) due(tenant string, at time.Time, want []string, check func(*store.Job) error) {
+	l.do("Due", func() error {
+		// Other tenants' jobs (earlier runs on the same cluster) may be due
+		// too: a generous limit, and only the tenant's jobs are compared.
+		jobs, err := l.st.Due(l.ctx, at, 1000)
+		if err != nil {
+			return err
+		}
+		var got []string
+		for _, j := range jobs {
+			if j.Tenant != tenant {
+				continue
+			}
+			got = append(got, j.ID)
+			if check != nil {
+				if err := check(j); err != nil {
+					return err
+				}
+			}
+		}
+		slices.Sort(got)
+		want = slices.Sorted(slices.Values(want))
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("Due(now+%s) = %d of the tenant's jobs, want %d:\n got %v\nwant %v", at.Sub(now), len(got), len(want), got, want)
+		}
+		return nil
+	})
+}
+
+// deadLetters checks the dead-letter queue: a final FAILED or TIMEOUT with
+// DeadLetter (by Transition and by TransitionMany) lists the job, newest
+// first, under its tenant; Revive gives it one more attempt, which can
+// complete; DropDeadLetter takes it out, keeping its state.
+func (l *lifecycle) deadLetters() {
+	ctx, st := l.ctx, l.st
+	tenant := newTenant(l.t)
+	jobs := make([]store.NewJob, 4)
+	for i := range jobs {
+		jobs[i] = l.newJob(tenant, i)
+		jobs[i].MaxAttempts = 1
+	}
+	for _, ok := range l.createBatch(jobs, false) {
+		if !ok {
+			return
+		}
+	}
+	d1, d2, d3, d4 := jobs[0].ID, jobs[1].ID, jobs[2].ID, jobs[3].ID
+	for _, id := range []string{d1, d2, d3, d4} {
+		if !l.do("Transition", func() error {
+			_, err := st.Transition(ctx, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "pool-a"}, now)
+			return err
+		}) || !l.do("Start", func() error {
+			_, _, err := st.Start(ctx, id, 1, "w-1", false, testLease, now)
+			return err
+		}) {
+			return
+		}
+	}
+	missing := newID(l.t)
+	at := map[string]time.Time{d1: now.Add(time.Second), d2: now.Add(2 * time.Second), d3: now.Add(3 * time.Second)}
+
+	// One pipeline: a dead letter, a plain failure, a missing job, a retry
+	// that names no PENDING (refused before Redis), a wrong attempt.
+	moves := []store.Move{
+		{ID: d1, Change: store.Change{To: store.Failed, Attempt: 1, DeadLetter: true, Reason: "out of attempts"}},
+		{ID: d4, Change: store.Change{To: store.Failed, Attempt: 1, Reason: "exit status 2"}},
+		{ID: missing, Change: store.Change{To: store.Failed, DeadLetter: true}},
+		{ID: d2, Change: store.Change{To: store.Running, Retry: true}},
+		{ID: d3, Change: store.Change{To: store.Failed, Attempt: 2, DeadLetter: true}},
+	}
+	l.enter("TransitionMany")
+	res := st.TransitionMany(ctx, moves, at[d1])
+	if len(res) != len(moves) {
+		l.check("TransitionMany", fmt.Errorf("TransitionMany of %d moves answered %d results", len(moves), len(res)))
+		return
+	}
+	for i, want := range []func(store.Moved) error{
+		func(m store.Moved) error {
+			if m.Err != nil || m.Job.State != store.Failed || len(m.Job.Attempts) != 1 || m.Job.Attempts[0].State != store.Failed {
+				return fmt.Errorf("TransitionMany moving %s to FAILED as a dead letter = %+v, %s", d1, m.Job, fmt.Sprint(m.Err))
+			}
+			return nil
+		},
+		func(m store.Moved) error {
+			if m.Err != nil || m.Job.State != store.Failed || m.Job.Reason != "exit status 2" {
+				return fmt.Errorf("TransitionMany moving %s to FAILED = %+v, %s", d4, m.Job, fmt.Sprint(m.Err))
+			}
+			return nil
+		},
+		func(m store.Moved) error {
+			if !errors.Is(m.Err, store.ErrNotFound) {
+				return fmt.Errorf("TransitionMany moving a missing job = %s, want ErrNotFound", fmt.Sprint(m.Err))
+			}
+			return nil
+		},
+		func(m store.Moved) error {
+			if m.Err == nil || errors.Is(m.Err, store.ErrConflict) {
+				return fmt.Errorf("TransitionMany with a retry to RUNNING = %s, want it refused as malformed", fmt.Sprint(m.Err))
+			}
+			return nil
+		},
+		func(m store.Moved) error { return wantConflict(m.Err, store.Running, 1) },
+	} {
+		l.check("TransitionMany", want(res[i]))
+	}
+	if !l.do("Transition", func() error {
+		_, err := st.Transition(ctx, d2, store.Change{To: store.Timeout, Attempt: 1, DeadLetter: true, Reason: "deadline exceeded"}, at[d2])
+		return err
+	}) || !l.do("Transition", func() error {
+		_, err := st.Transition(ctx, d3, store.Change{To: store.Failed, Attempt: 1, DeadLetter: true, Reason: "exit status 3"}, at[d3])
+		return err
+	}) {
+		return
+	}
+
+	isDead := func(id string, want bool) bool {
+		return l.do("IsDeadLetter", func() error {
+			got, err := st.IsDeadLetter(ctx, id)
+			if err == nil && got != want {
+				err = fmt.Errorf("IsDeadLetter(%s) = %t, want %t", id, got, want)
+			}
+			return err
+		})
+	}
+	letters := func(tenant string, limit int, before time.Time, want ...string) bool {
+		return l.do("DeadLetters", func() error {
+			got, err := st.DeadLetters(ctx, tenant, limit, before)
+			if err != nil {
+				return err
+			}
+			var gotIDs []string
+			for _, d := range got {
+				gotIDs = append(gotIDs, d.Job.ID)
+				if w, ok := at[d.Job.ID]; ok && !d.At.Equal(w) {
+					return fmt.Errorf("DeadLetters: %s went there at %s, want %s", d.Job.ID, d.At, w)
+				}
+				if d.Job.State != store.Failed && d.Job.State != store.Timeout {
+					return fmt.Errorf("DeadLetters: %s is %s", d.Job.ID, d.Job.State)
+				}
+			}
+			if !slices.Equal(gotIDs, want) {
+				from := "the newest"
+				if !before.IsZero() {
+					from = "before now+" + before.Sub(now).String()
+				}
+				return fmt.Errorf("DeadLetters(limit %d, from %s) = %v, want %v", limit, from, gotIDs, want)
+			}
+			return nil
+		})
+	}
+	ok := isDead(d1, true) && isDead(d2, true) && isDead(d3, true) && isDead(d4, false) && isDead(missing, false) &&
+		letters(tenant, 10, time.Time{}, d3, d2, d1) &&
+		letters(tenant, 2, time.Time{}, d3, d2) &&
+		letters(tenant, 10, at[d2], d1) &&
+		letters(newTenant(l.t), 10, time.Time{})
+	if !ok {
+		return
+	}
+
+	// Revive: one more attempt, with room for it, under a deadline.
+	revived := now.Add(10 * time.Second)
+	ok = l.do("Revive", func() error {
+		j, err := st.Revive(ctx, d1, "retried by hand", revived)
+		if err != nil {
+			return err
+		}
+		if j.State != store.Pending || j.Attempt != 2 || j.MaxAttempts != 2 || j.Reason != "retried by hand" || j.WorkerID != "" {
+			return fmt.Errorf("Revive(%s) = %+v", d1, j)
+		}
+		return nil
+	}) && isDead(d1, false)
+	if !ok {
+		return
+	}
+	l.due(tenant, revived.Add(testRedrive-time.Millisecond), nil, nil)
+	l.due(tenant, revived.Add(testRedrive), []string{d1}, nil)
+	l.do("Revive", func() error {
+		_, err := st.Revive(ctx, d1, "again", revived)
+		return wantConflict(err, store.Pending, 2)
+	})
+	l.do("Revive", func() error {
+		_, err := st.Revive(ctx, d4, "not a dead letter", revived)
+		return wantConflict(err, store.Failed, 1)
+	})
+	l.do("Revive", func() error {
+		if _, err := st.Revive(ctx, missing, "gone", revived); !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("Revive of a missing job = %s, want ErrNotFound", fmt.Sprint(err))
+		}
+		return nil
+	})
+	// The revived attempt runs to the end.
+	ok = l.do("Transition", func() error {
+		_, err := st.Transition(ctx, d1, store.Change{To: store.Dispatched, Attempt: 2, Pool: "pool-a"}, revived)
+		return err
+	}) && l.do("Start", func() error {
+		_, _, err := st.Start(ctx, d1, 2, "w-2", false, testLease, revived)
+		return err
+	}) && l.do("Finish", func() error {
+		j, err := st.Finish(ctx, d1, 2, "done at last", revived)
+		if err == nil && (j.State != store.Completed || len(j.Attempts) != 2 || j.Attempts[0].State != store.Failed || j.Attempts[1].State != store.Completed) {
+			err = fmt.Errorf("Finish(%s) of the revived attempt = %+v", d1, j)
+		}
+		return err
+	})
+	if ok {
+		l.due(tenant, now.Add(time.Hour), nil, nil)
+	}
+
+	// Drop: out of the queue, still TIMEOUT, and no longer revivable.
+	drop := func(id string, want bool) bool {
+		return l.do("DropDeadLetter", func() error {
+			got, err := st.DropDeadLetter(ctx, id)
+			if err == nil && got != want {
+				err = fmt.Errorf("DropDeadLetter(%s) = %t, want %t", id, got, want)
+			}
+			return err
+		})
+	}
+	ok = drop(d2, true) && drop(d2, false) && isDead(d2, false) &&
+		l.do("Get", func() error {
+			j, err := st.Get(ctx, d2)
+			if err == nil && j.State != store.Timeout {
+				err = fmt.Errorf("Get(%s) after DropDeadLetter = %s, want TIMEOUT", d2, j.State)
+			}
+			return err
+		}) &&
+		l.do("Revive", func() error {
+			_, err := st.Revive(ctx, d2, "dropped", revived)
+			return wantConflict(err, store.Timeout, 1)
+		}) &&
+		letters(tenant, 10, time.Time{}, d3)
+	if ok {
+		// Leave no dead letter behind on a reused cluster.
+		_ = drop(d3, true) && letters(tenant, 10, time.Time{})
+	}
 }
