@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -129,41 +130,62 @@ type DeadLetter struct {
 }
 
 // DeadLetters returns the tenant's dead letters, newest first, up to
-// limit, starting below the time before (zero: from the newest).
+// limit, starting below the time before (zero: from the newest). The
+// queue is shared by tenants, split in Shards sets: it is read newest
+// first in rounds of deadBatch entries per shard, until limit of the
+// tenant's are found or maxScan entries were read.
 func (s *Store) DeadLetters(ctx context.Context, tenant string, limit int, before time.Time) ([]DeadLetter, error) {
 	upper := "+inf"
 	if !before.IsZero() {
 		upper = "(" + strconv.FormatInt(before.UnixMilli(), 10)
 	}
-	// A tenant's entries are mixed with others': read generously.
-	per := int64(max(limit, 50) * 4)
-	pipe := s.rdb.Pipeline()
-	ranges := make([]*redis.ZSliceCmd, Shards)
-	for sh := range Shards {
-		ranges[sh] = pipe.ZRevRangeByScoreWithScores(ctx, dlqKey(sh), &redis.ZRangeBy{Max: upper, Min: "-inf", Count: per})
-	}
-	if _, err := pipe.Exec(ctx); err != nil {
-		return nil, fmt.Errorf("read dead letters: %w", err)
-	}
-	at := map[string]time.Time{}
-	var ids []string
-	for _, r := range ranges {
-		for _, z := range r.Val() {
-			id := z.Member.(string)
-			at[id] = time.UnixMilli(int64(z.Score))
-			ids = append(ids, id)
-		}
-	}
-	jobs, gone, err := s.getMany(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
-	s.forget(ctx, gone, dlqKey)
 	var out []DeadLetter
-	for _, j := range jobs {
-		if j.Tenant == tenant {
-			out = append(out, DeadLetter{Job: j, At: at[j.ID]})
+	seen := map[string]bool{}
+	for scanned := 0; scanned < maxScan; {
+		pipe := s.rdb.Pipeline()
+		ranges := make([]*redis.ZSliceCmd, Shards)
+		for sh := range Shards {
+			ranges[sh] = pipe.ZRevRangeByScoreWithScores(ctx, dlqKey(sh), &redis.ZRangeBy{Max: upper, Min: "-inf", Count: deadBatch})
 		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return nil, fmt.Errorf("read dead letters: %w", err)
+		}
+		at := map[string]time.Time{}
+		var ids []string
+		// Everything at or above next has been read in every shard.
+		next, more := math.Inf(-1), false
+		for _, r := range ranges {
+			zs := r.Val()
+			for _, z := range zs {
+				id := z.Member.(string)
+				if !seen[id] {
+					seen[id] = true
+					at[id] = time.UnixMilli(int64(z.Score))
+					ids = append(ids, id)
+				}
+			}
+			if len(zs) == deadBatch {
+				more = true
+				next = math.Max(next, zs[len(zs)-1].Score)
+			}
+		}
+		scanned += len(ids)
+		jobs, gone, err := s.getMany(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		s.forget(ctx, gone, dlqKey)
+		for _, j := range jobs {
+			if j.Tenant == tenant && (!more || float64(at[j.ID].UnixMilli()) >= next) {
+				out = append(out, DeadLetter{Job: j, At: at[j.ID]})
+			} else if j.Tenant == tenant {
+				delete(seen, j.ID) // below the safe bound: read again next round
+			}
+		}
+		if !more || len(out) >= limit {
+			break
+		}
+		upper = strconv.FormatFloat(next, 'f', 0, 64)
 	}
 	slices.SortFunc(out, func(a, b DeadLetter) int {
 		if c := b.At.Compare(a.At); c != 0 {
@@ -176,6 +198,9 @@ func (s *Store) DeadLetters(ctx context.Context, tenant string, limit int, befor
 	}
 	return out, nil
 }
+
+// deadBatch is how many entries per shard DeadLetters reads per round.
+const deadBatch = 200
 
 // IsDeadLetter reports whether a job is in the dead-letter queue.
 func (s *Store) IsDeadLetter(ctx context.Context, id string) (bool, error) {

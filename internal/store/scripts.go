@@ -32,7 +32,7 @@ return {'OK'}
 // transitionScript: KEYS = job, lease, dlq; ARGV = target state, expected
 // attempt ("0": any), now (µs), retry ("1": start the next attempt), the
 // outcome of the attempt a retry ends, deadline, dead letter ("1": list
-// the job in dlq), field/value... A move that ends an attempt (a retry, or
+// the job in dlq, for a move to FAILED or TIMEOUT), job id, field/value... A move that ends an attempt (a retry, or
 // a final state) records the attempt's outcome, worker, end time and
 // reason in "a:<attempt>" (tab-separated), so the job keeps its attempt
 // history. Answers {"OK", field, value, ...} with the whole record after
@@ -70,7 +70,9 @@ if ARGV[4] == '1' or final[ARGV[1]] then
   redis.call('HSET', KEYS[1], 'a:' .. cur[2], outcome .. '\t' .. worker .. '\t' .. ARGV[3] .. '\t' .. reason)
 end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[2], id) else redis.call('ZADD', KEYS[2], ARGV[6], id) end
-if ARGV[7] == '1' then redis.call('ZADD', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000), id) end
+if ARGV[7] == '1' and (ARGV[1] == 'FAILED' or ARGV[1] == 'TIMEOUT') then
+  redis.call('ZADD', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000), id)
+end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -626,6 +627,48 @@ func TestSetPendingReason(t *testing.T) {
 		}
 		if _, err := st.SetPendingReason(ctx, "no-such-job", 1, "echo", "x", now); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("missing job: %v", err)
+		}
+	})
+}
+
+func TestDeadLettersFindsATenantsOlderEntriesBehindOthers(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, _ *redis.Client) {
+		ctx := context.Background()
+		mine, other := newTenant(t), newTenant(t)
+		deadAt := func(tenant string, at time.Time) string {
+			id := create(t, st, store.NewJob{ID: newID(t), Tenant: tenant, Topic: "job.echo", MaxAttempts: 1}, at)
+			if _, err := st.Transition(ctx, id, store.Change{To: store.Failed, DeadLetter: true, Reason: "boom"}, at); err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}
+		var want []string
+		for i := range 3 {
+			want = append([]string{deadAt(mine, now.Add(time.Duration(i)*time.Second))}, want...)
+		}
+		// Many newer dead letters of another tenant, more than one round
+		// reads from each shard.
+		for i := range 16*200 + 50 {
+			deadAt(other, now.Add(time.Minute+time.Duration(i)*time.Millisecond))
+		}
+		got, err := st.DeadLetters(ctx, mine, 10, time.Time{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range got {
+			ids = append(ids, d.Job.ID)
+		}
+		if !slices.Equal(ids, want) {
+			t.Errorf("DeadLetters = %v, want %v (newest first)", ids, want)
+		}
+		// A move that is not a failure is never a dead letter.
+		id := create(t, st, store.NewJob{ID: newID(t), Tenant: mine, Topic: "job.echo"}, now)
+		if _, err := st.Transition(ctx, id, store.Change{To: store.Cancelled, DeadLetter: true}, now); err != nil {
+			t.Fatal(err)
+		}
+		if dead, err := st.IsDeadLetter(ctx, id); err != nil || dead {
+			t.Errorf("a CANCELLED job is a dead letter: %v, %v", dead, err)
 		}
 	})
 }
