@@ -176,6 +176,19 @@ func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time)
 				"+"+t.GetAt().AsTime().Sub(start).Round(100*time.Microsecond).String())
 		}
 	}
+	if len(j.GetAttempts()) > 0 {
+		fmt.Fprintln(w, "Attempts:")
+		for _, a := range j.GetAttempts() {
+			line := fmt.Sprintf("  #%-3d %-10s %s", a.GetAttempt(), StateName(a.GetState()), a.GetEndedAt().AsTime().Local().Format("15:04:05.000"))
+			if a.GetWorkerId() != "" {
+				line += "  on " + a.GetWorkerId()
+			}
+			if a.GetReason() != "" {
+				line += "  " + a.GetReason()
+			}
+			fmt.Fprintln(w, line)
+		}
+	}
 }
 
 func when(ts *timestamppb.Timestamp, now time.Time) string {
