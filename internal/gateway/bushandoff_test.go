@@ -3,69 +3,156 @@ package gateway_test
 import (
 	"context"
 	"errors"
-	"net/http"
-	"net/http/httptest"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
-	"connectrpc.com/connect/v2"
-	"github.com/alicebob/miniredis/v2"
-	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/bus"
-	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/gateway"
-	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
-type flakyBus struct {
+// refusingBus is a bus whose stream does not take durable packets while
+// refuse is set (a JetStream outage, a full stream); it records what it
+// was offered.
+type refusingBus struct {
 	*bus.Conn
-	fail atomic.Bool
+	refuse atomic.Bool
+	mu     sync.Mutex
+	denied []bus.Durable
 }
 
-func (b *flakyBus) Publish(subject string, p *cortexv1.BusPacket) error {
-	if b.fail.Load() && subject == bus.SubjectJobSubmit {
-		return errors.New("nats: connection closed")
+func (b *refusingBus) PublishDurables(ctx context.Context, ds []bus.Durable) []error {
+	if !b.refuse.Load() {
+		return b.Conn.PublishDurables(ctx, ds)
 	}
-	return b.Conn.Publish(subject, p)
+	b.mu.Lock()
+	b.denied = append(b.denied, ds...)
+	b.mu.Unlock()
+	errs := make([]error, len(ds))
+	for i := range errs {
+		errs[i] = errors.New("nats: no response from stream")
+	}
+	return errs
 }
 
-// A job that could not be handed on is FAILED and the client told to try
-// again: a retry with the same idempotency key must make a new job.
-func TestIdempotentRetryAfterBusFailureMakesANewJob(t *testing.T) {
-	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
-	t.Cleanup(func() { _ = rdb.Close() })
-	st := store.New(rdb, store.Options{})
-	conn, err := bus.Connect(bustest.StartServer(t), "gw", testLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(conn.Close)
-	fb := &flakyBus{Conn: conn}
-	r, _ := routing.NewRouter(map[string]string{"job.echo": "echo"})
-	g, err := gateway.New(st, fb, gateway.Options{Keys: map[string]gateway.Principal{"key-aaaa-1111": {Tenant: "acme"}}, Router: r}, testLog)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewUnstartedServer(g.Handler())
-	srv.Config.Protocols = new(http.Protocols)
-	srv.Config.Protocols.SetHTTP1(true)
-	srv.Config.Protocols.SetUnencryptedHTTP2(true)
-	srv.Start()
-	defer srv.Close()
-	f := &fixture{url: srv.URL}
-	c := f.client(t, "key-aaaa-1111")
+func (b *refusingBus) refused() []bus.Durable {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.denied)
+}
+
+func refusingFixture(t *testing.T, redrive time.Duration) (*fixture, *refusingBus) {
+	t.Helper()
+	rb := &refusingBus{}
+	rb.refuse.Store(true)
+	f := newFixtureWith(t, gateway.Options{Keys: keys}, setup{
+		store: store.Options{Redrive: redrive},
+		bus:   func(c *bus.Conn) gateway.Bus { rb.Conn = c; return rb },
+	})
+	return f, rb
+}
+
+// A job the bus did not take is not failed: the submit answers with its
+// id, and it waits PENDING in the store. A retry with the same idempotency
+// key, once the bus is back, finds that same job rather than making a
+// second one.
+func TestIdempotentRetryAfterBusFailureFindsTheSameJob(t *testing.T) {
+	f, rb := refusingFixture(t, 0)
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
 	req := &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "hi", IdempotencyKey: "order-42"}
-	fb.fail.Store(true)
-	if _, err = c.SubmitJob(context.Background(), req); connect.CodeOf(err) != connect.CodeUnavailable {
-		t.Fatalf("submit with the bus down: %v, want Unavailable", err)
+	first, err := c.SubmitJob(ctx, req)
+	if err != nil || first.GetJobId() == "" || first.GetDeduplicated() || first.GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("submit while the bus refuses: %v, %v; want a new PENDING job's id", first, err)
 	}
-	fb.fail.Store(false)
-	res, err := c.SubmitJob(context.Background(), req)
-	if err != nil || res.GetDeduplicated() || res.GetState() != cortexv1.JobState_JOB_STATE_PENDING {
-		t.Fatalf("retry as told: %v, %v; want a new PENDING job", res, err)
+	if n := len(rb.refused()); n != 1 {
+		t.Fatalf("the bus was offered %d hand-offs, want 1", n)
+	}
+	if j, err := f.st.Get(ctx, first.GetJobId()); err != nil || j.State != store.Pending {
+		t.Fatalf("the refused job is %+v, %v; want PENDING", j, err)
+	}
+	rb.refuse.Store(false)
+	again, err := c.SubmitJob(ctx, req)
+	if err != nil || again.GetJobId() != first.GetJobId() || !again.GetDeduplicated() || again.GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("retry with the same key: %v, %v; want job %s, deduplicated, PENDING", again, err, first.GetJobId())
+	}
+	jobs, _, err := f.st.List(ctx, store.Query{Tenant: "acme", Limit: 10})
+	if err != nil || len(jobs) != 1 {
+		t.Fatalf("acme has %d jobs (%v), want 1", len(jobs), err)
+	}
+	if got := f.submitted(t); len(got) > 1 {
+		t.Fatalf("handed on %v: the job at most once", got)
+	}
+}
+
+// A submit (or a batch) while the bus refuses the hand-off still returns
+// the ids; each job is PENDING with a deadline a redrive interval away,
+// after which the reconciler finds it (store.Due) with the request the
+// gateway meant to hand on.
+func TestSubmitWhileTheBusRefusesLeavesTheJobDue(t *testing.T) {
+	const redrive = 300 * time.Millisecond
+	f, rb := refusingFixture(t, redrive)
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	before := time.Now()
+	res, err := c.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "later", Labels: map[string]string{"team": "ml"}})
+	if err != nil || res.GetJobId() == "" || res.GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("submit while the bus refuses: %v, %v; want the job's id, PENDING", res, err)
+	}
+	batch, err := c.SubmitJobs(ctx, &cortexv1.SubmitJobsRequest{Jobs: []*cortexv1.SubmitJobRequest{
+		{Topic: "job.echo", Prompt: "a"}, {Topic: "job.echo", Prompt: "b"},
+	}})
+	if err != nil {
+		t.Fatalf("batch while the bus refuses: %v", err)
+	}
+	ids := []string{res.GetJobId()}
+	for i, r := range batch.GetResults() {
+		if r.GetErrorCode() != "" || r.GetJobId() == "" || r.GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+			t.Fatalf("batch job %d: %v, want an id, PENDING", i, r)
+		}
+		ids = append(ids, r.GetJobId())
+	}
+	refused := rb.refused()
+	if len(refused) != 3 {
+		t.Fatalf("the bus was offered %d hand-offs, want 3", len(refused))
+	}
+	for i, id := range ids {
+		j, err := f.st.Get(ctx, id)
+		if err != nil || j.State != store.Pending || j.Attempt != 1 {
+			t.Fatalf("job %s is %+v, %v; want PENDING at attempt 1", id, j, err)
+		}
+		if d := refused[i]; d.Subject != bus.SubjectJobSubmit || d.MsgID != id+":1" || d.Packet.GetJobRequest().GetJobId() != id {
+			t.Fatalf("hand-off %d was %s %q %v, want job %s on %s", i, d.Subject, d.MsgID, d.Packet, id, bus.SubjectJobSubmit)
+		}
+	}
+	if n := len(f.submits(t)); n != 0 {
+		t.Fatalf("%d jobs reached the submit stream", n)
+	}
+	if due := dueIDs(t, f.st, before); len(due) != 0 {
+		t.Fatalf("jobs due before their redrive interval: %v", due)
+	}
+	var due []*store.Job
+	eventually(t, "the refused jobs due for the reconciler", func() bool {
+		var err error
+		due, err = f.st.Due(ctx, time.Now(), 100)
+		return err == nil && len(due) == len(ids)
+	})
+	if since := time.Since(before); since < redrive {
+		t.Fatalf("jobs due after %s, before their redrive interval (%s)", since, redrive)
+	}
+	for _, j := range due {
+		i := slices.Index(ids, j.ID)
+		if i < 0 || j.State != store.Pending {
+			t.Fatalf("due: %+v, want one of %v, PENDING", j, ids)
+		}
+		if want := refused[i].Packet.GetJobRequest(); !proto.Equal(j.Request(), want) {
+			t.Errorf("job %s would be re-driven as %v, want what the gateway handed on: %v", j.ID, j.Request(), want)
+		}
 	}
 }

@@ -17,12 +17,13 @@ import (
 	"connectrpc.com/connect/v2/connecthttp"
 	"connectrpc.com/grpcreflect/v2"
 	"github.com/alicebob/miniredis/v2"
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/bus"
-	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
@@ -31,7 +32,9 @@ import (
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
 
-// tap records every packet published on the bus.
+// tap records every packet published on core NATS (JetStream's own
+// traffic, $JS.* and reply inboxes, is not packets and is skipped). Jobs
+// handed to the schedulers are read from their stream: see submits.
 type tap struct {
 	mu      sync.Mutex
 	packets map[string][]*cortexv1.BusPacket
@@ -54,13 +57,42 @@ type fixture struct {
 
 var testLog = slog.New(slog.DiscardHandler)
 
+// setup is what a fixture may change: the store's options, and the bus
+// the gateway is given (wrapping its connection).
+type setup struct {
+	store store.Options
+	bus   func(*bus.Conn) gateway.Bus
+}
+
 func newFixture(t *testing.T, opts gateway.Options) *fixture {
+	t.Helper()
+	return newFixtureWith(t, opts, setup{})
+}
+
+// startJetStream runs a NATS server with JetStream (in memory) on a free
+// loopback port until the test ends and returns its client URL.
+func startJetStream(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, JetStream: true, StoreDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(5 * time.Second) {
+		t.Fatal("NATS not ready within 5s")
+	}
+	t.Cleanup(s.Shutdown)
+	return s.ClientURL()
+}
+
+func newFixtureWith(t *testing.T, opts gateway.Options, su setup) *fixture {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	natsURL := bustest.StartServer(t)
-	f := &fixture{tap: &tap{packets: map[string][]*cortexv1.BusPacket{}}, mr: mr, st: store.New(rdb, store.Options{})}
+	natsURL := startJetStream(t)
+	f := &fixture{tap: &tap{packets: map[string][]*cortexv1.BusPacket{}}, mr: mr, st: store.New(rdb, su.store)}
 	for _, c := range []**bus.Conn{&f.conn, &f.other} {
 		conn, err := bus.Connect(natsURL, "test", testLog)
 		if err != nil {
@@ -71,7 +103,13 @@ func newFixture(t *testing.T, opts gateway.Options) *fixture {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	if err := f.other.EnsureStreams(ctx, bus.MemoryStorage); err != nil {
+		t.Fatal(err)
+	}
 	_, err := f.other.NATS().Subscribe(">", func(m *nats.Msg) {
+		if strings.HasPrefix(m.Subject, "$") || strings.HasPrefix(m.Subject, "_INBOX.") {
+			return // JetStream's API, advisories and acks
+		}
 		p, err := bus.Decode(m.Data)
 		if err != nil {
 			t.Errorf("undecodable packet on %s: %v", m.Subject, err)
@@ -90,7 +128,11 @@ func newFixture(t *testing.T, opts gateway.Options) *fixture {
 	if opts.Router == nil {
 		opts.Router, _ = routing.NewRouter(map[string]string{"job.echo": "echo"})
 	}
-	g, err := gateway.New(f.st, f.conn, opts, testLog)
+	var b gateway.Bus = f.conn
+	if su.bus != nil {
+		b = su.bus(f.conn)
+	}
+	g, err := gateway.New(f.st, b, opts, testLog)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,6 +150,70 @@ func newFixture(t *testing.T, opts gateway.Options) *fixture {
 	t.Cleanup(srv.Close)
 	f.url = srv.URL
 	return f
+}
+
+// handed is one job the gateway handed to the schedulers: a message of the
+// submit stream.
+type handed struct {
+	msgID string
+	req   *cortexv1.JobRequest
+}
+
+// submits reads the submit stream, oldest first. Nothing consumes it in
+// these tests, so it holds every hand-off the stream took (and only one of
+// two with the same message id). A submit returns once the stream has its
+// job, so no waiting is needed.
+func (f *fixture) submits(t *testing.T) []handed {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := f.other.JetStream().Stream(ctx, bus.StreamSubmit)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := s.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []handed
+	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
+		m, err := s.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Subject != bus.SubjectJobSubmit {
+			t.Fatalf("message %d of %s is on %s", seq, bus.StreamSubmit, m.Subject)
+		}
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Fatalf("message %d of %s: %v", seq, bus.StreamSubmit, err)
+		}
+		out = append(out, handed{msgID: m.Header.Get(jetstream.MsgIDHeader), req: p.GetJobRequest()})
+	}
+	return out
+}
+
+// submitted is the ids of the jobs in the submit stream, oldest first.
+func (f *fixture) submitted(t *testing.T) []string {
+	t.Helper()
+	var ids []string
+	for _, h := range f.submits(t) {
+		ids = append(ids, h.req.GetJobId())
+	}
+	return ids
+}
+
+// redisKey is the Redis key a bus pointer (redis://<key>) names.
+func redisKey(t *testing.T, ptr string) string {
+	t.Helper()
+	k, ok := strings.CutPrefix(ptr, "redis://")
+	if !ok {
+		t.Fatalf("pointer %q is not redis://<key>", ptr)
+	}
+	return k
 }
 
 func (f *fixture) client(t *testing.T, key string) cortexv1connect.GatewayServiceClient {
@@ -186,15 +292,27 @@ func TestSubmitRecordsTheJobAndPublishesAPointer(t *testing.T) {
 		Topic: "job.echo", Prompt: "secret prompt", Labels: map[string]string{"team": "ml"},
 		Priority: new(int32(7)), MaxAttempts: new(uint32(3)), Timeout: durationpb.New(90 * time.Second),
 	})
-	eventually(t, "submit published", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 1 })
-	req := f.tap.on(bus.SubjectJobSubmit)[0].GetJobRequest()
-	if req.GetJobId() != id || req.GetTenantId() != "acme" || req.GetContextPtr() != "redis://ctx:"+id ||
+	// By the time the client has the id, the job is stored in the submit
+	// stream, once, named by its id and record version.
+	subs := f.submits(t)
+	if len(subs) != 1 {
+		t.Fatalf("%d jobs in the submit stream, want 1", len(subs))
+	}
+	req := subs[0].req
+	if req.GetJobId() != id || req.GetTenantId() != "acme" || req.GetContextPtr() != store.ContextPtr(id) ||
 		req.GetPromptSize() != uint64(len("secret prompt")) || req.GetLabels()["team"] != "ml" ||
 		req.GetPriority() != 7 || req.GetMaxAttempts() != 3 || req.GetTimeout().AsDuration() != 90*time.Second || req.GetAttempt() != 1 {
 		t.Fatalf("published %v", req)
 	}
-	if got, _ := f.mr.Get("ctx:" + id); got != "secret prompt" {
-		t.Fatalf("ctx key holds %q", got)
+	if subs[0].msgID != id+":1" {
+		t.Fatalf("message id %q, want %q (job id and record version)", subs[0].msgID, id+":1")
+	}
+	// A pointer, not the prompt: it names the key that holds the input.
+	if got, err := f.mr.Get(redisKey(t, req.GetContextPtr())); err != nil || got != "secret prompt" {
+		t.Fatalf("the context pointer's key holds %q (%v)", got, err)
+	}
+	if got, err := f.st.Input(context.Background(), id); err != nil || got != "secret prompt" {
+		t.Fatalf("stored input %q, %v", got, err)
 	}
 	j, err := f.st.Get(context.Background(), id)
 	if err != nil || j.State != store.Pending || j.Priority != 7 || j.MaxAttempts != 3 || j.Timeout != 90*time.Second {
@@ -227,15 +345,11 @@ func TestAuthentication(t *testing.T) {
 	if connect.CodeOf(err) != connect.CodePermissionDenied {
 		t.Errorf("read-only key cancelling: %v, want PermissionDenied", err)
 	}
-	// A second authorised submit marks the end: the gateway publishes in
-	// order, so once it is seen, anything the refused calls sent is too.
+	// A second authorised submit marks the end: the stream keeps the order
+	// the gateway stored jobs in, so anything the refused calls sent would
+	// be before it.
 	last := submit(t, f.client(t, "key-acme-1234"), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
-	eventually(t, "the marker submit", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) >= 2 })
-	var got []string
-	for _, p := range f.tap.on(bus.SubjectJobSubmit) {
-		got = append(got, p.GetJobRequest().GetJobId())
-	}
-	if !slices.Equal(got, []string{id, last}) {
+	if got := f.submitted(t); !slices.Equal(got, []string{id, last}) {
 		t.Errorf("submits published %v, want only the authorised ones %v", got, []string{id, last})
 	}
 }
@@ -329,8 +443,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 	if connect.CodeOf(err) != connect.CodeNotFound {
 		t.Errorf("unknown job: err = %v, want NotFound", err)
 	}
-	if n := len(f.tap.on(bus.SubjectJobSubmit)); n != 0 {
-		t.Errorf("%d packets published for bad requests", n)
+	if n := len(f.submits(t)); n != 0 {
+		t.Errorf("%d jobs handed on for bad requests", n)
 	}
 	if keys := f.mr.Keys(); len(keys) != 0 {
 		t.Errorf("bad requests wrote to Redis: %v", keys)
@@ -358,7 +472,10 @@ func TestIdempotencyKey(t *testing.T) {
 	if other == first.GetJobId() {
 		t.Fatal("another tenant's key matched acme's job")
 	}
-	eventually(t, "two submits", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 2 })
+	// The deduplicated submit was not handed on a second time.
+	if got := f.submitted(t); !slices.Equal(got, []string{first.GetJobId(), other}) {
+		t.Fatalf("handed on %v, want %v", got, []string{first.GetJobId(), other})
+	}
 	list, err := acme.ListJobs(ctx, &cortexv1.ListJobsRequest{})
 	if err != nil || len(list.GetJobs()) != 1 {
 		t.Fatalf("acme has %d jobs (%v), want 1", len(list.GetJobs()), err)
@@ -620,24 +737,70 @@ func TestStreamEventsFilters(t *testing.T) {
 	}
 }
 
-func TestBusDownFailsTheSubmitVisibly(t *testing.T) {
+// With the bus down, a submit is still accepted: the job is recorded
+// PENDING with a deadline, for the reconciler to hand on, and the client
+// gets its id. A retry (same idempotency key) finds that job; nothing is
+// lost and nothing is made twice.
+func TestBusDownKeepsTheSubmitPending(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
 	f.conn.Close()
-	_, err := f.client(t, "key-acme-1234").SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
-	if connect.CodeOf(err) != connect.CodeUnavailable {
-		t.Fatalf("submit with the bus down: %v, want Unavailable", err)
+	c := f.client(t, "key-acme-1234")
+	req := &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "keep me", IdempotencyKey: "order-7"}
+	before := time.Now()
+	res, err := c.SubmitJob(ctx, req)
+	if err != nil || res.GetJobId() == "" || res.GetState() != cortexv1.JobState_JOB_STATE_PENDING || res.GetDeduplicated() {
+		t.Fatalf("submit with the bus down: %v, %v; want the new job's id, PENDING", res, err)
 	}
-	jobs, _, err := f.st.List(context.Background(), store.Query{Tenant: "acme", Limit: 10})
-	if err != nil || len(jobs) != 1 || jobs[0].State != store.Failed {
-		t.Fatalf("after a failed hand-off the job is %v, %v; want FAILED", jobs, err)
+	id := res.GetJobId()
+	jobs, _, err := f.st.List(ctx, store.Query{Tenant: "acme", Limit: 10})
+	if err != nil || len(jobs) != 1 || jobs[0].ID != id || jobs[0].State != store.Pending {
+		t.Fatalf("after a failed hand-off the store has %v, %v; want job %s PENDING", jobs, err, id)
 	}
+	if in, err := f.st.Input(ctx, id); err != nil || in != "keep me" {
+		t.Fatalf("stored input %q, %v", in, err)
+	}
+	if n := len(f.submits(t)); n != 0 {
+		t.Fatalf("%d jobs in the submit stream, from a gateway whose bus is down", n)
+	}
+	// Its deadline is a redrive interval after it was recorded.
+	if due := dueIDs(t, f.st, before); slices.Contains(due, id) {
+		t.Fatalf("the job is due at once (%v); want it due a redrive interval later", due)
+	}
+	if due := dueIDs(t, f.st, time.Now().Add(store.DefaultRedrive)); !slices.Contains(due, id) {
+		t.Fatalf("due after a redrive interval: %v, want %s there for the reconciler", due, id)
+	}
+	again, err := c.SubmitJob(ctx, req)
+	if err != nil || again.GetJobId() != id || !again.GetDeduplicated() || again.GetState() != cortexv1.JobState_JOB_STATE_PENDING {
+		t.Fatalf("retry with the same key: %v, %v; want job %s, deduplicated, PENDING", again, err, id)
+	}
+	if jobs, _, err := f.st.List(ctx, store.Query{Tenant: "acme", Limit: 10}); err != nil || len(jobs) != 1 {
+		t.Fatalf("after the retry the store has %d jobs (%v), want 1", len(jobs), err)
+	}
+}
+
+// dueIDs is the ids of the jobs past their deadline at now.
+func dueIDs(t *testing.T, st *store.Store, now time.Time) []string {
+	t.Helper()
+	jobs, err := st.Due(context.Background(), now, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, j := range jobs {
+		ids = append(ids, j.ID)
+	}
+	return ids
 }
 
 func TestInsecureModeUsesDefaultTenant(t *testing.T) {
 	f := newFixture(t, gateway.Options{Insecure: true})
 	submit(t, f.client(t, ""), &cortexv1.SubmitJobRequest{Topic: "job.echo"})
-	eventually(t, "submit published", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 1 })
-	if got := f.tap.on(bus.SubjectJobSubmit)[0].GetJobRequest().GetTenantId(); got != gateway.InsecureTenant {
+	subs := f.submits(t)
+	if len(subs) != 1 {
+		t.Fatalf("%d jobs handed on, want 1", len(subs))
+	}
+	if got := subs[0].req.GetTenantId(); got != gateway.InsecureTenant {
 		t.Fatalf("tenant %q, want %q", got, gateway.InsecureTenant)
 	}
 }

@@ -11,7 +11,6 @@ import (
 	"connectrpc.com/connect/v2"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
@@ -88,10 +87,13 @@ func TestPoolDefaults(t *testing.T) {
 		})
 	}
 	// The scheduler gets the job as recorded, defaults included.
-	eventually(t, "five submits", func() bool { return len(f.tap.on(bus.SubjectJobSubmit)) == 5 })
+	subs := f.submits(t)
+	if len(subs) != 5 {
+		t.Fatalf("%d jobs handed on, want 5", len(subs))
+	}
 	var seen bool
-	for _, p := range f.tap.on(bus.SubjectJobSubmit) {
-		req := p.GetJobRequest()
+	for _, h := range subs {
+		req := h.req
 		if req.GetTopic() == "job.chat.summarize" && req.GetPriority() == 5 {
 			seen = true
 			if req.GetMaxAttempts() != 3 || req.GetTimeout().AsDuration() != 2*time.Minute {
