@@ -78,7 +78,16 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 			g.log.Error("read job", "job_id", existing, "err", err)
 			return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
 		}
-		return &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true}, nil, nil
+		res := &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true}
+		if j.State == store.Pending {
+			// The first hand-off may have failed (the client retries
+			// because it did): hand it on again rather than wait for the
+			// reconciler. The stream drops the copy if it has the first,
+			// and a scheduler drops a job it already holds.
+			d := bus.Submit(existing, j.Request(), strconv.FormatUint(j.Version, 10))
+			return res, &d, nil
+		}
+		return res, nil, nil
 	}
 	j := nj.Record(now)
 	if err := g.bus.PublishJobEvent(j.ID, j.Proto()); err != nil {
