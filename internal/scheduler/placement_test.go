@@ -2,14 +2,10 @@ package scheduler_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/scheduler"
@@ -49,114 +45,32 @@ func (r *rig) waitWaiting(t *testing.T, n int) {
 	t.Fatalf("%d jobs wait, want %d", r.s.Waiting("echo"), n)
 }
 
-func (r *rig) expectDispatch(t *testing.T, id, worker string) {
+func (r *rig) expectDispatch(t *testing.T, id string) {
 	t.Helper()
 	req := r.nextDispatch(t)
 	if req.GetJobId() != id {
 		t.Fatalf("dispatched %s, want %s", req.GetJobId(), id)
 	}
-	if j, _ := r.st.Get(context.Background(), id); j.State != store.Dispatched || j.WorkerID != worker {
-		t.Fatalf("job %s: %+v, want DISPATCHED to %s", id, j, worker)
+	if j, _ := r.st.Get(context.Background(), id); j.State != store.Dispatched || j.Pool != "echo" {
+		t.Fatalf("job %s: %+v, want DISPATCHED to pool echo", id, j)
 	}
 }
 
-// fakeWorker takes the jobs placed on one worker's subject, counts them
-// and those it holds at once, and ends each at once, as a worker would.
-type fakeWorker struct {
-	got, held, most atomic.Int64
-}
+// The split of a pool's jobs between its workers is the workers' doing
+// (each pulls only what it has room for): internal/worker tests it with
+// two real workers. These tests hold the scheduler's side: it releases no
+// more jobs into a pool than its live workers have room for, in priority
+// order.
 
-func (r *rig) fakeWorker(t *testing.T, id string) *fakeWorker {
-	t.Helper()
-	nc, err := nats.Connect(r.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	f := &fakeWorker{}
-	// Jobs are ended by a goroutine of their own, so the worker may hold
-	// several at once, as a real one would.
-	held := make(chan string, 20000)
-	done := make(chan struct{})
-	t.Cleanup(func() { close(done) })
-	go func() {
-		for {
-			select {
-			case <-done:
-				return
-			case id := <-held:
-				j, err := r.st.Transition(context.Background(), id, store.Change{To: store.Completed, Attempt: 1}, time.Now())
-				// The job is over before its end is told.
-				f.held.Add(-1)
-				if err != nil {
-					continue
-				}
-				ev := &cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion,
-					Payload: &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: j.Proto()}}}
-				if data, err := bus.Encode(ev); err == nil {
-					_ = nc.Publish(bus.SubjectJobEvent, data)
-				}
-			}
-		}
-	}()
-	if _, err := nc.Subscribe(bus.WorkerSubject("echo", id), func(m *nats.Msg) {
-		p, err := bus.Decode(m.Data)
-		if err != nil {
-			return
-		}
-		f.got.Add(1)
-		n := f.held.Add(1)
-		for m := f.most.Load(); n > m && !f.most.CompareAndSwap(m, n); m = f.most.Load() {
-		}
-		held <- p.GetJobRequest().GetJobId()
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	return f
-}
-
-// TestPlacementBalancesEqualWorkers: two equal workers share 10k jobs at
-// worst 55/45, and neither ever holds more than its max parallel jobs.
-func TestPlacementBalancesEqualWorkers(t *testing.T) {
-	const jobs, maxParallel = 10000, 4
-	r := newBareRig(t, answer(allow, nil), "")
-	a, b := r.fakeWorker(t, "w-a"), r.fakeWorker(t, "w-b")
-	r.beat(t, "w-a", "echo", maxParallel, false)
-	r.beat(t, "w-b", "echo", maxParallel, false)
-	r.waitWorker(t, "w-a", true)
-	r.waitWorker(t, "w-b", true)
-	for i := range jobs {
-		r.submit(t, fmt.Sprintf("j%d", i), "job.echo", 1)
-	}
-	deadline := time.Now().Add(2 * time.Minute)
-	for a.got.Load()+b.got.Load() < jobs && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	ga, gb := a.got.Load(), b.got.Load()
-	if ga+gb != jobs {
-		t.Fatalf("placed %d + %d jobs, want %d", ga, gb, jobs)
-	}
-	if lo := min(ga, gb); lo < jobs*45/100 {
-		t.Errorf("split %d/%d, worse than 55/45", ga, gb)
-	}
-	if ma, mb := a.most.Load(), b.most.Load(); ma > maxParallel || mb > maxParallel {
-		t.Errorf("most held at once: %d and %d, want at most %d", ma, mb, maxParallel)
-	}
-	t.Logf("split %d/%d; most held at once %d and %d", ga, gb, a.most.Load(), b.most.Load())
-}
-
-// TestCapacityLimit: a worker with room for two gets no third job before
-// one of its two ends.
+// TestCapacityLimit: a pool whose one worker has room for two gets no
+// third job before one of its two ends.
 func TestCapacityLimit(t *testing.T) {
 	r := newBareRig(t, answer(allow, nil), "")
 	r.beat(t, "w-1", "echo", 2, false)
 	r.waitWorker(t, "w-1", true)
 	for _, id := range []string{"j1", "j2"} {
 		r.submit(t, id, "job.echo", 1)
-		r.expectDispatch(t, id, "w-1")
+		r.expectDispatch(t, id)
 	}
 	r.submit(t, "j3", "job.echo", 1)
 	r.waitWaiting(t, 1)
@@ -165,7 +79,7 @@ func TestCapacityLimit(t *testing.T) {
 		t.Fatalf("j3: %+v, want PENDING (behind busy workers, no reason needed)", j)
 	}
 	r.end(t, "j1")
-	r.expectDispatch(t, "j3", "w-1")
+	r.expectDispatch(t, "j3")
 	r.waitWaiting(t, 0)
 }
 
@@ -176,7 +90,7 @@ func TestHigherPriorityOvertakes(t *testing.T) {
 	r.beat(t, "w-1", "echo", 1, false)
 	r.waitWorker(t, "w-1", true)
 	r.submitPriority(t, "busy", 0)
-	r.expectDispatch(t, "busy", "w-1")
+	r.expectDispatch(t, "busy")
 	r.submitPriority(t, "low", 1)
 	r.waitWaiting(t, 1)
 	r.submitPriority(t, "low-2", 1)
@@ -184,11 +98,11 @@ func TestHigherPriorityOvertakes(t *testing.T) {
 	r.submitPriority(t, "high", 9)
 	r.waitWaiting(t, 3)
 	r.end(t, "busy")
-	r.expectDispatch(t, "high", "w-1")
+	r.expectDispatch(t, "high")
 	r.end(t, "high")
-	r.expectDispatch(t, "low", "w-1")
+	r.expectDispatch(t, "low")
 	r.end(t, "low")
-	r.expectDispatch(t, "low-2", "w-1")
+	r.expectDispatch(t, "low-2")
 }
 
 // TestNoLiveWorkerKeepsJobPendingWithReason: a job for a pool without a
@@ -206,11 +120,11 @@ func TestNoLiveWorkerKeepsJobPendingWithReason(t *testing.T) {
 	}
 	r.noDispatch(t)
 	r.beat(t, "w-1", "echo", 4, false)
-	r.expectDispatch(t, "j1", "w-1")
+	r.expectDispatch(t, "j1")
 }
 
-// TestExpiredWorkerReturnsItsCapacity: jobs in flight on a worker that
-// expired no longer count against it when it comes back.
+// TestExpiredWorkerReturnsItsCapacity: jobs in flight in a pool whose
+// workers all expired no longer count against it when a worker comes back.
 func TestExpiredWorkerReturnsItsCapacity(t *testing.T) {
 	var mu sync.Mutex
 	now := time.Unix(1_700_000_000, 0)
@@ -219,7 +133,7 @@ func TestExpiredWorkerReturnsItsCapacity(t *testing.T) {
 	r.beat(t, "w-1", "echo", 1, false)
 	r.waitWorker(t, "w-1", true)
 	r.submit(t, "lost", "job.echo", 1)
-	r.expectDispatch(t, "lost", "w-1")
+	r.expectDispatch(t, "lost")
 	// The worker dies with the job; nothing tells its end.
 	mu.Lock()
 	now = now.Add(10 * time.Second)
@@ -231,11 +145,11 @@ func TestExpiredWorkerReturnsItsCapacity(t *testing.T) {
 	}
 	// It comes back (restarted): its one slot is free again.
 	r.beat(t, "w-1", "echo", 1, false)
-	r.expectDispatch(t, "j2", "w-1")
+	r.expectDispatch(t, "j2")
 }
 
-// TestDrainingWorkerGetsNothingNew: jobs go to the live worker only, and
-// wait rather than go to a draining one.
+// TestDrainingWorkerGetsNothingNew: a draining worker's slots do not
+// count: jobs wait for the live worker's.
 func TestDrainingWorkerGetsNothingNew(t *testing.T) {
 	r := newBareRig(t, answer(allow, nil), "")
 	r.beat(t, "w-live", "echo", 2, false)
@@ -243,11 +157,11 @@ func TestDrainingWorkerGetsNothingNew(t *testing.T) {
 	r.waitWorker(t, "w-live", true)
 	for _, id := range []string{"j1", "j2"} {
 		r.submit(t, id, "job.echo", 1)
-		r.expectDispatch(t, id, "w-live")
+		r.expectDispatch(t, id)
 	}
 	r.submit(t, "j3", "job.echo", 1)
 	r.waitWaiting(t, 1)
 	r.noDispatch(t)
 	r.end(t, "j2")
-	r.expectDispatch(t, "j3", "w-live")
+	r.expectDispatch(t, "j3")
 }

@@ -31,6 +31,7 @@ type fakeStore struct {
 	jobs    map[string]*store.Job
 	changes map[string][]store.Change
 	refuse  store.State
+	overdue map[string]bool
 }
 
 var _ scheduler.Store = (*fakeStore)(nil)
@@ -114,6 +115,41 @@ func (f *fakeStore) SetPendingReason(_ context.Context, id string, attempt uint3
 	return clone(j), nil
 }
 
+// Due returns the jobs marked overdue with overdue.
+func (f *fakeStore) Due(_ context.Context, _ time.Time, _ int) ([]*store.Job, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []*store.Job
+	for id := range f.overdue {
+		if j, ok := f.jobs[id]; ok && !j.State.Terminal() {
+			out = append(out, clone(j))
+		}
+	}
+	return out, nil
+}
+
+// PutOffRedrive takes a PENDING job off the overdue list.
+func (f *fakeStore) PutOffRedrive(_ context.Context, id string, attempt uint32, _ time.Time) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	j, ok := f.jobs[id]
+	if !ok || j.State != store.Pending || j.Attempt != attempt {
+		return &store.ConflictError{ID: id, To: store.Pending}
+	}
+	delete(f.overdue, id)
+	return nil
+}
+
+// overdue marks a job past its deadline, for the reconciler.
+func (f *fakeStore) markOverdue(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.overdue == nil {
+		f.overdue = map[string]bool{}
+	}
+	f.overdue[id] = true
+}
+
 func (f *fakeStore) changesOf(id string) []store.Change {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -178,7 +214,7 @@ func newRig(t *testing.T, checker *fakeChecker, refuse store.State) *rig {
 // newBareRig starts a scheduler that has heard of no worker yet.
 func newBareRig(t *testing.T, checker *fakeChecker, refuse store.State, opts ...scheduler.Option) *rig {
 	t.Helper()
-	natsURL := bustest.StartServer(t)
+	natsURL := bustest.StartJetStream(t)
 	r := &rig{
 		st:         &fakeStore{jobs: map[string]*store.Job{}, changes: map[string][]store.Change{}, refuse: refuse},
 		checker:    checker,
@@ -203,7 +239,7 @@ func newBareRig(t *testing.T, checker *fakeChecker, refuse store.State, opts ...
 			r.mu.Lock()
 			r.events = append(r.events, p.GetJobEvent().GetJob())
 			r.mu.Unlock()
-		case req != nil && strings.HasPrefix(m.Subject, "job.@"+req.GetPool()+"."):
+		case req != nil && req.GetPool() != "" && strings.HasPrefix(m.Subject, "job."+req.GetPool()+"."):
 			select {
 			case r.dispatched <- req:
 			default: // tests that place many jobs count them otherwise
@@ -223,6 +259,8 @@ func newBareRig(t *testing.T, checker *fakeChecker, refuse store.State, opts ...
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts = append([]scheduler.Option{scheduler.WithRetryBackoff(10*time.Millisecond, 40*time.Millisecond),
+		scheduler.WithReconcileEvery(20 * time.Millisecond)}, opts...)
 	s := scheduler.New(conn, r.st, checker, router, slog.New(slog.DiscardHandler), opts...)
 	if err := s.Start(context.Background()); err != nil {
 		t.Fatal(err)
@@ -365,7 +403,7 @@ func TestAllowedJobIsRecordedThenDispatched(t *testing.T) {
 	r := newRig(t, answer(allow, nil), "")
 	r.submit(t, "j1", "job.echo", 1)
 	got := r.waitChanges(t, "j1", 1)
-	if want := (store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo", WorkerID: "w-1", Safety: allowed}); !reflect.DeepEqual(got[0], want) {
+	if want := (store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo", Safety: allowed}); !reflect.DeepEqual(got[0], want) {
 		t.Fatalf("change %+v, want %+v", got[0], want)
 	}
 	req := r.nextDispatch(t)
@@ -462,12 +500,14 @@ func TestResultsAreRecorded(t *testing.T) {
 		{
 			"failed without attempts left",
 			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_FAILED, Error: "boom"},
-			store.Change{To: store.Failed, Attempt: 1, WorkerID: "w1", Reason: "boom"},
+			store.Change{To: store.Failed, Attempt: 1, WorkerID: "w1", DeadLetter: true,
+				Reason: "boom (attempt 1 of 1, none left; listed in the dead-letter queue: cortexctl dlq list)"},
 		},
 		{
 			"timeout without attempts left",
 			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_TIMEOUT, Error: "ran past 1s"},
-			store.Change{To: store.Timeout, Attempt: 1, WorkerID: "w1", Reason: "ran past 1s"},
+			store.Change{To: store.Timeout, Attempt: 1, WorkerID: "w1", DeadLetter: true,
+				Reason: "ran past 1s (attempt 1 of 1, none left; listed in the dead-letter queue: cortexctl dlq list)"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -496,10 +536,11 @@ func TestFailedAttemptIsRetriedThroughTheSafetyGate(t *testing.T) {
 			r.st.seed("j1", "job.echo", store.Running, 1, 3)
 			r.result(t, &cortexv1.JobResult{JobId: "j1", Attempt: 1, WorkerId: "w1", State: state, Error: "boom"})
 			got := r.waitChanges(t, "j1", 2)
-			if c := got[0]; c.To != store.Pending || !c.Retry || c.Attempt != 1 || !strings.Contains(c.Reason, "boom") {
-				t.Errorf("first change %+v, want a retry of attempt 1 to PENDING", c)
+			if c := got[0]; c.To != store.Pending || !c.Retry || c.Attempt != 1 || !strings.Contains(c.Reason, "boom") ||
+				c.Due.IsZero() || !strings.Contains(c.Reason, "retrying in ") {
+				t.Errorf("first change %+v, want a retry of attempt 1 to PENDING, due after a backoff", c)
 			}
-			if want := (store.Change{To: store.Dispatched, Attempt: 2, Pool: "echo", WorkerID: "w-1", Safety: allowed}); !reflect.DeepEqual(got[1], want) {
+			if want := (store.Change{To: store.Dispatched, Attempt: 2, Pool: "echo", Safety: allowed}); !reflect.DeepEqual(got[1], want) {
 				t.Errorf("second change %+v, want %+v", got[1], want)
 			}
 			checks := r.checker.checksOf("j1")

@@ -1,0 +1,127 @@
+package scheduler_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/store"
+)
+
+// TestReconcilerRedrivesAPendingJobNobodyHandedOn: a PENDING job past its
+// deadline (its gateway died before handing it on) is put off and handed
+// to the schedulers again, and runs.
+func TestReconcilerRedrivesAPendingJobNobodyHandedOn(t *testing.T) {
+	r := newRig(t, answer(allow, nil), "")
+	r.st.seed("orphan", "job.echo", store.Pending, 1, 1)
+	r.st.markOverdue("orphan")
+	r.expectDispatch(t, "orphan")
+	r.st.mu.Lock()
+	overdue := r.st.overdue["orphan"]
+	r.st.mu.Unlock()
+	if overdue {
+		t.Error("the re-driven job's deadline was not put off")
+	}
+}
+
+// TestReconcilerRetriesAnAttemptWhoseLeaseRanOut: a RUNNING attempt past
+// its deadline (its worker died) ends TIMEOUT and the job is retried after
+// a backoff, through the safety gate; without attempts left it ends
+// TIMEOUT in the dead-letter queue.
+func TestReconcilerRetriesAnAttemptWhoseLeaseRanOut(t *testing.T) {
+	t.Run("attempts left", func(t *testing.T) {
+		r := newRig(t, answer(allow, nil), "")
+		r.st.seed("j1", "job.echo", store.Running, 1, 3)
+		r.st.mu.Lock()
+		r.st.jobs["j1"].WorkerID = "w-dead"
+		r.st.mu.Unlock()
+		r.st.markOverdue("j1")
+		got := r.waitChanges(t, "j1", 2)
+		if c := got[0]; c.To != store.Pending || !c.Retry || c.Outcome != store.Timeout || c.Due.IsZero() ||
+			!strings.Contains(c.Reason, "the lease of worker w-dead ran out") {
+			t.Errorf("first change %+v, want attempt 1 ended TIMEOUT and retried after a backoff", c)
+		}
+		if c := got[1]; c.To != store.Dispatched || c.Attempt != 2 {
+			t.Errorf("second change %+v, want attempt 2 DISPATCHED", c)
+		}
+		if checks := r.checker.checksOf("j1"); len(checks) != 1 || checks[0].GetAttempt() != 2 {
+			t.Errorf("checks %v, want attempt 2 through the gate", checks)
+		}
+	})
+	t.Run("none left", func(t *testing.T) {
+		r := newRig(t, answer(allow, nil), "")
+		r.st.seed("j1", "job.echo", store.Dispatched, 1, 1)
+		r.st.markOverdue("j1")
+		got := r.waitChanges(t, "j1", 1)
+		if c := got[0]; c.To != store.Timeout || !c.DeadLetter || !strings.Contains(c.Reason, "none left") {
+			t.Errorf("change %+v, want TIMEOUT into the dead-letter queue", c)
+		}
+		r.noDispatch(t)
+	})
+}
+
+// TestMaxDeliveriesDeadLettersTheJob: a job the pool's workers took
+// MaxDeliver times without acking ends FAILED in the dead-letter queue,
+// and its message leaves the stream.
+func TestMaxDeliveriesDeadLettersTheJob(t *testing.T) {
+	r := newRig(t, answer(allow, nil), "")
+	ctx := context.Background()
+	js, err := jetstream.New(r.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, bus.StreamJobs, jetstream.ConsumerConfig{
+		Durable: bus.PoolConsumer("echo"), FilterSubject: bus.PoolSubjects("echo"),
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 100 * time.Millisecond, MaxDeliver: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.submit(t, "poison", "job.echo", 3)
+	r.expectDispatch(t, "poison")
+	// Two workers take it and die (never ack).
+	for i := range 2 {
+		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for range batch.Messages() {
+			n++
+		}
+		if n != 1 {
+			t.Fatalf("delivery %d: got %d messages", i+1, n)
+		}
+	}
+	// The workers go on pulling: the server finds the job has had its
+	// deliveries, and says so instead of delivering it again.
+	if batch, err := cons.Fetch(1, jetstream.FetchMaxWait(500*time.Millisecond)); err == nil {
+		for m := range batch.Messages() {
+			t.Fatalf("delivered a third time: %s", m.Subject())
+		}
+	}
+	got := r.waitChanges(t, "poison", 2)
+	if c := got[1]; c.To != store.Failed || !c.DeadLetter || c.Attempt != 1 || !strings.Contains(c.Reason, "delivered 2 times") {
+		t.Errorf("change %+v, want FAILED into the dead-letter queue after 2 deliveries", c)
+	}
+	s, err := js.Stream(ctx, bus.StreamJobs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		info, err := s.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if info.State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages left in %s, want the dead letter's deleted", info.State.Msgs, bus.StreamJobs)
+		}
+	}
+}
