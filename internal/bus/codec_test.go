@@ -92,16 +92,11 @@ func TestSubjects(t *testing.T) {
 	if got := HeartbeatSubject("w-1"); got != "sys.heartbeat.w-1" {
 		t.Errorf("HeartbeatSubject = %q", got)
 	}
-	if got := WorkerSubject("echo", "echo-1a2b"); got != "job.@echo.echo-1a2b" {
-		t.Errorf("WorkerSubject = %q", got)
+	if got := PoolSubjects("echo"); got != "job.echo.>" {
+		t.Errorf("PoolSubjects = %q", got)
 	}
-	// No pool's job.<pool>.> matches a worker subject (its second token
-	// holds "@", which no pool name can).
-	if pool := strings.Split(WorkerSubject("echo", "w"), ".")[1]; ValidToken(pool) {
-		t.Errorf("worker subject token %q could be a pool", pool)
-	}
-	if got := WorkerQueue("echo"); got != "workers-echo" {
-		t.Errorf("WorkerQueue = %q", got)
+	if got := PoolConsumer("echo"); got != "pool-echo" {
+		t.Errorf("PoolConsumer = %q", got)
 	}
 	for topic, want := range map[string]bool{
 		"job.echo": true, "sys.destroy": true, "job.llm.chat-v2": true,

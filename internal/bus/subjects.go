@@ -36,14 +36,14 @@ const (
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 
-	// QueueScheduler load-balances submits and results across schedulers.
+	// QueueScheduler load-balances results and advisories across
+	// schedulers.
 	QueueScheduler = "cortex-scheduler"
 	// QueueSafety load-balances checks across safety kernels.
 	QueueSafety = "cortex-safety"
 
 	subjectHeartbeatPrefix = "sys.heartbeat."
 	subjectJobPrefix       = "job."
-	queueWorkerPrefix      = "workers-"
 )
 
 // RuleFailClosed is the rule named in a DENY that no policy made: the
@@ -63,22 +63,6 @@ func JobSubject(pool, topic string) string {
 
 // PoolSubjects matches every job subject of one pool.
 func PoolSubjects(pool string) string { return subjectJobPrefix + pool + ".>" }
-
-// WorkerSubject is the subject of one worker, on which the scheduler
-// places the jobs it chose that worker for: job.@<pool>.<worker-id>. The
-// "@" keeps it apart from every pool's job subjects: pool names are
-// ValidTokens, which cannot hold "@", so no job.<pool>.> subscription (the
-// pool's queue group) matches a worker subject and no job is delivered
-// twice, while `nats sub 'job.>'` still shows every dispatch. The worker
-// subscribes without a queue group; the job's topic travels in the
-// JobRequest.
-func WorkerSubject(pool, workerID string) string {
-	return subjectJobPrefix + "@" + pool + "." + workerID
-}
-
-// WorkerQueue is the queue group shared by the workers of one pool, so that
-// each job is delivered to exactly one of them.
-func WorkerQueue(pool string) string { return queueWorkerPrefix + pool }
 
 // ValidToken reports whether s can stand as one token of a subject (a pool
 // name or a worker id): 1 to 64 characters of [a-z0-9_-].

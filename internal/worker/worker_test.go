@@ -26,6 +26,7 @@ import (
 )
 
 type rig struct {
+	natsURL string
 	w       *worker.Worker
 	st      *store.Store
 	conn    *bus.Conn
@@ -43,11 +44,17 @@ func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
 
 func newRigWith(t *testing.T, opts worker.Options) *rig {
 	t.Helper()
-	natsURL := bustest.StartServer(t)
+	return newRigResults(t, opts, 10)
+}
+
+// newRigResults is newRigWith with room for results results.
+func newRigResults(t *testing.T, opts worker.Options, results int) *rig {
+	t.Helper()
+	natsURL := bustest.StartJetStream(t)
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	r := &rig{st: store.New(rdb, store.Options{}), results: make(chan *cortexv1.JobResult, 10), beats: make(chan *cortexv1.Heartbeat, 10)}
+	r := &rig{natsURL: natsURL, st: store.New(rdb, store.Options{}), results: make(chan *cortexv1.JobResult, results), beats: make(chan *cortexv1.Heartbeat, 10)}
 
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -121,25 +128,58 @@ func (r *rig) sendJob(t *testing.T, j store.NewJob) {
 // sendJobTo is sendJob on a given subject.
 func (r *rig) sendJobTo(t *testing.T, j store.NewJob, subject string) {
 	t.Helper()
+	r.sendJobsTo(t, []store.NewJob{j}, subject)
+}
+
+// sendJobs is sendJob for many jobs, stored in the pool's stream together.
+func (r *rig) sendJobs(t *testing.T, jobs []store.NewJob) {
+	t.Helper()
+	r.sendJobsTo(t, jobs, bus.JobSubject("p", jobs[0].Topic))
+}
+
+func (r *rig) sendJobsTo(t *testing.T, jobs []store.NewJob, subject string) {
+	t.Helper()
 	ctx := context.Background()
 	now := time.Now()
-	j.Tenant = "t"
-	if _, err := r.st.CreateJob(ctx, j, now); err != nil {
-		t.Fatal(err)
+	var ds []bus.Durable
+	for i := range jobs {
+		jobs[i].Tenant = "t"
 	}
-	rec, err := r.st.Transition(ctx, j.ID, store.Change{To: store.Dispatched, Attempt: 1, Pool: "p"}, now)
+	for i, c := range r.st.CreateJobs(ctx, jobs, now) {
+		if c.Err != nil {
+			t.Fatal(c.Err)
+		}
+		rec, err := r.st.Transition(ctx, jobs[i].ID, store.Change{To: store.Dispatched, Attempt: 1, Pool: "p"}, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req := rec.Request()
+		req.Pool = "p"
+		ds = append(ds, bus.Durable{Subject: subject, Packet: &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}}})
+	}
+	for _, err := range r.conn.PublishDurables(ctx, ds) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// startWorker starts another worker on the rig's store and NATS server.
+func (r *rig) startWorker(t *testing.T, opts worker.Options) *worker.Worker {
+	t.Helper()
+	conn, err := bus.Connect(r.natsURL, opts.ID, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req := rec.Request()
-	req.Pool = "p"
-	err = r.conn.Publish(subject, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}})
+	w, err := worker.New(conn, r.st, opts, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.conn.Flush(ctx); err != nil {
+	if err := w.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(w.Stop)
+	return w
 }
 
 func (r *rig) cancel(t *testing.T, id string) {
@@ -271,20 +311,84 @@ func TestStopFinishesRunningJobs(t *testing.T) {
 	}
 }
 
-func TestStopCancelsJobsAfterGrace(t *testing.T) {
-	started := make(chan struct{})
-	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", ShutdownGrace: 20 * time.Millisecond, Handlers: map[string]plugins.Handler{
-		"job.hang": plugins.HandlerFunc(func(ctx context.Context, _ *plugins.Job) (*plugins.Result, error) {
-			close(started)
-			<-ctx.Done()
-			return nil, ctx.Err()
+// TestStopHandsBackJobsThatOutliveTheGrace: a job still running when the
+// shutdown grace runs out is not reported (it did not fail): it goes back
+// to the stream, and another worker of the pool takes it over and runs it.
+func TestStopHandsBackJobsThatOutliveTheGrace(t *testing.T) {
+	started := make(chan struct{}, 2)
+	handlers := map[string]plugins.Handler{
+		"job.hang": plugins.HandlerFunc(func(ctx context.Context, j *plugins.Job) (*plugins.Result, error) {
+			started <- struct{}{}
+			if j.Prompt == "hang" {
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return &plugins.Result{Output: "done"}, nil
 		}),
-	}})
-	r.send(t, "j-hang", "job.hang", "x")
+	}
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", ShutdownGrace: 20 * time.Millisecond, Lease: 300 * time.Millisecond, Handlers: handlers})
+	r.send(t, "j-hang", "job.hang", "hang")
 	<-started
 	r.w.Stop()
-	if res := r.result(t, "j-hang"); res.GetState() != cortexv1.JobState_JOB_STATE_FAILED {
-		t.Fatalf("job that outlived the grace period: %v, want FAILED", res)
+	select {
+	case res := <-r.results:
+		t.Fatalf("a job handed back was reported: %v", res)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if j, _ := r.st.Get(context.Background(), "j-hang"); j.State != store.Running || j.WorkerID != "w-1" {
+		t.Fatalf("job handed back: %+v, want still RUNNING on w-1 until another worker takes it", j)
+	}
+	// A second worker takes it over; this time the handler finishes.
+	handlers["job.hang"] = plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) {
+		return &plugins.Result{Output: "done"}, nil
+	})
+	r.startWorker(t, worker.Options{ID: "w-2", Pool: "p", Lease: 300 * time.Millisecond, Handlers: handlers})
+	if res := r.result(t, "j-hang"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-2" {
+		t.Fatalf("job taken over: %v, want COMPLETED on w-2", res)
+	}
+}
+
+// TestADeadWorkersJobIsTakenOver: a worker that stops acknowledging a job
+// (its connection died) loses it when the lease runs out: another worker
+// takes the RUNNING attempt over and records the one outcome; the first
+// learns from the store that the job is no longer its and stops it.
+func TestADeadWorkersJobIsTakenOver(t *testing.T) {
+	var calls atomic.Int32
+	stopped := make(chan error, 1)
+	handlers := map[string]plugins.Handler{
+		"job.slow": plugins.HandlerFunc(func(ctx context.Context, j *plugins.Job) (*plugins.Result, error) {
+			if calls.Add(1) == 1 {
+				<-ctx.Done()
+				stopped <- context.Cause(ctx)
+				return nil, ctx.Err()
+			}
+			return &plugins.Result{Output: "second"}, nil
+		}),
+	}
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", Lease: 300 * time.Millisecond, Handlers: handlers})
+	r.send(t, "j-1", "job.slow", "x")
+	for deadline := time.Now().Add(5 * time.Second); calls.Load() == 0; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the job never started")
+		}
+	}
+	// w-1's connection dies: no more in-progress acks reach the stream.
+	r.conn.NATS().Close()
+	r.startWorker(t, worker.Options{ID: "w-2", Pool: "p", Lease: 300 * time.Millisecond, Handlers: handlers})
+	if res := r.result(t, "j-1"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-2" {
+		t.Fatalf("job: %v, want COMPLETED by w-2", res)
+	}
+	j, out, err := r.st.Output(context.Background(), "j-1")
+	if err != nil || j.State != store.Completed || j.WorkerID != "w-2" || out != "second" || j.Attempt != 1 {
+		t.Fatalf("record %+v, output %q, %v; want attempt 1 COMPLETED by w-2 with its output", j, out, err)
+	}
+	select {
+	case cause := <-stopped:
+		if !strings.Contains(fmt.Sprint(cause), "no longer this worker's") {
+			t.Errorf("w-1's job stopped for %v, want: no longer this worker's", cause)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("w-1 went on running a job it lost")
 	}
 }
 
@@ -460,10 +564,9 @@ func TestInputReachesHandler(t *testing.T) {
 	}
 }
 
-// TestJobsOnTheWorkerSubjectRun: the scheduler places jobs on the worker's
-// own subject; they run once, and the slots bound them together with those
-// of the pool's queue group.
-func TestJobsOnTheWorkerSubjectRun(t *testing.T) {
+// TestAWorkerRunsNoMoreThanItsSlots: a worker pulls no more jobs than it
+// has free slots; every job runs once.
+func TestAWorkerRunsNoMoreThanItsSlots(t *testing.T) {
 	release := make(chan struct{})
 	var running, most atomic.Int32
 	r := newRig(t, map[string]plugins.Handler{
@@ -477,11 +580,7 @@ func TestJobsOnTheWorkerSubjectRun(t *testing.T) {
 		}),
 	})
 	for i := range 6 {
-		subject := bus.WorkerSubject("p", "w-1")
-		if i%2 == 1 {
-			subject = bus.JobSubject("p", "job.hold")
-		}
-		r.sendJobTo(t, store.NewJob{ID: fmt.Sprintf("j-%d", i), Topic: "job.hold", Input: "x"}, subject)
+		r.send(t, fmt.Sprintf("j-%d", i), "job.hold", "x")
 	}
 	for deadline := time.Now().Add(5 * time.Second); running.Load() < 3 && time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 	}
@@ -499,7 +598,60 @@ func TestJobsOnTheWorkerSubjectRun(t *testing.T) {
 		}
 		seen[res.GetJobId()] = true
 	}
-	if m := most.Load(); m > 3 {
-		t.Fatalf("%d jobs ran at once, want at most MaxParallel 3", m)
+	if m := most.Load(); m != 3 {
+		t.Fatalf("%d jobs ran at once, want MaxParallel 3", m)
+	}
+}
+
+// TestTwoEqualWorkersSplitTheJobs: two workers of a pool with equal room
+// share 10,000 jobs at worst 55/45, and neither ever runs more than its
+// max parallel jobs.
+func TestTwoEqualWorkersSplitTheJobs(t *testing.T) {
+	const jobs, maxParallel = 10000, 4
+	var mu sync.Mutex
+	count := map[string]int{}
+	running := map[string]int{}
+	most := map[string]int{}
+	handler := func(id string) plugins.Handler {
+		return plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) {
+			mu.Lock()
+			count[id]++
+			running[id]++
+			most[id] = max(most[id], running[id])
+			mu.Unlock()
+			time.Sleep(200 * time.Microsecond)
+			mu.Lock()
+			running[id]--
+			mu.Unlock()
+			return &plugins.Result{Output: "ok"}, nil
+		})
+	}
+	r := newRigResults(t, worker.Options{ID: "w-a", Pool: "p", MaxParallel: maxParallel, Handlers: map[string]plugins.Handler{"job.echo": handler("w-a")}}, jobs)
+	r.startWorker(t, worker.Options{ID: "w-b", Pool: "p", MaxParallel: maxParallel, Handlers: map[string]plugins.Handler{"job.echo": handler("w-b")}})
+	var batch []store.NewJob
+	for i := range jobs {
+		batch = append(batch, store.NewJob{ID: fmt.Sprintf("j-%05d", i), Topic: "job.echo", Input: "x"})
+	}
+	r.sendJobs(t, batch)
+	for range jobs {
+		select {
+		case <-r.results:
+		case <-time.After(30 * time.Second):
+			mu.Lock()
+			t.Fatalf("jobs run so far: %v of %d", count, jobs)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	a, b := count["w-a"], count["w-b"]
+	t.Logf("split %d/%d; most at once %d and %d", a, b, most["w-a"], most["w-b"])
+	if a+b != jobs {
+		t.Fatalf("ran %d + %d jobs, want %d", a, b, jobs)
+	}
+	if min(a, b) < jobs*45/100 {
+		t.Errorf("split %d/%d, worse than 55/45", a, b)
+	}
+	if most["w-a"] > maxParallel || most["w-b"] > maxParallel {
+		t.Errorf("most at once %d and %d, want at most %d", most["w-a"], most["w-b"], maxParallel)
 	}
 }
