@@ -135,16 +135,17 @@ func (c *Conn) PublishDurables(ctx context.Context, ds []Durable) []error {
 			errs[i] = fmt.Errorf("publish on %s: %w", d.Subject, err)
 		}
 	}
-	for i, f := range futures {
+	for i, d := range ds {
+		f := futures[i]
 		if f == nil {
 			continue
 		}
 		select {
 		case <-f.Ok():
 		case err := <-f.Err():
-			errs[i] = fmt.Errorf("publish on %s: %w", ds[i].Subject, err)
+			errs[i] = fmt.Errorf("publish on %s: %w", d.Subject, err)
 		case <-ctx.Done():
-			errs[i] = fmt.Errorf("publish on %s: %w", ds[i].Subject, ctx.Err())
+			errs[i] = fmt.Errorf("publish on %s: %w", d.Subject, ctx.Err())
 		}
 	}
 	return errs

@@ -104,9 +104,10 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 func (g *Gateway) handOff(ctx context.Context, ds []bus.Durable) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), handOffTimeout)
 	defer cancel()
-	for i, err := range g.bus.PublishDurables(ctx, ds) {
-		if err != nil {
-			g.log.Warn("hand job to the schedulers; the reconciler will", "job_id", ds[i].Packet.GetJobRequest().GetJobId(), "err", err)
+	errs := g.bus.PublishDurables(ctx, ds)
+	for i, d := range ds {
+		if errs[i] != nil {
+			g.log.Warn("hand job to the schedulers; the reconciler will", "job_id", d.Packet.GetJobRequest().GetJobId(), "err", errs[i])
 		}
 	}
 }

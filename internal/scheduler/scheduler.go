@@ -337,7 +337,7 @@ func backoff(attempt uint32, base, most time.Duration) time.Duration {
 		d *= 2
 	}
 	d = min(d, most)
-	return d - time.Duration(rand.Int64N(int64(d)/2+1))
+	return d - time.Duration(rand.Int64N(int64(d)/2+1)) //nolint:gosec // jitter needs no cryptographic randomness
 }
 
 // record applies a transition, publishes the job event, and returns the

@@ -145,11 +145,12 @@ func (r *rig) sendJobsTo(t *testing.T, jobs []store.NewJob, subject string) {
 	for i := range jobs {
 		jobs[i].Tenant = "t"
 	}
-	for i, c := range r.st.CreateJobs(ctx, jobs, now) {
-		if c.Err != nil {
-			t.Fatal(c.Err)
+	created := r.st.CreateJobs(ctx, jobs, now)
+	for i, j := range jobs {
+		if created[i].Err != nil {
+			t.Fatal(created[i].Err)
 		}
-		rec, err := r.st.Transition(ctx, jobs[i].ID, store.Change{To: store.Dispatched, Attempt: 1, Pool: "p"}, now)
+		rec, err := r.st.Transition(ctx, j.ID, store.Change{To: store.Dispatched, Attempt: 1, Pool: "p"}, now)
 		if err != nil {
 			t.Fatal(err)
 		}
