@@ -99,7 +99,7 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 		root.AddCommand(c)
 	}
 	for _, c := range []*cobra.Command{job.NewCmdSubmit(f, nil), job.NewCmdJobs(f), job.NewCmdTail(f, nil),
-		job.NewCmdApprove(f, nil), job.NewCmdReject(f, nil), bench.NewCmdBench(f)} {
+		job.NewCmdApprove(f, nil), job.NewCmdReject(f, nil), job.NewCmdDLQ(f), bench.NewCmdBench(f)} {
 		c.GroupID = "jobs"
 		root.AddCommand(c)
 	}

@@ -38,6 +38,9 @@ type Store interface {
 	List(ctx context.Context, q store.Query) ([]*store.Job, string, error)
 	SavePolicy(ctx context.Context, shadow bool, name, source string) error
 	Ping(ctx context.Context) error
+	DeadLetters(ctx context.Context, tenant string, limit int, before time.Time) ([]store.DeadLetter, error)
+	Revive(ctx context.Context, id, reason string, now time.Time) (*store.Job, error)
+	DropDeadLetter(ctx context.Context, id string) (bool, error)
 }
 
 // Bus is what the gateway needs from the bus.

@@ -122,13 +122,23 @@ func (g *Gateway) ListJobs(ctx context.Context, req *cortexv1.ListJobsRequest) (
 	return res, nil
 }
 
-func listQuery(tenant string, req *cortexv1.ListJobsRequest) (store.Query, error) {
-	q := store.Query{Tenant: tenant, Topic: req.GetTopic(), Labels: req.GetLabels(), Limit: int(req.GetPageSize())}
+// pageSize is a request's page size: DefaultPageSize when unset, at most
+// MaxPageSize.
+func pageSize(n uint32) (int, error) {
 	switch {
-	case q.Limit == 0:
-		q.Limit = DefaultPageSize
-	case q.Limit > MaxPageSize:
-		return q, connect.Errorf(connect.CodeInvalidArgument, "page size %d is over the limit of %d", q.Limit, MaxPageSize)
+	case n == 0:
+		return DefaultPageSize, nil
+	case n > MaxPageSize:
+		return 0, connect.Errorf(connect.CodeInvalidArgument, "page size %d is over the limit of %d", n, MaxPageSize)
+	}
+	return int(n), nil
+}
+
+func listQuery(tenant string, req *cortexv1.ListJobsRequest) (store.Query, error) {
+	q := store.Query{Tenant: tenant, Topic: req.GetTopic(), Labels: req.GetLabels()}
+	var err error
+	if q.Limit, err = pageSize(req.GetPageSize()); err != nil {
+		return q, err
 	}
 	if err := validateFilter(req.GetTopic(), req.GetStates(), req.GetLabels()); err != nil {
 		return q, err

@@ -76,6 +76,355 @@ func (WorkerState) EnumDescriptor() ([]byte, []int) {
 	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
 }
 
+type ListDeadLettersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// page_size is the most dead letters per page: default 50, at most 500.
+	PageSize uint32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// page_token continues from a previous page's next_page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersRequest) Reset() {
+	*x = ListDeadLettersRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersRequest) ProtoMessage() {}
+
+func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ListDeadLettersRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDeadLettersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type DeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// job is the job record, with its attempt history.
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// dead_at is when it went to the dead-letter queue.
+	DeadAt        *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=dead_at,json=deadAt,proto3" json:"dead_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DeadLetter) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetDeadAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.DeadAt
+	}
+	return nil
+}
+
+type ListDeadLettersResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetters []*DeadLetter          `protobuf:"bytes,1,rep,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// next_page_token is set when there may be more.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListDeadLettersResponse) Reset() {
+	*x = ListDeadLettersResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListDeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListDeadLettersResponse) ProtoMessage() {}
+
+func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return nil
+}
+
+func (x *ListDeadLettersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type RetryDeadLetterRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// reason is recorded on the job (default "retried from the dead-letter
+	// queue").
+	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryDeadLetterRequest) Reset() {
+	*x = RetryDeadLetterRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryDeadLetterRequest) ProtoMessage() {}
+
+func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RetryDeadLetterRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RetryDeadLetterRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type RetryDeadLetterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// job is the record after the retry: PENDING at its next attempt.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryDeadLetterResponse) Reset() {
+	*x = RetryDeadLetterResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryDeadLetterResponse) ProtoMessage() {}
+
+func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *RetryDeadLetterResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
+type DropDeadLetterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropDeadLetterRequest) Reset() {
+	*x = DropDeadLetterRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropDeadLetterRequest) ProtoMessage() {}
+
+func (x *DropDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*DropDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *DropDeadLetterRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+type DropDeadLetterResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// job is the record, which keeps its final state.
+	Job           *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DropDeadLetterResponse) Reset() {
+	*x = DropDeadLetterResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DropDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DropDeadLetterResponse) ProtoMessage() {}
+
+func (x *DropDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DropDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*DropDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *DropDeadLetterResponse) GetJob() *Job {
+	if x != nil {
+		return x.Job
+	}
+	return nil
+}
+
 type SubmitJobRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// topic names the kind of work, e.g. "job.echo".
@@ -101,7 +450,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +462,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,7 +475,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitJobRequest) GetTopic() string {
@@ -198,7 +547,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -210,7 +559,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -223,7 +572,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -256,7 +605,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -268,7 +617,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -281,7 +630,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -300,7 +649,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -312,7 +661,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -325,7 +674,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -344,7 +693,7 @@ type GetResultRequest struct {
 
 func (x *GetResultRequest) Reset() {
 	*x = GetResultRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -356,7 +705,7 @@ func (x *GetResultRequest) String() string {
 func (*GetResultRequest) ProtoMessage() {}
 
 func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -369,7 +718,7 @@ func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
 func (*GetResultRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetResultRequest) GetJobId() string {
@@ -394,7 +743,7 @@ type GetResultResponse struct {
 
 func (x *GetResultResponse) Reset() {
 	*x = GetResultResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -406,7 +755,7 @@ func (x *GetResultResponse) String() string {
 func (*GetResultResponse) ProtoMessage() {}
 
 func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -419,7 +768,7 @@ func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
 func (*GetResultResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetResultResponse) GetJobId() string {
@@ -497,7 +846,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -509,7 +858,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -522,7 +871,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListJobsRequest) GetStates() []JobState {
@@ -571,7 +920,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -583,7 +932,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -596,7 +945,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -624,7 +973,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -636,7 +985,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -649,7 +998,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -675,7 +1024,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -687,7 +1036,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -700,7 +1049,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -719,7 +1068,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +1080,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +1093,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -763,7 +1112,7 @@ type WatchJobResponse struct {
 
 func (x *WatchJobResponse) Reset() {
 	*x = WatchJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +1124,7 @@ func (x *WatchJobResponse) String() string {
 func (*WatchJobResponse) ProtoMessage() {}
 
 func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +1137,7 @@ func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchJobResponse) GetJob() *Job {
@@ -812,7 +1161,7 @@ type StreamEventsRequest struct {
 
 func (x *StreamEventsRequest) Reset() {
 	*x = StreamEventsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -824,7 +1173,7 @@ func (x *StreamEventsRequest) String() string {
 func (*StreamEventsRequest) ProtoMessage() {}
 
 func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -837,7 +1186,7 @@ func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsRequest.ProtoReflect.Descriptor instead.
 func (*StreamEventsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StreamEventsRequest) GetTopic() string {
@@ -873,7 +1222,7 @@ type StreamEventsResponse struct {
 
 func (x *StreamEventsResponse) Reset() {
 	*x = StreamEventsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -885,7 +1234,7 @@ func (x *StreamEventsResponse) String() string {
 func (*StreamEventsResponse) ProtoMessage() {}
 
 func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -898,7 +1247,7 @@ func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsResponse.ProtoReflect.Descriptor instead.
 func (*StreamEventsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StreamEventsResponse) GetJob() *Job {
@@ -926,7 +1275,7 @@ type ApproveJobRequest struct {
 
 func (x *ApproveJobRequest) Reset() {
 	*x = ApproveJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1287,7 @@ func (x *ApproveJobRequest) String() string {
 func (*ApproveJobRequest) ProtoMessage() {}
 
 func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1300,7 @@ func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveJobRequest.ProtoReflect.Descriptor instead.
 func (*ApproveJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ApproveJobRequest) GetJobId() string {
@@ -977,7 +1326,7 @@ type ApproveJobResponse struct {
 
 func (x *ApproveJobResponse) Reset() {
 	*x = ApproveJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1338,7 @@ func (x *ApproveJobResponse) String() string {
 func (*ApproveJobResponse) ProtoMessage() {}
 
 func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1351,7 @@ func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveJobResponse.ProtoReflect.Descriptor instead.
 func (*ApproveJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ApproveJobResponse) GetJob() *Job {
@@ -1023,7 +1372,7 @@ type RejectJobRequest struct {
 
 func (x *RejectJobRequest) Reset() {
 	*x = RejectJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1035,7 +1384,7 @@ func (x *RejectJobRequest) String() string {
 func (*RejectJobRequest) ProtoMessage() {}
 
 func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1048,7 +1397,7 @@ func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectJobRequest.ProtoReflect.Descriptor instead.
 func (*RejectJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RejectJobRequest) GetJobId() string {
@@ -1074,7 +1423,7 @@ type RejectJobResponse struct {
 
 func (x *RejectJobResponse) Reset() {
 	*x = RejectJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1086,7 +1435,7 @@ func (x *RejectJobResponse) String() string {
 func (*RejectJobResponse) ProtoMessage() {}
 
 func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1099,7 +1448,7 @@ func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectJobResponse.ProtoReflect.Descriptor instead.
 func (*RejectJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RejectJobResponse) GetJob() *Job {
@@ -1117,7 +1466,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1129,7 +1478,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1142,7 +1491,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 type GetPolicyResponse struct {
@@ -1157,7 +1506,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1518,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1531,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *GetPolicyResponse) GetStatus() *PolicyStatus {
@@ -1215,7 +1564,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1576,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1589,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ApplyPolicyRequest) GetSource() string {
@@ -1283,7 +1632,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1644,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1657,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ApplyPolicyResponse) GetHash() string {
@@ -1339,7 +1688,7 @@ type ExplainDecisionRequest struct {
 
 func (x *ExplainDecisionRequest) Reset() {
 	*x = ExplainDecisionRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1351,7 +1700,7 @@ func (x *ExplainDecisionRequest) String() string {
 func (*ExplainDecisionRequest) ProtoMessage() {}
 
 func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1364,7 +1713,7 @@ func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionRequest.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ExplainDecisionRequest) GetTopic() string {
@@ -1416,7 +1765,7 @@ type ExplainDecisionResponse struct {
 
 func (x *ExplainDecisionResponse) Reset() {
 	*x = ExplainDecisionResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1428,7 +1777,7 @@ func (x *ExplainDecisionResponse) String() string {
 func (*ExplainDecisionResponse) ProtoMessage() {}
 
 func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1441,7 +1790,7 @@ func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionResponse.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ExplainDecisionResponse) GetDecision() *SafetyVerdict {
@@ -1484,7 +1833,7 @@ type StreamDecisionsRequest struct {
 
 func (x *StreamDecisionsRequest) Reset() {
 	*x = StreamDecisionsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1496,7 +1845,7 @@ func (x *StreamDecisionsRequest) String() string {
 func (*StreamDecisionsRequest) ProtoMessage() {}
 
 func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1509,7 +1858,7 @@ func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*StreamDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StreamDecisionsRequest) GetDecisions() []Decision {
@@ -1538,7 +1887,7 @@ type StreamDecisionsResponse struct {
 
 func (x *StreamDecisionsResponse) Reset() {
 	*x = StreamDecisionsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1899,7 @@ func (x *StreamDecisionsResponse) String() string {
 func (*StreamDecisionsResponse) ProtoMessage() {}
 
 func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1912,7 @@ func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*StreamDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StreamDecisionsResponse) GetEvent() *SafetyDecisionEvent {
@@ -1589,7 +1938,7 @@ type SubmitJobsRequest struct {
 
 func (x *SubmitJobsRequest) Reset() {
 	*x = SubmitJobsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1601,7 +1950,7 @@ func (x *SubmitJobsRequest) String() string {
 func (*SubmitJobsRequest) ProtoMessage() {}
 
 func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1614,7 +1963,7 @@ func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SubmitJobsRequest) GetJobs() []*SubmitJobRequest {
@@ -1634,7 +1983,7 @@ type SubmitJobsResponse struct {
 
 func (x *SubmitJobsResponse) Reset() {
 	*x = SubmitJobsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1646,7 +1995,7 @@ func (x *SubmitJobsResponse) String() string {
 func (*SubmitJobsResponse) ProtoMessage() {}
 
 func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1659,7 +2008,7 @@ func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SubmitJobsResponse) GetResults() []*SubmitJobsResult {
@@ -1686,7 +2035,7 @@ type SubmitJobsResult struct {
 
 func (x *SubmitJobsResult) Reset() {
 	*x = SubmitJobsResult{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1698,7 +2047,7 @@ func (x *SubmitJobsResult) String() string {
 func (*SubmitJobsResult) ProtoMessage() {}
 
 func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1711,7 +2060,7 @@ func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResult.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResult) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SubmitJobsResult) GetJobId() string {
@@ -1759,7 +2108,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1771,7 +2120,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1784,7 +2133,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListWorkersRequest) GetPool() string {
@@ -1803,7 +2152,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1815,7 +2164,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1828,7 +2177,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -1866,7 +2215,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1878,7 +2227,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1891,7 +2240,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *WorkerInfo) GetWorkerId() string {
@@ -2007,7 +2356,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2019,7 +2368,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2032,7 +2381,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{39}
 }
 
 type ListPoolsResponse struct {
@@ -2044,7 +2393,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2405,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2418,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListPoolsResponse) GetPools() []*PoolInfo {
@@ -2099,7 +2448,7 @@ type PoolInfo struct {
 
 func (x *PoolInfo) Reset() {
 	*x = PoolInfo{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2111,7 +2460,7 @@ func (x *PoolInfo) String() string {
 func (*PoolInfo) ProtoMessage() {}
 
 func (x *PoolInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2124,7 +2473,7 @@ func (x *PoolInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolInfo.ProtoReflect.Descriptor instead.
 func (*PoolInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *PoolInfo) GetPool() string {
@@ -2173,7 +2522,27 @@ var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\x03\n" +
+	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n" +
+	"\x16ListDeadLettersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"c\n" +
+	"\n" +
+	"DeadLetter\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x123\n" +
+	"\adead_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06deadAt\"{\n" +
+	"\x17ListDeadLettersResponse\x128\n" +
+	"\fdead_letters\x18\x01 \x03(\v2\x15.cortex.v1.DeadLetterR\vdeadLetters\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"G\n" +
+	"\x16RetryDeadLetterRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\";\n" +
+	"\x17RetryDeadLetterResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\".\n" +
+	"\x15DropDeadLetterRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\":\n" +
+	"\x16DropDeadLetterResponse\x12 \n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"\x9b\x03\n" +
 	"\x10SubmitJobRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x16\n" +
 	"\x06prompt\x18\x02 \x01(\tR\x06prompt\x12?\n" +
@@ -2328,7 +2697,7 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11WORKER_STATE_LIVE\x10\x01\x12\x19\n" +
-	"\x15WORKER_STATE_DRAINING\x10\x022\xc6\t\n" +
+	"\x15WORKER_STATE_DRAINING\x10\x022\xd1\v\n" +
 	"\x0eGatewayService\x12F\n" +
 	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12I\n" +
 	"\n" +
@@ -2347,7 +2716,10 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x0fExplainDecision\x12!.cortex.v1.ExplainDecisionRequest\x1a\".cortex.v1.ExplainDecisionResponse\x12Z\n" +
 	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01\x12L\n" +
 	"\vListWorkers\x12\x1d.cortex.v1.ListWorkersRequest\x1a\x1e.cortex.v1.ListWorkersResponse\x12F\n" +
-	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponseB\x93\x01\n" +
+	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponse\x12X\n" +
+	"\x0fListDeadLetters\x12!.cortex.v1.ListDeadLettersRequest\x1a\".cortex.v1.ListDeadLettersResponse\x12X\n" +
+	"\x0fRetryDeadLetter\x12!.cortex.v1.RetryDeadLetterRequest\x1a\".cortex.v1.RetryDeadLetterResponse\x12U\n" +
+	"\x0eDropDeadLetter\x12 .cortex.v1.DropDeadLetterRequest\x1a!.cortex.v1.DropDeadLetterResponseB\x93\x01\n" +
 	"\rcom.cortex.v1B\fGatewayProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
 	"Cortex::V1b\x06proto3"
 
@@ -2364,127 +2736,145 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_cortex_v1_gateway_proto_goTypes = []any{
 	(WorkerState)(0),                // 0: cortex.v1.WorkerState
-	(*SubmitJobRequest)(nil),        // 1: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 2: cortex.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),           // 3: cortex.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 4: cortex.v1.GetJobResponse
-	(*GetResultRequest)(nil),        // 5: cortex.v1.GetResultRequest
-	(*GetResultResponse)(nil),       // 6: cortex.v1.GetResultResponse
-	(*ListJobsRequest)(nil),         // 7: cortex.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 8: cortex.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 9: cortex.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 10: cortex.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),         // 11: cortex.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),        // 12: cortex.v1.WatchJobResponse
-	(*StreamEventsRequest)(nil),     // 13: cortex.v1.StreamEventsRequest
-	(*StreamEventsResponse)(nil),    // 14: cortex.v1.StreamEventsResponse
-	(*ApproveJobRequest)(nil),       // 15: cortex.v1.ApproveJobRequest
-	(*ApproveJobResponse)(nil),      // 16: cortex.v1.ApproveJobResponse
-	(*RejectJobRequest)(nil),        // 17: cortex.v1.RejectJobRequest
-	(*RejectJobResponse)(nil),       // 18: cortex.v1.RejectJobResponse
-	(*GetPolicyRequest)(nil),        // 19: cortex.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),       // 20: cortex.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),      // 21: cortex.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),     // 22: cortex.v1.ApplyPolicyResponse
-	(*ExplainDecisionRequest)(nil),  // 23: cortex.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil), // 24: cortex.v1.ExplainDecisionResponse
-	(*StreamDecisionsRequest)(nil),  // 25: cortex.v1.StreamDecisionsRequest
-	(*StreamDecisionsResponse)(nil), // 26: cortex.v1.StreamDecisionsResponse
-	(*SubmitJobsRequest)(nil),       // 27: cortex.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),      // 28: cortex.v1.SubmitJobsResponse
-	(*SubmitJobsResult)(nil),        // 29: cortex.v1.SubmitJobsResult
-	(*ListWorkersRequest)(nil),      // 30: cortex.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),     // 31: cortex.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),              // 32: cortex.v1.WorkerInfo
-	(*ListPoolsRequest)(nil),        // 33: cortex.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 34: cortex.v1.ListPoolsResponse
-	(*PoolInfo)(nil),                // 35: cortex.v1.PoolInfo
-	nil,                             // 36: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                             // 37: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                             // 38: cortex.v1.StreamEventsRequest.LabelsEntry
-	nil,                             // 39: cortex.v1.ExplainDecisionRequest.LabelsEntry
-	(*durationpb.Duration)(nil),     // 40: google.protobuf.Duration
-	(JobState)(0),                   // 41: cortex.v1.JobState
-	(*Job)(nil),                     // 42: cortex.v1.Job
-	(*PolicyStatus)(nil),            // 43: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 44: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 45: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 46: cortex.v1.SafetyDecisionEvent
-	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
+	(*ListDeadLettersRequest)(nil),  // 1: cortex.v1.ListDeadLettersRequest
+	(*DeadLetter)(nil),              // 2: cortex.v1.DeadLetter
+	(*ListDeadLettersResponse)(nil), // 3: cortex.v1.ListDeadLettersResponse
+	(*RetryDeadLetterRequest)(nil),  // 4: cortex.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil), // 5: cortex.v1.RetryDeadLetterResponse
+	(*DropDeadLetterRequest)(nil),   // 6: cortex.v1.DropDeadLetterRequest
+	(*DropDeadLetterResponse)(nil),  // 7: cortex.v1.DropDeadLetterResponse
+	(*SubmitJobRequest)(nil),        // 8: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 9: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),           // 10: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 11: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),        // 12: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),       // 13: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),         // 14: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 15: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 16: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 17: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),         // 18: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),        // 19: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),     // 20: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil),    // 21: cortex.v1.StreamEventsResponse
+	(*ApproveJobRequest)(nil),       // 22: cortex.v1.ApproveJobRequest
+	(*ApproveJobResponse)(nil),      // 23: cortex.v1.ApproveJobResponse
+	(*RejectJobRequest)(nil),        // 24: cortex.v1.RejectJobRequest
+	(*RejectJobResponse)(nil),       // 25: cortex.v1.RejectJobResponse
+	(*GetPolicyRequest)(nil),        // 26: cortex.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),       // 27: cortex.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),      // 28: cortex.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),     // 29: cortex.v1.ApplyPolicyResponse
+	(*ExplainDecisionRequest)(nil),  // 30: cortex.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil), // 31: cortex.v1.ExplainDecisionResponse
+	(*StreamDecisionsRequest)(nil),  // 32: cortex.v1.StreamDecisionsRequest
+	(*StreamDecisionsResponse)(nil), // 33: cortex.v1.StreamDecisionsResponse
+	(*SubmitJobsRequest)(nil),       // 34: cortex.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 35: cortex.v1.SubmitJobsResponse
+	(*SubmitJobsResult)(nil),        // 36: cortex.v1.SubmitJobsResult
+	(*ListWorkersRequest)(nil),      // 37: cortex.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 38: cortex.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),              // 39: cortex.v1.WorkerInfo
+	(*ListPoolsRequest)(nil),        // 40: cortex.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 41: cortex.v1.ListPoolsResponse
+	(*PoolInfo)(nil),                // 42: cortex.v1.PoolInfo
+	nil,                             // 43: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 44: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 45: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 46: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*Job)(nil),                     // 47: cortex.v1.Job
+	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
+	(JobState)(0),                   // 50: cortex.v1.JobState
+	(*PolicyStatus)(nil),            // 51: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 52: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 53: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 54: cortex.v1.SafetyDecisionEvent
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	36, // 0: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	40, // 1: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	41, // 2: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	42, // 3: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	41, // 4: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	41, // 5: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	37, // 6: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	42, // 7: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	42, // 8: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	42, // 9: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	41, // 10: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	38, // 11: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	42, // 12: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	42, // 13: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	42, // 14: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	43, // 15: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	43, // 16: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	43, // 17: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	39, // 18: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	44, // 19: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	44, // 20: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	45, // 21: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	46, // 22: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	1,  // 23: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	29, // 24: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	41, // 25: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	32, // 26: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
-	0,  // 27: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
-	47, // 28: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
-	40, // 29: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
-	47, // 30: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
-	35, // 31: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
-	1,  // 32: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	27, // 33: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	3,  // 34: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	5,  // 35: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	7,  // 36: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	9,  // 37: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	11, // 38: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	13, // 39: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	15, // 40: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	17, // 41: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	19, // 42: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	21, // 43: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	23, // 44: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	25, // 45: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	30, // 46: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
-	33, // 47: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
-	2,  // 48: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	28, // 49: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	4,  // 50: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	6,  // 51: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	8,  // 52: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	10, // 53: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	12, // 54: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	14, // 55: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	16, // 56: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	18, // 57: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	20, // 58: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	22, // 59: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	24, // 60: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	26, // 61: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	31, // 62: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
-	34, // 63: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
-	48, // [48:64] is the sub-list for method output_type
-	32, // [32:48] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	47, // 0: cortex.v1.DeadLetter.job:type_name -> cortex.v1.Job
+	48, // 1: cortex.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	2,  // 2: cortex.v1.ListDeadLettersResponse.dead_letters:type_name -> cortex.v1.DeadLetter
+	47, // 3: cortex.v1.RetryDeadLetterResponse.job:type_name -> cortex.v1.Job
+	47, // 4: cortex.v1.DropDeadLetterResponse.job:type_name -> cortex.v1.Job
+	43, // 5: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	49, // 6: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	50, // 7: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	47, // 8: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	50, // 9: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	50, // 10: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	44, // 11: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	47, // 12: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	47, // 13: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	47, // 14: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	50, // 15: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	45, // 16: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	47, // 17: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	47, // 18: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	47, // 19: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	51, // 20: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	51, // 21: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	51, // 22: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	46, // 23: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	52, // 24: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	52, // 25: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	53, // 26: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	54, // 27: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	8,  // 28: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	36, // 29: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	50, // 30: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	39, // 31: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 32: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	48, // 33: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	49, // 34: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	48, // 35: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	42, // 36: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	8,  // 37: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	34, // 38: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	10, // 39: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	12, // 40: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	14, // 41: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	16, // 42: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	18, // 43: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	20, // 44: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	22, // 45: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	24, // 46: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	26, // 47: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	28, // 48: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	30, // 49: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	32, // 50: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	37, // 51: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	40, // 52: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	1,  // 53: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
+	4,  // 54: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
+	6,  // 55: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
+	9,  // 56: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	35, // 57: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	11, // 58: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	13, // 59: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	15, // 60: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	17, // 61: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	19, // 62: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	21, // 63: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	23, // 64: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	25, // 65: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	27, // 66: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	29, // 67: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	31, // 68: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	33, // 69: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	38, // 70: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	41, // 71: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	3,  // 72: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
+	5,  // 73: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
+	7,  // 74: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
+	56, // [56:75] is the sub-list for method output_type
+	37, // [37:56] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -2494,8 +2884,8 @@ func file_cortex_v1_gateway_proto_init() {
 	}
 	file_cortex_v1_job_proto_init()
 	file_cortex_v1_safety_proto_init()
-	file_cortex_v1_gateway_proto_msgTypes[0].OneofWrappers = []any{}
-	file_cortex_v1_gateway_proto_msgTypes[5].OneofWrappers = []any{
+	file_cortex_v1_gateway_proto_msgTypes[7].OneofWrappers = []any{}
+	file_cortex_v1_gateway_proto_msgTypes[12].OneofWrappers = []any{
 		(*GetResultResponse_Text)(nil),
 		(*GetResultResponse_Data)(nil),
 	}
@@ -2505,7 +2895,7 @@ func file_cortex_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

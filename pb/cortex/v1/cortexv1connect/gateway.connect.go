@@ -59,6 +59,15 @@ const (
 	GatewayServiceListWorkersProcedure = "/cortex.v1.GatewayService/ListWorkers"
 	// GatewayServiceListPoolsProcedure is the procedure name of the GatewayService's ListPools RPC.
 	GatewayServiceListPoolsProcedure = "/cortex.v1.GatewayService/ListPools"
+	// GatewayServiceListDeadLettersProcedure is the procedure name of the GatewayService's
+	// ListDeadLetters RPC.
+	GatewayServiceListDeadLettersProcedure = "/cortex.v1.GatewayService/ListDeadLetters"
+	// GatewayServiceRetryDeadLetterProcedure is the procedure name of the GatewayService's
+	// RetryDeadLetter RPC.
+	GatewayServiceRetryDeadLetterProcedure = "/cortex.v1.GatewayService/RetryDeadLetter"
+	// GatewayServiceDropDeadLetterProcedure is the procedure name of the GatewayService's
+	// DropDeadLetter RPC.
+	GatewayServiceDropDeadLetterProcedure = "/cortex.v1.GatewayService/DropDeadLetter"
 )
 
 var (
@@ -174,6 +183,27 @@ var (
 			Procedure:  GatewayServiceListPoolsProcedure,
 		}
 	})
+	gatewayServiceListDeadLettersSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("ListDeadLetters"),
+			Procedure:  GatewayServiceListDeadLettersProcedure,
+		}
+	})
+	gatewayServiceRetryDeadLetterSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("RetryDeadLetter"),
+			Procedure:  GatewayServiceRetryDeadLetterProcedure,
+		}
+	})
+	gatewayServiceDropDeadLetterSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("DropDeadLetter"),
+			Procedure:  GatewayServiceDropDeadLetterProcedure,
+		}
+	})
 )
 
 // GatewayServiceClient is a client for the cortex.v1.GatewayService service.
@@ -232,6 +262,17 @@ type GatewayServiceClient interface {
 	// many jobs they run and can run, and the topics they serve. Any key may
 	// list them, as with ListWorkers.
 	ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error)
+	// ListDeadLetters lists the caller's dead letters, newest first: jobs
+	// that ended FAILED or TIMEOUT with no attempt left, or that their
+	// pool's workers took too many times without acknowledging.
+	ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error)
+	// RetryDeadLetter gives a dead letter one more attempt: it goes back to
+	// PENDING at the next attempt and through the safety gate again, under
+	// the policy in force now.
+	RetryDeadLetter(context.Context, *v1.RetryDeadLetterRequest) (*v1.RetryDeadLetterResponse, error)
+	// DropDeadLetter takes a job out of the dead-letter queue; it keeps its
+	// final state.
+	DropDeadLetter(context.Context, *v1.DropDeadLetterRequest) (*v1.DropDeadLetterResponse, error)
 }
 
 // NewGatewayServiceClient constructs a client for the cortex.v1.GatewayService service. Multiple
@@ -358,6 +399,17 @@ type GatewayServiceHandler interface {
 	// many jobs they run and can run, and the topics they serve. Any key may
 	// list them, as with ListWorkers.
 	ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error)
+	// ListDeadLetters lists the caller's dead letters, newest first: jobs
+	// that ended FAILED or TIMEOUT with no attempt left, or that their
+	// pool's workers took too many times without acknowledging.
+	ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error)
+	// RetryDeadLetter gives a dead letter one more attempt: it goes back to
+	// PENDING at the next attempt and through the safety gate again, under
+	// the policy in force now.
+	RetryDeadLetter(context.Context, *v1.RetryDeadLetterRequest) (*v1.RetryDeadLetterResponse, error)
+	// DropDeadLetter takes a job out of the dead-letter queue; it keeps its
+	// final state.
+	DropDeadLetter(context.Context, *v1.DropDeadLetterRequest) (*v1.DropDeadLetterResponse, error)
 }
 
 // RegisterGatewayServiceHandler registers svc as the cortex.v1.GatewayService implementation on
@@ -381,6 +433,9 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 		connect.Method{Spec: gatewayServiceStreamDecisionsSpec(), Handler: adapter.streamDecisions},
 		connect.Method{Spec: gatewayServiceListWorkersSpec(), Handler: adapter.listWorkers},
 		connect.Method{Spec: gatewayServiceListPoolsSpec(), Handler: adapter.listPools},
+		connect.Method{Spec: gatewayServiceListDeadLettersSpec(), Handler: adapter.listDeadLetters},
+		connect.Method{Spec: gatewayServiceRetryDeadLetterSpec(), Handler: adapter.retryDeadLetter},
+		connect.Method{Spec: gatewayServiceDropDeadLetterSpec(), Handler: adapter.dropDeadLetter},
 	)
 }
 
@@ -496,6 +551,18 @@ func (UnimplementedGatewayServiceHandler) ListWorkers(context.Context, *v1.ListW
 
 func (UnimplementedGatewayServiceHandler) ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListPools is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListDeadLetters is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) RetryDeadLetter(context.Context, *v1.RetryDeadLetterRequest) (*v1.RetryDeadLetterResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.RetryDeadLetter is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) DropDeadLetter(context.Context, *v1.DropDeadLetterRequest) (*v1.DropDeadLetterResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.DropDeadLetter is not implemented")
 }
 
 type gatewayServiceClient struct {
@@ -625,6 +692,30 @@ func (c *gatewayServiceClient) ListWorkers(ctx context.Context, req *v1.ListWork
 func (c *gatewayServiceClient) ListPools(ctx context.Context, req *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error) {
 	var res v1.ListPoolsResponse
 	if err := c.client.CallUnary(ctx, gatewayServiceListPoolsSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) ListDeadLetters(ctx context.Context, req *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error) {
+	var res v1.ListDeadLettersResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceListDeadLettersSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) RetryDeadLetter(ctx context.Context, req *v1.RetryDeadLetterRequest) (*v1.RetryDeadLetterResponse, error) {
+	var res v1.RetryDeadLetterResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceRetryDeadLetterSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) DropDeadLetter(ctx context.Context, req *v1.DropDeadLetterRequest) (*v1.DropDeadLetterResponse, error) {
+	var res v1.DropDeadLetterResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceDropDeadLetterSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -806,6 +897,42 @@ func (h gatewayServiceHandler) listPools(ctx context.Context, _ connect.Spec, st
 		return err
 	}
 	res, err := h.svc.ListPools(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) listDeadLetters(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.ListDeadLettersRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.ListDeadLetters(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) retryDeadLetter(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.RetryDeadLetterRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.RetryDeadLetter(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) dropDeadLetter(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.DropDeadLetterRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.DropDeadLetter(ctx, &req)
 	if err != nil {
 		return err
 	}
