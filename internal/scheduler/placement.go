@@ -148,6 +148,20 @@ func (pl *placement) take(pool string, w *waiting, now time.Time) (picks []*wait
 	return picks, live
 }
 
+// drain empties every queue and returns what waited.
+func (pl *placement) drain() []*waiting {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	var out []*waiting
+	for _, q := range pl.queues {
+		for q.Len() > 0 {
+			out = append(out, heap.Pop(q).(*waiting))
+		}
+	}
+	clear(pl.queued)
+	return out
+}
+
 // forgetStaleLocked gives back the slots of pool's released jobs not heard
 // of for too long, and all of them when the pool has no live worker.
 func (pl *placement) forgetStaleLocked(pool string, live bool, now time.Time) {

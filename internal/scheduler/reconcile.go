@@ -70,7 +70,7 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 					j.WorkerID, 2*s.opts.lease)
 			}
 			s.log.Info("reconcile: lease expired", "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))
-			s.endAttempt(ctx, j.ID, j, j.Attempt, store.Timeout, j.WorkerID, why)
+			s.endAttempt(ctx, j.ID, j, j.Attempt, store.Timeout, j.WorkerID, why, true)
 		}
 	}
 }

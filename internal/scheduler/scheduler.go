@@ -163,12 +163,14 @@ func (s *Scheduler) Start(ctx context.Context) error {
 }
 
 // StopSubmits stops taking new jobs and returns once those received are
-// decided and placed and the reconciler has stopped. Results are still
-// recorded until Close.
+// decided, the jobs still waiting in its queues are handed back to the
+// submit stream (for another scheduler, or this one when it comes back),
+// and the reconciler has stopped. Results are still recorded until Close.
 func (s *Scheduler) StopSubmits() {
 	if s.submits != nil {
 		s.submits.Stop()
 		s.submits = nil
+		s.handBack()
 	}
 	if s.stopReconcile != nil {
 		s.stopReconcile()
@@ -179,6 +181,28 @@ func (s *Scheduler) StopSubmits() {
 		_ = sub.Unsubscribe()
 	}
 	s.subs = nil
+}
+
+// handBack empties the pools' queues into the submit stream.
+func (s *Scheduler) handBack() {
+	waiting := s.place.drain()
+	if len(waiting) == 0 {
+		return
+	}
+	ds := make([]bus.Durable, len(waiting))
+	for i, w := range waiting {
+		ds[i] = bus.Submit(w.traceID, w.req, fmt.Sprintf("handback-%d", time.Now().UnixNano()))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	errs := s.conn.PublishDurables(ctx, ds)
+	for i, w := range waiting {
+		if errs[i] != nil {
+			// The job is PENDING in the store: the reconciler re-drives it.
+			s.log.Warn("hand a queued job back; the reconciler will", "job_id", w.req.GetJobId(), "err", errs[i])
+		}
+	}
+	s.log.Info("handed queued jobs back to the submit stream", "jobs", len(waiting))
 }
 
 // Conn is the scheduler's bus connection.
@@ -293,19 +317,21 @@ func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.Jo
 		s.log.Info("result for an unknown job", "job_id", res.GetJobId(), "err", err)
 		return
 	}
-	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), res.GetError())
+	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), res.GetError(), false)
 }
 
 // endAttempt ends attempt of job j as end (FAILED or TIMEOUT) for why: the
 // job is retried after a backoff while it has attempts left, through the
 // submit stream and so the safety gate; otherwise it ends so and is listed
-// in the dead-letter queue. A stale attempt changes nothing.
-func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job, attempt uint32, end store.State, workerID, why string) {
+// in the dead-letter queue. A stale attempt changes nothing; with overdue,
+// neither does a job whose deadline has moved (it was started, or
+// extended, since it was read).
+func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job, attempt uint32, end store.State, workerID, why string, overdue bool) {
 	if j.Attempt == attempt && attempt < j.MaxAttempts {
 		wait := backoff(attempt, s.opts.retryBase, s.opts.retryMax)
 		due := time.Now().Add(wait)
 		retry := s.record(ctx, traceID, j.ID, store.Change{
-			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end, Due: due,
+			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end, Due: due, Overdue: overdue,
 			Reason: fmt.Sprintf("attempt %d of %d ended %s: %s; retrying in %s", attempt, j.MaxAttempts, end, why, wait.Round(time.Millisecond)),
 		})
 		if retry != nil {
@@ -315,7 +341,7 @@ func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job
 		}
 		return
 	}
-	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, DeadLetter: true,
+	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, DeadLetter: true, Overdue: overdue,
 		Reason: fmt.Sprintf("%s (attempt %d of %d, none left; listed in the dead-letter queue: cortexctl dlq list)", why, attempt, j.MaxAttempts)})
 }
 

@@ -32,7 +32,9 @@ return {'OK'}
 // transitionScript: KEYS = job, lease, dlq; ARGV = target state, expected
 // attempt ("0": any), now (µs), retry ("1": start the next attempt), the
 // outcome of the attempt a retry ends, deadline, dead letter ("1": list
-// the job in dlq, for a move to FAILED or TIMEOUT), job id, field/value... A move that ends an attempt (a retry, or
+// the job in dlq, for a move to FAILED or TIMEOUT), job id, overdue ("1":
+// only if the job's deadline has passed, for the reconciler's moves; now
+// in ms), field/value... A move that ends an attempt (a retry, or
 // a final state) records the attempt's outcome, worker, end time and
 // reason in "a:<attempt>" (tab-separated), so the job keeps its attempt
 // history. Answers {"OK", field, value, ...} with the whole record after
@@ -55,6 +57,10 @@ local exits = allowed[cur[1]]
 if not exits or not exits[ARGV[1]] or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then
   return {'CONFLICT', cur[1], cur[2]}
 end
+if ARGV[9] ~= '' then
+  local due = redis.call('ZSCORE', KEYS[2], id)
+  if not due or tonumber(due) > tonumber(ARGV[9]) then return {'CONFLICT', cur[1], cur[2]} end
+end
 local final = {COMPLETED=true, FAILED=true, DENIED=true, CANCELLED=true, TIMEOUT=true}
 local worker = redis.call('HGET', KEYS[1], 'worker_id') or ''
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 't:' .. ARGV[1], ARGV[3])
@@ -62,7 +68,7 @@ if ARGV[4] == '1' then
   redis.call('HINCRBY', KEYS[1], 'attempt', 1)
   redis.call('HDEL', KEYS[1], 'worker_id')
 end
-if #ARGV > 8 then redis.call('HSET', KEYS[1], unpack(ARGV, 9)) end
+if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
 if ARGV[4] == '1' or final[ARGV[1]] then
   local outcome = ARGV[1]
   if ARGV[4] == '1' then outcome = ARGV[5] else worker = redis.call('HGET', KEYS[1], 'worker_id') or '' end

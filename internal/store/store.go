@@ -359,6 +359,10 @@ type Change struct {
 	// DeadLetter lists the job in the dead-letter queue (a final FAILED or
 	// TIMEOUT that ran out of attempts).
 	DeadLetter bool
+	// Overdue makes the move only if the job's deadline has passed: the
+	// reconciler read an overdue job, and the job may have moved on (and
+	// got a new deadline) since.
+	Overdue bool
 	Reason     string
 	Pool       string
 	WorkerID   string
@@ -377,8 +381,12 @@ func (s *Store) args(id string, c Change, now time.Time) []any {
 	if c.DeadLetter {
 		dead = "1"
 	}
+	overdue := ""
+	if c.Overdue {
+		overdue = millis(now)
+	}
 	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry, string(c.Outcome),
-		s.deadline(c.To, c.Due, now), dead, id}
+		s.deadline(c.To, c.Due, now), dead, id, overdue}
 	for _, f := range [...]struct{ k, v string }{
 		{fReason, c.Reason}, {fPool, c.Pool}, {fWorker, c.WorkerID},
 	} {

@@ -1,0 +1,240 @@
+package scheduler_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
+	"github.com/cortex-os/core/internal/routing"
+	"github.com/cortex-os/core/internal/scheduler"
+	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+// cluster is schedulers on a real store (miniredis) and JetStream, with a
+// fake worker that runs what reaches the pool's stream.
+type cluster struct {
+	natsURL string
+	st      *store.Store
+	nc      *nats.Conn
+
+	mu         sync.Mutex
+	dispatched map[string]int // DISPATCHED events per job
+	completed  map[string]bool
+}
+
+func newCluster(t *testing.T, redrive time.Duration) *cluster {
+	t.Helper()
+	c := &cluster{natsURL: bustest.StartJetStream(t), dispatched: map[string]int{}, completed: map[string]bool{}}
+	mr := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	c.st = store.New(rdb, store.Options{Redrive: redrive})
+	var err error
+	if c.nc, err = nats.Connect(c.natsURL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.nc.Close)
+	if _, err := c.nc.Subscribe(bus.SubjectJobEvent, func(m *nats.Msg) {
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			return
+		}
+		j := p.GetJobEvent().GetJob()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		switch j.GetState() {
+		case cortexv1.JobState_JOB_STATE_DISPATCHED:
+			c.dispatched[j.GetJobId()]++
+		case cortexv1.JobState_JOB_STATE_COMPLETED:
+			c.completed[j.GetJobId()] = true
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// scheduler starts one more scheduler.
+func (c *cluster) scheduler(t *testing.T, name string) *scheduler.Scheduler {
+	t.Helper()
+	conn, err := bus.Connect(c.natsURL, name, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := routing.NewRouter(map[string]string{"job.echo": "echo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := scheduler.New(conn, c.st, answer(allow, nil), router, slog.New(slog.DiscardHandler),
+		scheduler.WithReconcileEvery(10*time.Millisecond), scheduler.WithRetryBackoff(10*time.Millisecond, 20*time.Millisecond))
+	if err := s.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return s
+}
+
+// worker beats as w-1 (room for plenty) and runs every job of pool echo:
+// start, finish, ack.
+func (c *cluster) worker(t *testing.T) {
+	t.Helper()
+	hb, err := bus.Encode(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion, Payload: &cortexv1.BusPacket_Heartbeat{
+		Heartbeat: &cortexv1.Heartbeat{WorkerId: "w-1", Pool: "echo", MaxParallelJobs: 10000, Topics: []string{"job.echo"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.nc.Publish(bus.HeartbeatSubject("w-1"), hb); err != nil {
+		t.Fatal(err)
+	}
+	js, err := jetstream.New(c.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(context.Background(), bus.StreamJobs, jetstream.ConsumerConfig{
+		Durable: bus.PoolConsumer("echo"), FilterSubject: bus.PoolSubjects("echo"), AckPolicy: jetstream.AckExplicitPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		p, err := bus.Decode(m.Data())
+		if err != nil {
+			return
+		}
+		req := p.GetJobRequest()
+		ctx := context.Background()
+		if _, _, err := c.st.Start(ctx, req.GetJobId(), req.GetAttempt(), "w-1", false, time.Minute, time.Now()); err == nil {
+			if j, err := c.st.Finish(ctx, req.GetJobId(), req.GetAttempt(), "ok", time.Now()); err == nil {
+				ev, _ := bus.Encode(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion,
+					Payload: &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: j.Proto()}}})
+				_ = c.nc.Publish(bus.SubjectJobEvent, ev)
+			}
+		}
+		_ = m.Ack()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cc.Stop)
+}
+
+// submit records n PENDING jobs and hands them to the submit stream, as
+// the gateway does.
+func (c *cluster) submit(t *testing.T, n int) []string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := bus.Connect(c.natsURL, "gateway-test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var ids []string
+	var ds []bus.Durable
+	for i := range n {
+		id, _ := store.NewJobID("acme", "")
+		if _, err := c.st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: "acme", Input: fmt.Sprint(i), MaxAttempts: 1}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		j, err := c.st.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		ds = append(ds, bus.Submit(id, j.Request(), "1"))
+	}
+	for _, err := range conn.PublishDurables(ctx, ds) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+func (c *cluster) waitCompleted(t *testing.T, ids []string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		c.mu.Lock()
+		done := 0
+		for _, id := range ids {
+			if c.completed[id] {
+				done++
+			}
+		}
+		c.mu.Unlock()
+		if done == len(ids) {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, id := range ids {
+				c.mu.Lock()
+				ok := c.completed[id]
+				c.mu.Unlock()
+				if !ok {
+					j, err := c.st.Get(context.Background(), id)
+					t.Logf("not completed: %s %+v %v", id, j, err)
+				}
+			}
+			t.Fatalf("%d of %d jobs completed", done, len(ids))
+		}
+	}
+}
+
+// TestSeveralSchedulersDispatchEachJobOnce: two schedulers share the
+// submits while their reconcilers keep handing the waiting jobs on again;
+// every job is dispatched exactly once and completes at its first attempt.
+func TestSeveralSchedulersDispatchEachJobOnce(t *testing.T) {
+	c := newCluster(t, 50*time.Millisecond)
+	c.scheduler(t, "scheduler-a")
+	c.scheduler(t, "scheduler-b")
+	// A short redrive (newCluster): the reconcilers hand every waiting job
+	// on again and again, so copies of one job race through the schedulers.
+	ids := c.submit(t, 300)
+	// Let the jobs wait (no worker yet) past their redrive deadline, so
+	// copies go round, then let them run.
+	time.Sleep(200 * time.Millisecond)
+	c.worker(t)
+	c.waitCompleted(t, ids)
+	ctx := context.Background()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		if n := c.dispatched[id]; n != 1 {
+			t.Errorf("job %s dispatched %d times, want once", id, n)
+		}
+		if j, err := c.st.Get(ctx, id); err != nil || j.State != store.Completed || j.Attempt != 1 {
+			t.Errorf("job %s: %+v, %v; want COMPLETED at attempt 1", id, j, err)
+		}
+	}
+}
+
+// TestStoppingSchedulerHandsBackItsQueue: a scheduler that stops hands the
+// jobs waiting in its queues back to the submit stream, where another
+// scheduler takes them at once (not a redrive interval later).
+func TestStoppingSchedulerHandsBackItsQueue(t *testing.T) {
+	// No redrive while the test runs: only the hand-back can move them.
+	c := newCluster(t, time.Hour)
+	first := c.scheduler(t, "scheduler-a")
+	ids := c.submit(t, 20)
+	for deadline := time.Now().Add(5 * time.Second); first.Waiting("echo") < len(ids); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d jobs wait in the first scheduler, want %d", first.Waiting("echo"), len(ids))
+		}
+	}
+	first.StopSubmits()
+	if n := first.Waiting("echo"); n != 0 {
+		t.Fatalf("%d jobs still queued in the stopped scheduler", n)
+	}
+	c.scheduler(t, "scheduler-b")
+	c.worker(t)
+	c.waitCompleted(t, ids)
+}
