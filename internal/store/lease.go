@@ -247,4 +247,3 @@ func (s *Store) WithLease(lease time.Duration) *Store {
 	}
 	return &Store{rdb: s.rdb, retention: s.retention, lease: lease, redrive: s.redrive, trips: s.trips, lastTrim: s.lastTrim, batch: s.batch}
 }
-

@@ -362,7 +362,7 @@ type Change struct {
 	// Overdue makes the move only if the job's deadline has passed: the
 	// reconciler read an overdue job, and the job may have moved on (and
 	// got a new deadline) since.
-	Overdue bool
+	Overdue    bool
 	Reason     string
 	Pool       string
 	WorkerID   string
