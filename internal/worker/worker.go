@@ -254,6 +254,15 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 		for range free - len(msgs) {
 			<-slots
 		}
+		if ctx.Err() != nil {
+			// Stop began while the pull waited: what came is not this
+			// worker's to run any more; hand it straight back.
+			for _, m := range msgs {
+				m.Delivery.Nak(0)
+				<-slots
+			}
+			return
+		}
 		for _, m := range msgs {
 			w.jobs.Add(1)
 			go func() {

@@ -656,3 +656,57 @@ func TestTwoEqualWorkersSplitTheJobs(t *testing.T) {
 		t.Errorf("most at once %d and %d, want at most %d", most["w-a"], most["w-b"], maxParallel)
 	}
 }
+
+// TestStopDrains: Stop lets the running job finish and records it before
+// it returns, and takes no new job once it said it drains: a job sent then
+// stays in the stream for another worker of the pool.
+func TestStopDrains(t *testing.T) {
+	started, release := make(chan string, 10), make(chan struct{})
+	slow := plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+		started <- j.ID
+		<-release
+		return &plugins.Result{Output: "done"}, nil
+	})
+	r := newRig(t, map[string]plugins.Handler{"job.slow": slow})
+	r.send(t, "j-slow", "job.slow", "x")
+	if id := <-started; id != "j-slow" {
+		t.Fatalf("started %s", id)
+	}
+	stopped := make(chan struct{})
+	go func() { r.w.Stop(); close(stopped) }()
+	for hb := range r.beats {
+		if hb.GetDraining() {
+			break
+		}
+	}
+	r.send(t, "j-late", "job.slow", "x")
+	select {
+	case <-stopped:
+		t.Fatal("Stop returned while a job was still running")
+	case <-time.After(100 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return once the running job finished")
+	}
+	if res := r.result(t, "j-slow"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("job running at Stop: %v, want COMPLETED", res)
+	}
+	select {
+	case id := <-started:
+		t.Fatalf("the draining worker started %s", id)
+	default:
+	}
+	if j, _ := r.st.Get(context.Background(), "j-late"); j.State != store.Dispatched {
+		t.Fatalf("job sent during the drain: %s, want still DISPATCHED", j.State)
+	}
+	r.startWorker(t, worker.Options{ID: "w-2", Pool: "p", Handlers: map[string]plugins.Handler{"job.slow": slow}})
+	if id := <-started; id != "j-late" {
+		t.Fatalf("w-2 started %s, want j-late", id)
+	}
+	if res := r.result(t, "j-late"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-2" {
+		t.Fatalf("j-late: %v, want COMPLETED by w-2", res)
+	}
+}
