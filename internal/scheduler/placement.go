@@ -87,11 +87,12 @@ type placement struct {
 	seq      uint64
 	inFlight map[string]int    // per pool
 	flights  map[string]flight // per job id
+	swept    map[string]time.Time // per pool: when stale flights were last looked for
 }
 
 func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
 	return &placement{reg: reg, stale: stale, queues: map[string]*queue{}, queued: map[string]uint32{},
-		inFlight: map[string]int{}, flights: map[string]flight{}}
+		inFlight: map[string]int{}, flights: map[string]flight{}, swept: map[string]time.Time{}}
 }
 
 // holds reports whether this scheduler has attempt of a job queued or
@@ -162,12 +163,18 @@ func (pl *placement) drain() []*waiting {
 	return out
 }
 
+// sweepEvery spaces the looks for stale flights of a pool: each look goes
+// over every flight.
+const sweepEvery = time.Second
+
 // forgetStaleLocked gives back the slots of pool's released jobs not heard
-// of for too long, and all of them when the pool has no live worker.
+// of for too long, and all of them when the pool has no live worker. It
+// looks at most once per sweepEvery unless the pool has no live worker.
 func (pl *placement) forgetStaleLocked(pool string, live bool, now time.Time) {
-	if pl.inFlight[pool] == 0 {
+	if pl.inFlight[pool] == 0 || live && now.Sub(pl.swept[pool]) < sweepEvery {
 		return
 	}
+	pl.swept[pool] = now
 	for id, f := range pl.flights {
 		if f.pool == pool && (!live || now.Sub(f.at) > pl.stale) {
 			pl.releaseLocked(id)
@@ -274,12 +281,17 @@ func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
 // (cancelled while it waited) gives its slot back; one the stream does not
 // take goes back to PENDING for the reconciler to re-drive.
 func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting) {
+	moves := make([]store.Move, len(picks))
+	for i, w := range picks {
+		moves[i] = store.Move{ID: w.req.GetJobId(), Change: store.Change{To: store.Dispatched, Attempt: w.req.GetAttempt(), Pool: pool, Safety: w.verdict}}
+	}
 	var ds []bus.Durable
 	var sent []*waiting
 	freed := false
-	for _, w := range picks {
+	for i, m := range s.recordMany(ctx, picks, moves) {
+		w := picks[i]
 		req, id := w.req, w.req.GetJobId()
-		if s.record(ctx, w.traceID, id, store.Change{To: store.Dispatched, Attempt: req.GetAttempt(), Pool: pool, Safety: w.verdict}) == nil {
+		if m == nil {
 			_, ok := s.place.release(id, req.GetAttempt())
 			freed = freed || ok
 			continue
@@ -292,14 +304,15 @@ func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting) {
 		})
 		sent = append(sent, w)
 	}
-	for i, err := range s.conn.PublishDurables(ctx, ds) {
-		if err == nil {
+	errs := s.conn.PublishDurables(ctx, ds)
+	for i, w := range sent {
+		if errs[i] == nil {
 			continue
 		}
-		req := sent[i].req
-		s.log.Warn("dispatch to the job stream; the reconciler will retry", "job_id", req.GetJobId(), "err", err)
-		s.record(ctx, sent[i].traceID, req.GetJobId(), store.Change{To: store.Pending, Attempt: req.GetAttempt(),
-			Reason: "the bus did not take the job at dispatch; it will be dispatched again: " + err.Error()})
+		req := w.req
+		s.log.Warn("dispatch to the job stream; the reconciler will retry", "job_id", req.GetJobId(), "err", errs[i])
+		s.record(ctx, w.traceID, req.GetJobId(), store.Change{To: store.Pending, Attempt: req.GetAttempt(),
+			Reason: "the bus did not take the job at dispatch; it will be dispatched again: " + errs[i].Error()})
 		_, ok := s.place.release(req.GetJobId(), req.GetAttempt())
 		freed = freed || ok
 	}

@@ -33,6 +33,7 @@ import (
 // Store is what the scheduler needs from the memory fabric.
 type Store interface {
 	Transition(ctx context.Context, id string, c store.Change, now time.Time) (*store.Job, error)
+	TransitionMany(ctx context.Context, moves []store.Move, now time.Time) []store.Moved
 	Get(ctx context.Context, id string) (*store.Job, error)
 	SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*store.Job, error)
 	Due(ctx context.Context, now time.Time, limit int) ([]*store.Job, error)
@@ -372,6 +373,11 @@ func backoff(attempt uint32, base, most time.Duration) time.Duration {
 // changes nothing.
 func (s *Scheduler) record(ctx context.Context, traceID, id string, c store.Change) *store.Job {
 	j, err := s.store.Transition(ctx, id, c, time.Now())
+	return s.recorded(ctx, traceID, id, c, j, err)
+}
+
+// recorded is record after the store answered.
+func (s *Scheduler) recorded(ctx context.Context, traceID, id string, c store.Change, j *store.Job, err error) *store.Job {
 	switch {
 	case err == nil:
 		pj := j.Proto()
@@ -388,4 +394,15 @@ func (s *Scheduler) record(ctx context.Context, traceID, id string, c store.Chan
 		s.log.Error("record job state", "job_id", id, "to", string(c.To), "err", err)
 	}
 	return nil
+}
+
+// recordMany applies transitions in one round trip, as record does each,
+// and returns each job after its change (nil where it did not take
+// effect); picks give the trace ids.
+func (s *Scheduler) recordMany(ctx context.Context, picks []*waiting, moves []store.Move) []*store.Job {
+	out := make([]*store.Job, len(moves))
+	for i, m := range s.store.TransitionMany(ctx, moves, time.Now()) {
+		out[i] = s.recorded(ctx, picks[i].traceID, moves[i].ID, moves[i].Change, m.Job, m.Err)
+	}
+	return out
 }

@@ -85,6 +85,15 @@ func (f *fakeStore) Transition(_ context.Context, id string, c store.Change, now
 	return clone(j), nil
 }
 
+// TransitionMany is Transition for each move.
+func (f *fakeStore) TransitionMany(ctx context.Context, moves []store.Move, now time.Time) []store.Moved {
+	out := make([]store.Moved, len(moves))
+	for i, m := range moves {
+		out[i].Job, out[i].Err = f.Transition(ctx, m.ID, m.Change, now)
+	}
+	return out
+}
+
 // seed records a job of topic in state at attempt, as the gateway (and
 // earlier attempts) left it.
 func (f *fakeStore) seed(id, topic string, state store.State, attempt, maxAttempts uint32) *store.Job {
