@@ -85,8 +85,8 @@ type placement struct {
 	queues   map[string]*queue
 	queued   map[string]uint32 // attempt per queued job id
 	seq      uint64
-	inFlight map[string]int    // per pool
-	flights  map[string]flight // per job id
+	inFlight map[string]int       // per pool
+	flights  map[string]flight    // per job id
 	swept    map[string]time.Time // per pool: when stale flights were last looked for
 }
 
