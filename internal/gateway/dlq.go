@@ -73,10 +73,10 @@ func (g *Gateway) RetryDeadLetter(ctx context.Context, req *cortexv1.RetryDeadLe
 	if err != nil {
 		return nil, g.readErr(j.ID, err)
 	}
-	if err := g.bus.PublishJobEvent(j.ID, after.Proto()); err != nil {
-		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
+	if err := g.bus.PublishJobEvent(after.Trace(), after.Proto()); err != nil {
+		g.log.Warn("publish job event", "trace_id", after.Trace(), "job_id", j.ID, "err", err)
 	}
-	g.handOff(ctx, []bus.Durable{bus.Submit(j.ID, after.Request(), strconv.FormatUint(after.Version, 10))})
+	g.handOff(ctx, []bus.Durable{bus.Submit(after.Trace(), after.Request(), strconv.FormatUint(after.Version, 10))})
 	return &cortexv1.RetryDeadLetterResponse{Job: after.Proto()}, nil
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
@@ -90,6 +91,8 @@ type Options struct {
 	// Workers lists workers and pools; Start starts it. Without it,
 	// ListWorkers and ListPools are Unimplemented.
 	Workers Workers
+	// Metrics records submits and is served on /metrics (nil: neither).
+	Metrics *telemetry.Metrics
 }
 
 // Gateway serves the public API.
@@ -103,6 +106,7 @@ type Gateway struct {
 	jobs      *hub[*cortexv1.Job]
 	decisions *hub[*cortexv1.SafetyDecisionEvent]
 	workers   Workers
+	metrics   *telemetry.Metrics
 	// closing is closed when Serve stops, to end open streams.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -118,7 +122,7 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 	if g.maxPrompt <= 0 {
 		g.maxPrompt = DefaultMaxPromptBytes
 	}
-	g.workers = opts.Workers
+	g.workers, g.metrics = opts.Workers, opts.Metrics
 	switch {
 	case len(opts.Keys) > 0:
 		g.keys = newKeyring(opts.Keys)
@@ -163,6 +167,9 @@ func (g *Gateway) Handler() http.Handler {
 		connecthttp.WithReadMaxBytes(g.maxPrompt*4/3+64<<10),
 		// Compressing small answers costs more CPU than it saves bytes.
 		connecthttp.WithCompressMinBytes(8<<10))
+	if g.metrics != nil {
+		mux.Handle("GET /metrics", g.metrics.Handler())
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
@@ -170,6 +177,15 @@ func (g *Gateway) Handler() http.Handler {
 		if err := g.store.Ping(r.Context()); err != nil {
 			g.log.Warn("readiness check", "err", err)
 			http.Error(w, "not ready: the job store does not answer", http.StatusServiceUnavailable)
+			return
+		}
+		// A kernel answering over the bus proves NATS and the kernel.
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		_, err := g.bus.Request(ctx, bus.SubjectPolicyQuery, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyQuery{PolicyQuery: &cortexv1.PolicyQuery{}}})
+		if err != nil {
+			g.log.Warn("readiness check", "err", err)
+			http.Error(w, "not ready: no safety kernel answers over NATS", http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))

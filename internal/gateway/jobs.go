@@ -213,8 +213,8 @@ func (g *Gateway) CancelJob(ctx context.Context, req *cortexv1.CancelJobRequest)
 	case err != nil:
 		return nil, g.readErr(j.ID, err)
 	}
-	if err := g.bus.PublishJobEvent(j.ID, after.Proto()); err != nil {
-		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
+	if err := g.bus.PublishJobEvent(after.Trace(), after.Proto()); err != nil {
+		g.log.Warn("publish job event", "trace_id", after.Trace(), "job_id", j.ID, "err", err)
 	}
 	// Decide from the record the cancel wrote, not the one read before it:
 	// the job may have been dispatched in between. A job that was ever
@@ -222,13 +222,13 @@ func (g *Gateway) CancelJob(ctx context.Context, req *cortexv1.CancelJobRequest)
 	_, dispatched := after.Entered[store.Dispatched]
 	if dispatched {
 		err := g.bus.Publish(bus.SubjectJobCancel, &cortexv1.BusPacket{
-			TraceId: j.ID,
+			TraceId: after.Trace(),
 			Payload: &cortexv1.BusPacket_JobCancel{JobCancel: &cortexv1.JobCancel{JobId: j.ID, Reason: reason}},
 		})
 		if err != nil {
 			// The job is CANCELLED whatever the worker does: its result
 			// will be refused.
-			g.log.Warn("ask worker to stop", "job_id", j.ID, "err", err)
+			g.log.Warn("ask worker to stop", "trace_id", after.Trace(), "job_id", j.ID, "err", err)
 		}
 	}
 	return &cortexv1.CancelJobResponse{Job: after.Proto()}, nil

@@ -41,7 +41,7 @@ func (g *Gateway) ApproveJob(ctx context.Context, req *cortexv1.ApproveJobReques
 	if err != nil {
 		return nil, err
 	}
-	g.handOff(ctx, []bus.Durable{bus.Submit(j.ID, j.Request(), strconv.FormatUint(j.Version, 10))})
+	g.handOff(ctx, []bus.Durable{bus.Submit(j.Trace(), j.Request(), strconv.FormatUint(j.Version, 10))})
 	return &cortexv1.ApproveJobResponse{Job: j.Proto()}, nil
 }
 
@@ -94,8 +94,8 @@ func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool
 	case err != nil:
 		return nil, g.readErr(j.ID, err)
 	}
-	if err := g.bus.PublishJobEvent(j.ID, after.Proto()); err != nil {
-		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
+	if err := g.bus.PublishJobEvent(after.Trace(), after.Proto()); err != nil {
+		g.log.Warn("publish job event", "trace_id", after.Trace(), "job_id", j.ID, "err", err)
 	}
 	return after, nil
 }

@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect/v2"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -58,7 +59,9 @@ func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (s
 		return store.NewJob{}, connect.NewError(connect.CodeInternal, "could not make a job id, try again")
 	}
 	pool, _ := g.router.Pool(req.GetTopic())
-	return newJob(id, tenant, req, g.router.Defaults(pool)), nil
+	nj := newJob(id, tenant, req, g.router.Defaults(pool))
+	nj.TraceID = ids.Hex(16)
+	return nj, nil
 }
 
 // recorded answers for a job the store was asked to create (existing and
@@ -70,7 +73,7 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 		return nil, nil, connect.Errorf(connect.CodeAlreadyExists,
 			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", nj.IdempotencyKey, existing)
 	case err != nil:
-		g.log.Error("record job", "job_id", nj.ID, "err", err)
+		g.log.Error("record job", "trace_id", nj.TraceID, "job_id", nj.ID, "err", err)
 		return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
 	case existing != "":
 		j, err := g.store.Get(ctx, existing)
@@ -78,23 +81,25 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 			g.log.Error("read job", "job_id", existing, "err", err)
 			return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
 		}
-		res := &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true}
+		res := &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true, TraceId: j.TraceID}
 		if j.State == store.Pending {
 			// The first hand-off may have failed (the client retries
 			// because it did): hand it on again rather than wait for the
 			// reconciler. The stream drops the copy if it has the first,
 			// and a scheduler drops a job it already holds.
-			d := bus.Submit(existing, j.Request(), strconv.FormatUint(j.Version, 10))
+			d := bus.Submit(j.Trace(), j.Request(), strconv.FormatUint(j.Version, 10))
 			return res, &d, nil
 		}
 		return res, nil, nil
 	}
 	j := nj.Record(now)
-	if err := g.bus.PublishJobEvent(j.ID, j.Proto()); err != nil {
-		g.log.Warn("publish job event", "job_id", j.ID, "err", err)
+	g.metrics.Submitted(j.Topic)
+	if err := g.bus.PublishJobEvent(j.Trace(), j.Proto()); err != nil {
+		g.log.Warn("publish job event", "trace_id", j.TraceID, "job_id", j.ID, "err", err)
 	}
-	d := bus.Submit(j.ID, j.Request(), strconv.FormatUint(j.Version, 10))
-	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING}, &d, nil
+	d := bus.Submit(j.Trace(), j.Request(), strconv.FormatUint(j.Version, 10))
+	g.log.Debug("job accepted", "trace_id", j.TraceID, "job_id", j.ID, "topic", j.Topic, "tenant", j.Tenant)
+	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING, TraceId: j.TraceID}, &d, nil
 }
 
 // handOff stores recorded jobs in the submit stream for the schedulers.
@@ -107,7 +112,7 @@ func (g *Gateway) handOff(ctx context.Context, ds []bus.Durable) {
 	errs := g.bus.PublishDurables(ctx, ds)
 	for i, d := range ds {
 		if errs[i] != nil {
-			g.log.Warn("hand job to the schedulers; the reconciler will", "job_id", d.Packet.GetJobRequest().GetJobId(), "err", errs[i])
+			g.log.Warn("hand job to the schedulers; the reconciler will", "trace_id", d.Packet.GetTraceId(), "job_id", d.Packet.GetJobRequest().GetJobId(), "err", errs[i])
 		}
 	}
 }
@@ -159,7 +164,7 @@ func batchResult(one *cortexv1.SubmitJobResponse, err error) *cortexv1.SubmitJob
 	if err != nil {
 		return &cortexv1.SubmitJobsResult{ErrorCode: connect.CodeOf(err).String(), Error: errorMessage(err)}
 	}
-	return &cortexv1.SubmitJobsResult{JobId: one.GetJobId(), State: one.GetState(), Deduplicated: one.GetDeduplicated()}
+	return &cortexv1.SubmitJobsResult{JobId: one.GetJobId(), State: one.GetState(), Deduplicated: one.GetDeduplicated(), TraceId: one.GetTraceId()}
 }
 
 // errorMessage is a Connect error's message without its code prefix.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/safety/policy"
+	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -68,6 +69,7 @@ type Kernel struct {
 	active  atomic.Pointer[loaded]
 	shadow  atomic.Pointer[loaded]
 	lastErr atomic.Pointer[string]
+	metrics *telemetry.Metrics
 	// Counters of Status: checks decided, and how the shadow compared.
 	checks, shadowChecks, shadowDisagreed atomic.Uint64
 	// events publishes decisions; unset until Start.
@@ -82,6 +84,10 @@ type Kernel struct {
 
 // NewKernel returns a kernel enforcing the built-in default policy until
 // told otherwise. inputs may be nil when no policy reads prompt text.
+// SetMetrics makes the kernel count its decisions and their latency in m.
+// Call it before Start.
+func (k *Kernel) SetMetrics(m *telemetry.Metrics) { k.metrics = m }
+
 func NewKernel(id string, inputs Inputs, log *slog.Logger) *Kernel {
 	k := &Kernel{id: id, inputs: inputs, log: log, now: time.Now, fileText: map[string]string{}}
 	k.active.Store(newLoaded(policy.Default(), OriginBuiltin, string(policy.DefaultYAML())))
@@ -220,6 +226,7 @@ func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 		}
 	}
 	k.checks.Add(1)
+	k.metrics.Decided(strings.TrimPrefix(resp.GetDecision().String(), "DECISION_"), resp.GetRule(), time.Since(start))
 	if publish := k.events.Load(); publish != nil {
 		(*publish)(&cortexv1.SafetyDecisionEvent{
 			JobId:    r.GetJobId(),

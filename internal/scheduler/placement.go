@@ -267,11 +267,11 @@ func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
 		j, err := s.store.SetPendingReason(ctx, id, w.req.GetAttempt(), pool, reason, time.Now())
 		if err != nil {
 			// Placed meanwhile, or cancelled: its own state says more.
-			s.log.Info("pending reason not recorded", "job_id", id, "err", err)
+			s.log.Info("pending reason not recorded", "trace_id", w.traceID, "job_id", id, "err", err)
 			return
 		}
 		if err := s.conn.PublishJobEvent(w.traceID, j.Proto()); err != nil {
-			s.log.Warn("publish job event", "job_id", id, "err", err)
+			s.log.Warn("publish job event", "trace_id", w.traceID, "job_id", id, "err", err)
 		}
 	}
 }
@@ -310,7 +310,7 @@ func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting) {
 			continue
 		}
 		req := w.req
-		s.log.Warn("dispatch to the job stream; the reconciler will retry", "job_id", req.GetJobId(), "err", errs[i])
+		s.log.Warn("dispatch to the job stream; the reconciler will retry", "trace_id", w.traceID, "job_id", req.GetJobId(), "err", errs[i])
 		s.record(ctx, w.traceID, req.GetJobId(), store.Change{To: store.Pending, Attempt: req.GetAttempt(),
 			Reason: "the bus did not take the job at dispatch; it will be dispatched again: " + errs[i].Error()})
 		_, ok := s.place.release(req.GetJobId(), req.GetAttempt())

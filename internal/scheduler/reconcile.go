@@ -60,8 +60,9 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 			if err := s.store.PutOffRedrive(ctx, j.ID, j.Attempt, now); err != nil {
 				continue // moved on meanwhile
 			}
-			s.log.Info("reconcile: re-driving a pending job", "job_id", j.ID, "attempt", j.Attempt)
-			s.requeue(ctx, j.ID, j.Request(), "redrive-"+strconv.FormatInt(now.UnixMilli(), 10))
+			s.log.Info("reconcile: re-driving a pending job", "trace_id", j.Trace(), "job_id", j.ID, "attempt", j.Attempt)
+			s.opts.metrics.Reconciled("redrive")
+			s.requeue(ctx, j.Trace(), j.Request(), "redrive-"+strconv.FormatInt(now.UnixMilli(), 10))
 		case store.Dispatched, store.Scheduled, store.Running:
 			why := fmt.Sprintf("the attempt's lease ran out in state %s: nothing was heard of it for %s (its worker died, or the job never reached one)",
 				j.State, 2*s.opts.lease)
@@ -69,8 +70,9 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 				why = fmt.Sprintf("the lease of worker %s ran out: nothing was heard of the attempt for %s (the worker died or lost its connection)",
 					j.WorkerID, 2*s.opts.lease)
 			}
-			s.log.Info("reconcile: lease expired", "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))
-			s.endAttempt(ctx, j.ID, j, j.Attempt, store.Timeout, j.WorkerID, why, true)
+			s.log.Info("reconcile: lease expired", "trace_id", j.Trace(), "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))
+			s.opts.metrics.Reconciled("expire")
+			s.endAttempt(ctx, j.Trace(), j, j.Attempt, store.Timeout, j.WorkerID, why, true)
 		}
 	}
 }
@@ -103,8 +105,10 @@ func (s *Scheduler) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 	}
 	why := fmt.Sprintf("delivered %d times to workers of pool %s without an acknowledgement (each crashed, hung or lost its connection on it); listed in the dead-letter queue: cortexctl dlq list",
 		adv.Deliveries, req.GetPool())
-	s.record(ctx, p.GetTraceId(), req.GetJobId(), store.Change{To: store.Failed, Attempt: req.GetAttempt(), DeadLetter: true, Reason: why})
+	if s.record(ctx, p.GetTraceId(), req.GetJobId(), store.Change{To: store.Failed, Attempt: req.GetAttempt(), DeadLetter: true, Reason: why}) != nil {
+		s.opts.metrics.Reconciled("dead_letter")
+	}
 	if err := s.conn.DeleteJobMessage(ctx, adv.StreamSeq); err != nil {
-		s.log.Warn("max deliveries: remove the job's message", "job_id", req.GetJobId(), "err", err)
+		s.log.Warn("max deliveries: remove the job's message", "trace_id", p.GetTraceId(), "job_id", req.GetJobId(), "err", err)
 	}
 }

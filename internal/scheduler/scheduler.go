@@ -27,6 +27,7 @@ import (
 	"github.com/cortex-os/core/internal/registry"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -90,6 +91,7 @@ type options struct {
 	retryMax       time.Duration
 	reconcileEvery time.Duration
 	lease          time.Duration
+	metrics        *telemetry.Metrics
 }
 
 // Option configures a Scheduler.
@@ -108,6 +110,10 @@ func WithRetryBackoff(base, most time.Duration) Option {
 // WithReconcileEvery sets how often the reconciler runs.
 func WithReconcileEvery(d time.Duration) Option { return func(o *options) { o.reconcileEvery = d } }
 
+// WithMetrics records denials, dispatches, final failures, reconciler
+// actions and the pools' gauges in m.
+func WithMetrics(m *telemetry.Metrics) Option { return func(o *options) { o.metrics = m } }
+
 // WithLease sets the lease (DefaultLease).
 func WithLease(d time.Duration) Option { return func(o *options) { o.lease = d } }
 
@@ -120,8 +126,40 @@ func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log 
 		f(&o)
 	}
 	reg := registry.New(o.registry)
-	return &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, opts: o,
+	s := &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, opts: o,
 		reg: reg, place: newPlacement(reg, 2*o.lease)}
+	o.metrics.Pools(s.poolStats)
+	o.metrics.Dropped("scheduler", conn.Dropped)
+	return s
+}
+
+// poolStats are the pools' gauges: live workers and their capacity from
+// the registry, and the jobs waiting in this scheduler's queues.
+func (s *Scheduler) poolStats() []telemetry.PoolStat {
+	by := map[string]*telemetry.PoolStat{}
+	stat := func(pool string) *telemetry.PoolStat {
+		if by[pool] == nil {
+			by[pool] = &telemetry.PoolStat{Pool: pool}
+		}
+		return by[pool]
+	}
+	for _, w := range s.reg.Snapshot().Workers {
+		if w.State == registry.Live {
+			p := stat(w.Pool)
+			p.Workers++
+			p.Capacity += w.MaxParallel
+		}
+	}
+	s.place.mu.Lock()
+	for pool, q := range s.place.queues {
+		stat(pool).Queued = q.Len()
+	}
+	s.place.mu.Unlock()
+	out := make([]telemetry.PoolStat, 0, len(by))
+	for _, p := range by {
+		out = append(out, *p)
+	}
+	return out
 }
 
 // Start consumes submits and results and starts the reconciler. It
@@ -200,7 +238,7 @@ func (s *Scheduler) handBack() {
 	for i, w := range waiting {
 		if errs[i] != nil {
 			// The job is PENDING in the store: the reconciler re-drives it.
-			s.log.Warn("hand a queued job back; the reconciler will", "job_id", w.req.GetJobId(), "err", errs[i])
+			s.log.Warn("hand a queued job back; the reconciler will", "trace_id", w.traceID, "job_id", w.req.GetJobId(), "err", errs[i])
 		}
 	}
 	s.log.Info("handed queued jobs back to the submit stream", "jobs", len(waiting))
@@ -315,7 +353,7 @@ func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.Jo
 	}
 	j, err := s.store.Get(ctx, res.GetJobId())
 	if err != nil {
-		s.log.Info("result for an unknown job", "job_id", res.GetJobId(), "err", err)
+		s.log.Info("result for an unknown job", "trace_id", traceID, "job_id", res.GetJobId(), "err", err)
 		return
 	}
 	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), res.GetError(), false)
@@ -351,7 +389,7 @@ func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job
 // reconciler will, at the job's deadline.
 func (s *Scheduler) requeue(ctx context.Context, traceID string, req *cortexv1.JobRequest, key string) {
 	if err := s.conn.PublishDurable(ctx, bus.Submit(traceID, req, key)); err != nil {
-		s.log.Warn("requeue job; the reconciler will", "job_id", req.GetJobId(), "err", err)
+		s.log.Warn("requeue job; the reconciler will", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 	}
 }
 
@@ -380,20 +418,37 @@ func (s *Scheduler) record(ctx context.Context, traceID, id string, c store.Chan
 func (s *Scheduler) recorded(ctx context.Context, traceID, id string, c store.Change, j *store.Job, err error) *store.Job {
 	switch {
 	case err == nil:
+		s.log.Debug("job recorded", "trace_id", traceID, "job_id", id, "state", string(c.To), "attempt", j.Attempt, "pool", j.Pool)
+		s.count(j, c)
 		pj := j.Proto()
 		if err := s.conn.PublishJobEvent(traceID, pj); err != nil {
-			s.log.Warn("publish job event", "job_id", id, "err", err)
+			s.log.Warn("publish job event", "trace_id", traceID, "job_id", id, "err", err)
 		}
 		// A change of our own that ends a placed attempt frees its slot
 		// now rather than when its event comes back.
 		s.noteEnded(ctx, pj)
 		return j
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
-		s.log.Info("transition refused", "job_id", id, "to", string(c.To), "err", err)
+		s.log.Info("transition refused", "trace_id", traceID, "job_id", id, "to", string(c.To), "err", err)
 	default:
-		s.log.Error("record job state", "job_id", id, "to", string(c.To), "err", err)
+		s.log.Error("record job state", "trace_id", traceID, "job_id", id, "to", string(c.To), "err", err)
 	}
 	return nil
+}
+
+// count records a change the scheduler made in the metrics.
+func (s *Scheduler) count(j *store.Job, c store.Change) {
+	m := s.opts.metrics
+	switch c.To {
+	case store.Denied:
+		m.Denied(j.Topic, j.Safety.Rule)
+	case store.Dispatched:
+		m.Dispatched(j.Pool, j.CreatedAt, j.UpdatedAt)
+	case store.Failed, store.Timeout:
+		if c.DeadLetter {
+			m.Failed(j.Topic, j.Pool, string(c.To))
+		}
+	}
 }
 
 // recordMany applies transitions in one round trip, as record does each,

@@ -105,6 +105,17 @@ type Job struct {
 	Approval *Approval
 	// Attempts are the attempts that have ended, oldest first.
 	Attempts []AttemptRecord
+	// TraceID names the job's story in bus packets and logs.
+	TraceID string
+}
+
+// Trace is the job's trace id, or its id for a job recorded before trace
+// ids were.
+func (j *Job) Trace() string {
+	if j.TraceID != "" {
+		return j.TraceID
+	}
+	return j.ID
 }
 
 // AttemptRecord is how one attempt of a job ended.
@@ -139,6 +150,7 @@ const (
 	fCreated     = "created_at"
 	fUpdated     = "updated_at"
 	fVersion     = "version"
+	fTrace       = "trace_id"
 	fApproved    = "approved"
 	fApprovalBy  = "approval_by"
 	fApprovalMsg = "approval_comment"
@@ -169,6 +181,7 @@ func parseJob(id string, f map[string]string) *Job {
 		CreatedAt:   parseMicros(f[fCreated]),
 		UpdatedAt:   parseMicros(f[fUpdated]),
 		Version:     uint64(parseInt(f[fVersion])),
+		TraceID:     f[fTrace],
 		Entered:     map[State]time.Time{},
 	}
 	if a, ok := f[fApproved]; ok {
@@ -239,6 +252,7 @@ func (j *Job) Proto() *cortexv1.Job {
 		CreatedAt:     timestamppb.New(j.CreatedAt),
 		UpdatedAt:     timestamppb.New(j.UpdatedAt),
 		Version:       j.Version,
+		TraceId:       j.TraceID,
 	}
 	if j.Timeout > 0 {
 		p.Timeout = durationpb.New(j.Timeout)
@@ -314,5 +328,6 @@ func (j NewJob) Record(now time.Time) *Job {
 		UpdatedAt:   now,
 		Entered:     map[State]time.Time{Pending: now},
 		Version:     1,
+		TraceID:     j.TraceID,
 	}
 }

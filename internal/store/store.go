@@ -199,6 +199,8 @@ type NewJob struct {
 	// request, so a key reused for a different one is refused.
 	IdempotencyKey string
 	Fingerprint    string
+	// TraceID names the job's story in bus packets and logs.
+	TraceID string
 }
 
 // CreateJob stores the input and the job record as PENDING and indexes
@@ -311,7 +313,7 @@ func (s *Store) createArgs(j NewJob, now time.Time) ([]string, []any, error) {
 		fPriority, strconv.Itoa(int(j.Priority)), fTimeout, strconv.FormatInt(j.Timeout.Milliseconds(), 10),
 		fMaxAttempts, strconv.Itoa(int(j.MaxAttempts)), fAttempt, "1",
 		fPromptSize, strconv.Itoa(len(j.Input)), fBinary, binary,
-		fCreated, ts, fUpdated, ts, enteredPre + string(Pending), ts, fVersion, "1",
+		fCreated, ts, fUpdated, ts, enteredPre + string(Pending), ts, fVersion, "1", fTrace, j.TraceID,
 	}, nil
 }
 

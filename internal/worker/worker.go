@@ -28,6 +28,7 @@ import (
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
 )
@@ -81,6 +82,8 @@ type Options struct {
 	Lease time.Duration
 	// MaxDeliver is the pool consumer's MaxDeliver (DefaultMaxDeliver).
 	MaxDeliver int
+	// Metrics records completions (nil: none).
+	Metrics *telemetry.Metrics
 }
 
 // Worker runs jobs of one pool.
@@ -162,6 +165,7 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 	if len(opts.Capabilities) == 0 {
 		opts.Capabilities = kinds(topics)
 	}
+	opts.Metrics.Dropped("worker", conn.Dropped)
 	return &Worker{
 		conn: conn, store: st, opts: opts, topics: topics,
 		log:     log.With("worker_id", opts.ID, "pool", opts.Pool),
@@ -354,7 +358,7 @@ func (w *Worker) onCancel(_ context.Context, p *cortexv1.BusPacket, _ string) er
 	cancel := w.running[c.GetJobId()]
 	w.mu.Unlock()
 	if cancel != nil {
-		w.log.Info("cancelling job", "job_id", c.GetJobId())
+		w.log.Info("cancelling job", "trace_id", p.GetTraceId(), "job_id", c.GetJobId())
 		cancel(errCancelled)
 	}
 	return nil
@@ -403,19 +407,19 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		// The job moved on without us (cancelled, finished, retried
 		// elsewhere, expired, or failed for want of its input, which
 		// Start recorded): nothing to report.
-		w.log.Info("skipped job", "job_id", req.GetJobId(), "err", err)
+		w.log.Info("skipped job", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		d.Ack()
 		return
 	case errors.Is(err, errNotStarted):
-		w.log.Warn("job not started; handed back to the stream", "job_id", req.GetJobId(), "err", err)
+		w.log.Warn("job not started; handed back to the stream", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		d.Nak(retryStartAfter)
 		return
 	case errors.Is(cause, errShutdown):
-		w.log.Info("job handed back at shutdown", "job_id", req.GetJobId())
+		w.log.Info("job handed back at shutdown", "trace_id", traceID, "job_id", req.GetJobId())
 		d.Nak(0)
 		return
 	case errors.Is(cause, errCancelled), errors.Is(cause, errMovedOn):
-		w.log.Info("job stopped", "job_id", req.GetJobId(), "cause", cause)
+		w.log.Info("job stopped", "trace_id", traceID, "job_id", req.GetJobId(), "cause", cause)
 		d.Ack()
 		return
 	}
@@ -427,7 +431,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 			// The store stayed out of reach: the message comes back after
 			// the lease, to this or another worker, which takes the job
 			// over and runs it again; only one outcome is ever recorded.
-			w.log.Warn("result not recorded; the job will run again", "job_id", req.GetJobId())
+			w.log.Warn("result not recorded; the job will run again", "trace_id", traceID, "job_id", req.GetJobId())
 		}
 		return
 	}
@@ -445,13 +449,14 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		res.Error = fmt.Sprintf("the attempt ran past its timeout of %s", timeout)
 	}
 	w.failed.Add(1)
+	w.log.Debug("job attempt ended", "trace_id", traceID, "job_id", req.GetJobId(), "attempt", req.GetAttempt(), "state", res.GetState().String())
 	err = w.conn.Publish(bus.SubjectJobResult, &cortexv1.BusPacket{
 		TraceId: traceID,
 		Payload: &cortexv1.BusPacket_JobResult{JobResult: res},
 	})
 	if err != nil {
 		// The lease runs out and the reconciler retries the attempt.
-		w.log.Error("report job result", "job_id", req.GetJobId(), "err", err)
+		w.log.Error("report job result", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 	}
 	d.Ack()
 }
@@ -468,16 +473,18 @@ func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRe
 		j, err := w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), output, time.Now())
 		switch {
 		case err == nil:
+			w.log.Debug("job completed", "trace_id", traceID, "job_id", j.ID, "attempt", j.Attempt)
 			w.completed.Add(1)
+			w.opts.Metrics.Completed(j.Topic, j.Pool, j.CreatedAt, j.UpdatedAt)
 			if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
-				w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
+				w.log.Warn("publish job event", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 			}
 			return true
 		case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
-			w.log.Info("result not recorded: the job moved on", "job_id", req.GetJobId(), "err", err)
+			w.log.Info("result not recorded: the job moved on", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 			return true
 		}
-		w.log.Warn("record job result", "job_id", req.GetJobId(), "err", err)
+		w.log.Warn("record job result", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		time.Sleep(time.Duration(try+1) * 200 * time.Millisecond)
 	}
 	return false
@@ -520,7 +527,7 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, takeover, w.opts.Lease, now)
 	if j != nil {
 		if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
-			w.log.Warn("publish job event", "job_id", req.GetJobId(), "err", err)
+			w.log.Warn("publish job event", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		}
 	}
 	if err != nil {

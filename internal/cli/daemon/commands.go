@@ -15,12 +15,14 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
+	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/safety/policy"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
 )
 
@@ -76,11 +78,12 @@ func hasCredentials(raw string, redis bool) bool {
 // that ends at SIGINT/SIGTERM, a logger and, for daemons that keep state,
 // the store.
 type env struct {
-	ctx    context.Context
-	cancel context.CancelFunc
-	log    *slog.Logger
-	store  *store.Store
-	rdb    *redis.Client
+	ctx     context.Context
+	cancel  context.CancelFunc
+	metrics *telemetry.Metrics
+	log     *slog.Logger
+	store   *store.Store
+	rdb     *redis.Client
 }
 
 func (e *env) close() {
@@ -101,7 +104,7 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(cmd.Context())
-	e := &env{ctx: ctx, cancel: cancel, log: log}
+	e := &env{ctx: ctx, cancel: cancel, log: log.With("component", cmd.Name()), metrics: telemetry.NewMetrics()}
 	if redis {
 		if e.store, e.rdb, err = OpenStore(ctx, o.RedisURL, store.Options{}); err != nil {
 			cancel()
@@ -109,6 +112,26 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 		}
 	}
 	return e, nil
+}
+
+// serveHealth serves /metrics, /healthz and /readyz on addr (none when
+// empty) and says where.
+func (e *env) serveHealth(cmd *cobra.Command, addr string, conn *bus.Conn, kernel bool) error {
+	if addr == "" {
+		return nil
+	}
+	h := HealthHandler(e.metrics, func(ctx context.Context) error { return Ready(ctx, conn, e.store, kernel) }, e.log)
+	at, err := ServeHealth(e.ctx, addr, h)
+	if err != nil {
+		return &cmdutil.UsageError{Err: err}
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "metrics on http://%s/metrics (and /healthz, /readyz)\n", at)
+	return nil
+}
+
+// AddMetricsFlag adds --metrics-listen with a component's default.
+func AddMetricsFlag(cmd *cobra.Command, addr *string, def string) {
+	cmd.Flags().StringVar(addr, "metrics-listen", def, "address to serve /metrics, /healthz and /readyz on (\"\" for none)")
 }
 
 // storeWith is the env's store with lease as the store's lease.
@@ -134,6 +157,7 @@ func serve(cmd *cobra.Command, what string, stop func()) error {
 func NewCmdSafety() *cobra.Command {
 	o := &Options{}
 	var files safety.Files
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "safety",
 		Short: "Run the safety kernel as a daemon",
@@ -162,8 +186,12 @@ stays. Redis is needed to read prompts for rules that look at the text.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			k, conn, err := StartSafety(e.ctx, o.NATSURL, e.store, files, hup, e.log)
+			k, conn, err := StartSafety(e.ctx, o.NATSURL, e.store, files, hup, e.metrics, e.log)
 			if err != nil {
+				return err
+			}
+			if err := e.serveHealth(cmd, metricsAddr, conn, false); err != nil {
+				conn.Close()
 				return err
 			}
 			st := k.Status().GetActive()
@@ -173,6 +201,7 @@ stays. Redis is needed to read prompts for rules that look at the text.`,
 	}
 	o.addFlags(cmd, true)
 	AddPolicyFlags(cmd, &files)
+	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9471")
 	return cmd
 }
 
@@ -201,6 +230,7 @@ func NewCmdScheduler() *cobra.Command {
 	o := &Options{}
 	var routes RouteFlags
 	var safetyTimeout, lease time.Duration
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "scheduler",
 		Short: "Run a scheduler as a daemon",
@@ -224,8 +254,12 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 				return err
 			}
 			defer e.close()
-			s, err := StartScheduler(e.ctx, o.NATSURL, e.storeWith(lease), SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout, Lease: lease}, e.log)
+			s, err := StartScheduler(e.ctx, o.NATSURL, e.storeWith(lease), SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout, Lease: lease, Metrics: e.metrics}, e.log)
 			if err != nil {
+				return err
+			}
+			if err := e.serveHealth(cmd, metricsAddr, s.Conn(), true); err != nil {
+				s.Close()
 				return err
 			}
 			return serve(cmd, "scheduler", s.Close)
@@ -235,6 +269,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().DurationVar(&safetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long to wait for a safety decision before denying the job")
 	AddLeaseFlag(cmd, &lease)
+	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9472")
 	return cmd
 }
 
@@ -242,6 +277,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 func NewCmdWorker() *cobra.Command {
 	o := &Options{}
 	wo := worker.Options{}
+	var metricsAddr string
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker of one pool as a daemon",
@@ -270,8 +306,13 @@ duration in its prompt).`,
 				return err
 			}
 			defer e.close()
+			wo.Metrics = e.metrics
 			w, err := StartWorker(e.ctx, o.NATSURL, e.storeWith(wo.Lease), wo, e.log)
 			if err != nil {
+				return err
+			}
+			if err := e.serveHealth(cmd, metricsAddr, w.Conn(), false); err != nil {
+				w.Stop()
 				return err
 			}
 			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), w.Stop)
@@ -283,6 +324,7 @@ duration in its prompt).`,
 	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
 	cmd.Flags().DurationVar(&wo.HeartbeatInterval, "heartbeat", worker.DefaultHeartbeatInterval, "time between heartbeats")
 	AddLeaseFlag(cmd, &wo.Lease)
+	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9473")
 	cmd.Flags().IntVar(&wo.MaxDeliver, "max-deliver", worker.DefaultMaxDeliver, "times the pool's workers may take one job without acking it before it is dead-lettered")
 	cmd.Flags().StringSliceVar(&wo.Capabilities, "capability", nil, "what this worker offers beyond its plugins, repeatable (e.g. python3,gpu; default: its plugins' names), shown by 'cortexctl workers -o wide'")
 	return cmd
@@ -326,7 +368,7 @@ give the gateway the same routes as the schedulers.`,
 				return err
 			}
 			defer e.close()
-			g, conn, err := NewGateway(o.NATSURL, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt}, e.log)
+			g, conn, err := NewGateway(o.NATSURL, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics}, e.log)
 			if err != nil {
 				return err
 			}

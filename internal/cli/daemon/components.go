@@ -68,9 +68,10 @@ func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store
 // applied shadow policy. It reloads the files when they change or reload
 // receives (SIGHUP). Close the returned connection to wait for in-flight
 // checks.
-func StartSafety(ctx context.Context, natsURL string, st *store.Store, files safety.Files, reload <-chan os.Signal, log *slog.Logger) (*safety.Kernel, *bus.Conn, error) {
+func StartSafety(ctx context.Context, natsURL string, st *store.Store, files safety.Files, reload <-chan os.Signal, m *telemetry.Metrics, log *slog.Logger) (*safety.Kernel, *bus.Conn, error) {
 	name := instanceName("safety")
 	k := safety.NewKernel(name, st, log)
+	k.SetMetrics(m)
 	if err := k.LoadFiles(files); err != nil {
 		return nil, nil, err
 	}
@@ -94,6 +95,7 @@ func StartSafety(ctx context.Context, natsURL string, st *store.Store, files saf
 	if err != nil {
 		return nil, nil, err
 	}
+	m.Dropped("safety", conn.Dropped)
 	if err := k.Start(ctx, conn, st); err != nil {
 		conn.Close()
 		return nil, nil, err
@@ -130,6 +132,8 @@ type SchedulerOptions struct {
 	SafetyTimeout time.Duration
 	// Lease is how long a placed job may go without news (scheduler.DefaultLease).
 	Lease time.Duration
+	// Metrics records what the scheduler does (nil: nothing).
+	Metrics *telemetry.Metrics
 }
 
 // StartScheduler runs a scheduler until it is closed.
@@ -139,7 +143,7 @@ func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts S
 	if err != nil {
 		return nil, err
 	}
-	var so []scheduler.Option
+	so := []scheduler.Option{scheduler.WithMetrics(opts.Metrics)}
 	if opts.Lease > 0 {
 		so = append(so, scheduler.WithLease(opts.Lease))
 	}
@@ -193,6 +197,7 @@ func NewGateway(natsURL string, st *store.Store, routes *routing.Router, opts ga
 	if err != nil {
 		return nil, nil, err
 	}
+	opts.Metrics.Dropped("gateway", conn.Dropped)
 	g, err := gateway.New(st, conn, opts, log)
 	if err != nil {
 		conn.Close()

@@ -22,6 +22,7 @@ import (
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
 )
 
@@ -69,6 +70,9 @@ type Cluster struct {
 	// Streams says where the durable streams keep jobs in flight: on disk
 	// (bus.FileStorage) or in memory.
 	Streams bus.Storage
+	// Metrics is every component's registry, served on the gateway's
+	// /metrics.
+	Metrics *telemetry.Metrics
 
 	cancel      context.CancelFunc
 	serveDone   chan error
@@ -88,7 +92,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		opts.Routes = routing.Default()
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL}
+	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL, Metrics: telemetry.NewMetrics()}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -118,14 +122,14 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	if !opts.NoSafety {
-		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, c.NATSURL, c.Store, opts.Policy, opts.Reload, log.With("component", "safety"))
+		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, c.NATSURL, c.Store, opts.Policy, opts.Reload, c.Metrics, log.With("component", "safety"))
 		if err != nil {
 			return c, err
 		}
 		c.conns = append(c.conns, c.safetyConn)
 	}
 	c.scheduler, err = daemon.StartScheduler(runCtx, c.NATSURL, c.Store, daemon.SchedulerOptions{
-		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout, Lease: opts.Lease,
+		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout, Lease: opts.Lease, Metrics: c.Metrics,
 	}, log.With("component", "scheduler"))
 	if err != nil {
 		return c, err
@@ -140,6 +144,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		MaxParallel: opts.WorkerParallel,
 		Handlers:    handlers,
 		Lease:       opts.Lease,
+		Metrics:     c.Metrics,
 	}, log.With("component", "worker"))
 	if err != nil {
 		return c, err
@@ -150,7 +155,8 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 
 	c.APIKey = "cx_dev_" + ids.Hex(16)
 	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, opts.Routes, gateway.Options{
-		Keys: map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant, Admin: true}},
+		Keys:    map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant, Admin: true}},
+		Metrics: c.Metrics,
 	}, log.With("component", "gateway"))
 	if err != nil {
 		return c, err

@@ -40,13 +40,19 @@ type harness struct {
 
 func startHarness(t *testing.T, opts up.ClusterOptions) *harness {
 	t.Helper()
+	return startHarnessLog(t, opts, slog.New(slog.DiscardHandler))
+}
+
+// startHarnessLog is startHarness with the components logging to log.
+func startHarnessLog(t *testing.T, opts up.ClusterOptions, log *slog.Logger) *harness {
+	t.Helper()
 	opts.Listen = "127.0.0.1:0"
 	if opts.SafetyTimeout == 0 {
 		// Generous, so a loaded CI machine under -race never fails closed
 		// by accident; the fail-closed tests set their own.
 		opts.SafetyTimeout = 5 * time.Second
 	}
-	c, err := up.StartCluster(context.Background(), opts, slog.New(slog.DiscardHandler))
+	c, err := up.StartCluster(context.Background(), opts, log)
 	if err != nil {
 		t.Fatal(err)
 	}

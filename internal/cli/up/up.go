@@ -143,6 +143,7 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 	}
 	fmt.Fprintf(w, "CortexOS dev stack\n")
 	fmt.Fprintf(w, "  gateway  %s  (gRPC, gRPC-Web and HTTP/JSON)\n", server)
+	fmt.Fprintf(w, "  metrics  %s/metrics  (Prometheus; /healthz, /readyz)\n", server)
 	fmt.Fprintf(w, "  nats     %s  (%s)\n", natsURL, natsNote)
 	fmt.Fprintf(w, "  redis    %s  (%s)\n", redisURL, redisNote)
 	fmt.Fprintf(w, "  streams  %s\n", streamsNote(c))

@@ -540,7 +540,10 @@ type SubmitJobResponse struct {
 	State JobState               `protobuf:"varint,2,opt,name=state,proto3,enum=cortex.v1.JobState" json:"state,omitempty"`
 	// deduplicated says the idempotency key matched an earlier submit, whose
 	// job id this is; nothing new was created.
-	Deduplicated  bool `protobuf:"varint,3,opt,name=deduplicated,proto3" json:"deduplicated,omitempty"`
+	Deduplicated bool `protobuf:"varint,3,opt,name=deduplicated,proto3" json:"deduplicated,omitempty"`
+	// trace_id names the job's story: every bus packet about it carries it,
+	// and every log line about it (with job_id and component).
+	TraceId       string `protobuf:"bytes,4,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -594,6 +597,13 @@ func (x *SubmitJobResponse) GetDeduplicated() bool {
 		return x.Deduplicated
 	}
 	return false
+}
+
+func (x *SubmitJobResponse) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
 }
 
 type GetJobRequest struct {
@@ -2027,8 +2037,10 @@ type SubmitJobsResult struct {
 	Deduplicated bool                   `protobuf:"varint,3,opt,name=deduplicated,proto3" json:"deduplicated,omitempty"`
 	// error_code is the Connect code name ("invalid_argument", ...) when the
 	// job was refused; error says why and what to do.
-	ErrorCode     string `protobuf:"bytes,4,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
-	Error         string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	ErrorCode string `protobuf:"bytes,4,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
+	Error     string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// trace_id is the job's, as in SubmitJobResponse.
+	TraceId       string `protobuf:"bytes,6,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2094,6 +2106,13 @@ func (x *SubmitJobsResult) GetErrorCode() string {
 func (x *SubmitJobsResult) GetError() string {
 	if x != nil {
 		return x.Error
+	}
+	return ""
+}
+
+func (x *SubmitJobsResult) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
 	}
 	return ""
 }
@@ -2556,11 +2575,12 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
 	"\t_priorityB\x0f\n" +
-	"\r_max_attempts\"y\n" +
+	"\r_max_attempts\"\x94\x01\n" +
 	"\x11SubmitJobResponse\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\"\n" +
-	"\fdeduplicated\x18\x03 \x01(\bR\fdeduplicated\"&\n" +
+	"\fdeduplicated\x18\x03 \x01(\bR\fdeduplicated\x12\x19\n" +
+	"\btrace_id\x18\x04 \x01(\tR\atraceId\"&\n" +
 	"\rGetJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"2\n" +
 	"\x0eGetJobResponse\x12 \n" +
@@ -2650,14 +2670,15 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x11SubmitJobsRequest\x12/\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobRequestR\x04jobs\"K\n" +
 	"\x12SubmitJobsResponse\x125\n" +
-	"\aresults\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobsResultR\aresults\"\xad\x01\n" +
+	"\aresults\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobsResultR\aresults\"\xc8\x01\n" +
 	"\x10SubmitJobsResult\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\"\n" +
 	"\fdeduplicated\x18\x03 \x01(\bR\fdeduplicated\x12\x1d\n" +
 	"\n" +
 	"error_code\x18\x04 \x01(\tR\terrorCode\x12\x14\n" +
-	"\x05error\x18\x05 \x01(\tR\x05error\"(\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12\x19\n" +
+	"\btrace_id\x18\x06 \x01(\tR\atraceId\"(\n" +
 	"\x12ListWorkersRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\"F\n" +
 	"\x13ListWorkersResponse\x12/\n" +

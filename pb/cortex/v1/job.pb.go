@@ -138,7 +138,10 @@ type Job struct {
 	// approval records who approved or rejected a job held for approval.
 	Approval *Approval `protobuf:"bytes,21,opt,name=approval,proto3" json:"approval,omitempty"`
 	// attempts lists how each attempt that has ended ended, oldest first.
-	Attempts      []*AttemptRecord `protobuf:"bytes,22,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts []*AttemptRecord `protobuf:"bytes,22,rep,name=attempts,proto3" json:"attempts,omitempty"`
+	// trace_id is made by the gateway at submit; it rides every bus packet
+	// about the job and every log line about it.
+	TraceId       string `protobuf:"bytes,23,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -325,6 +328,13 @@ func (x *Job) GetAttempts() []*AttemptRecord {
 		return x.Attempts
 	}
 	return nil
+}
+
+func (x *Job) GetTraceId() string {
+	if x != nil {
+		return x.TraceId
+	}
+	return ""
 }
 
 // AttemptRecord is how one attempt of a job ended.
@@ -551,7 +561,7 @@ var File_cortex_v1_job_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\a\n" +
+	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\a\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12)\n" +
@@ -579,7 +589,8 @@ const file_cortex_v1_job_proto_rawDesc = "" +
 	"\vtransitions\x18\x13 \x03(\v2\x18.cortex.v1.JobTransitionR\vtransitions\x12\x18\n" +
 	"\aversion\x18\x14 \x01(\x04R\aversion\x12/\n" +
 	"\bapproval\x18\x15 \x01(\v2\x13.cortex.v1.ApprovalR\bapproval\x124\n" +
-	"\battempts\x18\x16 \x03(\v2\x18.cortex.v1.AttemptRecordR\battempts\x1a9\n" +
+	"\battempts\x18\x16 \x03(\v2\x18.cortex.v1.AttemptRecordR\battempts\x12\x19\n" +
+	"\btrace_id\x18\x17 \x01(\tR\atraceId\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
