@@ -83,7 +83,7 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if pl.SafetyDecision.GetJobId() == "" || pl.SafetyDecision.GetVerdict() == nil {
 			return errors.New("safety decision without a job id or verdict")
 		}
-	case *cortexv1.BusPacket_PolicyApply, *cortexv1.BusPacket_PolicyQuery, *cortexv1.BusPacket_PolicyReply:
+	case *cortexv1.BusPacket_PolicyApply, *cortexv1.BusPacket_PolicyQuery, *cortexv1.BusPacket_PolicyReply, *cortexv1.BusPacket_BeatRequest:
 	case *cortexv1.BusPacket_JobCancel:
 		if pl.JobCancel.GetJobId() == "" {
 			return errors.New("job cancel without a job id")

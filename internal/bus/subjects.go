@@ -33,6 +33,10 @@ const (
 	// SubjectPolicyStatus carries PolicyQuery to every kernel; each answers
 	// with a PolicyReply holding its status.
 	SubjectPolicyStatus = "sys.safety.policy.status"
+	// SubjectBeatRequest carries BeatRequest to every worker: each sends a
+	// heartbeat at once. (It is not under sys.heartbeat., where only
+	// heartbeats go.)
+	SubjectBeatRequest = "sys.worker.beat"
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 

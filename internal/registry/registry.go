@@ -193,6 +193,7 @@ func New(opts Options) *Registry {
 // Subscriber is what Start needs from the bus.
 type Subscriber interface {
 	Subscribe(ctx context.Context, subject, queue string, concurrency int, h bus.Handler) (*bus.Subscription, error)
+	Publish(subject string, p *cortexv1.BusPacket) error
 }
 
 var _ Subscriber = (*bus.Conn)(nil)
@@ -208,7 +209,18 @@ func (r *Registry) Start(ctx context.Context, b Subscriber) error {
 	if err != nil {
 		return fmt.Errorf("registry: %w", err)
 	}
+	// Ask the workers to beat now rather than a heartbeat interval later.
+	if err := AskBeats(b); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
 	return nil
+}
+
+// AskBeats asks every worker for a heartbeat now.
+func AskBeats(b interface {
+	Publish(subject string, p *cortexv1.BusPacket) error
+}) error {
+	return b.Publish(bus.SubjectBeatRequest, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_BeatRequest{BeatRequest: &cortexv1.BeatRequest{}}})
 }
 
 // ErrNotHeartbeat is wrapped by Observe's error for a packet that is not a

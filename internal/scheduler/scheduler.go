@@ -172,6 +172,9 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if _, err := s.conn.Subscribe(hctx, bus.SubjectHeartbeatAll, "", 1, s.onHeartbeat); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
+	if err := registry.AskBeats(s.conn); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
 	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobEvent, "", s.opts.concurrency, s.onJobEvent); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}

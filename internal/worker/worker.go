@@ -202,6 +202,13 @@ func (w *Worker) Start(ctx context.Context) error {
 		_, err = w.conn.Subscribe(beatCtx, bus.SubjectJobCancel, "", 1, w.onCancel)
 	}
 	if err == nil {
+		// A registry that starts asks for a heartbeat now.
+		_, err = w.conn.Subscribe(beatCtx, bus.SubjectBeatRequest, "", 1, func(context.Context, *cortexv1.BusPacket, string) error {
+			w.beat()
+			return nil
+		})
+	}
+	if err == nil {
 		err = w.conn.Flush(ctx)
 	}
 	if err != nil {

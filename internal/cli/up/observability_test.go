@@ -203,3 +203,21 @@ func TestLogsNeverCarryPromptsOrKeys(t *testing.T) {
 		}
 	}
 }
+
+// TestWorkersAreListedAtOnce: the gateway's registry asks the workers to
+// beat when it starts, so `up` lists its worker at once, not a heartbeat
+// interval (3 s) after the worker's first beat, which the gateway missed.
+func TestWorkersAreListedAtOnce(t *testing.T) {
+	h := startHarness(t, up.ClusterOptions{})
+	deadline := time.Now().Add(time.Second)
+	for {
+		res, err := h.client.ListWorkers(context.Background(), &cortexv1.ListWorkersRequest{})
+		if err == nil && len(res.GetWorkers()) == 1 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("workers %v, %v within 1s of up; want the echo worker", res.GetWorkers(), err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

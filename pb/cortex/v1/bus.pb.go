@@ -48,6 +48,7 @@ type BusPacket struct {
 	//	*BusPacket_PolicyApply
 	//	*BusPacket_PolicyQuery
 	//	*BusPacket_PolicyReply
+	//	*BusPacket_BeatRequest
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -217,6 +218,15 @@ func (x *BusPacket) GetPolicyReply() *PolicyReply {
 	return nil
 }
 
+func (x *BusPacket) GetBeatRequest() *BeatRequest {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_BeatRequest); ok {
+			return x.BeatRequest
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -265,6 +275,10 @@ type BusPacket_PolicyReply struct {
 	PolicyReply *PolicyReply `protobuf:"bytes,20,opt,name=policy_reply,json=policyReply,proto3,oneof"`
 }
 
+type BusPacket_BeatRequest struct {
+	BeatRequest *BeatRequest `protobuf:"bytes,21,opt,name=beat_request,json=beatRequest,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -286,6 +300,56 @@ func (*BusPacket_PolicyApply) isBusPacket_Payload() {}
 func (*BusPacket_PolicyQuery) isBusPacket_Payload() {}
 
 func (*BusPacket_PolicyReply) isBusPacket_Payload() {}
+
+func (*BusPacket_BeatRequest) isBusPacket_Payload() {}
+
+// BeatRequest asks every worker to send a heartbeat now: a registry that
+// just started (a gateway's, a scheduler's) learns the workers at once
+// rather than a heartbeat interval later.
+type BeatRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// sender names who asks, for logs.
+	Sender        string `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BeatRequest) Reset() {
+	*x = BeatRequest{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BeatRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BeatRequest) ProtoMessage() {}
+
+func (x *BeatRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BeatRequest.ProtoReflect.Descriptor instead.
+func (*BeatRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *BeatRequest) GetSender() string {
+	if x != nil {
+		return x.Sender
+	}
+	return ""
+}
 
 // JobRequest asks for one attempt of a job. The prompt is not carried: it
 // lives in Redis and context_ptr points at it (redis://ctx:<id>).
@@ -321,7 +385,7 @@ type JobRequest struct {
 
 func (x *JobRequest) Reset() {
 	*x = JobRequest{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	mi := &file_cortex_v1_bus_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -333,7 +397,7 @@ func (x *JobRequest) String() string {
 func (*JobRequest) ProtoMessage() {}
 
 func (x *JobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	mi := &file_cortex_v1_bus_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -346,7 +410,7 @@ func (x *JobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRequest.ProtoReflect.Descriptor instead.
 func (*JobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *JobRequest) GetJobId() string {
@@ -476,7 +540,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	mi := &file_cortex_v1_bus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -488,7 +552,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	mi := &file_cortex_v1_bus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -501,7 +565,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *JobResult) GetJobId() string {
@@ -598,7 +662,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[3]
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -610,7 +674,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[3]
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -623,7 +687,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Heartbeat) GetWorkerId() string {
@@ -722,7 +786,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -734,7 +798,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -747,7 +811,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JobEvent) GetJob() *Job {
@@ -769,7 +833,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	mi := &file_cortex_v1_bus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +845,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	mi := &file_cortex_v1_bus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +858,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -815,7 +879,7 @@ var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xcb\x06\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\a\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x129\n" +
@@ -836,8 +900,11 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\x0fsafety_decision\x18\x11 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventH\x00R\x0esafetyDecision\x12;\n" +
 	"\fpolicy_apply\x18\x12 \x01(\v2\x16.cortex.v1.PolicyApplyH\x00R\vpolicyApply\x12;\n" +
 	"\fpolicy_query\x18\x13 \x01(\v2\x16.cortex.v1.PolicyQueryH\x00R\vpolicyQuery\x12;\n" +
-	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReplyB\t\n" +
-	"\apayload\"\xd3\x04\n" +
+	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReply\x12;\n" +
+	"\fbeat_request\x18\x15 \x01(\v2\x16.cortex.v1.BeatRequestH\x00R\vbeatRequestB\t\n" +
+	"\apayload\"%\n" +
+	"\vBeatRequest\x12\x16\n" +
+	"\x06sender\x18\x01 \x01(\tR\x06sender\"\xd3\x04\n" +
 	"\n" +
 	"JobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -912,52 +979,54 @@ func file_cortex_v1_bus_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_bus_proto_rawDescData
 }
 
-var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_cortex_v1_bus_proto_goTypes = []any{
 	(*BusPacket)(nil),             // 0: cortex.v1.BusPacket
-	(*JobRequest)(nil),            // 1: cortex.v1.JobRequest
-	(*JobResult)(nil),             // 2: cortex.v1.JobResult
-	(*Heartbeat)(nil),             // 3: cortex.v1.Heartbeat
-	(*JobEvent)(nil),              // 4: cortex.v1.JobEvent
-	(*JobCancel)(nil),             // 5: cortex.v1.JobCancel
-	nil,                           // 6: cortex.v1.JobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
-	(*CheckRequest)(nil),          // 8: cortex.v1.CheckRequest
-	(*CheckResponse)(nil),         // 9: cortex.v1.CheckResponse
-	(*SafetyDecisionEvent)(nil),   // 10: cortex.v1.SafetyDecisionEvent
-	(*PolicyApply)(nil),           // 11: cortex.v1.PolicyApply
-	(*PolicyQuery)(nil),           // 12: cortex.v1.PolicyQuery
-	(*PolicyReply)(nil),           // 13: cortex.v1.PolicyReply
-	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
-	(JobState)(0),                 // 15: cortex.v1.JobState
-	(*Job)(nil),                   // 16: cortex.v1.Job
+	(*BeatRequest)(nil),           // 1: cortex.v1.BeatRequest
+	(*JobRequest)(nil),            // 2: cortex.v1.JobRequest
+	(*JobResult)(nil),             // 3: cortex.v1.JobResult
+	(*Heartbeat)(nil),             // 4: cortex.v1.Heartbeat
+	(*JobEvent)(nil),              // 5: cortex.v1.JobEvent
+	(*JobCancel)(nil),             // 6: cortex.v1.JobCancel
+	nil,                           // 7: cortex.v1.JobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*CheckRequest)(nil),          // 9: cortex.v1.CheckRequest
+	(*CheckResponse)(nil),         // 10: cortex.v1.CheckResponse
+	(*SafetyDecisionEvent)(nil),   // 11: cortex.v1.SafetyDecisionEvent
+	(*PolicyApply)(nil),           // 12: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 13: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 14: cortex.v1.PolicyReply
+	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
+	(JobState)(0),                 // 16: cortex.v1.JobState
+	(*Job)(nil),                   // 17: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
-	7,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
-	1,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
-	2,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
-	3,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
-	8,  // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
-	9,  // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
-	4,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
-	5,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
-	10, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
-	11, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
-	12, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
-	13, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
-	6,  // 12: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	14, // 13: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	7,  // 14: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
-	15, // 15: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	7,  // 16: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	7,  // 17: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	14, // 18: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
-	16, // 19: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	8,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
+	2,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
+	3,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
+	4,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
+	9,  // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
+	10, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
+	5,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
+	6,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
+	11, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
+	12, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
+	13, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
+	14, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
+	1,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
+	7,  // 13: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	15, // 14: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	8,  // 15: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
+	16, // 16: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	8,  // 17: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	8,  // 18: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	15, // 19: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	17, // 20: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -979,6 +1048,7 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_PolicyApply)(nil),
 		(*BusPacket_PolicyQuery)(nil),
 		(*BusPacket_PolicyReply)(nil),
+		(*BusPacket_BeatRequest)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -986,7 +1056,7 @@ func file_cortex_v1_bus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_bus_proto_rawDesc), len(file_cortex_v1_bus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   7,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
