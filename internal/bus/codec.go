@@ -84,6 +84,10 @@ func validatePayload(p *cortexv1.BusPacket) error {
 			return errors.New("safety decision without a job id or verdict")
 		}
 	case *cortexv1.BusPacket_PolicyApply, *cortexv1.BusPacket_PolicyQuery, *cortexv1.BusPacket_PolicyReply, *cortexv1.BusPacket_BeatRequest:
+	case *cortexv1.BusPacket_WorkerDrain:
+		if !ValidToken(pl.WorkerDrain.GetWorkerId()) {
+			return errors.New("worker drain with a bad worker id")
+		}
 	case *cortexv1.BusPacket_JobCancel:
 		if pl.JobCancel.GetJobId() == "" {
 			return errors.New("job cancel without a job id")

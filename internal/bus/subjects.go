@@ -37,6 +37,9 @@ const (
 	// heartbeat at once. (It is not under sys.heartbeat., where only
 	// heartbeats go.)
 	SubjectBeatRequest = "sys.worker.beat"
+	// SubjectWorkerDrain carries WorkerDrain to every worker; the one it
+	// names drains.
+	SubjectWorkerDrain = "sys.worker.drain"
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 

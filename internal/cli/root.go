@@ -104,7 +104,9 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 		root.AddCommand(c)
 	}
 	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Cluster:"})
-	for _, c := range []*cobra.Command{workercmd.NewCmdWorkers(f, nil), workercmd.NewCmdPools(f, nil)} {
+	workers := workercmd.NewCmdWorkers(f, nil)
+	workers.AddCommand(workercmd.NewCmdDrain(f))
+	for _, c := range []*cobra.Command{workers, workercmd.NewCmdPools(f, nil)} {
 		c.GroupID = "cluster"
 		root.AddCommand(c)
 	}

@@ -94,3 +94,32 @@ func workerInfo(w registry.Worker) *cortexv1.WorkerInfo {
 		MissedHeartbeats:  uint32(w.Missed),
 	}
 }
+
+// DrainWorker asks a live worker to drain (admin keys only).
+func (g *Gateway) DrainWorker(ctx context.Context, req *cortexv1.DrainWorkerRequest) (*cortexv1.DrainWorkerResponse, error) {
+	if err := requireAdmin(ctx, "drain workers"); err != nil {
+		return nil, err
+	}
+	id := req.GetWorkerId()
+	if !bus.ValidToken(id) {
+		return nil, connect.Errorf(connect.CodeInvalidArgument, "worker id %.80q is not valid: 1-64 characters of a-z, 0-9, - and _", id)
+	}
+	s, err := g.snapshot()
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range s.Workers {
+		if w.ID != id {
+			continue
+		}
+		err := g.bus.Publish(bus.SubjectWorkerDrain, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_WorkerDrain{
+			WorkerDrain: &cortexv1.WorkerDrain{WorkerId: id, By: principalFrom(ctx).key},
+		}})
+		if err != nil {
+			g.log.Error("ask worker to drain", "worker_id", id, "err", err)
+			return nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable; the worker was not asked, try again")
+		}
+		return &cortexv1.DrainWorkerResponse{Worker: workerInfo(w)}, nil
+	}
+	return nil, connect.Errorf(connect.CodeNotFound, "worker %s is not listed (see cortexctl workers): it never sent a heartbeat, or missed three", id)
+}

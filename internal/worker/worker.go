@@ -202,6 +202,9 @@ func (w *Worker) Start(ctx context.Context) error {
 		_, err = w.conn.Subscribe(beatCtx, bus.SubjectJobCancel, "", 1, w.onCancel)
 	}
 	if err == nil {
+		_, err = w.conn.Subscribe(beatCtx, bus.SubjectWorkerDrain, "", 1, w.onDrain)
+	}
+	if err == nil {
 		// A registry that starts asks for a heartbeat now.
 		_, err = w.conn.Subscribe(beatCtx, bus.SubjectBeatRequest, "", 1, func(context.Context, *cortexv1.BusPacket, string) error {
 			w.beat()
@@ -286,6 +289,32 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 				w.handle(jobCtx, m.Packet.GetTraceId(), req, m.Delivery)
 			}()
 		}
+	}
+}
+
+// onDrain drains the worker when asked by name.
+func (w *Worker) onDrain(_ context.Context, p *cortexv1.BusPacket, _ string) error {
+	d := p.GetWorkerDrain()
+	if d == nil {
+		return bus.WrongPayload(p, "a worker drain")
+	}
+	if d.GetWorkerId() == w.opts.ID {
+		w.log.Info("draining: asked to", "by", d.GetBy())
+		go w.Drain()
+	}
+	return nil
+}
+
+// Drain takes no new jobs: running ones finish, and heartbeats say the
+// worker drains. The worker keeps running (and beating) until Stop.
+func (w *Worker) Drain() {
+	if w.draining.Swap(true) {
+		return
+	}
+	w.beat()
+	if w.stopPulling != nil {
+		w.stopPulling()
+		<-w.pulled
 	}
 }
 

@@ -49,6 +49,7 @@ type BusPacket struct {
 	//	*BusPacket_PolicyQuery
 	//	*BusPacket_PolicyReply
 	//	*BusPacket_BeatRequest
+	//	*BusPacket_WorkerDrain
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -227,6 +228,15 @@ func (x *BusPacket) GetBeatRequest() *BeatRequest {
 	return nil
 }
 
+func (x *BusPacket) GetWorkerDrain() *WorkerDrain {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_WorkerDrain); ok {
+			return x.WorkerDrain
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -279,6 +289,10 @@ type BusPacket_BeatRequest struct {
 	BeatRequest *BeatRequest `protobuf:"bytes,21,opt,name=beat_request,json=beatRequest,proto3,oneof"`
 }
 
+type BusPacket_WorkerDrain struct {
+	WorkerDrain *WorkerDrain `protobuf:"bytes,22,opt,name=worker_drain,json=workerDrain,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -303,6 +317,64 @@ func (*BusPacket_PolicyReply) isBusPacket_Payload() {}
 
 func (*BusPacket_BeatRequest) isBusPacket_Payload() {}
 
+func (*BusPacket_WorkerDrain) isBusPacket_Payload() {}
+
+// WorkerDrain asks one worker to drain: take no new jobs, finish those it
+// runs, and say so in its heartbeats. The process keeps running until it
+// is stopped.
+type WorkerDrain struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	// by names who asked, for the worker's log.
+	By            string `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkerDrain) Reset() {
+	*x = WorkerDrain{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkerDrain) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkerDrain) ProtoMessage() {}
+
+func (x *WorkerDrain) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkerDrain.ProtoReflect.Descriptor instead.
+func (*WorkerDrain) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WorkerDrain) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+func (x *WorkerDrain) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
 // BeatRequest asks every worker to send a heartbeat now: a registry that
 // just started (a gateway's, a scheduler's) learns the workers at once
 // rather than a heartbeat interval later.
@@ -316,7 +388,7 @@ type BeatRequest struct {
 
 func (x *BeatRequest) Reset() {
 	*x = BeatRequest{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	mi := &file_cortex_v1_bus_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -328,7 +400,7 @@ func (x *BeatRequest) String() string {
 func (*BeatRequest) ProtoMessage() {}
 
 func (x *BeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	mi := &file_cortex_v1_bus_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -341,7 +413,7 @@ func (x *BeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeatRequest.ProtoReflect.Descriptor instead.
 func (*BeatRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *BeatRequest) GetSender() string {
@@ -385,7 +457,7 @@ type JobRequest struct {
 
 func (x *JobRequest) Reset() {
 	*x = JobRequest{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	mi := &file_cortex_v1_bus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -397,7 +469,7 @@ func (x *JobRequest) String() string {
 func (*JobRequest) ProtoMessage() {}
 
 func (x *JobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	mi := &file_cortex_v1_bus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -410,7 +482,7 @@ func (x *JobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRequest.ProtoReflect.Descriptor instead.
 func (*JobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *JobRequest) GetJobId() string {
@@ -540,7 +612,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[3]
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +624,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[3]
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +637,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JobResult) GetJobId() string {
@@ -662,7 +734,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -674,7 +746,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -687,7 +759,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Heartbeat) GetWorkerId() string {
@@ -786,7 +858,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	mi := &file_cortex_v1_bus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -798,7 +870,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	mi := &file_cortex_v1_bus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -811,7 +883,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobEvent) GetJob() *Job {
@@ -833,7 +905,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[6]
+	mi := &file_cortex_v1_bus_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -845,7 +917,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[6]
+	mi := &file_cortex_v1_bus_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -858,7 +930,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{6}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -879,7 +951,7 @@ var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x88\a\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\a\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x129\n" +
@@ -901,8 +973,12 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fpolicy_apply\x18\x12 \x01(\v2\x16.cortex.v1.PolicyApplyH\x00R\vpolicyApply\x12;\n" +
 	"\fpolicy_query\x18\x13 \x01(\v2\x16.cortex.v1.PolicyQueryH\x00R\vpolicyQuery\x12;\n" +
 	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReply\x12;\n" +
-	"\fbeat_request\x18\x15 \x01(\v2\x16.cortex.v1.BeatRequestH\x00R\vbeatRequestB\t\n" +
-	"\apayload\"%\n" +
+	"\fbeat_request\x18\x15 \x01(\v2\x16.cortex.v1.BeatRequestH\x00R\vbeatRequest\x12;\n" +
+	"\fworker_drain\x18\x16 \x01(\v2\x16.cortex.v1.WorkerDrainH\x00R\vworkerDrainB\t\n" +
+	"\apayload\":\n" +
+	"\vWorkerDrain\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\"%\n" +
 	"\vBeatRequest\x12\x16\n" +
 	"\x06sender\x18\x01 \x01(\tR\x06sender\"\xd3\x04\n" +
 	"\n" +
@@ -979,54 +1055,56 @@ func file_cortex_v1_bus_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_bus_proto_rawDescData
 }
 
-var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_cortex_v1_bus_proto_goTypes = []any{
 	(*BusPacket)(nil),             // 0: cortex.v1.BusPacket
-	(*BeatRequest)(nil),           // 1: cortex.v1.BeatRequest
-	(*JobRequest)(nil),            // 2: cortex.v1.JobRequest
-	(*JobResult)(nil),             // 3: cortex.v1.JobResult
-	(*Heartbeat)(nil),             // 4: cortex.v1.Heartbeat
-	(*JobEvent)(nil),              // 5: cortex.v1.JobEvent
-	(*JobCancel)(nil),             // 6: cortex.v1.JobCancel
-	nil,                           // 7: cortex.v1.JobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
-	(*CheckRequest)(nil),          // 9: cortex.v1.CheckRequest
-	(*CheckResponse)(nil),         // 10: cortex.v1.CheckResponse
-	(*SafetyDecisionEvent)(nil),   // 11: cortex.v1.SafetyDecisionEvent
-	(*PolicyApply)(nil),           // 12: cortex.v1.PolicyApply
-	(*PolicyQuery)(nil),           // 13: cortex.v1.PolicyQuery
-	(*PolicyReply)(nil),           // 14: cortex.v1.PolicyReply
-	(*durationpb.Duration)(nil),   // 15: google.protobuf.Duration
-	(JobState)(0),                 // 16: cortex.v1.JobState
-	(*Job)(nil),                   // 17: cortex.v1.Job
+	(*WorkerDrain)(nil),           // 1: cortex.v1.WorkerDrain
+	(*BeatRequest)(nil),           // 2: cortex.v1.BeatRequest
+	(*JobRequest)(nil),            // 3: cortex.v1.JobRequest
+	(*JobResult)(nil),             // 4: cortex.v1.JobResult
+	(*Heartbeat)(nil),             // 5: cortex.v1.Heartbeat
+	(*JobEvent)(nil),              // 6: cortex.v1.JobEvent
+	(*JobCancel)(nil),             // 7: cortex.v1.JobCancel
+	nil,                           // 8: cortex.v1.JobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
+	(*CheckRequest)(nil),          // 10: cortex.v1.CheckRequest
+	(*CheckResponse)(nil),         // 11: cortex.v1.CheckResponse
+	(*SafetyDecisionEvent)(nil),   // 12: cortex.v1.SafetyDecisionEvent
+	(*PolicyApply)(nil),           // 13: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 14: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 15: cortex.v1.PolicyReply
+	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
+	(JobState)(0),                 // 17: cortex.v1.JobState
+	(*Job)(nil),                   // 18: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
-	8,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
-	2,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
-	3,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
-	4,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
-	9,  // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
-	10, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
-	5,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
-	6,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
-	11, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
-	12, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
-	13, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
-	14, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
-	1,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
-	7,  // 13: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	15, // 14: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	8,  // 15: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
-	16, // 16: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	8,  // 17: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	8,  // 18: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	15, // 19: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
-	17, // 20: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	9,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
+	3,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
+	4,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
+	5,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
+	10, // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
+	11, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
+	6,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
+	7,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
+	12, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
+	13, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
+	14, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
+	15, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
+	2,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
+	1,  // 13: cortex.v1.BusPacket.worker_drain:type_name -> cortex.v1.WorkerDrain
+	8,  // 14: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	16, // 15: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 16: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
+	17, // 17: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	9,  // 18: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 19: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	16, // 20: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	18, // 21: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -1049,6 +1127,7 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_PolicyQuery)(nil),
 		(*BusPacket_PolicyReply)(nil),
 		(*BusPacket_BeatRequest)(nil),
+		(*BusPacket_WorkerDrain)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1056,7 +1135,7 @@ func file_cortex_v1_bus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_bus_proto_rawDesc), len(file_cortex_v1_bus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -76,6 +76,95 @@ func (WorkerState) EnumDescriptor() ([]byte, []int) {
 	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
 }
 
+type DrainWorkerRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	WorkerId      string                 `protobuf:"bytes,1,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainWorkerRequest) Reset() {
+	*x = DrainWorkerRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainWorkerRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainWorkerRequest) ProtoMessage() {}
+
+func (x *DrainWorkerRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainWorkerRequest.ProtoReflect.Descriptor instead.
+func (*DrainWorkerRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DrainWorkerRequest) GetWorkerId() string {
+	if x != nil {
+		return x.WorkerId
+	}
+	return ""
+}
+
+type DrainWorkerResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// worker is the worker as last heard of, before it drains.
+	Worker        *WorkerInfo `protobuf:"bytes,1,opt,name=worker,proto3" json:"worker,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainWorkerResponse) Reset() {
+	*x = DrainWorkerResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainWorkerResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainWorkerResponse) ProtoMessage() {}
+
+func (x *DrainWorkerResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainWorkerResponse.ProtoReflect.Descriptor instead.
+func (*DrainWorkerResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *DrainWorkerResponse) GetWorker() *WorkerInfo {
+	if x != nil {
+		return x.Worker
+	}
+	return nil
+}
+
 type ListDeadLettersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// page_size is the most dead letters per page: default 50, at most 500.
@@ -88,7 +177,7 @@ type ListDeadLettersRequest struct {
 
 func (x *ListDeadLettersRequest) Reset() {
 	*x = ListDeadLettersRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +189,7 @@ func (x *ListDeadLettersRequest) String() string {
 func (*ListDeadLettersRequest) ProtoMessage() {}
 
 func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[0]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +202,7 @@ func (x *ListDeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{0}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ListDeadLettersRequest) GetPageSize() uint32 {
@@ -142,7 +231,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +243,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[1]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,7 +256,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *DeadLetter) GetJob() *Job {
@@ -195,7 +284,7 @@ type ListDeadLettersResponse struct {
 
 func (x *ListDeadLettersResponse) Reset() {
 	*x = ListDeadLettersResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -207,7 +296,7 @@ func (x *ListDeadLettersResponse) String() string {
 func (*ListDeadLettersResponse) ProtoMessage() {}
 
 func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[2]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -220,7 +309,7 @@ func (x *ListDeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListDeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*ListDeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListDeadLettersResponse) GetDeadLetters() []*DeadLetter {
@@ -249,7 +338,7 @@ type RetryDeadLetterRequest struct {
 
 func (x *RetryDeadLetterRequest) Reset() {
 	*x = RetryDeadLetterRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -261,7 +350,7 @@ func (x *RetryDeadLetterRequest) String() string {
 func (*RetryDeadLetterRequest) ProtoMessage() {}
 
 func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[3]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -274,7 +363,7 @@ func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RetryDeadLetterRequest) GetJobId() string {
@@ -301,7 +390,7 @@ type RetryDeadLetterResponse struct {
 
 func (x *RetryDeadLetterResponse) Reset() {
 	*x = RetryDeadLetterResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -313,7 +402,7 @@ func (x *RetryDeadLetterResponse) String() string {
 func (*RetryDeadLetterResponse) ProtoMessage() {}
 
 func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[4]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -326,7 +415,7 @@ func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{4}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RetryDeadLetterResponse) GetJob() *Job {
@@ -345,7 +434,7 @@ type DropDeadLetterRequest struct {
 
 func (x *DropDeadLetterRequest) Reset() {
 	*x = DropDeadLetterRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +446,7 @@ func (x *DropDeadLetterRequest) String() string {
 func (*DropDeadLetterRequest) ProtoMessage() {}
 
 func (x *DropDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +459,7 @@ func (x *DropDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*DropDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DropDeadLetterRequest) GetJobId() string {
@@ -390,7 +479,7 @@ type DropDeadLetterResponse struct {
 
 func (x *DropDeadLetterResponse) Reset() {
 	*x = DropDeadLetterResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +491,7 @@ func (x *DropDeadLetterResponse) String() string {
 func (*DropDeadLetterResponse) ProtoMessage() {}
 
 func (x *DropDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +504,7 @@ func (x *DropDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*DropDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DropDeadLetterResponse) GetJob() *Job {
@@ -450,7 +539,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +551,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +564,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitJobRequest) GetTopic() string {
@@ -550,7 +639,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -562,7 +651,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -575,7 +664,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -615,7 +704,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +716,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +729,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -659,7 +748,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +760,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +773,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -703,7 +792,7 @@ type GetResultRequest struct {
 
 func (x *GetResultRequest) Reset() {
 	*x = GetResultRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -715,7 +804,7 @@ func (x *GetResultRequest) String() string {
 func (*GetResultRequest) ProtoMessage() {}
 
 func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -728,7 +817,7 @@ func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
 func (*GetResultRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetResultRequest) GetJobId() string {
@@ -753,7 +842,7 @@ type GetResultResponse struct {
 
 func (x *GetResultResponse) Reset() {
 	*x = GetResultResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -765,7 +854,7 @@ func (x *GetResultResponse) String() string {
 func (*GetResultResponse) ProtoMessage() {}
 
 func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -778,7 +867,7 @@ func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
 func (*GetResultResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetResultResponse) GetJobId() string {
@@ -856,7 +945,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -868,7 +957,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -881,7 +970,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListJobsRequest) GetStates() []JobState {
@@ -930,7 +1019,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1031,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1044,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -983,7 +1072,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1084,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1097,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -1034,7 +1123,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1135,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1148,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -1078,7 +1167,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1179,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1192,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -1122,7 +1211,7 @@ type WatchJobResponse struct {
 
 func (x *WatchJobResponse) Reset() {
 	*x = WatchJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1223,7 @@ func (x *WatchJobResponse) String() string {
 func (*WatchJobResponse) ProtoMessage() {}
 
 func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1236,7 @@ func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchJobResponse) GetJob() *Job {
@@ -1171,7 +1260,7 @@ type StreamEventsRequest struct {
 
 func (x *StreamEventsRequest) Reset() {
 	*x = StreamEventsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1183,7 +1272,7 @@ func (x *StreamEventsRequest) String() string {
 func (*StreamEventsRequest) ProtoMessage() {}
 
 func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1196,7 +1285,7 @@ func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsRequest.ProtoReflect.Descriptor instead.
 func (*StreamEventsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *StreamEventsRequest) GetTopic() string {
@@ -1232,7 +1321,7 @@ type StreamEventsResponse struct {
 
 func (x *StreamEventsResponse) Reset() {
 	*x = StreamEventsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1244,7 +1333,7 @@ func (x *StreamEventsResponse) String() string {
 func (*StreamEventsResponse) ProtoMessage() {}
 
 func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1257,7 +1346,7 @@ func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsResponse.ProtoReflect.Descriptor instead.
 func (*StreamEventsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StreamEventsResponse) GetJob() *Job {
@@ -1285,7 +1374,7 @@ type ApproveJobRequest struct {
 
 func (x *ApproveJobRequest) Reset() {
 	*x = ApproveJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1386,7 @@ func (x *ApproveJobRequest) String() string {
 func (*ApproveJobRequest) ProtoMessage() {}
 
 func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1399,7 @@ func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveJobRequest.ProtoReflect.Descriptor instead.
 func (*ApproveJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ApproveJobRequest) GetJobId() string {
@@ -1336,7 +1425,7 @@ type ApproveJobResponse struct {
 
 func (x *ApproveJobResponse) Reset() {
 	*x = ApproveJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1348,7 +1437,7 @@ func (x *ApproveJobResponse) String() string {
 func (*ApproveJobResponse) ProtoMessage() {}
 
 func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1361,7 +1450,7 @@ func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveJobResponse.ProtoReflect.Descriptor instead.
 func (*ApproveJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApproveJobResponse) GetJob() *Job {
@@ -1382,7 +1471,7 @@ type RejectJobRequest struct {
 
 func (x *RejectJobRequest) Reset() {
 	*x = RejectJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1394,7 +1483,7 @@ func (x *RejectJobRequest) String() string {
 func (*RejectJobRequest) ProtoMessage() {}
 
 func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1407,7 +1496,7 @@ func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectJobRequest.ProtoReflect.Descriptor instead.
 func (*RejectJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RejectJobRequest) GetJobId() string {
@@ -1433,7 +1522,7 @@ type RejectJobResponse struct {
 
 func (x *RejectJobResponse) Reset() {
 	*x = RejectJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1445,7 +1534,7 @@ func (x *RejectJobResponse) String() string {
 func (*RejectJobResponse) ProtoMessage() {}
 
 func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1458,7 +1547,7 @@ func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectJobResponse.ProtoReflect.Descriptor instead.
 func (*RejectJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RejectJobResponse) GetJob() *Job {
@@ -1476,7 +1565,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1577,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1590,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 type GetPolicyResponse struct {
@@ -1516,7 +1605,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1528,7 +1617,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1541,7 +1630,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetPolicyResponse) GetStatus() *PolicyStatus {
@@ -1574,7 +1663,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1586,7 +1675,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1599,7 +1688,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ApplyPolicyRequest) GetSource() string {
@@ -1642,7 +1731,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1654,7 +1743,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1667,7 +1756,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApplyPolicyResponse) GetHash() string {
@@ -1698,7 +1787,7 @@ type ExplainDecisionRequest struct {
 
 func (x *ExplainDecisionRequest) Reset() {
 	*x = ExplainDecisionRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1710,7 +1799,7 @@ func (x *ExplainDecisionRequest) String() string {
 func (*ExplainDecisionRequest) ProtoMessage() {}
 
 func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1723,7 +1812,7 @@ func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionRequest.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ExplainDecisionRequest) GetTopic() string {
@@ -1775,7 +1864,7 @@ type ExplainDecisionResponse struct {
 
 func (x *ExplainDecisionResponse) Reset() {
 	*x = ExplainDecisionResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1876,7 @@ func (x *ExplainDecisionResponse) String() string {
 func (*ExplainDecisionResponse) ProtoMessage() {}
 
 func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1889,7 @@ func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionResponse.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ExplainDecisionResponse) GetDecision() *SafetyVerdict {
@@ -1843,7 +1932,7 @@ type StreamDecisionsRequest struct {
 
 func (x *StreamDecisionsRequest) Reset() {
 	*x = StreamDecisionsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1855,7 +1944,7 @@ func (x *StreamDecisionsRequest) String() string {
 func (*StreamDecisionsRequest) ProtoMessage() {}
 
 func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1868,7 +1957,7 @@ func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*StreamDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *StreamDecisionsRequest) GetDecisions() []Decision {
@@ -1897,7 +1986,7 @@ type StreamDecisionsResponse struct {
 
 func (x *StreamDecisionsResponse) Reset() {
 	*x = StreamDecisionsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1909,7 +1998,7 @@ func (x *StreamDecisionsResponse) String() string {
 func (*StreamDecisionsResponse) ProtoMessage() {}
 
 func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1922,7 +2011,7 @@ func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*StreamDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StreamDecisionsResponse) GetEvent() *SafetyDecisionEvent {
@@ -1948,7 +2037,7 @@ type SubmitJobsRequest struct {
 
 func (x *SubmitJobsRequest) Reset() {
 	*x = SubmitJobsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2049,7 @@ func (x *SubmitJobsRequest) String() string {
 func (*SubmitJobsRequest) ProtoMessage() {}
 
 func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2062,7 @@ func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SubmitJobsRequest) GetJobs() []*SubmitJobRequest {
@@ -1993,7 +2082,7 @@ type SubmitJobsResponse struct {
 
 func (x *SubmitJobsResponse) Reset() {
 	*x = SubmitJobsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2005,7 +2094,7 @@ func (x *SubmitJobsResponse) String() string {
 func (*SubmitJobsResponse) ProtoMessage() {}
 
 func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2018,7 +2107,7 @@ func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SubmitJobsResponse) GetResults() []*SubmitJobsResult {
@@ -2047,7 +2136,7 @@ type SubmitJobsResult struct {
 
 func (x *SubmitJobsResult) Reset() {
 	*x = SubmitJobsResult{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2059,7 +2148,7 @@ func (x *SubmitJobsResult) String() string {
 func (*SubmitJobsResult) ProtoMessage() {}
 
 func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2072,7 +2161,7 @@ func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResult.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResult) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{35}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SubmitJobsResult) GetJobId() string {
@@ -2127,7 +2216,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2228,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2241,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{36}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListWorkersRequest) GetPool() string {
@@ -2171,7 +2260,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2183,7 +2272,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2196,7 +2285,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{37}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -2234,7 +2323,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2246,7 +2335,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2259,7 +2348,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{38}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *WorkerInfo) GetWorkerId() string {
@@ -2375,7 +2464,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2387,7 +2476,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2400,7 +2489,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{39}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{41}
 }
 
 type ListPoolsResponse struct {
@@ -2412,7 +2501,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2424,7 +2513,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2437,7 +2526,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{40}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListPoolsResponse) GetPools() []*PoolInfo {
@@ -2467,7 +2556,7 @@ type PoolInfo struct {
 
 func (x *PoolInfo) Reset() {
 	*x = PoolInfo{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2479,7 +2568,7 @@ func (x *PoolInfo) String() string {
 func (*PoolInfo) ProtoMessage() {}
 
 func (x *PoolInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2492,7 +2581,7 @@ func (x *PoolInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolInfo.ProtoReflect.Descriptor instead.
 func (*PoolInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{41}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PoolInfo) GetPool() string {
@@ -2541,7 +2630,11 @@ var File_cortex_v1_gateway_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\n" +
-	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n" +
+	"\x17cortex/v1/gateway.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n" +
+	"\x12DrainWorkerRequest\x12\x1b\n" +
+	"\tworker_id\x18\x01 \x01(\tR\bworkerId\"D\n" +
+	"\x13DrainWorkerResponse\x12-\n" +
+	"\x06worker\x18\x01 \x01(\v2\x15.cortex.v1.WorkerInfoR\x06worker\"T\n" +
 	"\x16ListDeadLettersRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\rR\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -2718,7 +2811,7 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11WORKER_STATE_LIVE\x10\x01\x12\x19\n" +
-	"\x15WORKER_STATE_DRAINING\x10\x022\xd1\v\n" +
+	"\x15WORKER_STATE_DRAINING\x10\x022\x9f\f\n" +
 	"\x0eGatewayService\x12F\n" +
 	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12I\n" +
 	"\n" +
@@ -2737,7 +2830,8 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x0fExplainDecision\x12!.cortex.v1.ExplainDecisionRequest\x1a\".cortex.v1.ExplainDecisionResponse\x12Z\n" +
 	"\x0fStreamDecisions\x12!.cortex.v1.StreamDecisionsRequest\x1a\".cortex.v1.StreamDecisionsResponse0\x01\x12L\n" +
 	"\vListWorkers\x12\x1d.cortex.v1.ListWorkersRequest\x1a\x1e.cortex.v1.ListWorkersResponse\x12F\n" +
-	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponse\x12X\n" +
+	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponse\x12L\n" +
+	"\vDrainWorker\x12\x1d.cortex.v1.DrainWorkerRequest\x1a\x1e.cortex.v1.DrainWorkerResponse\x12X\n" +
 	"\x0fListDeadLetters\x12!.cortex.v1.ListDeadLettersRequest\x1a\".cortex.v1.ListDeadLettersResponse\x12X\n" +
 	"\x0fRetryDeadLetter\x12!.cortex.v1.RetryDeadLetterRequest\x1a\".cortex.v1.RetryDeadLetterResponse\x12U\n" +
 	"\x0eDropDeadLetter\x12 .cortex.v1.DropDeadLetterRequest\x1a!.cortex.v1.DropDeadLetterResponseB\x93\x01\n" +
@@ -2757,145 +2851,150 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_cortex_v1_gateway_proto_goTypes = []any{
 	(WorkerState)(0),                // 0: cortex.v1.WorkerState
-	(*ListDeadLettersRequest)(nil),  // 1: cortex.v1.ListDeadLettersRequest
-	(*DeadLetter)(nil),              // 2: cortex.v1.DeadLetter
-	(*ListDeadLettersResponse)(nil), // 3: cortex.v1.ListDeadLettersResponse
-	(*RetryDeadLetterRequest)(nil),  // 4: cortex.v1.RetryDeadLetterRequest
-	(*RetryDeadLetterResponse)(nil), // 5: cortex.v1.RetryDeadLetterResponse
-	(*DropDeadLetterRequest)(nil),   // 6: cortex.v1.DropDeadLetterRequest
-	(*DropDeadLetterResponse)(nil),  // 7: cortex.v1.DropDeadLetterResponse
-	(*SubmitJobRequest)(nil),        // 8: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 9: cortex.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),           // 10: cortex.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 11: cortex.v1.GetJobResponse
-	(*GetResultRequest)(nil),        // 12: cortex.v1.GetResultRequest
-	(*GetResultResponse)(nil),       // 13: cortex.v1.GetResultResponse
-	(*ListJobsRequest)(nil),         // 14: cortex.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 15: cortex.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 16: cortex.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 17: cortex.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),         // 18: cortex.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),        // 19: cortex.v1.WatchJobResponse
-	(*StreamEventsRequest)(nil),     // 20: cortex.v1.StreamEventsRequest
-	(*StreamEventsResponse)(nil),    // 21: cortex.v1.StreamEventsResponse
-	(*ApproveJobRequest)(nil),       // 22: cortex.v1.ApproveJobRequest
-	(*ApproveJobResponse)(nil),      // 23: cortex.v1.ApproveJobResponse
-	(*RejectJobRequest)(nil),        // 24: cortex.v1.RejectJobRequest
-	(*RejectJobResponse)(nil),       // 25: cortex.v1.RejectJobResponse
-	(*GetPolicyRequest)(nil),        // 26: cortex.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),       // 27: cortex.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),      // 28: cortex.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),     // 29: cortex.v1.ApplyPolicyResponse
-	(*ExplainDecisionRequest)(nil),  // 30: cortex.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil), // 31: cortex.v1.ExplainDecisionResponse
-	(*StreamDecisionsRequest)(nil),  // 32: cortex.v1.StreamDecisionsRequest
-	(*StreamDecisionsResponse)(nil), // 33: cortex.v1.StreamDecisionsResponse
-	(*SubmitJobsRequest)(nil),       // 34: cortex.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),      // 35: cortex.v1.SubmitJobsResponse
-	(*SubmitJobsResult)(nil),        // 36: cortex.v1.SubmitJobsResult
-	(*ListWorkersRequest)(nil),      // 37: cortex.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),     // 38: cortex.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),              // 39: cortex.v1.WorkerInfo
-	(*ListPoolsRequest)(nil),        // 40: cortex.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 41: cortex.v1.ListPoolsResponse
-	(*PoolInfo)(nil),                // 42: cortex.v1.PoolInfo
-	nil,                             // 43: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                             // 44: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                             // 45: cortex.v1.StreamEventsRequest.LabelsEntry
-	nil,                             // 46: cortex.v1.ExplainDecisionRequest.LabelsEntry
-	(*Job)(nil),                     // 47: cortex.v1.Job
-	(*timestamppb.Timestamp)(nil),   // 48: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 49: google.protobuf.Duration
-	(JobState)(0),                   // 50: cortex.v1.JobState
-	(*PolicyStatus)(nil),            // 51: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 52: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 53: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 54: cortex.v1.SafetyDecisionEvent
+	(*DrainWorkerRequest)(nil),      // 1: cortex.v1.DrainWorkerRequest
+	(*DrainWorkerResponse)(nil),     // 2: cortex.v1.DrainWorkerResponse
+	(*ListDeadLettersRequest)(nil),  // 3: cortex.v1.ListDeadLettersRequest
+	(*DeadLetter)(nil),              // 4: cortex.v1.DeadLetter
+	(*ListDeadLettersResponse)(nil), // 5: cortex.v1.ListDeadLettersResponse
+	(*RetryDeadLetterRequest)(nil),  // 6: cortex.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil), // 7: cortex.v1.RetryDeadLetterResponse
+	(*DropDeadLetterRequest)(nil),   // 8: cortex.v1.DropDeadLetterRequest
+	(*DropDeadLetterResponse)(nil),  // 9: cortex.v1.DropDeadLetterResponse
+	(*SubmitJobRequest)(nil),        // 10: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 11: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),           // 12: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 13: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),        // 14: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),       // 15: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),         // 16: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 17: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 18: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 19: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),         // 20: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),        // 21: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),     // 22: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil),    // 23: cortex.v1.StreamEventsResponse
+	(*ApproveJobRequest)(nil),       // 24: cortex.v1.ApproveJobRequest
+	(*ApproveJobResponse)(nil),      // 25: cortex.v1.ApproveJobResponse
+	(*RejectJobRequest)(nil),        // 26: cortex.v1.RejectJobRequest
+	(*RejectJobResponse)(nil),       // 27: cortex.v1.RejectJobResponse
+	(*GetPolicyRequest)(nil),        // 28: cortex.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),       // 29: cortex.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),      // 30: cortex.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),     // 31: cortex.v1.ApplyPolicyResponse
+	(*ExplainDecisionRequest)(nil),  // 32: cortex.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil), // 33: cortex.v1.ExplainDecisionResponse
+	(*StreamDecisionsRequest)(nil),  // 34: cortex.v1.StreamDecisionsRequest
+	(*StreamDecisionsResponse)(nil), // 35: cortex.v1.StreamDecisionsResponse
+	(*SubmitJobsRequest)(nil),       // 36: cortex.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 37: cortex.v1.SubmitJobsResponse
+	(*SubmitJobsResult)(nil),        // 38: cortex.v1.SubmitJobsResult
+	(*ListWorkersRequest)(nil),      // 39: cortex.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 40: cortex.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),              // 41: cortex.v1.WorkerInfo
+	(*ListPoolsRequest)(nil),        // 42: cortex.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 43: cortex.v1.ListPoolsResponse
+	(*PoolInfo)(nil),                // 44: cortex.v1.PoolInfo
+	nil,                             // 45: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 46: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 47: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 48: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*Job)(nil),                     // 49: cortex.v1.Job
+	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
+	(JobState)(0),                   // 52: cortex.v1.JobState
+	(*PolicyStatus)(nil),            // 53: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 54: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 55: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 56: cortex.v1.SafetyDecisionEvent
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	47, // 0: cortex.v1.DeadLetter.job:type_name -> cortex.v1.Job
-	48, // 1: cortex.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
-	2,  // 2: cortex.v1.ListDeadLettersResponse.dead_letters:type_name -> cortex.v1.DeadLetter
-	47, // 3: cortex.v1.RetryDeadLetterResponse.job:type_name -> cortex.v1.Job
-	47, // 4: cortex.v1.DropDeadLetterResponse.job:type_name -> cortex.v1.Job
-	43, // 5: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	49, // 6: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	50, // 7: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	47, // 8: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	50, // 9: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	50, // 10: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	44, // 11: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	47, // 12: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	47, // 13: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	47, // 14: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	50, // 15: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	45, // 16: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	47, // 17: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	47, // 18: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	47, // 19: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	51, // 20: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	51, // 21: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	51, // 22: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	46, // 23: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	52, // 24: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	52, // 25: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	53, // 26: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	54, // 27: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	8,  // 28: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	36, // 29: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	50, // 30: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	39, // 31: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
-	0,  // 32: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
-	48, // 33: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
-	49, // 34: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
-	48, // 35: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
-	42, // 36: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
-	8,  // 37: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	34, // 38: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	10, // 39: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	12, // 40: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	14, // 41: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	16, // 42: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	18, // 43: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	20, // 44: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	22, // 45: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	24, // 46: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	26, // 47: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	28, // 48: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	30, // 49: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	32, // 50: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	37, // 51: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
-	40, // 52: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
-	1,  // 53: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
-	4,  // 54: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
-	6,  // 55: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
-	9,  // 56: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	35, // 57: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	11, // 58: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	13, // 59: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	15, // 60: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	17, // 61: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	19, // 62: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	21, // 63: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	23, // 64: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	25, // 65: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	27, // 66: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	29, // 67: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	31, // 68: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	33, // 69: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	38, // 70: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
-	41, // 71: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
-	3,  // 72: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
-	5,  // 73: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
-	7,  // 74: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
-	56, // [56:75] is the sub-list for method output_type
-	37, // [37:56] is the sub-list for method input_type
-	37, // [37:37] is the sub-list for extension type_name
-	37, // [37:37] is the sub-list for extension extendee
-	0,  // [0:37] is the sub-list for field type_name
+	41, // 0: cortex.v1.DrainWorkerResponse.worker:type_name -> cortex.v1.WorkerInfo
+	49, // 1: cortex.v1.DeadLetter.job:type_name -> cortex.v1.Job
+	50, // 2: cortex.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	4,  // 3: cortex.v1.ListDeadLettersResponse.dead_letters:type_name -> cortex.v1.DeadLetter
+	49, // 4: cortex.v1.RetryDeadLetterResponse.job:type_name -> cortex.v1.Job
+	49, // 5: cortex.v1.DropDeadLetterResponse.job:type_name -> cortex.v1.Job
+	45, // 6: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	51, // 7: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	52, // 8: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	49, // 9: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	52, // 10: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	52, // 11: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	46, // 12: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	49, // 13: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	49, // 14: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	49, // 15: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	52, // 16: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	47, // 17: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	49, // 18: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	49, // 19: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	49, // 20: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	53, // 21: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	53, // 22: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	53, // 23: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	48, // 24: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	54, // 25: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	54, // 26: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	55, // 27: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	56, // 28: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	10, // 29: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	38, // 30: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	52, // 31: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	41, // 32: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 33: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	50, // 34: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	51, // 35: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	50, // 36: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	44, // 37: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	10, // 38: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	36, // 39: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	12, // 40: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	14, // 41: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	16, // 42: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	18, // 43: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	20, // 44: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	22, // 45: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	24, // 46: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	26, // 47: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	28, // 48: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	30, // 49: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	32, // 50: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	34, // 51: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	39, // 52: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	42, // 53: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	1,  // 54: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
+	3,  // 55: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
+	6,  // 56: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
+	8,  // 57: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
+	11, // 58: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	37, // 59: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	13, // 60: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	15, // 61: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	17, // 62: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	19, // 63: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	21, // 64: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	23, // 65: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	25, // 66: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	27, // 67: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	29, // 68: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	31, // 69: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	33, // 70: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	35, // 71: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	40, // 72: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	43, // 73: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	2,  // 74: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
+	5,  // 75: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
+	7,  // 76: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
+	9,  // 77: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
+	58, // [58:78] is the sub-list for method output_type
+	38, // [38:58] is the sub-list for method input_type
+	38, // [38:38] is the sub-list for extension type_name
+	38, // [38:38] is the sub-list for extension extendee
+	0,  // [0:38] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -2905,8 +3004,8 @@ func file_cortex_v1_gateway_proto_init() {
 	}
 	file_cortex_v1_job_proto_init()
 	file_cortex_v1_safety_proto_init()
-	file_cortex_v1_gateway_proto_msgTypes[7].OneofWrappers = []any{}
-	file_cortex_v1_gateway_proto_msgTypes[12].OneofWrappers = []any{
+	file_cortex_v1_gateway_proto_msgTypes[9].OneofWrappers = []any{}
+	file_cortex_v1_gateway_proto_msgTypes[14].OneofWrappers = []any{
 		(*GetResultResponse_Text)(nil),
 		(*GetResultResponse_Data)(nil),
 	}
@@ -2916,7 +3015,7 @@ func file_cortex_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

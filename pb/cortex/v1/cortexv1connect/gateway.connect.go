@@ -59,6 +59,8 @@ const (
 	GatewayServiceListWorkersProcedure = "/cortex.v1.GatewayService/ListWorkers"
 	// GatewayServiceListPoolsProcedure is the procedure name of the GatewayService's ListPools RPC.
 	GatewayServiceListPoolsProcedure = "/cortex.v1.GatewayService/ListPools"
+	// GatewayServiceDrainWorkerProcedure is the procedure name of the GatewayService's DrainWorker RPC.
+	GatewayServiceDrainWorkerProcedure = "/cortex.v1.GatewayService/DrainWorker"
 	// GatewayServiceListDeadLettersProcedure is the procedure name of the GatewayService's
 	// ListDeadLetters RPC.
 	GatewayServiceListDeadLettersProcedure = "/cortex.v1.GatewayService/ListDeadLetters"
@@ -183,6 +185,13 @@ var (
 			Procedure:  GatewayServiceListPoolsProcedure,
 		}
 	})
+	gatewayServiceDrainWorkerSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("DrainWorker"),
+			Procedure:  GatewayServiceDrainWorkerProcedure,
+		}
+	})
 	gatewayServiceListDeadLettersSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType: connect.StreamTypeUnary,
@@ -262,6 +271,10 @@ type GatewayServiceClient interface {
 	// many jobs they run and can run, and the topics they serve. Any key may
 	// list them, as with ListWorkers.
 	ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error)
+	// DrainWorker asks a worker to take no new jobs and finish those it
+	// runs (an admin key only); its heartbeats then say DRAINING. The worker
+	// process keeps running until it is stopped.
+	DrainWorker(context.Context, *v1.DrainWorkerRequest) (*v1.DrainWorkerResponse, error)
 	// ListDeadLetters lists the caller's dead letters, newest first: jobs
 	// that ended FAILED or TIMEOUT with no attempt left, or that their
 	// pool's workers took too many times without acknowledging.
@@ -399,6 +412,10 @@ type GatewayServiceHandler interface {
 	// many jobs they run and can run, and the topics they serve. Any key may
 	// list them, as with ListWorkers.
 	ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error)
+	// DrainWorker asks a worker to take no new jobs and finish those it
+	// runs (an admin key only); its heartbeats then say DRAINING. The worker
+	// process keeps running until it is stopped.
+	DrainWorker(context.Context, *v1.DrainWorkerRequest) (*v1.DrainWorkerResponse, error)
 	// ListDeadLetters lists the caller's dead letters, newest first: jobs
 	// that ended FAILED or TIMEOUT with no attempt left, or that their
 	// pool's workers took too many times without acknowledging.
@@ -433,6 +450,7 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 		connect.Method{Spec: gatewayServiceStreamDecisionsSpec(), Handler: adapter.streamDecisions},
 		connect.Method{Spec: gatewayServiceListWorkersSpec(), Handler: adapter.listWorkers},
 		connect.Method{Spec: gatewayServiceListPoolsSpec(), Handler: adapter.listPools},
+		connect.Method{Spec: gatewayServiceDrainWorkerSpec(), Handler: adapter.drainWorker},
 		connect.Method{Spec: gatewayServiceListDeadLettersSpec(), Handler: adapter.listDeadLetters},
 		connect.Method{Spec: gatewayServiceRetryDeadLetterSpec(), Handler: adapter.retryDeadLetter},
 		connect.Method{Spec: gatewayServiceDropDeadLetterSpec(), Handler: adapter.dropDeadLetter},
@@ -551,6 +569,10 @@ func (UnimplementedGatewayServiceHandler) ListWorkers(context.Context, *v1.ListW
 
 func (UnimplementedGatewayServiceHandler) ListPools(context.Context, *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListPools is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) DrainWorker(context.Context, *v1.DrainWorkerRequest) (*v1.DrainWorkerResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.DrainWorker is not implemented")
 }
 
 func (UnimplementedGatewayServiceHandler) ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error) {
@@ -692,6 +714,14 @@ func (c *gatewayServiceClient) ListWorkers(ctx context.Context, req *v1.ListWork
 func (c *gatewayServiceClient) ListPools(ctx context.Context, req *v1.ListPoolsRequest) (*v1.ListPoolsResponse, error) {
 	var res v1.ListPoolsResponse
 	if err := c.client.CallUnary(ctx, gatewayServiceListPoolsSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) DrainWorker(ctx context.Context, req *v1.DrainWorkerRequest) (*v1.DrainWorkerResponse, error) {
+	var res v1.DrainWorkerResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceDrainWorkerSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -897,6 +927,18 @@ func (h gatewayServiceHandler) listPools(ctx context.Context, _ connect.Spec, st
 		return err
 	}
 	res, err := h.svc.ListPools(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) drainWorker(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.DrainWorkerRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.DrainWorker(ctx, &req)
 	if err != nil {
 		return err
 	}
