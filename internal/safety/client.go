@@ -72,7 +72,7 @@ func (c *Client) ask(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.C
 	ctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
 	reply, err := c.conn.Request(ctx, bus.SubjectSafetyCheck, &cortexv1.BusPacket{
-		TraceId: r.GetJobId(),
+		TraceId: bus.TraceFrom(ctx, r.GetJobId()),
 		Payload: &cortexv1.BusPacket_CheckRequest{CheckRequest: r},
 	})
 	if errors.Is(err, bus.ErrMalformed) {

@@ -73,7 +73,7 @@ type Kernel struct {
 	// Counters of Status: checks decided, and how the shadow compared.
 	checks, shadowChecks, shadowDisagreed atomic.Uint64
 	// events publishes decisions; unset until Start.
-	events atomic.Pointer[func(*cortexv1.SafetyDecisionEvent)]
+	events atomic.Pointer[func(trace string, ev *cortexv1.SafetyDecisionEvent)]
 	now    func() time.Time
 	mu     sync.Mutex // serialises reloads
 	// fileText holds what was last read from each policy file, so a file
@@ -228,7 +228,9 @@ func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 	k.checks.Add(1)
 	k.metrics.Decided(strings.TrimPrefix(resp.GetDecision().String(), "DECISION_"), resp.GetRule(), time.Since(start))
 	if publish := k.events.Load(); publish != nil {
-		(*publish)(&cortexv1.SafetyDecisionEvent{
+		trace := bus.TraceFrom(ctx, r.GetJobId())
+		k.log.Debug("safety decision", "trace_id", trace, "job_id", r.GetJobId(), "decision", resp.GetDecision().String(), "rule", resp.GetRule())
+		(*publish)(trace, &cortexv1.SafetyDecisionEvent{
 			JobId:    r.GetJobId(),
 			TenantId: r.GetTenantId(),
 			Topic:    r.GetTopic(),
@@ -330,13 +332,13 @@ func verdictOf(d policy.Decision) *cortexv1.SafetyVerdict {
 // returns once the subscriptions are in place. st is where applied
 // policies are kept.
 func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) error {
-	publish := func(ev *cortexv1.SafetyDecisionEvent) {
+	publish := func(trace string, ev *cortexv1.SafetyDecisionEvent) {
 		err := conn.Publish(bus.SubjectSafetyDecision, &cortexv1.BusPacket{
-			TraceId: ev.GetJobId(),
+			TraceId: trace,
 			Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: ev},
 		})
 		if err != nil {
-			k.log.Warn("publish safety decision", "job_id", ev.GetJobId(), "err", err)
+			k.log.Warn("publish safety decision", "trace_id", trace, "job_id", ev.GetJobId(), "err", err)
 		}
 	}
 	k.events.Store(&publish)
@@ -368,7 +370,7 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) erro
 			if req == nil || reply == "" {
 				return bus.WrongPayload(p, "a check request with a reply subject")
 			}
-			resp, _ := k.Check(ctx, req)
+			resp, _ := k.Check(bus.WithTrace(ctx, p.GetTraceId()), req)
 			answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp}})
 			return nil
 		}},

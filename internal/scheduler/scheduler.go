@@ -284,7 +284,7 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.D
 // hands it to its pool.
 func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
 	id := req.GetJobId()
-	decision, err := s.checker.Check(ctx, &cortexv1.CheckRequest{
+	decision, err := s.checker.Check(bus.WithTrace(ctx, traceID), &cortexv1.CheckRequest{
 		JobId:         id,
 		Topic:         req.GetTopic(),
 		TenantId:      req.GetTenantId(),
