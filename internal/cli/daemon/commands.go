@@ -122,6 +122,12 @@ func (e *env) serveHealth(cmd *cobra.Command, addr string, conn *bus.Conn, kerne
 	}
 	h := HealthHandler(e.metrics, func(ctx context.Context) error { return Ready(ctx, conn, e.store, kernel) }, e.log)
 	at, err := ServeHealth(e.ctx, addr, h)
+	if err != nil && !cmd.Flags().Changed("metrics-listen") {
+		// The default port is taken (another worker on this host, say):
+		// take any free one rather than refuse to run.
+		e.log.Warn("the default metrics address is taken; using a free port", "addr", addr, "err", err)
+		at, err = ServeHealth(e.ctx, "127.0.0.1:0", h)
+	}
 	if err != nil {
 		return &cmdutil.UsageError{Err: err}
 	}
@@ -131,7 +137,7 @@ func (e *env) serveHealth(cmd *cobra.Command, addr string, conn *bus.Conn, kerne
 
 // AddMetricsFlag adds --metrics-listen with a component's default.
 func AddMetricsFlag(cmd *cobra.Command, addr *string, def string) {
-	cmd.Flags().StringVar(addr, "metrics-listen", def, "address to serve /metrics, /healthz and /readyz on (\"\" for none)")
+	cmd.Flags().StringVar(addr, "metrics-listen", def, "address to serve /metrics, /healthz and /readyz on (\"\" for none; when the default is taken, a free port, which the daemon prints)")
 }
 
 // storeWith is the env's store with lease as the store's lease.
