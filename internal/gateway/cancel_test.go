@@ -77,3 +77,24 @@ func TestCancelInEveryState(t *testing.T) {
 		})
 	}
 }
+
+// TestDrainWorkerNeedsAnAdminKey: only an admin key may drain a worker,
+// and a worker id that cannot be one is refused before anything is sent.
+func TestDrainWorkerNeedsAnAdminKey(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: map[string]gateway.Principal{
+		"key-acme-1234":  {Tenant: "acme"},
+		"key-admin-1234": {Tenant: "acme", Admin: true},
+	}})
+	ctx := context.Background()
+	_, err := f.client(t, "key-acme-1234").DrainWorker(ctx, &cortexv1.DrainWorkerRequest{WorkerId: "echo-1"})
+	if connect.CodeOf(err) != connect.CodePermissionDenied {
+		t.Errorf("a tenant key draining: %v, want PermissionDenied", err)
+	}
+	_, err = f.client(t, "key-admin-1234").DrainWorker(ctx, &cortexv1.DrainWorkerRequest{WorkerId: "Not A Worker"})
+	if connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Errorf("a bad worker id: %v, want InvalidArgument", err)
+	}
+	if n := len(f.tap.on(bus.SubjectWorkerDrain)); n != 0 {
+		t.Errorf("%d drain requests sent", n)
+	}
+}
