@@ -22,6 +22,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/policycmd"
+	"github.com/cortex-os/core/internal/cli/top"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/cli/workercmd"
 	"github.com/cortex-os/core/internal/client"
@@ -104,7 +105,7 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 		root.AddCommand(c)
 	}
 	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Cluster:"})
-	for _, c := range []*cobra.Command{workercmd.NewCmdWorkers(f, nil), workercmd.NewCmdPools(f, nil)} {
+	for _, c := range []*cobra.Command{workercmd.NewCmdWorkers(f, nil), workercmd.NewCmdPools(f, nil), top.NewCmdTop(f, nil)} {
 		c.GroupID = "cluster"
 		root.AddCommand(c)
 	}
