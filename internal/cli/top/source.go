@@ -27,6 +27,16 @@ type Source interface {
 	Cancel(ctx context.Context, id, reason string) (*cortexv1.Job, error)
 }
 
+// eventStates are the job changes top follows: arrivals, starts, ends and
+// holds. SCHEDULED and DISPATCHED are left out: they add two messages a
+// job to decode and change no figure top shows (a job queues from PENDING
+// until RUNNING).
+var eventStates = []cortexv1.JobState{
+	cortexv1.JobState_JOB_STATE_PENDING, cortexv1.JobState_JOB_STATE_RUNNING, cortexv1.JobState_JOB_STATE_AWAITING_APPROVAL,
+	cortexv1.JobState_JOB_STATE_COMPLETED, cortexv1.JobState_JOB_STATE_FAILED, cortexv1.JobState_JOB_STATE_DENIED,
+	cortexv1.JobState_JOB_STATE_CANCELLED, cortexv1.JobState_JOB_STATE_TIMEOUT,
+}
+
 // clientSource is a Source over the gateway's Connect client.
 type clientSource struct {
 	c cortexv1connect.GatewayServiceClient
@@ -62,7 +72,7 @@ func (s clientSource) Result(ctx context.Context, id string) (*cortexv1.GetResul
 }
 
 func (s clientSource) Events(ctx context.Context, fn func(*cortexv1.Job, uint64)) error {
-	st, err := s.c.StreamEvents(ctx, &cortexv1.StreamEventsRequest{})
+	st, err := s.c.StreamEvents(ctx, &cortexv1.StreamEventsRequest{States: eventStates})
 	if err != nil {
 		return err
 	}

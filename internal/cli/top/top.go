@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -101,6 +102,8 @@ func topRun(ctx context.Context, o *Options) error {
 	if o.Once {
 		return once(ctx, o, src, tr)
 	}
+	// The heap is small and churns with every event: collect less often.
+	defer debug.SetGCPercent(debug.SetGCPercent(400))
 	m := NewModel(o.Server, src, tr.snapshot, time.Now())
 	p := tea.NewProgram(m, tea.WithContext(ctx), tea.WithInput(o.Factory.In), tea.WithOutput(o.Factory.Out), tea.WithFPS(30))
 	_, err = p.Run()
@@ -213,7 +216,7 @@ func once(ctx context.Context, o *Options, src Source, tr *tracker) error {
 	slices.SortFunc(pools, func(a, b *cortexv1.PoolInfo) int { return strings.Compare(a.GetPool(), b.GetPool()) })
 	for _, p := range pools {
 		ps := PoolSnapshot{Pool: p.GetPool(), Workers: p.GetWorkers(), Draining: p.GetDrainingWorkers(),
-			ActiveJobs: p.GetActiveJobs(), Capacity: p.GetCapacity(), QueueDepth: st.Queue[p.GetPool()], Topics: p.GetTopics()}
+			ActiveJobs: p.GetActiveJobs(), Capacity: p.GetCapacity(), QueueDepth: poolQueue(p, st.Queue), Topics: p.GetTopics()}
 		if p.GetCapacity() > 0 {
 			ps.Utilisation = float64(p.GetActiveJobs()) / float64(p.GetCapacity())
 		}

@@ -38,7 +38,8 @@ type Stats struct {
 	OutSpark []int
 	// Backlog counts the jobs seen arriving that are not yet running.
 	Backlog int
-	// Queue is the backlog by pool (jobs routed but not yet running).
+	// Queue is the backlog by topic (a job is routed to a pool by its
+	// topic, and PENDING jobs have no pool yet).
 	Queue map[string]int
 	// P99 is the 99th percentile of created → finished by pool.
 	P99       map[string]time.Duration
@@ -61,7 +62,7 @@ type sample struct {
 }
 
 type liveJob struct {
-	pool  string
+	topic string
 	state cortexv1.JobState
 	seen  time.Time
 }
@@ -142,7 +143,7 @@ func (t *tracker) observeJob(j *cortexv1.Job, dropped uint64, now time.Time) {
 		if len(t.live) >= liveCap {
 			t.forgetOldest()
 		}
-		t.live[id] = liveJob{pool: j.GetPool(), state: st, seen: now}
+		t.live[id] = liveJob{topic: j.GetTopic(), state: st, seen: now}
 	}
 	t.jobs = appendCapped(t.jobs, j)
 }
@@ -228,9 +229,7 @@ func (t *tracker) snapshot(now time.Time) Stats {
 		}
 		if queued(l.state) {
 			st.Backlog++
-			if l.pool != "" {
-				st.Queue[l.pool]++
-			}
+			st.Queue[l.topic]++
 		}
 	}
 	for pool, samples := range t.lat {

@@ -26,7 +26,9 @@ var (
 	styleRunning = lipgloss.NewStyle().Foreground(lipgloss.Color("6"))
 )
 
-const helpLine = "tab/shift+tab pane  ↑↓/jk move  / filter  d denials  p pause  enter detail  a/r approve/reject  c cancel  D drain  ? help  q quit"
+const helpLine = "tab pane  ↑↓/jk move  / filter  d denials  p pause  enter detail  a/r/c approve/reject/cancel  ? help  q quit"
+
+const shortHelp = "tab:pane  ↑↓/jk:move  /:filter  d:denials  p:pause  enter:detail  ?:help  q:quit"
 
 // View draws the dashboard in exactly Width×Height cells.
 func (m Model) View() tea.View {
@@ -43,7 +45,11 @@ func (m Model) Render() string {
 	if b := m.banner(); b != "" {
 		top = append(top, styleBanner.Render(b))
 	}
-	bottom := []string{m.statusLine(), styleHeader.Render(helpLine)}
+	help := helpLine
+	if ansi.StringWidth(help) > w {
+		help = shortHelp
+	}
+	bottom := []string{m.statusLine(), styleHeader.Render(help)}
 	room := h - len(top) - len(bottom)
 	var body []string
 	switch {
@@ -87,8 +93,8 @@ func (m Model) header() []string {
 			l1 += "▏"
 		}
 	}
-	l2 := fmt.Sprintf("in %6.0f/s %s  out %6.0f/s %s  backlog %d", s.InPerSec, sparkline(s.InSpark, 16),
-		s.OutPerSec, sparkline(s.OutSpark, 16), s.Backlog)
+	l2 := fmt.Sprintf("in %s/s %s  out %s/s %s  backlog %d", rate(s.InPerSec), sparkline(s.InSpark, 16),
+		rate(s.OutPerSec), sparkline(s.OutSpark, 16), s.Backlog)
 	if s.Dropped > 0 {
 		l2 += fmt.Sprintf("  (%d events skipped)", s.Dropped)
 	}
@@ -213,7 +219,7 @@ func (m Model) renderTable(t table, height, width int) []string {
 		first = cur - n + 1
 	}
 	if len(t.rows) == 0 {
-		return append(out, styleHeader.Render("  (none yet)"))
+		out = append(out, styleHeader.Render("  (none yet)"))
 	}
 	for i := first; i < len(t.rows) && i < first+n; i++ {
 		line := row(t.widths, t.rows[i], width)
@@ -221,6 +227,9 @@ func (m Model) renderTable(t table, height, width int) []string {
 			line = styleCursor.Render(ansi.Strip(line))
 		}
 		out = append(out, line)
+	}
+	for len(out) < height {
+		out = append(out, "")
 	}
 	return out
 }
@@ -242,7 +251,7 @@ func row(widths []int, cells []string, width int) string {
 }
 
 func (m Model) poolTable() table {
-	t := table{pane: PanePools, widths: []int{12, 7, 10, 12, 6, 8},
+	t := table{pane: PanePools, widths: []int{12, 7, 10, 13, 6, 8},
 		header: []string{"POOL", "WORKERS", "ACTIVE/CAP", "UTILISATION", "QUEUE", "P99", "TOPICS"}}
 	for _, p := range m.visiblePools() {
 		frac := 0.0
@@ -258,7 +267,7 @@ func (m Model) poolTable() table {
 			p99 = fmtDuration(d)
 		}
 		t.rows = append(t.rows, []string{p.GetPool(), workers, fmt.Sprintf("%d/%d", p.GetActiveJobs(), p.GetCapacity()),
-			bar(frac, 8) + fmt.Sprintf(" %3.0f%%", frac*100), strconv.Itoa(m.Stats.Queue[p.GetPool()]), p99,
+			bar(frac, 8) + fmt.Sprintf(" %3.0f%%", frac*100), strconv.Itoa(poolQueue(p, m.Stats.Queue)), p99,
 			strings.Join(p.GetTopics(), ",")})
 	}
 	return t
@@ -279,7 +288,7 @@ func (m Model) jobTable() table {
 	t := table{pane: PaneJobs, widths: []int{13, 17, 12, 8, 5},
 		header: []string{"JOB", "STATE", "TOPIC", "POOL", "AGE", "REASON"}}
 	for _, j := range m.visibleJobs() {
-		t.rows = append(t.rows, []string{j.GetJobId(), colourState(j.GetState()), j.GetTopic(), orDash(j.GetPool()),
+		t.rows = append(t.rows, []string{shortID(j.GetJobId()), colourState(j.GetState()), j.GetTopic(), orDash(j.GetPool()),
 			output.Age(j.GetCreatedAt().AsTime(), m.Now), j.GetReason()})
 	}
 	return t
@@ -398,4 +407,30 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// shortID is the end of a job id: ids made close together share their
+// beginning (UUIDv7), so the end tells them apart.
+func shortID(id string) string {
+	if r := []rune(id); len(r) > 13 {
+		return "…" + string(r[len(r)-12:])
+	}
+	return id
+}
+
+// rate prints jobs/s in 6 cells: a decimal below 10.
+func rate(r float64) string {
+	if r < 10 {
+		return fmt.Sprintf("%6.1f", r)
+	}
+	return fmt.Sprintf("%6.0f", r)
+}
+
+// poolQueue is the backlog of the topics p serves.
+func poolQueue(p *cortexv1.PoolInfo, byTopic map[string]int) int {
+	n := 0
+	for _, t := range p.GetTopics() {
+		n += byTopic[t]
+	}
+	return n
 }
