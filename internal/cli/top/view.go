@@ -43,7 +43,11 @@ func (m Model) Render() string {
 	var top []string
 	top = append(top, m.header()...)
 	if b := m.banner(); b != "" {
-		top = append(top, styleBanner.Render(b))
+		// The banner wraps (an error can be long), on at most 3 lines.
+		lines := strings.Split(ansi.Wrap(b, w, " "), "\n")
+		for _, l := range lines[:min(len(lines), 3)] {
+			top = append(top, styleBanner.Render(l))
+		}
 	}
 	help := helpLine
 	if ansi.StringWidth(help) > w {
