@@ -62,6 +62,9 @@ scripts, a table otherwise); exit 1 if the cluster does not answer.`,
   cortexctl top --once -o json | jq '.pools[] | {pool, utilisation, p99Ms}'`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !o.Once && o.Output != "" && o.Output != output.Table {
+				return &cmdutil.UsageError{Err: fmt.Errorf("-o %s needs --once: the dashboard is for a terminal", o.Output)}
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -69,6 +72,7 @@ scripts, a table otherwise); exit 1 if the cluster does not answer.`,
 		},
 	}
 	cmd.Flags().BoolVar(&o.Once, "once", false, "print one snapshot and exit")
+	cmd.Flags().DurationVar(&o.Window, "listen", OnceWindow, "with --once: how long to count events and decisions before printing")
 	output.AddFormatFlag(cmd, &o.Output)
 	return cmd
 }
