@@ -22,6 +22,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/policycmd"
+	"github.com/cortex-os/core/internal/cli/top"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/cli/workercmd"
 	"github.com/cortex-os/core/internal/client"
@@ -106,7 +107,7 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 	root.AddGroup(&cobra.Group{ID: "cluster", Title: "Cluster:"})
 	workers := workercmd.NewCmdWorkers(f, nil)
 	workers.AddCommand(workercmd.NewCmdDrain(f))
-	for _, c := range []*cobra.Command{workers, workercmd.NewCmdPools(f, nil)} {
+	for _, c := range []*cobra.Command{workers, workercmd.NewCmdPools(f, nil), top.NewCmdTop(f, nil)} {
 		c.GroupID = "cluster"
 		root.AddCommand(c)
 	}
