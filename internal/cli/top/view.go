@@ -318,7 +318,7 @@ func (m Model) workerTable() table {
 }
 
 func (m Model) detailView() []string {
-	out := []string{styleFocus.Render(" Job " + m.DetailID + " ") + "  (esc or enter: back; a/r approve/reject; c cancel)"}
+	out := []string{styleFocus.Render(" Job "+m.DetailID+" ") + "  (esc or enter: back; a/r approve/reject; c cancel)"}
 	if m.DetailErr != nil {
 		return append(out, styleBad.Render("could not read the job: "+m.DetailErr.Error()))
 	}
