@@ -21,7 +21,7 @@ import (
 // stream of batched submits may take.
 const (
 	tripsPerJob        = 5
-	batchedTripsPerJob = 2
+	batchedTripsPerJob = 4
 )
 
 func TestRedisRoundTripsPerJob(t *testing.T) {
