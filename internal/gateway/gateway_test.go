@@ -17,13 +17,13 @@ import (
 	"connectrpc.com/connect/v2/connecthttp"
 	"connectrpc.com/grpcreflect/v2"
 	"github.com/alicebob/miniredis/v2"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
@@ -69,29 +69,12 @@ func newFixture(t *testing.T, opts gateway.Options) *fixture {
 	return newFixtureWith(t, opts, setup{})
 }
 
-// startJetStream runs a NATS server with JetStream (in memory) on a free
-// loopback port until the test ends and returns its client URL.
-func startJetStream(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true, JetStream: true, StoreDir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(5 * time.Second) {
-		t.Fatal("NATS not ready within 5s")
-	}
-	t.Cleanup(s.Shutdown)
-	return s.ClientURL()
-}
-
 func newFixtureWith(t *testing.T, opts gateway.Options, su setup) *fixture {
 	t.Helper()
 	mr := miniredis.RunT(t)
 	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
 	t.Cleanup(func() { _ = rdb.Close() })
-	natsURL := startJetStream(t)
+	natsURL := bustest.StartJetStream(t)
 	f := &fixture{tap: &tap{packets: map[string][]*cortexv1.BusPacket{}}, mr: mr, st: store.New(rdb, su.store)}
 	for _, c := range []**bus.Conn{&f.conn, &f.other} {
 		conn, err := bus.Connect(natsURL, "test", testLog)
@@ -103,9 +86,7 @@ func newFixtureWith(t *testing.T, opts gateway.Options, su setup) *fixture {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	if err := f.other.EnsureStreams(ctx, bus.MemoryStorage); err != nil {
-		t.Fatal(err)
-	}
+	// bustest made the durable streams.
 	_, err := f.other.NATS().Subscribe(">", func(m *nats.Msg) {
 		if strings.HasPrefix(m.Subject, "$") || strings.HasPrefix(m.Subject, "_INBOX.") {
 			return // JetStream's API, advisories and acks

@@ -418,11 +418,22 @@ func (s *Store) args(id string, c Change, now time.Time) []any {
 // returns the record after the change. ErrNotFound if there is no such job,
 // a *ConflictError (ErrConflict) if the move is not allowed.
 func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) (*Job, error) {
-	if c.Retry && (c.To != Pending || c.WorkerID != "") {
-		return nil, fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", id)
+	if err := c.check(id); err != nil {
+		return nil, err
 	}
-	return moved(id, c.To, s.eval(transitionScript, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)}, s.args(id, c, now)...))
+	return moved(id, c.To, s.eval(transitionScript, transitionKeys(id), s.args(id, c, now)...))
 }
+
+// check refuses a change that cannot be asked of the script.
+func (c Change) check(id string) error {
+	if c.Retry && (c.To != Pending || c.WorkerID != "") {
+		return fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", id)
+	}
+	return nil
+}
+
+// transitionKeys are transitionScript's keys for a job.
+func transitionKeys(id string) []string { return []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)} }
 
 // moved reads a transition script's answer.
 func moved(id string, to State, c *redis.Cmd) (*Job, error) {
@@ -454,12 +465,11 @@ func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time)
 	out := make([]Moved, len(moves))
 	calls := make([]scriptCall, len(moves))
 	for i, m := range moves {
-		if m.Change.Retry && (m.Change.To != Pending || m.Change.WorkerID != "") {
-			out[i].Err = fmt.Errorf("move job %s: a retry goes to PENDING and names no worker", m.ID)
+		if out[i].Err = m.Change.check(m.ID); out[i].Err != nil {
 			calls[i].skip = true
 			continue
 		}
-		calls[i] = scriptCall{keys: []string{jobKey(m.ID), leaseKeyOf(m.ID), dlqKeyOf(m.ID)}, args: s.args(m.ID, m.Change, now)}
+		calls[i] = scriptCall{keys: transitionKeys(m.ID), args: s.args(m.ID, m.Change, now)}
 	}
 	for i, c := range s.evalMany(ctx, transitionScript, calls) {
 		if c != nil {

@@ -307,11 +307,11 @@ func (w *Worker) onDrain(_ context.Context, p *cortexv1.BusPacket, _ string) err
 
 // Drain takes no new jobs: running ones finish, and heartbeats say the
 // worker drains. The worker keeps running (and beating) until Stop.
+// It returns once the pull loop has stopped; it may be called again.
 func (w *Worker) Drain() {
-	if w.draining.Swap(true) {
-		return
+	if !w.draining.Swap(true) {
+		w.beat()
 	}
-	w.beat()
 	if w.stopPulling != nil {
 		w.stopPulling()
 		<-w.pulled
@@ -327,13 +327,7 @@ func (w *Worker) Stop() {
 	if w.beatsDone != nil {
 		<-w.beatsDone
 	}
-	if !w.draining.Swap(true) {
-		w.beat()
-	}
-	if w.stopPulling != nil {
-		w.stopPulling()
-		<-w.pulled
-	}
+	w.Drain()
 	grace := time.AfterFunc(w.opts.ShutdownGrace, func() {
 		w.mu.Lock()
 		for _, cancel := range w.running {

@@ -22,7 +22,12 @@ func StartServer(t testing.TB) string {
 // Start runs a NATS server on a free loopback port until the test ends.
 func Start(t testing.TB) *server.Server {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
+	return start(t, &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
+}
+
+func start(t testing.TB, opts *server.Options) *server.Server {
+	t.Helper()
+	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,16 +44,8 @@ func Start(t testing.TB) *server.Server {
 // created, and returns its client URL.
 func StartJetStream(t testing.TB) string {
 	t.Helper()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
+	s := start(t, &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
 		JetStream: true, StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(5 * time.Second) {
-		t.Fatal("NATS not ready within 5s")
-	}
-	t.Cleanup(s.Shutdown)
 	conn, err := bus.Connect(s.ClientURL(), "bustest", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)

@@ -146,7 +146,9 @@ func (m Model) tick() tea.Cmd {
 	})
 }
 
-func (m Model) poll() tea.Cmd {
+// call runs f on the source in a command, bounded by callTimeout (none
+// without a source).
+func (m Model) call(f func(ctx context.Context, src Source) tea.Msg) tea.Cmd {
 	src := m.src
 	if src == nil {
 		return nil
@@ -154,6 +156,12 @@ func (m Model) poll() tea.Cmd {
 	return func() tea.Msg {
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		defer cancel()
+		return f(ctx, src)
+	}
+}
+
+func (m Model) poll() tea.Cmd {
+	return m.call(func(ctx context.Context, src Source) tea.Msg {
 		msg := listedMsg{At: time.Now()}
 		if msg.Pools, msg.Err = src.Pools(ctx); msg.Err != nil {
 			return msg
@@ -163,17 +171,11 @@ func (m Model) poll() tea.Cmd {
 		}
 		msg.Jobs, msg.Err = src.Jobs(ctx, listJobs)
 		return msg
-	}
+	})
 }
 
 func (m Model) loadDetail(id string) tea.Cmd {
-	src := m.src
-	if src == nil {
-		return nil
-	}
-	return func() tea.Msg {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		defer cancel()
+	return m.call(func(ctx context.Context, src Source) tea.Msg {
 		j, err := src.Job(ctx, id)
 		if err != nil {
 			return detailMsg{Err: err}
@@ -183,17 +185,11 @@ func (m Model) loadDetail(id string) tea.Cmd {
 			msg.Result, _ = src.Result(ctx, id)
 		}
 		return msg
-	}
+	})
 }
 
 func (m Model) run(a action) tea.Cmd {
-	src := m.src
-	if src == nil {
-		return nil
-	}
-	return func() tea.Msg {
-		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
-		defer cancel()
+	return m.call(func(ctx context.Context, src Source) tea.Msg {
 		msg := actionMsg{Verb: a.Verb, ID: a.ID}
 		switch a.Verb {
 		case "approve":
@@ -206,7 +202,7 @@ func (m Model) run(a action) tea.Cmd {
 			msg.Err = src.Drain(ctx, a.ID)
 		}
 		return msg
-	}
+	})
 }
 
 // Update applies msg.

@@ -77,14 +77,7 @@ func (s clientSource) Events(ctx context.Context, fn func(*cortexv1.Job, uint64)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = st.Close() }()
-	for {
-		msg, err := st.Receive()
-		if err != nil {
-			return eofNil(err)
-		}
-		fn(msg.GetJob(), msg.GetDropped())
-	}
+	return receive(st, func(msg *cortexv1.StreamEventsResponse) { fn(msg.GetJob(), msg.GetDropped()) })
 }
 
 func (s clientSource) Decisions(ctx context.Context, fn func(*cortexv1.SafetyDecisionEvent, uint64)) error {
@@ -92,13 +85,22 @@ func (s clientSource) Decisions(ctx context.Context, fn func(*cortexv1.SafetyDec
 	if err != nil {
 		return err
 	}
+	return receive(st, func(msg *cortexv1.StreamDecisionsResponse) { fn(msg.GetEvent(), msg.GetDropped()) })
+}
+
+// receive hands every message of a server stream to each until the stream
+// ends (nil at its end, else why).
+func receive[M any](st interface {
+	Receive() (M, error)
+	Close() error
+}, each func(M)) error {
 	defer func() { _ = st.Close() }()
 	for {
 		msg, err := st.Receive()
 		if err != nil {
 			return eofNil(err)
 		}
-		fn(msg.GetEvent(), msg.GetDropped())
+		each(msg)
 	}
 }
 
