@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -189,9 +190,10 @@ type Handler func(ctx context.Context, p *cortexv1.BusPacket, reply string) erro
 // Subscription is one subject's consumer: NATS delivers, handlers run on
 // goroutines, at most the subscription's concurrency at once.
 type Subscription struct {
-	nc  *nats.Conn
-	sub *nats.Subscription
-	wg  sync.WaitGroup
+	conn *Conn
+	nc   *nats.Conn
+	sub  *nats.Subscription
+	wg   sync.WaitGroup
 
 	mu      sync.Mutex
 	drained bool
@@ -205,7 +207,7 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 	if concurrency < 1 {
 		concurrency = 1
 	}
-	s := &Subscription{nc: c.nc}
+	s := &Subscription{conn: c, nc: c.nc}
 	sem := make(chan struct{}, concurrency)
 	cb := func(m *nats.Msg) {
 		p, err := Decode(m.Data)
@@ -287,6 +289,16 @@ func (s *Subscription) Drain() {
 	s.drained = true
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// Close drains the subscription and forgets it, for a subscription that
+// ends before its connection (one client's watch, say).
+func (s *Subscription) Close() {
+	s.Drain()
+	c := s.conn
+	c.mu.Lock()
+	c.subs = slices.DeleteFunc(c.subs, func(o *Subscription) bool { return o == s })
+	c.mu.Unlock()
 }
 
 func (c *Conn) drop(subject string, size int, err error) {
