@@ -1,11 +1,11 @@
 package bus
 
 import (
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
 	"os"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 
@@ -100,14 +100,27 @@ func (e Endpoint) options() ([]nats.Option, error) {
 	if ways > 1 {
 		return nil, errors.New("--nats-creds, --nats-nkey and --nats-password-file are alternatives: give one")
 	}
-	if e.TLS.Any() || u.Scheme == "tls" {
-		tc, err := e.TLS.Config(nil)
+	if e.tls() {
+		tc, err := e.tlsFiles().Config(nil)
 		if err != nil {
 			return nil, err
 		}
 		opts = append(opts, nats.Secure(tc))
 	}
 	return opts, nil
+}
+
+// tlsFiles are the TLS files, named by their flags (--nats-ca ...) in
+// errors.
+func (e Endpoint) tlsFiles() config.TLSFiles {
+	f := e.TLS
+	f.Prefix = "nats"
+	return f
+}
+
+// tls says whether the endpoint asks for TLS.
+func (e Endpoint) tls() bool {
+	return e.TLS.Any() || strings.HasPrefix(e.URL, "tls://")
 }
 
 // nkeyError keeps only the reason from nats.go's nkey errors.
@@ -122,21 +135,17 @@ func nkeyError(err error) error {
 // connectError explains a failed dial: what to give when the server's
 // certificate is not trusted, or when TLS is required but not used.
 func (e Endpoint) connectError(err error) error {
-	var unknown x509.UnknownAuthorityError
-	var hostname x509.HostnameError
-	switch {
-	case errors.As(err, &unknown):
-		return fmt.Errorf("connect to NATS at %s: the server's TLS certificate is not signed by a CA we trust; give its CA bundle with --nats-ca: %w",
-			telemetry.RedactURL(e.URL), err)
-	case errors.As(err, &hostname):
-		return fmt.Errorf("connect to NATS at %s: the server's TLS certificate is not for this host name; dial the name it was issued for: %w",
-			telemetry.RedactURL(e.URL), err)
-	case errors.Is(err, nats.ErrSecureConnWanted):
-		return fmt.Errorf("connect to NATS at %s: TLS was asked for (--nats-ca, --nats-cert or tls://) but the server does not offer it: %w",
-			telemetry.RedactURL(e.URL), err)
-	case errors.Is(err, nats.ErrAuthorization):
-		return fmt.Errorf("connect to NATS at %s: the server refused our credentials (check the user and password, creds or nkey): %w",
-			telemetry.RedactURL(e.URL), err)
+	at := telemetry.RedactURL(e.URL)
+	// A server that requires TLS gets it even from a client without TLS
+	// settings (nats.go follows the server), so every TLS error can come.
+	if hint := e.tlsFiles().Hint(err); hint != "" {
+		return fmt.Errorf("connect to NATS at %s: %s: %w", at, hint, err)
 	}
-	return fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(e.URL), err)
+	switch {
+	case errors.Is(err, nats.ErrSecureConnWanted):
+		return fmt.Errorf("connect to NATS at %s: TLS was asked for (--nats-ca, --nats-cert or tls://) but the server does not offer it: %w", at, err)
+	case errors.Is(err, nats.ErrAuthorization):
+		return fmt.Errorf("connect to NATS at %s: the server refused our credentials (check the user and password, creds or nkey): %w", at, err)
+	}
+	return fmt.Errorf("connect to NATS at %s: %w", at, err)
 }

@@ -3,10 +3,12 @@ package config
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // maxSecretBytes bounds a secret file (a password, a key list, a PEM
@@ -90,4 +92,32 @@ func (f TLSFiles) Config(base *tls.Config) (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
+}
+
+// Hint says what to give when a TLS connection failed with err: the CA
+// bundle of a server we do not trust, or the client certificate a server
+// requires. It is "" for errors it cannot explain.
+func (f TLSFiles) Hint(err error) string {
+	var unknown x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var notTLS tls.RecordHeaderError
+	msg := err.Error()
+	switch {
+	case errors.As(err, &unknown):
+		return "the server's TLS certificate is not signed by a CA we trust; give its CA bundle with --" + f.Prefix + "-ca"
+	case errors.As(err, &hostname):
+		return "the server's TLS certificate is not for this host name; dial the name it was issued for"
+	case errors.As(err, &notTLS):
+		return "the server does not speak TLS"
+	case f.Cert != "":
+	case strings.Contains(msg, "tls: certificate required"):
+		// crypto/tls keeps the alert type unexported.
+		return fmt.Sprintf("the server asks for a client certificate; give --%[1]s-cert and --%[1]s-key", f.Prefix)
+	case errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE),
+		strings.Contains(msg, "after TLS handshake"):
+		// With TLS 1.3 the server's refusal of a client without a
+		// certificate may come after the client thinks it is done.
+		return fmt.Sprintf("the server closed the connection; if it asks for a client certificate, give --%[1]s-cert and --%[1]s-key", f.Prefix)
+	}
+	return ""
 }

@@ -7,8 +7,6 @@ package daemon
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -93,12 +91,17 @@ func (r RedisEndpoint) Options() (*redis.Options, error) {
 		if ro.TLSConfig == nil {
 			return nil, errors.New("--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
 		}
-		if ro.TLSConfig, err = r.TLS.Config(ro.TLSConfig); err != nil {
+		files := r.TLS
+		files.Prefix = "redis" // in errors
+		if ro.TLSConfig, err = files.Config(ro.TLSConfig); err != nil {
 			return nil, err
 		}
 	}
 	return ro, nil
 }
+
+// pingTimeout bounds the first contact with Redis.
+const pingTimeout = 3 * time.Second
 
 // OpenStore connects to Redis and checks that it answers.
 func OpenStore(ctx context.Context, r RedisEndpoint, opts store.Options) (*store.Store, *redis.Client, error) {
@@ -110,11 +113,11 @@ func OpenStore(ctx context.Context, r RedisEndpoint, opts store.Options) (*store
 	ro.PoolSize = 256
 	rdb := redis.NewClient(ro)
 	st := store.New(rdb, opts)
-	pingCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
 	if err := st.Ping(pingCtx); err != nil {
 		_ = rdb.Close()
-		return nil, nil, redisError(r.URL, ro.TLSConfig != nil, err)
+		return nil, nil, r.redisError(ro.TLSConfig != nil, err)
 	}
 	return st, rdb, nil
 }
@@ -122,18 +125,19 @@ func OpenStore(ctx context.Context, r RedisEndpoint, opts store.Options) (*store
 // redisError explains a failed first contact with Redis: a server that
 // speaks only TLS drops a plain client without a word, and one that does
 // not speak TLS answers a TLS client with plain text.
-func redisError(rawURL string, useTLS bool, err error) error {
-	at := telemetry.RedactURL(rawURL)
-	var recordErr tls.RecordHeaderError
-	var unknown x509.UnknownAuthorityError
+func (r RedisEndpoint) redisError(useTLS bool, err error) error {
+	at := telemetry.RedactURL(r.URL)
+	var refused redis.Error
+	files := r.TLS
+	files.Prefix = "redis" // in errors
 	switch {
+	case useTLS && files.Hint(err) != "":
+		return fmt.Errorf("redis at %s: %s: %w", at, files.Hint(err), err)
+	case useTLS && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("redis at %s: no answer to TLS within %s; a server without TLS gives none: check that it speaks TLS on that port, or use a redis:// URL: %w", at, pingTimeout, err)
 	case !useTLS && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
 		return fmt.Errorf("redis at %s: the server closed the connection (%w); if it only speaks TLS, use a rediss:// URL and --redis-ca", at, err)
-	case useTLS && errors.As(err, &recordErr):
-		return fmt.Errorf("redis at %s: the server does not speak TLS (%w); use a redis:// URL, or turn TLS on in the server", at, err)
-	case errors.As(err, &unknown):
-		return fmt.Errorf("redis at %s: the server's TLS certificate is not signed by a CA we trust; give its CA bundle with --redis-ca: %w", at, err)
-	case strings.HasPrefix(err.Error(), "WRONGPASS"), strings.HasPrefix(err.Error(), "NOAUTH"):
+	case errors.As(err, &refused) && (strings.HasPrefix(refused.Error(), "WRONGPASS") || strings.HasPrefix(refused.Error(), "NOAUTH")):
 		return fmt.Errorf("redis at %s: the server refused our credentials (check the user in the URL and the password): %w", at, err)
 	}
 	return fmt.Errorf("redis at %s: %w", at, err)
