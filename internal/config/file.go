@@ -52,7 +52,9 @@ func ApplyFile(fs *pflag.FlagSet, path string, elsewhere func(key string) bool) 
 	for i := range sets {
 		s := &sets[i]
 		if err := s.apply(fs); err != nil {
-			for _, done := range sets[:i] {
+			// A failed Set may have written to its flag (pflag's numbers
+			// do): undo it too.
+			for _, done := range sets[:i+1] {
 				done.undo()
 			}
 			// The value is not repeated: it may be a secret.
