@@ -65,7 +65,7 @@ func ApplyFile(fs *pflag.FlagSet, path string, elsewhere func(key string) bool) 
 }
 
 func readFile(path string) ([]byte, error) {
-	f, err := os.Open(path) //nolint:gosec // the operator names the file
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("config file: %w", err)
 	}

@@ -31,7 +31,7 @@ func ReadSecret(flag, path string) (string, error) {
 }
 
 func readLimited(flag, path string) ([]byte, error) {
-	f, err := os.Open(path) //nolint:gosec // the operator names the file
+	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("--%s: %w", flag, err)
 	}
