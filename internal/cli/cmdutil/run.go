@@ -18,7 +18,7 @@ import (
 // daemons can share one file; any other unknown key is an error.
 func BindConfig(cmd *cobra.Command) {
 	var file string
-	cmd.Flags().StringVar(&file, "config", "", "YAML file of settings keyed by long flag name (nats-url: ..., api-keys: [...]); flags and CORTEX_* variables win over it")
+	cmd.Flags().StringVar(&file, "config", "", "YAML file of settings keyed by long flag name (nats-url: ..., api-keys: [...]), also CORTEX_CONFIG; CORTEX_<FLAG> variables and flags win over it")
 	prev := cmd.PreRunE
 	cmd.PreRunE = func(c *cobra.Command, args []string) error {
 		if err := config.ApplyEnv(c.Flags(), nil); err != nil {

@@ -40,7 +40,7 @@ type Options struct {
 
 func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
 	fs := cmd.Flags()
-	fs.StringVar(&o.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL (tls://... for TLS); credentials may be in it (nats://user:pass@host:port) or in the files below")
+	fs.StringVar(&o.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL (tls://... for TLS), with credentials (nats://user:pass@host:port) unless --nats-creds, --nats-nkey or --nats-user gives them")
 	fs.StringVar(&o.NATS.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
 	fs.StringVar(&o.NATS.NKey, "nats-nkey", "", "file holding the nkey seed to sign in to NATS with")
 	fs.StringVar(&o.NATS.User, "nats-user", "", "NATS user, with --nats-password-file")
@@ -48,7 +48,7 @@ func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
 	o.NATS.TLS.Prefix = "nats"
 	addTLSFlags(cmd, &o.NATS.TLS, "NATS")
 	if redis {
-		fs.StringVar(&o.Redis.URL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (rediss://... for TLS), with an ACL user and password or a password (redis://user:pass@host:port/db, redis://:pass@...)")
+		fs.StringVar(&o.Redis.URL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (rediss://... for TLS), with an ACL user and its password (redis://user:pass@host:port/db) or a password alone (redis://:pass@...); the password may come from --redis-password-file")
 		fs.StringVar(&o.Redis.PasswordFile, "redis-password-file", "", "file holding the Redis password (of the user in --redis-url, if any)")
 		o.Redis.TLS.Prefix = "redis"
 		addTLSFlags(cmd, &o.Redis.TLS, "Redis")
@@ -61,7 +61,11 @@ func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
 // addTLSFlags adds --<prefix>-ca, --<prefix>-cert and --<prefix>-key.
 func addTLSFlags(cmd *cobra.Command, f *config.TLSFiles, server string) {
 	fs := cmd.Flags()
-	fs.StringVar(&f.CA, f.Prefix+"-ca", "", "CA bundle (PEM) that signs the "+server+" server's certificate (default: the system's)")
+	caNote := "; turns TLS on"
+	if f.Prefix == "redis" {
+		caNote = "; TLS needs a rediss:// URL"
+	}
+	fs.StringVar(&f.CA, f.Prefix+"-ca", "", "CA bundle (PEM) that signs the "+server+" server's certificate (default: the system's)"+caNote)
 	fs.StringVar(&f.Cert, f.Prefix+"-cert", "", "client certificate (PEM) to present to "+server+", with --"+f.Prefix+"-key")
 	fs.StringVar(&f.Key, f.Prefix+"-key", "", "private key (PEM) of --"+f.Prefix+"-cert")
 }
