@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -39,14 +38,20 @@ type Conn struct {
 // Connect dials NATS at rawURL. name identifies this component instance in
 // every packet it sends (sender_id) and in the server's connection list.
 func Connect(rawURL, name string, log *slog.Logger) (*Conn, error) {
-	if _, err := url.Parse(rawURL); err != nil {
-		return nil, fmt.Errorf("nats url %s: %w", telemetry.RedactURL(rawURL), telemetry.URLError(err))
+	return Endpoint{URL: rawURL}.Connect(name, log)
+}
+
+// Connect dials the endpoint, as the package's Connect does a bare URL.
+func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
+	secure, err := e.options()
+	if err != nil {
+		return nil, err
 	}
-	nc, err := nats.Connect(rawURL,
+	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.Timeout(2*time.Second),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.Timeout(2 * time.Second),
 		nats.DrainTimeout(drainTimeout),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
@@ -55,14 +60,15 @@ func Connect(rawURL, name string, log *slog.Logger) (*Conn, error) {
 			}
 			log.Error("NATS asynchronous error", "subject", subject, "err", err)
 		}),
-	)
+	}, secure...)
+	nc, err := nats.Connect(e.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(rawURL), err)
+		return nil, e.connectError(err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("JetStream on %s: %w", telemetry.RedactURL(rawURL), err)
+		return nil, fmt.Errorf("JetStream on %s: %w", telemetry.RedactURL(e.URL), err)
 	}
 	return &Conn{nc: nc, js: js, senderID: name, log: log}, nil
 }

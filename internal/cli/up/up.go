@@ -74,7 +74,7 @@ built-in worker serves pool echo only.`,
 	daemon.AddRouteFlags(cmd, &o.Routes)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
-	cmdutil.BindEnv(cmd)
+	cmdutil.BindConfig(cmd)
 	return cmd
 }
 
