@@ -77,11 +77,12 @@ type manifest struct {
 func deployments(t *testing.T) map[string][]manifest {
 	t.Helper()
 	out := map[string][]manifest{}
-	err := filepath.WalkDir(".", func(path string, d fs.DirEntry, err error) error {
+	fsys := os.DirFS(".")
+	err := fs.WalkDir(fsys, ".", func(path string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || filepath.Ext(path) != ".yaml" {
 			return err
 		}
-		data, err := os.ReadFile(path)
+		data, err := fs.ReadFile(fsys, path)
 		if err != nil {
 			return err
 		}
@@ -110,17 +111,18 @@ func deployments(t *testing.T) map[string][]manifest {
 // envKeys are the CORTEX_* names of the overlays' and the base's env files.
 func envKeys(t *testing.T) map[string][]string {
 	t.Helper()
-	files, err := filepath.Glob("*/*.env")
+	fsys := os.DirFS(".")
+	files, err := fs.Glob(fsys, "*/*.env")
 	if err != nil {
 		t.Fatal(err)
 	}
-	more, err := filepath.Glob("*/*/*.env")
+	more, err := fs.Glob(fsys, "*/*/*.env")
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := map[string][]string{}
 	for _, f := range append(files, more...) {
-		data, err := os.ReadFile(f)
+		data, err := fs.ReadFile(fsys, f)
 		if err != nil {
 			t.Fatal(err)
 		}
