@@ -718,6 +718,56 @@ func TestStreamEventsFilters(t *testing.T) {
 	}
 }
 
+// A stream with a batch window sends the events of each window in one
+// message, in order; a window out of range is refused.
+func TestStreamEventsBatchWindow(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	acme := f.client(t, "key-acme-1234")
+	// A window far longer than the submits below take: they share a message.
+	stream, err := acme.StreamEvents(ctx, &cortexv1.StreamEventsRequest{
+		States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING}, BatchWindow: durationpb.New(3 * time.Second),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for range 5 {
+		want = append(want, submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo"}))
+	}
+	var got []string
+	messages := 0
+	for len(got) < len(want) {
+		msg, err := stream.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg.GetJob() != nil {
+			t.Fatalf("a batched stream sent a lone job: %v", msg)
+		}
+		messages++
+		for _, j := range msg.GetJobs() {
+			got = append(got, j.GetJobId())
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("stream delivered %v, want %v", got, want)
+	}
+	if messages != 1 {
+		t.Errorf("5 events within one window came in %d messages, want 1", messages)
+	}
+	for _, d := range []time.Duration{-time.Second, time.Minute} {
+		bad, err := acme.StreamEvents(ctx, &cortexv1.StreamEventsRequest{BatchWindow: durationpb.New(d)})
+		if err == nil {
+			_, err = bad.Receive()
+		}
+		if connect.CodeOf(err) != connect.CodeInvalidArgument {
+			t.Fatalf("batch window %s: %v, want InvalidArgument", d, err)
+		}
+	}
+}
+
 // With the bus down, a submit is still accepted: the job is recorded
 // PENDING with a deadline, for the reconciler to hand on, and the client
 // gets its id. A retry (same idempotency key) finds that job; nothing is

@@ -244,6 +244,10 @@ func (g *Gateway) StreamDecisions(ctx context.Context, req *cortexv1.StreamDecis
 			return connect.Errorf(connect.CodeInvalidArgument, "decision %v is not a decision: use ALLOW, DENY or REQUIRE_APPROVAL", d)
 		}
 	}
+	window, err := batchWindow(req.GetBatchWindow())
+	if err != nil {
+		return err
+	}
 	p := principalFrom(ctx)
 	w := &watcher[*cortexv1.SafetyDecisionEvent]{
 		tenant: p.Tenant,
@@ -258,7 +262,10 @@ func (g *Gateway) StreamDecisions(ctx context.Context, req *cortexv1.StreamDecis
 	if p.Admin {
 		w.tenant = ""
 	}
-	return follow(ctx, g, g.decisions, w, stream.SendHeaders, func(ev *cortexv1.SafetyDecisionEvent, dropped uint64) error {
-		return stream.Send(&cortexv1.StreamDecisionsResponse{Event: ev, Dropped: dropped})
+	return follow(ctx, g, g.decisions, w, stream.SendHeaders, window, func(evs []*cortexv1.SafetyDecisionEvent, dropped uint64) error {
+		if window == 0 {
+			return stream.Send(&cortexv1.StreamDecisionsResponse{Event: evs[0], Dropped: dropped})
+		}
+		return stream.Send(&cortexv1.StreamDecisionsResponse{Events: evs, Dropped: dropped})
 	})
 }

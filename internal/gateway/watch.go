@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/store"
@@ -17,7 +18,7 @@ import (
 // Fan-out tuning. Events are best effort, so a watcher also rereads its job
 // from the store when it has heard nothing for watchPoll.
 const (
-	watcherBuffer = 256
+	watcherBuffer = 1024
 	watchPoll     = 2 * time.Second
 )
 
@@ -186,6 +187,10 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 	if err := validateFilter(req.GetTopic(), req.GetStates(), req.GetLabels()); err != nil {
 		return err
 	}
+	window, err := batchWindow(req.GetBatchWindow())
+	if err != nil {
+		return err
+	}
 	q := store.Query{Topic: req.GetTopic(), Labels: req.GetLabels()}
 	for _, s := range req.GetStates() {
 		q.States = append(q.States, store.StateOf(s))
@@ -197,18 +202,55 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 		},
 		ch: make(chan *cortexv1.Job, watcherBuffer),
 	}
-	return follow(ctx, g, g.jobs, w, stream.SendHeaders, func(j *cortexv1.Job, dropped uint64) error {
-		return stream.Send(&cortexv1.StreamEventsResponse{Job: j, Dropped: dropped})
+	return follow(ctx, g, g.jobs, w, stream.SendHeaders, window, func(js []*cortexv1.Job, dropped uint64) error {
+		if window == 0 {
+			return stream.Send(&cortexv1.StreamEventsResponse{Job: js[0], Dropped: dropped})
+		}
+		return stream.Send(&cortexv1.StreamEventsResponse{Jobs: js, Dropped: dropped})
 	})
+}
+
+// Batch windows: the longest a stream may gather events for, and the most
+// events one message carries.
+const (
+	maxBatchWindow = 10 * time.Second
+	maxBatch       = 1000
+)
+
+// batchWindow checks a stream request's batch window (0 when unset).
+func batchWindow(d *durationpb.Duration) (time.Duration, error) {
+	if d == nil {
+		return 0, nil
+	}
+	if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > maxBatchWindow {
+		return 0, connect.Errorf(connect.CodeInvalidArgument, "batch_window must be between 0 and %s", maxBatchWindow)
+	}
+	return d.AsDuration(), nil
 }
 
 // follow registers w on h and sends what it receives, with the count of
 // events dropped since the last send, until the caller hangs up or the
-// gateway shuts down.
-func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], headers func() error, send func(T, uint64) error) error {
+// gateway shuts down: each event at once when window is 0, else the events
+// of up to window together (at most maxBatch at a time).
+func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], headers func() error, window time.Duration, send func([]T, uint64) error) error {
 	defer h.add(w)()
 	if err := headers(); err != nil {
 		return err
+	}
+	var (
+		batch []T
+		timer *time.Timer
+		due   <-chan time.Time
+	)
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	flush := func() error {
+		b := batch
+		batch, due = nil, nil
+		return send(b, w.dropped.Swap(0))
 	}
 	for {
 		select {
@@ -216,9 +258,27 @@ func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], he
 			return ctx.Err()
 		case <-g.closing:
 			return errClosing
-		case v := <-w.ch:
-			if err := send(v, w.dropped.Swap(0)); err != nil {
+		case <-due:
+			if err := flush(); err != nil {
 				return err
+			}
+		case v := <-w.ch:
+			batch = append(batch, v)
+			switch {
+			case window == 0 || len(batch) >= maxBatch:
+				if timer != nil {
+					timer.Stop()
+				}
+				if err := flush(); err != nil {
+					return err
+				}
+			case len(batch) == 1:
+				if timer == nil {
+					timer = time.NewTimer(window)
+				} else {
+					timer.Reset(window)
+				}
+				due = timer.C
 			}
 		}
 	}

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
@@ -73,19 +76,33 @@ func (s clientSource) Result(ctx context.Context, id string) (*cortexv1.GetResul
 }
 
 func (s clientSource) Events(ctx context.Context, fn func(*cortexv1.Job, uint64)) error {
-	st, err := s.c.StreamEvents(ctx, &cortexv1.StreamEventsRequest{States: eventStates})
+	st, err := s.c.StreamEvents(ctx, &cortexv1.StreamEventsRequest{States: eventStates, BatchWindow: durationpb.New(batchWindow)})
 	if err != nil {
 		return err
 	}
-	return receive(st, func(msg *cortexv1.StreamEventsResponse) { fn(msg.GetJob(), msg.GetDropped()) })
+	return receive(st, func(msg *cortexv1.StreamEventsResponse) { each(msg.GetJobs(), msg.GetDropped(), fn) })
 }
 
 func (s clientSource) Decisions(ctx context.Context, fn func(*cortexv1.SafetyDecisionEvent, uint64)) error {
-	st, err := s.c.StreamDecisions(ctx, &cortexv1.StreamDecisionsRequest{})
+	st, err := s.c.StreamDecisions(ctx, &cortexv1.StreamDecisionsRequest{BatchWindow: durationpb.New(batchWindow)})
 	if err != nil {
 		return err
 	}
-	return receive(st, func(msg *cortexv1.StreamDecisionsResponse) { fn(msg.GetEvent(), msg.GetDropped()) })
+	return receive(st, func(msg *cortexv1.StreamDecisionsResponse) { each(msg.GetEvents(), msg.GetDropped(), fn) })
+}
+
+// batchWindow is how long the gateway gathers events for top before it
+// sends them, in one message: at 1,000 jobs/s, a few messages a second
+// rather than thousands, with the screen still current.
+const batchWindow = 200 * time.Millisecond
+
+// each hands fn every event of a batch, with the batch's count of dropped
+// events on the first.
+func each[T any](batch []T, dropped uint64, fn func(T, uint64)) {
+	for _, v := range batch {
+		fn(v, dropped)
+		dropped = 0
+	}
 }
 
 // receive hands every message of a server stream to each until the stream

@@ -1273,7 +1273,12 @@ type StreamEventsRequest struct {
 	// states keeps events into any of these states (all when empty).
 	States []JobState `protobuf:"varint,2,rep,packed,name=states,proto3,enum=cortex.v1.JobState" json:"states,omitempty"`
 	// labels keeps events of jobs carrying every one of these labels.
-	Labels        map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Labels map[string]string `protobuf:"bytes,3,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// batch_window, when set (at most 10s), gathers the events of up to
+	// this long into one message, in jobs: far fewer messages for a reader
+	// that follows a busy cluster (a dashboard). Unset, every event is sent
+	// at once, one per message, in job.
+	BatchWindow   *durationpb.Duration `protobuf:"bytes,4,opt,name=batch_window,json=batchWindow,proto3" json:"batch_window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1329,12 +1334,22 @@ func (x *StreamEventsRequest) GetLabels() map[string]string {
 	return nil
 }
 
+func (x *StreamEventsRequest) GetBatchWindow() *durationpb.Duration {
+	if x != nil {
+		return x.BatchWindow
+	}
+	return nil
+}
+
 type StreamEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// job is the event, when the request asked for no batch window.
+	Job *Job `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
 	// dropped counts events this stream skipped since the last message
 	// because the reader was too slow.
-	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Dropped uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// jobs are the events of one batch window, oldest first.
+	Jobs          []*Job `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1381,6 +1396,13 @@ func (x *StreamEventsResponse) GetDropped() uint64 {
 		return x.Dropped
 	}
 	return 0
+}
+
+func (x *StreamEventsResponse) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
 }
 
 type ApproveJobRequest struct {
@@ -1945,7 +1967,10 @@ type StreamDecisionsRequest struct {
 	// decisions keeps only these decisions (all when empty).
 	Decisions []Decision `protobuf:"varint,1,rep,packed,name=decisions,proto3,enum=cortex.v1.Decision" json:"decisions,omitempty"`
 	// topic keeps one topic, or a prefix such as "job.*".
-	Topic         string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	Topic string `protobuf:"bytes,2,opt,name=topic,proto3" json:"topic,omitempty"`
+	// batch_window gathers decisions into one message, in events, as
+	// StreamEventsRequest.batch_window does for jobs.
+	BatchWindow   *durationpb.Duration `protobuf:"bytes,3,opt,name=batch_window,json=batchWindow,proto3" json:"batch_window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1994,12 +2019,22 @@ func (x *StreamDecisionsRequest) GetTopic() string {
 	return ""
 }
 
+func (x *StreamDecisionsRequest) GetBatchWindow() *durationpb.Duration {
+	if x != nil {
+		return x.BatchWindow
+	}
+	return nil
+}
+
 type StreamDecisionsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Event *SafetyDecisionEvent   `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// event is the decision, when the request asked for no batch window.
+	Event *SafetyDecisionEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
 	// dropped counts decisions skipped since the last message because the
 	// reader was too slow.
-	Dropped       uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	Dropped uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
+	// events are the decisions of one batch window, oldest first.
+	Events        []*SafetyDecisionEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2046,6 +2081,13 @@ func (x *StreamDecisionsResponse) GetDropped() uint64 {
 		return x.Dropped
 	}
 	return 0
+}
+
+func (x *StreamDecisionsResponse) GetEvents() []*SafetyDecisionEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
 }
 
 type SubmitJobsRequest struct {
@@ -2729,17 +2771,19 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x06output\x18\x02 \x01(\bR\x06output\"b\n" +
 	"\x10WatchJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12,\n" +
-	"\x06output\x18\x02 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"\xd7\x01\n" +
+	"\x06output\x18\x02 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"\x95\x02\n" +
 	"\x13StreamEventsRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12+\n" +
 	"\x06states\x18\x02 \x03(\x0e2\x13.cortex.v1.JobStateR\x06states\x12B\n" +
-	"\x06labels\x18\x03 \x03(\v2*.cortex.v1.StreamEventsRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x03 \x03(\v2*.cortex.v1.StreamEventsRequest.LabelsEntryR\x06labels\x12<\n" +
+	"\fbatch_window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vbatchWindow\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"R\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
 	"\x14StreamEventsResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x04R\adropped\"D\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\x12\"\n" +
+	"\x04jobs\x18\x03 \x03(\v2\x0e.cortex.v1.JobR\x04jobs\"D\n" +
 	"\x11ApproveJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\"6\n" +
@@ -2775,13 +2819,15 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\bdecision\x18\x01 \x01(\v2\x18.cortex.v1.SafetyVerdictR\bdecision\x12 \n" +
 	"\vexplanation\x18\x02 \x01(\tR\vexplanation\x120\n" +
 	"\x06shadow\x18\x03 \x01(\v2\x18.cortex.v1.SafetyVerdictR\x06shadow\x12-\n" +
-	"\x12shadow_explanation\x18\x04 \x01(\tR\x11shadowExplanation\"a\n" +
+	"\x12shadow_explanation\x18\x04 \x01(\tR\x11shadowExplanation\"\x9f\x01\n" +
 	"\x16StreamDecisionsRequest\x121\n" +
 	"\tdecisions\x18\x01 \x03(\x0e2\x13.cortex.v1.DecisionR\tdecisions\x12\x14\n" +
-	"\x05topic\x18\x02 \x01(\tR\x05topic\"i\n" +
+	"\x05topic\x18\x02 \x01(\tR\x05topic\x12<\n" +
+	"\fbatch_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vbatchWindow\"\xa1\x01\n" +
 	"\x17StreamDecisionsResponse\x124\n" +
 	"\x05event\x18\x01 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventR\x05event\x12\x18\n" +
-	"\adropped\x18\x02 \x01(\x04R\adropped\"D\n" +
+	"\adropped\x18\x02 \x01(\x04R\adropped\x126\n" +
+	"\x06events\x18\x03 \x03(\v2\x1e.cortex.v1.SafetyDecisionEventR\x06events\"D\n" +
 	"\x11SubmitJobsRequest\x12/\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobRequestR\x04jobs\"K\n" +
 	"\x12SubmitJobsResponse\x125\n" +
@@ -2954,71 +3000,75 @@ var file_cortex_v1_gateway_proto_depIdxs = []int32{
 	53, // 16: cortex.v1.WatchJobResponse.output:type_name -> cortex.v1.JobOutput
 	52, // 17: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
 	47, // 18: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	49, // 19: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	49, // 20: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	49, // 21: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	54, // 22: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	54, // 23: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	54, // 24: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	48, // 25: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	55, // 26: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	55, // 27: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	56, // 28: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	57, // 29: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	10, // 30: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	38, // 31: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	52, // 32: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	41, // 33: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
-	0,  // 34: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
-	50, // 35: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
-	51, // 36: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
-	50, // 37: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
-	44, // 38: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
-	10, // 39: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	36, // 40: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	12, // 41: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	14, // 42: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	16, // 43: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	18, // 44: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	20, // 45: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	22, // 46: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	24, // 47: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	26, // 48: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	28, // 49: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	30, // 50: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	32, // 51: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	34, // 52: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	39, // 53: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
-	42, // 54: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
-	1,  // 55: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
-	3,  // 56: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
-	6,  // 57: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
-	8,  // 58: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
-	11, // 59: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	37, // 60: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	13, // 61: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	15, // 62: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	17, // 63: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	19, // 64: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	21, // 65: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	23, // 66: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	25, // 67: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	27, // 68: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	29, // 69: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	31, // 70: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	33, // 71: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	35, // 72: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	40, // 73: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
-	43, // 74: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
-	2,  // 75: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
-	5,  // 76: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
-	7,  // 77: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
-	9,  // 78: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
-	59, // [59:79] is the sub-list for method output_type
-	39, // [39:59] is the sub-list for method input_type
-	39, // [39:39] is the sub-list for extension type_name
-	39, // [39:39] is the sub-list for extension extendee
-	0,  // [0:39] is the sub-list for field type_name
+	51, // 19: cortex.v1.StreamEventsRequest.batch_window:type_name -> google.protobuf.Duration
+	49, // 20: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	49, // 21: cortex.v1.StreamEventsResponse.jobs:type_name -> cortex.v1.Job
+	49, // 22: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	49, // 23: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	54, // 24: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	54, // 25: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	54, // 26: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	48, // 27: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	55, // 28: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	55, // 29: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	56, // 30: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	51, // 31: cortex.v1.StreamDecisionsRequest.batch_window:type_name -> google.protobuf.Duration
+	57, // 32: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	57, // 33: cortex.v1.StreamDecisionsResponse.events:type_name -> cortex.v1.SafetyDecisionEvent
+	10, // 34: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	38, // 35: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	52, // 36: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	41, // 37: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 38: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	50, // 39: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	51, // 40: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	50, // 41: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	44, // 42: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	10, // 43: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	36, // 44: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	12, // 45: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	14, // 46: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	16, // 47: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	18, // 48: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	20, // 49: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	22, // 50: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	24, // 51: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	26, // 52: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	28, // 53: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	30, // 54: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	32, // 55: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	34, // 56: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	39, // 57: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	42, // 58: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	1,  // 59: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
+	3,  // 60: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
+	6,  // 61: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
+	8,  // 62: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
+	11, // 63: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	37, // 64: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	13, // 65: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	15, // 66: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	17, // 67: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	19, // 68: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	21, // 69: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	23, // 70: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	25, // 71: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	27, // 72: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	29, // 73: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	31, // 74: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	33, // 75: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	35, // 76: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	40, // 77: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	43, // 78: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	2,  // 79: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
+	5,  // 80: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
+	7,  // 81: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
+	9,  // 82: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
+	63, // [63:83] is the sub-list for method output_type
+	43, // [43:63] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
