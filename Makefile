@@ -62,7 +62,6 @@ vet:
 # --- release: completions, man pages, goreleaser (pinned in tools/goreleaser/go.mod) ---
 GENDOCS        := $(GO) run ./cmd/gendocs
 GORELEASER     := $(GO) tool -modfile=$(CURDIR)/tools/goreleaser/go.mod goreleaser
-RELEASEFLAGS   ?= --single-target --skip=docker
 
 completions: ## shell completions (completions/), from the command tree
 	$(GENDOCS) -completions completions
@@ -84,6 +83,5 @@ check-completions: ## fail if completions/ or docs/man/ differ from what the com
 release-check: ## validate .goreleaser.yaml (every target, cask, packages, images)
 	$(GORELEASER) check
 
-release-snapshot: ## a release into dist/ without publishing (RELEASEFLAGS="" for every platform and the images)
-	$(GORELEASER) release --snapshot --clean $(RELEASEFLAGS)
-	bash .ci/check-release.sh dist
+release-snapshot: ## a release into dist/ for this platform, not published, then checked (RELEASE_ALL=1: every platform)
+	GORELEASER="$(GORELEASER)" bash .ci/release-snapshot.sh $(if $(RELEASE_ALL),--all)
