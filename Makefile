@@ -60,7 +60,8 @@ vet:
 	$(GO) vet ./...
 
 # --- release: completions, man pages, goreleaser (pinned in tools/goreleaser/go.mod) ---
-GENDOCS        := $(GO) run ./cmd/gendocs
+# Built as the release builds cortexctl, so the two share compiled packages.
+GENDOCS        := CGO_ENABLED=0 $(GO) run -trimpath ./cmd/gendocs
 GORELEASER     := $(GO) tool -modfile=$(CURDIR)/tools/goreleaser/go.mod goreleaser
 
 completions: ## shell completions (completions/), from the command tree

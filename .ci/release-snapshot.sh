@@ -26,14 +26,18 @@ if [ "${1:-}" != "--all" ]; then
 	mkdir -p build
 	config=build/goreleaser-host.yaml
 	sed -e "s|^    goos: \[linux, darwin, windows\]\$|    goos: [$goos]|" \
-		-e "s|^    goarch: \[amd64, arm64\]\$|    goarch: [$goarch]|" .goreleaser.yaml >"$config"
-	[ "$(diff .goreleaser.yaml "$config" | grep -c '^>')" = 2 ] ||
+		-e "s|^    goarch: \[amd64, arm64\]\$|    goarch: [$goarch]|" \
+		-e "s|^    platforms: \[linux/amd64, linux/arm64\]\$|    platforms: [linux/$goarch]|" .goreleaser.yaml >"$config"
+	[ "$(diff .goreleaser.yaml "$config" | grep -c '^>')" = 3 ] ||
 		fail "could not narrow the goos/goarch lines of .goreleaser.yaml to $goos/$goarch (changed their form?)"
 	say "snapshot for $goos/$goarch only (--all for every platform)"
 fi
 
 skip=()
-if docker info >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; then
+if [ "$config" != .goreleaser.yaml ] && [ "$goos" != linux ]; then
+	say "images hold linux binaries, and this snapshot builds $goos ones only: --skip=docker"
+	skip=(--skip=docker)
+elif docker info >/dev/null 2>&1 && docker buildx version >/dev/null 2>&1; then
 	say "docker engine and buildx found: images are built (not pushed)"
 else
 	say "no docker engine with buildx here: --skip=docker (dockers_v2 images are not built)"

@@ -72,7 +72,7 @@ func newRoot(out io.Writer) *cobra.Command {
 // writeCompletions runs `cortexctl completion SHELL` for every shell, so the
 // files are exactly what a user gets from the command.
 func writeCompletions(dir string) error {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // holds world-readable files
 		return err
 	}
 	for _, sh := range shells {
@@ -82,7 +82,8 @@ func writeCompletions(dir string) error {
 		if err := root.Execute(); err != nil {
 			return fmt.Errorf("completion %s: %w", sh, err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "cortexctl."+sh), buf.Bytes(), 0o600); err != nil {
+		//nolint:gosec // a script for every user of the package, in the directory the caller named
+		if err := os.WriteFile(filepath.Join(dir, "cortexctl."+sh), buf.Bytes(), 0o644); err != nil {
 			return err
 		}
 	}
@@ -116,7 +117,7 @@ func writeManPages(dir string, gz bool) error {
 	if len(pages) == 0 {
 		return errors.New("man pages: cobra wrote none")
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil { //nolint:gosec // holds world-readable files
 		return err
 	}
 	old, err := filepath.Glob(filepath.Join(dir, "*.1*"))
@@ -141,7 +142,8 @@ func writeManPages(dir string, gz bool) error {
 				return err
 			}
 		}
-		if err := os.WriteFile(name, b, 0o600); err != nil {
+		//nolint:gosec // a page for every user of the package, in the directory the caller named
+		if err := os.WriteFile(name, b, 0o644); err != nil {
 			return err
 		}
 	}
