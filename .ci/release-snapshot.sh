@@ -79,9 +79,8 @@ case "$got" in
 esac
 
 if [ "$(go env GOOS)" = linux ]; then
-	deb=$(ls dist/*.deb)
-	rpm=$(ls dist/*.rpm)
-	[ -f "$rpm" ] || fail "no .rpm in dist/"
+	deb=$(ls dist/*_"$(go env GOARCH)".deb)
+	compgen -G 'dist/*.rpm' >/dev/null || fail "no .rpm in dist/"
 	if command -v dpkg-deb >/dev/null; then
 		listing=$(dpkg-deb -c "$deb")
 		for f in ./usr/bin/cortexctl ./usr/share/bash-completion/completions/cortexctl \
