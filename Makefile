@@ -7,7 +7,7 @@ TESTFLAGS ?=
 UPFLAGS   ?=
 FUZZTIME  ?= 10s
 
-.PHONY: test test-cluster chaos fuzz generate check-generate lint build up fmt-check vet completions k8s-validate
+.PHONY: test test-cluster chaos fuzz generate check-generate lint build up fmt-check vet completions manpages check-completions release-check release-snapshot k8s-validate
 
 test: ## all tests, with the race detector (needs cgo: gcc)
 	$(GO) test -race $(TESTFLAGS) ./...
@@ -59,9 +59,33 @@ fmt-check: ## gofmt on tracked .go files, generated pb/ excluded
 vet:
 	$(GO) vet ./...
 
-completions: ## shell completions for packaging (completions/)
-	mkdir -p completions
-	for sh in bash zsh fish powershell; do $(GO) run ./cmd/cortexctl completion $$sh > completions/cortexctl.$$sh; done
+# --- release: completions, man pages, goreleaser (pinned in tools/goreleaser/go.mod) ---
+# Built as the release builds cortexctl, so the two share compiled packages.
+GENDOCS        := CGO_ENABLED=0 $(GO) run -trimpath ./cmd/gendocs
+GORELEASER     := $(GO) tool -modfile=$(CURDIR)/tools/goreleaser/go.mod goreleaser
+
+completions: ## shell completions (completions/), from the command tree
+	$(GENDOCS) -completions completions
+
+manpages: ## man pages (docs/man/), from the command tree
+	$(GENDOCS) -man docs/man
+
+check-completions: ## fail if completions/ or docs/man/ differ from what the command tree generates
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(GENDOCS) -completions "$$tmp/completions" -man "$$tmp/man"; \
+	rc=0; diff -r completions "$$tmp/completions" >"$$tmp/diff" || rc=1; \
+	diff -r docs/man "$$tmp/man" >>"$$tmp/diff" || rc=1; \
+	if [ $$rc != 0 ]; then \
+		echo "completions/ or docs/man/ are out of date with the command tree: run 'make completions manpages' and commit them." >&2; \
+		head -n 40 "$$tmp/diff" >&2; \
+		exit 1; \
+	fi
+
+release-check: ## validate .goreleaser.yaml (every target, cask, packages, images)
+	$(GORELEASER) check
+
+release-snapshot: ## a release into dist/ for this platform, not published, then checked (RELEASE_ALL=1: every platform)
+	GORELEASER="$(GORELEASER)" bash .ci/release-snapshot.sh $(if $(RELEASE_ALL),--all)
 
 k8s-validate: ## deploy/k8s offline: kustomize build of every overlay | kubectl-validate, policy and routing files, flag names
 	bash .ci/k8s-validate.sh

@@ -9,13 +9,12 @@ import (
 	"fmt"
 	"io"
 	"os/signal"
-	"runtime"
-	"runtime/debug"
 	"syscall"
 
 	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/cortex-os/core/internal/buildinfo"
 	"github.com/cortex-os/core/internal/cli/bench"
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/contextcmd"
@@ -27,33 +26,6 @@ import (
 	"github.com/cortex-os/core/internal/cli/workercmd"
 	"github.com/cortex-os/core/internal/client"
 )
-
-// Version and Commit are set at build time with -ldflags "-X ...".
-var (
-	Version = ""
-	Commit  = ""
-)
-
-func version() (string, string) {
-	v, c := Version, Commit
-	if info, ok := debug.ReadBuildInfo(); ok {
-		if v == "" && info.Main.Version != "" && info.Main.Version != "(devel)" {
-			v = info.Main.Version
-		}
-		for _, s := range info.Settings {
-			if s.Key == "vcs.revision" && c == "" {
-				c = s.Value
-			}
-		}
-	}
-	if v == "" {
-		v = "dev"
-	}
-	if c == "" {
-		c = "unknown"
-	}
-	return v, c
-}
 
 const exitCodesHelp = `
 Exit status:
@@ -142,8 +114,7 @@ func newCmdVersion(f *cmdutil.Factory) *cobra.Command {
 		Example: "  cortexctl version",
 		Args:    cmdutil.NoArgs,
 		Run: func(*cobra.Command, []string) {
-			v, c := version()
-			fmt.Fprintf(f.Out, "cortexctl %s (commit %s, %s, %s/%s)\n", v, c, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+			fmt.Fprintln(f.Out, "cortexctl", buildinfo.Get())
 		},
 	}
 }
