@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -149,6 +150,9 @@ func New(opts Options) (*Runner, error) {
 		r.isolation.User = "nobody (65534)"
 	}
 	if err := r.probe(false); err != nil {
+		if errors.Is(err, fs.ErrPermission) && os.Geteuid() == 0 {
+			err = fmt.Errorf("%w (the worker runs as root, so the code runs as nobody, who may not read it: give an interpreter outside root's home, e.g. /usr/bin/python3)", err)
+		}
 		return nil, fmt.Errorf("python interpreter %s does not run: %w", path, err)
 	}
 	switch {
