@@ -62,7 +62,7 @@ func TestRecoverPassesResults(t *testing.T) {
 }
 
 func TestTimeout(t *testing.T) {
-	h := middleware.Timeout(10*time.Millisecond)(plugins.HandlerFunc(func(ctx context.Context, _ *plugins.Job) (*plugins.Result, error) {
+	h := middleware.Timeout(10 * time.Millisecond)(plugins.HandlerFunc(func(ctx context.Context, _ *plugins.Job) (*plugins.Result, error) {
 		<-ctx.Done()
 		return nil, context.Cause(ctx)
 	}))

@@ -302,7 +302,7 @@ environment, time, CPU, memory, file, process and output limits, and no
 network where Linux user namespaces allow it; the worker says which).`,
 		Example: `  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
   cortexctl worker --pool code-python --python /usr/bin/python3 --nats-url ... --redis-url ...`,
-		Args:    cmdutil.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := cmdutil.Logger(cmd, o.LogLevel)
 			if err != nil {
