@@ -149,6 +149,11 @@ func New(opts Options) (*Runner, error) {
 	if os.Geteuid() == 0 {
 		r.isolation.User = "nobody (65534)"
 	}
+	if os.Geteuid() == 0 {
+		if err := othersMayEnter(os.TempDir()); err != nil {
+			return nil, fmt.Errorf("python: the code runs as nobody (the worker is root) in a directory under %s, but %w; set TMPDIR to a directory others may enter, such as /tmp", os.TempDir(), err)
+		}
+	}
 	if err := r.probe(false); err != nil {
 		if errors.Is(err, fs.ErrPermission) && os.Geteuid() == 0 {
 			err = fmt.Errorf("%w (the worker runs as root, so the code runs as nobody, who may not read it: give an interpreter outside root's home, e.g. /usr/bin/python3)", err)
@@ -169,6 +174,27 @@ func New(opts Options) (*Runner, error) {
 		opts.Log.Warn("python jobs run WITHOUT network isolation; they can reach the network", "why", r.isolation.Why, "python", path)
 	}
 	return r, nil
+}
+
+// othersMayEnter checks that every directory from / to dir lets others
+// through (o+x).
+func othersMayEnter(dir string) error {
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil {
+			return err
+		}
+		if fi.Mode().Perm()&0o001 == 0 {
+			return fmt.Errorf("others may not enter %s (mode %s)", d, fi.Mode().Perm())
+		}
+		if d == filepath.Dir(d) {
+			return nil
+		}
+	}
 }
 
 func firstOf[T comparable](v, def T) T {
