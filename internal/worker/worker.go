@@ -375,7 +375,10 @@ func (w *Worker) beat() {
 // Causes of a job's context ending early.
 var (
 	errCancelled = errors.New("the job was cancelled")
-	errTimedOut  = errors.New("the job ran past its timeout")
+	// errTimedOut ends a job at its timeout; it matches
+	// context.DeadlineExceeded, so that handlers and their metrics see a
+	// timeout.
+	errTimedOut error = jobTimedOut{}
 	// errShutdown stops a job still running when the shutdown grace ran
 	// out: it goes back to the stream for another worker.
 	errShutdown = errors.New("the worker is shutting down")
@@ -384,6 +387,11 @@ var (
 	// errNotStarted is a job the store could not be asked to start.
 	errNotStarted = errors.New("the job could not be started")
 )
+
+type jobTimedOut struct{}
+
+func (jobTimedOut) Error() string        { return "the job ran past its timeout" }
+func (jobTimedOut) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // onCancel stops a job this worker is running; the job is already recorded
 // CANCELLED, so nothing is reported.
