@@ -90,8 +90,8 @@ func (e *TimeoutError) Is(target error) bool { return target == context.Deadline
 
 // Timeout runs next with a context that ends after d (or sooner, when the
 // job's own context ends). A handler must return when its context ends;
-// if the limit passed, the error is a *TimeoutError wrapping the
-// handler's own, whatever the handler returned. Timeout does not abandon
+// if the limit passed, the error wraps a *TimeoutError (and the handler's
+// own error), whatever the handler returned. Timeout does not abandon
 // a handler that ignores its context: it waits for it, because a handler
 // still running after its result was recorded would run unaccounted for.
 // d <= 0 means no limit.
@@ -106,8 +106,12 @@ func Timeout(d time.Duration) Middleware {
 			defer cancel()
 			res, err := next.Handle(ctx, job)
 			if context.Cause(ctx) == error(limit) {
-				if err == nil {
-					err = errors.New("it returned a result after the limit")
+				switch {
+				case errors.Is(err, limit):
+					// The handler returned its context's cause: it says it.
+					return nil, err
+				case err == nil:
+					err = errors.New("its result came after the limit and was dropped")
 				}
 				return nil, fmt.Errorf("%w: %w", limit, err)
 			}
