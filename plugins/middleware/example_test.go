@@ -3,6 +3,7 @@ package middleware_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/cortex-os/core/plugins"
@@ -17,9 +18,7 @@ func ExampleChain() {
 			<-ctx.Done()
 			return nil, context.Cause(ctx)
 		}
-		var m map[string]int
-		m[job.Prompt]++ // a nil map: panics
-		return nil, nil
+		panic("unexpected prompt " + strconv.Quote(job.Prompt)) // a bug
 	})
 	h := middleware.Chain(buggy, middleware.Recover(nil), middleware.Timeout(50*time.Millisecond))
 	for _, prompt := range []string{"boom", "slow"} {
@@ -27,6 +26,6 @@ func ExampleChain() {
 		fmt.Println(err)
 	}
 	// Output:
-	// the handler panicked: assignment to entry in nil map
+	// the handler panicked: unexpected prompt "boom"
 	// the handler ran past its limit of 50ms
 }

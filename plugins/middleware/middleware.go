@@ -105,7 +105,7 @@ func Timeout(d time.Duration) Middleware {
 			ctx, cancel := context.WithTimeoutCause(ctx, d, limit)
 			defer cancel()
 			res, err := next.Handle(ctx, job)
-			if context.Cause(ctx) == error(limit) {
+			if errors.Is(context.Cause(ctx), limit) {
 				switch {
 				case errors.Is(err, limit):
 					// The handler returned its context's cause: it says it.

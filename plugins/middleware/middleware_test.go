@@ -14,10 +14,10 @@ import (
 	"github.com/cortex-os/core/plugins/middleware"
 )
 
-const secretPrompt = "the prompt is private: hunter2"
+const privatePrompt = "the prompt is private: hunter2"
 
 func job() *plugins.Job {
-	return &plugins.Job{ID: "job-1", Topic: "job.test", Prompt: secretPrompt}
+	return &plugins.Job{ID: "job-1", Topic: "job.test", Prompt: privatePrompt}
 }
 
 func TestRecover(t *testing.T) {
@@ -55,7 +55,7 @@ func TestRecoverPassesResults(t *testing.T) {
 			return &plugins.Result{Output: "out"}, want
 		}))
 		res, err := h.Handle(context.Background(), job())
-		if err != want || res == nil || res.Output != "out" {
+		if !errors.Is(err, want) || res == nil || res.Output != "out" {
 			t.Errorf("Handle = %v, %v; want out, %v", res, err, want)
 		}
 	}

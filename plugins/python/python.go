@@ -465,7 +465,7 @@ func (r *Runner) removeAll(dir string) {
 	}
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if d != nil && d.IsDir() {
-			_ = os.Chmod(p, 0o700)
+			_ = os.Chmod(p, 0o700) //nolint:gosec // a directory needs x to be emptied; it is removed next
 		}
 		return nil
 	})
