@@ -19,7 +19,7 @@ import (
 
 // interpreter is the python3 the tests run: /usr/bin/python3 where it is,
 // as in CI, else the one in PATH.
-func interpreter(t *testing.T) string {
+func interpreter(t testing.TB) string {
 	t.Helper()
 	if _, err := os.Stat("/usr/bin/python3"); err == nil {
 		return "/usr/bin/python3"
