@@ -425,6 +425,11 @@ func (r *Runner) run(ctx context.Context, src []byte, namespaces bool) (*runOutp
 	start := time.Now()
 	err = cmd.Run()
 	took := time.Since(start)
+	if cmd.Process != nil {
+		// What the code left running in the background goes too (in a PID
+		// namespace, the kernel has seen to it already).
+		_ = killGroup(cmd.Process)
+	}
 	res := &runOutput{Output: Output{
 		Stdout: stdout.String(), Stderr: stderr.String(), Truncated: capped.truncated(),
 		Network: "host", Millis: took.Milliseconds(),
@@ -492,8 +497,9 @@ type capWriter struct {
 }
 
 type capStream struct {
-	c   *capWriter
-	buf strings.Builder
+	c      *capWriter
+	buf    strings.Builder
+	marked bool // the stream ends with truncMarker
 }
 
 func (c *capWriter) stream() *capStream { return &capStream{c: c} }
@@ -509,16 +515,11 @@ func (c *capWriter) truncated() bool {
 func (s *capStream) Write(p []byte) (int, error) {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
-	room := s.c.limit - s.c.used
-	keep := min(len(p), max(room, 0))
-	if keep < len(p) && !s.c.cut {
-		s.c.cut = true
-	}
-	if keep > 0 {
-		s.buf.Write(p[:keep])
-		s.c.used += keep
-	}
-	if keep < len(p) && !strings.HasSuffix(s.buf.String(), truncMarker) {
+	keep := min(len(p), max(s.c.limit-s.c.used, 0))
+	s.buf.Write(p[:keep])
+	s.c.used += keep
+	if keep < len(p) && !s.marked {
+		s.c.cut, s.marked = true, true
 		s.buf.WriteString(truncMarker)
 	}
 	return len(p), nil

@@ -170,16 +170,40 @@ time.sleep(120)`, marker))
 			if want := "the code ran past its wall-clock limit of 1s and was killed"; err.Error() != want {
 				t.Errorf("error = %q, want %q", err, want)
 			}
-			// The child the code started dies with it; the kill is
-			// asynchronous, so look for a while.
-			deadline := time.Now().Add(10 * time.Second)
-			for pid := alive(marker); pid != ""; pid = alive(marker) {
-				if time.Now().After(deadline) {
-					t.Fatalf("process %s started by the code outlived the run", pid)
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
+			gone(t, marker)
 		})
+	}
+}
+
+// TestNothingOutlivesTheRun: a process the code leaves running in the
+// background when it exits is killed with the run.
+func TestNothingOutlivesTheRun(t *testing.T) {
+	for _, ns := range []bool{true, false} {
+		t.Run(fmt.Sprintf("namespaces=%v", ns), func(t *testing.T) {
+			r := newRunner(t, python.Options{NoNamespaces: !ns})
+			marker := fmt.Sprintf("cortex-test-daemon-%d-%v", os.Getpid(), ns)
+			_, err := run(t, r, fmt.Sprintf(`import os, subprocess, sys
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", %q],
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print("left it running")`, marker))
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			gone(t, marker)
+		})
+	}
+}
+
+// gone waits for the process whose command line holds marker to end;
+// killing is asynchronous, so it looks for a while.
+func gone(t *testing.T, marker string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for pid := alive(marker); pid != ""; pid = alive(marker) {
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s started by the code outlived the run", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
