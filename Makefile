@@ -7,7 +7,7 @@ TESTFLAGS ?=
 UPFLAGS   ?=
 FUZZTIME  ?= 10s
 
-.PHONY: test test-cluster chaos fuzz generate check-generate lint build up fmt-check vet completions
+.PHONY: test test-cluster chaos fuzz generate check-generate lint build up fmt-check vet completions k8s-validate
 
 test: ## all tests, with the race detector (needs cgo: gcc)
 	$(GO) test -race $(TESTFLAGS) ./...
@@ -62,3 +62,6 @@ vet:
 completions: ## shell completions for packaging (completions/)
 	mkdir -p completions
 	for sh in bash zsh fish powershell; do $(GO) run ./cmd/cortexctl completion $$sh > completions/cortexctl.$$sh; done
+
+k8s-validate: ## deploy/k8s offline: kustomize build of every overlay | kubectl-validate, policy and routing files, flag names
+	bash .ci/k8s-validate.sh

@@ -5,7 +5,11 @@
 // the bus or the store.
 package plugins
 
-import "context"
+import (
+	"context"
+	"errors"
+	"io"
+)
 
 // Job is one attempt of a job, as a handler sees it.
 type Job struct {
@@ -24,13 +28,52 @@ type Job struct {
 	Payload []byte
 	// Labels are the submitter's key/value labels.
 	Labels map[string]string
+	// Stream, when not nil, takes output as the handler produces it:
+	// whoever follows the job (cortexctl submit --wait --follow, tail,
+	// WatchJob, the OpenAI-compatible front door with stream: true) sees
+	// each write while the job runs. It is best effort and not stored: the
+	// Result's Output is what is recorded. The worker sets it; it is nil
+	// when a handler is called directly, as in tests.
+	Stream io.Writer
 }
 
 // Result is what a handler produced.
 type Result struct {
 	// Output is stored as the job's result.
 	Output string
+	// Usage, when not nil, is recorded on the job: the tokens a model
+	// read and wrote for it.
+	Usage *Usage
 }
+
+// Usage counts a model's tokens.
+type Usage struct {
+	PromptTokens     uint32
+	CompletionTokens uint32
+	TotalTokens      uint32
+}
+
+// Permanent marks err as one another attempt cannot cure (bad input, a
+// deterministic failure): the attempt is recorded FAILED and the job is
+// not retried, whatever attempts it has left.
+func Permanent(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &permanentError{err}
+}
+
+// IsPermanent reports whether err, or an error it wraps, was marked by
+// Permanent.
+func IsPermanent(err error) bool {
+	var p *permanentError
+	return errors.As(err, &p)
+}
+
+type permanentError struct{ err error }
+
+func (e *permanentError) Error() string { return e.err.Error() }
+func (e *permanentError) Unwrap() error { return e.err }
 
 // Handler runs jobs. Handle must return when ctx ends: ctx is cancelled
 // when the job is cancelled, when its timeout passes (the attempt is then

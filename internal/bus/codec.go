@@ -88,6 +88,10 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if !ValidToken(pl.WorkerDrain.GetWorkerId()) {
 			return errors.New("worker drain with a bad worker id")
 		}
+	case *cortexv1.BusPacket_JobOutput:
+		if pl.JobOutput.GetJobId() == "" || pl.JobOutput.GetSeq() == 0 {
+			return errors.New("job output without a job id or sequence number")
+		}
 	case *cortexv1.BusPacket_JobCancel:
 		if pl.JobCancel.GetJobId() == "" {
 			return errors.New("job cancel without a job id")

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,14 +38,20 @@ type Conn struct {
 // Connect dials NATS at rawURL. name identifies this component instance in
 // every packet it sends (sender_id) and in the server's connection list.
 func Connect(rawURL, name string, log *slog.Logger) (*Conn, error) {
-	if _, err := url.Parse(rawURL); err != nil {
-		return nil, fmt.Errorf("nats url %s: %w", telemetry.RedactURL(rawURL), telemetry.URLError(err))
+	return Endpoint{URL: rawURL}.Connect(name, log)
+}
+
+// Connect dials the endpoint, as the package's Connect does a bare URL.
+func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
+	secure, err := e.options()
+	if err != nil {
+		return nil, err
 	}
-	nc, err := nats.Connect(rawURL,
+	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond),
-		nats.Timeout(2*time.Second),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.Timeout(2 * time.Second),
 		nats.DrainTimeout(drainTimeout),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
@@ -54,14 +60,15 @@ func Connect(rawURL, name string, log *slog.Logger) (*Conn, error) {
 			}
 			log.Error("NATS asynchronous error", "subject", subject, "err", err)
 		}),
-	)
+	}, secure...)
+	nc, err := nats.Connect(e.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", telemetry.RedactURL(rawURL), err)
+		return nil, e.connectError(err)
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("JetStream on %s: %w", telemetry.RedactURL(rawURL), err)
+		return nil, fmt.Errorf("JetStream on %s: %w", telemetry.RedactURL(e.URL), err)
 	}
 	return &Conn{nc: nc, js: js, senderID: name, log: log}, nil
 }
@@ -189,9 +196,10 @@ type Handler func(ctx context.Context, p *cortexv1.BusPacket, reply string) erro
 // Subscription is one subject's consumer: NATS delivers, handlers run on
 // goroutines, at most the subscription's concurrency at once.
 type Subscription struct {
-	nc  *nats.Conn
-	sub *nats.Subscription
-	wg  sync.WaitGroup
+	conn *Conn
+	nc   *nats.Conn
+	sub  *nats.Subscription
+	wg   sync.WaitGroup
 
 	mu      sync.Mutex
 	drained bool
@@ -205,7 +213,7 @@ func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency
 	if concurrency < 1 {
 		concurrency = 1
 	}
-	s := &Subscription{nc: c.nc}
+	s := &Subscription{conn: c, nc: c.nc}
 	sem := make(chan struct{}, concurrency)
 	cb := func(m *nats.Msg) {
 		p, err := Decode(m.Data)
@@ -287,6 +295,16 @@ func (s *Subscription) Drain() {
 	s.drained = true
 	s.mu.Unlock()
 	s.wg.Wait()
+}
+
+// Close drains the subscription and forgets it, for a subscription that
+// ends before its connection (one client's watch, say).
+func (s *Subscription) Close() {
+	s.Drain()
+	c := s.conn
+	c.mu.Lock()
+	c.subs = slices.DeleteFunc(c.subs, func(o *Subscription) bool { return o == s })
+	c.mu.Unlock()
 }
 
 func (c *Conn) drop(subject string, size int, err error) {

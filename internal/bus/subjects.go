@@ -50,6 +50,7 @@ const (
 	QueueSafety = "cortex-safety"
 
 	subjectHeartbeatPrefix = "sys.heartbeat."
+	subjectJobOutputPrefix = "sys.job.output."
 	subjectJobPrefix       = "job."
 )
 
@@ -60,6 +61,11 @@ const RuleFailClosed = "fail-closed"
 
 // HeartbeatSubject is the subject a worker publishes its Heartbeat on.
 func HeartbeatSubject(workerID string) string { return subjectHeartbeatPrefix + workerID }
+
+// JobOutputSubject carries JobOutput: the output of job id while it runs,
+// from the worker running it to whoever follows it (core NATS, best
+// effort; nothing is published to it unless a handler streams).
+func JobOutputSubject(id string) string { return subjectJobOutputPrefix + id }
 
 // JobSubject is the subject a job of the given topic is dispatched on when
 // routed to pool: job.<pool>.<kind>, where kind is the topic without its

@@ -1,8 +1,11 @@
 // Package config resolves settings in one order for every command: defaults
-// < environment (CORTEX_*) < flags. It validates as it goes and owns no
-// setting itself: commands declare their flags, this package fills the ones
-// left unset from the environment. It also helps config-file loaders report
-// YAML errors at file:line.
+// < config file < environment (CORTEX_*) < flags. It validates as it goes
+// and owns no setting itself: commands declare their flags, this package
+// fills the ones left unset from the environment (ApplyEnv) and then from a
+// YAML file keyed by flag name (ApplyFile). It reads secrets and TLS files
+// for the connections without ever putting a secret in an error, and helps
+// other YAML loaders report errors at file:line. It must not log, dial or
+// keep state.
 package config
 
 import (

@@ -88,15 +88,38 @@ func terminal(s cortexv1.JobState) bool { return store.StateOf(s).Terminal() }
 // errClosing ends streams when the gateway shuts down.
 var errClosing = connect.NewError(connect.CodeUnavailable, "the gateway is shutting down; reconnect and watch again")
 
-// WatchJob streams a job of the caller's tenant until it is finished.
+// WatchJob streams a job of the caller's tenant until it is finished;
+// with output, also the pieces of output its handler streams while it
+// runs, between the snapshots.
 func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, stream cortexv1connect.GatewayServiceWatchJobServerStream) error {
 	id, err := parseJobID(req.GetJobId())
 	if err != nil {
 		return err
 	}
+	send := func(o *cortexv1.JobOutput) error { return stream.Send(&cortexv1.WatchJobResponse{Output: o}) }
+	return g.watchJob(ctx, id, req.GetOutput(), send, func(j *cortexv1.Job) error {
+		return stream.Send(&cortexv1.WatchJobResponse{Job: j})
+	})
+}
+
+// watchJob follows job id of the caller's tenant until it is finished:
+// its snapshots go to onJob, the first one at once and then after every
+// change; with output, the pieces of output its handler streams go to
+// onOutput as they come. Nothing is sent for a job the caller does not
+// own.
+func (g *Gateway) watchJob(ctx context.Context, id string, output bool, onOutput func(*cortexv1.JobOutput) error, onJob func(*cortexv1.Job) error) error {
 	w := &watcher[*cortexv1.Job]{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
 	// Listen before reading, so no change falls between the two.
 	defer g.jobs.add(w)()
+	var pieces <-chan *cortexv1.JobOutput
+	if output {
+		ch, stop, err := g.followOutput(ctx, id)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		pieces = ch
+	}
 	j, err := g.ownJob(ctx, id)
 	if err != nil {
 		return err
@@ -105,13 +128,20 @@ func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, s
 	poll := time.NewTicker(watchPoll)
 	defer poll.Stop()
 	for {
-		if err := stream.Send(&cortexv1.WatchJobResponse{Job: cur}); err != nil {
+		if terminal(cur.GetState()) {
+			// Output published before the job ended may still be on its
+			// way on its own subscription: hand over what has come.
+			if err := flushOutput(pieces, onOutput); err != nil {
+				return err
+			}
+		}
+		if err := onJob(cur); err != nil {
 			return err
 		}
 		if terminal(cur.GetState()) {
 			return nil
 		}
-		next, err := g.nextChange(ctx, w, poll, id, cur.GetVersion())
+		next, err := g.nextChange(ctx, w, poll, id, cur.GetVersion(), pieces, onOutput)
 		if err != nil {
 			return err
 		}
@@ -120,14 +150,20 @@ func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, s
 }
 
 // nextChange waits for a version of the job newer than seen, from the bus
-// or, when the bus is quiet, from the store.
-func (g *Gateway) nextChange(ctx context.Context, w *watcher[*cortexv1.Job], poll *time.Ticker, id string, seen uint64) (*cortexv1.Job, error) {
+// or, when the bus is quiet, from the store, handing the pieces of output
+// that come meanwhile to onOutput.
+func (g *Gateway) nextChange(ctx context.Context, w *watcher[*cortexv1.Job], poll *time.Ticker, id string, seen uint64,
+	pieces <-chan *cortexv1.JobOutput, onOutput func(*cortexv1.JobOutput) error) (*cortexv1.Job, error) {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-g.closing:
 			return nil, errClosing
+		case o := <-pieces:
+			if err := onOutput(o); err != nil {
+				return nil, err
+			}
 		case j := <-w.ch:
 			if j.GetVersion() > seen {
 				poll.Reset(watchPoll)

@@ -359,7 +359,13 @@ func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.Jo
 		s.log.Info("result for an unknown job", "trace_id", traceID, "job_id", res.GetJobId(), "err", err)
 		return
 	}
-	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), res.GetError(), false)
+	why := res.GetError()
+	if res.GetPermanent() {
+		// The handler knows another attempt cannot help: spend none.
+		why += " (not retried: the handler says another attempt would end the same)"
+		j.MaxAttempts = res.GetAttempt()
+	}
+	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), why, false)
 }
 
 // endAttempt ends attempt of job j as end (FAILED or TIMEOUT) for why: the

@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,6 +108,8 @@ type Job struct {
 	Attempts []AttemptRecord
 	// TraceID names the job's story in bus packets and logs.
 	TraceID string
+	// Usage is what the model a job ran on reported, when it did.
+	Usage Usage
 }
 
 // Trace is the job's trace id, or its id for a job recorded before trace
@@ -151,6 +154,7 @@ const (
 	fUpdated     = "updated_at"
 	fVersion     = "version"
 	fTrace       = "trace_id"
+	fUsage       = "usage"
 	fApproved    = "approved"
 	fApprovalBy  = "approval_by"
 	fApprovalMsg = "approval_comment"
@@ -182,6 +186,7 @@ func parseJob(id string, f map[string]string) *Job {
 		UpdatedAt:   parseMicros(f[fUpdated]),
 		Version:     uint64(parseInt(f[fVersion])),
 		TraceID:     f[fTrace],
+		Usage:       parseUsage(f[fUsage]),
 		Entered:     map[State]time.Time{},
 	}
 	if a, ok := f[fApproved]; ok {
@@ -257,6 +262,9 @@ func (j *Job) Proto() *cortexv1.Job {
 	if j.Timeout > 0 {
 		p.Timeout = durationpb.New(j.Timeout)
 	}
+	if j.Usage != (Usage{}) {
+		p.Usage = &cortexv1.TokenUsage{PromptTokens: j.Usage.Prompt, CompletionTokens: j.Usage.Completion, TotalTokens: j.Usage.Total}
+	}
 	if a := j.Approval; a != nil {
 		p.Approval = &cortexv1.Approval{Approved: a.Approved, By: a.By, Comment: a.Comment, At: timestamppb.New(a.At), Attempt: a.Attempt, Rule: a.Rule}
 	}
@@ -330,4 +338,23 @@ func (j NewJob) Record(now time.Time) *Job {
 		Version:     1,
 		TraceID:     j.TraceID,
 	}
+}
+
+// Usage counts the tokens a model read (Prompt) and wrote (Completion)
+// for a job; the zero value means none were reported.
+type Usage struct {
+	Prompt, Completion, Total uint32
+}
+
+// String is the stored form: "prompt,completion,total".
+func (u Usage) String() string {
+	return fmt.Sprintf("%d,%d,%d", u.Prompt, u.Completion, u.Total)
+}
+
+func parseUsage(s string) Usage {
+	var u Usage
+	if s != "" {
+		_, _ = fmt.Sscanf(s, "%d,%d,%d", &u.Prompt, &u.Completion, &u.Total)
+	}
+	return u
 }

@@ -120,7 +120,7 @@ return rec
 `)
 
 // finishScript: KEYS = job, res, lease; ARGV = attempt, now (µs), output,
-// retention ms, output size, job id. Stores the output of a RUNNING job's
+// retention ms, output size, job id, usage ("" for none). Stores the output of a RUNNING job's
 // attempt and records it COMPLETED, in one step, and answers like
 // transitionScript.
 var finishScript = redis.NewScript(`
@@ -130,6 +130,7 @@ if cur[1] ~= 'RUNNING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
   'a:' .. ARGV[1], 'COMPLETED\t' .. (redis.call('HGET', KEYS[1], 'worker_id') or '') .. '\t' .. ARGV[2] .. '\t')
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[7]) end
 redis.call('HINCRBY', KEYS[1], 'version', 1)
 redis.call('ZREM', KEYS[3], ARGV[6])
 local rec = redis.call('HGETALL', KEYS[1])

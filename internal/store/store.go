@@ -531,13 +531,18 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	return nil, "", refusal(id, Running, res)
 }
 
-// Finish stores the output of attempt of a RUNNING job under res:<id> and
-// records the job COMPLETED, in one script, returning the record. A job
+// Finish stores the output of attempt of a RUNNING job under res:<id>,
+// its token usage (when not zero) on the job, and records the job
+// COMPLETED, in one script, returning the record. A job
 // that is no longer RUNNING at that attempt (cancelled, say) changes
 // nothing: a *ConflictError.
-func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*Job, error) {
+func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, usage Usage, now time.Time) (*Job, error) {
+	u := ""
+	if usage != (Usage{}) {
+		u = usage.String()
+	}
 	res, err := s.eval(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
-		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id).StringSlice()
+		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id, u).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("finish job %s: %w", id, err)
 	}

@@ -146,11 +146,12 @@ func TestJobLifecycle(t *testing.T) {
 		}
 		later := now.Add(time.Second)
 		size := uint64(len("olleh"))
-		done, err := st.Finish(ctx, id, 1, "olleh", later)
+		usage := store.Usage{Prompt: 5, Completion: 7, Total: 12}
+		done, err := st.Finish(ctx, id, 1, "olleh", usage, later)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Finish(ctx, id, 1, "again", later); !errors.Is(err, store.ErrConflict) {
+		if _, err := st.Finish(ctx, id, 1, "again", store.Usage{}, later); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("finishing a COMPLETED job again: %v, want ErrConflict", err)
 		}
 		j, out, err := st.Output(ctx, id)
@@ -161,7 +162,7 @@ func TestJobLifecycle(t *testing.T) {
 			t.Errorf("Output's record %+v differs from Transition's %+v", j, done)
 		}
 		if j.State != store.Completed || j.Pool != "echo" || j.WorkerID != "w-1" || j.ResultSize != size ||
-			out != "olleh" || !j.UpdatedAt.Equal(later) || !j.CreatedAt.Equal(now) || j.Labels["team"] != "a" {
+			out != "olleh" || !j.UpdatedAt.Equal(later) || !j.CreatedAt.Equal(now) || j.Labels["team"] != "a" || j.Usage != usage {
 			t.Fatalf("after completion: %+v result %q", j, out)
 		}
 	})
@@ -479,7 +480,7 @@ func TestOutputOnlyWhenCompleted(t *testing.T) {
 			id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
 			switch tc.end {
 			case store.Completed:
-				if _, err := st.Finish(ctx, id, 1, "the output", now); err != nil {
+				if _, err := st.Finish(ctx, id, 1, "the output", store.Usage{}, now); err != nil {
 					t.Fatal(err)
 				}
 			case store.Running:
@@ -572,7 +573,7 @@ func BenchmarkJobPath(b *testing.B) {
 			if _, _, err := st.Start(ctx, id, 1, "w", false, time.Minute, now); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := st.Finish(ctx, id, 1, "p", now); err != nil {
+			if _, err := st.Finish(ctx, id, 1, "p", store.Usage{}, now); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -37,7 +37,7 @@ import (
 // Store is what the worker needs from the memory fabric.
 type Store interface {
 	Start(ctx context.Context, id string, attempt uint32, workerID string, takeover bool, lease time.Duration, now time.Time) (*store.Job, string, error)
-	Finish(ctx context.Context, id string, attempt uint32, output string, now time.Time) (*store.Job, error)
+	Finish(ctx context.Context, id string, attempt uint32, output string, usage store.Usage, now time.Time) (*store.Job, error)
 	ExtendLease(ctx context.Context, id string, attempt uint32, workerID string, lease time.Duration, now time.Time) error
 }
 
@@ -445,7 +445,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	}
 	stopLease := func() {}
 	keep := func() { stopLease = w.keepLease(ctx, cancel, req, d) }
-	output, err := w.run(runCtx, traceID, req, d.Redelivered(), keep, started)
+	out, err := w.run(runCtx, traceID, req, d.Redelivered(), keep, started)
 	stopLease()
 	cause := context.Cause(runCtx)
 	switch {
@@ -471,7 +471,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	}
 	if err == nil {
 		// Recorded whatever happens to ctx now: the work is done.
-		if w.finish(context.WithoutCancel(ctx), traceID, req, output) {
+		if w.finish(context.WithoutCancel(ctx), traceID, req, out) {
 			d.Ack()
 		} else {
 			// The store stayed out of reach: the message comes back after
@@ -489,6 +489,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		FinishedAt: timestamppb.Now(),
 		State:      cortexv1.JobState_JOB_STATE_FAILED,
 		Error:      truncate(err.Error(), maxErrorBytes),
+		Permanent:  plugins.IsPermanent(err),
 	}
 	switch {
 	case errors.Is(cause, errTimedOut):
@@ -519,9 +520,13 @@ const finishTries = 5
 // finish records a completed job's output, trying again for a while when
 // the store is out of reach, and reports whether the job is settled
 // (recorded, or moved on so that there is nothing to record).
-func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRequest, output string) bool {
+func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRequest, out *plugins.Result) bool {
+	var usage store.Usage
+	if u := out.Usage; u != nil {
+		usage = store.Usage{Prompt: u.PromptTokens, Completion: u.CompletionTokens, Total: u.TotalTokens}
+	}
 	for try := range finishTries {
-		j, err := w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), output, time.Now())
+		j, err := w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), out.Output, usage, time.Now())
 		switch {
 		case err == nil:
 			w.log.Debug("job completed", "trace_id", traceID, "job_id", j.ID, "attempt", j.Attempt)
@@ -569,11 +574,12 @@ func (w *Worker) keepLease(ctx context.Context, cancel context.CancelCauseFunc, 
 	return func() { stop(); <-done }
 }
 
-// run marks the job RUNNING, reads its input and runs its handler.
-func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, started func(), now time.Time) (string, error) {
+// run marks the job RUNNING, reads its input and runs its handler. A
+// handler that returns no result completed with no output.
+func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, started func(), now time.Time) (*plugins.Result, error) {
 	h, ok := w.opts.Handlers[req.GetTopic()]
 	if !ok {
-		return "", fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
+		return nil, fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
 	}
 	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, takeover, w.opts.Lease, now)
 	if j != nil {
@@ -585,7 +591,7 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNoPrompt) {
 			err = fmt.Errorf("%w: %w", errNotStarted, err)
 		}
-		return "", err
+		return nil, err
 	}
 	started()
 	job := &plugins.Job{
@@ -595,18 +601,19 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		Attempt: req.GetAttempt(),
 		Prompt:  input,
 		Labels:  req.GetLabels(),
+		Stream:  &outputStream{conn: w.conn, traceID: traceID, jobID: req.GetJobId(), attempt: req.GetAttempt()},
 	}
 	if req.GetBinaryPayload() {
 		job.Prompt, job.Payload = "", []byte(input)
 	}
 	out, err := h.Handle(ctx, job)
 	if err != nil {
-		return "", fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
+		return nil, fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
 	}
 	if out == nil {
-		return "", nil
+		out = &plugins.Result{}
 	}
-	return out.Output, nil
+	return out, nil
 }
 
 // maxErrorBytes bounds the error a result carries: it becomes the job's

@@ -22,10 +22,12 @@ func StartServer(t testing.TB) string {
 // Start runs a NATS server on a free loopback port until the test ends.
 func Start(t testing.TB) *server.Server {
 	t.Helper()
-	return start(t, &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
+	return StartWith(t, &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true})
 }
 
-func start(t testing.TB, opts *server.Options) *server.Server {
+// StartWith runs a NATS server with opts until the test ends (TLS or
+// authentication, say); opts should name 127.0.0.1 and a free port.
+func StartWith(t testing.TB, opts *server.Options) *server.Server {
 	t.Helper()
 	s, err := server.NewServer(opts)
 	if err != nil {
@@ -44,7 +46,7 @@ func start(t testing.TB, opts *server.Options) *server.Server {
 // created, and returns its client URL.
 func StartJetStream(t testing.TB) string {
 	t.Helper()
-	s := start(t, &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
+	s := StartWith(t, &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
 		JetStream: true, StoreDir: t.TempDir()})
 	conn, err := bus.Connect(s.ClientURL(), "bustest", slog.New(slog.DiscardHandler))
 	if err != nil {

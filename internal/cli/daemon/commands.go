@@ -6,9 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/config"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/safety"
@@ -26,52 +28,74 @@ import (
 	"github.com/cortex-os/core/internal/worker"
 )
 
-// Options are the flags every daemon shares.
+// Options are the flags every daemon shares: where NATS and Redis are,
+// how to sign in to them and trust them. Secrets are read from files (or
+// the URLs) when a connection is made; Options holds only paths.
 type Options struct {
-	NATSURL  string
-	RedisURL string
+	NATS     bus.Endpoint
+	Redis    RedisEndpoint
 	Insecure bool
 	LogLevel string
 }
 
 func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
 	fs := cmd.Flags()
-	fs.StringVar(&o.NATSURL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL, with credentials (nats://user:pass@host:port)")
+	fs.StringVar(&o.NATS.URL, "nats-url", "nats://127.0.0.1:4222", "NATS server URL (tls://... for TLS), with credentials (nats://user:pass@host:port) unless --nats-creds, --nats-nkey or --nats-user gives them")
+	fs.StringVar(&o.NATS.Creds, "nats-creds", "", "NATS credentials file (.creds: user JWT and nkey seed)")
+	fs.StringVar(&o.NATS.NKey, "nats-nkey", "", "file holding the nkey seed to sign in to NATS with")
+	fs.StringVar(&o.NATS.User, "nats-user", "", "NATS user, with --nats-password-file")
+	fs.StringVar(&o.NATS.PasswordFile, "nats-password-file", "", "file holding the NATS user's password")
+	o.NATS.TLS.Prefix = "nats"
+	addTLSFlags(cmd, &o.NATS.TLS, "NATS")
 	if redis {
-		fs.StringVar(&o.RedisURL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL, with its password (redis://:pass@host:port/db)")
+		fs.StringVar(&o.Redis.URL, "redis-url", "redis://127.0.0.1:6379/0", "Redis URL (rediss://... for TLS), with an ACL user and its password (redis://user:pass@host:port/db) or a password alone (redis://:pass@...); the password may come from --redis-password-file")
+		fs.StringVar(&o.Redis.PasswordFile, "redis-password-file", "", "file holding the Redis password (of the user in --redis-url, if any)")
+		o.Redis.TLS.Prefix = "redis"
+		addTLSFlags(cmd, &o.Redis.TLS, "Redis")
 	}
 	fs.BoolVar(&o.Insecure, "insecure", false, "start without authentication (NATS/Redis credentials, API keys); never in production")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	cmdutil.BindEnv(cmd)
+	cmdutil.BindConfig(cmd)
 }
 
-// checkAuth refuses URLs without credentials unless --insecure.
+// addTLSFlags adds --<prefix>-ca, --<prefix>-cert and --<prefix>-key.
+func addTLSFlags(cmd *cobra.Command, f *config.TLSFiles, server string) {
+	fs := cmd.Flags()
+	caNote := "; turns TLS on"
+	if f.Prefix == "redis" {
+		caNote = "; TLS needs a rediss:// URL"
+	}
+	fs.StringVar(&f.CA, f.Prefix+"-ca", "", "CA bundle (PEM) that signs the "+server+" server's certificate (default: the system's)"+caNote)
+	fs.StringVar(&f.Cert, f.Prefix+"-cert", "", "client certificate (PEM) to present to "+server+", with --"+f.Prefix+"-key")
+	fs.StringVar(&f.Key, f.Prefix+"-key", "", "private key (PEM) of --"+f.Prefix+"-cert")
+}
+
+// checkAuth refuses settings that do not go together or name files that
+// cannot be read, and, unless --insecure, a start without credentials.
+// Nothing is dialled.
 func (o *Options) checkAuth(redis bool) error {
+	if err := o.NATS.Check(); err != nil {
+		return &cmdutil.UsageError{Err: err}
+	}
+	if redis {
+		if _, err := o.Redis.Options(); err != nil {
+			return &cmdutil.UsageError{Err: err}
+		}
+	}
 	if o.Insecure {
 		return nil
 	}
-	if !hasCredentials(o.NATSURL, false) {
+	if !o.NATS.Authenticated() {
 		return &cmdutil.UsageError{Err: errors.New(
-			"--nats-url has no credentials: give nats://user:pass@host:port (or a token, nats://token@host:port), or pass --insecure to run without authentication")}
+			"no NATS credentials: give --nats-creds FILE, --nats-nkey FILE, --nats-user NAME with --nats-password-file FILE, " +
+				"or nats://user:pass@host:port in --nats-url; or pass --insecure to run without authentication")}
 	}
-	if redis && !hasCredentials(o.RedisURL, true) {
+	if redis && !o.Redis.Authenticated() {
 		return &cmdutil.UsageError{Err: errors.New(
-			"--redis-url has no password: give redis://:pass@host:port/db, or pass --insecure to run without authentication")}
+			"no Redis password: give --redis-password-file FILE (with the ACL user in the URL, rediss://user@host:port/0), " +
+				"or redis://:pass@host:port/db in --redis-url; or pass --insecure to run without authentication")}
 	}
 	return nil
-}
-
-// hasCredentials: a NATS URL needs a user or token, a Redis URL a password.
-func hasCredentials(raw string, redis bool) bool {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return false
-	}
-	p, ok := u.User.Password()
-	if redis {
-		return ok && p != ""
-	}
-	return u.User.Username() != "" || ok && p != ""
 }
 
 // env is what a daemon runs with once its flags have passed: a context
@@ -106,7 +130,7 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	ctx, cancel := context.WithCancel(cmd.Context())
 	e := &env{ctx: ctx, cancel: cancel, log: log.With("component", cmd.Name()), metrics: telemetry.NewMetrics()}
 	if redis {
-		if e.store, e.rdb, err = OpenStore(ctx, o.RedisURL, store.Options{}); err != nil {
+		if e.store, e.rdb, err = OpenStore(ctx, o.Redis, store.Options{}); err != nil {
 			cancel()
 			return nil, err
 		}
@@ -192,7 +216,7 @@ stays. Redis is needed to read prompts for rules that look at the text.`,
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
-			k, conn, err := StartSafety(e.ctx, o.NATSURL, e.store, files, hup, e.metrics, e.log)
+			k, conn, err := StartSafety(e.ctx, o.NATS, e.store, files, hup, e.metrics, e.log)
 			if err != nil {
 				return err
 			}
@@ -260,7 +284,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 				return err
 			}
 			defer e.close()
-			s, err := StartScheduler(e.ctx, o.NATSURL, e.storeWith(lease), SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout, Lease: lease, Metrics: e.metrics}, e.log)
+			s, err := StartScheduler(e.ctx, o.NATS, e.storeWith(lease), SchedulerOptions{Routes: table, SafetyTimeout: safetyTimeout, Lease: lease, Metrics: e.metrics}, e.log)
 			if err != nil {
 				return err
 			}
@@ -325,7 +349,7 @@ network where Linux user namespaces allow it; the worker says which).`,
 				fmt.Fprintln(cmd.ErrOrStderr(), about)
 			}
 			wo.Metrics = e.metrics
-			w, err := StartWorker(e.ctx, o.NATSURL, e.storeWith(wo.Lease), wo, e.log)
+			w, err := StartWorker(e.ctx, o.NATS, e.storeWith(wo.Lease), wo, e.log)
 			if err != nil {
 				return err
 			}
@@ -354,6 +378,7 @@ func NewCmdGateway() *cobra.Command {
 	o := &Options{}
 	var listen string
 	var keys []string
+	var keysFile string
 	var routes RouteFlags
 	var maxPrompt int
 	cmd := &cobra.Command{
@@ -362,7 +387,8 @@ func NewCmdGateway() *cobra.Command {
 		Long: `Run the API gateway: gRPC, gRPC-Web and HTTP/JSON on one port, plus /healthz
 and /readyz. Every call needs an API key ('Authorization: Bearer <key>');
 keys map to tenants and come from --api-keys or CORTEX_API_KEYS
-(key:tenant[,key:tenant...]; key:tenant:read makes a read-only key). Keys
+(key:tenant[,key:tenant...]; key:tenant:read makes a read-only key) and
+from --api-keys-file FILE (one a line, as a Kubernetes secret mounts it). Keys
 are held only as SHA-256 digests. Without keys the gateway refuses to start
 unless --insecure is given. A job.* topic that no pool serves (--routes FILE, or --route) is refused
 at submit, and the options a submit leaves unset take its pool's defaults;
@@ -371,9 +397,9 @@ give the gateway the same routes as the schedulers.`,
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			keyTable, err := gateway.ParseKeys(keys)
+			keyTable, err := apiKeys(keys, keysFile)
 			if err != nil {
-				return &cmdutil.UsageError{Err: fmt.Errorf("--api-keys: %w", err)}
+				return &cmdutil.UsageError{Err: err}
 			}
 			table, err := routes.Router()
 			if err != nil {
@@ -387,7 +413,7 @@ give the gateway the same routes as the schedulers.`,
 				return err
 			}
 			defer e.close()
-			g, conn, err := NewGateway(o.NATSURL, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics}, e.log)
+			g, conn, err := NewGateway(o.NATS, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics}, e.log)
 			if err != nil {
 				return err
 			}
@@ -403,9 +429,42 @@ give the gateway the same routes as the schedulers.`,
 	o.addFlags(cmd, true)
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:7470", "address to serve the API on")
 	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant, key:tenant:read or key:tenant:admin, repeatable (also CORTEX_API_KEYS)")
+	cmd.Flags().StringVar(&keysFile, "api-keys-file", "", "file of API keys, one key:tenant[:read|:admin] a line (# comments), added to --api-keys")
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
 	return cmd
+}
+
+// apiKeys reads --api-keys and --api-keys-file (one key:tenant[:scope] a
+// line; blank lines and # comments skipped) into one table. Errors name the
+// flag, or the file and line, never a key.
+func apiKeys(flagKeys []string, file string) (map[string]gateway.Principal, error) {
+	specs := slices.Clone(flagKeys)
+	from := "--api-keys"
+	if file != "" {
+		text, err := config.ReadSecret("api-keys-file", file)
+		if err != nil {
+			return nil, err
+		}
+		for i, line := range strings.Split(text, "\n") {
+			line = strings.TrimSpace(line)
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			if _, err := gateway.ParseKeys([]string{line}); err != nil {
+				return nil, fmt.Errorf("--api-keys-file %s:%d: %w", file, i+1, err)
+			}
+			specs = append(specs, line)
+		}
+		if len(flagKeys) > 0 {
+			from = "--api-keys and --api-keys-file"
+		}
+	}
+	keys, err := gateway.ParseKeys(specs)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", from, err)
+	}
+	return keys, nil
 }
 
 // RouteFlags are --routes FILE and --route topic=pool, which pick the

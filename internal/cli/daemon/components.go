@@ -7,15 +7,21 @@ package daemon
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/url"
 	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/config"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/registry"
@@ -45,23 +51,98 @@ func (quietRedis) Printf(context.Context, string, ...any) {}
 
 var silenceRedis sync.Once
 
-// OpenStore connects to Redis at redisURL and checks that it answers.
-func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store.Store, *redis.Client, error) {
-	silenceRedis.Do(func() { redis.SetLogger(quietRedis{}) })
-	ro, err := redis.ParseURL(redisURL)
+// RedisEndpoint is a Redis server and how to sign in to it and trust it:
+// the URL (redis:// or rediss:// for TLS, with an ACL user and password or
+// a password alone), a file holding the password instead (Kubernetes
+// secrets), and the TLS files of a rediss:// URL.
+type RedisEndpoint struct {
+	URL          string
+	PasswordFile string // --redis-password-file
+	TLS          config.TLSFiles
+}
+
+// Authenticated says whether a password is given, in the URL or a file.
+func (r RedisEndpoint) Authenticated() bool {
+	if r.PasswordFile != "" {
+		return true
+	}
+	u, err := url.Parse(r.URL)
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis url %s: %w (want redis://[user:password@]host:port[/db])", telemetry.RedactURL(redisURL), telemetry.URLError(err))
+		return false
+	}
+	p, ok := u.User.Password()
+	return ok && p != ""
+}
+
+// Options parses the URL and applies the password file and TLS files.
+// Errors name the flag, never a secret.
+func (r RedisEndpoint) Options() (*redis.Options, error) {
+	ro, err := redis.ParseURL(r.URL)
+	if err != nil {
+		return nil, fmt.Errorf("redis url %s: %w (want redis[s]://[user[:password]@]host:port[/db])", telemetry.RedactURL(r.URL), telemetry.URLError(err))
+	}
+	if r.PasswordFile != "" {
+		if ro.Password != "" {
+			return nil, errors.New("--redis-url holds a password and --redis-password-file gives another: keep one")
+		}
+		if ro.Password, err = config.ReadSecret("redis-password-file", r.PasswordFile); err != nil {
+			return nil, err
+		}
+	}
+	if r.TLS.Any() {
+		if ro.TLSConfig == nil {
+			return nil, errors.New("--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
+		}
+		files := r.TLS
+		files.Prefix = "redis" // in errors
+		if ro.TLSConfig, err = files.Config(ro.TLSConfig); err != nil {
+			return nil, err
+		}
+	}
+	return ro, nil
+}
+
+// pingTimeout bounds the first contact with Redis.
+const pingTimeout = 3 * time.Second
+
+// OpenStore connects to Redis and checks that it answers.
+func OpenStore(ctx context.Context, r RedisEndpoint, opts store.Options) (*store.Store, *redis.Client, error) {
+	silenceRedis.Do(func() { redis.SetLogger(quietRedis{}) })
+	ro, err := r.Options()
+	if err != nil {
+		return nil, nil, err
 	}
 	ro.PoolSize = 256
 	rdb := redis.NewClient(ro)
 	st := store.New(rdb, opts)
-	pingCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
 	if err := st.Ping(pingCtx); err != nil {
 		_ = rdb.Close()
-		return nil, nil, fmt.Errorf("redis at %s: %w", telemetry.RedactURL(redisURL), err)
+		return nil, nil, r.redisError(ro.TLSConfig != nil, err)
 	}
 	return st, rdb, nil
+}
+
+// redisError explains a failed first contact with Redis: a server that
+// speaks only TLS drops a plain client without a word, and one that does
+// not speak TLS answers a TLS client with plain text.
+func (r RedisEndpoint) redisError(useTLS bool, err error) error {
+	at := telemetry.RedactURL(r.URL)
+	var refused redis.Error
+	files := r.TLS
+	files.Prefix = "redis" // in errors
+	switch {
+	case useTLS && files.Hint(err) != "":
+		return fmt.Errorf("redis at %s: %s: %w", at, files.Hint(err), err)
+	case useTLS && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("redis at %s: no answer to TLS within %s; a server without TLS gives none: check that it speaks TLS on that port, or use a redis:// URL: %w", at, pingTimeout, err)
+	case !useTLS && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
+		return fmt.Errorf("redis at %s: the server closed the connection (%w); if it only speaks TLS, use a rediss:// URL and --redis-ca", at, err)
+	case errors.As(err, &refused) && (strings.HasPrefix(refused.Error(), "WRONGPASS") || strings.HasPrefix(refused.Error(), "NOAUTH")):
+		return fmt.Errorf("redis at %s: the server refused our credentials (check the user in the URL and the password): %w", at, err)
+	}
+	return fmt.Errorf("redis at %s: %w", at, err)
 }
 
 // StartSafety runs a safety kernel until ctx ends. It enforces the policy
@@ -70,7 +151,7 @@ func OpenStore(ctx context.Context, redisURL string, opts store.Options) (*store
 // applied shadow policy. It reloads the files when they change or reload
 // receives (SIGHUP). Close the returned connection to wait for in-flight
 // checks.
-func StartSafety(ctx context.Context, natsURL string, st *store.Store, files safety.Files, reload <-chan os.Signal, m *telemetry.Metrics, log *slog.Logger) (*safety.Kernel, *bus.Conn, error) {
+func StartSafety(ctx context.Context, natsEP bus.Endpoint, st *store.Store, files safety.Files, reload <-chan os.Signal, m *telemetry.Metrics, log *slog.Logger) (*safety.Kernel, *bus.Conn, error) {
 	name := instanceName("safety")
 	k := safety.NewKernel(name, st, log)
 	k.SetMetrics(m)
@@ -93,7 +174,7 @@ func StartSafety(ctx context.Context, natsURL string, st *store.Store, files saf
 				"apply a good one with 'cortexctl policy apply FILE', or start the kernel with --policy FILE", err)
 		}
 	}
-	conn, err := bus.Connect(natsURL, name, log)
+	conn, err := natsEP.Connect(name, log)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -115,8 +196,8 @@ func StartSafety(ctx context.Context, natsURL string, st *store.Store, files saf
 // ConnectDurable dials NATS and makes sure the durable streams exist: a
 // daemon creates them on file storage if no one has yet (`up` creates them
 // first, on the storage it chose).
-func ConnectDurable(ctx context.Context, natsURL, name string, log *slog.Logger) (*bus.Conn, error) {
-	conn, err := bus.Connect(natsURL, name, log)
+func ConnectDurable(ctx context.Context, natsEP bus.Endpoint, name string, log *slog.Logger) (*bus.Conn, error) {
+	conn, err := natsEP.Connect(name, log)
 	if err != nil {
 		return nil, err
 	}
@@ -139,9 +220,9 @@ type SchedulerOptions struct {
 }
 
 // StartScheduler runs a scheduler until it is closed.
-func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
+func StartScheduler(ctx context.Context, natsEP bus.Endpoint, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
 	router := cmp.Or(opts.Routes, routing.Default())
-	conn, err := ConnectDurable(ctx, natsURL, instanceName("scheduler"), log)
+	conn, err := ConnectDurable(ctx, natsEP, instanceName("scheduler"), log)
 	if err != nil {
 		return nil, err
 	}
@@ -159,11 +240,11 @@ func StartScheduler(ctx context.Context, natsURL string, st *store.Store, opts S
 
 // StartWorker runs a worker until it is stopped. opts must have passed
 // worker.CheckOptions. The worker's bus name is its id.
-func StartWorker(ctx context.Context, natsURL string, st *store.Store, opts worker.Options, log *slog.Logger) (*worker.Worker, error) {
+func StartWorker(ctx context.Context, natsEP bus.Endpoint, st *store.Store, opts worker.Options, log *slog.Logger) (*worker.Worker, error) {
 	if opts.ID == "" {
 		opts.ID = worker.NewID(opts.Pool)
 	}
-	conn, err := ConnectDurable(ctx, natsURL, opts.ID, log)
+	conn, err := ConnectDurable(ctx, natsEP, opts.ID, log)
 	if err != nil {
 		return nil, err
 	}
@@ -222,13 +303,13 @@ func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handl
 
 // NewGateway returns a gateway on its own connection, routing by routes
 // (routing.Default when nil).
-func NewGateway(natsURL string, st *store.Store, routes *routing.Router, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
+func NewGateway(natsEP bus.Endpoint, st *store.Store, routes *routing.Router, opts gateway.Options, log *slog.Logger) (*gateway.Gateway, *bus.Conn, error) {
 	opts.Router = cmp.Or(routes, routing.Default())
 	if opts.Workers == nil {
 		// Fed by heartbeats once the gateway starts; for ListWorkers/ListPools.
 		opts.Workers = registry.New(registry.Options{Log: log})
 	}
-	conn, err := ConnectDurable(context.Background(), natsURL, instanceName("gateway"), log)
+	conn, err := ConnectDurable(context.Background(), natsEP, instanceName("gateway"), log)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -134,7 +134,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 			c.RedisURL = c.Stack.RedisURL
 		}
 	}
-	c.Store, c.rdb, err = daemon.OpenStore(ctx, c.RedisURL, store.Options{Lease: opts.Lease})
+	c.Store, c.rdb, err = daemon.OpenStore(ctx, daemon.RedisEndpoint{URL: c.RedisURL}, store.Options{Lease: opts.Lease})
 	if err != nil {
 		return c, err
 	}
@@ -143,14 +143,15 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	if c.Streams, err = ensureStreams(ctx, c.NATSURL, opts.NATSURL == "" && opts.DataDir == "", log); err != nil {
 		return c, err
 	}
+	natsEP := bus.Endpoint{URL: c.NATSURL}
 	if !opts.NoSafety {
-		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, c.NATSURL, c.Store, opts.Policy, opts.Reload, c.Metrics, log.With("component", "safety"))
+		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, natsEP, c.Store, opts.Policy, opts.Reload, c.Metrics, log.With("component", "safety"))
 		if err != nil {
 			return c, err
 		}
 		c.conns = append(c.conns, c.safetyConn)
 	}
-	c.scheduler, err = daemon.StartScheduler(runCtx, c.NATSURL, c.Store, daemon.SchedulerOptions{
+	c.scheduler, err = daemon.StartScheduler(runCtx, natsEP, c.Store, daemon.SchedulerOptions{
 		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout, Lease: opts.Lease, Metrics: c.Metrics,
 	}, log.With("component", "scheduler"))
 	if err != nil {
@@ -163,7 +164,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		if err != nil {
 			return c, fmt.Errorf("pool %s: %w", pool, err)
 		}
-		w, err := daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
+		w, err := daemon.StartWorker(runCtx, natsEP, c.Store, worker.Options{
 			Pool:        pool,
 			MaxParallel: opts.WorkerParallel,
 			Handlers:    handlers,
@@ -180,7 +181,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	c.WorkerID, c.WorkerTopics = c.Pools[0].WorkerID, c.Pools[0].Topics
 
 	c.APIKey = "cx_dev_" + ids.Hex(16)
-	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, opts.Routes, gateway.Options{
+	g, conn, err := daemon.NewGateway(natsEP, c.Store, opts.Routes, gateway.Options{
 		Keys:    map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant, Admin: true}},
 		Metrics: c.Metrics,
 	}, log.With("component", "gateway"))

@@ -853,7 +853,7 @@ func TestKernelWithABrokenAppliedPolicyDoesNotStart(t *testing.T) {
 	if err := h.cluster.Store.SavePolicy(ctx, false, "future.yaml", "version: 2\n"); err != nil {
 		t.Fatal(err)
 	}
-	k, conn, err := daemon.StartSafety(ctx, h.cluster.NATSURL, h.cluster.Store, safety.Files{}, nil, nil, slog.New(slog.DiscardHandler))
+	k, conn, err := daemon.StartSafety(ctx, bus.Endpoint{URL: h.cluster.NATSURL}, h.cluster.Store, safety.Files{}, nil, nil, slog.New(slog.DiscardHandler))
 	if err == nil {
 		conn.Close()
 		t.Fatalf("a kernel started on %v", k.Status().GetActive())

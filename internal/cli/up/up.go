@@ -84,7 +84,7 @@ built-in workers serve pool echo, and code-python with --python. Without
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	fs.StringVar(&o.Cluster.Python, "python", "", "also run pool code-python (job.code.python) with this interpreter; --python alone uses python3 from PATH")
 	fs.Lookup("python").NoOptDefVal = "python3"
-	cmdutil.BindEnv(cmd)
+	cmdutil.BindConfig(cmd)
 	return cmd
 }
 

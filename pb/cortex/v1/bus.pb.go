@@ -50,6 +50,7 @@ type BusPacket struct {
 	//	*BusPacket_PolicyReply
 	//	*BusPacket_BeatRequest
 	//	*BusPacket_WorkerDrain
+	//	*BusPacket_JobOutput
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -237,6 +238,15 @@ func (x *BusPacket) GetWorkerDrain() *WorkerDrain {
 	return nil
 }
 
+func (x *BusPacket) GetJobOutput() *JobOutput {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_JobOutput); ok {
+			return x.JobOutput
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -293,6 +303,10 @@ type BusPacket_WorkerDrain struct {
 	WorkerDrain *WorkerDrain `protobuf:"bytes,22,opt,name=worker_drain,json=workerDrain,proto3,oneof"`
 }
 
+type BusPacket_JobOutput struct {
+	JobOutput *JobOutput `protobuf:"bytes,23,opt,name=job_output,json=jobOutput,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -318,6 +332,8 @@ func (*BusPacket_PolicyReply) isBusPacket_Payload() {}
 func (*BusPacket_BeatRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_WorkerDrain) isBusPacket_Payload() {}
+
+func (*BusPacket_JobOutput) isBusPacket_Payload() {}
 
 // WorkerDrain asks one worker to drain: take no new jobs, finish those it
 // runs, and say so in its heartbeats. The process keeps running until it
@@ -605,7 +621,10 @@ type JobResult struct {
 	StartedAt  *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	FinishedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=finished_at,json=finishedAt,proto3" json:"finished_at,omitempty"`
 	// result_size is the size of the stored output in bytes.
-	ResultSize    uint64 `protobuf:"varint,9,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
+	ResultSize uint64 `protobuf:"varint,9,opt,name=result_size,json=resultSize,proto3" json:"result_size,omitempty"`
+	// permanent says the handler knows that running the job again cannot
+	// help (bad input, a deterministic error): it is not retried.
+	Permanent     bool `protobuf:"varint,10,opt,name=permanent,proto3" json:"permanent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -701,6 +720,13 @@ func (x *JobResult) GetResultSize() uint64 {
 		return x.ResultSize
 	}
 	return 0
+}
+
+func (x *JobResult) GetPermanent() bool {
+	if x != nil {
+		return x.Permanent
+	}
+	return false
 }
 
 // Heartbeat is what a worker says about itself every few seconds on
@@ -951,7 +977,7 @@ var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc5\a\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\a\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x129\n" +
@@ -974,7 +1000,9 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fpolicy_query\x18\x13 \x01(\v2\x16.cortex.v1.PolicyQueryH\x00R\vpolicyQuery\x12;\n" +
 	"\fpolicy_reply\x18\x14 \x01(\v2\x16.cortex.v1.PolicyReplyH\x00R\vpolicyReply\x12;\n" +
 	"\fbeat_request\x18\x15 \x01(\v2\x16.cortex.v1.BeatRequestH\x00R\vbeatRequest\x12;\n" +
-	"\fworker_drain\x18\x16 \x01(\v2\x16.cortex.v1.WorkerDrainH\x00R\vworkerDrainB\t\n" +
+	"\fworker_drain\x18\x16 \x01(\v2\x16.cortex.v1.WorkerDrainH\x00R\vworkerDrain\x125\n" +
+	"\n" +
+	"job_output\x18\x17 \x01(\v2\x14.cortex.v1.JobOutputH\x00R\tjobOutputB\t\n" +
 	"\apayload\":\n" +
 	"\vWorkerDrain\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x0e\n" +
@@ -1004,7 +1032,7 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"not_before\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tnotBefore\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xd2\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf0\x02\n" +
 	"\tJobResult\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x1b\n" +
@@ -1018,7 +1046,9 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\vfinished_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"finishedAt\x12\x1f\n" +
 	"\vresult_size\x18\t \x01(\x04R\n" +
-	"resultSize\"\xa8\x03\n" +
+	"resultSize\x12\x1c\n" +
+	"\tpermanent\x18\n" +
+	" \x01(\bR\tpermanent\"\xa8\x03\n" +
 	"\tHeartbeat\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x12\n" +
 	"\x04pool\x18\x02 \x01(\tR\x04pool\x12\x1f\n" +
@@ -1073,9 +1103,10 @@ var file_cortex_v1_bus_proto_goTypes = []any{
 	(*PolicyApply)(nil),           // 13: cortex.v1.PolicyApply
 	(*PolicyQuery)(nil),           // 14: cortex.v1.PolicyQuery
 	(*PolicyReply)(nil),           // 15: cortex.v1.PolicyReply
-	(*durationpb.Duration)(nil),   // 16: google.protobuf.Duration
-	(JobState)(0),                 // 17: cortex.v1.JobState
-	(*Job)(nil),                   // 18: cortex.v1.Job
+	(*JobOutput)(nil),             // 16: cortex.v1.JobOutput
+	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(JobState)(0),                 // 18: cortex.v1.JobState
+	(*Job)(nil),                   // 19: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
 	9,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
@@ -1092,19 +1123,20 @@ var file_cortex_v1_bus_proto_depIdxs = []int32{
 	15, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
 	2,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
 	1,  // 13: cortex.v1.BusPacket.worker_drain:type_name -> cortex.v1.WorkerDrain
-	8,  // 14: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	16, // 15: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 16: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
-	17, // 17: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	9,  // 18: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	9,  // 19: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	16, // 20: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
-	18, // 21: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	22, // [22:22] is the sub-list for method output_type
-	22, // [22:22] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	16, // 14: cortex.v1.BusPacket.job_output:type_name -> cortex.v1.JobOutput
+	8,  // 15: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	17, // 16: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	9,  // 17: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
+	18, // 18: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	9,  // 19: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	9,  // 20: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	17, // 21: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	19, // 22: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	23, // [23:23] is the sub-list for method output_type
+	23, // [23:23] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -1128,6 +1160,7 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_PolicyReply)(nil),
 		(*BusPacket_BeatRequest)(nil),
 		(*BusPacket_WorkerDrain)(nil),
+		(*BusPacket_JobOutput)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{

@@ -1159,8 +1159,11 @@ func (x *CancelJobResponse) GetJob() *Job {
 }
 
 type WatchJobRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// output also streams the job's output while it runs (JobOutput
+	// messages between the job's snapshots).
+	Output        bool `protobuf:"varint,2,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1202,9 +1205,19 @@ func (x *WatchJobRequest) GetJobId() string {
 	return ""
 }
 
+func (x *WatchJobRequest) GetOutput() bool {
+	if x != nil {
+		return x.Output
+	}
+	return false
+}
+
+// WatchJobResponse carries either a snapshot of the job or, when the
+// request asked for output, a piece of output.
 type WatchJobResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	Output        *JobOutput             `protobuf:"bytes,2,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1242,6 +1255,13 @@ func (*WatchJobResponse) Descriptor() ([]byte, []int) {
 func (x *WatchJobResponse) GetJob() *Job {
 	if x != nil {
 		return x.Job
+	}
+	return nil
+}
+
+func (x *WatchJobResponse) GetOutput() *JobOutput {
+	if x != nil {
+		return x.Output
 	}
 	return nil
 }
@@ -2703,11 +2723,13 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"5\n" +
 	"\x11CancelJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"(\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"@\n" +
 	"\x0fWatchJobRequest\x12\x15\n" +
-	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"4\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
+	"\x06output\x18\x02 \x01(\bR\x06output\"b\n" +
 	"\x10WatchJobResponse\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\"\xd7\x01\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12,\n" +
+	"\x06output\x18\x02 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"\xd7\x01\n" +
 	"\x13StreamEventsRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12+\n" +
 	"\x06states\x18\x02 \x03(\x0e2\x13.cortex.v1.JobStateR\x06states\x12B\n" +
@@ -2906,10 +2928,11 @@ var file_cortex_v1_gateway_proto_goTypes = []any{
 	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
 	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
 	(JobState)(0),                   // 52: cortex.v1.JobState
-	(*PolicyStatus)(nil),            // 53: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 54: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 55: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 56: cortex.v1.SafetyDecisionEvent
+	(*JobOutput)(nil),               // 53: cortex.v1.JobOutput
+	(*PolicyStatus)(nil),            // 54: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 55: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 56: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 57: cortex.v1.SafetyDecisionEvent
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
 	41, // 0: cortex.v1.DrainWorkerResponse.worker:type_name -> cortex.v1.WorkerInfo
@@ -2928,73 +2951,74 @@ var file_cortex_v1_gateway_proto_depIdxs = []int32{
 	49, // 13: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
 	49, // 14: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
 	49, // 15: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	52, // 16: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	47, // 17: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	49, // 18: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	49, // 19: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	49, // 20: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	53, // 21: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	53, // 22: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	53, // 23: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	48, // 24: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	54, // 25: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	54, // 26: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	55, // 27: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	56, // 28: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	10, // 29: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	38, // 30: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	52, // 31: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	41, // 32: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
-	0,  // 33: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
-	50, // 34: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
-	51, // 35: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
-	50, // 36: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
-	44, // 37: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
-	10, // 38: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	36, // 39: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	12, // 40: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	14, // 41: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	16, // 42: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	18, // 43: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	20, // 44: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	22, // 45: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	24, // 46: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	26, // 47: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	28, // 48: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	30, // 49: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	32, // 50: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	34, // 51: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	39, // 52: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
-	42, // 53: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
-	1,  // 54: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
-	3,  // 55: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
-	6,  // 56: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
-	8,  // 57: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
-	11, // 58: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	37, // 59: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	13, // 60: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	15, // 61: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	17, // 62: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	19, // 63: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	21, // 64: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	23, // 65: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	25, // 66: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	27, // 67: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	29, // 68: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	31, // 69: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	33, // 70: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	35, // 71: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	40, // 72: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
-	43, // 73: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
-	2,  // 74: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
-	5,  // 75: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
-	7,  // 76: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
-	9,  // 77: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
-	58, // [58:78] is the sub-list for method output_type
-	38, // [38:58] is the sub-list for method input_type
-	38, // [38:38] is the sub-list for extension type_name
-	38, // [38:38] is the sub-list for extension extendee
-	0,  // [0:38] is the sub-list for field type_name
+	53, // 16: cortex.v1.WatchJobResponse.output:type_name -> cortex.v1.JobOutput
+	52, // 17: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	47, // 18: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	49, // 19: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	49, // 20: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	49, // 21: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	54, // 22: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	54, // 23: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	54, // 24: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	48, // 25: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	55, // 26: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	55, // 27: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	56, // 28: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	57, // 29: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	10, // 30: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	38, // 31: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	52, // 32: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	41, // 33: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 34: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	50, // 35: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	51, // 36: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	50, // 37: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	44, // 38: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	10, // 39: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	36, // 40: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	12, // 41: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	14, // 42: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	16, // 43: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	18, // 44: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	20, // 45: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	22, // 46: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	24, // 47: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	26, // 48: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	28, // 49: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	30, // 50: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	32, // 51: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	34, // 52: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	39, // 53: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	42, // 54: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	1,  // 55: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
+	3,  // 56: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
+	6,  // 57: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
+	8,  // 58: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
+	11, // 59: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	37, // 60: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	13, // 61: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	15, // 62: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	17, // 63: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	19, // 64: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	21, // 65: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	23, // 66: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	25, // 67: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	27, // 68: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	29, // 69: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	31, // 70: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	33, // 71: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	35, // 72: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	40, // 73: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	43, // 74: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	2,  // 75: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
+	5,  // 76: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
+	7,  // 77: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
+	9,  // 78: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
+	59, // [59:79] is the sub-list for method output_type
+	39, // [39:59] is the sub-list for method input_type
+	39, // [39:39] is the sub-list for extension type_name
+	39, // [39:39] is the sub-list for extension extendee
+	0,  // [0:39] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }

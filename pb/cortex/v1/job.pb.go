@@ -141,7 +141,10 @@ type Job struct {
 	Attempts []*AttemptRecord `protobuf:"bytes,22,rep,name=attempts,proto3" json:"attempts,omitempty"`
 	// trace_id is made by the gateway at submit; it rides every bus packet
 	// about the job and every log line about it.
-	TraceId       string `protobuf:"bytes,23,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	TraceId string `protobuf:"bytes,23,opt,name=trace_id,json=traceId,proto3" json:"trace_id,omitempty"`
+	// usage is what the model the job ran on reported (chat-llm jobs); unset
+	// for jobs that use no model.
+	Usage         *TokenUsage `protobuf:"bytes,24,opt,name=usage,proto3" json:"usage,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -337,6 +340,149 @@ func (x *Job) GetTraceId() string {
 	return ""
 }
 
+func (x *Job) GetUsage() *TokenUsage {
+	if x != nil {
+		return x.Usage
+	}
+	return nil
+}
+
+// TokenUsage counts the tokens a model read and wrote for a job.
+type TokenUsage struct {
+	state            protoimpl.MessageState `protogen:"open.v1"`
+	PromptTokens     uint32                 `protobuf:"varint,1,opt,name=prompt_tokens,json=promptTokens,proto3" json:"prompt_tokens,omitempty"`
+	CompletionTokens uint32                 `protobuf:"varint,2,opt,name=completion_tokens,json=completionTokens,proto3" json:"completion_tokens,omitempty"`
+	TotalTokens      uint32                 `protobuf:"varint,3,opt,name=total_tokens,json=totalTokens,proto3" json:"total_tokens,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *TokenUsage) Reset() {
+	*x = TokenUsage{}
+	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TokenUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TokenUsage) ProtoMessage() {}
+
+func (x *TokenUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TokenUsage.ProtoReflect.Descriptor instead.
+func (*TokenUsage) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *TokenUsage) GetPromptTokens() uint32 {
+	if x != nil {
+		return x.PromptTokens
+	}
+	return 0
+}
+
+func (x *TokenUsage) GetCompletionTokens() uint32 {
+	if x != nil {
+		return x.CompletionTokens
+	}
+	return 0
+}
+
+func (x *TokenUsage) GetTotalTokens() uint32 {
+	if x != nil {
+		return x.TotalTokens
+	}
+	return 0
+}
+
+// JobOutput is a piece of a running job's output, as its handler produced
+// it. It is best effort and not stored: followers see output as it comes,
+// and the job's result is what is recorded when it completes.
+type JobOutput struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	// attempt is the attempt that produced the text: a retry starts over,
+	// so a follower that sees a newer attempt drops what it has shown.
+	Attempt uint32 `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// seq counts the pieces of one attempt from 1, so a follower can tell
+	// when it missed some.
+	Seq           uint64 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	Text          string `protobuf:"bytes,4,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobOutput) Reset() {
+	*x = JobOutput{}
+	mi := &file_cortex_v1_job_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobOutput) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobOutput) ProtoMessage() {}
+
+func (x *JobOutput) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_job_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobOutput.ProtoReflect.Descriptor instead.
+func (*JobOutput) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *JobOutput) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *JobOutput) GetAttempt() uint32 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *JobOutput) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *JobOutput) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
 // AttemptRecord is how one attempt of a job ended.
 type AttemptRecord struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -353,7 +499,7 @@ type AttemptRecord struct {
 
 func (x *AttemptRecord) Reset() {
 	*x = AttemptRecord{}
-	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	mi := &file_cortex_v1_job_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +511,7 @@ func (x *AttemptRecord) String() string {
 func (*AttemptRecord) ProtoMessage() {}
 
 func (x *AttemptRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_job_proto_msgTypes[1]
+	mi := &file_cortex_v1_job_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +524,7 @@ func (x *AttemptRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttemptRecord.ProtoReflect.Descriptor instead.
 func (*AttemptRecord) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_job_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AttemptRecord) GetAttempt() uint32 {
@@ -434,7 +580,7 @@ type Approval struct {
 
 func (x *Approval) Reset() {
 	*x = Approval{}
-	mi := &file_cortex_v1_job_proto_msgTypes[2]
+	mi := &file_cortex_v1_job_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +592,7 @@ func (x *Approval) String() string {
 func (*Approval) ProtoMessage() {}
 
 func (x *Approval) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_job_proto_msgTypes[2]
+	mi := &file_cortex_v1_job_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +605,7 @@ func (x *Approval) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Approval.ProtoReflect.Descriptor instead.
 func (*Approval) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_job_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Approval) GetApproved() bool {
@@ -515,7 +661,7 @@ type JobTransition struct {
 
 func (x *JobTransition) Reset() {
 	*x = JobTransition{}
-	mi := &file_cortex_v1_job_proto_msgTypes[3]
+	mi := &file_cortex_v1_job_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -527,7 +673,7 @@ func (x *JobTransition) String() string {
 func (*JobTransition) ProtoMessage() {}
 
 func (x *JobTransition) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_job_proto_msgTypes[3]
+	mi := &file_cortex_v1_job_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -540,7 +686,7 @@ func (x *JobTransition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobTransition.ProtoReflect.Descriptor instead.
 func (*JobTransition) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_job_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_job_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JobTransition) GetState() JobState {
@@ -561,7 +707,7 @@ var File_cortex_v1_job_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_job_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\a\n" +
+	"\x13cortex/v1/job.proto\x12\tcortex.v1\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd6\a\n" +
 	"\x03Job\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12)\n" +
@@ -590,10 +736,21 @@ const file_cortex_v1_job_proto_rawDesc = "" +
 	"\aversion\x18\x14 \x01(\x04R\aversion\x12/\n" +
 	"\bapproval\x18\x15 \x01(\v2\x13.cortex.v1.ApprovalR\bapproval\x124\n" +
 	"\battempts\x18\x16 \x03(\v2\x18.cortex.v1.AttemptRecordR\battempts\x12\x19\n" +
-	"\btrace_id\x18\x17 \x01(\tR\atraceId\x1a9\n" +
+	"\btrace_id\x18\x17 \x01(\tR\atraceId\x12+\n" +
+	"\x05usage\x18\x18 \x01(\v2\x15.cortex.v1.TokenUsageR\x05usage\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc0\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x81\x01\n" +
+	"\n" +
+	"TokenUsage\x12#\n" +
+	"\rprompt_tokens\x18\x01 \x01(\rR\fpromptTokens\x12+\n" +
+	"\x11completion_tokens\x18\x02 \x01(\rR\x10completionTokens\x12!\n" +
+	"\ftotal_tokens\x18\x03 \x01(\rR\vtotalTokens\"b\n" +
+	"\tJobOutput\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
+	"\aattempt\x18\x02 \x01(\rR\aattempt\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04text\x18\x04 \x01(\tR\x04text\"\xc0\x01\n" +
 	"\rAttemptRecord\x12\x18\n" +
 	"\aattempt\x18\x01 \x01(\rR\aattempt\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.cortex.v1.JobStateR\x05state\x12\x1b\n" +
@@ -639,38 +796,41 @@ func file_cortex_v1_job_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_job_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_cortex_v1_job_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_cortex_v1_job_proto_goTypes = []any{
 	(JobState)(0),                 // 0: cortex.v1.JobState
 	(*Job)(nil),                   // 1: cortex.v1.Job
-	(*AttemptRecord)(nil),         // 2: cortex.v1.AttemptRecord
-	(*Approval)(nil),              // 3: cortex.v1.Approval
-	(*JobTransition)(nil),         // 4: cortex.v1.JobTransition
-	nil,                           // 5: cortex.v1.Job.LabelsEntry
-	(*durationpb.Duration)(nil),   // 6: google.protobuf.Duration
-	(*SafetyVerdict)(nil),         // 7: cortex.v1.SafetyVerdict
-	(*timestamppb.Timestamp)(nil), // 8: google.protobuf.Timestamp
+	(*TokenUsage)(nil),            // 2: cortex.v1.TokenUsage
+	(*JobOutput)(nil),             // 3: cortex.v1.JobOutput
+	(*AttemptRecord)(nil),         // 4: cortex.v1.AttemptRecord
+	(*Approval)(nil),              // 5: cortex.v1.Approval
+	(*JobTransition)(nil),         // 6: cortex.v1.JobTransition
+	nil,                           // 7: cortex.v1.Job.LabelsEntry
+	(*durationpb.Duration)(nil),   // 8: google.protobuf.Duration
+	(*SafetyVerdict)(nil),         // 9: cortex.v1.SafetyVerdict
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
 }
 var file_cortex_v1_job_proto_depIdxs = []int32{
 	0,  // 0: cortex.v1.Job.state:type_name -> cortex.v1.JobState
-	5,  // 1: cortex.v1.Job.labels:type_name -> cortex.v1.Job.LabelsEntry
-	6,  // 2: cortex.v1.Job.timeout:type_name -> google.protobuf.Duration
-	7,  // 3: cortex.v1.Job.safety:type_name -> cortex.v1.SafetyVerdict
-	8,  // 4: cortex.v1.Job.created_at:type_name -> google.protobuf.Timestamp
-	8,  // 5: cortex.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
-	4,  // 6: cortex.v1.Job.transitions:type_name -> cortex.v1.JobTransition
-	3,  // 7: cortex.v1.Job.approval:type_name -> cortex.v1.Approval
-	2,  // 8: cortex.v1.Job.attempts:type_name -> cortex.v1.AttemptRecord
-	0,  // 9: cortex.v1.AttemptRecord.state:type_name -> cortex.v1.JobState
-	8,  // 10: cortex.v1.AttemptRecord.ended_at:type_name -> google.protobuf.Timestamp
-	8,  // 11: cortex.v1.Approval.at:type_name -> google.protobuf.Timestamp
-	0,  // 12: cortex.v1.JobTransition.state:type_name -> cortex.v1.JobState
-	8,  // 13: cortex.v1.JobTransition.at:type_name -> google.protobuf.Timestamp
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	7,  // 1: cortex.v1.Job.labels:type_name -> cortex.v1.Job.LabelsEntry
+	8,  // 2: cortex.v1.Job.timeout:type_name -> google.protobuf.Duration
+	9,  // 3: cortex.v1.Job.safety:type_name -> cortex.v1.SafetyVerdict
+	10, // 4: cortex.v1.Job.created_at:type_name -> google.protobuf.Timestamp
+	10, // 5: cortex.v1.Job.updated_at:type_name -> google.protobuf.Timestamp
+	6,  // 6: cortex.v1.Job.transitions:type_name -> cortex.v1.JobTransition
+	5,  // 7: cortex.v1.Job.approval:type_name -> cortex.v1.Approval
+	4,  // 8: cortex.v1.Job.attempts:type_name -> cortex.v1.AttemptRecord
+	2,  // 9: cortex.v1.Job.usage:type_name -> cortex.v1.TokenUsage
+	0,  // 10: cortex.v1.AttemptRecord.state:type_name -> cortex.v1.JobState
+	10, // 11: cortex.v1.AttemptRecord.ended_at:type_name -> google.protobuf.Timestamp
+	10, // 12: cortex.v1.Approval.at:type_name -> google.protobuf.Timestamp
+	0,  // 13: cortex.v1.JobTransition.state:type_name -> cortex.v1.JobState
+	10, // 14: cortex.v1.JobTransition.at:type_name -> google.protobuf.Timestamp
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_job_proto_init() }
@@ -685,7 +845,7 @@ func file_cortex_v1_job_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_job_proto_rawDesc), len(file_cortex_v1_job_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   5,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
