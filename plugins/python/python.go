@@ -225,7 +225,7 @@ func (r *Runner) probe(namespaces bool) error {
 	if namespaces {
 		src = probeScript
 	}
-	res, err := r.run(ctx, []byte(src), namespaces)
+	res, err := r.run(ctx, []byte(src), namespaces, nil)
 	if err != nil {
 		return err
 	}
@@ -305,17 +305,24 @@ func lastLine(s string) string {
 }
 
 // Handle runs the job's source: its payload, or else its prompt. The
-// result is Output as JSON. A non-zero exit is an *ExitError, a run past
-// the timeout a *TimeoutError.
+// result is Output as JSON; while the code runs, what it prints goes to
+// job.Stream (stdout and stderr as they come). A non-zero exit is a
+// permanent *ExitError (the same code fails the same way: the job is not
+// retried), as is a job with no source; a run past the timeout is a
+// *TimeoutError, which the worker records TIMEOUT.
 func (r *Runner) Handle(ctx context.Context, job *plugins.Job) (*plugins.Result, error) {
 	src := job.Payload
 	if src == nil {
 		src = []byte(job.Prompt)
 	}
 	if len(strings.TrimSpace(string(src))) == 0 {
-		return nil, errors.New("no Python source: send the code as the prompt (or the payload)")
+		return nil, plugins.Permanent(errors.New("no Python source: send the code as the prompt (or the payload)"))
 	}
-	out, err := r.Run(ctx, src)
+	out, err := r.runLive(ctx, src, job.Stream)
+	var exit *ExitError
+	if errors.As(err, &exit) {
+		return nil, plugins.Permanent(err)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -328,10 +335,14 @@ func (r *Runner) Handle(ctx context.Context, job *plugins.Job) (*plugins.Result,
 
 // Run runs src and returns what it printed. The error is an *ExitError
 // for a non-zero exit, a *TimeoutError past the wall-clock limit, the
-// context's error when ctx ended first, and any other error when the
+// context's cause when ctx ended first, and any other error when the
 // interpreter could not be started.
-func (r *Runner) Run(ctx context.Context, src []byte) (*Output, error) {
-	out, err := r.run(ctx, src, r.isolation.Namespaces)
+func (r *Runner) Run(ctx context.Context, src []byte) (*Output, error) { return r.runLive(ctx, src, nil) }
+
+// runLive is Run that also copies stdout and stderr to live as the code
+// writes them.
+func (r *Runner) runLive(ctx context.Context, src []byte, live io.Writer) (*Output, error) {
+	out, err := r.run(ctx, src, r.isolation.Namespaces, live)
 	if err != nil {
 		return nil, err
 	}
@@ -383,7 +394,9 @@ os.execv(sys.argv[6], [sys.argv[6], "-I", "-u", "main.py"])`
 
 func cpuSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
 
-func (r *Runner) run(ctx context.Context, src []byte, namespaces bool) (*runOutput, error) {
+// run runs src in the sandbox; what it prints, within the output cap, also
+// goes to live as it comes (when live is not nil).
+func (r *Runner) run(ctx context.Context, src []byte, namespaces bool, live io.Writer) (*runOutput, error) {
 	dir, err := os.MkdirTemp("", "cortex-python-")
 	if err != nil {
 		return nil, fmt.Errorf("python: temporary directory: %w", err)
@@ -411,7 +424,7 @@ func (r *Runner) run(ctx context.Context, src []byte, namespaces bool) (*runOutp
 		r.python)
 	cmd.Dir = dir
 	cmd.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + dir, "TMPDIR=" + dir, "LANG=C.UTF-8"}
-	capped := &capWriter{limit: r.opts.Output}
+	capped := &capWriter{limit: r.opts.Output, live: live}
 	stdout, stderr := capped.stream(), capped.stream()
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	if cmd.SysProcAttr, err = sysProcAttr(namespaces, root); err != nil {
@@ -488,12 +501,14 @@ func signalName(s syscall.Signal) string {
 	return "signal " + strconv.Itoa(int(s))
 }
 
-// capWriter shares one byte budget between the streams it makes.
+// capWriter shares one byte budget between the streams it makes, and
+// copies what it keeps to live.
 type capWriter struct {
 	mu    sync.Mutex
 	limit int
 	used  int
 	cut   bool
+	live  io.Writer
 }
 
 type capStream struct {
@@ -518,6 +533,9 @@ func (s *capStream) Write(p []byte) (int, error) {
 	keep := min(len(p), max(s.c.limit-s.c.used, 0))
 	s.buf.Write(p[:keep])
 	s.c.used += keep
+	if s.c.live != nil && keep > 0 {
+		_, _ = s.c.live.Write(p[:keep]) // best effort: the result has it all
+	}
 	if keep < len(p) && !s.marked {
 		s.c.cut, s.marked = true, true
 		s.buf.WriteString(truncMarker)

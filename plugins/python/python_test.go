@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -77,8 +78,47 @@ func TestPayloadIsTheSource(t *testing.T) {
 func TestNoSource(t *testing.T) {
 	r := newRunner(t, python.Options{})
 	_, err := r.Handle(context.Background(), &plugins.Job{Prompt: "  \n"})
-	if err == nil || !strings.Contains(err.Error(), "no Python source") {
-		t.Fatalf("Handle(empty) = %v, want a clear error", err)
+	if err == nil || !strings.Contains(err.Error(), "no Python source") || !plugins.IsPermanent(err) {
+		t.Fatalf("Handle(empty) = %v, want a clear, permanent error", err)
+	}
+}
+
+// syncBuffer is a job's Stream in a test.
+type syncBuffer struct {
+	mu     sync.Mutex
+	b      strings.Builder
+	writes int
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writes++
+	return s.b.Write(p)
+}
+
+func TestHandleStreamsOutput(t *testing.T) {
+	r := newRunner(t, python.Options{Output: 23})
+	live := &syncBuffer{}
+	_, err := r.Handle(context.Background(), &plugins.Job{Prompt: "import time\nfor i in range(3):\n    print('line', i)\n    time.sleep(0.05)\nprint('x' * 100)", Stream: live})
+	if err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	// What the code printed, as it printed it, within the output cap.
+	if got := live.b.String(); got != "line 0\nline 1\nline 2\nxx" || live.writes < 3 {
+		t.Errorf("streamed %q in %d writes, want the three lines one by one and the output cut at 23 bytes", got, live.writes)
+	}
+}
+
+func TestHandleFailuresArePermanentButTimeouts(t *testing.T) {
+	r := newRunner(t, python.Options{Timeout: time.Second})
+	_, err := r.Handle(context.Background(), &plugins.Job{Prompt: "import sys; sys.exit(2)"})
+	if !plugins.IsPermanent(err) || err.Error() != "python exited with status 2" {
+		t.Errorf("exit 2: %v (permanent %v), want a permanent failure", err, plugins.IsPermanent(err))
+	}
+	_, err = r.Handle(context.Background(), &plugins.Job{Prompt: "import time; time.sleep(60)"})
+	if plugins.IsPermanent(err) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("timeout: %v (permanent %v), want a timeout another attempt may get past", err, plugins.IsPermanent(err))
 	}
 }
 
