@@ -337,7 +337,9 @@ func (r *Runner) Handle(ctx context.Context, job *plugins.Job) (*plugins.Result,
 // for a non-zero exit, a *TimeoutError past the wall-clock limit, the
 // context's cause when ctx ended first, and any other error when the
 // interpreter could not be started.
-func (r *Runner) Run(ctx context.Context, src []byte) (*Output, error) { return r.runLive(ctx, src, nil) }
+func (r *Runner) Run(ctx context.Context, src []byte) (*Output, error) {
+	return r.runLive(ctx, src, nil)
+}
 
 // runLive is Run that also copies stdout and stderr to live as the code
 // writes them.

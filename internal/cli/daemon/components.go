@@ -259,6 +259,9 @@ func StartWorker(ctx context.Context, natsEP bus.Endpoint, st *store.Store, opts
 	return w, nil
 }
 
+// BuiltinPools names the pools PoolHandlers has plugins for.
+func BuiltinPools() []string { return []string{"echo", python.Pool} }
+
 // PoolOptions configure the built-in plugins of PoolHandlers.
 type PoolOptions struct {
 	// Python is the interpreter of pool code-python: a path, or a name
