@@ -2,7 +2,13 @@
 // is a Handler registered for a job topic; the worker runtime calls it once
 // per attempt with the job's prompt and records what it returns. Like
 // net/http's Handler, it is small on purpose: a Handler sees one job, never
-// the bus or the store.
+// the bus or the store. Package plugins/middleware wraps handlers (panic
+// recovery, time limits, metrics) the way net/http middleware wraps an
+// http.Handler; plugins/echo is the smallest plugin, plugins/python a real
+// one.
+//
+// This package and its sub-packages are public API: they depend on the
+// standard library (and each other) only, never on CortexOS internals.
 package plugins
 
 import (
@@ -75,11 +81,39 @@ type permanentError struct{ err error }
 func (e *permanentError) Error() string { return e.err.Error() }
 func (e *permanentError) Unwrap() error { return e.err }
 
-// Handler runs jobs. Handle must return when ctx ends: ctx is cancelled
-// when the job is cancelled, when its timeout passes (the attempt is then
-// recorded TIMEOUT) and when the worker shuts down. An error marks the
-// attempt FAILED with the error's text as the reason; the job is retried
-// while it has attempts left.
+// A Handler runs the jobs of its topic: Handle runs one attempt of job and
+// returns what the job produced.
+//
+// The context: ctx ends when the job is cancelled (its cause says so), when
+// the job's timeout passes (the attempt is then recorded TIMEOUT) and when
+// the worker shuts down after its grace period (the job goes back to its
+// pool for another worker). Handle must return soon after ctx ends; work
+// that ignores ctx keeps a worker slot and the job's lease until it
+// returns. Pass ctx to everything that blocks (HTTP calls, subprocesses).
+//
+// Concurrency: a worker runs up to --max-parallel jobs at once, so Handle is
+// called from many goroutines at the same time and must be safe for
+// concurrent use. The Job belongs to the call; do not keep it (or its
+// Stream) after Handle returns.
+//
+// Results and errors: a nil error records the attempt COMPLETED with the
+// Result's Output (a nil Result is an empty output). A non-nil error
+// records it FAILED with the error's text as the reason, which the job's
+// tenant reads: say what went wrong and what to do about it, and never put
+// secrets in it. An error matching context.DeadlineExceeded (errors.Is) is
+// recorded TIMEOUT. A panic is recovered by the worker and recorded FAILED
+// ("the handler panicked: ..."); it does not take the worker down.
+//
+// Retries: a FAILED or TIMEOUT attempt is retried, after a backoff and
+// through the safety gate again, while the job has attempts left (its
+// max_attempts, or its pool's default). An error wrapped by Permanent is
+// never retried: use it when another attempt cannot help (bad input, a
+// deterministic failure). Because delivery is at least once, an attempt
+// may run again after a worker dies mid-job: make Handle safe to repeat,
+// or idempotent where it has side effects.
+//
+// Streaming: output written to job.Stream while Handle runs reaches
+// whoever follows the job; only the Result is stored.
 type Handler interface {
 	Handle(ctx context.Context, job *Job) (*Result, error)
 }

@@ -133,6 +133,9 @@ func TestScripts(t *testing.T) {
 			// Under -race every process sleeps 1s before it exits
 			// (atexit_sleep_ms); the scripts start a few hundred.
 			env.Setenv("GORACE", strings.TrimSpace("atexit_sleep_ms=0 "+os.Getenv("GORACE")))
+			// The interpreter of python.txtar: the system's, which a
+			// worker running as root can hand to nobody.
+			env.Setenv("PYTHON", "/usr/bin/python3")
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){

@@ -58,15 +58,24 @@ type pattern struct {
 	pool   string
 }
 
-// DefaultRoutes is the topic → pool table `up` and the daemons start with
-// when given no routes.
+// DefaultRoutes is the topic → pool table the daemons start with when
+// given no routes: the topics of the built-in pools.
 func DefaultRoutes() map[string]string {
-	return map[string]string{"job.echo": "echo", "job.sleep": "echo"}
+	return map[string]string{"job.echo": "echo", "job.sleep": "echo", "job.code.python": "code-python"}
 }
 
 // Default returns the router of DefaultRoutes, with built-in defaults.
-func Default() *Router {
-	r, err := NewRouter(DefaultRoutes())
+func Default() *Router { return DefaultOf() }
+
+// DefaultOf returns the router of the DefaultRoutes served by pools (all
+// of them when none are named), with built-in defaults: `up` routes only
+// to the pools it runs.
+func DefaultOf(pools ...string) *Router {
+	routes := DefaultRoutes()
+	if len(pools) > 0 {
+		maps.DeleteFunc(routes, func(_, pool string) bool { return !slices.Contains(pools, pool) })
+	}
+	r, err := NewRouter(routes)
 	if err != nil {
 		panic(err) // DefaultRoutes is valid; TestDefault checks it.
 	}

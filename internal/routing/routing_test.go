@@ -94,8 +94,14 @@ func TestCatchAllPattern(t *testing.T) {
 
 func TestDefault(t *testing.T) {
 	r := routing.Default()
-	if got := r.Topics(); !slices.Equal(got, []string{"job.echo", "job.sleep"}) {
+	if got := r.Topics(); !slices.Equal(got, []string{"job.code.python", "job.echo", "job.sleep"}) {
 		t.Errorf("Topics() = %v", got)
+	}
+	if pool, _ := r.Pool("job.code.python"); pool != "code-python" {
+		t.Errorf("Pool(job.code.python) = %q", pool)
+	}
+	if got := routing.DefaultOf("echo").Topics(); !slices.Equal(got, []string{"job.echo", "job.sleep"}) {
+		t.Errorf("DefaultOf(echo).Topics() = %v", got)
 	}
 	if pool, _ := r.Pool("job.sleep"); pool != "echo" {
 		t.Errorf("Pool(job.sleep) = %q", pool)

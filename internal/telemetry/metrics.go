@@ -27,6 +27,7 @@ type Metrics struct {
 	safetyDecisions   *prometheus.CounterVec
 	safetyLatency     prometheus.Histogram
 	reconcilerActions *prometheus.CounterVec
+	handlerSeconds    *prometheus.HistogramVec
 }
 
 // latencyBuckets span 100 µs to 60 s.
@@ -65,9 +66,12 @@ func NewMetrics() *Metrics {
 		reconcilerActions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cortex_reconciler_actions_total", Help: "What the reconciler did: redrive (a PENDING job handed on again), expire (an attempt whose lease ran out), dead_letter (a job delivered too often).",
 		}, []string{"action"}),
+		handlerSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "cortex_handler_seconds", Help: "Time a worker's plugin took for one attempt, by topic and outcome (ok, error, timeout, cancelled, panic).", Buckets: latencyBuckets,
+		}, []string{"topic", "outcome"}),
 	}
 	m.reg.MustRegister(m.jobsSubmitted, m.jobsCompleted, m.jobsFailed, m.jobsDenied, m.submitToDispatch, m.submitToResult,
-		m.safetyDecisions, m.safetyLatency, m.reconcilerActions,
+		m.safetyDecisions, m.safetyLatency, m.reconcilerActions, m.handlerSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -103,6 +107,14 @@ func (m *Metrics) Completed(topic, pool string, created, now time.Time) {
 func (m *Metrics) Failed(topic, pool, state string) {
 	if m != nil {
 		m.jobsFailed.WithLabelValues(topic, pool, state).Inc()
+	}
+}
+
+// ObserveHandler records one plugin call (the worker's handler middleware
+// calls it): its topic, outcome and duration.
+func (m *Metrics) ObserveHandler(topic, outcome string, took time.Duration) {
+	if m != nil {
+		m.handlerSeconds.WithLabelValues(topic, outcome).Observe(took.Seconds())
 	}
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/middleware"
 )
 
 // Store is what the worker needs from the memory fabric.
@@ -166,9 +167,16 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 		opts.Capabilities = kinds(topics)
 	}
 	opts.Metrics.Dropped("worker", conn.Dropped)
+	log = log.With("worker_id", opts.ID, "pool", opts.Pool)
+	// Every handler: a panic fails the attempt instead of the worker, and
+	// each call is measured.
+	handlers := make(map[string]plugins.Handler, len(opts.Handlers))
+	for topic, h := range opts.Handlers {
+		handlers[topic] = middleware.Chain(h, middleware.Recover(log), middleware.Metrics(opts.Metrics))
+	}
+	opts.Handlers = handlers
 	return &Worker{
-		conn: conn, store: st, opts: opts, topics: topics,
-		log:     log.With("worker_id", opts.ID, "pool", opts.Pool),
+		conn: conn, store: st, opts: opts, topics: topics, log: log,
 		running: map[string]context.CancelCauseFunc{},
 	}, nil
 }
@@ -367,7 +375,10 @@ func (w *Worker) beat() {
 // Causes of a job's context ending early.
 var (
 	errCancelled = errors.New("the job was cancelled")
-	errTimedOut  = errors.New("the job ran past its timeout")
+	// errTimedOut ends a job at its timeout; it matches
+	// context.DeadlineExceeded, so that handlers and their metrics see a
+	// timeout.
+	errTimedOut error = jobTimedOut{}
 	// errShutdown stops a job still running when the shutdown grace ran
 	// out: it goes back to the stream for another worker.
 	errShutdown = errors.New("the worker is shutting down")
@@ -376,6 +387,11 @@ var (
 	// errNotStarted is a job the store could not be asked to start.
 	errNotStarted = errors.New("the job could not be started")
 )
+
+type jobTimedOut struct{}
+
+func (jobTimedOut) Error() string        { return "the job ran past its timeout" }
+func (jobTimedOut) Is(target error) bool { return target == context.DeadlineExceeded }
 
 // onCancel stops a job this worker is running; the job is already recorded
 // CANCELLED, so nothing is reported.
@@ -475,9 +491,14 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		Error:      truncate(err.Error(), maxErrorBytes),
 		Permanent:  plugins.IsPermanent(err),
 	}
-	if errors.Is(cause, errTimedOut) {
+	switch {
+	case errors.Is(cause, errTimedOut):
 		res.State = cortexv1.JobState_JOB_STATE_TIMEOUT
 		res.Error = fmt.Sprintf("the attempt ran past its timeout of %s", timeout)
+	case errors.Is(err, context.DeadlineExceeded):
+		// A limit of the handler's own (middleware.Timeout, the python
+		// runner's wall clock): TIMEOUT, with the handler's reason.
+		res.State = cortexv1.JobState_JOB_STATE_TIMEOUT
 	}
 	w.failed.Add(1)
 	w.log.Debug("job attempt ended", "trace_id", traceID, "job_id", req.GetJobId(), "attempt", req.GetAttempt(), "state", res.GetState().String())
@@ -585,7 +606,7 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 	if req.GetBinaryPayload() {
 		job.Prompt, job.Payload = "", []byte(input)
 	}
-	out, err := callHandler(ctx, h, job)
+	out, err := h.Handle(ctx, job)
 	if err != nil {
 		return nil, fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
 	}
@@ -593,17 +614,6 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		out = &plugins.Result{}
 	}
 	return out, nil
-}
-
-// callHandler runs a plugin, turning a panic into an error so one bad job
-// cannot take the worker down.
-func callHandler(ctx context.Context, h plugins.Handler, job *plugins.Job) (res *plugins.Result, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("panic: %v", r)
-		}
-	}()
-	return h.Handle(ctx, job)
 }
 
 // maxErrorBytes bounds the error a result carries: it becomes the job's

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,9 +22,11 @@ import (
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/middleware"
 )
 
 type rig struct {
@@ -264,12 +268,49 @@ func TestWorkerRunsHandlersAndReports(t *testing.T) {
 
 	for topic, want := range map[string]string{
 		"job.fail":  "handler for job.fail: model refused",
-		"job.panic": "handler for job.panic: panic: plugin bug",
+		"job.panic": "handler for job.panic: the handler panicked: plugin bug",
 		"job.none":  "no handler for topic job.none",
 	} {
 		res := r.dispatch(t, "j-"+topic, topic, "x")
 		if res.GetState() != cortexv1.JobState_JOB_STATE_FAILED || !strings.HasPrefix(res.GetError(), want) {
 			t.Errorf("%s: %v, want FAILED with %q", topic, res, want)
+		}
+	}
+}
+
+// TestWorkerMiddleware: every handler is measured, and a handler's own
+// limit (middleware.Timeout) ends the attempt TIMEOUT with its reason.
+func TestWorkerMiddleware(t *testing.T) {
+	m := telemetry.NewMetrics()
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", Metrics: m, Handlers: map[string]plugins.Handler{
+		"job.echo": echo,
+		"job.limit": middleware.Timeout(time.Millisecond)(plugins.HandlerFunc(func(ctx context.Context, _ *plugins.Job) (*plugins.Result, error) {
+			<-ctx.Done()
+			return nil, context.Cause(ctx)
+		})),
+		"job.panic": plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) { panic("bug") }),
+	}})
+	res := r.dispatch(t, "j-limit", "job.limit", "x")
+	if res.GetState() != cortexv1.JobState_JOB_STATE_TIMEOUT || !strings.HasPrefix(res.GetError(), "handler for job.limit: the handler ran past its limit of 1ms") {
+		t.Errorf("handler past its own limit: %v, want TIMEOUT with the limit as the reason", res)
+	}
+	for _, id := range []string{"j-1", "j-2"} {
+		if res := r.dispatch(t, id, "job.echo", "x"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+			t.Fatalf("echo: %v", res)
+		}
+	}
+	if res := r.dispatch(t, "j-panic", "job.panic", "x"); res.GetState() != cortexv1.JobState_JOB_STATE_FAILED {
+		t.Fatalf("panic: %v", res)
+	}
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	for _, want := range []string{
+		`cortex_handler_seconds_count{outcome="ok",topic="job.echo"} 2`,
+		`cortex_handler_seconds_count{outcome="timeout",topic="job.limit"} 1`,
+		`cortex_handler_seconds_count{outcome="panic",topic="job.panic"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
 		}
 	}
 }

@@ -307,7 +307,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 func NewCmdWorker() *cobra.Command {
 	o := &Options{}
 	wo := worker.Options{}
-	var metricsAddr string
+	var metricsAddr, pythonPath string
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker of one pool as a daemon",
@@ -320,13 +320,22 @@ worker dies goes to another worker when the lease runs out, and one taken
 a pool share its jobs; start more to add capacity. SIGTERM drains: no new
 jobs, running ones finish (or go back to the stream after a grace period).
 Built-in pools: echo (job.echo returns its prompt; job.sleep waits for the
-duration in its prompt).`,
-		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
-		Args:    cmdutil.NoArgs,
+duration in its prompt) and code-python (job.code.python runs its prompt
+as Python with --python, in a sandbox: a temporary directory, a stripped
+environment, time, CPU, memory, file, process and output limits, and no
+network where Linux user namespaces allow it; the worker says which).`,
+		Example: `  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
+  cortexctl worker --pool code-python --python /usr/bin/python3 --nats-url ... --redis-url ...`,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var err error
-			if wo.Handlers, err = PoolHandlers(wo.Pool); err != nil {
-				return &cmdutil.UsageError{Err: fmt.Errorf("--pool: %w", err)}
+			log, err := cmdutil.Logger(cmd, o.LogLevel)
+			if err != nil {
+				return err
+			}
+			var about string
+			wo.Handlers, about, err = PoolHandlers(wo.Pool, PoolOptions{Python: pythonPath, Log: log.With("component", cmd.Name())})
+			if err != nil {
+				return &cmdutil.UsageError{Err: fmt.Errorf("--pool %s: %w", wo.Pool, err)}
 			}
 			if err := worker.CheckOptions(wo); err != nil {
 				return &cmdutil.UsageError{Err: err}
@@ -336,6 +345,9 @@ duration in its prompt).`,
 				return err
 			}
 			defer e.close()
+			if about != "" {
+				fmt.Fprintln(cmd.ErrOrStderr(), about)
+			}
 			wo.Metrics = e.metrics
 			w, err := StartWorker(e.ctx, o.NATS, e.storeWith(wo.Lease), wo, e.log)
 			if err != nil {
@@ -349,7 +361,8 @@ duration in its prompt).`,
 		},
 	}
 	o.addFlags(cmd, true)
-	cmd.Flags().StringVar(&wo.Pool, "pool", "echo", "the pool this worker serves")
+	cmd.Flags().StringVar(&wo.Pool, "pool", "echo", "the pool this worker serves: echo, code-python, or your own")
+	cmd.Flags().StringVar(&pythonPath, "python", "python3", "the Python interpreter of pool code-python: a path, or a name looked up in PATH")
 	cmd.Flags().StringVar(&wo.ID, "id", "", "worker id on the bus (default <pool>-<random>)")
 	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
 	cmd.Flags().DurationVar(&wo.HeartbeatInterval, "heartbeat", worker.DefaultHeartbeatInterval, "time between heartbeats")

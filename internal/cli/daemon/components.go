@@ -33,6 +33,8 @@ import (
 	"github.com/cortex-os/core/internal/worker"
 	"github.com/cortex-os/core/plugins"
 	"github.com/cortex-os/core/plugins/echo"
+	"github.com/cortex-os/core/plugins/middleware"
+	"github.com/cortex-os/core/plugins/python"
 	"github.com/cortex-os/core/plugins/sleep"
 )
 
@@ -257,13 +259,49 @@ func StartWorker(ctx context.Context, natsEP bus.Endpoint, st *store.Store, opts
 	return w, nil
 }
 
-// PoolHandlers are the built-in plugins of a pool.
-func PoolHandlers(pool string) (map[string]plugins.Handler, error) {
+// BuiltinPools names the pools PoolHandlers has plugins for.
+func BuiltinPools() []string { return []string{"echo", python.Pool} }
+
+// PoolOptions configure the built-in plugins of PoolHandlers.
+type PoolOptions struct {
+	// Python is the interpreter of pool code-python: a path, or a name
+	// looked up in PATH ("" for python3).
+	Python string
+	// Log receives the plugins' own warnings.
+	Log *slog.Logger
+}
+
+// The worker measures its handlers' calls (middleware.Metrics).
+var _ middleware.Recorder = (*telemetry.Metrics)(nil)
+
+// handlerLimit bounds one call of a built-in plugin, whatever the job's
+// own timeout (a job may have none): the longest nap of job.sleep, and a
+// margin.
+const handlerLimit = sleep.MaxDuration + time.Minute
+
+// PoolHandlers are the built-in plugins of a pool, each bounded by
+// handlerLimit (the worker adds panic recovery and metrics to every
+// handler). about says what the pool's plugins need said when a worker
+// starts ("" when nothing): for code-python, what Python jobs are isolated
+// from here.
+func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handler, about string, err error) {
 	switch pool {
 	case "echo":
-		return map[string]plugins.Handler{echo.Topic: echo.Handler, sleep.Topic: sleep.Handler}, nil
+		handlers = map[string]plugins.Handler{echo.Topic: echo.Handler, sleep.Topic: sleep.Handler}
+	case python.Pool:
+		r, err := python.New(python.Options{Python: o.Python, Log: o.Log})
+		if err != nil {
+			return nil, "", err
+		}
+		handlers = map[string]plugins.Handler{python.Topic: r}
+		about = fmt.Sprintf("python jobs run %s with %s", r.Python(), r.Isolation())
+	default:
+		return nil, "", fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep), code-python (job.code.python)", pool)
 	}
-	return nil, fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep)", pool)
+	for topic, h := range handlers {
+		handlers[topic] = middleware.Timeout(handlerLimit)(h)
+	}
+	return handlers, about, nil
 }
 
 // NewGateway returns a gateway on its own connection, routing by routes

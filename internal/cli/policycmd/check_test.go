@@ -65,7 +65,7 @@ func TestCheckValid(t *testing.T) {
 		t.Fatal(err)
 	}
 	re := regexp.MustCompile(`^ok  testdata/policy\.yaml  policy example, 4 rules, hash sha256:[0-9a-f]{12}\n` +
-		`ok  \.\./\.\./safety/policy/default\.yaml  policy default, 5 rules, hash sha256:[0-9a-f]{12}\n$`)
+		`ok  \.\./\.\./safety/policy/default\.yaml  policy default, 6 rules, hash sha256:[0-9a-f]{12}\n$`)
 	if !re.MatchString(out.String()) {
 		t.Errorf("stdout:\n%s", out)
 	}

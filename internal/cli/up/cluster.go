@@ -24,6 +24,7 @@ import (
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins/python"
 )
 
 // ClusterOptions configures a whole stack in one process.
@@ -36,8 +37,8 @@ type ClusterOptions struct {
 	RedisURL string
 	// DataDir holds the embedded JetStream's storage (temporary if empty).
 	DataDir string
-	// Routes maps topics to pools, with their job defaults (routing.Default
-	// when nil).
+	// Routes maps topics to pools, with their job defaults (when nil, the
+	// default routes of the pools up runs).
 	Routes *routing.Router
 	// SafetyTimeout bounds each safety decision.
 	SafetyTimeout time.Duration
@@ -51,6 +52,19 @@ type ClusterOptions struct {
 	Reload <-chan os.Signal
 	// Lease is the jobs' lease (store.DefaultLease when zero).
 	Lease time.Duration
+	// Python, when set, starts a worker of pool code-python too, running
+	// this interpreter (a path, or a name looked up in PATH).
+	Python string
+}
+
+// ServedPool is a pool up runs a worker of.
+type ServedPool struct {
+	Pool     string
+	WorkerID string
+	Topics   []string
+	// About is what the pool's plugins say about themselves (python's
+	// isolation), or "".
+	About string
 }
 
 // Cluster is a running stack: gateway, scheduler, safety kernel and an echo
@@ -65,8 +79,10 @@ type Cluster struct {
 	WorkerID    string
 	// Kernel is the in-process safety kernel (nil with NoSafety).
 	Kernel *safety.Kernel
-	// WorkerTopics lists the topics the in-process worker serves.
+	// WorkerTopics lists the topics the in-process echo worker serves.
 	WorkerTopics []string
+	// Pools lists every pool up runs a worker of, echo first.
+	Pools []ServedPool
 	// Streams says where the durable streams keep jobs in flight: on disk
 	// (bus.FileStorage) or in memory.
 	Streams bus.Storage
@@ -78,7 +94,7 @@ type Cluster struct {
 	serveDone   chan error
 	gatewayConn *bus.Conn
 	scheduler   *scheduler.Scheduler
-	worker      *worker.Worker
+	workers     []*worker.Worker
 	safetyConn  *bus.Conn
 	conns       []*bus.Conn // every component's, for Dropped
 	rdb         *redis.Client
@@ -88,8 +104,14 @@ type Cluster struct {
 // StartCluster boots every component and returns once the gateway accepts
 // submits that will be carried through.
 func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c *Cluster, err error) {
+	pools := []string{"echo"}
+	if opts.Python != "" {
+		pools = append(pools, python.Pool)
+	}
 	if opts.Routes == nil {
-		opts.Routes = routing.Default()
+		// Only topics that a worker here serves: the others are refused
+		// at submit rather than left waiting.
+		opts.Routes = routing.DefaultOf(pools...)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL, Metrics: telemetry.NewMetrics()}
@@ -136,23 +158,27 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	c.conns = append(c.conns, c.scheduler.Conn())
-	handlers, err := daemon.PoolHandlers("echo")
-	if err != nil {
-		return c, err
+	for _, pool := range pools {
+		wlog := log.With("component", "worker")
+		handlers, about, err := daemon.PoolHandlers(pool, daemon.PoolOptions{Python: opts.Python, Log: wlog})
+		if err != nil {
+			return c, fmt.Errorf("pool %s: %w", pool, err)
+		}
+		w, err := daemon.StartWorker(runCtx, natsEP, c.Store, worker.Options{
+			Pool:        pool,
+			MaxParallel: opts.WorkerParallel,
+			Handlers:    handlers,
+			Lease:       opts.Lease,
+			Metrics:     c.Metrics,
+		}, wlog)
+		if err != nil {
+			return c, err
+		}
+		c.workers = append(c.workers, w)
+		c.conns = append(c.conns, w.Conn())
+		c.Pools = append(c.Pools, ServedPool{Pool: pool, WorkerID: w.ID(), Topics: slices.Sorted(maps.Keys(handlers)), About: about})
 	}
-	c.worker, err = daemon.StartWorker(runCtx, natsEP, c.Store, worker.Options{
-		Pool:        "echo",
-		MaxParallel: opts.WorkerParallel,
-		Handlers:    handlers,
-		Lease:       opts.Lease,
-		Metrics:     c.Metrics,
-	}, log.With("component", "worker"))
-	if err != nil {
-		return c, err
-	}
-	c.conns = append(c.conns, c.worker.Conn())
-	c.WorkerID = c.worker.ID()
-	c.WorkerTopics = slices.Sorted(maps.Keys(handlers))
+	c.WorkerID, c.WorkerTopics = c.Pools[0].WorkerID, c.Pools[0].Topics
 
 	c.APIKey = "cx_dev_" + ids.Hex(16)
 	g, conn, err := daemon.NewGateway(natsEP, c.Store, opts.Routes, gateway.Options{
@@ -224,8 +250,8 @@ func (c *Cluster) Close() error {
 		if c.scheduler != nil {
 			c.scheduler.StopSubmits()
 		}
-		if c.worker != nil {
-			c.worker.Stop()
+		for _, w := range c.workers {
+			w.Stop()
 		}
 		if c.scheduler != nil {
 			c.scheduler.Close()

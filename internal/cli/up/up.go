@@ -50,12 +50,20 @@ context "local", so 'cortexctl submit' in another terminal needs no flags.
 The safety kernel enforces --policy FILE, or the built-in default policy;
 the file is reloaded when it changes and on SIGHUP.
 
+--python also starts a worker of pool code-python, which runs job.code.python
+jobs (their prompt is Python source) with that interpreter in a sandbox; the
+banner says what the sandbox isolates here. The built-in policy lets only
+up's own tenant (default) run code.
+
 --routes FILE maps job topics to pools, with each pool's job defaults; the
-built-in worker serves pool echo only.`,
+built-in workers serve pool echo, and code-python with --python. Without
+--routes, up routes only the topics of the pools it runs.`,
 		Example: `  cortexctl up
   cortexctl up --listen 127.0.0.1:8080
   cortexctl up --policy policy.yaml --shadow-policy next-policy.yaml
   cortexctl up --routes routing.yaml
+  cortexctl up --python                      # python3 from PATH
+  cortexctl up --python=/usr/bin/python3
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -74,6 +82,8 @@ built-in worker serves pool echo only.`,
 	daemon.AddRouteFlags(cmd, &o.Routes)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
+	fs.StringVar(&o.Cluster.Python, "python", "", "also run pool code-python (job.code.python) with this interpreter; --python alone uses python3 from PATH")
+	fs.Lookup("python").NoOptDefVal = "python3"
 	cmdutil.BindConfig(cmd)
 	return cmd
 }
@@ -87,8 +97,10 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	if err := daemon.CheckPolicyFiles(o.Cluster.Policy); err != nil {
 		return err
 	}
-	if o.Cluster.Routes, err = o.Routes.Router(); err != nil {
-		return err
+	if o.Routes.File != "" || len(o.Routes.Pairs) > 0 {
+		if o.Cluster.Routes, err = o.Routes.Router(); err != nil {
+			return err
+		}
 	}
 	ctx := cmd.Context()
 	hup := make(chan os.Signal, 1)
@@ -156,7 +168,12 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 		}
 		fmt.Fprintf(w, "  policy   %s\n", line)
 	}
-	fmt.Fprintf(w, "  worker   %s  (pool echo: %s)\n", c.WorkerID, strings.Join(c.WorkerTopics, ", "))
+	for _, p := range c.Pools {
+		fmt.Fprintf(w, "  worker   %s  (pool %s: %s)\n", p.WorkerID, p.Pool, strings.Join(p.Topics, ", "))
+		if p.About != "" {
+			fmt.Fprintf(w, "           %s\n", p.About)
+		}
+	}
 	fmt.Fprintf(w, "  context  %s (%s)\n", client.LocalContext, contextPath)
 	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
 		took.Round(time.Millisecond))

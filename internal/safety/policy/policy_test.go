@@ -355,6 +355,7 @@ func TestExplain(t *testing.T) {
 		{"deny-sys-topics", false, false},
 		{"deny-oversized-prompt", false, false},
 		{"deny-credentials", true, true},
+		{"deny-code-untrusted-tenant", false, false},
 		{"allow-jobs", true, false}, // evaluated and shown, but shadowed
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
