@@ -72,7 +72,7 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 			}
 			s.log.Info("reconcile: lease expired", "trace_id", j.Trace(), "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))
 			s.opts.metrics.Reconciled("expire")
-			s.endAttempt(ctx, j.Trace(), j, j.Attempt, store.Timeout, j.WorkerID, why, true)
+			s.endAttempt(ctx, j.Trace(), j, j.Attempt, store.Timeout, j.WorkerID, why, false, true)
 		}
 	}
 }

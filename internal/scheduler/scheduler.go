@@ -359,23 +359,18 @@ func (s *Scheduler) failed(ctx context.Context, traceID string, res *cortexv1.Jo
 		s.log.Info("result for an unknown job", "trace_id", traceID, "job_id", res.GetJobId(), "err", err)
 		return
 	}
-	why := res.GetError()
-	if res.GetPermanent() {
-		// The handler knows another attempt cannot help: spend none.
-		why += " (not retried: the handler says another attempt would end the same)"
-		j.MaxAttempts = res.GetAttempt()
-	}
-	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), why, false)
+	s.endAttempt(ctx, traceID, j, res.GetAttempt(), end, res.GetWorkerId(), res.GetError(), res.GetPermanent(), false)
 }
 
 // endAttempt ends attempt of job j as end (FAILED or TIMEOUT) for why: the
 // job is retried after a backoff while it has attempts left, through the
-// submit stream and so the safety gate; otherwise it ends so and is listed
-// in the dead-letter queue. A stale attempt changes nothing; with overdue,
+// submit stream and so the safety gate, unless the handler said another
+// attempt would end the same (permanent); otherwise it ends so and is
+// listed in the dead-letter queue. A stale attempt changes nothing; with overdue,
 // neither does a job whose deadline has moved (it was started, or
 // extended, since it was read).
-func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job, attempt uint32, end store.State, workerID, why string, overdue bool) {
-	if j.Attempt == attempt && attempt < j.MaxAttempts {
+func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job, attempt uint32, end store.State, workerID, why string, permanent, overdue bool) {
+	if j.Attempt == attempt && attempt < j.MaxAttempts && !permanent {
 		wait := backoff(attempt, s.opts.retryBase, s.opts.retryMax)
 		due := time.Now().Add(wait)
 		retry := s.record(ctx, traceID, j.ID, store.Change{
@@ -389,8 +384,12 @@ func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job
 		}
 		return
 	}
+	left := "none left"
+	if permanent {
+		left = "not retried: the handler says another attempt would end the same"
+	}
 	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, DeadLetter: true, Overdue: overdue,
-		Reason: fmt.Sprintf("%s (attempt %d of %d, none left; listed in the dead-letter queue: cortexctl dlq list)", why, attempt, j.MaxAttempts)})
+		Reason: fmt.Sprintf("%s (attempt %d of %d, %s; listed in the dead-letter queue: cortexctl dlq list)", why, attempt, j.MaxAttempts, left)})
 }
 
 // requeue hands a PENDING job to the schedulers through the submit stream;
