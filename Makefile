@@ -15,9 +15,9 @@ test: ## all tests, with the race detector (needs cgo: gcc)
 chaos: ## the SIGKILL chaos test: separate processes, real redis-server and nats-server, 10k jobs
 	bash .ci/chaos.sh
 
-test-cluster: ## the store's tests against a real 3-node Redis Cluster (started and stopped here)
+test-cluster: ## the store's and the daemons' tests against a real 3-node Redis Cluster (started and stopped here)
 	@set -e; eval "$$(bash .ci/redis-cluster.sh start)"; \
-	rc=0; $(GO) test -count=1 -run 'Cluster|OneSlot' ./internal/store/ || rc=$$?; \
+	rc=0; $(GO) test -count=1 -run 'Cluster|OneSlot' ./internal/store/ ./internal/cli/daemon/ || rc=$$?; \
 	bash .ci/redis-cluster.sh stop; exit $$rc
 
 fuzz: ## every fuzz target, FUZZTIME each (CI runs it bounded); a failed target runs once more

@@ -55,9 +55,12 @@ const maxStreamAge = 24 * time.Hour
 func (c *Conn) JetStream() jetstream.JetStream { return c.js }
 
 // EnsureStreams creates the durable streams if they do not exist, with the
-// given storage; existing streams are kept as they are (a stream's storage
-// cannot change). It fails with advice when the server has no JetStream.
-func (c *Conn) EnsureStreams(ctx context.Context, storage Storage) error {
+// given storage and replicas (0 means 1); existing streams keep their
+// storage (it cannot change), and their replica count unless replicas is
+// set and differs, in which case they are scaled to it (a NATS cluster
+// moves the data). It fails with advice when the server has no JetStream,
+// or has fewer JetStream servers than replicas.
+func (c *Conn) EnsureStreams(ctx context.Context, storage Storage, replicas int) error {
 	for _, cfg := range []jetstream.StreamConfig{
 		{Name: StreamSubmit, Subjects: []string{SubjectJobSubmit}},
 		{Name: StreamJobs, Subjects: []string{subjectJobPrefix + ">"}},
@@ -66,15 +69,25 @@ func (c *Conn) EnsureStreams(ctx context.Context, storage Storage) error {
 		cfg.Storage = storage
 		cfg.MaxAge = maxStreamAge
 		cfg.Duplicates = 2 * time.Minute
-		_, err := c.js.Stream(ctx, cfg.Name)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
+		cfg.Replicas = max(replicas, 1)
+		s, err := c.js.Stream(ctx, cfg.Name)
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
 			_, err = c.js.CreateStream(ctx, cfg)
 			if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
 				err = nil
 			}
+		case err == nil && replicas > 0 && s.CachedInfo().Config.Replicas != replicas:
+			have := s.CachedInfo().Config
+			c.log.Warn("scaling a durable stream to the replicas asked for", "stream", cfg.Name, "from", have.Replicas, "to", replicas)
+			have.Replicas = replicas
+			_, err = c.js.UpdateStream(ctx, have)
 		}
 		if errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) {
 			return fmt.Errorf("stream %s: the NATS server has no JetStream; start it with -js (and -sd DIR to keep jobs on disk): %w", cfg.Name, err)
+		}
+		if err != nil && cfg.Replicas > 1 {
+			return fmt.Errorf("stream %s with %d replicas: %w (replicas need a NATS cluster with at least that many JetStream servers up; use --stream-replicas 1 on a single server)", cfg.Name, cfg.Replicas, err)
 		}
 		if err != nil {
 			return fmt.Errorf("stream %s: %w", cfg.Name, err)

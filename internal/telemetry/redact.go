@@ -3,11 +3,20 @@ package telemetry
 import (
 	"errors"
 	"net/url"
+	"strings"
 )
 
 // RedactURL hides the password or token in a NATS or Redis URL so it can be
-// logged or shown in an error.
+// logged or shown in an error. A comma-separated list (NATS's several
+// seed servers) has each URL redacted.
 func RedactURL(raw string) string {
+	if strings.Contains(raw, ",") {
+		parts := strings.Split(raw, ",")
+		for i, p := range parts {
+			parts[i] = RedactURL(p)
+		}
+		return strings.Join(parts, ",")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(unparseable URL)"

@@ -10,6 +10,9 @@ func TestRedactURLHidesSecrets(t *testing.T) {
 		{"nats://cortex:s3cret@127.0.0.1:4222", "s3cret"},
 		{"nats://tok3n@127.0.0.1:4222", "tok3n"},
 		{"redis://:pw9@127.0.0.1:6379/0", "pw9"},
+		// A NATS seed list: url.Parse takes it whole and would redact the
+		// first password only.
+		{"nats://a:first1@127.0.0.1:4222,nats://a:second2@127.0.0.1:4223", "second2"},
 	} {
 		got := RedactURL(tc.in)
 		if strings.Contains(got, tc.secret) {
@@ -19,7 +22,9 @@ func TestRedactURLHidesSecrets(t *testing.T) {
 			t.Errorf("RedactURL(%q) = %q, lost the host", tc.in, got)
 		}
 	}
-	if got := RedactURL("nats://127.0.0.1:4222"); got != "nats://127.0.0.1:4222" {
-		t.Errorf("RedactURL without credentials = %q, want it unchanged", got)
+	for _, in := range []string{"nats://127.0.0.1:4222", "nats://127.0.0.1:4222,nats://127.0.0.1:4223"} {
+		if got := RedactURL(in); got != in {
+			t.Errorf("RedactURL without credentials = %q, want it unchanged", got)
+		}
 	}
 }

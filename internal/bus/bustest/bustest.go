@@ -4,7 +4,10 @@ package bustest
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"testing"
 	"time"
 
@@ -55,8 +58,65 @@ func StartJetStream(t testing.TB) string {
 	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := conn.EnsureStreams(ctx, bus.MemoryStorage); err != nil {
+	if err := conn.EnsureStreams(ctx, bus.MemoryStorage, 1); err != nil {
 		t.Fatal(err)
 	}
 	return s.ClientURL()
+}
+
+// StartJetStreamCluster runs n NATS servers with JetStream (on disk) as one
+// cluster on loopback until the test ends, and returns their client URLs
+// once the cluster has a JetStream leader. No stream is created.
+func StartJetStreamCluster(t testing.TB, n int) []string {
+	t.Helper()
+	// Every server routes to every other, so the route ports are picked
+	// first: a clustered JetStream server refuses to start without routes.
+	ports := make([]int, n)
+	var routes []*url.URL
+	for i := range ports {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = ln.Addr().(*net.TCPAddr).Port
+		_ = ln.Close()
+		routes = append(routes, &url.URL{Scheme: "nats", Host: fmt.Sprintf("127.0.0.1:%d", ports[i])})
+	}
+	servers := make([]*server.Server, n)
+	for i := range servers {
+		s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true,
+			ServerName: fmt.Sprintf("n%d", i+1), JetStream: true, StoreDir: t.TempDir(),
+			Cluster: server.ClusterOpts{Name: "bustest", Host: "127.0.0.1", Port: ports[i]},
+			Routes:  routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		t.Cleanup(s.Shutdown)
+		servers[i] = s
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ready, leaders := 0, 0
+		for _, s := range servers {
+			if s.ReadyForConnections(10*time.Millisecond) && s.JetStreamIsClustered() && s.JetStreamIsCurrent() {
+				ready++
+			}
+			if s.JetStreamIsLeader() {
+				leaders++
+			}
+		}
+		if ready == n && leaders == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the %d-node JetStream cluster did not form within 20s", n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	urls := make([]string, n)
+	for i, s := range servers {
+		urls[i] = s.ClientURL()
+	}
+	return urls
 }

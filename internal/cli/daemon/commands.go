@@ -36,6 +36,9 @@ type Options struct {
 	Redis    RedisEndpoint
 	Insecure bool
 	LogLevel string
+	// StreamReplicas: see scaleout.go.
+	StreamReplicas int
+	streams        bool // the daemon creates the durable streams
 }
 
 func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
@@ -52,6 +55,10 @@ func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
 		fs.StringVar(&o.Redis.PasswordFile, "redis-password-file", "", "file holding the Redis password (of the user in --redis-url, if any)")
 		o.Redis.TLS.Prefix = "redis"
 		addTLSFlags(cmd, &o.Redis.TLS, "Redis")
+		AddRedisClusterFlag(cmd, &o.Redis.Cluster)
+	}
+	if o.streams {
+		AddStreamReplicasFlag(cmd, &o.StreamReplicas)
 	}
 	fs.BoolVar(&o.Insecure, "insecure", false, "start without authentication (NATS/Redis credentials, API keys); never in production")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -78,7 +85,7 @@ func (o *Options) checkAuth(redis bool) error {
 		return &cmdutil.UsageError{Err: err}
 	}
 	if redis {
-		if _, err := o.Redis.Options(); err != nil {
+		if err := o.Redis.Check(); err != nil {
 			return &cmdutil.UsageError{Err: err}
 		}
 	}
@@ -107,7 +114,7 @@ type env struct {
 	metrics *telemetry.Metrics
 	log     *slog.Logger
 	store   *store.Store
-	rdb     *redis.Client
+	rdb     redis.UniversalClient
 }
 
 func (e *env) close() {
@@ -123,6 +130,10 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	if err := o.checkAuth(redis); err != nil {
 		return nil, err
 	}
+	replicas, err := StreamReplicas(cmd, o.StreamReplicas)
+	if err != nil {
+		return nil, err
+	}
 	log, err := cmdutil.Logger(cmd, o.LogLevel)
 	if err != nil {
 		return nil, err
@@ -132,6 +143,12 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	if redis {
 		if e.store, e.rdb, err = OpenStore(ctx, o.Redis, store.Options{}); err != nil {
 			cancel()
+			return nil, err
+		}
+	}
+	if o.streams {
+		if err := EnsureStreams(ctx, o.NATS, bus.FileStorage, replicas, e.log); err != nil {
+			e.close()
 			return nil, err
 		}
 	}
@@ -257,7 +274,7 @@ func CheckPolicyFiles(files safety.Files) error {
 
 // NewCmdScheduler runs a scheduler.
 func NewCmdScheduler() *cobra.Command {
-	o := &Options{}
+	o := &Options{streams: true}
 	var routes RouteFlags
 	var safetyTimeout, lease time.Duration
 	var metricsAddr string
@@ -305,7 +322,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 
 // NewCmdWorker runs a worker.
 func NewCmdWorker() *cobra.Command {
-	o := &Options{}
+	o := &Options{streams: true}
 	wo := worker.Options{}
 	var metricsAddr, pythonPath string
 	cmd := &cobra.Command{
@@ -375,7 +392,7 @@ network where Linux user namespaces allow it; the worker says which).`,
 
 // NewCmdGateway runs the API gateway.
 func NewCmdGateway() *cobra.Command {
-	o := &Options{}
+	o := &Options{streams: true}
 	var listen string
 	var keys []string
 	var keysFile string

@@ -7,6 +7,7 @@ package daemon
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -59,6 +60,9 @@ type RedisEndpoint struct {
 	URL          string
 	PasswordFile string // --redis-password-file
 	TLS          config.TLSFiles
+	// Cluster says the URL, plus its ?addr= seeds, names a Redis Cluster
+	// (--redis-cluster; see scaleout.go).
+	Cluster bool
 }
 
 // Authenticated says whether a password is given, in the URL or a file.
@@ -74,52 +78,81 @@ func (r RedisEndpoint) Authenticated() bool {
 	return ok && p != ""
 }
 
-// Options parses the URL and applies the password file and TLS files.
-// Errors name the flag, never a secret.
+// Options parses the URL of a single server and applies the password file
+// and TLS files. Errors name the flag, never a secret.
 func (r RedisEndpoint) Options() (*redis.Options, error) {
+	if err := r.checkSeeds(); err != nil {
+		return nil, err
+	}
 	ro, err := redis.ParseURL(r.URL)
 	if err != nil {
 		return nil, fmt.Errorf("redis url %s: %w (want redis[s]://[user[:password]@]host:port[/db])", telemetry.RedactURL(r.URL), telemetry.URLError(err))
 	}
+	if err := r.secrets(&ro.Password, &ro.TLSConfig); err != nil {
+		return nil, err
+	}
+	return ro, nil
+}
+
+// Check checks the settings (the URL, the files) without dialling.
+func (r RedisEndpoint) Check() error {
+	var err error
+	if r.Cluster {
+		_, err = r.ClusterOptions()
+	} else {
+		_, err = r.Options()
+	}
+	return err
+}
+
+// secrets applies the password file and the TLS files to what the URL
+// gave.
+func (r RedisEndpoint) secrets(password *string, tlsConfig **tls.Config) error {
 	if r.PasswordFile != "" {
-		if ro.Password != "" {
-			return nil, errors.New("--redis-url holds a password and --redis-password-file gives another: keep one")
+		if *password != "" {
+			return errors.New("--redis-url holds a password and --redis-password-file gives another: keep one")
 		}
-		if ro.Password, err = config.ReadSecret("redis-password-file", r.PasswordFile); err != nil {
-			return nil, err
+		var err error
+		if *password, err = config.ReadSecret("redis-password-file", r.PasswordFile); err != nil {
+			return err
 		}
 	}
 	if r.TLS.Any() {
-		if ro.TLSConfig == nil {
-			return nil, errors.New("--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
+		if *tlsConfig == nil {
+			return errors.New("--redis-ca, --redis-cert and --redis-key are for TLS: use a rediss:// URL")
 		}
 		files := r.TLS
 		files.Prefix = "redis" // in errors
-		if ro.TLSConfig, err = files.Config(ro.TLSConfig); err != nil {
-			return nil, err
+		var err error
+		if *tlsConfig, err = files.Config(*tlsConfig); err != nil {
+			return err
 		}
 	}
-	return ro, nil
+	return nil
 }
 
 // pingTimeout bounds the first contact with Redis.
 const pingTimeout = 3 * time.Second
 
-// OpenStore connects to Redis and checks that it answers.
-func OpenStore(ctx context.Context, r RedisEndpoint, opts store.Options) (*store.Store, *redis.Client, error) {
+// OpenStore connects to Redis, a single server or (r.Cluster) a Redis
+// Cluster, and checks that it answers and is what r says it is.
+func OpenStore(ctx context.Context, r RedisEndpoint, opts store.Options) (*store.Store, redis.UniversalClient, error) {
 	silenceRedis.Do(func() { redis.SetLogger(quietRedis{}) })
-	ro, err := r.Options()
+	rdb, useTLS, err := r.client()
 	if err != nil {
 		return nil, nil, err
 	}
-	ro.PoolSize = 256
-	rdb := redis.NewClient(ro)
 	st := store.New(rdb, opts)
 	pingCtx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
-	if err := st.Ping(pingCtx); err != nil {
+	err = st.Ping(pingCtx)
+	if mismatch := r.checkTopology(pingCtx, rdb, err); mismatch != nil {
 		_ = rdb.Close()
-		return nil, nil, r.redisError(ro.TLSConfig != nil, err)
+		return nil, nil, fmt.Errorf("redis at %s: %w", telemetry.RedactURL(r.URL), mismatch)
+	}
+	if err != nil {
+		_ = rdb.Close()
+		return nil, nil, r.redisError(useTLS, err)
 	}
 	return st, rdb, nil
 }
@@ -201,7 +234,7 @@ func ConnectDurable(ctx context.Context, natsEP bus.Endpoint, name string, log *
 	if err != nil {
 		return nil, err
 	}
-	if err := conn.EnsureStreams(ctx, bus.FileStorage); err != nil {
+	if err := conn.EnsureStreams(ctx, bus.FileStorage, 0); err != nil {
 		conn.Close()
 		return nil, err
 	}

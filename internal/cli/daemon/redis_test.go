@@ -67,3 +67,36 @@ func TestRedisEndpointOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestRedisClusterEndpointOptions: a Redis Cluster's URL takes the same
+// password file and TLS files as a single server's, and its ?addr= seeds.
+func TestRedisClusterEndpointOptions(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "pw")
+	if err := os.WriteFile(pw, []byte("redis-pw-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	certs := testcerts.Write(t, dir)
+	ep := daemon.RedisEndpoint{URL: "rediss://cortex@r1.example:6380?addr=r2.example:6380&addr=r3.example:6380", PasswordFile: pw,
+		TLS: config.TLSFiles{CA: certs.CA, Cert: certs.ClientCert, Key: certs.ClientKey}, Cluster: true}
+	co, err := ep.ClusterOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"r1.example:6380", "r2.example:6380", "r3.example:6380"}; strings.Join(co.Addrs, ",") != strings.Join(want, ",") {
+		t.Errorf("seeds %v, want %v", co.Addrs, want)
+	}
+	if co.Username != "cortex" || co.Password != "redis-pw-secret" {
+		t.Errorf("user %q, password from file %v", co.Username, co.Password == "redis-pw-secret")
+	}
+	if co.TLSConfig == nil || co.TLSConfig.RootCAs == nil || len(co.TLSConfig.Certificates) != 1 {
+		t.Errorf("TLS config %+v: want the CA and the client certificate", co.TLSConfig)
+	}
+	if err := ep.Check(); err != nil {
+		t.Errorf("Check = %v", err)
+	}
+	ep.TLS, ep.URL = config.TLSFiles{CA: certs.CA}, "redis://r1.example:6380"
+	if err := ep.Check(); err == nil || !strings.Contains(err.Error(), "use a rediss:// URL") {
+		t.Errorf("TLS files with a redis:// cluster URL: Check = %v, want the rediss:// advice", err)
+	}
+}

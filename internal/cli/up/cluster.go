@@ -35,6 +35,11 @@ type ClusterOptions struct {
 	// embedded ones.
 	NATSURL  string
 	RedisURL string
+	// RedisCluster says RedisURL names a Redis Cluster.
+	RedisCluster bool
+	// StreamReplicas is the durable streams' replicas (0: keep those of
+	// existing streams, create with 1).
+	StreamReplicas int
 	// DataDir holds the embedded JetStream's storage (temporary if empty).
 	DataDir string
 	// Routes maps topics to pools, with their job defaults (when nil, the
@@ -97,7 +102,7 @@ type Cluster struct {
 	workers     []*worker.Worker
 	safetyConn  *bus.Conn
 	conns       []*bus.Conn // every component's, for Dropped
-	rdb         *redis.Client
+	rdb         redis.UniversalClient
 	closeOnce   sync.Once
 }
 
@@ -134,13 +139,13 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 			c.RedisURL = c.Stack.RedisURL
 		}
 	}
-	c.Store, c.rdb, err = daemon.OpenStore(ctx, daemon.RedisEndpoint{URL: c.RedisURL}, store.Options{Lease: opts.Lease})
+	c.Store, c.rdb, err = daemon.OpenStore(ctx, daemon.RedisEndpoint{URL: c.RedisURL, Cluster: opts.RedisCluster}, store.Options{Lease: opts.Lease})
 	if err != nil {
 		return c, err
 	}
 	// The streams are made before any component asks for them: on disk
 	// under --data-dir (or on a remote server), else in memory.
-	if c.Streams, err = ensureStreams(ctx, c.NATSURL, opts.NATSURL == "" && opts.DataDir == "", log); err != nil {
+	if c.Streams, err = ensureStreams(ctx, c.NATSURL, opts.NATSURL == "" && opts.DataDir == "", opts.StreamReplicas, log); err != nil {
 		return c, err
 	}
 	natsEP := bus.Endpoint{URL: c.NATSURL}
@@ -271,7 +276,7 @@ func (c *Cluster) Close() error {
 
 // ensureStreams creates the durable streams, in memory when asked, and
 // reports the storage they have (an existing stream keeps its own).
-func ensureStreams(ctx context.Context, natsURL string, inMemory bool, log *slog.Logger) (bus.Storage, error) {
+func ensureStreams(ctx context.Context, natsURL string, inMemory bool, replicas int, log *slog.Logger) (bus.Storage, error) {
 	conn, err := bus.Connect(natsURL, "up-"+ids.Hex(4), log)
 	if err != nil {
 		return 0, err
@@ -281,7 +286,7 @@ func ensureStreams(ctx context.Context, natsURL string, inMemory bool, log *slog
 	if inMemory {
 		storage = bus.MemoryStorage
 	}
-	if err := conn.EnsureStreams(ctx, storage); err != nil {
+	if err := conn.EnsureStreams(ctx, storage, replicas); err != nil {
 		return 0, err
 	}
 	return conn.StreamStorage(ctx)

@@ -5,6 +5,7 @@
 package up
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -64,7 +65,9 @@ built-in workers serve pool echo, and code-python with --python. Without
   cortexctl up --routes routing.yaml
   cortexctl up --python                      # python3 from PATH
   cortexctl up --python=/usr/bin/python3
-  cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
+  cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0
+  cortexctl up --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 --stream-replicas 3 \
+    --redis-url 'redis://:pass@r1:6379?addr=r2:6379&addr=r3:6379' --redis-cluster`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return upRun(cmd, o)
@@ -74,6 +77,8 @@ built-in workers serve pool echo, and code-python with --python. Without
 	fs.StringVar(&o.Cluster.Listen, "listen", "127.0.0.1:7470", "gateway address (gRPC, gRPC-Web and HTTP/JSON)")
 	fs.StringVar(&o.Cluster.NATSURL, "nats-url", "", "use this NATS server instead of the embedded one")
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
+	daemon.AddRedisClusterFlag(cmd, &o.Cluster.RedisCluster)
+	daemon.AddStreamReplicasFlag(cmd, &o.Cluster.StreamReplicas)
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory)")
 	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
@@ -96,6 +101,15 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	}
 	if err := daemon.CheckPolicyFiles(o.Cluster.Policy); err != nil {
 		return err
+	}
+	if o.Cluster.StreamReplicas, err = daemon.StreamReplicas(cmd, o.Cluster.StreamReplicas); err != nil {
+		return err
+	}
+	if o.Cluster.RedisCluster && o.Cluster.RedisURL == "" {
+		return &cmdutil.UsageError{Err: errors.New("--redis-cluster needs --redis-url: the embedded Redis is one node")}
+	}
+	if o.Cluster.StreamReplicas > 1 && o.Cluster.NATSURL == "" {
+		return &cmdutil.UsageError{Err: errors.New("--stream-replicas above 1 needs --nats-url naming a NATS cluster: the embedded NATS is one server")}
 	}
 	if o.Routes.File != "" || len(o.Routes.Pairs) > 0 {
 		if o.Cluster.Routes, err = o.Routes.Router(); err != nil {
