@@ -1,6 +1,4 @@
-//go:build chaos
-
-package chaos
+package harness
 
 import (
 	"strings"
@@ -10,9 +8,9 @@ import (
 	"github.com/cortex-os/core/internal/store"
 )
 
-// TestChaosTwoOutcomes checks the check itself: a record that shows two
+// TestTwoOutcomes checks the check itself: a record that shows two
 // outcomes is caught, one that shows one is not.
-func TestChaosTwoOutcomes(t *testing.T) {
+func TestTwoOutcomes(t *testing.T) {
 	at := time.Unix(1700000000, 0)
 	base := func() *store.Job {
 		return &store.Job{ID: "j", State: store.Completed, Attempt: 1, MaxAttempts: 2, Version: 4,

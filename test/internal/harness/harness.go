@@ -1,6 +1,10 @@
-//go:build chaos
-
-package chaos
+// Package harness runs CortexOS's process-level tests (test/chaos,
+// test/multinode): it starts real processes (cortexctl daemons,
+// nats-server, redis-server), kills them with SIGKILL and restarts them,
+// submits jobs through the gateway with idempotency keys, and checks
+// afterwards that every accepted job reached exactly one terminal state.
+// Only those tests import it; the product must not.
+package harness
 
 import (
 	"bytes"
@@ -13,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -30,14 +35,14 @@ const readyTimeout = 30 * time.Second
 // proc is one supervised process: it can be started, killed with SIGKILL and
 // started again with the same arguments. Its output goes to one log file,
 // each start marked.
-type proc struct {
-	name    string
-	path    string
-	args    []string
-	logPath string
-	// ready returns nil once this start of the process is ready; since is
+type Proc struct {
+	Name    string
+	Path    string
+	Args    []string
+	LogPath string
+	// Ready returns nil once this start of the process is ready; since is
 	// the log offset where this start's output begins.
-	ready func(ctx context.Context, since int64) error
+	Ready func(ctx context.Context, since int64) error
 
 	mu     sync.Mutex
 	cur    *run
@@ -57,13 +62,14 @@ type run struct {
 }
 
 // harness owns every process of a test and the test's clock.
-type harness struct {
-	t       *testing.T
-	t0      time.Time
+type Harness struct {
+	t *testing.T
+	// T0 is when the test began.
+	T0      time.Time
 	closing atomic.Bool
 
 	mu    sync.Mutex
-	procs []*proc
+	procs []*Proc
 	// unexpected lists the processes that exited without being killed,
 	// as they happened.
 	unexpected []string
@@ -71,44 +77,77 @@ type harness struct {
 	submitStart time.Time
 }
 
-func newHarness(t *testing.T) *harness {
-	h := &harness{t: t, t0: time.Now()}
+// New returns a harness that kills every process it started when the test
+// ends.
+func New(t *testing.T) *Harness {
+	h := &Harness{t: t, T0: time.Now()}
 	t.Cleanup(h.stopAll)
 	return h
 }
 
-// since is the time since the test began, for log lines.
-func (h *harness) since() string {
-	return fmt.Sprintf("+%5.1fs", time.Since(h.t0).Seconds())
+// Since is the time since the test began, for log lines.
+func (h *Harness) Since() string {
+	return fmt.Sprintf("+%5.1fs", time.Since(h.T0).Seconds())
 }
 
-func (h *harness) logf(format string, args ...any) {
+// Logf logs with the time since the test began.
+func (h *Harness) Logf(format string, args ...any) {
 	h.t.Helper()
-	h.t.Logf("%s "+format, append([]any{h.since()}, args...)...)
+	h.t.Logf("%s "+format, append([]any{h.Since()}, args...)...)
 }
 
-func (h *harness) add(p *proc) *proc {
+// Log logs a line as it is.
+func (h *Harness) Log(line string) {
+	h.t.Helper()
+	h.t.Log(line)
+}
+
+// Unexpected lists the processes that exited without being killed, as they
+// happened (the supervisor started each again).
+func (h *Harness) Unexpected() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.unexpected)
+}
+
+// Add registers p, to be killed when the test ends.
+func (h *Harness) Add(p *Proc) *Proc {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.procs = append(h.procs, p)
 	return p
 }
 
-// start starts p and waits until it is ready.
-func (h *harness) start(p *proc) error {
-	r, err := h.spawn(p)
-	if err != nil {
-		return err
+// Start starts p and waits until it is ready.
+func (h *Harness) Start(p *Proc) error {
+	return h.StartAll(p)
+}
+
+// StartAll starts every process, then waits until each is ready: for
+// servers that are ready only once their peers are up (a NATS cluster).
+func (h *Harness) StartAll(ps ...*Proc) error {
+	runs := make([]*run, len(ps))
+	for i, p := range ps {
+		r, err := h.spawn(p)
+		if err != nil {
+			return err
+		}
+		runs[i] = r
 	}
-	return h.waitReady(p, r)
+	for i, p := range ps {
+		if err := h.waitReady(p, runs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // spawn starts p without waiting for it to be ready.
-func (h *harness) spawn(p *proc) (*run, error) {
+func (h *Harness) spawn(p *Proc) (*run, error) {
 	if h.closing.Load() {
 		return nil, errors.New("the test is ending")
 	}
-	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	f, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -117,19 +156,19 @@ func (h *harness) spawn(p *proc) (*run, error) {
 	p.starts++
 	n := p.starts
 	p.mu.Unlock()
-	fmt.Fprintf(f, "=== chaos %s: start #%d: %s %s\n", h.since(), n, filepath.Base(p.path), strings.Join(p.args, " "))
+	fmt.Fprintf(f, "=== chaos %s: start #%d: %s %s\n", h.Since(), n, filepath.Base(p.Path), strings.Join(p.Args, " "))
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(p.path, p.args...) //nolint:gosec // the test starts the binaries it built
+	cmd := exec.Command(p.Path, p.Args...) //nolint:gosec // the test starts the binaries it built
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = append(os.Environ(), "NO_COLOR=1")
 	// Its own process group, so a kill reaches whatever it forked (redis
 	// forks to rewrite its AOF); and it dies with the test.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", p.name, err)
+		return nil, fmt.Errorf("start %s: %w", p.Name, err)
 	}
 	r := &run{cmd: cmd, since: st.Size(), at: time.Now(), done: make(chan struct{})}
 	p.mu.Lock()
@@ -142,7 +181,7 @@ func (h *harness) spawn(p *proc) (*run, error) {
 // watch waits for a run to end. An exit the harness did not cause is
 // recorded, and the process is started again a second later, as a
 // supervisor (systemd, Kubernetes) would.
-func (h *harness) watch(p *proc, r *run) {
+func (h *Harness) watch(p *Proc, r *run) {
 	r.err = r.cmd.Wait()
 	if r.err == nil {
 		r.err = errors.New("exit status 0")
@@ -152,7 +191,7 @@ func (h *harness) watch(p *proc, r *run) {
 		return
 	}
 	msg := fmt.Sprintf("%s %s (pid %d) exited by itself after %.1fs: %v; its last lines:\n%s",
-		h.since(), p.name, r.cmd.Process.Pid, time.Since(r.at).Seconds(), r.err, indent(tailFrom(p.logPath, r.since, 8)))
+		h.Since(), p.Name, r.cmd.Process.Pid, time.Since(r.at).Seconds(), r.err, indent(tailFrom(p.LogPath, r.since, 8)))
 	p.mu.Lock()
 	p.exits = append(p.exits, msg)
 	p.mu.Unlock()
@@ -164,46 +203,46 @@ func (h *harness) watch(p *proc, r *run) {
 	if h.closing.Load() {
 		return
 	}
-	h.logf("supervisor: starting %s again", p.name)
+	h.Logf("supervisor: starting %s again", p.Name)
 	if _, err := h.spawn(p); err != nil {
-		h.logf("supervisor: %s: %v", p.name, err)
+		h.Logf("supervisor: %s: %v", p.Name, err)
 	}
 }
 
 // waitReady waits until run r of p is ready, or fails if it exits first.
-func (h *harness) waitReady(p *proc, r *run) error {
+func (h *Harness) waitReady(p *Proc, r *run) error {
 	ctx, cancel := context.WithTimeout(context.Background(), readyTimeout)
 	defer cancel()
 	var last error
 	for {
 		select {
 		case <-r.done:
-			return fmt.Errorf("%s exited while starting: %w; its last lines:\n%s", p.name, r.err, indent(tailFrom(p.logPath, r.since, 15)))
+			return fmt.Errorf("%s exited while starting: %w; its last lines:\n%s", p.Name, r.err, indent(tailFrom(p.LogPath, r.since, 15)))
 		default:
 		}
-		if last = p.ready(ctx, r.since); last == nil {
+		if last = p.Ready(ctx, r.since); last == nil {
 			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready after %s: %w; its last lines:\n%s", p.name, readyTimeout, last, indent(tailFrom(p.logPath, r.since, 15)))
+			return fmt.Errorf("%s not ready after %s: %w; its last lines:\n%s", p.Name, readyTimeout, last, indent(tailFrom(p.LogPath, r.since, 15)))
 		case <-r.done:
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }
 
-// kill sends SIGKILL to p's process group and waits until it is gone.
-func (h *harness) kill(p *proc) (pid int, err error) {
+// Kill sends SIGKILL to p's process group and waits until it is gone.
+func (h *Harness) Kill(p *Proc) (pid int, err error) {
 	p.mu.Lock()
 	r := p.cur
 	p.mu.Unlock()
 	if r == nil {
-		return 0, fmt.Errorf("%s is not running", p.name)
+		return 0, fmt.Errorf("%s is not running", p.Name)
 	}
 	select {
 	case <-r.done:
-		return 0, fmt.Errorf("%s had already exited", p.name)
+		return 0, fmt.Errorf("%s had already exited", p.Name)
 	default:
 	}
 	r.killed.Store(true)
@@ -213,12 +252,12 @@ func (h *harness) kill(p *proc) (pid int, err error) {
 	case <-r.done:
 		return pid, nil
 	case <-time.After(10 * time.Second):
-		return pid, fmt.Errorf("%s (pid %d) still there 10s after SIGKILL", p.name, pid)
+		return pid, fmt.Errorf("%s (pid %d) still there 10s after SIGKILL", p.Name, pid)
 	}
 }
 
 // stopAll kills every process (the test's cleanup).
-func (h *harness) stopAll() {
+func (h *Harness) stopAll() {
 	h.closing.Store(true)
 	h.mu.Lock()
 	procs := h.procs
@@ -235,20 +274,20 @@ func (h *harness) stopAll() {
 		select {
 		case <-r.done:
 		case <-time.After(10 * time.Second):
-			h.t.Logf("%s (pid %d) did not die", p.name, r.cmd.Process.Pid)
+			h.t.Logf("%s (pid %d) did not die", p.Name, r.cmd.Process.Pid)
 		}
 	}
 	if h.t.Failed() {
 		for _, p := range procs {
-			h.t.Logf("--- last lines of %s (%s):\n%s", p.name, p.logPath, indent(tailFrom(p.logPath, 0, 25)))
+			h.t.Logf("--- last lines of %s (%s):\n%s", p.Name, p.LogPath, indent(tailFrom(p.LogPath, 0, 25)))
 		}
 	}
 }
 
 // --- readiness checks ---------------------------------------------------------
 
-// tcpReady is ready once something accepts connections on addr.
-func tcpReady(addr string) func(context.Context, int64) error {
+// TCPReady is ready once something accepts connections on addr.
+func TCPReady(addr string) func(context.Context, int64) error {
 	return func(ctx context.Context, _ int64) error {
 		d := net.Dialer{Timeout: time.Second}
 		c, err := d.DialContext(ctx, "tcp", addr)
@@ -259,8 +298,8 @@ func tcpReady(addr string) func(context.Context, int64) error {
 	}
 }
 
-// redisReady is ready once redis answers PING (not while it loads its AOF).
-func redisReady(addr string) func(context.Context, int64) error {
+// RedisReady is ready once redis answers PING (not while it loads its AOF).
+func RedisReady(addr string) func(context.Context, int64) error {
 	return func(ctx context.Context, _ int64) error {
 		rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1, DialTimeout: time.Second})
 		defer rdb.Close()
@@ -270,8 +309,8 @@ func redisReady(addr string) func(context.Context, int64) error {
 	}
 }
 
-// httpReady is ready once GET url answers 200.
-func httpReady(url string) func(context.Context, int64) error {
+// HTTPReady is ready once GET url answers 200.
+func HTTPReady(url string) func(context.Context, int64) error {
 	return func(ctx context.Context, _ int64) error {
 		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
@@ -291,11 +330,11 @@ func httpReady(url string) func(context.Context, int64) error {
 	}
 }
 
-// logReady is ready once this start's log holds marker (the daemons say
+// LogReady is ready once this start's log holds marker (the daemons say
 // "... running; Ctrl-C or SIGTERM stops it" once they are subscribed).
 // If the wording changes the check gives up after grace and takes a live
 // process as ready, saying so, rather than failing the run.
-func logReady(h *harness, name, logPath, marker string, grace time.Duration) func(context.Context, int64) error {
+func LogReady(h *Harness, name, logPath, marker string, grace time.Duration) func(context.Context, int64) error {
 	var mu sync.Mutex
 	first := map[int64]time.Time{}
 	return func(_ context.Context, since int64) error {
@@ -308,7 +347,7 @@ func logReady(h *harness, name, logPath, marker string, grace time.Duration) fun
 			first[since] = time.Now()
 		}
 		if time.Since(first[since]) > grace {
-			h.logf("%s has not printed %q after %s; taking it as ready", name, marker, grace)
+			h.Logf("%s has not printed %q after %s; taking it as ready", name, marker, grace)
 			return nil
 		}
 		return fmt.Errorf("%s has not printed %q yet", name, marker)
@@ -317,8 +356,8 @@ func logReady(h *harness, name, logPath, marker string, grace time.Duration) fun
 
 // --- small helpers --------------------------------------------------------------
 
-// freePort returns a port on 127.0.0.1 that nothing listens on.
-func freePort(t *testing.T) int {
+// FreePort returns a port on 127.0.0.1 that nothing listens on.
+func FreePort(t *testing.T) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -383,7 +422,7 @@ func indent(s string) string {
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
 }
 
-func envInt(t *testing.T, name string, def int) int {
+func EnvInt(t *testing.T, name string, def int) int {
 	t.Helper()
 	v := os.Getenv(name)
 	if v == "" {
@@ -396,7 +435,7 @@ func envInt(t *testing.T, name string, def int) int {
 	return n
 }
 
-func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
+func EnvDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	t.Helper()
 	v := os.Getenv(name)
 	if v == "" {
@@ -409,8 +448,8 @@ func envDuration(t *testing.T, name string, def time.Duration) time.Duration {
 	return d
 }
 
-// moduleRoot is the folder of the go.mod this test belongs to.
-func moduleRoot(t *testing.T) string {
+// ModuleRoot is the folder of the go.mod this test belongs to.
+func ModuleRoot(t *testing.T) string {
 	t.Helper()
 	out, err := exec.Command("go", "env", "GOMOD").Output()
 	if err != nil {
@@ -424,7 +463,7 @@ func moduleRoot(t *testing.T) string {
 }
 
 // build builds a package of the module graph into dir/name.
-func build(t *testing.T, root, dir, name, pkg string) string {
+func Build(t *testing.T, root, dir, name, pkg string) string {
 	t.Helper()
 	out := filepath.Join(dir, name)
 	start := time.Now()
@@ -435,4 +474,15 @@ func build(t *testing.T, root, dir, name, pkg string) string {
 	}
 	t.Logf("built %s in %.1fs", name, time.Since(start).Seconds())
 	return out
+}
+
+// SubmitStart is when submitting began (kill schedules count from it): the
+// first call sets it.
+func (h *Harness) SubmitStart() time.Time {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.submitStart.IsZero() {
+		h.submitStart = time.Now()
+	}
+	return h.submitStart
 }
