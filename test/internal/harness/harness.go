@@ -156,7 +156,7 @@ func (h *Harness) spawn(p *Proc) (*run, error) {
 	p.starts++
 	n := p.starts
 	p.mu.Unlock()
-	fmt.Fprintf(f, "=== chaos %s: start #%d: %s %s\n", h.Since(), n, filepath.Base(p.Path), strings.Join(p.Args, " "))
+	fmt.Fprintf(f, "=== harness %s: start #%d: %s %s\n", h.Since(), n, filepath.Base(p.Path), strings.Join(p.Args, " "))
 	st, err := f.Stat()
 	if err != nil {
 		return nil, err
