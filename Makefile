@@ -7,13 +7,16 @@ TESTFLAGS ?=
 UPFLAGS   ?=
 FUZZTIME  ?= 10s
 
-.PHONY: test test-cluster chaos fuzz generate check-generate lint build up fmt-check vet completions manpages check-completions release-check release-snapshot k8s-validate
+.PHONY: test test-cluster chaos multinode fuzz generate check-generate lint build up fmt-check vet completions manpages check-completions release-check release-snapshot k8s-validate
 
 test: ## all tests, with the race detector (needs cgo: gcc)
 	$(GO) test -race $(TESTFLAGS) ./...
 
 chaos: ## the SIGKILL chaos test: separate processes, real redis-server and nats-server, 10k jobs
 	bash .ci/chaos.sh
+
+multinode: ## the scale-out test: 3-node NATS cluster (R3 streams) + 3-master Redis Cluster, a node of each killed and brought back
+	bash .ci/chaos.sh multinode
 
 test-cluster: ## the store's and the daemons' tests against a real 3-node Redis Cluster (started and stopped here)
 	@set -e; eval "$$(bash .ci/redis-cluster.sh start)"; \

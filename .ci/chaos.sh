@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# Chaos test: the components run as separate processes against a real
-# redis-server (AOF on) and a separate NATS server; each of worker,
-# scheduler, gateway, safety kernel, NATS and Redis is killed with SIGKILL
-# and restarted in turn while 10,000 echo jobs are submitted. Afterwards
-# every accepted job must be in exactly one terminal state; the test prints
-# the counts. About 2-3 minutes on a 2-core machine.
+# The process-level tests, which kill servers with SIGKILL while jobs are
+# submitted and then check that every accepted job is in exactly one
+# terminal state (they print the counts):
 #
-#   bash .ci/chaos.sh                       # the full run, as CI runs it
+# chaos (the default): the components run as separate processes against a
+# real redis-server (AOF on) and a separate NATS server; each of worker,
+# scheduler, gateway, safety kernel, NATS and Redis is killed and restarted
+# in turn while 10,000 echo jobs are submitted. About 2-3 minutes on a
+# 2-core machine.
+#
+# multinode: a 3-node NATS cluster (streams with 3 replicas) and a 3-master
+# Redis Cluster (AOF on); the NATS node leading the job stream and a Redis
+# master are killed and brought back. About 1 minute.
+#
+#   bash .ci/chaos.sh                       # the chaos run, as CI runs it
+#   bash .ci/chaos.sh multinode             # the multinode run, as CI runs it
 #   CHAOS_JOBS=1000 bash .ci/chaos.sh       # smaller
 #   CHAOS_KILLS=worker,nats bash .ci/chaos.sh
 #
-# See test/chaos/doc.go for every knob (CHAOS_SUBMIT, CHAOS_SETTLE,
-# CHAOS_LOGDIR).
+# See test/chaos/doc.go and test/multinode/doc.go for every knob.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+suite=${1:-chaos}
+case $suite in
+chaos) run=TestChaos ;;
+multinode) run=TestMultiNode ;;
+*)
+	echo "usage: $0 [chaos|multinode]" >&2
+	exit 2
+	;;
+esac
 
 export GOFLAGS="${GOFLAGS:--buildvcs=false}"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
@@ -31,6 +48,6 @@ echo "==> $(go version)"
 
 start=$SECONDS
 rc=0
-go test -tags chaos -run TestChaos -v -count=1 -timeout 10m ./test/chaos/ </dev/null || rc=$?
-echo "==> chaos test took $((SECONDS - start))s (exit $rc)"
+go test -tags "$suite" -run "$run" -v -count=1 -timeout 10m "./test/$suite/" </dev/null || rc=$?
+echo "==> $suite test took $((SECONDS - start))s (exit $rc)"
 exit $rc

@@ -13,7 +13,8 @@
 //
 //	go test -tags multinode -run TestMultiNode -v -timeout 10m ./test/multinode/
 //
-// or .ci/multinode.sh (make multinode), which installs redis-server first.
+// or make multinode (bash .ci/chaos.sh multinode), which installs
+// redis-server first.
 // It builds cortexctl and nats-server itself. Environment:
 //
 //	MULTINODE_JOBS     jobs to submit (default 3000)
