@@ -1742,3 +1742,41 @@ func (l *lifecycle) deadLetters() {
 		_ = drop(d3, true) && letters(tenant, 10, time.Time{})
 	}
 }
+
+// TestPingClusterWithAMasterDown: on a Redis Cluster, Ping answers when any
+// master does (one down stalls only its own shards), and fails, naming a
+// master, when none does. The cluster is two "masters" given by hand to the
+// client: a miniredis, and an address where nothing listens.
+func TestPingClusterWithAMasterDown(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	_ = ln.Close()
+	mr := miniredis.RunT(t)
+	cluster := func(first, second string) *store.Store {
+		rdb := redis.NewClusterClient(&redis.ClusterOptions{
+			ClusterSlots: func(context.Context) ([]redis.ClusterSlot, error) {
+				return []redis.ClusterSlot{
+					{Start: 0, End: 8191, Nodes: []redis.ClusterNode{{ID: "a", Addr: first}}},
+					{Start: 8192, End: 16383, Nodes: []redis.ClusterNode{{ID: "b", Addr: second}}},
+				}, nil
+			},
+			MaxRetries: -1, DialTimeout: time.Second,
+		})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return store.New(rdb, store.Options{})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := cluster(dead, mr.Addr()).Ping(ctx); err != nil {
+		t.Errorf("Ping with one master of two down = %v, want nil", err)
+	}
+	// go-redis may show a loopback host as "": look for the port.
+	_, port, _ := net.SplitHostPort(dead)
+	err = cluster(dead, dead).Ping(ctx)
+	if err == nil || !strings.Contains(err.Error(), "no master answers") || !strings.Contains(err.Error(), ":"+port) {
+		t.Errorf("Ping with every master down = %v, want an error naming the master at port %s", err, port)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -173,12 +174,47 @@ func allHandshake(cmds []redis.Cmder) bool {
 	return true
 }
 
-// Ping checks that Redis answers.
+// Ping checks that Redis answers. On a Redis Cluster it asks every master
+// at once and is answered by the first that replies: a master that is down
+// stalls only the jobs of its own shards, and a keyless PING to it would
+// first spend its dial retries there.
 func (s *Store) Ping(ctx context.Context) error {
-	if err := s.rdb.Ping(ctx).Err(); err != nil {
-		return fmt.Errorf("ping Redis: %w", err)
+	c, ok := s.rdb.(*redis.ClusterClient)
+	if !ok {
+		if err := s.rdb.Ping(ctx).Err(); err != nil {
+			return fmt.Errorf("ping Redis: %w", err)
+		}
+		return nil
 	}
-	return nil
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	answered := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	go func() {
+		done <- c.ForEachMaster(ctx, func(ctx context.Context, m *redis.Client) error {
+			if err := m.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("master %s: %w", m.Options().Addr, err)
+			}
+			once.Do(func() { close(answered) })
+			return nil
+		})
+	}()
+	select {
+	case <-answered:
+		return nil
+	case err := <-done:
+		// Every ping has ended: one may have answered all the same.
+		select {
+		case <-answered:
+			return nil
+		default:
+		}
+		if err == nil {
+			err = errors.New("the cluster has no master")
+		}
+		return fmt.Errorf("ping Redis Cluster: no master answers: %w", err)
+	}
 }
 
 // NewJob is what the gateway records when it accepts a job.

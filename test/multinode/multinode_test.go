@@ -50,6 +50,11 @@ type system struct {
 	mu     sync.Mutex
 	killed []harness.KillEvent
 	back   []backEvent
+	// unready lists the gateway's /readyz answers other than 200 while a
+	// Redis master was down: the other masters serve their shards, so the
+	// gateway must stay in service.
+	unready []string
+	probes  int
 }
 
 // backEvent is a killed node ready again.
@@ -128,6 +133,13 @@ func TestMultiNode(t *testing.T) {
 		if after.n[b.what] == 0 {
 			t.Errorf("no job completed after %s came back", b.what)
 		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.Logf("gateway /readyz while the Redis master was down: %d of %d probes not ready", len(s.unready), s.probes)
+	if s.probes == 0 || len(s.unready) > 0 {
+		t.Errorf("the gateway must stay ready while one Redis master is down (the others serve their shards): %d of %d probes failed: %s",
+			len(s.unready), s.probes, strings.Join(s.unready, "; "))
 	}
 }
 
@@ -398,7 +410,11 @@ func (s *system) chaos(window, down time.Duration) []string {
 		s.mu.Lock()
 		s.killed = append(s.killed, harness.KillEvent{Name: st.what + " " + p.Name, At: killedAt})
 		s.mu.Unlock()
-		time.Sleep(down)
+		if st.what == "redis" {
+			s.probeReady(down)
+		} else {
+			time.Sleep(down)
+		}
 		err = s.h.Start(p)
 		if err == nil && st.whole != nil {
 			ctx, cancel := context.WithTimeout(context.Background(), clusterOKTimeout)
@@ -417,6 +433,22 @@ func (s *system) chaos(window, down time.Duration) []string {
 		out = append(out, s.say("%s", line))
 	}
 	return out
+}
+
+// probeReady asks the gateway's /readyz every 200ms for d and records
+// every answer that is not 200.
+func (s *system) probeReady(d time.Duration) {
+	ready := harness.HTTPReady(s.gwURL + "/readyz")
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		err := ready(context.Background(), 0)
+		s.mu.Lock()
+		s.probes++
+		if err != nil {
+			s.unready = append(s.unready, err.Error())
+		}
+		s.mu.Unlock()
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 func (s *system) say(format string, args ...any) string {
