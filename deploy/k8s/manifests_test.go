@@ -31,7 +31,6 @@ import (
 // Python pools). When one lands, this test fails and asks to drop it here.
 var coming = map[string][]string{
 	"flags": {
-		"redis-cluster", "stream-replicas",
 		"llm-base-url", "llm-model", "llm-api-key-file",
 	},
 	"pools": {"chat-llm"},
