@@ -115,13 +115,13 @@ func (r RedisEndpoint) checkTopology(ctx context.Context, rdb redis.UniversalCli
 		}
 		return nil
 	}
-	if pingErr != nil {
-		return nil
-	}
-	// An ACL user may not be allowed INFO: then nothing can be told here.
-	info, err := rdb.Info(ctx, "cluster").Result()
-	if err == nil && strings.Contains(info, "cluster_enabled:1") {
-		return errors.New("it is a node of a Redis Cluster, and one node alone answers only for its own slots (MOVED): add --redis-cluster (with ?addr=host:port for more seed nodes)")
+	// Only a server that answered can be asked; an ACL user may not be
+	// allowed INFO: then nothing can be told here.
+	if pingErr == nil {
+		info, err := rdb.Info(ctx, "cluster").Result()
+		if err == nil && strings.Contains(info, "cluster_enabled:1") {
+			return errors.New("it is a node of a Redis Cluster, and one node alone answers only for its own slots (MOVED): add --redis-cluster (with ?addr=host:port for more seed nodes)")
+		}
 	}
 	return nil
 }
