@@ -56,7 +56,8 @@ func newRigResults(t *testing.T, opts worker.Options, results int) *rig {
 	t.Helper()
 	natsURL := bustest.StartJetStream(t)
 	mr := miniredis.RunT(t)
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	// Long timeouts: miniredis shares a loaded CI machine with -race.
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
 	t.Cleanup(func() { _ = rdb.Close() })
 	r := &rig{natsURL: natsURL, st: store.New(rdb, store.Options{}), results: make(chan *cortexv1.JobResult, results), beats: make(chan *cortexv1.Heartbeat, 10)}
 
