@@ -61,7 +61,7 @@ type pattern struct {
 // DefaultRoutes is the topic → pool table `up` and the daemons start with
 // when given no routes.
 func DefaultRoutes() map[string]string {
-	return map[string]string{"job.echo": "echo", "job.sleep": "echo"}
+	return map[string]string{"job.echo": "echo", "job.sleep": "echo", "job.chat.llm": "chat-llm"}
 }
 
 // Default returns the router of DefaultRoutes, with built-in defaults.

@@ -24,6 +24,8 @@ import (
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/llm"
 )
 
 // Options are the flags every daemon shares.
@@ -284,6 +286,7 @@ func NewCmdWorker() *cobra.Command {
 	o := &Options{}
 	wo := worker.Options{}
 	var metricsAddr string
+	var llmFlags LLMFlags
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker of one pool as a daemon",
@@ -296,13 +299,29 @@ worker dies goes to another worker when the lease runs out, and one taken
 a pool share its jobs; start more to add capacity. SIGTERM drains: no new
 jobs, running ones finish (or go back to the stream after a grace period).
 Built-in pools: echo (job.echo returns its prompt; job.sleep waits for the
-duration in its prompt).`,
-		Example: "  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0",
+duration in its prompt); chat-llm (job.chat.llm runs the prompt, or a chat
+request in JSON, on the OpenAI-compatible API at --llm-base-url, streaming
+the answer; the API key comes from --llm-api-key-file or
+$CORTEX_LLM_API_KEY).`,
+		Example: `  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
+  cortexctl worker --pool chat-llm --llm-base-url http://127.0.0.1:11434/v1 --llm-model llama3.2 \
+    --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args:    cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
-			if wo.Handlers, err = PoolHandlers(wo.Pool); err != nil {
-				return &cmdutil.UsageError{Err: fmt.Errorf("--pool: %w", err)}
+			switch {
+			case wo.Pool == PoolLLM:
+				h, _, err := llmFlags.Handler()
+				if err != nil {
+					return err
+				}
+				wo.Handlers = map[string]plugins.Handler{llm.Topic: h}
+			case llmFlags.Set():
+				return &cmdutil.UsageError{Err: fmt.Errorf("the --llm-* flags configure pool %s; this worker serves pool %s", PoolLLM, wo.Pool)}
+			default:
+				if wo.Handlers, err = PoolHandlers(wo.Pool); err != nil {
+					return &cmdutil.UsageError{Err: fmt.Errorf("--pool: %w", err)}
+				}
 			}
 			if err := worker.CheckOptions(wo); err != nil {
 				return &cmdutil.UsageError{Err: err}
@@ -332,6 +351,7 @@ duration in its prompt).`,
 	AddLeaseFlag(cmd, &wo.Lease)
 	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9473")
 	cmd.Flags().IntVar(&wo.MaxDeliver, "max-deliver", worker.DefaultMaxDeliver, "times the pool's workers may take one job without acking it before it is dead-lettered")
+	AddLLMFlags(cmd, &llmFlags)
 	cmd.Flags().StringSliceVar(&wo.Capabilities, "capability", nil, "what this worker offers beyond its plugins, repeatable (e.g. python3,gpu; default: its plugins' names), shown by 'cortexctl workers -o wide'")
 	return cmd
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/cortex-os/core/internal/worker"
 	"github.com/cortex-os/core/plugins"
 	"github.com/cortex-os/core/plugins/echo"
+	"github.com/cortex-os/core/plugins/llm"
 	"github.com/cortex-os/core/plugins/sleep"
 )
 
@@ -182,7 +183,7 @@ func PoolHandlers(pool string) (map[string]plugins.Handler, error) {
 	case "echo":
 		return map[string]plugins.Handler{echo.Topic: echo.Handler, sleep.Topic: sleep.Handler}, nil
 	}
-	return nil, fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep)", pool)
+	return nil, fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep), %s (%s, with --llm-base-url)", pool, PoolLLM, llm.Topic)
 }
 
 // NewGateway returns a gateway on its own connection, routing by routes

@@ -24,6 +24,7 @@ import (
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins"
 )
 
 // ClusterOptions configures a whole stack in one process.
@@ -51,6 +52,22 @@ type ClusterOptions struct {
 	Reload <-chan os.Signal
 	// Lease is the jobs' lease (store.DefaultLease when zero).
 	Lease time.Duration
+	// Pools are the pools, beyond echo, that up runs a worker of.
+	Pools []PoolWorker
+}
+
+// PoolWorker is a pool up runs an in-process worker of, beside echo.
+type PoolWorker struct {
+	Pool     string
+	Handlers map[string]plugins.Handler
+	// Note says what the worker runs on, for the banner.
+	Note string
+}
+
+// RunningWorker is an in-process worker, as the banner shows it.
+type RunningWorker struct {
+	ID, Pool, Note string
+	Topics         []string
 }
 
 // Cluster is a running stack: gateway, scheduler, safety kernel and an echo
@@ -67,6 +84,8 @@ type Cluster struct {
 	Kernel *safety.Kernel
 	// WorkerTopics lists the topics the in-process worker serves.
 	WorkerTopics []string
+	// Workers are the in-process workers of ClusterOptions.Pools.
+	Workers []RunningWorker
 	// Streams says where the durable streams keep jobs in flight: on disk
 	// (bus.FileStorage) or in memory.
 	Streams bus.Storage
@@ -79,6 +98,7 @@ type Cluster struct {
 	gatewayConn *bus.Conn
 	scheduler   *scheduler.Scheduler
 	worker      *worker.Worker
+	workers     []*worker.Worker // of opts.Pools
 	safetyConn  *bus.Conn
 	conns       []*bus.Conn // every component's, for Dropped
 	rdb         *redis.Client
@@ -152,6 +172,17 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	c.conns = append(c.conns, c.worker.Conn())
 	c.WorkerID = c.worker.ID()
 	c.WorkerTopics = slices.Sorted(maps.Keys(handlers))
+	for _, p := range opts.Pools {
+		w, err := daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
+			Pool: p.Pool, MaxParallel: opts.WorkerParallel, Handlers: p.Handlers, Lease: opts.Lease, Metrics: c.Metrics,
+		}, log.With("component", "worker", "pool", p.Pool))
+		if err != nil {
+			return c, err
+		}
+		c.workers = append(c.workers, w)
+		c.conns = append(c.conns, w.Conn())
+		c.Workers = append(c.Workers, RunningWorker{ID: w.ID(), Pool: p.Pool, Note: p.Note, Topics: slices.Sorted(maps.Keys(p.Handlers))})
+	}
 
 	c.APIKey = "cx_dev_" + ids.Hex(16)
 	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, opts.Routes, gateway.Options{
@@ -225,6 +256,9 @@ func (c *Cluster) Close() error {
 		}
 		if c.worker != nil {
 			c.worker.Stop()
+		}
+		for _, w := range c.workers {
+			w.Stop()
 		}
 		if c.scheduler != nil {
 			c.scheduler.Close()

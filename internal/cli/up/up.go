@@ -5,6 +5,7 @@
 package up
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"os"
@@ -22,6 +23,8 @@ import (
 	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/telemetry"
 	"github.com/cortex-os/core/internal/worker"
+	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/llm"
 )
 
 // Options are up's flags.
@@ -31,6 +34,8 @@ type Options struct {
 	LogLevel string
 	// NoContext skips writing the context file.
 	NoContext bool
+	// LLM configures a chat-llm worker (none without --llm-base-url).
+	LLM daemon.LLMFlags
 }
 
 // NewCmdUp returns the up command.
@@ -51,11 +56,14 @@ The safety kernel enforces --policy FILE, or the built-in default policy;
 the file is reloaded when it changes and on SIGHUP.
 
 --routes FILE maps job topics to pools, with each pool's job defaults; the
-built-in worker serves pool echo only.`,
+built-in worker serves pool echo. With --llm-base-url, up also runs a
+chat-llm worker: job.chat.llm jobs go to that OpenAI-compatible API (the
+key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 		Example: `  cortexctl up
   cortexctl up --listen 127.0.0.1:8080
   cortexctl up --policy policy.yaml --shadow-policy next-policy.yaml
   cortexctl up --routes routing.yaml
+  cortexctl up --llm-base-url http://127.0.0.1:11434/v1 --llm-model llama3.2
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -74,6 +82,7 @@ built-in worker serves pool echo only.`,
 	daemon.AddRouteFlags(cmd, &o.Routes)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
+	daemon.AddLLMFlags(cmd, &o.LLM)
 	cmdutil.BindEnv(cmd)
 	return cmd
 }
@@ -89,6 +98,13 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	}
 	if o.Cluster.Routes, err = o.Routes.Router(); err != nil {
 		return err
+	}
+	if o.LLM.Set() {
+		p, err := llmPool(&o.LLM)
+		if err != nil {
+			return err
+		}
+		o.Cluster.Pools = append(o.Cluster.Pools, p)
 	}
 	ctx := cmd.Context()
 	hup := make(chan os.Signal, 1)
@@ -157,7 +173,23 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 		fmt.Fprintf(w, "  policy   %s\n", line)
 	}
 	fmt.Fprintf(w, "  worker   %s  (pool echo: %s)\n", c.WorkerID, strings.Join(c.WorkerTopics, ", "))
+	for _, rw := range c.Workers {
+		fmt.Fprintf(w, "  worker   %s  (pool %s: %s%s)\n", rw.ID, rw.Pool, strings.Join(rw.Topics, ", "), rw.Note)
+	}
 	fmt.Fprintf(w, "  context  %s (%s)\n", client.LocalContext, contextPath)
 	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
 		took.Round(time.Millisecond))
+}
+
+// llmPool is the chat-llm worker of --llm-base-url.
+func llmPool(f *daemon.LLMFlags) (PoolWorker, error) {
+	h, cfg, err := f.Handler()
+	if err != nil {
+		return PoolWorker{}, err
+	}
+	note := " on " + h.Endpoint() + ", model " + cmp.Or(cfg.Model, "of each chat request")
+	if cfg.APIKey != "" {
+		note += ", with an API key"
+	}
+	return PoolWorker{Pool: daemon.PoolLLM, Handlers: map[string]plugins.Handler{llm.Topic: h}, Note: note}, nil
 }
