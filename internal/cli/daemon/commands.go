@@ -306,7 +306,7 @@ $CORTEX_LLM_API_KEY).`,
 		Example: `  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
   cortexctl worker --pool chat-llm --llm-base-url http://127.0.0.1:11434/v1 --llm-model llama3.2 \
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
-		Args:    cmdutil.NoArgs,
+		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			switch {

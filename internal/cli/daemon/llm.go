@@ -85,4 +85,3 @@ func readKeyFile(path string) (string, error) {
 	}
 	return key, nil
 }
-
