@@ -175,7 +175,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	for _, p := range opts.Pools {
 		w, err := daemon.StartWorker(runCtx, c.NATSURL, c.Store, worker.Options{
 			Pool: p.Pool, MaxParallel: opts.WorkerParallel, Handlers: p.Handlers, Lease: opts.Lease, Metrics: c.Metrics,
-		}, log.With("component", "worker", "pool", p.Pool))
+		}, log.With("component", "worker"))
 		if err != nil {
 			return c, err
 		}
