@@ -26,6 +26,7 @@ import (
 	"github.com/cortex-os/core/internal/client"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+	"github.com/cortex-os/core/plugins/llm/llmtest"
 )
 
 // TestMain lets the test binary run as cortexctl, so that the scripts run
@@ -133,6 +134,7 @@ func TestScripts(t *testing.T) {
 			// Under -race every process sleeps 1s before it exits
 			// (atexit_sleep_ms); the scripts start a few hundred.
 			env.Setenv("GORACE", strings.TrimSpace("atexit_sleep_ms=0 "+os.Getenv("GORACE")))
+			env.Values[fakeLLMKey{}] = &fakeLLM{}
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -146,6 +148,7 @@ func TestScripts(t *testing.T) {
 			"wait-stdout":    cmdWaitStdout,
 			"sync-events":    cmdSyncEvents,
 			"bigfile":        cmdBigfile,
+			"fake-llm":       cmdFakeLLM,
 		},
 	})
 }
@@ -496,4 +499,47 @@ func cmdBigfile(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("bigfile: SIZE must be a number of bytes, not %q", args[1])
 	}
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), []byte(strings.Repeat("a", n)), 0o600))
+}
+
+// fakeLLM holds a script's fake OpenAI-compatible upstream.
+type fakeLLM struct{ s *llmtest.Server }
+
+type fakeLLMKey struct{}
+
+// fake-llm start NAME KEY runs a fake OpenAI-compatible upstream (see
+// llmtest) in the test process, wanting API key KEY, and sets $NAME to its
+// base URL; it stops with the script. fake-llm hold makes the streams that
+// start next stop after their first word, fake-llm release lets them go
+// on, and fake-llm fail STATUS [RETRY_AFTER] answers the next call with
+// STATUS.
+func cmdFakeLLM(ts *testscript.TestScript, neg bool, args []string) {
+	f, _ := ts.Value(fakeLLMKey{}).(*fakeLLM)
+	if neg || len(args) == 0 || f == nil {
+		ts.Fatalf("usage: fake-llm start NAME KEY | hold | release | fail STATUS [RETRY_AFTER]")
+	}
+	if args[0] != "start" && f.s == nil {
+		ts.Fatalf("fake-llm %s: run fake-llm start first", args[0])
+	}
+	switch {
+	case args[0] == "start" && len(args) == 3:
+		f.s = llmtest.NewServer(llmtest.Options{Key: args[2]})
+		ts.Defer(f.s.Close)
+		ts.Setenv(args[1], f.s.URL)
+	case args[0] == "hold" && len(args) == 1:
+		f.s.Hold()
+	case args[0] == "release" && len(args) == 1:
+		f.s.Release()
+	case args[0] == "fail" && (len(args) == 2 || len(args) == 3):
+		status, err := strconv.Atoi(args[1])
+		if err != nil {
+			ts.Fatalf("fake-llm fail: STATUS must be a number, not %q", args[1])
+		}
+		fault := llmtest.Fault{Status: status}
+		if len(args) == 3 {
+			fault.RetryAfter = args[2]
+		}
+		f.s.Fail(fault)
+	default:
+		ts.Fatalf("usage: fake-llm start NAME KEY | hold | release | fail STATUS [RETRY_AFTER]")
+	}
 }
