@@ -509,13 +509,13 @@ type fakeLLMKey struct{}
 // fake-llm start NAME KEY runs a fake OpenAI-compatible upstream (see
 // llmtest) in the test process, wanting API key KEY, and sets $NAME to its
 // base URL; it stops with the script. fake-llm hold makes the streams that
-// start next stop after their first word, fake-llm release lets them go
-// on, and fake-llm fail STATUS [RETRY_AFTER] answers the next call with
-// STATUS.
+// start next wait before each word, fake-llm step lets one word out,
+// fake-llm release lets them go on, and fake-llm fail STATUS
+// [RETRY_AFTER] answers the next call with STATUS.
 func cmdFakeLLM(ts *testscript.TestScript, neg bool, args []string) {
 	f, _ := ts.Value(fakeLLMKey{}).(*fakeLLM)
 	if neg || len(args) == 0 || f == nil {
-		ts.Fatalf("usage: fake-llm start NAME KEY | hold | release | fail STATUS [RETRY_AFTER]")
+		ts.Fatalf("usage: fake-llm start NAME KEY | hold | step | release | fail STATUS [RETRY_AFTER]")
 	}
 	if args[0] != "start" && f.s == nil {
 		ts.Fatalf("fake-llm %s: run fake-llm start first", args[0])
@@ -527,6 +527,8 @@ func cmdFakeLLM(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Setenv(args[1], f.s.URL)
 	case args[0] == "hold" && len(args) == 1:
 		f.s.Hold()
+	case args[0] == "step" && len(args) == 1:
+		f.s.Step()
 	case args[0] == "release" && len(args) == 1:
 		f.s.Release()
 	case args[0] == "fail" && (len(args) == 2 || len(args) == 3):
@@ -540,6 +542,6 @@ func cmdFakeLLM(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		f.s.Fail(fault)
 	default:
-		ts.Fatalf("usage: fake-llm start NAME KEY | hold | release | fail STATUS [RETRY_AFTER]")
+		ts.Fatalf("usage: fake-llm start NAME KEY | hold | step | release | fail STATUS [RETRY_AFTER]")
 	}
 }

@@ -196,8 +196,8 @@ func TestUpstreamErrorsSayWhetherToRetry(t *testing.T) {
 		"server error": {llmtest.Fault{Status: 500}, false, []string{"upstream error (500 Internal Server Error): fake failure 500"}},
 		"unavailable":  {llmtest.Fault{Status: 503, Body: `{"error": "model is loading"}`}, false, []string{"(503 Service Unavailable): model is loading"}},
 		"rate limited": {llmtest.Fault{Status: 429, RetryAfter: "2"}, false, []string{"upstream rate limited (429): retry after 2s"}},
-		"rate limited until a date": {llmtest.Fault{Status: 429, RetryAfter: time.Now().Add(time.Hour).UTC().Format(http.TimeFormat)},
-			false, []string{"upstream rate limited (429): retry after 59m", "fake failure 429"}},
+		"rate limited until a date": {llmtest.Fault{Status: 429, RetryAfter: time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)},
+			false, []string{"upstream rate limited (429): retry after 1m", "fake failure 429"}}, // 1m29s or 1m30s: the date has whole seconds
 		"bad request":   {llmtest.Fault{Status: 400, Body: `{"error":{"message":"max_tokens is too large","type":"invalid_request_error"}}`}, true, []string{"upstream refused the request (400 Bad Request): max_tokens is too large"}},
 		"forbidden":     {llmtest.Fault{Status: 403}, true, []string{"(403 Forbidden)", "check the worker's API key"}},
 		"no model":      {llmtest.Fault{Status: 404, Body: `{"error":"model \"tiny\" not found, try pulling it first"}`}, true, []string{"(404 Not Found): model \"tiny\" not found", "/v1/chat/completions"}},
@@ -268,6 +268,7 @@ func TestAnUnreachableUpstreamIsRetried(t *testing.T) {
 func TestTheJobsContextEndsTheCall(t *testing.T) {
 	fake := newFake(t)
 	fake.Hold()
+	fake.Step() // one word, then the stream waits
 	h := newHandler(t, fake, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	stream := &cancelAfterFirst{cancel: cancel}

@@ -55,13 +55,27 @@ func (h *harness) chat(t *testing.T, prompt string, attempts uint32, onOutput fu
 
 func TestChatJobStreamsWhileItRuns(t *testing.T) {
 	h, fake := startLLM(t, llmKey)
-	fake.Hold() // the stream stops after its first word until released
+	fake.Hold() // the stream waits before each word until stepped or released
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	res, err := h.client.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: llm.Topic, Prompt: "hello cortex"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var pieces []string
-	j := h.chat(t, "hello cortex", 1, func(o *cortexv1.JobOutput) error {
+	stepped := false
+	j, err := job.FollowToEnd(ctx, h.client, res.GetJobId(), func(*cortexv1.Job) {
+		// The watch follows the output before it sends the first
+		// snapshot: let the first word out.
+		if !stepped {
+			stepped = true
+			fake.Step()
+		}
+	}, func(o *cortexv1.JobOutput) error {
 		pieces = append(pieces, o.GetText())
 		if len(pieces) == 1 {
 			// The job is still running: its first word came before its end.
-			got, err := h.client.GetJob(context.Background(), &cortexv1.GetJobRequest{JobId: o.GetJobId()})
+			got, err := h.client.GetJob(ctx, &cortexv1.GetJobRequest{JobId: o.GetJobId()})
 			if err != nil {
 				return err
 			}
@@ -72,6 +86,9 @@ func TestChatJobStreamsWhileItRuns(t *testing.T) {
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if j.GetState() != completed {
 		t.Fatalf("job ended %v: %s", j.GetState(), j.GetReason())
 	}

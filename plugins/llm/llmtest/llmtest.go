@@ -4,8 +4,7 @@
 // events (or as one JSON body when the request does not ask for a
 // stream), reports token usage (a token is a word), and can be told to
 // fail, to ignore stream: true, to cut a stream short, to send a
-// malformed event, or to hold a stream after its first word until
-// released. It listens on 127.0.0.1 only and owns nothing else.
+// malformed event, or to hold its streams and let them go word by word. It listens on 127.0.0.1 only and owns nothing else.
 package llmtest
 
 import (
@@ -59,7 +58,13 @@ type Server struct {
 	mu       sync.Mutex
 	faults   []Fault
 	requests []Request
-	hold     chan struct{} // closed by Release; nil when not held
+	gate     *gate // nil when streams are not held
+}
+
+// gate holds streams: each word waits for a step, or for open to close.
+type gate struct {
+	open  chan struct{}
+	steps chan struct{}
 }
 
 // Options configure a fake.
@@ -107,23 +112,36 @@ func (s *Server) Fail(faults ...Fault) {
 	s.faults = append(s.faults, faults...)
 }
 
-// Hold makes the streams that start from now on stop after their first
-// word until Release.
+// Hold makes the streams that start from now on wait before each word
+// until Step or Release.
 func (s *Server) Hold() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hold == nil {
-		s.hold = make(chan struct{})
+	if s.gate == nil {
+		s.gate = &gate{open: make(chan struct{}), steps: make(chan struct{}, 64)}
 	}
 }
 
-// Release lets held streams go on.
+// Step lets one held word out (of the one stream waiting, or of the next
+// stream that waits).
+func (s *Server) Step() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gate != nil {
+		select {
+		case s.gate.steps <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Release lets held streams go on to their end.
 func (s *Server) Release() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.hold != nil {
-		close(s.hold)
-		s.hold = nil
+	if s.gate != nil {
+		close(s.gate.open)
+		s.gate = nil
 	}
 }
 
@@ -160,7 +178,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	if len(s.faults) > 0 {
 		f, s.faults = s.faults[0], s.faults[1:]
 	}
-	hold := s.hold
+	g := s.gate
 	s.mu.Unlock()
 
 	if s.key != "" && r.Header.Get("Authorization") != "Bearer "+s.key {
@@ -208,12 +226,12 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	if withUsage, _ := opts["include_usage"].(bool); !withUsage {
 		usage = nil
 	}
-	s.stream(w, r, model, words, usage, f, hold)
+	s.stream(w, r, model, words, usage, f, g)
 }
 
 // stream sends words as chat completion chunks, then usage (when not
 // nil) and [DONE].
-func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, words []string, usage map[string]int, f Fault, hold chan struct{}) {
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, words []string, usage map[string]int, f Fault, g *gate) {
 	w.Header().Set("Content-Type", "text/event-stream")
 	w.Header().Set("Cache-Control", "no-cache")
 	w.WriteHeader(http.StatusOK)
@@ -237,20 +255,20 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, model string, wo
 		if f.CutAfter > 0 && i == f.CutAfter {
 			return
 		}
-		if i == 1 {
-			if f.Malformed {
-				_, _ = fmt.Fprint(w, "data: {\"choices\": [oops\n\n")
-				flush()
+		if i == 1 && f.Malformed {
+			_, _ = fmt.Fprint(w, "data: {\"choices\": [oops\n\n")
+			flush()
+			return
+		}
+		if g != nil {
+			select {
+			case <-g.open:
+				g = nil
+			case <-g.steps:
+			case <-s.closing:
 				return
-			}
-			if hold != nil {
-				select {
-				case <-hold:
-				case <-s.closing:
-					return
-				case <-r.Context().Done():
-					return
-				}
+			case <-r.Context().Done():
+				return
 			}
 		}
 		if i > 0 && s.delay > 0 {
