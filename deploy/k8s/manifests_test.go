@@ -26,16 +26,6 @@ import (
 	"github.com/cortex-os/core/internal/routing"
 )
 
-// coming are the flags and pools the manifests use that other work adds
-// to cortexctl (config and secrets from files, scale-out, the LLM and
-// Python pools). When one lands, this test fails and asks to drop it here.
-var coming = map[string][]string{
-	"flags": {
-		"llm-base-url", "llm-model", "llm-api-key-file",
-	},
-	"pools": {"chat-llm"},
-}
-
 // daemons are the commands a Deployment may run, by their first argument.
 func daemons() map[string]*cobra.Command {
 	return map[string]*cobra.Command{
@@ -153,15 +143,10 @@ func flagOf(env string) (string, bool) {
 	return flag, config.EnvName(flag) == env
 }
 
-// checkFlag reports a flag that cmd lacks and that is not coming, and a
-// coming flag that has arrived.
+// checkFlag reports a flag that none of cmds has.
 func checkFlag(t *testing.T, where, flag string, cmds ...*cobra.Command) {
 	t.Helper()
-	has := slices.ContainsFunc(cmds, func(c *cobra.Command) bool { return c.Flags().Lookup(flag) != nil })
-	switch soon := slices.Contains(coming["flags"], flag); {
-	case has && soon:
-		t.Errorf("%s: --%s now exists: delete it from coming[\"flags\"] in this test", where, flag)
-	case !has && !soon:
+	if !slices.ContainsFunc(cmds, func(c *cobra.Command) bool { return c.Flags().Lookup(flag) != nil }) {
 		names := make([]string, len(cmds))
 		for i, c := range cmds {
 			names[i] = c.Name()
@@ -249,11 +234,7 @@ func TestEveryPoolHasAWorkerDeployment(t *testing.T) {
 				if want := "worker-" + pool; m.Metadata.Name != want {
 					t.Errorf("%s: the worker of pool %s is called %s, want %s (the HPA and PDB name it so)", path, pool, m.Metadata.Name, want)
 				}
-				builtin := slices.Contains(daemon.BuiltinPools(), pool)
-				switch soon := slices.Contains(coming["pools"], pool); {
-				case builtin && soon:
-					t.Errorf("%s: pool %s is now built in: delete it from coming[\"pools\"] in this test", path, pool)
-				case !builtin && !soon:
+				if !slices.Contains(daemon.BuiltinPools(), pool) {
 					t.Errorf("%s: pool %s is not built in; built-in pools: %v", path, pool, daemon.BuiltinPools())
 				}
 				deployed = append(deployed, pool)

@@ -26,6 +26,7 @@ import (
 	"github.com/cortex-os/core/internal/client"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
+	"github.com/cortex-os/core/plugins/llm/llmtest"
 )
 
 // TestMain lets the test binary run as cortexctl, so that the scripts run
@@ -136,6 +137,7 @@ func TestScripts(t *testing.T) {
 			// The interpreter of python.txtar: the system's, which a
 			// worker running as root can hand to nobody.
 			env.Setenv("PYTHON", "/usr/bin/python3")
+			env.Values[fakeLLMKey{}] = &fakeLLM{}
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
@@ -149,6 +151,7 @@ func TestScripts(t *testing.T) {
 			"wait-stdout":    cmdWaitStdout,
 			"sync-events":    cmdSyncEvents,
 			"bigfile":        cmdBigfile,
+			"fake-llm":       cmdFakeLLM,
 		},
 	})
 }
@@ -499,4 +502,49 @@ func cmdBigfile(ts *testscript.TestScript, neg bool, args []string) {
 		ts.Fatalf("bigfile: SIZE must be a number of bytes, not %q", args[1])
 	}
 	ts.Check(os.WriteFile(ts.MkAbs(args[0]), []byte(strings.Repeat("a", n)), 0o600))
+}
+
+// fakeLLM holds a script's fake OpenAI-compatible upstream.
+type fakeLLM struct{ s *llmtest.Server }
+
+type fakeLLMKey struct{}
+
+// fake-llm start NAME KEY runs a fake OpenAI-compatible upstream (see
+// llmtest) in the test process, wanting API key KEY, and sets $NAME to its
+// base URL; it stops with the script. fake-llm hold makes the streams that
+// start next wait before each word, fake-llm step lets one word out,
+// fake-llm release lets them go on, and fake-llm fail STATUS
+// [RETRY_AFTER] answers the next call with STATUS.
+func cmdFakeLLM(ts *testscript.TestScript, neg bool, args []string) {
+	f, _ := ts.Value(fakeLLMKey{}).(*fakeLLM)
+	if neg || len(args) == 0 || f == nil {
+		ts.Fatalf("usage: fake-llm start NAME KEY | hold | step | release | fail STATUS [RETRY_AFTER]")
+	}
+	if args[0] != "start" && f.s == nil {
+		ts.Fatalf("fake-llm %s: run fake-llm start first", args[0])
+	}
+	switch {
+	case args[0] == "start" && len(args) == 3:
+		f.s = llmtest.NewServer(llmtest.Options{Key: args[2]})
+		ts.Defer(f.s.Close)
+		ts.Setenv(args[1], f.s.URL)
+	case args[0] == "hold" && len(args) == 1:
+		f.s.Hold()
+	case args[0] == "step" && len(args) == 1:
+		f.s.Step()
+	case args[0] == "release" && len(args) == 1:
+		f.s.Release()
+	case args[0] == "fail" && (len(args) == 2 || len(args) == 3):
+		status, err := strconv.Atoi(args[1])
+		if err != nil {
+			ts.Fatalf("fake-llm fail: STATUS must be a number, not %q", args[1])
+		}
+		fault := llmtest.Fault{Status: status}
+		if len(args) == 3 {
+			fault.RetryAfter = args[2]
+		}
+		f.s.Fail(fault)
+	default:
+		ts.Fatalf("usage: fake-llm start NAME KEY | hold | step | release | fail STATUS [RETRY_AFTER]")
+	}
 }

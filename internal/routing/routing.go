@@ -61,7 +61,7 @@ type pattern struct {
 // DefaultRoutes is the topic → pool table the daemons start with when
 // given no routes: the topics of the built-in pools.
 func DefaultRoutes() map[string]string {
-	return map[string]string{"job.echo": "echo", "job.sleep": "echo", "job.code.python": "code-python"}
+	return map[string]string{"job.echo": "echo", "job.sleep": "echo", "job.code.python": "code-python", "job.chat.llm": "chat-llm"}
 }
 
 // Default returns the router of DefaultRoutes, with built-in defaults.

@@ -94,7 +94,7 @@ func TestCatchAllPattern(t *testing.T) {
 
 func TestDefault(t *testing.T) {
 	r := routing.Default()
-	if got := r.Topics(); !slices.Equal(got, []string{"job.code.python", "job.echo", "job.sleep"}) {
+	if got := r.Topics(); !slices.Equal(got, []string{"job.chat.llm", "job.code.python", "job.echo", "job.sleep"}) {
 		t.Errorf("Topics() = %v", got)
 	}
 	if pool, _ := r.Pool("job.code.python"); pool != "code-python" {
@@ -105,6 +105,9 @@ func TestDefault(t *testing.T) {
 	}
 	if pool, _ := r.Pool("job.sleep"); pool != "echo" {
 		t.Errorf("Pool(job.sleep) = %q", pool)
+	}
+	if pool, _ := r.Pool("job.chat.llm"); pool != "chat-llm" {
+		t.Errorf("Pool(job.chat.llm) = %q", pool)
 	}
 	if d := r.Defaults("echo"); d != routing.BuiltinDefaults || d.MaxAttempts != 1 {
 		t.Errorf("Defaults(echo) = %+v", d)

@@ -325,6 +325,7 @@ func NewCmdWorker() *cobra.Command {
 	o := &Options{streams: true}
 	wo := worker.Options{}
 	var metricsAddr, pythonPath string
+	var llmFlags LLMFlags
 	cmd := &cobra.Command{
 		Use:   "worker",
 		Short: "Run a worker of one pool as a daemon",
@@ -337,21 +338,32 @@ worker dies goes to another worker when the lease runs out, and one taken
 a pool share its jobs; start more to add capacity. SIGTERM drains: no new
 jobs, running ones finish (or go back to the stream after a grace period).
 Built-in pools: echo (job.echo returns its prompt; job.sleep waits for the
-duration in its prompt) and code-python (job.code.python runs its prompt
+duration in its prompt); code-python (job.code.python runs its prompt
 as Python with --python, in a sandbox: a temporary directory, a stripped
 environment, time, CPU, memory, file, process and output limits, and no
-network where Linux user namespaces allow it; the worker says which).`,
+network where Linux user namespaces allow it; the worker says which); and
+chat-llm (job.chat.llm runs the prompt, or a chat request in JSON, on the
+OpenAI-compatible API at --llm-base-url, streaming the answer; the API key
+comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 		Example: `  cortexctl worker --pool echo --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0
-  cortexctl worker --pool code-python --python /usr/bin/python3 --nats-url ... --redis-url ...`,
+  cortexctl worker --pool code-python --python /usr/bin/python3 --nats-url ... --redis-url ...
+  cortexctl worker --pool chat-llm --llm-base-url http://127.0.0.1:11434/v1 --llm-model llama3.2 --nats-url ... --redis-url ...`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if llmFlags.Set() && wo.Pool != PoolLLM {
+				return &cmdutil.UsageError{Err: fmt.Errorf("the --llm-* flags configure pool %s; this worker serves pool %s", PoolLLM, wo.Pool)}
+			}
 			log, err := cmdutil.Logger(cmd, o.LogLevel)
 			if err != nil {
 				return err
 			}
 			var about string
-			wo.Handlers, about, err = PoolHandlers(wo.Pool, PoolOptions{Python: pythonPath, Log: log.With("component", cmd.Name())})
+			wo.Handlers, about, err = PoolHandlers(wo.Pool, PoolOptions{Python: pythonPath, LLM: &llmFlags, Log: log.With("component", cmd.Name())})
 			if err != nil {
+				var usage *cmdutil.UsageError
+				if errors.As(err, &usage) {
+					return err
+				}
 				return &cmdutil.UsageError{Err: fmt.Errorf("--pool %s: %w", wo.Pool, err)}
 			}
 			if err := worker.CheckOptions(wo); err != nil {
@@ -386,6 +398,7 @@ network where Linux user namespaces allow it; the worker says which).`,
 	AddLeaseFlag(cmd, &wo.Lease)
 	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9473")
 	cmd.Flags().IntVar(&wo.MaxDeliver, "max-deliver", worker.DefaultMaxDeliver, "times the pool's workers may take one job without acking it before it is dead-lettered")
+	AddLLMFlags(cmd, &llmFlags)
 	cmd.Flags().StringSliceVar(&wo.Capabilities, "capability", nil, "what this worker offers beyond its plugins, repeatable (e.g. python3,gpu; default: its plugins' names), shown by 'cortexctl workers -o wide'")
 	return cmd
 }

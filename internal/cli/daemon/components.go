@@ -36,6 +36,7 @@ import (
 	"github.com/cortex-os/core/plugins/echo"
 	"github.com/cortex-os/core/plugins/middleware"
 	"github.com/cortex-os/core/plugins/python"
+	"github.com/cortex-os/core/plugins/llm"
 	"github.com/cortex-os/core/plugins/sleep"
 )
 
@@ -293,13 +294,15 @@ func StartWorker(ctx context.Context, natsEP bus.Endpoint, st *store.Store, opts
 }
 
 // BuiltinPools names the pools PoolHandlers has plugins for.
-func BuiltinPools() []string { return []string{"echo", python.Pool} }
+func BuiltinPools() []string { return []string{"echo", python.Pool, PoolLLM} }
 
 // PoolOptions configure the built-in plugins of PoolHandlers.
 type PoolOptions struct {
 	// Python is the interpreter of pool code-python: a path, or a name
 	// looked up in PATH ("" for python3).
 	Python string
+	// LLM configures pool chat-llm (needed for it, nil otherwise).
+	LLM *LLMFlags
 	// Log receives the plugins' own warnings.
 	Log *slog.Logger
 }
@@ -328,8 +331,22 @@ func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handl
 		}
 		handlers = map[string]plugins.Handler{python.Topic: r}
 		about = fmt.Sprintf("python jobs run %s with %s", r.Python(), r.Isolation())
+	case PoolLLM:
+		if o.LLM == nil {
+			o.LLM = &LLMFlags{}
+		}
+		h, cfg, err := o.LLM.Handler()
+		if err != nil {
+			return nil, "", err
+		}
+		handlers = map[string]plugins.Handler{llm.Topic: h}
+		about = "chat jobs go to " + h.Endpoint() + ", model " + cmp.Or(cfg.Model, "of each chat request")
+		if cfg.APIKey != "" {
+			about += ", with an API key"
+		}
 	default:
-		return nil, "", fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep), code-python (job.code.python)", pool)
+		return nil, "", fmt.Errorf("pool %q has no built-in plugins; built-in pools: echo (job.echo, job.sleep), %s (%s, with --python), %s (%s, with --llm-base-url)",
+			pool, python.Pool, python.Topic, PoolLLM, llm.Topic)
 	}
 	for topic, h := range handlers {
 		handlers[topic] = middleware.Timeout(handlerLimit)(h)

@@ -167,6 +167,9 @@ func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time)
 	if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
 		row("Result", fmt.Sprintf("%d bytes (cortexctl jobs result %s)", j.GetResultSize(), j.GetJobId()))
 	}
+	if u := j.GetUsage(); u != nil {
+		row("Usage", fmt.Sprintf("%d prompt + %d completion tokens", u.GetPromptTokens(), u.GetCompletionTokens()))
+	}
 	row("Created", when(j.GetCreatedAt(), now))
 	if len(j.GetTransitions()) > 0 {
 		fmt.Fprintln(w, "Transitions:")

@@ -316,6 +316,8 @@ type WatchOptions struct {
 	Factory *cmdutil.Factory
 	ID      string
 	Output  output.Format
+	// Follow also prints the job's output as it comes.
+	Follow bool
 }
 
 // NewCmdWatch returns `jobs watch`.
@@ -323,16 +325,22 @@ func NewCmdWatch(f *cmdutil.Factory, runF func(context.Context, *WatchOptions) e
 	o := &WatchOptions{Factory: f}
 	cmd := oneJobCmd("watch JOB_ID", "Follow a job's state changes until it ends",
 		`Print a line for every state change of a job until it is finished. The exit
-status says how it ended: 0 COMPLETED, 3 DENIED, FAILED, CANCELLED or TIMEOUT.`,
+status says how it ended: 0 COMPLETED, 3 DENIED, FAILED, CANCELLED or TIMEOUT.
+With --follow, also print the job's output as its handler streams it,
+between the state lines, and at the end the rest of its result.`,
 		"  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e\n  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e && cortexctl jobs result 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e",
 		func(cmd *cobra.Command, id string) error {
 			o.ID = id
+			if o.Follow && o.Output.Machine() {
+				return &cmdutil.UsageError{Err: fmt.Errorf("--follow prints text as it comes; it does not go with -o %s", o.Output)}
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
 			return watchRun(cmd.Context(), o)
 		})
 	output.AddFormatFlag(cmd, &o.Output)
+	cmd.Flags().BoolVar(&o.Follow, "follow", false, "also print the job's output as it comes")
 	return cmd
 }
 
@@ -343,13 +351,22 @@ func watchRun(ctx context.Context, o *WatchOptions) error {
 	}
 	p := output.New(o.Factory.Out, o.Output)
 	var printErr error
-	j, err := WaitForEnd(ctx, c, o.ID, func(j *cortexv1.Job) {
+	fol := &follower{out: o.Factory.Out, errOut: o.Factory.ErrOut}
+	var onOutput func(*cortexv1.JobOutput) error
+	if o.Follow {
+		onOutput = fol.piece
+	}
+	j, err := FollowToEnd(ctx, c, o.ID, func(j *cortexv1.Job) {
 		if p.Machine() {
 			printErr = errors.Join(printErr, p.Print(j))
 			return
 		}
+		if Terminal(j.GetState()) && o.Follow {
+			printErr = errors.Join(printErr, fol.finishJob(ctx, c, j))
+		}
+		fol.endLine()
 		fmt.Fprintln(o.Factory.Out, eventLine(p, j))
-	})
+	}, onOutput)
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,7 @@ type SubmitOptions struct {
 	MaxAttempts    int
 	IdempotencyKey string
 	Wait           bool
+	Follow         bool
 	WaitTimeout    time.Duration
 	Output         output.Format
 
@@ -53,6 +54,10 @@ func NewCmdSubmit(f *cmdutil.Factory, runF func(context.Context, *SubmitOptions)
 
 With --wait, follow the job to its end (a spinner shows its state on a
 terminal), then print its result; -o json prints the job and its result.
+With --follow (which implies --wait), print the job's output as its handler
+streams it (chat-llm jobs do, token by token), then the rest of the result:
+what is printed ends as the recorded result, even if pieces were lost or an
+attempt was retried.
 
 A job.* topic that no pool serves is refused with the list of routable
 topics. A topic the safety policy denies is accepted and ends DENIED, with
@@ -66,6 +71,7 @@ the API key is missing or wrong; 1 on any other error.`,
   cortexctl submit -t job.echo -p hi --label team=ml --priority 5 --max-attempts 3
   echo "summarise this" | cortexctl submit -t job.echo - --wait
   cortexctl submit -t job.sleep -p 30s --timeout 10s --wait
+  cortexctl submit -t job.chat.llm -p "Write a haiku about queues" --follow
   cortexctl submit -t job.echo --prompt-file notes.txt --idempotency-key import-42`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) > 1 || len(args) == 1 && args[0] != "-" {
@@ -81,6 +87,12 @@ the API key is missing or wrong; 1 on any other error.`,
 				o.PromptFile = "-"
 			}
 			o.set = cmd.Flags().Changed
+			if o.Follow {
+				if o.Output.Machine() {
+					return &cmdutil.UsageError{Err: fmt.Errorf("--follow prints text as it comes; it does not go with -o %s", o.Output)}
+				}
+				o.Wait = true
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -97,6 +109,7 @@ the API key is missing or wrong; 1 on any other error.`,
 	fs.IntVar(&o.MaxAttempts, "max-attempts", 1, "run a failing job up to this many times (1-10; default: the pool's, else 1)")
 	fs.StringVar(&o.IdempotencyKey, "idempotency-key", "", "resubmitting with the same key returns the first job instead of a new one")
 	fs.BoolVarP(&o.Wait, "wait", "w", false, "wait for the job to end and print its result")
+	fs.BoolVar(&o.Follow, "follow", false, "print the job's output as it comes, then the rest of its result (implies --wait)")
 	fs.DurationVar(&o.WaitTimeout, "wait-timeout", 0, "with --wait, give up waiting after this long (0 waits forever)")
 	output.AddFormatFlag(cmd, &o.Output)
 	cmd.MarkFlagsMutuallyExclusive("prompt", "prompt-file")
@@ -221,7 +234,13 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 	}
 	spin := output.StartSpinner(o.Factory.ErrOut, "job "+res.GetJobId()+" PENDING")
 	held := false
-	j, err := WaitForEnd(ctx, c, res.GetJobId(), func(j *cortexv1.Job) {
+	var fol *follower
+	var onOutput func(*cortexv1.JobOutput) error
+	if o.Follow {
+		fol = &follower{out: o.Factory.Out, errOut: o.Factory.ErrOut, beforeFirst: func() { spin.Stop() }}
+		onOutput = fol.piece
+	}
+	j, err := FollowToEnd(ctx, c, res.GetJobId(), func(j *cortexv1.Job) {
 		if j.GetState() == cortexv1.JobState_JOB_STATE_AWAITING_APPROVAL && !held {
 			held = true
 			spin.Stop()
@@ -230,7 +249,7 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 			spin = output.StartSpinner(o.Factory.ErrOut, "job "+j.GetJobId()+" AWAITING_APPROVAL")
 		}
 		spin.Update(fmt.Sprintf("job %s %s", j.GetJobId(), StateName(j.GetState())))
-	})
+	}, onOutput)
 	spin.Stop()
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -240,6 +259,13 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 		return fmt.Errorf("job %s did not end within --wait-timeout %s; follow it with: cortexctl jobs watch %s", res.GetJobId(), o.WaitTimeout, res.GetJobId())
 	case err != nil:
 		return err
+	}
+	if fol != nil {
+		if err := fol.finishJob(ctx, c, j); err != nil {
+			return err
+		}
+		sayCompleted(o.Factory.ErrOut, j)
+		return endError(j)
 	}
 	var result string
 	if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
@@ -257,11 +283,19 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 		return errors.Join(p.Print(map[string]any{"job": json.RawMessage(jobJSON), "result": result}), endError(j))
 	}
 	if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
-		fmt.Fprintf(o.Factory.ErrOut, "job %s COMPLETED on %s (attempt %d)\n", j.GetJobId(), dash(j.GetWorkerId()), j.GetAttempt())
+		sayCompleted(o.Factory.ErrOut, j)
 		_, err := io.WriteString(o.Factory.Out, withNewline(result))
 		return err
 	}
 	return endError(j)
+}
+
+// sayCompleted tells stderr where a completed job ran; nothing for a job
+// that did not complete (its error says how it ended).
+func sayCompleted(w io.Writer, j *cortexv1.Job) {
+	if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
+		fmt.Fprintf(w, "job %s COMPLETED on %s (attempt %d)\n", j.GetJobId(), dash(j.GetWorkerId()), j.GetAttempt())
+	}
 }
 
 // withNewline ends text with a newline so the shell prompt starts on its

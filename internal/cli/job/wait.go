@@ -35,6 +35,13 @@ const reconnectDelay = 500 * time.Millisecond
 // onChange (if not nil) with every version of the job it sees. A stream the
 // gateway drops is resumed.
 func WaitForEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job)) (*cortexv1.Job, error) {
+	return FollowToEnd(ctx, c, id, onChange, nil)
+}
+
+// FollowToEnd is WaitForEnd that also hands onOutput (when not nil) the
+// pieces of output the job's handler streams while it runs. Pieces are
+// best effort: see follower for how to show them.
+func FollowToEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job), onOutput func(*cortexv1.JobOutput) error) (*cortexv1.Job, error) {
 	var seen uint64
 	for {
 		j, err := watchOnce(ctx, c, id, func(j *cortexv1.Job) {
@@ -44,7 +51,7 @@ func WaitForEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id 
 					onChange(j)
 				}
 			}
-		})
+		}, onOutput)
 		if j != nil && Terminal(j.GetState()) {
 			return j, nil
 		}
@@ -61,8 +68,8 @@ func WaitForEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id 
 
 // watchOnce follows one WatchJob stream to its end and returns the last
 // version of the job it saw.
-func watchOnce(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job)) (*cortexv1.Job, error) {
-	stream, err := c.WatchJob(ctx, &cortexv1.WatchJobRequest{JobId: id})
+func watchOnce(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job), onOutput func(*cortexv1.JobOutput) error) (*cortexv1.Job, error) {
+	stream, err := c.WatchJob(ctx, &cortexv1.WatchJobRequest{JobId: id, Output: onOutput != nil})
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +85,17 @@ func watchOnce(ctx context.Context, c cortexv1connect.GatewayServiceClient, id s
 				return last, ctx.Err()
 			}
 			return last, err
+		}
+		if o := msg.GetOutput(); o != nil {
+			if onOutput != nil {
+				if err := onOutput(o); err != nil {
+					return last, err
+				}
+			}
+			continue
+		}
+		if msg.GetJob() == nil {
+			continue
 		}
 		last = msg.GetJob()
 		onChange(last)

@@ -60,6 +60,9 @@ type ClusterOptions struct {
 	// Python, when set, starts a worker of pool code-python too, running
 	// this interpreter (a path, or a name looked up in PATH).
 	Python string
+	// LLM, when set, starts a worker of pool chat-llm too, on the
+	// OpenAI-compatible API it names.
+	LLM *daemon.LLMFlags
 }
 
 // ServedPool is a pool up runs a worker of.
@@ -113,6 +116,9 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	if opts.Python != "" {
 		pools = append(pools, python.Pool)
 	}
+	if opts.LLM != nil {
+		pools = append(pools, daemon.PoolLLM)
+	}
 	if opts.Routes == nil {
 		// Only topics that a worker here serves: the others are refused
 		// at submit rather than left waiting.
@@ -165,7 +171,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	c.conns = append(c.conns, c.scheduler.Conn())
 	for _, pool := range pools {
 		wlog := log.With("component", "worker")
-		handlers, about, err := daemon.PoolHandlers(pool, daemon.PoolOptions{Python: opts.Python, Log: wlog})
+		handlers, about, err := daemon.PoolHandlers(pool, daemon.PoolOptions{Python: opts.Python, LLM: opts.LLM, Log: wlog})
 		if err != nil {
 			return c, fmt.Errorf("pool %s: %w", pool, err)
 		}
@@ -254,6 +260,9 @@ func (c *Cluster) Close() error {
 		}
 		if c.scheduler != nil {
 			c.scheduler.StopSubmits()
+		}
+		for _, w := range c.workers {
+			w.Stop()
 		}
 		for _, w := range c.workers {
 			w.Stop()

@@ -13,9 +13,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
@@ -36,6 +38,17 @@ type harness struct {
 	cluster *up.Cluster
 	client  cortexv1connect.GatewayServiceClient
 	spy     *dispatchSpy
+}
+
+// startWorker adds a worker to the harness's stack, stopped when the test
+// ends.
+func (h *harness) startWorker(t testing.TB, opts worker.Options, log *slog.Logger) {
+	t.Helper()
+	w, err := daemon.StartWorker(context.Background(), bus.Endpoint{URL: h.cluster.NATSURL}, h.cluster.Store, opts, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(w.Stop)
 }
 
 func startHarness(t *testing.T, opts up.ClusterOptions) *harness {

@@ -32,6 +32,8 @@ type Options struct {
 	LogLevel string
 	// NoContext skips writing the context file.
 	NoContext bool
+	// LLM configures a chat-llm worker (none without --llm-base-url).
+	LLM daemon.LLMFlags
 }
 
 // NewCmdUp returns the up command.
@@ -57,7 +59,9 @@ banner says what the sandbox isolates here. The built-in policy lets only
 up's own tenant (default) run code.
 
 --routes FILE maps job topics to pools, with each pool's job defaults; the
-built-in workers serve pool echo, and code-python with --python. Without
+built-in workers serve pool echo, code-python with --python and chat-llm
+with --llm-base-url (job.chat.llm jobs go to that OpenAI-compatible API;
+the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 --routes, up routes only the topics of the pools it runs.`,
 		Example: `  cortexctl up
   cortexctl up --listen 127.0.0.1:8080
@@ -65,6 +69,7 @@ built-in workers serve pool echo, and code-python with --python. Without
   cortexctl up --routes routing.yaml
   cortexctl up --python                      # python3 from PATH
   cortexctl up --python=/usr/bin/python3
+  cortexctl up --llm-base-url http://127.0.0.1:11434/v1 --llm-model llama3.2
   cortexctl up --nats-url nats://user:pass@nats:4222 --redis-url redis://:pass@redis:6379/0
   cortexctl up --nats-url nats://n1:4222,nats://n2:4222,nats://n3:4222 --stream-replicas 3 \
     --redis-url 'redis://:pass@r1:6379?addr=r2:6379&addr=r3:6379' --redis-cluster`,
@@ -89,6 +94,7 @@ built-in workers serve pool echo, and code-python with --python. Without
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	fs.StringVar(&o.Cluster.Python, "python", "", "also run pool code-python (job.code.python) with this interpreter; --python alone uses python3 from PATH")
 	fs.Lookup("python").NoOptDefVal = "python3"
+	daemon.AddLLMFlags(cmd, &o.LLM)
 	cmdutil.BindConfig(cmd)
 	return cmd
 }
@@ -104,6 +110,9 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	}
 	if o.Cluster.StreamReplicas, err = daemon.StreamReplicas(cmd, o.Cluster.StreamReplicas); err != nil {
 		return err
+	}
+	if o.LLM.Set() {
+		o.Cluster.LLM = &o.LLM
 	}
 	if o.Cluster.RedisCluster && o.Cluster.RedisURL == "" {
 		return &cmdutil.UsageError{Err: errors.New("--redis-cluster needs --redis-url: the embedded Redis is one node")}
@@ -192,3 +201,4 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
 		took.Round(time.Millisecond))
 }
+
