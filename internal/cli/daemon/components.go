@@ -34,9 +34,9 @@ import (
 	"github.com/cortex-os/core/internal/worker"
 	"github.com/cortex-os/core/plugins"
 	"github.com/cortex-os/core/plugins/echo"
+	"github.com/cortex-os/core/plugins/llm"
 	"github.com/cortex-os/core/plugins/middleware"
 	"github.com/cortex-os/core/plugins/python"
-	"github.com/cortex-os/core/plugins/llm"
 	"github.com/cortex-os/core/plugins/sleep"
 )
 

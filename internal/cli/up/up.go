@@ -201,4 +201,3 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
 		took.Round(time.Millisecond))
 }
-
