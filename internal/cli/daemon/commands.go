@@ -343,6 +343,7 @@ func NewCmdGateway() *cobra.Command {
 	var keys []string
 	var routes RouteFlags
 	var maxPrompt int
+	var models []string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run the API gateway as a daemon",
@@ -374,7 +375,7 @@ give the gateway the same routes as the schedulers.`,
 				return err
 			}
 			defer e.close()
-			g, conn, err := NewGateway(o.NATSURL, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics}, e.log)
+			g, conn, err := NewGateway(o.NATSURL, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics, Models: models}, e.log)
 			if err != nil {
 				return err
 			}
@@ -392,7 +393,14 @@ give the gateway the same routes as the schedulers.`,
 	cmd.Flags().StringSliceVar(&keys, "api-keys", nil, "API keys as key:tenant, key:tenant:read or key:tenant:admin, repeatable (also CORTEX_API_KEYS)")
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
+	AddModelsFlag(cmd, &models)
 	return cmd
+}
+
+// AddModelsFlag adds --models, the models the OpenAI-compatible
+// GET /v1/models lists beside those the live chat-llm workers name.
+func AddModelsFlag(cmd *cobra.Command, models *[]string) {
+	cmd.Flags().StringSliceVar(models, "models", nil, "models GET /v1/models lists besides those the live chat-llm workers name, repeatable (e.g. llama3.2,qwen2.5)")
 }
 
 // RouteFlags are --routes FILE and --route topic=pool, which pick the

@@ -51,6 +51,8 @@ type ClusterOptions struct {
 	Reload <-chan os.Signal
 	// Lease is the jobs' lease (store.DefaultLease when zero).
 	Lease time.Duration
+	// Models are listed by the gateway's GET /v1/models (gateway.Options.Models).
+	Models []string
 }
 
 // Cluster is a running stack: gateway, scheduler, safety kernel and an echo
@@ -157,6 +159,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	g, conn, err := daemon.NewGateway(c.NATSURL, c.Store, opts.Routes, gateway.Options{
 		Keys:    map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant, Admin: true}},
 		Metrics: c.Metrics,
+		Models:  opts.Models,
 	}, log.With("component", "gateway"))
 	if err != nil {
 		return c, err

@@ -72,6 +72,7 @@ built-in worker serves pool echo only.`,
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
 	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
 	daemon.AddRouteFlags(cmd, &o.Routes)
+	daemon.AddModelsFlag(cmd, &o.Cluster.Models)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	cmdutil.BindEnv(cmd)
