@@ -1,11 +1,17 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
+	"unicode/utf8"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
@@ -207,4 +213,55 @@ func TestModelsListsConfiguredModels(t *testing.T) {
 	if _, err := gateway.New(f.st, f.conn, gateway.Options{Keys: keys, Router: chatRouter(t), Models: []string{""}}, testLog); err == nil {
 		t.Fatal("New took an empty model name")
 	}
+}
+
+// FuzzChatCompletions posts arbitrary bodies to the front door of a
+// gateway that routes no chat pool: every answer must be an OpenAI error,
+// 400 for a bad request, and 503 (no pool) only for a request that names
+// a model and holds messages. Nothing becomes a job.
+func FuzzChatCompletions(f *testing.F) {
+	for _, seed := range []string{
+		okChat,
+		`{"model":"m","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}]}`,
+		`{"model":"m","messages":[{"role":"assistant","content":null},{"role":"tool","content":"1"}]}`,
+		`{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}`,
+		`{"model":"m","n":0,"messages":[{"role":"user","content":"x"}]}`,
+		`{"model":"","messages":[]}`, `{"messages":null}`, `{"model":"m","messages":[{}]}`,
+		`{`, `null`, `[]`, ``, `"x"`, "{\"model\":\"\xff\"}",
+	} {
+		f.Add([]byte(seed))
+	}
+	mr := miniredis.RunT(f)
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	f.Cleanup(func() { _ = rdb.Close() })
+	router, _ := routing.NewRouter(map[string]string{"job.echo": "echo"})
+	g, err := gateway.New(store.New(rdb, store.Options{}), nullBus{}, gateway.Options{Insecure: true, MaxPromptBytes: 4096, Router: router}, testLog)
+	if err != nil {
+		f.Fatal(err)
+	}
+	h := g.Handler()
+	f.Fuzz(func(t *testing.T, body []byte) {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewReader(body)))
+		var e openAIError
+		if err := json.Unmarshal(rec.Body.Bytes(), &e); err != nil || e.Error.Message == "" || e.Error.Type == "" {
+			t.Fatalf("status %d for %q: %s is not an OpenAI error (%v)", rec.Code, body, rec.Body, err)
+		}
+		switch rec.Code {
+		case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
+		case http.StatusServiceUnavailable:
+			var req struct {
+				Model    string
+				Messages []json.RawMessage
+			}
+			if err := json.Unmarshal(body, &req); err != nil || req.Model == "" || len(req.Messages) == 0 || !utf8.Valid(body) {
+				t.Fatalf("passed the checks: %q", body)
+			}
+		default:
+			t.Fatalf("status %d for %q: %s", rec.Code, body, rec.Body)
+		}
+		if n := len(mr.Keys()); n != 0 {
+			t.Fatalf("%q left %d keys in the store", body, n)
+		}
+	})
 }
