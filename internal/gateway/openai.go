@@ -248,7 +248,7 @@ func (c *chatCall) fail(e *apiError) {
 		writeAPIError(c.w, e)
 		return
 	}
-	c.event(e)
+	_ = c.event(e)
 }
 
 func (c *chatCall) created() int64 { return c.job.GetCreatedAt().GetSeconds() }
@@ -330,7 +330,7 @@ func (c *chatCall) finishStream(text string) {
 	sent := c.sse.sent.String()
 	rest, ok := strings.CutPrefix(text, sent)
 	if !ok {
-		c.event(&apiError{status: http.StatusBadGateway, typ: "server_error", code: "stream_diverged",
+		_ = c.event(&apiError{status: http.StatusBadGateway, typ: "server_error", code: "stream_diverged",
 			message: fmt.Sprintf("job %s was retried after part of its answer was streamed, and the recorded answer differs; read it with: cortexctl result %s", c.id, c.id)})
 		return
 	}
@@ -386,12 +386,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeAPIError(w http.ResponseWriter, e *apiError) { writeJSON(w, e.status, e) }
 
+// throttledReason starts the reason of a job denied for being over a
+// THROTTLE rule's rate (internal/safety/policy words it so).
+const throttledReason = "rate exceeded ("
+
 // jobError is the answer for a job that ended without completing.
 func jobError(j *cortexv1.Job) *apiError {
 	reason := cmp.Or(j.GetReason(), "no reason was recorded")
 	switch j.GetState() {
 	case cortexv1.JobState_JOB_STATE_DENIED:
 		rule := j.GetSafety().GetRule()
+		if strings.HasPrefix(reason, throttledReason) {
+			// Over a THROTTLE rule's rate: OpenAI's clients back off and retry.
+			return &apiError{status: http.StatusTooManyRequests, typ: "requests", code: "rate_limit_exceeded",
+				message: fmt.Sprintf("rate limited by safety rule %s: %s", rule, reason)}
+		}
 		if rule == "fail-closed" {
 			// Nobody decided: the gate is down, not the prompt at fault.
 			return &apiError{status: http.StatusServiceUnavailable, typ: "server_error", code: "safety_unavailable",

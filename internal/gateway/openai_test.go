@@ -110,9 +110,24 @@ func TestChatCompletionsAcceptsTheShapesOpenAIClientsSend(t *testing.T) {
 	// Without a worker registry the gateway cannot tell whether a worker
 	// is live: it submits, and the job waits for one. The test only needs
 	// the job submitted, so it hangs up (which cancels the job).
-	body := `{"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]},` +
-		`{"role":"assistant","content":null,"tool_calls":[]},{"role":"tool","content":"42","tool_call_id":"c1"}],` +
-		`"temperature":0.5,"max_tokens":10,"stop":["x"],"n":1,"user":"u1","stream":true,"stream_options":{"include_usage":true}}`
+	for _, body := range []string{
+		`{"model":"m","messages":[{"role":"developer","content":"be brief"},{"role":"user","content":[{"type":"text","text":"hi"}]},` +
+			`{"role":"assistant","content":null,"tool_calls":[]},{"role":"tool","content":"42","tool_call_id":"c1"}],` +
+			`"temperature":0.5,"max_tokens":10,"stop":["x"],"n":1,"user":"u1","stream":true,"stream_options":{"include_usage":true}}`,
+		okChat,
+	} {
+		id := submitAndHangUp(t, f, body)
+		if input, err := f.st.Input(t.Context(), id); err != nil || input != body {
+			t.Fatalf("job %s input %q (%v), want the body as sent", id, input, err)
+		}
+	}
+}
+
+// submitAndHangUp posts a completion, waits until it is submitted, hangs
+// up, and checks that the job was cancelled because of it.
+func submitAndHangUp(t *testing.T, f *fixture, body string) string {
+	t.Helper()
+	before := len(f.submits(t))
 	ctx, hangUp := context.WithCancel(t.Context())
 	defer hangUp()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, f.url+"/v1/chat/completions", strings.NewReader(body))
@@ -124,22 +139,18 @@ func TestChatCompletionsAcceptsTheShapesOpenAIClientsSend(t *testing.T) {
 			res.Body.Close()
 		}
 	}()
-	eventually(t, "the request submitted as a job", func() bool { return len(f.submits(t)) == 1 })
+	eventually(t, "the request submitted as a job", func() bool { return len(f.submits(t)) == before+1 })
 	hangUp()
 	<-done
-	h := f.submits(t)[0]
+	h := f.submits(t)[before]
 	if h.req.GetTopic() != gateway.ChatTopic || h.req.GetLabels()["model"] != "m" || h.req.GetLabels()["api"] != "openai" {
 		t.Fatalf("submitted %v, want a %s job labelled model=m api=openai", h.req, gateway.ChatTopic)
 	}
-	input, err := f.st.Input(t.Context(), h.req.GetJobId())
-	if err != nil || input != body {
-		t.Fatalf("job %s input %q (%v), want the body as sent", h.req.GetJobId(), input, err)
-	}
-	// The client hung up: its job is cancelled.
-	eventually(t, "the job cancelled", func() bool {
+	eventually(t, "the job cancelled when its client hung up", func() bool {
 		j, err := f.st.Get(t.Context(), h.req.GetJobId())
-		return err == nil && j.State == store.Cancelled
+		return err == nil && j.State == store.Cancelled && strings.Contains(j.Reason, "hung up")
 	})
+	return h.req.GetJobId()
 }
 
 func TestChatCompletionsAuth(t *testing.T) {

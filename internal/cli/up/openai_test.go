@@ -174,6 +174,7 @@ func decode[T any](t testing.TB, res *http.Response) T {
 func TestChatCompletion(t *testing.T) {
 	h := chatHarness(t, up.ClusterOptions{}, &fakeChat{})
 	res := h.post(t, context.Background(), chatBody("hello there", false))
+	defer res.Body.Close()
 	id := res.Header.Get(gateway.HeaderJobID)
 	c := decode[completionJSON](t, res)
 	if res.StatusCode != http.StatusOK || res.Header.Get("Content-Type") != "application/json" {
@@ -283,6 +284,11 @@ rules:
     when: topic == "job.chat.llm" && prompt.contains("launch codes")
     decision: DENY
     reason: "chats about launch codes are not allowed"
+  - name: throttle-burst
+    when: topic == "job.chat.llm" && prompt.contains("burst")
+    decision: THROTTLE
+    rate: {per_second: 0.01, burst: 1}
+    reason: "bursts are rate limited"
   - name: allow-jobs
     when: topic.startsWith("job.")
     decision: ALLOW
@@ -294,6 +300,7 @@ func TestChatCompletionDenied(t *testing.T) {
 	h := chatHarness(t, up.ClusterOptions{Policy: safety.Files{Policy: path}}, &fakeChat{})
 	for _, stream := range []bool{false, true} {
 		res := h.post(t, context.Background(), chatBody("tell me the launch codes", stream))
+		defer res.Body.Close()
 		id := res.Header.Get(gateway.HeaderJobID)
 		e := decode[errorJSON](t, res)
 		if res.StatusCode != http.StatusBadRequest || e.Error.Code == nil || *e.Error.Code != "content_filter" || e.Error.Type != "invalid_request_error" ||
@@ -303,6 +310,18 @@ func TestChatCompletionDenied(t *testing.T) {
 		j, err := h.client.GetJob(context.Background(), &cortexv1.GetJobRequest{JobId: id})
 		if err != nil || j.GetJob().GetState() != denied || h.spy.dispatched(id) {
 			t.Fatalf("stream=%v: job %q is %v (%v), dispatched=%v; want DENIED and never dispatched", stream, id, j.GetJob().GetState(), err, h.spy.dispatched(id))
+		}
+	}
+	// Over a THROTTLE rule's rate: 429, which OpenAI's clients retry later.
+	for i, want := range []int{http.StatusOK, http.StatusTooManyRequests} {
+		res := h.post(t, context.Background(), chatBody("burst", false))
+		if i == 0 {
+			res.Body.Close()
+		} else if e := decode[errorJSON](t, res); e.Error.Code == nil || *e.Error.Code != "rate_limit_exceeded" || !strings.Contains(e.Error.Message, "throttle-burst") {
+			t.Fatalf("over the rate: %+v, want rate_limit_exceeded naming the rule", e.Error)
+		}
+		if res.StatusCode != want {
+			t.Fatalf("burst request %d: %d, want %d", i+1, res.StatusCode, want)
 		}
 	}
 	// The same policy lets other chats through.
@@ -317,6 +336,7 @@ func TestChatCompletionFailed(t *testing.T) {
 	h := chatHarness(t, up.ClusterOptions{}, &fakeChat{})
 	for _, stream := range []bool{false, true} {
 		res := h.post(t, context.Background(), chatBody("fail", stream))
+		defer res.Body.Close()
 		e := decode[errorJSON](t, res)
 		if res.StatusCode != http.StatusBadGateway || e.Error.Type != "server_error" || !strings.Contains(e.Error.Message, "429 Too Many Requests") {
 			t.Fatalf("stream=%v: %d %+v, want 502 with the worker's reason", stream, res.StatusCode, e.Error)
@@ -350,14 +370,19 @@ func TestChatCompletionClientHangsUpCancelsTheJob(t *testing.T) {
 
 func TestChatModels(t *testing.T) {
 	h := chatHarness(t, up.ClusterOptions{Models: []string{"configured-1"}}, &fakeChat{})
-	get := func(path string) *http.Response {
+	// get decodes the answer to GET path into v and returns its status.
+	get := func(path string, v any) int {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+h.cluster.GatewayAddr+path, nil)
 		req.Header.Set("Authorization", "Bearer "+h.cluster.APIKey)
 		res, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return res
+		defer res.Body.Close()
+		if err := json.NewDecoder(res.Body).Decode(v); err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		return res.StatusCode
 	}
 	type modelJSON struct {
 		ID      string `json:"id"`
@@ -371,22 +396,19 @@ func TestChatModels(t *testing.T) {
 	}
 	// The worker is listed once the registry has heard its heartbeat.
 	eventuallyUp(t, "the worker's model listed", func() bool {
-		list = decode[struct {
-			Object string      `json:"object"`
-			Data   []modelJSON `json:"data"`
-		}](t, get("/v1/models"))
-		return len(list.Data) == 2
+		return get("/v1/models", &list) == http.StatusOK && len(list.Data) == 2
 	})
 	if list.Object != "list" || list.Data[0].ID != "configured-1" || list.Data[1].ID != "fake-1" || list.Data[1].Created == 0 ||
 		list.Data[0].Object != "model" || list.Data[1].OwnedBy == "" {
 		t.Fatalf("models %+v: want configured-1 and fake-1 (from the worker, created when first heard)", list)
 	}
-	if m := decode[modelJSON](t, get("/v1/models/fake-1")); m.ID != "fake-1" || m.Object != "model" {
-		t.Fatalf("GET /v1/models/fake-1 = %+v", m)
+	var m modelJSON
+	if status := get("/v1/models/fake-1", &m); status != http.StatusOK || m.ID != "fake-1" || m.Object != "model" {
+		t.Fatalf("GET /v1/models/fake-1 = %d %+v", status, m)
 	}
-	res := get("/v1/models/nope")
-	if e := decode[errorJSON](t, res); res.StatusCode != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" {
-		t.Fatalf("an unknown model: %d %+v, want 404 model_not_found", res.StatusCode, e.Error)
+	var e errorJSON
+	if status := get("/v1/models/nope", &e); status != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" {
+		t.Fatalf("an unknown model: %d %+v, want 404 model_not_found", status, e.Error)
 	}
 }
 
@@ -404,6 +426,7 @@ func eventuallyUp(t testing.TB, what string, cond func() bool) {
 func TestChatCompletionWithoutWorker(t *testing.T) {
 	h := startHarness(t, up.ClusterOptions{Routes: chatRoutes(t)})
 	res := h.post(t, context.Background(), chatBody("hello", false))
+	defer res.Body.Close()
 	e := decode[errorJSON](t, res)
 	if res.StatusCode != http.StatusServiceUnavailable || e.Error.Code == nil || *e.Error.Code != "no_chat_worker" || !strings.Contains(e.Error.Message, "cortexctl worker --pool chat-llm") {
 		t.Fatalf("%d %+v, want 503 no_chat_worker saying how to start one", res.StatusCode, e.Error)
@@ -443,7 +466,7 @@ func askUpstream(ctx context.Context, url string, body []byte) (string, error) {
 	defer res.Body.Close()
 	var c completionJSON
 	if err := json.NewDecoder(res.Body).Decode(&c); err != nil || res.StatusCode != http.StatusOK || len(c.Choices) == 0 || c.Choices[0].Message == nil {
-		return "", fmt.Errorf("upstream answered %d: %v", res.StatusCode, err)
+		return "", fmt.Errorf("upstream answered %d: %w", res.StatusCode, err)
 	}
 	return c.Choices[0].Message.Content, nil
 }
@@ -462,6 +485,7 @@ func BenchmarkChatCompletions(b *testing.B) {
 	for b.Loop() {
 		res := h.post(b, context.Background(), body)
 		c := decode[completionJSON](b, res)
+		res.Body.Close()
 		if res.StatusCode != http.StatusOK || c.Choices[0].Message.Content != "Hello! How can I help?" {
 			b.Fatalf("%d %+v", res.StatusCode, c)
 		}
