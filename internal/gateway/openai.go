@@ -89,10 +89,6 @@ func (g *Gateway) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, invalidRequest("", "could not read the request body: "+err.Error()))
 		return
 	}
-	if aerr := checkUTF8(body); aerr != nil {
-		writeAPIError(w, aerr)
-		return
-	}
 	req, aerr := parseChatRequest(body)
 	if aerr != nil {
 		writeAPIError(w, aerr)

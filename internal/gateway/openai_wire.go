@@ -48,6 +48,11 @@ var chatRoles = map[string]bool{"system": true, "developer": true, "user": true,
 
 // parseChatRequest decodes and checks a chat completion request body.
 func parseChatRequest(body []byte) (*chatRequest, *apiError) {
+	// JSON text is UTF-8; Go's decoder would pass other bytes on in
+	// strings, and the body goes to the worker as sent.
+	if !utf8.Valid(body) {
+		return nil, invalidRequest("", "the body is not valid UTF-8; JSON text must be UTF-8")
+	}
 	var req chatRequest
 	if err := json.Unmarshal(body, &req); err != nil {
 		var te *json.UnmarshalTypeError
@@ -193,12 +198,4 @@ type model struct {
 	Object  string `json:"object"`
 	Created int64  `json:"created"`
 	OwnedBy string `json:"owned_by"`
-}
-
-// checkUTF8 says whether a request body is UTF-8, as JSON must be.
-func checkUTF8(body []byte) *apiError {
-	if !utf8.Valid(body) {
-		return invalidRequest("", "the body is not valid UTF-8; JSON text must be UTF-8")
-	}
-	return nil
 }
