@@ -131,26 +131,39 @@ func requireWrite(ctx context.Context, what string) error {
 // every caller is InsecureTenant.
 func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 	return func(ctx context.Context, spec connect.Spec, stream connect.ServerStream) error {
-		if g.keys == nil || strings.HasPrefix(spec.Procedure, "/grpc.reflection.") {
+		if g.keys != nil && strings.HasPrefix(spec.Procedure, "/grpc.reflection.") {
 			// Reflection describes the public schema, nothing of a tenant.
-			// Without keys everyone is the admin of tenant default.
-			return g.explainLimit(next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant, Admin: g.keys == nil}), spec, stream))
+			return g.explainLimit(next(context.WithValue(ctx, principalKey{}, Principal{Tenant: InsecureTenant}), spec, stream))
 		}
 		var header string
 		if info, ok := connect.CallInfoForServerContext(ctx); ok {
 			header = info.RequestHeader().Get("Authorization")
 		}
-		key, ok := strings.CutPrefix(header, "Bearer ")
-		if !ok || key == "" {
-			return connect.NewError(connect.CodeUnauthenticated,
-				"missing API key: send the header 'Authorization: Bearer YOUR_KEY' (cortexctl reads the key from --api-key, CORTEX_API_KEY or the context that 'cortexctl up' writes)")
-		}
-		p, ok := g.keys.principal(key)
-		if !ok {
-			return connect.NewError(connect.CodeUnauthenticated, "API key not recognised: check the key, or ask an operator for one")
+		p, err := g.principalFor(header)
+		if err != nil {
+			return err
 		}
 		return g.explainLimit(next(context.WithValue(ctx, principalKey{}, p), spec, stream))
 	}
+}
+
+// principalFor resolves an Authorization header ("Bearer KEY") to who the
+// key speaks for, or refuses it with an Unauthenticated error. Without keys
+// everyone is the admin of tenant default.
+func (g *Gateway) principalFor(header string) (Principal, error) {
+	if g.keys == nil {
+		return Principal{Tenant: InsecureTenant, Admin: true}, nil
+	}
+	key, ok := strings.CutPrefix(header, "Bearer ")
+	if !ok || key == "" {
+		return Principal{}, connect.NewError(connect.CodeUnauthenticated,
+			"missing API key: send the header 'Authorization: Bearer YOUR_KEY' (cortexctl reads the key from --api-key, CORTEX_API_KEY or the context that 'cortexctl up' writes)")
+	}
+	p, ok := g.keys.principal(key)
+	if !ok {
+		return Principal{}, connect.NewError(connect.CodeUnauthenticated, "API key not recognised: check the key, or ask an operator for one")
+	}
+	return p, nil
 }
 
 // explainLimit rewrites the transport's message for a request body over the

@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"connectrpc.com/connect/v2"
 	"connectrpc.com/connect/v2/connecthttp"
@@ -93,6 +95,9 @@ type Options struct {
 	Workers Workers
 	// Metrics records submits and is served on /metrics (nil: neither).
 	Metrics *telemetry.Metrics
+	// Models are listed by the OpenAI-compatible GET /v1/models beside
+	// those the live chat-llm workers name (see ModelCapability).
+	Models []string
 }
 
 // Gateway serves the public API.
@@ -107,6 +112,8 @@ type Gateway struct {
 	decisions *hub[*cortexv1.SafetyDecisionEvent]
 	workers   Workers
 	metrics   *telemetry.Metrics
+	// modelNames are Options.Models.
+	modelNames []string
 	// closing is closed when Serve stops, to end open streams.
 	closing   chan struct{}
 	closeOnce sync.Once
@@ -118,11 +125,16 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 	if opts.Router == nil {
 		return nil, errors.New("gateway: no routing table")
 	}
+	for _, m := range opts.Models {
+		if m == "" || len(m) > maxModelBytes || !utf8.ValidString(m) {
+			return nil, fmt.Errorf("gateway: model name %.40q: use 1-%d bytes of UTF-8", m, maxModelBytes)
+		}
+	}
 	g := &Gateway{store: st, bus: b, router: opts.Router, maxPrompt: opts.MaxPromptBytes, log: log, jobs: newHub[*cortexv1.Job](), decisions: newHub[*cortexv1.SafetyDecisionEvent](), closing: make(chan struct{})}
 	if g.maxPrompt <= 0 {
 		g.maxPrompt = DefaultMaxPromptBytes
 	}
-	g.workers, g.metrics = opts.Workers, opts.Metrics
+	g.workers, g.metrics, g.modelNames = opts.Workers, opts.Metrics, slices.Clone(opts.Models)
 	switch {
 	case len(opts.Keys) > 0:
 		g.keys = newKeyring(opts.Keys)
@@ -152,7 +164,8 @@ func (g *Gateway) Start(ctx context.Context) error {
 	return nil
 }
 
-// Handler serves the API and /healthz, /readyz.
+// Handler serves the API, the OpenAI-compatible front door (/v1/...) and
+// /healthz, /readyz.
 func (g *Gateway) Handler() http.Handler {
 	srv := connect.NewServer(g.authenticate)
 	cortexv1connect.RegisterGatewayServiceHandler(srv, g)
@@ -167,6 +180,7 @@ func (g *Gateway) Handler() http.Handler {
 		connecthttp.WithReadMaxBytes(g.maxPrompt*4/3+64<<10),
 		// Compressing small answers costs more CPU than it saves bytes.
 		connecthttp.WithCompressMinBytes(8<<10))
+	g.mountOpenAI(mux)
 	if g.metrics != nil {
 		mux.Handle("GET /metrics", g.metrics.Handler())
 	}

@@ -28,11 +28,7 @@ pools:
 
 func routedFixture(t *testing.T) *fixture {
 	t.Helper()
-	r, err := routing.Parse("routing.yaml", []byte(testRoutes))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return newFixture(t, gateway.Options{Keys: keys, Router: r})
+	return newFixture(t, gateway.Options{Keys: keys, Router: chatRouter(t)})
 }
 
 // options are a job's priority, timeout and max attempts.

@@ -366,6 +366,9 @@ comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 				}
 				return &cmdutil.UsageError{Err: fmt.Errorf("--pool %s: %w", wo.Pool, err)}
 			}
+			if wo.Pool == PoolLLM && len(wo.Capabilities) == 0 {
+				wo.Capabilities = llmFlags.Capabilities()
+			}
 			if err := worker.CheckOptions(wo); err != nil {
 				return &cmdutil.UsageError{Err: err}
 			}
@@ -411,6 +414,7 @@ func NewCmdGateway() *cobra.Command {
 	var keysFile string
 	var routes RouteFlags
 	var maxPrompt int
+	var models []string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run the API gateway as a daemon",
@@ -443,7 +447,7 @@ give the gateway the same routes as the schedulers.`,
 				return err
 			}
 			defer e.close()
-			g, conn, err := NewGateway(o.NATS, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics}, e.log)
+			g, conn, err := NewGateway(o.NATS, e.store, table, gateway.Options{Keys: keyTable, Insecure: o.Insecure, MaxPromptBytes: maxPrompt, Metrics: e.metrics, Models: models}, e.log)
 			if err != nil {
 				return err
 			}
@@ -462,6 +466,7 @@ give the gateway the same routes as the schedulers.`,
 	cmd.Flags().StringVar(&keysFile, "api-keys-file", "", "file of API keys, one key:tenant[:read|:admin] a line (# comments), added to --api-keys")
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
+	AddModelsFlag(cmd, &models)
 	return cmd
 }
 
@@ -495,6 +500,12 @@ func apiKeys(flagKeys []string, file string) (map[string]gateway.Principal, erro
 		return nil, fmt.Errorf("%s: %w", from, err)
 	}
 	return keys, nil
+}
+
+// AddModelsFlag adds --models, the models the OpenAI-compatible
+// GET /v1/models lists beside those the live chat-llm workers name.
+func AddModelsFlag(cmd *cobra.Command, models *[]string) {
+	cmd.Flags().StringSliceVar(models, "models", nil, "models GET /v1/models lists besides those the live chat-llm workers name, repeatable (e.g. llama3.2,qwen2.5)")
 }
 
 // RouteFlags are --routes FILE and --route topic=pool, which pick the

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/plugins/llm"
 )
 
@@ -84,4 +85,15 @@ func readKeyFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is empty: write the key on its first line", path)
 	}
 	return key, nil
+}
+
+// Capabilities are what a chat-llm worker says in its heartbeats: its
+// pool's kind and, with --llm-model, the model as model:<name>, which the
+// gateway's GET /v1/models lists. None without a model: the worker
+// reports its topics' kinds.
+func (f *LLMFlags) Capabilities() []string {
+	if f.Model == "" {
+		return nil
+	}
+	return []string{"chat.llm", gateway.ModelCapability + f.Model}
 }

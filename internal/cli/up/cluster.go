@@ -63,6 +63,8 @@ type ClusterOptions struct {
 	// LLM, when set, starts a worker of pool chat-llm too, on the
 	// OpenAI-compatible API it names.
 	LLM *daemon.LLMFlags
+	// Models are listed by the gateway's GET /v1/models (gateway.Options.Models).
+	Models []string
 }
 
 // ServedPool is a pool up runs a worker of.
@@ -175,12 +177,17 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		if err != nil {
 			return c, fmt.Errorf("pool %s: %w", pool, err)
 		}
+		var capabilities []string
+		if pool == daemon.PoolLLM {
+			capabilities = opts.LLM.Capabilities()
+		}
 		w, err := daemon.StartWorker(runCtx, natsEP, c.Store, worker.Options{
-			Pool:        pool,
-			MaxParallel: opts.WorkerParallel,
-			Handlers:    handlers,
-			Lease:       opts.Lease,
-			Metrics:     c.Metrics,
+			Pool:         pool,
+			MaxParallel:  opts.WorkerParallel,
+			Handlers:     handlers,
+			Lease:        opts.Lease,
+			Metrics:      c.Metrics,
+			Capabilities: capabilities,
 		}, wlog)
 		if err != nil {
 			return c, err
@@ -195,6 +202,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	g, conn, err := daemon.NewGateway(natsEP, c.Store, opts.Routes, gateway.Options{
 		Keys:    map[string]gateway.Principal{c.APIKey: {Tenant: gateway.InsecureTenant, Admin: true}},
 		Metrics: c.Metrics,
+		Models:  opts.Models,
 	}, log.With("component", "gateway"))
 	if err != nil {
 		return c, err

@@ -51,13 +51,13 @@ func (h *harness) startWorker(t testing.TB, opts worker.Options, log *slog.Logge
 	t.Cleanup(w.Stop)
 }
 
-func startHarness(t *testing.T, opts up.ClusterOptions) *harness {
+func startHarness(t testing.TB, opts up.ClusterOptions) *harness {
 	t.Helper()
 	return startHarnessLog(t, opts, slog.New(slog.DiscardHandler))
 }
 
 // startHarnessLog is startHarness with the components logging to log.
-func startHarnessLog(t *testing.T, opts up.ClusterOptions, log *slog.Logger) *harness {
+func startHarnessLog(t testing.TB, opts up.ClusterOptions, log *slog.Logger) *harness {
 	t.Helper()
 	opts.Listen = "127.0.0.1:0"
 	if opts.SafetyTimeout == 0 {
@@ -89,7 +89,7 @@ type dispatchSpy struct {
 	sub  *nats.Subscription
 }
 
-func newDispatchSpy(t *testing.T, url string) *dispatchSpy {
+func newDispatchSpy(t testing.TB, url string) *dispatchSpy {
 	t.Helper()
 	nc, err := nats.Connect(url)
 	if err != nil {

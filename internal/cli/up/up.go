@@ -90,6 +90,7 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
 	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
 	daemon.AddRouteFlags(cmd, &o.Routes)
+	daemon.AddModelsFlag(cmd, &o.Cluster.Models)
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "log level of the components: debug, info, warn or error")
 	fs.BoolVar(&o.NoContext, "no-context", false, "do not write the context file")
 	fs.StringVar(&o.Cluster.Python, "python", "", "also run pool code-python (job.code.python) with this interpreter; --python alone uses python3 from PATH")
