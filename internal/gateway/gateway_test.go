@@ -768,6 +768,45 @@ func TestStreamEventsBatchWindow(t *testing.T) {
 	}
 }
 
+// A stream that asks for output gets the pieces of the caller's running
+// jobs of its topic filter, and nobody else's.
+func TestStreamEventsOutput(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	acme := f.client(t, "key-acme-1234")
+	stream, err := acme.StreamEvents(ctx, &cortexv1.StreamEventsRequest{Topic: "job.echo", States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_CANCELLED}, Output: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	piece := func(id, tenant, topic, text string) {
+		t.Helper()
+		err := f.other.Publish(bus.JobOutputSubject(id), &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobOutput{JobOutput: &cortexv1.JobOutput{
+			JobId: id, Attempt: 1, Seq: 1, Text: text, TenantId: tenant, Topic: topic,
+		}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The stream is open once its headers came: wait for the first
+	// message, an event, before publishing pieces.
+	id := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	f.move(t, id, store.Change{To: store.Cancelled})
+	if msg, err := stream.Receive(); err != nil || msg.GetJob().GetJobId() != id {
+		t.Fatalf("first message: %v, %v", msg, err)
+	}
+	piece("j-globex", "globex", "job.echo", "not yours")
+	piece("j-other-topic", "acme", "job.sleep", "not this topic")
+	piece(id, "acme", "job.echo", "yours")
+	msg, err := stream.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := msg.GetOutput(); o.GetJobId() != id || o.GetText() != "yours" || msg.GetJob() != nil {
+		t.Fatalf("stream sent %v, want only acme's piece of job.echo output", msg)
+	}
+}
+
 // With the bus down, a submit is still accepted: the job is recorded
 // PENDING with a deadline, for the reconciler to hand on, and the client
 // gets its id. A retry (same idempotency key) finds that job; nothing is

@@ -6,6 +6,7 @@ import (
 	"connectrpc.com/connect/v2"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -16,11 +17,28 @@ const outputBuffer = 1024
 // followOutput subscribes to the output job id's handler streams while it
 // runs. Call stop when done with the channel.
 func (g *Gateway) followOutput(ctx context.Context, id string) (pieces <-chan *cortexv1.JobOutput, stop func(), err error) {
+	return g.subscribeOutput(ctx, bus.JobOutputSubject(id), func(o *cortexv1.JobOutput) bool { return o.GetJobId() == id })
+}
+
+// followTenantOutput subscribes to the output of every running job of
+// tenant ("" for all) whose topic matches topic ("" for any).
+func (g *Gateway) followTenantOutput(ctx context.Context, tenant, topic string) (pieces <-chan *cortexv1.JobOutput, stop func(), err error) {
+	return g.subscribeOutput(ctx, bus.JobOutputSubject("*"), func(o *cortexv1.JobOutput) bool {
+		return (tenant == "" || o.GetTenantId() == tenant) && (topic == "" || store.TopicMatches(topic, o.GetTopic()))
+	})
+}
+
+// subscribeOutput hands the pieces of output on subject that match to the
+// returned channel, dropping them when the reader lags.
+func (g *Gateway) subscribeOutput(ctx context.Context, subject string, match func(*cortexv1.JobOutput) bool) (<-chan *cortexv1.JobOutput, func(), error) {
 	ch := make(chan *cortexv1.JobOutput, outputBuffer)
-	sub, err := g.bus.Subscribe(ctx, bus.JobOutputSubject(id), "", 1, func(_ context.Context, p *cortexv1.BusPacket, _ string) error {
+	sub, err := g.bus.Subscribe(ctx, subject, "", 1, func(_ context.Context, p *cortexv1.BusPacket, _ string) error {
 		o := p.GetJobOutput()
-		if o == nil || o.GetJobId() != id {
-			return bus.WrongPayload(p, "output of job "+id)
+		if o == nil {
+			return bus.WrongPayload(p, "job output")
+		}
+		if !match(o) {
+			return nil
 		}
 		select {
 		case ch <- o:
@@ -29,7 +47,7 @@ func (g *Gateway) followOutput(ctx context.Context, id string) (pieces <-chan *c
 		return nil
 	})
 	if err != nil {
-		g.log.Warn("follow job output", "job_id", id, "err", err)
+		g.log.Warn("follow job output", "subject", subject, "err", err)
 		return nil, nil, connect.NewError(connect.CodeUnavailable, "the bus is unavailable: cannot follow the job's output, try again")
 	}
 	return ch, sub.Close, nil

@@ -202,11 +202,48 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 		},
 		ch: make(chan *cortexv1.Job, watcherBuffer),
 	}
-	return follow(ctx, g, g.jobs, w, stream.SendHeaders, window, func(js []*cortexv1.Job, dropped uint64) error {
-		if window == 0 {
-			return stream.Send(&cortexv1.StreamEventsResponse{Job: js[0], Dropped: dropped})
+	var mu sync.Mutex // one Send at a time: events and pieces of output
+	send := func(m *cortexv1.StreamEventsResponse) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return stream.Send(m)
+	}
+	headers := stream.SendHeaders
+	if req.GetOutput() {
+		pieces, stop, err := g.followTenantOutput(ctx, w.tenant, req.GetTopic())
+		if err != nil {
+			return err
 		}
-		return stream.Send(&cortexv1.StreamEventsResponse{Jobs: js, Dropped: dropped})
+		defer stop()
+		// Headers go first, before either sender may send.
+		if err := stream.SendHeaders(); err != nil {
+			return err
+		}
+		headers = func() error { return nil }
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		done := make(chan struct{})
+		defer func() { cancel(); <-done }()
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case o := <-pieces:
+					if send(&cortexv1.StreamEventsResponse{Output: o}) != nil {
+						cancel()
+						return
+					}
+				}
+			}
+		}()
+	}
+	return follow(ctx, g, g.jobs, w, headers, window, func(js []*cortexv1.Job, dropped uint64) error {
+		if window == 0 {
+			return send(&cortexv1.StreamEventsResponse{Job: js[0], Dropped: dropped})
+		}
+		return send(&cortexv1.StreamEventsResponse{Jobs: js, Dropped: dropped})
 	})
 }
 

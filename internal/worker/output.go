@@ -20,8 +20,7 @@ const maxOutputPiece = 32 << 10
 type outputStream struct {
 	conn    *bus.Conn
 	traceID string
-	jobID   string
-	attempt uint32
+	job     *cortexv1.JobRequest
 
 	mu      sync.Mutex
 	seq     uint64
@@ -54,10 +53,11 @@ func (s *outputStream) Write(p []byte) (int, error) {
 			n = min(len(text), maxOutputPiece)
 		}
 		s.seq++
-		_ = s.conn.Publish(bus.JobOutputSubject(s.jobID), &cortexv1.BusPacket{
+		_ = s.conn.Publish(bus.JobOutputSubject(s.job.GetJobId()), &cortexv1.BusPacket{
 			TraceId: s.traceID,
 			Payload: &cortexv1.BusPacket_JobOutput{JobOutput: &cortexv1.JobOutput{
-				JobId: s.jobID, Attempt: s.attempt, Seq: s.seq, Text: string(text[:n]),
+				JobId: s.job.GetJobId(), Attempt: s.job.GetAttempt(), Seq: s.seq, Text: string(text[:n]),
+				TenantId: s.job.GetTenantId(), Topic: s.job.GetTopic(),
 			}},
 		})
 		text = text[n:]

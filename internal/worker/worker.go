@@ -601,7 +601,7 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		Attempt: req.GetAttempt(),
 		Prompt:  input,
 		Labels:  req.GetLabels(),
-		Stream:  &outputStream{conn: w.conn, traceID: traceID, jobID: req.GetJobId(), attempt: req.GetAttempt()},
+		Stream:  &outputStream{conn: w.conn, traceID: traceID, job: req},
 	}
 	if req.GetBinaryPayload() {
 		job.Prompt, job.Payload = "", []byte(input)

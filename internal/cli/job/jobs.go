@@ -143,7 +143,7 @@ func listRun(ctx context.Context, o *ListOptions) error {
 			return p.Print(j)
 		}
 		return p.Table(nil, [][]string{jobRow(p, j, time.Now())})
-	})
+	}, nil)
 }
 
 // oneJobCmd builds the commands that act on job ids.

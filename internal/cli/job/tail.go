@@ -24,6 +24,8 @@ type TailOptions struct {
 	// Decisions streams safety decisions instead of job changes.
 	Decisions  bool
 	DecisionIn []string
+	// JobOutput also prints the output of running jobs as it comes.
+	JobOutput bool
 }
 
 // NewCmdTail returns the tail command.
@@ -37,17 +39,26 @@ submits, safety denials with their rule and reason, dispatches, runs and
 outcomes. Filter by topic, state and labels. -o json prints one JSON object
 per change.
 
+With --job-output, also print the output of your running jobs as their
+handlers write it (chat tokens, a Python job's prints): one "output" line
+per piece, the text quoted. Pieces are best effort; the result is recorded
+whole ('cortexctl jobs result ID').
+
 With --decisions, print every safety decision instead: decision, rule,
 reason, topic, tenant, job, the kernel's latency, and what the shadow policy
 would have said. An admin key sees every tenant's decisions.`,
 		Example: `  cortexctl tail
   cortexctl tail --state denied
   cortexctl tail --topic 'job.*' --label team=ml -o json
+  cortexctl tail --topic job.chat.llm --job-output
   cortexctl tail --decisions --decision deny`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if !o.Decisions && len(o.DecisionIn) > 0 {
 				return &cmdutil.UsageError{Err: errors.New("--decision filters safety decisions: add --decisions")}
+			}
+			if o.Decisions && o.JobOutput {
+				return &cmdutil.UsageError{Err: errors.New("--job-output prints the output of jobs, not of --decisions")}
 			}
 			if o.Decisions && (len(o.States) > 0 || len(o.Labels) > 0) {
 				return &cmdutil.UsageError{Err: errors.New("--state and --label filter job changes, not --decisions (use --decision and --topic)")}
@@ -65,6 +76,7 @@ would have said. An admin key sees every tenant's decisions.`,
 	fs := cmd.Flags()
 	fs.BoolVar(&o.Decisions, "decisions", false, "print safety decisions instead of job changes")
 	fs.StringSliceVar(&o.DecisionIn, "decision", nil, "with --decisions, only these decisions: allow, deny, require_approval")
+	fs.BoolVar(&o.JobOutput, "job-output", false, "also print the output of running jobs as it comes (topic filter only)")
 	output.AddFormatFlag(cmd, &o.Output)
 	return cmd
 }
@@ -75,11 +87,18 @@ func tailRun(ctx context.Context, o *TailOptions) error {
 		return err
 	}
 	p := output.New(o.Factory.Out, o.Output)
-	return streamJobs(ctx, o.Factory, &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels}, func(j *cortexv1.Job) error {
+	req := &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels, Output: o.JobOutput}
+	return streamJobs(ctx, o.Factory, req, func(j *cortexv1.Job) error {
 		if p.Machine() {
 			return p.Print(j)
 		}
 		_, err := fmt.Fprintln(o.Factory.Out, eventLine(p, j))
+		return err
+	}, func(out *cortexv1.JobOutput) error {
+		if p.Machine() {
+			return p.Print(out)
+		}
+		_, err := fmt.Fprintf(o.Factory.Out, "%s  %s  %-12s output  %q\n", time.Now().Format("15:04:05.000"), out.GetJobId(), out.GetTopic(), out.GetText())
 		return err
 	})
 }
@@ -123,9 +142,10 @@ func decisionLine(p *output.Printer, ev *cortexv1.SafetyDecisionEvent) string {
 	return line
 }
 
-// streamJobs prints job events until ctx ends, reconnecting when the
-// gateway drops the stream, and says on stderr when events were missed.
-func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEventsRequest, print func(*cortexv1.Job) error) error {
+// streamJobs prints job events (and pieces of output, when req asks for
+// them) until ctx ends, reconnecting when the gateway drops the stream,
+// and says on stderr when events were missed.
+func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEventsRequest, print func(*cortexv1.Job) error, printOutput func(*cortexv1.JobOutput) error) error {
 	c, _, err := f.Client()
 	if err != nil {
 		return err
@@ -133,6 +153,12 @@ func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEve
 	return follow(ctx, f.ErrOut, func() (stream[*cortexv1.StreamEventsResponse], error) {
 		return c.StreamEvents(ctx, req)
 	}, func(msg *cortexv1.StreamEventsResponse) error {
+		if o := msg.GetOutput(); o != nil {
+			if printOutput == nil {
+				return nil // not asked for
+			}
+			return printOutput(o)
+		}
 		skipped(f.ErrOut, msg.GetDropped())
 		return print(msg.GetJob())
 	})

@@ -1278,7 +1278,11 @@ type StreamEventsRequest struct {
 	// this long into one message, in jobs: far fewer messages for a reader
 	// that follows a busy cluster (a dashboard). Unset, every event is sent
 	// at once, one per message, in job.
-	BatchWindow   *durationpb.Duration `protobuf:"bytes,4,opt,name=batch_window,json=batchWindow,proto3" json:"batch_window,omitempty"`
+	BatchWindow *durationpb.Duration `protobuf:"bytes,4,opt,name=batch_window,json=batchWindow,proto3" json:"batch_window,omitempty"`
+	// output also streams the output of the caller's running jobs of the
+	// topic filter (labels and states do not apply), each piece in its own
+	// message, in output.
+	Output        bool `protobuf:"varint,5,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1341,6 +1345,13 @@ func (x *StreamEventsRequest) GetBatchWindow() *durationpb.Duration {
 	return nil
 }
 
+func (x *StreamEventsRequest) GetOutput() bool {
+	if x != nil {
+		return x.Output
+	}
+	return false
+}
+
 type StreamEventsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// job is the event, when the request asked for no batch window.
@@ -1349,7 +1360,10 @@ type StreamEventsResponse struct {
 	// because the reader was too slow.
 	Dropped uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
 	// jobs are the events of one batch window, oldest first.
-	Jobs          []*Job `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	Jobs []*Job `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	// output is a piece of a running job's output, when the request asked
+	// for output (job and jobs are then empty).
+	Output        *JobOutput `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1401,6 +1415,13 @@ func (x *StreamEventsResponse) GetDropped() uint64 {
 func (x *StreamEventsResponse) GetJobs() []*Job {
 	if x != nil {
 		return x.Jobs
+	}
+	return nil
+}
+
+func (x *StreamEventsResponse) GetOutput() *JobOutput {
+	if x != nil {
+		return x.Output
 	}
 	return nil
 }
@@ -2771,19 +2792,21 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x06output\x18\x02 \x01(\bR\x06output\"b\n" +
 	"\x10WatchJobResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12,\n" +
-	"\x06output\x18\x02 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"\x95\x02\n" +
+	"\x06output\x18\x02 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"\xad\x02\n" +
 	"\x13StreamEventsRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12+\n" +
 	"\x06states\x18\x02 \x03(\x0e2\x13.cortex.v1.JobStateR\x06states\x12B\n" +
 	"\x06labels\x18\x03 \x03(\v2*.cortex.v1.StreamEventsRequest.LabelsEntryR\x06labels\x12<\n" +
-	"\fbatch_window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vbatchWindow\x1a9\n" +
+	"\fbatch_window\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vbatchWindow\x12\x16\n" +
+	"\x06output\x18\x05 \x01(\bR\x06output\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"v\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x01\n" +
 	"\x14StreamEventsResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12\x18\n" +
 	"\adropped\x18\x02 \x01(\x04R\adropped\x12\"\n" +
-	"\x04jobs\x18\x03 \x03(\v2\x0e.cortex.v1.JobR\x04jobs\"D\n" +
+	"\x04jobs\x18\x03 \x03(\v2\x0e.cortex.v1.JobR\x04jobs\x12,\n" +
+	"\x06output\x18\x04 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"D\n" +
 	"\x11ApproveJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\"6\n" +
@@ -3003,72 +3026,73 @@ var file_cortex_v1_gateway_proto_depIdxs = []int32{
 	51, // 19: cortex.v1.StreamEventsRequest.batch_window:type_name -> google.protobuf.Duration
 	49, // 20: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
 	49, // 21: cortex.v1.StreamEventsResponse.jobs:type_name -> cortex.v1.Job
-	49, // 22: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	49, // 23: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	54, // 24: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	54, // 25: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	54, // 26: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	48, // 27: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	55, // 28: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	55, // 29: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	56, // 30: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	51, // 31: cortex.v1.StreamDecisionsRequest.batch_window:type_name -> google.protobuf.Duration
-	57, // 32: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	57, // 33: cortex.v1.StreamDecisionsResponse.events:type_name -> cortex.v1.SafetyDecisionEvent
-	10, // 34: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	38, // 35: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	52, // 36: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	41, // 37: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
-	0,  // 38: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
-	50, // 39: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
-	51, // 40: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
-	50, // 41: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
-	44, // 42: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
-	10, // 43: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	36, // 44: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	12, // 45: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	14, // 46: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	16, // 47: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	18, // 48: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	20, // 49: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	22, // 50: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	24, // 51: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	26, // 52: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	28, // 53: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	30, // 54: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	32, // 55: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	34, // 56: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	39, // 57: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
-	42, // 58: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
-	1,  // 59: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
-	3,  // 60: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
-	6,  // 61: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
-	8,  // 62: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
-	11, // 63: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	37, // 64: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	13, // 65: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	15, // 66: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	17, // 67: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	19, // 68: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	21, // 69: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	23, // 70: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	25, // 71: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	27, // 72: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	29, // 73: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	31, // 74: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	33, // 75: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	35, // 76: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	40, // 77: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
-	43, // 78: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
-	2,  // 79: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
-	5,  // 80: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
-	7,  // 81: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
-	9,  // 82: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
-	63, // [63:83] is the sub-list for method output_type
-	43, // [43:63] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	53, // 22: cortex.v1.StreamEventsResponse.output:type_name -> cortex.v1.JobOutput
+	49, // 23: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	49, // 24: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	54, // 25: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	54, // 26: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	54, // 27: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	48, // 28: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	55, // 29: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	55, // 30: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	56, // 31: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	51, // 32: cortex.v1.StreamDecisionsRequest.batch_window:type_name -> google.protobuf.Duration
+	57, // 33: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	57, // 34: cortex.v1.StreamDecisionsResponse.events:type_name -> cortex.v1.SafetyDecisionEvent
+	10, // 35: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	38, // 36: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	52, // 37: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	41, // 38: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 39: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	50, // 40: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	51, // 41: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	50, // 42: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	44, // 43: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	10, // 44: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	36, // 45: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	12, // 46: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	14, // 47: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	16, // 48: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	18, // 49: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	20, // 50: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	22, // 51: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	24, // 52: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	26, // 53: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	28, // 54: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	30, // 55: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	32, // 56: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	34, // 57: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	39, // 58: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	42, // 59: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	1,  // 60: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
+	3,  // 61: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
+	6,  // 62: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
+	8,  // 63: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
+	11, // 64: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	37, // 65: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	13, // 66: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	15, // 67: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	17, // 68: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	19, // 69: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	21, // 70: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	23, // 71: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	25, // 72: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	27, // 73: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	29, // 74: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	31, // 75: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	33, // 76: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	35, // 77: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	40, // 78: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	43, // 79: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	2,  // 80: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
+	5,  // 81: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
+	7,  // 82: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
+	9,  // 83: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
+	64, // [64:84] is the sub-list for method output_type
+	44, // [44:64] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
