@@ -10,12 +10,12 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/routing"
@@ -23,6 +23,7 @@ import (
 	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
+	"github.com/cortex-os/core/plugins/llm/llmtest"
 )
 
 // The OpenAI-compatible front door, end to end: HTTP to the gateway, the
@@ -428,28 +429,10 @@ func TestChatCompletionWithoutWorker(t *testing.T) {
 	}
 }
 
-// upstreamAnswer is the fake upstream's reply.
-const upstreamAnswer = `{"id":"chatcmpl-x","object":"chat.completion","created":1,"model":"fake-1",` +
-	`"choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help?"},"finish_reason":"stop"}],` +
-	`"usage":{"prompt_tokens":9,"completion_tokens":6,"total_tokens":15}}`
-
-// fakeUpstream is an OpenAI-compatible server that answers every chat
-// completion with upstreamAnswer.
-func fakeUpstream(b *testing.B) *httptest.Server {
-	b.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, upstreamAnswer)
-	}))
-	b.Cleanup(srv.Close)
-	return srv
-}
-
-// askUpstream posts a chat completion request to url and returns the
-// answer's text.
-func askUpstream(ctx context.Context, url string, body []byte) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/chat/completions", bytes.NewReader(body))
+// askUpstream posts a chat completion request to the OpenAI-compatible
+// API at base and returns the answer's text.
+func askUpstream(ctx context.Context, base string, body []byte) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/chat/completions", bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
@@ -467,21 +450,20 @@ func askUpstream(ctx context.Context, url string, body []byte) (string, error) {
 }
 
 // BenchmarkChatCompletions is a whole completion through the front door:
-// HTTP to the gateway, the safety gate, the scheduler and a chat-llm
-// worker that asks the fake upstream. Compare with BenchmarkDirectFake for
-// the overhead of the front door and the gate.
+// HTTP to the gateway, the safety gate, the scheduler and up's chat-llm
+// worker (plugins/llm, which streams the answer from the upstream), on the
+// fake OpenAI-compatible server. Compare with BenchmarkDirectFake for the
+// overhead of the front door, the gate and the pipeline.
 func BenchmarkChatCompletions(b *testing.B) {
-	upstream := fakeUpstream(b)
-	h := chatHarness(b, up.ClusterOptions{}, plugins.HandlerFunc(func(ctx context.Context, job *plugins.Job) (*plugins.Result, error) {
-		text, err := askUpstream(ctx, upstream.URL, job.Payload)
-		return &plugins.Result{Output: text}, err
-	}))
+	upstream := llmtest.NewServer(llmtest.Options{})
+	b.Cleanup(upstream.Close)
+	h := startHarness(b, up.ClusterOptions{LLM: &daemon.LLMFlags{BaseURL: upstream.URL}})
 	body := chatBody("hello", false)
 	for b.Loop() {
 		res := h.post(b, context.Background(), body)
 		c := decode[completionJSON](b, res)
 		res.Body.Close()
-		if res.StatusCode != http.StatusOK || c.Choices[0].Message.Content != "Hello! How can I help?" {
+		if res.StatusCode != http.StatusOK || c.Choices[0].Message.Content != "You said: hello" {
 			b.Fatalf("%d %+v", res.StatusCode, c)
 		}
 	}
@@ -490,11 +472,12 @@ func BenchmarkChatCompletions(b *testing.B) {
 // BenchmarkDirectFake asks the fake upstream directly, as a client would
 // without CortexOS.
 func BenchmarkDirectFake(b *testing.B) {
-	upstream := fakeUpstream(b)
+	upstream := llmtest.NewServer(llmtest.Options{})
+	b.Cleanup(upstream.Close)
 	body := []byte(chatBody("hello", false))
 	for b.Loop() {
 		text, err := askUpstream(context.Background(), upstream.URL, body)
-		if err != nil || text != "Hello! How can I help?" {
+		if err != nil || text != "You said: hello" {
 			b.Fatal(text, err)
 		}
 	}
