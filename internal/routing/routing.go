@@ -67,9 +67,15 @@ func DefaultRoutes() map[string]string {
 // Default returns the router of DefaultRoutes, with built-in defaults.
 func Default() *Router { return DefaultOf() }
 
+// defaultPoolDefaults are the job defaults of built-in pools that differ
+// from BuiltinDefaults: a chat job whose model server was rate limited or
+// briefly down is worth another try (the chat-llm plugin marks the errors
+// that are not as permanent).
+var defaultPoolDefaults = map[string]Defaults{"chat-llm": {MaxAttempts: 3}}
+
 // DefaultOf returns the router of the DefaultRoutes served by pools (all
-// of them when none are named), with built-in defaults: `up` routes only
-// to the pools it runs.
+// of them when none are named), with the built-in pools' defaults: `up`
+// routes only to the pools it runs.
 func DefaultOf(pools ...string) *Router {
 	routes := DefaultRoutes()
 	if len(pools) > 0 {
@@ -78,6 +84,11 @@ func DefaultOf(pools ...string) *Router {
 	r, err := NewRouter(routes)
 	if err != nil {
 		panic(err) // DefaultRoutes is valid; TestDefault checks it.
+	}
+	for pool, d := range defaultPoolDefaults {
+		if _, ok := r.defaults[pool]; ok {
+			r.defaults[pool] = d
+		}
 	}
 	return r
 }

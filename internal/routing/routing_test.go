@@ -97,6 +97,12 @@ func TestDefault(t *testing.T) {
 	if got := r.Topics(); !slices.Equal(got, []string{"job.chat.llm", "job.code.python", "job.echo", "job.sleep"}) {
 		t.Errorf("Topics() = %v", got)
 	}
+	if d := r.Defaults("chat-llm"); d.MaxAttempts != 3 {
+		t.Errorf("Defaults(chat-llm) = %+v, want 3 attempts: retryable upstream errors are retried", d)
+	}
+	if d := r.Defaults("echo"); d != routing.BuiltinDefaults {
+		t.Errorf("Defaults(echo) = %+v, want the built-in defaults", d)
+	}
 	if pool, _ := r.Pool("job.code.python"); pool != "code-python" {
 		t.Errorf("Pool(job.code.python) = %q", pool)
 	}
