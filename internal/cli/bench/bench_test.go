@@ -3,7 +3,9 @@ package bench_test
 import (
 	"context"
 	"log/slog"
+	"os"
 	"testing"
+	"time"
 
 	"github.com/cortex-os/core/internal/cli/bench"
 	"github.com/cortex-os/core/internal/cli/up"
@@ -31,6 +33,34 @@ func BenchmarkEchoJob(b *testing.B) {
 	if r.NotDone != 0 {
 		b.Fatalf("%d of %d jobs did not complete", r.NotDone, b.N)
 	}
+	b.ReportMetric(float64(r.Percentile(50).Microseconds()), "p50-µs")
+	b.ReportMetric(float64(r.Percentile(99).Microseconds()), "p99-µs")
+}
+
+// BenchmarkBatchedEcho measures echo jobs submitted in batches of 200 by 4
+// clients and followed on one event stream, as `cortexctl bench --batch`
+// does, through an in-process stack on the Redis of CORTEX_TEST_REDIS_URL
+// (the embedded one when unset).
+func BenchmarkBatchedEcho(b *testing.B) {
+	ctx := context.Background()
+	cl, err := up.StartCluster(ctx, up.ClusterOptions{Listen: "127.0.0.1:0", RedisURL: os.Getenv("CORTEX_TEST_REDIS_URL")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	c, err := client.New("http://"+cl.GatewayAddr, cl.APIKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	r, err := bench.RunBatched(ctx, c, bench.Batched{Jobs: b.N, Concurrency: 4, Batch: 200, Topic: "job.echo", Prompt: "bench", Timeout: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if r.NotDone != 0 {
+		b.Fatalf("%d of %d jobs did not complete", r.NotDone, b.N)
+	}
+	b.ReportMetric(float64(b.N)/r.Elapsed.Seconds(), "jobs/s")
 	b.ReportMetric(float64(r.Percentile(50).Microseconds()), "p50-µs")
 	b.ReportMetric(float64(r.Percentile(99).Microseconds()), "p99-µs")
 }

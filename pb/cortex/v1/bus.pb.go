@@ -51,6 +51,10 @@ type BusPacket struct {
 	//	*BusPacket_BeatRequest
 	//	*BusPacket_WorkerDrain
 	//	*BusPacket_JobOutput
+	//	*BusPacket_CheckBatch
+	//	*BusPacket_CheckBatchResponse
+	//	*BusPacket_SafetyDecisions
+	//	*BusPacket_JobBatch
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -247,6 +251,42 @@ func (x *BusPacket) GetJobOutput() *JobOutput {
 	return nil
 }
 
+func (x *BusPacket) GetCheckBatch() *CheckBatch {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_CheckBatch); ok {
+			return x.CheckBatch
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetCheckBatchResponse() *CheckBatchResponse {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_CheckBatchResponse); ok {
+			return x.CheckBatchResponse
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetSafetyDecisions() *SafetyDecisions {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_SafetyDecisions); ok {
+			return x.SafetyDecisions
+		}
+	}
+	return nil
+}
+
+func (x *BusPacket) GetJobBatch() *JobBatch {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_JobBatch); ok {
+			return x.JobBatch
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -307,6 +347,22 @@ type BusPacket_JobOutput struct {
 	JobOutput *JobOutput `protobuf:"bytes,23,opt,name=job_output,json=jobOutput,proto3,oneof"`
 }
 
+type BusPacket_CheckBatch struct {
+	CheckBatch *CheckBatch `protobuf:"bytes,24,opt,name=check_batch,json=checkBatch,proto3,oneof"`
+}
+
+type BusPacket_CheckBatchResponse struct {
+	CheckBatchResponse *CheckBatchResponse `protobuf:"bytes,25,opt,name=check_batch_response,json=checkBatchResponse,proto3,oneof"`
+}
+
+type BusPacket_SafetyDecisions struct {
+	SafetyDecisions *SafetyDecisions `protobuf:"bytes,26,opt,name=safety_decisions,json=safetyDecisions,proto3,oneof"`
+}
+
+type BusPacket_JobBatch struct {
+	JobBatch *JobBatch `protobuf:"bytes,27,opt,name=job_batch,json=jobBatch,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -334,6 +390,14 @@ func (*BusPacket_BeatRequest) isBusPacket_Payload() {}
 func (*BusPacket_WorkerDrain) isBusPacket_Payload() {}
 
 func (*BusPacket_JobOutput) isBusPacket_Payload() {}
+
+func (*BusPacket_CheckBatch) isBusPacket_Payload() {}
+
+func (*BusPacket_CheckBatchResponse) isBusPacket_Payload() {}
+
+func (*BusPacket_SafetyDecisions) isBusPacket_Payload() {}
+
+func (*BusPacket_JobBatch) isBusPacket_Payload() {}
 
 // WorkerDrain asks one worker to drain: take no new jobs, finish those it
 // runs, and say so in its heartbeats. The process keeps running until it
@@ -876,8 +940,11 @@ func (x *Heartbeat) GetDraining() bool {
 // sys.job.event. Events are best effort: a watcher that must not miss the
 // end of a job also reads the job from the store.
 type JobEvent struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Job           *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Job   *Job                   `protobuf:"bytes,1,opt,name=job,proto3" json:"job,omitempty"`
+	// jobs carries several changes in one packet (job is unset then), in the
+	// order they were made: busy publishers batch their events.
+	Jobs          []*Job `protobuf:"bytes,2,rep,name=jobs,proto3" json:"jobs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -919,6 +986,69 @@ func (x *JobEvent) GetJob() *Job {
 	return nil
 }
 
+func (x *JobEvent) GetJobs() []*Job {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+// JobBatch carries several jobs in one durable message, in the order they
+// are to be taken; trace_ids[i] is the trace of jobs[i]. Busy producers
+// (a batched submit, a scheduler releasing many jobs at once) send one
+// message for many jobs.
+type JobBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Jobs          []*JobRequest          `protobuf:"bytes,1,rep,name=jobs,proto3" json:"jobs,omitempty"`
+	TraceIds      []string               `protobuf:"bytes,2,rep,name=trace_ids,json=traceIds,proto3" json:"trace_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JobBatch) Reset() {
+	*x = JobBatch{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JobBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JobBatch) ProtoMessage() {}
+
+func (x *JobBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JobBatch.ProtoReflect.Descriptor instead.
+func (*JobBatch) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *JobBatch) GetJobs() []*JobRequest {
+	if x != nil {
+		return x.Jobs
+	}
+	return nil
+}
+
+func (x *JobBatch) GetTraceIds() []string {
+	if x != nil {
+		return x.TraceIds
+	}
+	return nil
+}
+
 // JobCancel asks whichever worker runs the job to stop it, on
 // sys.job.cancel. The job is already recorded CANCELLED.
 type JobCancel struct {
@@ -931,7 +1061,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[7]
+	mi := &file_cortex_v1_bus_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -943,7 +1073,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[7]
+	mi := &file_cortex_v1_bus_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -956,7 +1086,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{7}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -977,7 +1107,8 @@ var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\a\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\n" +
+	"\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
 	"\tsender_id\x18\x02 \x01(\tR\bsenderId\x129\n" +
@@ -1002,7 +1133,12 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fbeat_request\x18\x15 \x01(\v2\x16.cortex.v1.BeatRequestH\x00R\vbeatRequest\x12;\n" +
 	"\fworker_drain\x18\x16 \x01(\v2\x16.cortex.v1.WorkerDrainH\x00R\vworkerDrain\x125\n" +
 	"\n" +
-	"job_output\x18\x17 \x01(\v2\x14.cortex.v1.JobOutputH\x00R\tjobOutputB\t\n" +
+	"job_output\x18\x17 \x01(\v2\x14.cortex.v1.JobOutputH\x00R\tjobOutput\x128\n" +
+	"\vcheck_batch\x18\x18 \x01(\v2\x15.cortex.v1.CheckBatchH\x00R\n" +
+	"checkBatch\x12Q\n" +
+	"\x14check_batch_response\x18\x19 \x01(\v2\x1d.cortex.v1.CheckBatchResponseH\x00R\x12checkBatchResponse\x12G\n" +
+	"\x10safety_decisions\x18\x1a \x01(\v2\x1a.cortex.v1.SafetyDecisionsH\x00R\x0fsafetyDecisions\x122\n" +
+	"\tjob_batch\x18\x1b \x01(\v2\x13.cortex.v1.JobBatchH\x00R\bjobBatchB\t\n" +
 	"\apayload\":\n" +
 	"\vWorkerDrain\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x0e\n" +
@@ -1064,9 +1200,13 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\fcapabilities\x18\n" +
 	" \x03(\tR\fcapabilities\x12H\n" +
 	"\x12heartbeat_interval\x18\v \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x12\x1a\n" +
-	"\bdraining\x18\f \x01(\bR\bdraining\",\n" +
+	"\bdraining\x18\f \x01(\bR\bdraining\"P\n" +
 	"\bJobEvent\x12 \n" +
-	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\":\n" +
+	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12\"\n" +
+	"\x04jobs\x18\x02 \x03(\v2\x0e.cortex.v1.JobR\x04jobs\"R\n" +
+	"\bJobBatch\x12)\n" +
+	"\x04jobs\x18\x01 \x03(\v2\x15.cortex.v1.JobRequestR\x04jobs\x12\x1b\n" +
+	"\ttrace_ids\x18\x02 \x03(\tR\btraceIds\":\n" +
 	"\tJobCancel\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reasonB\x8f\x01\n" +
@@ -1085,7 +1225,7 @@ func file_cortex_v1_bus_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_bus_proto_rawDescData
 }
 
-var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_cortex_v1_bus_proto_goTypes = []any{
 	(*BusPacket)(nil),             // 0: cortex.v1.BusPacket
 	(*WorkerDrain)(nil),           // 1: cortex.v1.WorkerDrain
@@ -1094,49 +1234,59 @@ var file_cortex_v1_bus_proto_goTypes = []any{
 	(*JobResult)(nil),             // 4: cortex.v1.JobResult
 	(*Heartbeat)(nil),             // 5: cortex.v1.Heartbeat
 	(*JobEvent)(nil),              // 6: cortex.v1.JobEvent
-	(*JobCancel)(nil),             // 7: cortex.v1.JobCancel
-	nil,                           // 8: cortex.v1.JobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 9: google.protobuf.Timestamp
-	(*CheckRequest)(nil),          // 10: cortex.v1.CheckRequest
-	(*CheckResponse)(nil),         // 11: cortex.v1.CheckResponse
-	(*SafetyDecisionEvent)(nil),   // 12: cortex.v1.SafetyDecisionEvent
-	(*PolicyApply)(nil),           // 13: cortex.v1.PolicyApply
-	(*PolicyQuery)(nil),           // 14: cortex.v1.PolicyQuery
-	(*PolicyReply)(nil),           // 15: cortex.v1.PolicyReply
-	(*JobOutput)(nil),             // 16: cortex.v1.JobOutput
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
-	(JobState)(0),                 // 18: cortex.v1.JobState
-	(*Job)(nil),                   // 19: cortex.v1.Job
+	(*JobBatch)(nil),              // 7: cortex.v1.JobBatch
+	(*JobCancel)(nil),             // 8: cortex.v1.JobCancel
+	nil,                           // 9: cortex.v1.JobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
+	(*CheckRequest)(nil),          // 11: cortex.v1.CheckRequest
+	(*CheckResponse)(nil),         // 12: cortex.v1.CheckResponse
+	(*SafetyDecisionEvent)(nil),   // 13: cortex.v1.SafetyDecisionEvent
+	(*PolicyApply)(nil),           // 14: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 15: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 16: cortex.v1.PolicyReply
+	(*JobOutput)(nil),             // 17: cortex.v1.JobOutput
+	(*CheckBatch)(nil),            // 18: cortex.v1.CheckBatch
+	(*CheckBatchResponse)(nil),    // 19: cortex.v1.CheckBatchResponse
+	(*SafetyDecisions)(nil),       // 20: cortex.v1.SafetyDecisions
+	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
+	(JobState)(0),                 // 22: cortex.v1.JobState
+	(*Job)(nil),                   // 23: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
-	9,  // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
+	10, // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
 	3,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
 	4,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
 	5,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
-	10, // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
-	11, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
+	11, // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
+	12, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
 	6,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
-	7,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
-	12, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
-	13, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
-	14, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
-	15, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
+	8,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
+	13, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
+	14, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
+	15, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
+	16, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
 	2,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
 	1,  // 13: cortex.v1.BusPacket.worker_drain:type_name -> cortex.v1.WorkerDrain
-	16, // 14: cortex.v1.BusPacket.job_output:type_name -> cortex.v1.JobOutput
-	8,  // 15: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	17, // 16: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	9,  // 17: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
-	18, // 18: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	9,  // 19: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	9,  // 20: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	17, // 21: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
-	19, // 22: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	23, // [23:23] is the sub-list for method output_type
-	23, // [23:23] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	17, // 14: cortex.v1.BusPacket.job_output:type_name -> cortex.v1.JobOutput
+	18, // 15: cortex.v1.BusPacket.check_batch:type_name -> cortex.v1.CheckBatch
+	19, // 16: cortex.v1.BusPacket.check_batch_response:type_name -> cortex.v1.CheckBatchResponse
+	20, // 17: cortex.v1.BusPacket.safety_decisions:type_name -> cortex.v1.SafetyDecisions
+	7,  // 18: cortex.v1.BusPacket.job_batch:type_name -> cortex.v1.JobBatch
+	9,  // 19: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	21, // 20: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	10, // 21: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
+	22, // 22: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	10, // 23: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	10, // 24: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	21, // 25: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	23, // 26: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	23, // 27: cortex.v1.JobEvent.jobs:type_name -> cortex.v1.Job
+	3,  // 28: cortex.v1.JobBatch.jobs:type_name -> cortex.v1.JobRequest
+	29, // [29:29] is the sub-list for method output_type
+	29, // [29:29] is the sub-list for method input_type
+	29, // [29:29] is the sub-list for extension type_name
+	29, // [29:29] is the sub-list for extension extendee
+	0,  // [0:29] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -1161,6 +1311,10 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_BeatRequest)(nil),
 		(*BusPacket_WorkerDrain)(nil),
 		(*BusPacket_JobOutput)(nil),
+		(*BusPacket_CheckBatch)(nil),
+		(*BusPacket_CheckBatchResponse)(nil),
+		(*BusPacket_SafetyDecisions)(nil),
+		(*BusPacket_JobBatch)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1168,7 +1322,7 @@ func file_cortex_v1_bus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_bus_proto_rawDesc), len(file_cortex_v1_bus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

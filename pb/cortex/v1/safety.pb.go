@@ -360,6 +360,145 @@ func (x *SafetyVerdict) GetPolicyVersion() string {
 	return ""
 }
 
+// CheckBatch asks for several decisions in one request, on
+// sys.safety.check; the kernel answers with a CheckBatchResponse.
+type CheckBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Checks        []*CheckRequest        `protobuf:"bytes,1,rep,name=checks,proto3" json:"checks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckBatch) Reset() {
+	*x = CheckBatch{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckBatch) ProtoMessage() {}
+
+func (x *CheckBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckBatch.ProtoReflect.Descriptor instead.
+func (*CheckBatch) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CheckBatch) GetChecks() []*CheckRequest {
+	if x != nil {
+		return x.Checks
+	}
+	return nil
+}
+
+// CheckBatchResponse holds one decision per check of a CheckBatch, in the
+// same order. A reply with another number of results is malformed: every
+// check of the batch is then denied (fail closed).
+type CheckBatchResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Results       []*CheckResponse       `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CheckBatchResponse) Reset() {
+	*x = CheckBatchResponse{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckBatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckBatchResponse) ProtoMessage() {}
+
+func (x *CheckBatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckBatchResponse.ProtoReflect.Descriptor instead.
+func (*CheckBatchResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CheckBatchResponse) GetResults() []*CheckResponse {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// SafetyDecisions carries the decisions of one CheckBatch as one packet on
+// sys.safety.decision.
+type SafetyDecisions struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*SafetyDecisionEvent `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SafetyDecisions) Reset() {
+	*x = SafetyDecisions{}
+	mi := &file_cortex_v1_safety_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SafetyDecisions) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SafetyDecisions) ProtoMessage() {}
+
+func (x *SafetyDecisions) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_safety_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SafetyDecisions.ProtoReflect.Descriptor instead.
+func (*SafetyDecisions) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *SafetyDecisions) GetEvents() []*SafetyDecisionEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 // SafetyDecisionEvent is published on sys.safety.decision for every check.
 // It never carries the prompt.
 type SafetyDecisionEvent struct {
@@ -382,7 +521,7 @@ type SafetyDecisionEvent struct {
 
 func (x *SafetyDecisionEvent) Reset() {
 	*x = SafetyDecisionEvent{}
-	mi := &file_cortex_v1_safety_proto_msgTypes[3]
+	mi := &file_cortex_v1_safety_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -394,7 +533,7 @@ func (x *SafetyDecisionEvent) String() string {
 func (*SafetyDecisionEvent) ProtoMessage() {}
 
 func (x *SafetyDecisionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_safety_proto_msgTypes[3]
+	mi := &file_cortex_v1_safety_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -407,7 +546,7 @@ func (x *SafetyDecisionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SafetyDecisionEvent.ProtoReflect.Descriptor instead.
 func (*SafetyDecisionEvent) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SafetyDecisionEvent) GetJobId() string {
@@ -490,7 +629,7 @@ type PolicyInfo struct {
 
 func (x *PolicyInfo) Reset() {
 	*x = PolicyInfo{}
-	mi := &file_cortex_v1_safety_proto_msgTypes[4]
+	mi := &file_cortex_v1_safety_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +641,7 @@ func (x *PolicyInfo) String() string {
 func (*PolicyInfo) ProtoMessage() {}
 
 func (x *PolicyInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_safety_proto_msgTypes[4]
+	mi := &file_cortex_v1_safety_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +654,7 @@ func (x *PolicyInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyInfo.ProtoReflect.Descriptor instead.
 func (*PolicyInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{4}
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *PolicyInfo) GetName() string {
@@ -575,7 +714,7 @@ type PolicyStatus struct {
 
 func (x *PolicyStatus) Reset() {
 	*x = PolicyStatus{}
-	mi := &file_cortex_v1_safety_proto_msgTypes[5]
+	mi := &file_cortex_v1_safety_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -587,7 +726,7 @@ func (x *PolicyStatus) String() string {
 func (*PolicyStatus) ProtoMessage() {}
 
 func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_safety_proto_msgTypes[5]
+	mi := &file_cortex_v1_safety_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -600,7 +739,7 @@ func (x *PolicyStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyStatus.ProtoReflect.Descriptor instead.
 func (*PolicyStatus) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PolicyStatus) GetKernelId() string {
@@ -668,7 +807,7 @@ type PolicyApply struct {
 
 func (x *PolicyApply) Reset() {
 	*x = PolicyApply{}
-	mi := &file_cortex_v1_safety_proto_msgTypes[6]
+	mi := &file_cortex_v1_safety_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -680,7 +819,7 @@ func (x *PolicyApply) String() string {
 func (*PolicyApply) ProtoMessage() {}
 
 func (x *PolicyApply) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_safety_proto_msgTypes[6]
+	mi := &file_cortex_v1_safety_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -693,7 +832,7 @@ func (x *PolicyApply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyApply.ProtoReflect.Descriptor instead.
 func (*PolicyApply) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{6}
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PolicyApply) GetShadow() bool {
@@ -730,7 +869,7 @@ type PolicyQuery struct {
 
 func (x *PolicyQuery) Reset() {
 	*x = PolicyQuery{}
-	mi := &file_cortex_v1_safety_proto_msgTypes[7]
+	mi := &file_cortex_v1_safety_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +881,7 @@ func (x *PolicyQuery) String() string {
 func (*PolicyQuery) ProtoMessage() {}
 
 func (x *PolicyQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_safety_proto_msgTypes[7]
+	mi := &file_cortex_v1_safety_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +894,7 @@ func (x *PolicyQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyQuery.ProtoReflect.Descriptor instead.
 func (*PolicyQuery) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{7}
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PolicyQuery) GetExplain() *CheckRequest {
@@ -789,7 +928,7 @@ type PolicyReply struct {
 
 func (x *PolicyReply) Reset() {
 	*x = PolicyReply{}
-	mi := &file_cortex_v1_safety_proto_msgTypes[8]
+	mi := &file_cortex_v1_safety_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +940,7 @@ func (x *PolicyReply) String() string {
 func (*PolicyReply) ProtoMessage() {}
 
 func (x *PolicyReply) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_safety_proto_msgTypes[8]
+	mi := &file_cortex_v1_safety_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +953,7 @@ func (x *PolicyReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyReply.ProtoReflect.Descriptor instead.
 func (*PolicyReply) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{8}
+	return file_cortex_v1_safety_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PolicyReply) GetStatus() *PolicyStatus {
@@ -892,7 +1031,14 @@ const file_cortex_v1_safety_proto_rawDesc = "" +
 	"\bdecision\x18\x01 \x01(\x0e2\x13.cortex.v1.DecisionR\bdecision\x12\x12\n" +
 	"\x04rule\x18\x02 \x01(\tR\x04rule\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12%\n" +
-	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion\"\xec\x02\n" +
+	"\x0epolicy_version\x18\x04 \x01(\tR\rpolicyVersion\"=\n" +
+	"\n" +
+	"CheckBatch\x12/\n" +
+	"\x06checks\x18\x01 \x03(\v2\x17.cortex.v1.CheckRequestR\x06checks\"H\n" +
+	"\x12CheckBatchResponse\x122\n" +
+	"\aresults\x18\x01 \x03(\v2\x18.cortex.v1.CheckResponseR\aresults\"I\n" +
+	"\x0fSafetyDecisions\x126\n" +
+	"\x06events\x18\x01 \x03(\v2\x1e.cortex.v1.SafetyDecisionEventR\x06events\"\xec\x02\n" +
 	"\x13SafetyDecisionEvent\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x1b\n" +
 	"\ttenant_id\x18\x02 \x01(\tR\btenantId\x12\x14\n" +
@@ -957,45 +1103,51 @@ func file_cortex_v1_safety_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_safety_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_safety_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_cortex_v1_safety_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_cortex_v1_safety_proto_goTypes = []any{
 	(Decision)(0),                 // 0: cortex.v1.Decision
 	(*CheckRequest)(nil),          // 1: cortex.v1.CheckRequest
 	(*CheckResponse)(nil),         // 2: cortex.v1.CheckResponse
 	(*SafetyVerdict)(nil),         // 3: cortex.v1.SafetyVerdict
-	(*SafetyDecisionEvent)(nil),   // 4: cortex.v1.SafetyDecisionEvent
-	(*PolicyInfo)(nil),            // 5: cortex.v1.PolicyInfo
-	(*PolicyStatus)(nil),          // 6: cortex.v1.PolicyStatus
-	(*PolicyApply)(nil),           // 7: cortex.v1.PolicyApply
-	(*PolicyQuery)(nil),           // 8: cortex.v1.PolicyQuery
-	(*PolicyReply)(nil),           // 9: cortex.v1.PolicyReply
-	nil,                           // 10: cortex.v1.CheckRequest.LabelsEntry
-	(*durationpb.Duration)(nil),   // 11: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*CheckBatch)(nil),            // 4: cortex.v1.CheckBatch
+	(*CheckBatchResponse)(nil),    // 5: cortex.v1.CheckBatchResponse
+	(*SafetyDecisions)(nil),       // 6: cortex.v1.SafetyDecisions
+	(*SafetyDecisionEvent)(nil),   // 7: cortex.v1.SafetyDecisionEvent
+	(*PolicyInfo)(nil),            // 8: cortex.v1.PolicyInfo
+	(*PolicyStatus)(nil),          // 9: cortex.v1.PolicyStatus
+	(*PolicyApply)(nil),           // 10: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 11: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 12: cortex.v1.PolicyReply
+	nil,                           // 13: cortex.v1.CheckRequest.LabelsEntry
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 15: google.protobuf.Timestamp
 }
 var file_cortex_v1_safety_proto_depIdxs = []int32{
-	10, // 0: cortex.v1.CheckRequest.labels:type_name -> cortex.v1.CheckRequest.LabelsEntry
+	13, // 0: cortex.v1.CheckRequest.labels:type_name -> cortex.v1.CheckRequest.LabelsEntry
 	0,  // 1: cortex.v1.CheckResponse.decision:type_name -> cortex.v1.Decision
 	3,  // 2: cortex.v1.CheckResponse.shadow:type_name -> cortex.v1.SafetyVerdict
 	0,  // 3: cortex.v1.SafetyVerdict.decision:type_name -> cortex.v1.Decision
-	3,  // 4: cortex.v1.SafetyDecisionEvent.verdict:type_name -> cortex.v1.SafetyVerdict
-	3,  // 5: cortex.v1.SafetyDecisionEvent.shadow:type_name -> cortex.v1.SafetyVerdict
-	11, // 6: cortex.v1.SafetyDecisionEvent.latency:type_name -> google.protobuf.Duration
-	12, // 7: cortex.v1.SafetyDecisionEvent.decided_at:type_name -> google.protobuf.Timestamp
-	12, // 8: cortex.v1.PolicyInfo.loaded_at:type_name -> google.protobuf.Timestamp
-	5,  // 9: cortex.v1.PolicyStatus.active:type_name -> cortex.v1.PolicyInfo
-	5,  // 10: cortex.v1.PolicyStatus.shadow:type_name -> cortex.v1.PolicyInfo
-	1,  // 11: cortex.v1.PolicyQuery.explain:type_name -> cortex.v1.CheckRequest
-	6,  // 12: cortex.v1.PolicyReply.status:type_name -> cortex.v1.PolicyStatus
-	3,  // 13: cortex.v1.PolicyReply.decision:type_name -> cortex.v1.SafetyVerdict
-	3,  // 14: cortex.v1.PolicyReply.shadow:type_name -> cortex.v1.SafetyVerdict
-	1,  // 15: cortex.v1.SafetyService.Check:input_type -> cortex.v1.CheckRequest
-	2,  // 16: cortex.v1.SafetyService.Check:output_type -> cortex.v1.CheckResponse
-	16, // [16:17] is the sub-list for method output_type
-	15, // [15:16] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	1,  // 4: cortex.v1.CheckBatch.checks:type_name -> cortex.v1.CheckRequest
+	2,  // 5: cortex.v1.CheckBatchResponse.results:type_name -> cortex.v1.CheckResponse
+	7,  // 6: cortex.v1.SafetyDecisions.events:type_name -> cortex.v1.SafetyDecisionEvent
+	3,  // 7: cortex.v1.SafetyDecisionEvent.verdict:type_name -> cortex.v1.SafetyVerdict
+	3,  // 8: cortex.v1.SafetyDecisionEvent.shadow:type_name -> cortex.v1.SafetyVerdict
+	14, // 9: cortex.v1.SafetyDecisionEvent.latency:type_name -> google.protobuf.Duration
+	15, // 10: cortex.v1.SafetyDecisionEvent.decided_at:type_name -> google.protobuf.Timestamp
+	15, // 11: cortex.v1.PolicyInfo.loaded_at:type_name -> google.protobuf.Timestamp
+	8,  // 12: cortex.v1.PolicyStatus.active:type_name -> cortex.v1.PolicyInfo
+	8,  // 13: cortex.v1.PolicyStatus.shadow:type_name -> cortex.v1.PolicyInfo
+	1,  // 14: cortex.v1.PolicyQuery.explain:type_name -> cortex.v1.CheckRequest
+	9,  // 15: cortex.v1.PolicyReply.status:type_name -> cortex.v1.PolicyStatus
+	3,  // 16: cortex.v1.PolicyReply.decision:type_name -> cortex.v1.SafetyVerdict
+	3,  // 17: cortex.v1.PolicyReply.shadow:type_name -> cortex.v1.SafetyVerdict
+	1,  // 18: cortex.v1.SafetyService.Check:input_type -> cortex.v1.CheckRequest
+	2,  // 19: cortex.v1.SafetyService.Check:output_type -> cortex.v1.CheckResponse
+	19, // [19:20] is the sub-list for method output_type
+	18, // [18:19] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_safety_proto_init() }
@@ -1009,7 +1161,7 @@ func file_cortex_v1_safety_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_safety_proto_rawDesc), len(file_cortex_v1_safety_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
