@@ -54,9 +54,16 @@ func Decode(data []byte) (*cortexv1.BusPacket, error) {
 func validatePayload(p *cortexv1.BusPacket) error {
 	switch pl := p.GetPayload().(type) {
 	case *cortexv1.BusPacket_JobRequest:
-		r := pl.JobRequest
-		if r.GetJobId() == "" || !ValidTopic(r.GetTopic()) {
-			return errors.New("job request without a job id or with a bad topic")
+		return validJobRequest(pl.JobRequest)
+	case *cortexv1.BusPacket_JobBatch:
+		b := pl.JobBatch
+		if len(b.GetJobs()) == 0 || len(b.GetTraceIds()) != len(b.GetJobs()) {
+			return errors.New("job batch without jobs, or without a trace id per job")
+		}
+		for _, r := range b.GetJobs() {
+			if err := validJobRequest(r); err != nil {
+				return err
+			}
 		}
 	case *cortexv1.BusPacket_JobResult:
 		r := pl.JobResult
@@ -74,10 +81,34 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if pl.CheckRequest.GetJobId() == "" {
 			return errors.New("check request without a job id")
 		}
-	case *cortexv1.BusPacket_CheckResponse:
+	case *cortexv1.BusPacket_CheckBatch:
+		if len(pl.CheckBatch.GetChecks()) == 0 {
+			return errors.New("check batch without checks")
+		}
+		for _, r := range pl.CheckBatch.GetChecks() {
+			if r.GetJobId() == "" {
+				return errors.New("check request without a job id")
+			}
+		}
+	case *cortexv1.BusPacket_CheckResponse, *cortexv1.BusPacket_CheckBatchResponse:
 	case *cortexv1.BusPacket_JobEvent:
-		if j := pl.JobEvent.GetJob(); j.GetJobId() == "" || j.GetTenantId() == "" {
-			return errors.New("job event without a job id or tenant")
+		jobs := EventJobs(p)
+		if len(jobs) == 0 {
+			return errors.New("job event without a job")
+		}
+		for _, j := range jobs {
+			if j.GetJobId() == "" || j.GetTenantId() == "" {
+				return errors.New("job event without a job id or tenant")
+			}
+		}
+	case *cortexv1.BusPacket_SafetyDecisions:
+		if len(pl.SafetyDecisions.GetEvents()) == 0 {
+			return errors.New("safety decisions without a decision")
+		}
+		for _, ev := range pl.SafetyDecisions.GetEvents() {
+			if ev.GetJobId() == "" || ev.GetVerdict() == nil {
+				return errors.New("safety decision without a job id or verdict")
+			}
 		}
 	case *cortexv1.BusPacket_SafetyDecision:
 		if pl.SafetyDecision.GetJobId() == "" || pl.SafetyDecision.GetVerdict() == nil {
@@ -98,6 +129,13 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		}
 	default:
 		return errors.New("no payload")
+	}
+	return nil
+}
+
+func validJobRequest(r *cortexv1.JobRequest) error {
+	if r.GetJobId() == "" || !ValidTopic(r.GetTopic()) {
+		return errors.New("job request without a job id or with a bad topic")
 	}
 	return nil
 }

@@ -33,6 +33,8 @@ type Conn struct {
 
 	mu   sync.Mutex
 	subs []*Subscription
+	// events are the job events waiting to be sent (events.go).
+	events eventQueue
 }
 
 // Connect dials NATS at rawURL. name identifies this component instance in
@@ -94,6 +96,7 @@ func (c *Conn) Close() {
 	for _, s := range subs {
 		s.Drain()
 	}
+	c.flushEvents()
 	if c.nc.IsConnected() {
 		_ = c.nc.FlushTimeout(2 * time.Second)
 	}
@@ -119,16 +122,6 @@ func (c *Conn) Publish(subject string, p *cortexv1.BusPacket) error {
 		return fmt.Errorf("publish on %s: %w", subject, err)
 	}
 	return nil
-}
-
-// PublishJobEvent reports a job after a state change on SubjectJobEvent.
-// Events are best effort: an error is for the caller to log, not to undo
-// the change it reports.
-func (c *Conn) PublishJobEvent(traceID string, j *cortexv1.Job) error {
-	return c.Publish(SubjectJobEvent, &cortexv1.BusPacket{
-		TraceId: traceID,
-		Payload: &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: j}},
-	})
 }
 
 // Request sends a packet and waits for the reply packet until ctx ends. A

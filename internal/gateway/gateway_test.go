@@ -300,7 +300,7 @@ func TestSubmitRecordsTheJobAndPublishesAPointer(t *testing.T) {
 		t.Fatalf("recorded %+v, %v", j, err)
 	}
 	eventually(t, "PENDING event", func() bool { return len(f.tap.on(bus.SubjectJobEvent)) == 1 })
-	if ev := f.tap.on(bus.SubjectJobEvent)[0].GetJobEvent().GetJob(); ev.GetState() != cortexv1.JobState_JOB_STATE_PENDING || ev.GetJobId() != id {
+	if ev := bus.EventJobs(f.tap.on(bus.SubjectJobEvent)[0]); len(ev) != 1 || ev[0].GetState() != cortexv1.JobState_JOB_STATE_PENDING || ev[0].GetJobId() != id {
 		t.Fatalf("event %v", ev)
 	}
 }

@@ -184,8 +184,10 @@ func TestApproveAndRejectHeldJobs(t *testing.T) {
 	}
 	eventually(t, "rejection event", func() bool {
 		for _, p := range f.tap.on(bus.SubjectJobEvent) {
-			if ev := p.GetJobEvent().GetJob(); ev.GetJobId() == held3 && ev.GetState() == cortexv1.JobState_JOB_STATE_DENIED {
-				return true
+			for _, ev := range bus.EventJobs(p) {
+				if ev.GetJobId() == held3 && ev.GetState() == cortexv1.JobState_JOB_STATE_DENIED {
+					return true
+				}
 			}
 		}
 		return false

@@ -67,11 +67,13 @@ func (h *hub[T]) publish(tenant string, v T) {
 }
 
 func (g *Gateway) onEvent(_ context.Context, p *cortexv1.BusPacket, _ string) error {
-	ev := p.GetJobEvent()
-	if ev == nil || ev.GetJob() == nil {
+	jobs := bus.EventJobs(p)
+	if len(jobs) == 0 {
 		return bus.WrongPayload(p, "a job event")
 	}
-	g.jobs.publish(ev.GetJob().GetTenantId(), ev.GetJob())
+	for _, j := range jobs {
+		g.jobs.publish(j.GetTenantId(), j)
+	}
 	return nil
 }
 

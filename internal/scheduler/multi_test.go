@@ -50,14 +50,15 @@ func newCluster(t *testing.T, redrive time.Duration) *cluster {
 		if err != nil {
 			return
 		}
-		j := p.GetJobEvent().GetJob()
 		c.mu.Lock()
 		defer c.mu.Unlock()
-		switch j.GetState() {
-		case cortexv1.JobState_JOB_STATE_DISPATCHED:
-			c.dispatched[j.GetJobId()]++
-		case cortexv1.JobState_JOB_STATE_COMPLETED:
-			c.completed[j.GetJobId()] = true
+		for _, j := range bus.EventJobs(p) {
+			switch j.GetState() {
+			case cortexv1.JobState_JOB_STATE_DISPATCHED:
+				c.dispatched[j.GetJobId()]++
+			case cortexv1.JobState_JOB_STATE_COMPLETED:
+				c.completed[j.GetJobId()] = true
+			}
 		}
 	}); err != nil {
 		t.Fatal(err)

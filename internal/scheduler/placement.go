@@ -88,11 +88,16 @@ type placement struct {
 	inFlight map[string]int       // per pool
 	flights  map[string]flight    // per job id
 	swept    map[string]time.Time // per pool: when stale flights were last looked for
+	// placing holds the pools whose placer runs, and again those asked to
+	// look once more while it did (see kick).
+	placing, again map[string]bool
+	placers        sync.WaitGroup
 }
 
 func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
 	return &placement{reg: reg, stale: stale, queues: map[string]*queue{}, queued: map[string]uint32{},
-		inFlight: map[string]int{}, flights: map[string]flight{}, swept: map[string]time.Time{}}
+		inFlight: map[string]int{}, flights: map[string]flight{}, swept: map[string]time.Time{},
+		placing: map[string]bool{}, again: map[string]bool{}}
 }
 
 // holds reports whether this scheduler has attempt of a job queued or
@@ -107,36 +112,56 @@ func (pl *placement) holds(jobID string, attempt uint32) bool {
 	return ok && f.attempt == attempt
 }
 
-// take queues w (when not nil) and takes from pool's queue as many jobs as
-// the pool has free capacity, counting each as released. It reports
-// whether the pool has a live worker.
-func (pl *placement) take(pool string, w *waiting, now time.Time) (picks []*waiting, live bool) {
-	capacity := 0
+// capacity is the max parallel jobs of pool's live workers, and whether
+// it has any.
+func (pl *placement) capacity(pool string) (capacity int, live bool) {
 	for _, x := range pl.reg.Snapshot().Workers {
 		if x.Pool == pool && x.State == registry.Live {
 			capacity += x.MaxParallel
 			live = true
 		}
 	}
-	pl.mu.Lock()
-	defer pl.mu.Unlock()
-	pl.forgetStaleLocked(pool, live, now)
+	return capacity, live
+}
+
+// queueLocked returns pool's queue, made if new.
+func (pl *placement) queueLocked(pool string) *queue {
 	q := pl.queues[pool]
 	if q == nil {
 		q = &queue{}
 		pl.queues[pool] = q
 	}
-	if w != nil {
-		id := w.req.GetJobId()
-		if a, ok := pl.queued[id]; ok && a == w.req.GetAttempt() {
-			w = nil // already waiting
-		} else {
-			pl.seq++
-			w.seq = pl.seq
-			pl.queued[id] = w.req.GetAttempt()
-			heap.Push(q, w)
-		}
+	return q
+}
+
+// enqueue queues w (when not nil) in pool's queue, unless that attempt
+// already waits there. It reports whether the pool has a live worker.
+func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
+	_, live = pl.capacity(pool)
+	if w == nil {
+		return live
 	}
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	id := w.req.GetJobId()
+	if a, ok := pl.queued[id]; ok && a == w.req.GetAttempt() {
+		return live
+	}
+	pl.seq++
+	w.seq = pl.seq
+	pl.queued[id] = w.req.GetAttempt()
+	heap.Push(pl.queueLocked(pool), w)
+	return live
+}
+
+// take takes from pool's queue as many jobs as the pool has free capacity,
+// counting each as released.
+func (pl *placement) take(pool string, now time.Time) (picks []*waiting) {
+	capacity, live := pl.capacity(pool)
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.forgetStaleLocked(pool, live, now)
+	q := pl.queueLocked(pool)
 	for q.Len() > 0 && pl.inFlight[pool] < capacity {
 		x := heap.Pop(q).(*waiting)
 		id := x.req.GetJobId()
@@ -146,7 +171,7 @@ func (pl *placement) take(pool string, w *waiting, now time.Time) (picks []*wait
 		pl.inFlight[pool]++
 		picks = append(picks, x)
 	}
-	return picks, live
+	return picks
 }
 
 // drain empties every queue and returns what waited.
@@ -218,14 +243,16 @@ func ended(j *cortexv1.Job, attempt uint32) bool {
 	return false
 }
 
-// onJobEvent frees the slot of an attempt that ended and places what waits
-// in its pool.
+// onJobEvent frees the slots of attempts that ended and places what waits
+// in their pools.
 func (s *Scheduler) onJobEvent(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
-	j := p.GetJobEvent().GetJob()
-	if j == nil {
+	jobs := bus.EventJobs(p)
+	if len(jobs) == 0 {
 		return bus.WrongPayload(p, "a job event")
 	}
-	s.noteEnded(ctx, j)
+	for _, j := range jobs {
+		s.noteEnded(ctx, j)
+	}
 	return nil
 }
 
@@ -252,14 +279,12 @@ func (s *Scheduler) onHeartbeat(ctx context.Context, p *cortexv1.BusPacket, _ st
 	return nil
 }
 
-// placeWaiting queues w (when not nil) in pool and releases every job of
-// the pool's queue that has a free slot now. A job that must wait because
-// the pool has no live worker gets the reason recorded.
+// placeWaiting queues w (when not nil) in pool and has the pool's placer
+// release every job of the queue that has a free slot. A job that must
+// wait because the pool has no live worker gets the reason recorded.
 func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
-	picks, live := s.place.take(pool, w, time.Now())
-	if len(picks) > 0 {
-		s.send(ctx, pool, picks)
-	}
+	live := s.place.enqueue(pool, w)
+	s.kick(ctx, pool)
 	if w != nil && !live {
 		id := w.req.GetJobId()
 		reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
@@ -274,6 +299,39 @@ func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
 			s.log.Warn("publish job event", "trace_id", w.traceID, "job_id", id, "err", err)
 		}
 	}
+}
+
+// kick has pool's placer release what its queue holds while the pool has
+// free slots. One placer runs per pool: a kick while it runs makes it look
+// again when done, so the slots freed and jobs queued while it sent are
+// released together, in one round trip to the store and one to the bus:
+// the busier the pool, the bigger the batches, and no timer adds latency.
+func (s *Scheduler) kick(ctx context.Context, pool string) {
+	pl := s.place
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.placing[pool] {
+		pl.again[pool] = true
+		return
+	}
+	pl.placing[pool] = true
+	pl.placers.Add(1)
+	go func() {
+		defer pl.placers.Done()
+		for {
+			if picks := pl.take(pool, time.Now()); len(picks) > 0 {
+				s.send(ctx, pool, picks)
+			}
+			pl.mu.Lock()
+			if !pl.again[pool] {
+				delete(pl.placing, pool)
+				pl.mu.Unlock()
+				return
+			}
+			delete(pl.again, pool)
+			pl.mu.Unlock()
+		}
+	}()
 }
 
 // send records released jobs DISPATCHED to pool and stores them in the

@@ -213,6 +213,7 @@ func (s *Scheduler) StopSubmits() {
 		s.submits.Stop()
 		s.submits = nil
 		s.handBack()
+		s.place.placers.Wait()
 	}
 	if s.stopReconcile != nil {
 		s.stopReconcile()

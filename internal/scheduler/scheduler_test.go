@@ -246,7 +246,7 @@ func newBareRig(t *testing.T, checker *fakeChecker, refuse store.State, opts ...
 		switch req := p.GetJobRequest(); {
 		case m.Subject == bus.SubjectJobEvent:
 			r.mu.Lock()
-			r.events = append(r.events, p.GetJobEvent().GetJob())
+			r.events = append(r.events, bus.EventJobs(p)...)
 			r.mu.Unlock()
 		case req != nil && req.GetPool() != "" && strings.HasPrefix(m.Subject, "job."+req.GetPool()+"."):
 			select {

@@ -41,6 +41,18 @@ type rig struct {
 	events []*cortexv1.Job
 }
 
+// event notes a job event. The worker records a completion itself and says
+// so with an event; failures go to the scheduler as results.
+func (r *rig) event(j *cortexv1.Job) {
+	r.mu.Lock()
+	r.events = append(r.events, j)
+	r.mu.Unlock()
+	if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
+		r.results <- &cortexv1.JobResult{JobId: j.GetJobId(), Attempt: j.GetAttempt(), WorkerId: j.GetWorkerId(),
+			State: j.GetState(), ResultSize: j.GetResultSize()}
+	}
+}
+
 func newRig(t *testing.T, handlers map[string]plugins.Handler) *rig {
 	t.Helper()
 	return newRigWith(t, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: handlers})
@@ -70,15 +82,8 @@ func newRigResults(t *testing.T, opts worker.Options, results int) *rig {
 		bus.SubjectJobResult:    func(p *cortexv1.BusPacket) { r.results <- p.GetJobResult() },
 		bus.SubjectHeartbeatAll: func(p *cortexv1.BusPacket) { r.beats <- p.GetHeartbeat() },
 		bus.SubjectJobEvent: func(p *cortexv1.BusPacket) {
-			j := p.GetJobEvent().GetJob()
-			r.mu.Lock()
-			r.events = append(r.events, j)
-			r.mu.Unlock()
-			// The worker records a completion itself and says so with an
-			// event; failures go to the scheduler as results.
-			if j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
-				r.results <- &cortexv1.JobResult{JobId: j.GetJobId(), Attempt: j.GetAttempt(), WorkerId: j.GetWorkerId(),
-					State: j.GetState(), ResultSize: j.GetResultSize()}
+			for _, j := range bus.EventJobs(p) {
+				r.event(j)
 			}
 		},
 	} {

@@ -51,8 +51,12 @@ func roundTrips(t *testing.T, n, batch, most int) {
 		}
 		defer nc.Close()
 		_, err = nc.Subscribe(bus.SubjectJobEvent, func(m *nats.Msg) {
-			if p, err := bus.Decode(m.Data); err == nil && p.GetJobEvent().GetJob().GetState() == completed {
-				done.Add(1)
+			if p, err := bus.Decode(m.Data); err == nil {
+				for _, j := range bus.EventJobs(p) {
+					if j.GetState() == completed {
+						done.Add(1)
+					}
+				}
 			}
 		})
 		if err != nil {

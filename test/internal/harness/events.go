@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -51,22 +52,23 @@ func WatchEvents(t *testing.T, h *Harness, url string) *Events {
 	sub, err := nc.Subscribe("sys.job.event", func(m *nats.Msg) {
 		ev.received.Add(1)
 		var p cortexv1.BusPacket
-		if err := proto.Unmarshal(m.Data, &p); err != nil || p.GetJobEvent().GetJob().GetJobId() == "" {
+		if err := proto.Unmarshal(m.Data, &p); err != nil || len(bus.EventJobs(&p)) == 0 {
 			ev.bad.Add(1)
-			return
-		}
-		j := p.GetJobEvent().GetJob()
-		st := store.StateOf(j.GetState())
-		if !st.Terminal() {
 			return
 		}
 		ev.mu.Lock()
 		defer ev.mu.Unlock()
-		if slices.Contains(ev.terminal[j.GetJobId()], st) {
-			ev.repeats++
-			return
+		for _, j := range bus.EventJobs(&p) {
+			st := store.StateOf(j.GetState())
+			if !st.Terminal() {
+				continue
+			}
+			if slices.Contains(ev.terminal[j.GetJobId()], st) {
+				ev.repeats++
+				continue
+			}
+			ev.terminal[j.GetJobId()] = append(ev.terminal[j.GetJobId()], st)
 		}
-		ev.terminal[j.GetJobId()] = append(ev.terminal[j.GetJobId()], st)
 	})
 	if err != nil {
 		t.Fatalf("subscribe to sys.job.event: %v", err)
