@@ -64,6 +64,10 @@ func validatePayload(p *cortexv1.BusPacket) error {
 			if err := validJobRequest(r); err != nil {
 				return err
 			}
+			if r.GetNotBefore() != nil {
+				// A retry waits out its backoff alone.
+				return errors.New("job batch with a job held back (not_before)")
+			}
 		}
 	case *cortexv1.BusPacket_JobResult:
 		r := pl.JobResult

@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
 
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -348,4 +349,55 @@ func Submit(traceID string, req *cortexv1.JobRequest, key string) Durable {
 		MsgID:   req.GetJobId() + ":" + key,
 		Packet:  &cortexv1.BusPacket{TraceId: traceID, Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}},
 	}
+}
+
+// maxBatchBytes bounds the jobs packed in one JobBatch message, well under
+// MaxPacketSize.
+const maxBatchBytes = 48 << 10
+
+// Batched packs submit hand-offs (as Submit makes them) into as few
+// durable messages as fit: consecutive ones go in one JobBatch message,
+// named after its first and last, so the stream drops a second copy of the
+// same batch. A hand-off held back (not_before), or one alone, stays as it
+// is. The schedulers decide a batch's jobs together.
+func Batched(ds []Durable) []Durable {
+	var out []Durable
+	var batch []Durable
+	size := 0
+	flush := func() {
+		switch len(batch) {
+		case 0:
+			return
+		case 1:
+			out = append(out, batch[0])
+		default:
+			b := &cortexv1.JobBatch{}
+			for _, d := range batch {
+				b.Jobs = append(b.Jobs, d.Packet.GetJobRequest())
+				b.TraceIds = append(b.TraceIds, d.Packet.GetTraceId())
+			}
+			out = append(out, Durable{
+				Subject: SubjectJobSubmit,
+				MsgID:   "batch:" + batch[0].MsgID + ":" + batch[len(batch)-1].MsgID,
+				Packet:  &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobBatch{JobBatch: b}},
+			})
+		}
+		batch, size = nil, 0
+	}
+	for _, d := range ds {
+		req := d.Packet.GetJobRequest()
+		if d.Subject != SubjectJobSubmit || req == nil || req.GetNotBefore() != nil {
+			flush()
+			out = append(out, d)
+			continue
+		}
+		n := proto.Size(req) + len(d.Packet.GetTraceId()) + 8
+		if size+n > maxBatchBytes {
+			flush()
+		}
+		batch = append(batch, d)
+		size += n
+	}
+	flush()
+	return out
 }

@@ -118,17 +118,26 @@ func TestSubmitWhileTheBusRefusesLeavesTheJobDue(t *testing.T) {
 		}
 		ids = append(ids, r.GetJobId())
 	}
+	// The lone submit is one message; the batch's jobs share one.
 	refused := rb.refused()
-	if len(refused) != 3 {
-		t.Fatalf("the bus was offered %d hand-offs, want 3", len(refused))
+	if len(refused) != 2 {
+		t.Fatalf("the bus was offered %d hand-offs, want 2", len(refused))
 	}
+	if d := refused[0]; d.Subject != bus.SubjectJobSubmit || d.MsgID != ids[0]+":1" || d.Packet.GetJobRequest().GetJobId() != ids[0] {
+		t.Fatalf("hand-off 0 was %s %q %v, want job %s on %s", d.Subject, d.MsgID, d.Packet, ids[0], bus.SubjectJobSubmit)
+	}
+	handed := []*cortexv1.JobRequest{refused[0].Packet.GetJobRequest()}
+	if d := refused[1]; d.Subject != bus.SubjectJobSubmit || d.MsgID != "batch:"+ids[1]+":1:"+ids[2]+":1" || len(d.Packet.GetJobBatch().GetJobs()) != 2 {
+		t.Fatalf("hand-off 1 was %s %q %v, want jobs %v in one batch on %s", d.Subject, d.MsgID, d.Packet, ids[1:], bus.SubjectJobSubmit)
+	}
+	handed = append(handed, refused[1].Packet.GetJobBatch().GetJobs()...)
 	for i, id := range ids {
 		j, err := f.st.Get(ctx, id)
 		if err != nil || j.State != store.Pending || j.Attempt != 1 {
 			t.Fatalf("job %s is %+v, %v; want PENDING at attempt 1", id, j, err)
 		}
-		if d := refused[i]; d.Subject != bus.SubjectJobSubmit || d.MsgID != id+":1" || d.Packet.GetJobRequest().GetJobId() != id {
-			t.Fatalf("hand-off %d was %s %q %v, want job %s on %s", i, d.Subject, d.MsgID, d.Packet, id, bus.SubjectJobSubmit)
+		if handed[i].GetJobId() != id {
+			t.Fatalf("handed on %s as job %d, want %s", handed[i].GetJobId(), i, id)
 		}
 	}
 	if n := len(f.submits(t)); n != 0 {
@@ -151,7 +160,7 @@ func TestSubmitWhileTheBusRefusesLeavesTheJobDue(t *testing.T) {
 		if i < 0 || j.State != store.Pending {
 			t.Fatalf("due: %+v, want one of %v, PENDING", j, ids)
 		}
-		if want := refused[i].Packet.GetJobRequest(); !proto.Equal(j.Request(), want) {
+		if want := handed[i]; !proto.Equal(j.Request(), want) {
 			t.Errorf("job %s would be re-driven as %v, want what the gateway handed on: %v", j.ID, j.Request(), want)
 		}
 	}

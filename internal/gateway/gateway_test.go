@@ -172,7 +172,15 @@ func (f *fixture) submits(t *testing.T) []handed {
 		if err != nil {
 			t.Fatalf("message %d of %s: %v", seq, bus.StreamSubmit, err)
 		}
-		out = append(out, handed{msgID: m.Header.Get(jetstream.MsgIDHeader), req: p.GetJobRequest()})
+		msgID := m.Header.Get(jetstream.MsgIDHeader)
+		if b := p.GetJobBatch(); b != nil {
+			// A batch's jobs, each under the batch's name.
+			for _, req := range b.GetJobs() {
+				out = append(out, handed{msgID: msgID, req: req})
+			}
+			continue
+		}
+		out = append(out, handed{msgID: msgID, req: p.GetJobRequest()})
 	}
 	return out
 }

@@ -98,7 +98,11 @@ func (g *Gateway) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, aerr)
 		return
 	}
-	res, err := g.SubmitJob(ctx, &cortexv1.SubmitJobRequest{
+	if err := requireWrite(ctx, "submit jobs"); err != nil {
+		writeAPIError(w, connectToAPI(err))
+		return
+	}
+	nj, err := g.accept(ctx, &cortexv1.SubmitJobRequest{
 		Topic:   ChatTopic,
 		Payload: body,
 		Labels:  map[string]string{"model": req.Model, "api": "openai"},
@@ -107,9 +111,26 @@ func (g *Gateway) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, connectToAPI(err))
 		return
 	}
+	var pieces <-chan *cortexv1.JobOutput
+	if req.Stream {
+		// Listen before the job is handed on, so that no piece of a quick
+		// answer is written before anyone listens.
+		ch, stop, err := g.followOutput(ctx, nj.ID)
+		if err != nil {
+			writeAPIError(w, connectToAPI(err))
+			return
+		}
+		defer stop()
+		pieces = ch
+	}
+	res, err := g.submitAccepted(ctx, nj)
+	if err != nil {
+		writeAPIError(w, connectToAPI(err))
+		return
+	}
 	w.Header().Set(HeaderJobID, res.GetJobId())
 	w.Header().Set(HeaderTraceID, res.GetTraceId())
-	c := &chatCall{g: g, ctx: ctx, w: w, id: res.GetJobId(), model: req.Model}
+	c := &chatCall{g: g, ctx: ctx, w: w, id: res.GetJobId(), model: req.Model, pieces: pieces}
 	if req.Stream {
 		c.sse = &sse{includeUsage: req.StreamOptions != nil && req.StreamOptions.IncludeUsage}
 		c.sse.flusher, _ = w.(http.Flusher)
@@ -176,8 +197,10 @@ type chatCall struct {
 	model string
 	// job is the latest snapshot of the job.
 	job *cortexv1.Job
-	// sse is set for a streamed completion.
-	sse *sse
+	// sse is set for a streamed completion, and pieces are then the
+	// job's pieces of output.
+	sse    *sse
+	pieces <-chan *cortexv1.JobOutput
 	// gone is set when a write to the client failed.
 	gone bool
 }
@@ -199,7 +222,7 @@ type sse struct {
 }
 
 func (c *chatCall) run() {
-	err := c.g.watchJob(c.ctx, c.id, c.sse != nil, c.onOutput, func(j *cortexv1.Job) error {
+	err := c.g.watchJob(c.ctx, c.id, c.pieces, c.onOutput, func(j *cortexv1.Job) error {
 		c.job = j
 		return nil
 	})

@@ -39,6 +39,11 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 	if err != nil {
 		return nil, err
 	}
+	return g.submitAccepted(ctx, nj)
+}
+
+// submitAccepted records an accepted job and hands it to the scheduler.
+func (g *Gateway) submitAccepted(ctx context.Context, nj store.NewJob) (*cortexv1.SubmitJobResponse, error) {
 	now := time.Now()
 	existing, err := g.store.CreateJob(ctx, nj, now)
 	res, handOff, err := g.recorded(ctx, nj, existing, err, now)
@@ -111,9 +116,14 @@ func (g *Gateway) handOff(ctx context.Context, ds []bus.Durable) {
 	defer cancel()
 	errs := g.bus.PublishDurables(ctx, ds)
 	for i, d := range ds {
-		if errs[i] != nil {
-			g.log.Warn("hand job to the schedulers; the reconciler will", "trace_id", d.Packet.GetTraceId(), "job_id", d.Packet.GetJobRequest().GetJobId(), "err", errs[i])
+		if errs[i] == nil {
+			continue
 		}
+		if b := d.Packet.GetJobBatch(); b != nil {
+			g.log.Warn("hand jobs to the schedulers; the reconciler will", "jobs", len(b.GetJobs()), "first_job_id", b.GetJobs()[0].GetJobId(), "err", errs[i])
+			continue
+		}
+		g.log.Warn("hand job to the schedulers; the reconciler will", "trace_id", d.Packet.GetTraceId(), "job_id", d.Packet.GetJobRequest().GetJobId(), "err", errs[i])
 	}
 }
 
@@ -146,15 +156,22 @@ func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsReques
 		jobs, at = append(jobs, nj), append(at, i)
 	}
 	now := time.Now()
-	var ds []bus.Durable
+	// New jobs travel together, in as few messages as fit; a job found
+	// again by its idempotency key is handed on alone, under the name of
+	// its first hand-off, so the stream drops it if it has that.
+	var fresh, again []bus.Durable
 	for k, c := range g.store.CreateJobs(ctx, jobs, now) {
 		one, d, err := g.recorded(ctx, jobs[k], c.Existing, c.Err, now)
 		res.Results[at[k]] = batchResult(one, err)
-		if d != nil {
-			ds = append(ds, *d)
+		switch {
+		case d == nil:
+		case one.GetDeduplicated():
+			again = append(again, *d)
+		default:
+			fresh = append(fresh, *d)
 		}
 	}
-	if len(ds) > 0 {
+	if ds := append(bus.Batched(fresh), again...); len(ds) > 0 {
 		g.handOff(ctx, ds)
 	}
 	return res, nil

@@ -99,23 +99,8 @@ func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, s
 	if err != nil {
 		return err
 	}
-	send := func(o *cortexv1.JobOutput) error { return stream.Send(&cortexv1.WatchJobResponse{Output: o}) }
-	return g.watchJob(ctx, id, req.GetOutput(), send, func(j *cortexv1.Job) error {
-		return stream.Send(&cortexv1.WatchJobResponse{Job: j})
-	})
-}
-
-// watchJob follows job id of the caller's tenant until it is finished:
-// its snapshots go to onJob, the first one at once and then after every
-// change; with output, the pieces of output its handler streams go to
-// onOutput as they come. Nothing is sent for a job the caller does not
-// own.
-func (g *Gateway) watchJob(ctx context.Context, id string, output bool, onOutput func(*cortexv1.JobOutput) error, onJob func(*cortexv1.Job) error) error {
-	w := &watcher[*cortexv1.Job]{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
-	// Listen before reading, so no change falls between the two.
-	defer g.jobs.add(w)()
 	var pieces <-chan *cortexv1.JobOutput
-	if output {
+	if req.GetOutput() {
 		ch, stop, err := g.followOutput(ctx, id)
 		if err != nil {
 			return err
@@ -123,6 +108,21 @@ func (g *Gateway) watchJob(ctx context.Context, id string, output bool, onOutput
 		defer stop()
 		pieces = ch
 	}
+	send := func(o *cortexv1.JobOutput) error { return stream.Send(&cortexv1.WatchJobResponse{Output: o}) }
+	return g.watchJob(ctx, id, pieces, send, func(j *cortexv1.Job) error {
+		return stream.Send(&cortexv1.WatchJobResponse{Job: j})
+	})
+}
+
+// watchJob follows job id of the caller's tenant until it is finished:
+// its snapshots go to onJob, the first one at once and then after every
+// change; the pieces of output on pieces (the caller's subscription, nil
+// for none: see followOutput) go to onOutput as they come. Nothing is sent
+// for a job the caller does not own.
+func (g *Gateway) watchJob(ctx context.Context, id string, pieces <-chan *cortexv1.JobOutput, onOutput func(*cortexv1.JobOutput) error, onJob func(*cortexv1.Job) error) error {
+	w := &watcher[*cortexv1.Job]{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
+	// Listen before reading, so no change falls between the two.
+	defer g.jobs.add(w)()
 	j, err := g.ownJob(ctx, id)
 	if err != nil {
 		return err

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -82,6 +83,8 @@ type Scheduler struct {
 	// stopReconcile ends the reconciler; reconciled is closed when it has.
 	stopReconcile context.CancelFunc
 	reconciled    chan struct{}
+	// dispatching bounds the jobs of batched hand-offs decided at once.
+	dispatching chan struct{}
 }
 
 type options struct {
@@ -127,7 +130,7 @@ func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log 
 	}
 	reg := registry.New(o.registry)
 	s := &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, opts: o,
-		reg: reg, place: newPlacement(reg, 2*o.lease)}
+		reg: reg, place: newPlacement(reg, 2*o.lease), dispatching: make(chan struct{}, 4*o.concurrency)}
 	o.metrics.Pools(s.poolStats)
 	o.metrics.Dropped("scheduler", conn.Dropped)
 	return s
@@ -238,11 +241,11 @@ func (s *Scheduler) handBack() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	errs := s.conn.PublishDurables(ctx, ds)
-	for i, w := range waiting {
-		if errs[i] != nil {
-			// The job is PENDING in the store: the reconciler re-drives it.
-			s.log.Warn("hand a queued job back; the reconciler will", "trace_id", w.traceID, "job_id", w.req.GetJobId(), "err", errs[i])
+	ds = bus.Batched(ds)
+	for i, err := range s.conn.PublishDurables(ctx, ds) {
+		if err != nil {
+			// The jobs are PENDING in the store: the reconciler re-drives them.
+			s.log.Warn("hand queued jobs back; the reconciler will", "message", ds[i].MsgID, "err", err)
 		}
 	}
 	s.log.Info("handed queued jobs back to the submit stream", "jobs", len(waiting))
@@ -264,9 +267,14 @@ func (s *Scheduler) Close() {
 // The message is acked once the job is decided and queued: from there the
 // store's deadline, watched by the reconciler, covers it.
 func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.Delivery) error {
+	if b := p.GetJobBatch(); b != nil {
+		s.submitBatch(ctx, b)
+		d.Ack()
+		return nil
+	}
 	req := p.GetJobRequest()
 	if req == nil {
-		return bus.WrongPayload(p, "a job request")
+		return bus.WrongPayload(p, "a job request or a job batch")
 	}
 	if nb := req.GetNotBefore(); nb != nil {
 		if wait := time.Until(nb.AsTime()); wait > 0 {
@@ -279,6 +287,26 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.D
 	}
 	d.Ack()
 	return nil
+}
+
+// submitBatch decides the jobs of a batched hand-off at once, so their
+// safety checks travel together, and queues each; a job this scheduler
+// already holds is dropped. At most the scheduler's dispatch bound run at
+// once across batches.
+func (s *Scheduler) submitBatch(ctx context.Context, b *cortexv1.JobBatch) {
+	var wg sync.WaitGroup
+	for i, req := range b.GetJobs() {
+		if s.place.holds(req.GetJobId(), req.GetAttempt()) {
+			continue
+		}
+		trace := b.GetTraceIds()[i]
+		s.dispatching <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-s.dispatching }()
+			s.dispatch(ctx, trace, req)
+		})
+	}
+	wg.Wait()
 }
 
 // dispatch takes one attempt of a PENDING job through the safety gate and

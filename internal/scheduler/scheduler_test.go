@@ -643,3 +643,42 @@ func TestStaleResultChangesNothing(t *testing.T) {
 		t.Errorf("the safety gate was asked %d times about a stale result", n)
 	}
 }
+
+// The jobs of a batched hand-off are each checked and decided on their
+// own, and a second copy of the batch (a redelivery) dispatches nothing
+// this scheduler already placed.
+func TestBatchedSubmitDecidesEachJob(t *testing.T) {
+	deny := &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: "deny-sys", Reason: "never", PolicyVersion: "v1"}
+	r := newRig(t, &fakeChecker{answer: func(c *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+		if c.GetTopic() == "sys.destroy" {
+			return deny, nil
+		}
+		return allow, nil
+	}}, "")
+	batch := &cortexv1.JobBatch{}
+	for _, j := range []struct{ id, topic string }{{"j1", "job.echo"}, {"j2", "sys.destroy"}, {"j3", "job.echo"}} {
+		batch.Jobs = append(batch.Jobs, r.st.seed(j.id, j.topic, store.Pending, 1, 1).Request())
+		batch.TraceIds = append(batch.TraceIds, "trace-"+j.id)
+	}
+	r.publish(t, bus.SubjectJobSubmit, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobBatch{JobBatch: batch}})
+	got := map[string]bool{}
+	for range 2 {
+		got[r.nextDispatch(t).GetJobId()] = true
+	}
+	if !got["j1"] || !got["j3"] {
+		t.Fatalf("dispatched %v, want j1 and j3", got)
+	}
+	if c := r.waitChanges(t, "j2", 1); c[0].To != store.Denied || c[0].Safety.Rule != "deny-sys" {
+		t.Fatalf("j2: %+v, want DENIED by deny-sys", c[0])
+	}
+	if ev := r.waitEvent(t, "j1", store.Dispatched); ev.GetTraceId() != "trace-j1" {
+		t.Errorf("j1's event has trace %q, want the batch's trace-j1", ev.GetTraceId())
+	}
+	r.publish(t, bus.SubjectJobSubmit, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobBatch{JobBatch: batch}})
+	r.noDispatch(t)
+	for _, id := range []string{"j1", "j3"} {
+		if n := len(r.checker.checksOf(id)); n != 1 {
+			t.Errorf("%s was checked %d times, want once", id, n)
+		}
+	}
+}

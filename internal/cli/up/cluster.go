@@ -147,10 +147,15 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 			c.RedisURL = c.Stack.RedisURL
 		}
 	}
-	c.Store, c.rdb, err = daemon.OpenStore(ctx, daemon.RedisEndpoint{URL: c.RedisURL, Cluster: opts.RedisCluster}, store.Options{Lease: opts.Lease})
+	storeOpts := store.Options{Lease: opts.Lease}
+	c.Store, c.rdb, err = daemon.OpenStore(ctx, daemon.RedisEndpoint{URL: c.RedisURL, Cluster: opts.RedisCluster}, storeOpts)
 	if err != nil {
 		return c, err
 	}
+	// Each component gets its own store on the shared client, as the
+	// daemons each have theirs: a safety check's prompt read never waits
+	// behind a worker's batch of scripts in one queue.
+	ownStore := func() *store.Store { return store.New(c.rdb, storeOpts) }
 	// The streams are made before any component asks for them: on disk
 	// under --data-dir (or on a remote server), else in memory.
 	if c.Streams, err = ensureStreams(ctx, c.NATSURL, opts.NATSURL == "" && opts.DataDir == "", opts.StreamReplicas, log); err != nil {
@@ -158,13 +163,13 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	}
 	natsEP := bus.Endpoint{URL: c.NATSURL}
 	if !opts.NoSafety {
-		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, natsEP, c.Store, opts.Policy, opts.Reload, c.Metrics, log.With("component", "safety"))
+		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, natsEP, ownStore(), opts.Policy, opts.Reload, c.Metrics, log.With("component", "safety"))
 		if err != nil {
 			return c, err
 		}
 		c.conns = append(c.conns, c.safetyConn)
 	}
-	c.scheduler, err = daemon.StartScheduler(runCtx, natsEP, c.Store, daemon.SchedulerOptions{
+	c.scheduler, err = daemon.StartScheduler(runCtx, natsEP, ownStore(), daemon.SchedulerOptions{
 		Routes: opts.Routes, SafetyTimeout: opts.SafetyTimeout, Lease: opts.Lease, Metrics: c.Metrics,
 	}, log.With("component", "scheduler"))
 	if err != nil {
@@ -181,7 +186,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		if pool == daemon.PoolLLM {
 			capabilities = opts.LLM.Capabilities()
 		}
-		w, err := daemon.StartWorker(runCtx, natsEP, c.Store, worker.Options{
+		w, err := daemon.StartWorker(runCtx, natsEP, ownStore(), worker.Options{
 			Pool:         pool,
 			MaxParallel:  opts.WorkerParallel,
 			Handlers:     handlers,
