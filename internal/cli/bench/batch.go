@@ -60,7 +60,7 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 			}
 			mu.Lock()
 			if _, seen := ended[j.GetJobId()]; !seen {
-				ended[j.GetJobId()] = end{time.Now(), j.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED}
+				ended[j.GetJobId()] = end{time.Now(), j.GetState()}
 			}
 			mu.Unlock()
 		}
@@ -150,9 +150,7 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 			continue
 		}
 		r.Latencies = append(r.Latencies, e.at.Sub(t0))
-		if e.completed {
-			r.Completed++
-		}
+		r.ended(e.state)
 		if e.at.After(last) {
 			last = e.at
 		}
@@ -163,10 +161,10 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 	return r, nil
 }
 
-// end is when a job ended and whether it completed.
+// end is when a job ended and how.
 type end struct {
-	at        time.Time
-	completed bool
+	at    time.Time
+	state cortexv1.JobState
 }
 
 func endedAll(mu *sync.Mutex, sent map[string]time.Time, ended map[string]end) bool {

@@ -8,7 +8,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -118,11 +120,26 @@ type Report struct {
 	Jobs      int
 	Completed int
 	NotDone   int
+	// Others counts the jobs that ended otherwise than COMPLETED, by state
+	// (DENIED, FAILED, ...).
+	Others map[string]int
 	Elapsed   time.Duration
 	Latencies []time.Duration // sorted
 	// Dropped counts the events the gateway skipped because this client
 	// read too slowly: their jobs count as not done.
 	Dropped uint64
+}
+
+// ended counts a job that ended in state.
+func (r *Report) ended(state cortexv1.JobState) {
+	if state == cortexv1.JobState_JOB_STATE_COMPLETED {
+		r.Completed++
+		return
+	}
+	if r.Others == nil {
+		r.Others = map[string]int{}
+	}
+	r.Others[strings.TrimPrefix(state.String(), "JOB_STATE_")]++
 }
 
 // Percentile returns the p-th percentile (0-100) latency.
@@ -137,6 +154,13 @@ func (r *Report) Percentile(p float64) time.Duration {
 // Print writes the report.
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "jobs        %d (%d completed, %d did not complete)\n", r.Jobs, r.Completed, r.NotDone)
+	if len(r.Others) > 0 {
+		var ends []string
+		for _, st := range slices.Sorted(maps.Keys(r.Others)) {
+			ends = append(ends, fmt.Sprintf("%d %s", r.Others[st], st))
+		}
+		fmt.Fprintf(w, "not done    %s (why: cortexctl jobs list --state STATE -o wide)\n", strings.Join(ends, ", "))
+	}
 	fmt.Fprintf(w, "elapsed     %s\n", r.Elapsed.Round(time.Millisecond))
 	if r.Dropped > 0 {
 		fmt.Fprintf(w, "events      %d skipped by the gateway: this client read too slowly, so their jobs count as not done\n", r.Dropped)
@@ -158,7 +182,7 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurr
 	for range min(concurrency, n) {
 		wg.Go(func() {
 			var lat []time.Duration
-			completed := 0
+			var states []cortexv1.JobState
 			for next.Add(1) <= int64(n) {
 				t0 := time.Now()
 				res, err := c.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: topic, Prompt: prompt})
@@ -175,13 +199,13 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurr
 					return
 				}
 				lat = append(lat, time.Since(t0))
-				if st.GetState() == cortexv1.JobState_JOB_STATE_COMPLETED {
-					completed++
-				}
+				states = append(states, st.GetState())
 			}
 			mu.Lock()
 			r.Latencies = append(r.Latencies, lat...)
-			r.Completed += completed
+			for _, st := range states {
+				r.ended(st)
+			}
 			mu.Unlock()
 		})
 	}
