@@ -45,6 +45,14 @@ func (b *Batcher[T]) Add(v T) {
 	}
 }
 
+// Queued is how many values wait for a batch (not counting those being
+// sent).
+func (b *Batcher[T]) Queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
+}
+
 // run sends batches until the queue is empty, then frees its slot.
 func (b *Batcher[T]) run() {
 	for {

@@ -66,6 +66,9 @@ func TestBusyBatchesWhatQueued(t *testing.T) {
 	for i := 2; i < 9; i++ {
 		b.Add(i)
 	}
+	if n := b.Queued(); n != 7 {
+		t.Errorf("Queued() = %d with both slots busy, want 7", n)
+	}
 	close(r.release)
 	for range 9 {
 		<-r.sent

@@ -120,3 +120,24 @@ func BenchmarkCheckOverBusParallel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkCheckBatchInProcess decides a full client batch (256 checks
+// reading 200-byte prompts) per op: what one CheckBatch costs the kernel,
+// against the client's 100ms timeout.
+func BenchmarkCheckBatchInProcess(b *testing.B) {
+	in := newInputs(map[string]string{"bench": benchPrompt(200)})
+	k := safety.NewKernel("bench", in, discard())
+	rs := make([]*cortexv1.CheckRequest, 256)
+	for i := range rs {
+		rs[i] = req("bench", "job.echo", 200)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, resp := range k.CheckBatch(ctx, rs) {
+			if resp.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
+				b.Fatalf("%v, want ALLOW", resp)
+			}
+		}
+	}
+}
