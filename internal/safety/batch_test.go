@@ -48,26 +48,35 @@ type requestTap struct{ requests, batches, checks atomic.Int64 }
 func tapRequests(t *testing.T, url string) *requestTap {
 	t.Helper()
 	tap := &requestTap{}
-	nc := connect(t, url, "tap").NATS()
-	if _, err := nc.Subscribe(bus.SubjectSafetyCheck, func(m *nats.Msg) {
-		p, err := bus.Decode(m.Data)
-		if err != nil {
-			t.Errorf("undecodable check request: %v", err)
-			return
-		}
+	watch(t, url, bus.SubjectSafetyCheck, func(p *cortexv1.BusPacket) {
 		tap.requests.Add(1)
 		tap.checks.Add(1)
 		if b := p.GetCheckBatch(); b != nil {
 			tap.batches.Add(1)
 			tap.checks.Add(int64(len(b.GetChecks()) - 1))
 		}
+	})
+	return tap
+}
+
+// watch passes every packet on subject to fn, from now on, failing the
+// test on one that does not decode.
+func watch(t *testing.T, url, subject string, fn func(p *cortexv1.BusPacket)) {
+	t.Helper()
+	nc := connect(t, url, "watcher").NATS()
+	if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Errorf("undecodable packet on %s: %v", subject, err)
+			return
+		}
+		fn(p)
 	}); err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return tap
 }
 
 // mixedChecks are n checks of different tenants and topics, which the
@@ -283,13 +292,7 @@ func TestBatchDecisionEvents(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[uint32]int{} // by attempt, which is unique to each check
 	var packets, batches atomic.Int64
-	nc := connect(t, url, "watcher").NATS()
-	if _, err := nc.Subscribe(bus.SubjectSafetyDecision, func(m *nats.Msg) {
-		p, err := bus.Decode(m.Data)
-		if err != nil {
-			t.Errorf("undecodable decision packet: %v", err)
-			return
-		}
+	watch(t, url, bus.SubjectSafetyDecision, func(p *cortexv1.BusPacket) {
 		evs := p.GetSafetyDecisions().GetEvents()
 		if ev := p.GetSafetyDecision(); ev != nil {
 			evs = []*cortexv1.SafetyDecisionEvent{ev}
@@ -302,12 +305,7 @@ func TestBatchDecisionEvents(t *testing.T) {
 		for _, ev := range evs {
 			seen[ev.GetAttempt()]++
 		}
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	})
 	c := safety.NewClient(connect(t, url, "client"), 5*time.Second)
 	rs := mixedChecks(200)
 	got := checkAll(t, c, rs)
