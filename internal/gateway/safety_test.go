@@ -529,15 +529,28 @@ func TestStreamDecisions(t *testing.T) {
 	publish("g1", "globex", "job.echo", deny)
 	publish("a3", "acme", "job.echo", approval)
 	publish("g2", "globex", "job.llm.chat", allow)
+	// The decisions of a batch of checks come in one packet; each reaches
+	// its streams once, in order.
+	batch := &cortexv1.SafetyDecisions{}
+	for _, ev := range []struct {
+		id, tenant, topic string
+		d                 cortexv1.Decision
+	}{{"a5", "acme", "job.llm.echo", deny}, {"g3", "globex", "job.echo", allow}, {"a6", "acme", "job.echo", allow}} {
+		batch.Events = append(batch.Events, &cortexv1.SafetyDecisionEvent{JobId: ev.id, TenantId: ev.tenant, Topic: ev.topic, Attempt: 1, KernelId: "k1",
+			Verdict: &cortexv1.SafetyVerdict{Decision: ev.d, Rule: "r", Reason: "because", PolicyVersion: "sha256:000000000000"}})
+	}
+	if err := f.other.Publish(bus.SubjectSafetyDecision, &cortexv1.BusPacket{TraceId: "a5", Payload: &cortexv1.BusPacket_SafetyDecisions{SafetyDecisions: batch}}); err != nil {
+		t.Fatal(err)
+	}
 	publish("a4", "acme", "job.llm.echo", approval)
 	endAcme, endGlobex := marker("end", 0)
 	for i, want := range [][]string{
-		{"a1", "a2", "a3", "a4"},
-		{"g1", "g2"},
-		{"a1", "a2", "g1", "a3", "g2", "a4"},
-		{"a2", "g1"},
-		{"a2", "g2", "a4"},
-		{"a4"},
+		{"a1", "a2", "a3", "a5", "a6", "a4"},
+		{"g1", "g2", "g3"},
+		{"a1", "a2", "g1", "a3", "g2", "a5", "g3", "a6", "a4"},
+		{"a2", "g1", "a5"},
+		{"a2", "g2", "a5", "a4"},
+		{"a5", "a4"},
 	} {
 		r := readers[i]
 		end := endAcme

@@ -77,12 +77,19 @@ func (g *Gateway) onEvent(_ context.Context, p *cortexv1.BusPacket, _ string) er
 	return nil
 }
 
+// onDecision fans out a kernel's decision, or the decisions of a batch of
+// checks (SafetyDecisions), each to its tenant's watchers.
 func (g *Gateway) onDecision(_ context.Context, p *cortexv1.BusPacket, _ string) error {
-	ev := p.GetSafetyDecision()
-	if ev == nil {
-		return bus.WrongPayload(p, "a safety decision")
+	evs := p.GetSafetyDecisions().GetEvents()
+	if ev := p.GetSafetyDecision(); ev != nil {
+		evs = []*cortexv1.SafetyDecisionEvent{ev}
 	}
-	g.decisions.publish(ev.GetTenantId(), ev)
+	if len(evs) == 0 {
+		return bus.WrongPayload(p, "a safety decision or decisions")
+	}
+	for _, ev := range evs {
+		g.decisions.publish(ev.GetTenantId(), ev)
+	}
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -85,5 +86,58 @@ func BenchmarkCheckOverBus(b *testing.B) {
 	})
 	if in.calls.Load() == 0 {
 		b.Fatal("the prompt was never read")
+	}
+}
+
+// BenchmarkCheckOverBusParallel asks one client from 256 goroutines at
+// once, as a busy scheduler does, against a real kernel reading 200-byte
+// prompts, with the default timeout and with a long one. denied-% counts
+// the checks that failed closed (timeouts, an open breaker). Run with
+//
+//	go test -run '^$' -bench 'CheckOverBusParallel' -benchtime 20000x -count 5 ./internal/safety/
+func BenchmarkCheckOverBusParallel(b *testing.B) {
+	for _, timeout := range []time.Duration{safety.DefaultTimeout, 5 * time.Second} {
+		b.Run("timeout="+timeout.String(), func(b *testing.B) {
+			url := bustest.StartServer(b)
+			in := newInputs(map[string]string{"bench": benchPrompt(200)})
+			startKernel(b, url, in, nil)
+			c := safety.NewClient(connect(b, url, "client"), timeout)
+			r := req("bench", "job.echo", 200)
+			ctx := context.Background()
+			var denied atomic.Int64
+			b.SetParallelism(128) // 128 × GOMAXPROCS (2 here) goroutines
+			b.ReportAllocs()
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if resp, _ := c.Check(ctx, r); resp.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
+						denied.Add(1)
+					}
+				}
+			})
+			b.StopTimer()
+			b.ReportMetric(100*float64(denied.Load())/float64(b.N), "denied-%")
+		})
+	}
+}
+
+// BenchmarkCheckBatchInProcess decides a full client batch (256 checks
+// reading 200-byte prompts) per op: what one CheckBatch costs the kernel,
+// against the client's 100ms timeout.
+func BenchmarkCheckBatchInProcess(b *testing.B) {
+	in := newInputs(map[string]string{"bench": benchPrompt(200)})
+	k := safety.NewKernel("bench", in, discard())
+	rs := make([]*cortexv1.CheckRequest, 256)
+	for i := range rs {
+		rs[i] = req("bench", "job.echo", 200)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		for _, resp := range k.CheckBatch(ctx, rs) {
+			if resp.GetDecision() != cortexv1.Decision_DECISION_ALLOW {
+				b.Fatalf("%v, want ALLOW", resp)
+			}
+		}
 	}
 }

@@ -7,7 +7,10 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/coalesce"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -23,15 +26,38 @@ const (
 	breakerCoolDown = time.Second
 )
 
+// Batching: concurrent checks travel together, at most maxInFlight
+// requests at a time, each of at most maxBatch checks and maxBatchBytes of
+// them, so that the request and the kernel's answer fit in a bus packet.
+const (
+	maxInFlight   = 4
+	maxBatch      = 256
+	maxBatchBytes = bus.MaxPacketSize - 4<<10
+)
+
 // Client asks the kernel over the bus and fails closed: an error, a
 // timeout, a malformed answer or an unknown decision is a DENY whose reason
-// says which. After breakerThreshold failures in a row a circuit breaker
-// opens: checks are denied at once, without waiting for a kernel that is
-// not answering, until a probe after the cool-down succeeds.
+// says which. Concurrent checks are batched: an idle client sends a check
+// at once, alone; a busy one sends what queued meanwhile as one CheckBatch
+// (see internal/coalesce), and every caller gets its own decision. After
+// breakerThreshold failed requests in a row a circuit breaker opens:
+// checks are denied at once, without waiting for a kernel that is not
+// answering, until a probe after the cool-down succeeds.
 type Client struct {
 	conn    *bus.Conn
 	timeout time.Duration
 	breaker breaker
+	batches *coalesce.Batcher[*pending]
+}
+
+// pending is one check waiting for its decision.
+type pending struct {
+	req   *cortexv1.CheckRequest
+	trace string
+	size  int
+	// resp is set before done is closed.
+	resp *cortexv1.CheckResponse
+	done chan struct{}
 }
 
 // NewClient returns a client that waits at most timeout for each decision
@@ -40,56 +66,136 @@ func NewClient(conn *bus.Conn, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return &Client{conn: conn, timeout: timeout, breaker: breaker{threshold: breakerThreshold, coolDown: breakerCoolDown, now: time.Now}}
+	c := &Client{conn: conn, timeout: timeout, breaker: breaker{threshold: breakerThreshold, coolDown: breakerCoolDown, now: time.Now}}
+	c.batches = coalesce.New(maxInFlight, takeChecks, c.send)
+	return c
+}
+
+// takeChecks is how many of the queued checks make one request.
+func takeChecks(queued []*pending) int {
+	n, size := 0, 0
+	for n < len(queued) && n < maxBatch {
+		if size += queued[n].size; size > maxBatchBytes {
+			break
+		}
+		n++
+	}
+	return n // one check too big to share a request goes alone
 }
 
 // Check asks for a decision. It never returns an error: every failure is a
 // DENY with rule fail-closed.
 func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
-	if wait, ok := c.breaker.allow(); !ok {
-		next := "until a probe check finds it answering again"
-		if wait > 0 {
-			next = "for another " + wait.Round(time.Millisecond).String()
-		}
-		return failClosed(fmt.Sprintf("the safety kernel failed %d checks in a row; the circuit breaker denies without asking %s",
-			c.breaker.threshold, next)), nil
-	}
-	resp, reason := c.ask(ctx, r)
 	if cause := context.Cause(ctx); cause != nil {
-		// The caller gave up (shutdown, say): no news about the kernel.
-		c.breaker.release()
-		return failClosed("the check was abandoned: " + cause.Error()), nil //nolint:nilerr // failing closed is the answer
+		return abandoned(cause), nil
 	}
-	c.breaker.record(reason == "")
-	if reason != "" {
-		return failClosed(reason), nil
+	if wait, open := c.breaker.open(); open {
+		return c.breakerDenial(wait), nil
 	}
-	return resp, nil
+	p := &pending{req: r, trace: bus.TraceFrom(ctx, r.GetJobId()), size: proto.Size(r) + 8, done: make(chan struct{})}
+	c.batches.Add(p)
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+	}
+	if cause := context.Cause(ctx); cause != nil {
+		// The caller gave up (shutdown, say); its batch goes on for the
+		// others.
+		return abandoned(cause), nil //nolint:nilerr // failing closed is the answer
+	}
+	return p.resp, nil
 }
 
-// ask returns the kernel's answer, or why there is none.
-func (c *Client) ask(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, string) {
-	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+func abandoned(cause error) *cortexv1.CheckResponse {
+	return failClosed("the check was abandoned: " + cause.Error())
+}
+
+func (c *Client) breakerDenial(wait time.Duration) *cortexv1.CheckResponse {
+	next := "until a probe check finds it answering again"
+	if wait > 0 {
+		next = "for another " + wait.Round(time.Millisecond).String()
+	}
+	return failClosed(fmt.Sprintf("the safety kernel failed %d requests in a row; the circuit breaker denies without asking %s",
+		c.breaker.threshold, next))
+}
+
+// send asks the kernel about one batch and hands every check its answer.
+// The breaker counts the request once: it failed if any check of it failed
+// closed for something the kernel did or did not answer.
+func (c *Client) send(batch []*pending) {
+	wait, ok := c.breaker.allow()
+	if !ok {
+		for _, p := range batch {
+			p.resp = c.breakerDenial(wait)
+			close(p.done)
+		}
+		return
+	}
+	reasons := c.ask(batch)
+	c.breaker.record(reasons == nil)
+	for i, p := range batch {
+		if reasons != nil && reasons[i] != "" {
+			p.resp = failClosed(reasons[i])
+		}
+		close(p.done)
+	}
+}
+
+// ask sets the kernel's answer on every check of batch, or returns why
+// each has none: nil when all were answered. A lone check goes as a
+// CheckRequest (which any kernel answers), more as a CheckBatch.
+func (c *Client) ask(batch []*pending) []string {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	reply, err := c.conn.Request(ctx, bus.SubjectSafetyCheck, &cortexv1.BusPacket{
-		TraceId: bus.TraceFrom(ctx, r.GetJobId()),
-		Payload: &cortexv1.BusPacket_CheckRequest{CheckRequest: r},
-	})
-	if errors.Is(err, bus.ErrMalformed) {
-		return nil, fmt.Sprintf("safety kernel answered with a malformed packet: %v", err)
+	out := &cortexv1.BusPacket{TraceId: batch[0].trace, Payload: &cortexv1.BusPacket_CheckRequest{CheckRequest: batch[0].req}}
+	if len(batch) > 1 {
+		checks := make([]*cortexv1.CheckRequest, len(batch))
+		for i, p := range batch {
+			checks[i] = p.req
+		}
+		out.Payload = &cortexv1.BusPacket_CheckBatch{CheckBatch: &cortexv1.CheckBatch{Checks: checks}}
 	}
-	if err != nil {
-		return nil, fmt.Sprintf("safety kernel gave no decision within %s: %v", c.timeout, err)
-	}
-	resp := reply.GetCheckResponse()
+	reply, err := c.conn.Request(ctx, bus.SubjectSafetyCheck, out)
+	var results []*cortexv1.CheckResponse
+	why := ""
 	switch {
-	case resp == nil:
-		return nil, "safety kernel answered with something other than a decision"
-	case resp.GetDecision() == cortexv1.Decision_DECISION_ALLOW, resp.GetDecision() == cortexv1.Decision_DECISION_DENY,
-		resp.GetDecision() == cortexv1.Decision_DECISION_REQUIRE_APPROVAL:
-		return resp, ""
+	case errors.Is(err, bus.ErrMalformed):
+		why = fmt.Sprintf("safety kernel answered with a malformed packet: %v", err)
+	case err != nil:
+		why = fmt.Sprintf("safety kernel gave no decision within %s: %v", c.timeout, err)
+	case len(batch) == 1 && reply.GetCheckResponse() == nil:
+		why = "safety kernel answered with something other than a decision"
+	case len(batch) == 1:
+		results = []*cortexv1.CheckResponse{reply.GetCheckResponse()}
+	case reply.GetCheckBatchResponse() == nil:
+		why = fmt.Sprintf("safety kernel answered a batch of %d checks with something other than a batch of decisions", len(batch))
+	case len(reply.GetCheckBatchResponse().GetResults()) != len(batch):
+		why = fmt.Sprintf("safety kernel answered a batch of %d checks with %d decisions", len(batch), len(reply.GetCheckBatchResponse().GetResults()))
+	default:
+		results = reply.GetCheckBatchResponse().GetResults()
 	}
-	return nil, fmt.Sprintf("safety kernel answered with unknown decision %d", resp.GetDecision())
+	reasons := make([]string, len(batch))
+	failed := false
+	for i, p := range batch {
+		switch {
+		case results == nil:
+			reasons[i] = why
+		case known(results[i].GetDecision()):
+			p.resp = results[i]
+			continue
+		default:
+			reasons[i] = fmt.Sprintf("safety kernel answered with unknown decision %d", results[i].GetDecision())
+		}
+		failed = true
+	}
+	if !failed {
+		return nil
+	}
+	return reasons
+}
+
+func known(d cortexv1.Decision) bool {
+	return d == cortexv1.Decision_DECISION_ALLOW || d == cortexv1.Decision_DECISION_DENY || d == cortexv1.Decision_DECISION_REQUIRE_APPROVAL
 }
 
 func failClosed(reason string) *cortexv1.CheckResponse {
@@ -114,7 +220,19 @@ type breaker struct {
 	probing   bool
 }
 
-// allow reports whether a check may go to the kernel, and if not, how
+// open reports whether the breaker denies without asking, and for how
+// long, without taking the probe.
+func (b *breaker) open() (time.Duration, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failures < b.threshold {
+		return 0, false
+	}
+	wait := b.openUntil.Sub(b.now())
+	return max(wait, 0), wait > 0 || b.probing
+}
+
+// allow reports whether a request may go to the kernel, and if not, how
 // long until the next probe.
 func (b *breaker) allow() (time.Duration, bool) {
 	b.mu.Lock()
@@ -127,13 +245,6 @@ func (b *breaker) allow() (time.Duration, bool) {
 	}
 	b.probing = true
 	return 0, true
-}
-
-// release ends a probe without a verdict on the kernel.
-func (b *breaker) release() {
-	b.mu.Lock()
-	b.probing = false
-	b.mu.Unlock()
 }
 
 func (b *breaker) record(ok bool) {

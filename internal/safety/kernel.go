@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -27,9 +28,12 @@ import (
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
-// Inputs reads a job's prompt, for policies whose rules look at its text.
+// Inputs reads jobs' prompts, for policies whose rules look at their text:
+// one job's, or the prompts of a batch of checks in one go (prompts[i]
+// and errs[i] are those of ids[i]).
 type Inputs interface {
 	Input(ctx context.Context, id string) (string, error)
+	InputBatch(ctx context.Context, ids []string) (prompts []string, errs []error)
 }
 
 // PolicyStore holds the policies an operator applied to the cluster.
@@ -73,7 +77,7 @@ type Kernel struct {
 	// Counters of Status: checks decided, and how the shadow compared.
 	checks, shadowChecks, shadowDisagreed atomic.Uint64
 	// events publishes decisions; unset until Start.
-	events atomic.Pointer[func(trace string, ev *cortexv1.SafetyDecisionEvent)]
+	events atomic.Pointer[func(trace string, evs []*cortexv1.SafetyDecisionEvent)]
 	now    func() time.Time
 	mu     sync.Mutex // serialises reloads
 	// fileText holds what was last read from each policy file, so a file
@@ -207,30 +211,44 @@ func (k *Kernel) Status() *cortexv1.PolicyStatus {
 
 // Check decides one attempt of a job, and publishes the decision.
 func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+	return k.CheckBatch(ctx, []*cortexv1.CheckRequest{r})[0], nil
+}
+
+// CheckBatch decides several attempts under one policy, reading the prompts
+// they need in one go, and publishes the decisions together: the answer i
+// is that of rs[i].
+func (k *Kernel) CheckBatch(ctx context.Context, rs []*cortexv1.CheckRequest) []*cortexv1.CheckResponse {
 	start := time.Now()
 	active, shadow := k.active.Load(), k.shadow.Load()
-	resp := &cortexv1.CheckResponse{}
-	in, err := k.input(ctx, r, active, shadow)
-	if err != nil {
-		resp.Decision, resp.Rule, resp.PolicyVersion = cortexv1.Decision_DECISION_DENY, bus.RuleFailClosed, active.policy.Hash()
-		resp.Reason = "the safety kernel could not read the prompt: " + err.Error()
-	} else {
-		v := decide(active.policy, in, approvedRule(r))
-		resp.Decision, resp.Rule, resp.Reason, resp.PolicyVersion = v.Decision, v.Rule, v.Reason, v.PolicyVersion
-		if shadow != nil {
-			resp.Shadow = decide(shadow.policy, in, approvedRule(r))
-			k.shadowChecks.Add(1)
-			if resp.Shadow.GetDecision() != resp.GetDecision() {
-				k.shadowDisagreed.Add(1)
+	ins, errs := k.inputsOf(ctx, rs, active, shadow)
+	resps := make([]*cortexv1.CheckResponse, len(rs))
+	events := make([]*cortexv1.SafetyDecisionEvent, len(rs))
+	publish := k.events.Load()
+	for i, r := range rs {
+		resp := &cortexv1.CheckResponse{}
+		if errs[i] != nil {
+			resp.Decision, resp.Rule, resp.PolicyVersion = cortexv1.Decision_DECISION_DENY, bus.RuleFailClosed, active.policy.Hash()
+			resp.Reason = "the safety kernel could not read the prompt: " + errs[i].Error()
+		} else {
+			v := decide(active.policy, ins[i], approvedRule(r))
+			resp.Decision, resp.Rule, resp.Reason, resp.PolicyVersion = v.Decision, v.Rule, v.Reason, v.PolicyVersion
+			if shadow != nil {
+				resp.Shadow = decide(shadow.policy, ins[i], approvedRule(r))
+				k.shadowChecks.Add(1)
+				if resp.Shadow.GetDecision() != resp.GetDecision() {
+					k.shadowDisagreed.Add(1)
+				}
 			}
 		}
-	}
-	k.checks.Add(1)
-	k.metrics.Decided(strings.TrimPrefix(resp.GetDecision().String(), "DECISION_"), resp.GetRule(), time.Since(start))
-	if publish := k.events.Load(); publish != nil {
-		trace := bus.TraceFrom(ctx, r.GetJobId())
-		k.log.Debug("safety decision", "trace_id", trace, "job_id", r.GetJobId(), "decision", resp.GetDecision().String(), "rule", resp.GetRule())
-		(*publish)(trace, &cortexv1.SafetyDecisionEvent{
+		resps[i] = resp
+		k.checks.Add(1)
+		took := time.Since(start)
+		k.metrics.Decided(strings.TrimPrefix(resp.GetDecision().String(), "DECISION_"), resp.GetRule(), took)
+		if publish == nil {
+			continue
+		}
+		k.log.Debug("safety decision", "trace_id", bus.TraceFrom(ctx, r.GetJobId()), "job_id", r.GetJobId(), "decision", resp.GetDecision().String(), "rule", resp.GetRule())
+		events[i] = &cortexv1.SafetyDecisionEvent{
 			JobId:    r.GetJobId(),
 			TenantId: r.GetTenantId(),
 			Topic:    r.GetTopic(),
@@ -238,44 +256,79 @@ func (k *Kernel) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 			Verdict: &cortexv1.SafetyVerdict{Decision: resp.GetDecision(), Rule: resp.GetRule(),
 				Reason: resp.GetReason(), PolicyVersion: resp.GetPolicyVersion()},
 			Shadow:    resp.GetShadow(),
-			Latency:   durationpb.New(time.Since(start)),
+			Latency:   durationpb.New(took),
 			DecidedAt: timestamppb.New(start),
 			KernelId:  k.id,
-		})
+		}
 	}
-	return resp, nil
+	if publish != nil && len(rs) > 0 {
+		(*publish)(bus.TraceFrom(ctx, rs[0].GetJobId()), events)
+	}
+	return resps
 }
 
-// input is what the policies see of the request; the prompt is read from
-// the store only when a rule looks at its text.
-func (k *Kernel) input(ctx context.Context, r *cortexv1.CheckRequest, active, shadow *loaded) (policy.Input, error) {
-	in := policy.Input{
-		JobID:      r.GetJobId(),
-		Topic:      r.GetTopic(),
-		Tenant:     r.GetTenantId(),
-		Labels:     r.GetLabels(),
-		Priority:   r.GetPriority(),
-		Attempt:    r.GetAttempt(),
-		PromptSize: r.GetPromptSize(),
-		Now:        k.now(),
-	}
+// inputsOf is what the policies see of each request, or why it cannot be
+// known; prompts are read from the store only when a rule looks at their
+// text, all those of the batch in one go.
+func (k *Kernel) inputsOf(ctx context.Context, rs []*cortexv1.CheckRequest, active, shadow *loaded) ([]policy.Input, []error) {
+	ins, errs := make([]policy.Input, len(rs)), make([]error, len(rs))
 	needs := active.policy.NeedsPrompt() || shadow != nil && shadow.policy.NeedsPrompt()
-	if !needs || r.GetPromptSize() == 0 {
-		return in, nil
+	now := k.now()
+	var ids []string
+	var read []int // indexes of rs whose prompt is read
+	for i, r := range rs {
+		ins[i] = policy.Input{
+			JobID:      r.GetJobId(),
+			Topic:      r.GetTopic(),
+			Tenant:     r.GetTenantId(),
+			Labels:     r.GetLabels(),
+			Priority:   r.GetPriority(),
+			Attempt:    r.GetAttempt(),
+			PromptSize: r.GetPromptSize(),
+			Now:        now,
+		}
+		if needs && r.GetPromptSize() > 0 {
+			ids, read = append(ids, r.GetJobId()), append(read, i)
+		}
+	}
+	if len(ids) == 0 {
+		return ins, errs
 	}
 	if k.inputs == nil {
-		return in, errors.New("this kernel has no job store to read prompts from (start it with --redis-url)")
+		err := errors.New("this kernel has no job store to read prompts from (start it with --redis-url)")
+		for _, i := range read {
+			errs[i] = err
+		}
+		return ins, errs
 	}
 	ctx, cancel := context.WithTimeout(ctx, inputTimeout)
 	defer cancel()
-	prompt, err := k.inputs.Input(ctx, r.GetJobId())
-	if err != nil {
-		return in, err
+	var prompts []string
+	var perr []error
+	if len(ids) == 1 {
+		prompt, err := k.inputs.Input(ctx, ids[0])
+		prompts, perr = []string{prompt}, []error{err}
+	} else {
+		prompts, perr = k.inputs.InputBatch(ctx, ids)
+		if len(prompts) != len(ids) || len(perr) != len(ids) {
+			err := fmt.Errorf("the job store returned %d prompts and %d errors for %d jobs", len(prompts), len(perr), len(ids))
+			for _, i := range read {
+				errs[i] = err
+			}
+			return ins, errs
+		}
 	}
-	// A binary payload is read as text too, with invalid UTF-8 replaced, so
-	// one stray byte cannot hide a credential from the rules.
-	in.Prompt = strings.ToValidUTF8(prompt, "\uFFFD")
-	return in, nil
+	for j, i := range read {
+		if perr[j] != nil {
+			errs[i] = perr[j]
+			continue
+		}
+		// A binary payload is read as text too, with invalid UTF-8
+		// replaced, so one stray byte cannot hide a credential from the
+		// rules.
+		ins[i].Prompt = strings.ToValidUTF8(prompts[j], "\uFFFD")
+	}
+	return ins, errs
 }
 
 // approvedRule is the REQUIRE_APPROVAL rule a person approved this attempt
@@ -327,18 +380,88 @@ func verdictOf(d policy.Decision) *cortexv1.SafetyVerdict {
 	return v
 }
 
+// checkConcurrency bounds the checks and batches of checks a kernel
+// decides at once: a batch holds up to a few hundred checks (and reads
+// their prompts), so a few dozen of them keep the cores busy while some
+// wait for the store, without piling up work whose clients gave up.
+const checkConcurrency = 32
+
+// replyBudget is what the decisions of a batch may take of a bus packet;
+// the rest is for the packet's own fields.
+const replyBudget = bus.MaxPacketSize - 1<<10
+
+// decisionPackets carries evs on sys.safety.decision: a lone decision as a
+// SafetyDecisionEvent, more as SafetyDecisions, as many as it takes to
+// keep each packet within a bus packet's size.
+func decisionPackets(trace string, evs []*cortexv1.SafetyDecisionEvent) []*cortexv1.BusPacket {
+	if len(evs) == 1 {
+		return []*cortexv1.BusPacket{{TraceId: trace, Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: evs[0]}}}
+	}
+	var out []*cortexv1.BusPacket
+	for len(evs) > 0 {
+		n, size := 0, 0
+		for n < len(evs) {
+			if size += proto.Size(evs[n]) + 8; size > replyBudget && n > 0 {
+				break
+			}
+			n++
+		}
+		out = append(out, &cortexv1.BusPacket{TraceId: trace, Payload: &cortexv1.BusPacket_SafetyDecisions{
+			SafetyDecisions: &cortexv1.SafetyDecisions{Events: evs[:n:n]},
+		}})
+		evs = evs[n:]
+	}
+	return out
+}
+
+// fit shortens the reasons of results, if it must, so that they fit in one
+// bus packet; decisions, rules and policy versions are never changed. It
+// reports whether it shortened any. (With the client's batches and
+// reasons of ordinary length, it never has to.)
+func (k *Kernel) fit(results []*cortexv1.CheckResponse) bool {
+	size := proto.Size(&cortexv1.CheckBatchResponse{Results: results})
+	if size <= replyBudget {
+		return false
+	}
+	for limit := 512; size > replyBudget && limit >= 16; limit /= 2 {
+		for _, r := range results {
+			r.Reason = shorten(r.GetReason(), limit)
+			if sh := r.GetShadow(); sh != nil && len(sh.GetReason()) > limit {
+				// The shadow verdict is shared with the published event.
+				sh = proto.Clone(sh).(*cortexv1.SafetyVerdict)
+				sh.Reason = shorten(sh.GetReason(), limit)
+				r.Shadow = sh
+			}
+		}
+		size = proto.Size(&cortexv1.CheckBatchResponse{Results: results})
+	}
+	return true
+}
+
+// shorten cuts s to at most limit bytes, on a rune boundary, marking the
+// cut.
+func shorten(s string, limit int) string {
+	if len(s) <= limit {
+		return s
+	}
+	const mark = "…"
+	cut := limit - len(mark)
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + mark
+}
+
 // Start answers checks, policy queries and policy applies on the bus until
 // conn is closed, and publishes every decision on sys.safety.decision. It
 // returns once the subscriptions are in place. st is where applied
 // policies are kept.
 func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) error {
-	publish := func(trace string, ev *cortexv1.SafetyDecisionEvent) {
-		err := conn.Publish(bus.SubjectSafetyDecision, &cortexv1.BusPacket{
-			TraceId: trace,
-			Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: ev},
-		})
-		if err != nil {
-			k.log.Warn("publish safety decision", "trace_id", trace, "job_id", ev.GetJobId(), "err", err)
+	publish := func(trace string, evs []*cortexv1.SafetyDecisionEvent) {
+		for _, p := range decisionPackets(trace, evs) {
+			if err := conn.Publish(bus.SubjectSafetyDecision, p); err != nil {
+				k.log.Warn("publish safety decisions", "trace_id", trace, "job_id", evs[0].GetJobId(), "decisions", len(evs), "err", err)
+			}
 		}
 	}
 	k.events.Store(&publish)
@@ -366,13 +489,22 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) erro
 		h              bus.Handler
 	}{
 		{bus.SubjectSafetyCheck, bus.QueueSafety, func(ctx context.Context, p *cortexv1.BusPacket, reply string) error {
-			req := p.GetCheckRequest()
-			if req == nil || reply == "" {
-				return bus.WrongPayload(p, "a check request with a reply subject")
+			ctx = bus.WithTrace(ctx, p.GetTraceId())
+			switch {
+			case reply == "":
+			case p.GetCheckRequest() != nil:
+				resp, _ := k.Check(ctx, p.GetCheckRequest())
+				answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp}})
+				return nil
+			case p.GetCheckBatch() != nil:
+				results := k.CheckBatch(ctx, p.GetCheckBatch().GetChecks())
+				if k.fit(results) {
+					k.log.Warn("the decisions of a batch were too long for one bus packet; their reasons were shortened", "checks", len(results))
+				}
+				answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckBatchResponse{CheckBatchResponse: &cortexv1.CheckBatchResponse{Results: results}}})
+				return nil
 			}
-			resp, _ := k.Check(bus.WithTrace(ctx, p.GetTraceId()), req)
-			answer(p, reply, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: resp}})
-			return nil
+			return bus.WrongPayload(p, "a check request or batch with a reply subject")
 		}},
 		{bus.SubjectPolicyQuery, bus.QueueSafety, query},
 		{bus.SubjectPolicyStatus, "", query},
@@ -393,7 +525,11 @@ func (k *Kernel) Start(ctx context.Context, conn *bus.Conn, st PolicyStore) erro
 		}},
 	}
 	for _, sub := range subs {
-		if _, err := conn.Subscribe(hctx, sub.subject, sub.queue, 64, sub.h); err != nil {
+		concurrency := 64
+		if sub.subject == bus.SubjectSafetyCheck {
+			concurrency = checkConcurrency
+		}
+		if _, err := conn.Subscribe(hctx, sub.subject, sub.queue, concurrency, sub.h); err != nil {
 			return fmt.Errorf("safety kernel: %w", err)
 		}
 	}

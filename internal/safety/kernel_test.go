@@ -24,12 +24,14 @@ var (
 	requireApproval = cortexv1.Decision_DECISION_REQUIRE_APPROVAL
 )
 
-// fakeInputs serves prompts by job id and counts the reads.
+// fakeInputs serves prompts by job id and counts the prompts read (calls)
+// and the batch reads.
 type fakeInputs struct {
 	mu      sync.Mutex
 	prompts map[string]string
 	err     error
 	calls   atomic.Int64
+	batches atomic.Int64
 }
 
 var _ safety.Inputs = (*fakeInputs)(nil)
@@ -50,6 +52,15 @@ func (f *fakeInputs) Input(_ context.Context, id string) (string, error) {
 		return "", errors.New("no context stored for job " + id)
 	}
 	return p, nil
+}
+
+func (f *fakeInputs) InputBatch(ctx context.Context, ids []string) ([]string, []error) {
+	f.batches.Add(1)
+	prompts, errs := make([]string, len(ids)), make([]error, len(ids))
+	for i, id := range ids {
+		prompts[i], errs[i] = f.Input(ctx, id)
+	}
+	return prompts, errs
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

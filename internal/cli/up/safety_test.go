@@ -65,8 +65,8 @@ func hashOf(t *testing.T, src string) string {
 	return p.Hash()
 }
 
-// decisionTap records every packet on sys.safety.decision, as sent and
-// decoded.
+// decisionTap records every packet on sys.safety.decision, as sent, and
+// the decisions they carry (one, or a batch's).
 type decisionTap struct {
 	nc     *nats.Conn
 	mu     sync.Mutex
@@ -87,11 +87,15 @@ func newDecisionTap(t *testing.T, url string) *decisionTap {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		d.raw = append(d.raw, slices.Clone(m.Data))
-		if err != nil || p.GetSafetyDecision() == nil {
+		evs := p.GetSafetyDecisions().GetEvents() // a batch's decisions
+		if ev := p.GetSafetyDecision(); ev != nil {
+			evs = []*cortexv1.SafetyDecisionEvent{ev}
+		}
+		if err != nil || len(evs) == 0 {
 			t.Errorf("undecodable decision event: %v", err)
 			return
 		}
-		d.events = append(d.events, p.GetSafetyDecision())
+		d.events = append(d.events, evs...)
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,75 @@
+// Package coalesce gathers values handed in by concurrent callers into
+// batches, without timers: a batch leaves as soon as a sending slot is
+// free, holding whatever queued while the slots were busy. It owns only
+// the queue and the slots; what a batch is sent to, and how each value
+// gets its answer, is its user's business.
+package coalesce
+
+import "sync"
+
+// Batcher queues values and sends them in batches, at most maxInFlight
+// batches at a time. An idle Batcher sends a value at once, alone; a busy
+// one sends what queued during the batches in flight, so batches grow with
+// the load and no value waits for a timer. It is safe for concurrent use.
+type Batcher[T any] struct {
+	maxInFlight int
+	take        func(queued []T) int
+	send        func(batch []T)
+
+	mu      sync.Mutex
+	queue   []T
+	running int
+}
+
+// New returns a Batcher that passes each batch to send, on a goroutine of
+// its own, at most maxInFlight at once. take says how many of the values
+// queued (oldest first, never none) make the next batch; a result out of
+// range is clamped to at least one and at most all of them.
+func New[T any](maxInFlight int, take func(queued []T) int, send func(batch []T)) *Batcher[T] {
+	return &Batcher[T]{maxInFlight: max(maxInFlight, 1), take: take, send: send}
+}
+
+// Add queues v and returns at once: v leaves in the next batch with room
+// for it. The caller learns the outcome however send tells it (a channel
+// in v, say).
+func (b *Batcher[T]) Add(v T) {
+	b.mu.Lock()
+	b.queue = append(b.queue, v)
+	start := b.running < b.maxInFlight
+	if start {
+		b.running++
+	}
+	b.mu.Unlock()
+	if start {
+		go b.run()
+	}
+}
+
+// Queued is how many values wait for a batch (not counting those being
+// sent).
+func (b *Batcher[T]) Queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
+}
+
+// run sends batches until the queue is empty, then frees its slot.
+func (b *Batcher[T]) run() {
+	for {
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.running--
+			b.mu.Unlock()
+			return
+		}
+		n := min(max(b.take(b.queue), 1), len(b.queue))
+		batch := b.queue[:n:n]
+		b.queue = b.queue[n:]
+		if len(b.queue) == 0 {
+			// Let the backing array go with the batches that hold it.
+			b.queue = nil
+		}
+		b.mu.Unlock()
+		b.send(batch)
+	}
+}
