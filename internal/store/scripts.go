@@ -43,43 +43,51 @@ return {'OK'}
 // Terminal states have no exits; a retry goes back to PENDING with the
 // attempt incremented.
 var transitionScript = redis.NewScript(`
-local allowed = {
-  PENDING    = {SCHEDULED=true, DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true, AWAITING_APPROVAL=true},
-  AWAITING_APPROVAL = {PENDING=true, DENIED=true, CANCELLED=true},
-  SCHEDULED  = {DISPATCHED=true, DENIED=true, FAILED=true, CANCELLED=true},
-  DISPATCHED = {RUNNING=true, COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},
-  RUNNING    = {COMPLETED=true, FAILED=true, TIMEOUT=true, CANCELLED=true, PENDING=true},
-}
-local id = ARGV[8]
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'worker_id', 'reason', 'version')
 if not cur[1] then return {''} end
-local exits = allowed[cur[1]]
-if not exits or not exits[ARGV[1]] or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then
+local s, to = cur[1], ARGV[1]
+local exits = ''
+if s == 'PENDING' then exits = ',SCHEDULED,DISPATCHED,DENIED,FAILED,CANCELLED,AWAITING_APPROVAL,'
+elseif s == 'AWAITING_APPROVAL' then exits = ',PENDING,DENIED,CANCELLED,'
+elseif s == 'SCHEDULED' then exits = ',DISPATCHED,DENIED,FAILED,CANCELLED,'
+elseif s == 'DISPATCHED' then exits = ',RUNNING,COMPLETED,FAILED,TIMEOUT,CANCELLED,PENDING,'
+elseif s == 'RUNNING' then exits = ',COMPLETED,FAILED,TIMEOUT,CANCELLED,PENDING,' end
+if not string.find(exits, ',' .. to .. ',', 1, true) or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then
   return {'CONFLICT', cur[1], cur[2]}
 end
+local id = ARGV[8]
 if ARGV[9] ~= '' then
   local due = redis.call('ZSCORE', KEYS[2], id)
   if not due or tonumber(due) > tonumber(ARGV[9]) then return {'CONFLICT', cur[1], cur[2]} end
 end
-local final = {COMPLETED=true, FAILED=true, DENIED=true, CANCELLED=true, TIMEOUT=true}
-local worker = redis.call('HGET', KEYS[1], 'worker_id') or ''
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated_at', ARGV[3], 't:' .. ARGV[1], ARGV[3])
-if ARGV[4] == '1' then
-  redis.call('HINCRBY', KEYS[1], 'attempt', 1)
-  redis.call('HDEL', KEYS[1], 'worker_id')
+local retry = ARGV[4] == '1'
+local set = {'state', to, 'updated_at', ARGV[3], 't:' .. to, ARGV[3], 'version', (tonumber(cur[5]) or 0) + 1}
+-- The worker and reason after the change: the change's own, else the
+-- record's. A retry's history names the worker of the attempt it ends.
+local worker, reason, keepsWorker = cur[3] or '', cur[4] or '', false
+for i = 10, #ARGV, 2 do
+  local f, v = ARGV[i], ARGV[i + 1]
+  if f == 'worker_id' then worker, keepsWorker = v, true elseif f == 'reason' then reason = v end
+  set[#set + 1] = f
+  set[#set + 1] = v
 end
-if #ARGV > 9 then redis.call('HSET', KEYS[1], unpack(ARGV, 10)) end
-if ARGV[4] == '1' or final[ARGV[1]] then
-  local outcome = ARGV[1]
-  if ARGV[4] == '1' then outcome = ARGV[5] else worker = redis.call('HGET', KEYS[1], 'worker_id') or '' end
-  local reason = redis.call('HGET', KEYS[1], 'reason') or ''
-  redis.call('HSET', KEYS[1], 'a:' .. cur[2], outcome .. '\t' .. worker .. '\t' .. ARGV[3] .. '\t' .. reason)
+if retry then
+  worker = cur[3] or ''
+  set[#set + 1] = 'attempt'
+  set[#set + 1] = tonumber(cur[2]) + 1
 end
+if retry or string.find(',COMPLETED,FAILED,DENIED,CANCELLED,TIMEOUT,', ',' .. to .. ',', 1, true) then
+  local outcome = to
+  if retry then outcome = ARGV[5] end
+  set[#set + 1] = 'a:' .. cur[2]
+  set[#set + 1] = outcome .. '\t' .. worker .. '\t' .. ARGV[3] .. '\t' .. reason
+end
+redis.call('HSET', KEYS[1], unpack(set))
+if retry and not keepsWorker then redis.call('HDEL', KEYS[1], 'worker_id') end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[2], id) else redis.call('ZADD', KEYS[2], ARGV[6], id) end
-if ARGV[7] == '1' and (ARGV[1] == 'FAILED' or ARGV[1] == 'TIMEOUT') then
+if ARGV[7] == '1' and (to == 'FAILED' or to == 'TIMEOUT') then
   redis.call('ZADD', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000), id)
 end
-redis.call('HINCRBY', KEYS[1], 'version', 1)
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
 return rec
@@ -94,8 +102,9 @@ return rec
 // state it may start from, and {"NOPROMPT", field, value, ...} (having
 // marked the job FAILED) when its input is gone.
 var startScript = redis.NewScript(`
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'version')
 if not cur[1] then return {''} end
+local version = (tonumber(cur[3]) or 0) + 1
 local ok = cur[1] == 'DISPATCHED' or (cur[1] == 'RUNNING' and ARGV[6] == '1')
 if not ok or cur[2] ~= ARGV[3] then return {'CONFLICT', cur[1], cur[2]} end
 local input = redis.call('GET', KEYS[2])
@@ -103,15 +112,13 @@ local rec
 if not input then
   local why = 'the prompt expired or was deleted before a worker ran the job'
   redis.call('HSET', KEYS[1], 'state', 'FAILED', 'updated_at', ARGV[2], 't:FAILED', ARGV[2], 'reason', why,
-    'a:' .. ARGV[3], 'FAILED\t' .. ARGV[1] .. '\t' .. ARGV[2] .. '\t' .. why)
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
+    'a:' .. ARGV[3], 'FAILED\t' .. ARGV[1] .. '\t' .. ARGV[2] .. '\t' .. why, 'version', version)
   redis.call('ZREM', KEYS[3], ARGV[5])
   rec = redis.call('HGETALL', KEYS[1])
   table.insert(rec, 1, 'NOPROMPT')
   return rec
 end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't:RUNNING', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't:RUNNING', ARGV[2], 'version', version)
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, input)
@@ -124,14 +131,17 @@ return rec
 // attempt and records it COMPLETED, in one step, and answers like
 // transitionScript.
 var finishScript = redis.NewScript(`
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'worker_id', 'version')
 if not cur[1] then return {''} end
 if cur[1] ~= 'RUNNING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
-redis.call('HSET', KEYS[1], 'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
-  'a:' .. ARGV[1], 'COMPLETED\t' .. (redis.call('HGET', KEYS[1], 'worker_id') or '') .. '\t' .. ARGV[2] .. '\t')
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'usage', ARGV[7]) end
-redis.call('HINCRBY', KEYS[1], 'version', 1)
+local set = {'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
+  'a:' .. ARGV[1], 'COMPLETED\t' .. (cur[3] or '') .. '\t' .. ARGV[2] .. '\t', 'version', (tonumber(cur[4]) or 0) + 1}
+if ARGV[7] ~= '' then
+  set[#set + 1] = 'usage'
+  set[#set + 1] = ARGV[7]
+end
+redis.call('HSET', KEYS[1], unpack(set))
 redis.call('ZREM', KEYS[3], ARGV[6])
 local rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, 'OK')
