@@ -332,6 +332,22 @@ func (r *Registry) NoteDispatched(pool string) {
 	r.dispatched[pool] = append(b, bucket{first: now, last: now, n: 1})
 }
 
+// Capacity is the max parallel jobs of pool's live workers, and whether it
+// has any: what placement asks for every job, without a snapshot's copy.
+func (r *Registry) Capacity(pool string) (slots int, live bool) {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.expireLocked(now)
+	for _, w := range r.workers {
+		if w.Pool == pool && w.State == Live {
+			slots += w.MaxParallel
+			live = true
+		}
+	}
+	return slots, live
+}
+
 // Snapshot returns the live and draining workers, and their pools; it
 // forgets the workers that missed three heartbeats.
 func (r *Registry) Snapshot() Snapshot {

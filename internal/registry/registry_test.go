@@ -345,3 +345,29 @@ func TestStartFeedsHeartbeatsFromTheBus(t *testing.T) {
 		t.Fatalf("worker %+v", w)
 	}
 }
+
+// Capacity counts the slots of a pool's live workers only: not a draining
+// one, not another pool's, not one that missed three beats.
+func TestCapacityCountsLiveWorkersOfThePool(t *testing.T) {
+	clock := newClock()
+	r := registry.New(registry.Options{Now: clock.Now})
+	if slots, live := r.Capacity("echo"); slots != 0 || live {
+		t.Fatalf("empty registry: %d slots, live %v", slots, live)
+	}
+	observe(t, r, beat("w-1", "echo", 2, 4, time.Second))
+	observe(t, r, beat("w-2", "echo", 0, 8, 2*time.Second))
+	observe(t, r, beat("w-3", "gpu", 0, 16, time.Second))
+	drain := beat("w-4", "echo", 0, 32, time.Second)
+	drain.GetHeartbeat().Draining = true
+	observe(t, r, drain)
+	if slots, live := r.Capacity("echo"); slots != 12 || !live {
+		t.Fatalf("echo: %d slots, live %v; want 12 from w-1 and w-2", slots, live)
+	}
+	clock.Advance(3*time.Second + time.Millisecond)
+	if slots, live := r.Capacity("echo"); slots != 8 || !live {
+		t.Fatalf("echo after w-1 missed three beats: %d slots, live %v; want 8", slots, live)
+	}
+	if slots, live := r.Capacity("gpu"); slots != 0 || live {
+		t.Fatalf("gpu after its worker expired: %d slots, live %v", slots, live)
+	}
+}

@@ -112,18 +112,6 @@ func (pl *placement) holds(jobID string, attempt uint32) bool {
 	return ok && f.attempt == attempt
 }
 
-// capacity is the max parallel jobs of pool's live workers, and whether
-// it has any.
-func (pl *placement) capacity(pool string) (capacity int, live bool) {
-	for _, x := range pl.reg.Snapshot().Workers {
-		if x.Pool == pool && x.State == registry.Live {
-			capacity += x.MaxParallel
-			live = true
-		}
-	}
-	return capacity, live
-}
-
 // queueLocked returns pool's queue, made if new.
 func (pl *placement) queueLocked(pool string) *queue {
 	q := pl.queues[pool]
@@ -137,7 +125,7 @@ func (pl *placement) queueLocked(pool string) *queue {
 // enqueue queues w (when not nil) in pool's queue, unless that attempt
 // already waits there. It reports whether the pool has a live worker.
 func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
-	_, live = pl.capacity(pool)
+	_, live = pl.reg.Capacity(pool)
 	if w == nil {
 		return live
 	}
@@ -157,7 +145,7 @@ func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 // take takes from pool's queue as many jobs as the pool has free capacity,
 // counting each as released.
 func (pl *placement) take(pool string, now time.Time) (picks []*waiting) {
-	capacity, live := pl.capacity(pool)
+	capacity, live := pl.reg.Capacity(pool)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	pl.forgetStaleLocked(pool, live, now)
