@@ -122,7 +122,7 @@ type Report struct {
 	NotDone   int
 	// Others counts the jobs that ended otherwise than COMPLETED, by state
 	// (DENIED, FAILED, ...).
-	Others map[string]int
+	Others    map[string]int
 	Elapsed   time.Duration
 	Latencies []time.Duration // sorted
 	// Dropped counts the events the gateway skipped because this client
