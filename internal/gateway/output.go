@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	"connectrpc.com/connect/v2"
 
@@ -53,15 +54,29 @@ func (g *Gateway) subscribeOutput(ctx context.Context, subject string, match fun
 	return ch, sub.Close, nil
 }
 
-// flushOutput hands onOutput the pieces already waiting in pieces.
+// outputSettle is how long a follower of a job that ended waits for more
+// of its pieces once none comes.
+const outputSettle = 25 * time.Millisecond
+
+// flushOutput hands onOutput the pieces of a job that ended: those waiting
+// in pieces, and those still on their way through this gateway. The end
+// comes on another subscription than the pieces written before it, so it
+// can overtake them; a piece that comes within outputSettle of the last
+// one is still handed on. Nothing is waited for without a subscription.
 func flushOutput(pieces <-chan *cortexv1.JobOutput, onOutput func(*cortexv1.JobOutput) error) error {
+	if pieces == nil {
+		return nil
+	}
+	settle := time.NewTimer(outputSettle)
+	defer settle.Stop()
 	for {
 		select {
 		case o := <-pieces:
 			if err := onOutput(o); err != nil {
 				return err
 			}
-		default:
+			settle.Reset(outputSettle)
+		case <-settle.C:
 			return nil
 		}
 	}
