@@ -129,6 +129,7 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		<-ctx.Done()
 		stop()
 	}()
+	defer startProfile(stderr)()
 	f := &cmdutil.Factory{In: stdin, Out: stdout, ErrOut: stderr}
 	root := NewRootCmd(f)
 	root.SetArgs(args)
