@@ -10,21 +10,31 @@ import (
 	"github.com/cortex-os/core/internal/cli/bench"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
+
+// startStack starts an in-process stack for the benchmark, on the Redis of
+// CORTEX_TEST_REDIS_URL (the embedded one when unset), and returns a client
+// of its gateway.
+func startStack(b *testing.B) cortexv1connect.GatewayServiceClient {
+	b.Helper()
+	cl, err := up.StartCluster(context.Background(), up.ClusterOptions{Listen: "127.0.0.1:0", RedisURL: os.Getenv("CORTEX_TEST_REDIS_URL")}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cl.Close() })
+	c, err := client.New("http://"+cl.GatewayAddr, cl.APIKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return c
+}
 
 // BenchmarkEchoJob measures one echo job from submit to recorded result
 // through an in-process stack, driven by 32 concurrent clients.
 func BenchmarkEchoJob(b *testing.B) {
 	ctx := context.Background()
-	cl, err := up.StartCluster(ctx, up.ClusterOptions{Listen: "127.0.0.1:0"}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cl.Close()
-	c, err := client.New("http://"+cl.GatewayAddr, cl.APIKey)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := startStack(b)
 	b.ResetTimer()
 	r, err := bench.Run(ctx, c, b.N, 32, "job.echo", "bench")
 	if err != nil {
@@ -43,15 +53,7 @@ func BenchmarkEchoJob(b *testing.B) {
 // (the embedded one when unset).
 func BenchmarkBatchedEcho(b *testing.B) {
 	ctx := context.Background()
-	cl, err := up.StartCluster(ctx, up.ClusterOptions{Listen: "127.0.0.1:0", RedisURL: os.Getenv("CORTEX_TEST_REDIS_URL")}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer cl.Close()
-	c, err := client.New("http://"+cl.GatewayAddr, cl.APIKey)
-	if err != nil {
-		b.Fatal(err)
-	}
+	c := startStack(b)
 	b.ResetTimer()
 	r, err := bench.RunBatched(ctx, c, bench.Batched{Jobs: b.N, Concurrency: 4, Batch: 200, Topic: "job.echo", Prompt: "bench", Timeout: time.Minute})
 	if err != nil {
