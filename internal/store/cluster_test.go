@@ -616,7 +616,7 @@ type lifecycle struct {
 // lifecycleMethods are the Store methods run calls.
 var lifecycleMethods = []string{
 	"CreateJob", "CreateJobs", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
-	"IsDeadLetter", "List", "LoadPolicy", "Output", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
+	"InputBatch", "IsDeadLetter", "List", "LoadPolicy", "Output", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
 	"SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
 }
 
@@ -937,6 +937,15 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 			err = fmt.Errorf("Input(%s) = %q, want %q", id, in, nj.Input)
 		}
 		return err
+	}) && l.do("InputBatch", func() error {
+		// One pipeline over keys of several slots (nodes, on a cluster):
+		// each read answers for its own job.
+		gone := "no-such-job-" + id
+		ins, errs := l.st.InputBatch(ctx, []string{id, gone})
+		if len(ins) != 2 || ins[0] != nj.Input || errs[0] != nil || !errors.Is(errs[1], store.ErrNoPrompt) {
+			return fmt.Errorf("InputBatch(%s, %s) = %q, %v; want its input, then ErrNoPrompt", id, gone, ins, errs)
+		}
+		return nil
 	}) && l.do("SetPendingReason", func() error {
 		j, err := l.st.SetPendingReason(ctx, id, 1, "pool-a", "waiting for a worker in pool-a", now)
 		if err != nil {
