@@ -89,9 +89,11 @@ type placement struct {
 	flights  map[string]flight    // per job id
 	swept    map[string]time.Time // per pool: when stale flights were last looked for
 	// placing holds the pools whose placer runs, and again those asked to
-	// look once more while it did (see kick).
+	// look once more while it did (see kick); once stopped, no placer
+	// starts.
 	placing, again map[string]bool
 	placers        sync.WaitGroup
+	stopped        bool
 }
 
 func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
@@ -160,6 +162,14 @@ func (pl *placement) take(pool string, now time.Time) (picks []*waiting) {
 		picks = append(picks, x)
 	}
 	return picks
+}
+
+// stop lets no placer start and waits for those running.
+func (pl *placement) stop() {
+	pl.mu.Lock()
+	pl.stopped = true
+	pl.mu.Unlock()
+	pl.placers.Wait()
 }
 
 // drain empties every queue and returns what waited.
@@ -298,6 +308,9 @@ func (s *Scheduler) kick(ctx context.Context, pool string) {
 	pl := s.place
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
+	if pl.stopped {
+		return
+	}
 	if pl.placing[pool] {
 		pl.again[pool] = true
 		return

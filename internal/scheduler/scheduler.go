@@ -216,7 +216,7 @@ func (s *Scheduler) StopSubmits() {
 		s.submits.Stop()
 		s.submits = nil
 		s.handBack()
-		s.place.placers.Wait()
+		s.place.stop()
 	}
 	if s.stopReconcile != nil {
 		s.stopReconcile()
