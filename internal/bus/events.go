@@ -6,12 +6,13 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/cortex-os/core/internal/coalesce"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
 // Job events are batched naturally: PublishJobEvent queues the event, and
-// one sender per connection publishes what is queued, one packet per send.
-// An idle connection sends each event at once, alone (a JobEvent with job
+// one sender per connection (internal/coalesce) publishes what is queued,
+// one packet per send. An idle connection sends each event at once, alone (a JobEvent with job
 // set, as before); a busy one sends many changes in one packet (JobEvent
 // with jobs), so that a gateway or scheduler decodes one packet instead of
 // hundreds. No timer adds latency, and a connection's events keep their
@@ -28,13 +29,12 @@ const (
 // closes.
 var ErrClosing = errors.New("the bus connection is closing")
 
-// eventQueue is a connection's job events waiting for the sender.
+// eventQueue is a connection's job events waiting to be sent: one sender
+// (internal/coalesce, one batch in flight) keeps their order.
 type eventQueue struct {
-	mu      sync.Mutex
-	queue   []*cortexv1.Job
-	sending bool
-	closed  bool
-	sent    sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
+	out    *coalesce.Batcher[*cortexv1.Job]
 }
 
 // PublishJobEvent reports a job after a state change on SubjectJobEvent.
@@ -51,56 +51,48 @@ func (c *Conn) PublishJobEvent(traceID string, j *cortexv1.Job) error {
 	if e.closed {
 		return ErrClosing
 	}
-	e.queue = append(e.queue, j)
-	if !e.sending {
-		e.sending = true
-		e.sent.Add(1)
-		go c.sendEvents()
+	if e.out == nil {
+		e.out = coalesce.New(1, takeEvents, c.sendEvents)
 	}
+	e.out.Add(j)
 	return nil
 }
 
-// sendEvents publishes queued events until none is left.
-func (c *Conn) sendEvents() {
-	e := &c.events
-	defer e.sent.Done()
-	for {
-		e.mu.Lock()
-		n, size := 0, 0
-		for ; n < len(e.queue) && n < maxEventJobs; n++ {
-			if size += proto.Size(e.queue[n]); n > 0 && size > maxEventBytes {
-				break
-			}
+// takeEvents is how many of the queued events make one packet.
+func takeEvents(queued []*cortexv1.Job) int {
+	n, size := 0, 0
+	for ; n < len(queued) && n < maxEventJobs; n++ {
+		if size += proto.Size(queued[n]); n > 0 && size > maxEventBytes {
+			break
 		}
-		batch := e.queue[:n:n]
-		if e.queue = e.queue[n:]; len(e.queue) == 0 {
-			e.queue = nil
-		}
-		if n == 0 {
-			e.sending = false
-			e.mu.Unlock()
-			return
-		}
-		e.mu.Unlock()
-		ev := &cortexv1.JobEvent{Jobs: batch}
-		trace := ""
-		if len(batch) == 1 {
-			ev = &cortexv1.JobEvent{Job: batch[0]}
-			trace = batch[0].GetTraceId()
-		}
-		if err := c.Publish(SubjectJobEvent, &cortexv1.BusPacket{TraceId: trace, Payload: &cortexv1.BusPacket_JobEvent{JobEvent: ev}}); err != nil {
-			c.log.Warn("publish job events", "events", len(batch), "err", err)
-		}
+	}
+	return n
+}
+
+// sendEvents publishes a batch of events as one packet: a lone event in
+// JobEvent.job with its trace on the packet, more in JobEvent.jobs.
+func (c *Conn) sendEvents(batch []*cortexv1.Job) {
+	ev := &cortexv1.JobEvent{Jobs: batch}
+	trace := ""
+	if len(batch) == 1 {
+		ev = &cortexv1.JobEvent{Job: batch[0]}
+		trace = batch[0].GetTraceId()
+	}
+	if err := c.Publish(SubjectJobEvent, &cortexv1.BusPacket{TraceId: trace, Payload: &cortexv1.BusPacket_JobEvent{JobEvent: ev}}); err != nil {
+		c.log.Warn("publish job events", "events", len(batch), "err", err)
 	}
 }
 
-// flushEvents sends what is queued and refuses further events.
+// flushEvents refuses further events and sends what is queued.
 func (c *Conn) flushEvents() {
 	e := &c.events
 	e.mu.Lock()
 	e.closed = true
+	out := e.out
 	e.mu.Unlock()
-	e.sent.Wait()
+	if out != nil {
+		out.Wait()
+	}
 }
 
 // EventJobs returns the jobs of a JobEvent packet, whether it carries one

@@ -19,6 +19,7 @@ type Batcher[T any] struct {
 	mu      sync.Mutex
 	queue   []T
 	running int
+	senders sync.WaitGroup
 }
 
 // New returns a Batcher that passes each batch to send, on a goroutine of
@@ -38,12 +39,18 @@ func (b *Batcher[T]) Add(v T) {
 	start := b.running < b.maxInFlight
 	if start {
 		b.running++
+		b.senders.Add(1)
 	}
 	b.mu.Unlock()
 	if start {
 		go b.run()
 	}
 }
+
+// Wait returns once every value added so far has been sent. Values added
+// while it waits may or may not be waited for; a caller that wants all
+// stops adding first.
+func (b *Batcher[T]) Wait() { b.senders.Wait() }
 
 // Queued is how many values wait for a batch (not counting those being
 // sent).
@@ -55,6 +62,7 @@ func (b *Batcher[T]) Queued() int {
 
 // run sends batches until the queue is empty, then frees its slot.
 func (b *Batcher[T]) run() {
+	defer b.senders.Done()
 	for {
 		b.mu.Lock()
 		if len(b.queue) == 0 {

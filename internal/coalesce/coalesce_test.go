@@ -109,3 +109,26 @@ func TestTakeIsClamped(t *testing.T) {
 		}
 	}
 }
+
+// Wait returns once everything added has been sent.
+func TestWaitReturnsWhenAllIsSent(t *testing.T) {
+	var mu sync.Mutex
+	var sent []int
+	release := make(chan struct{})
+	b := coalesce.New(1, func(q []int) int { return len(q) }, func(batch []int) {
+		<-release
+		mu.Lock()
+		sent = append(sent, batch...)
+		mu.Unlock()
+	})
+	for i := range 10 {
+		b.Add(i)
+	}
+	close(release)
+	b.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(sent, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}) {
+		t.Fatalf("sent %v when Wait returned, want 0-9 in order", sent)
+	}
+}

@@ -124,13 +124,10 @@ func (pl *placement) queueLocked(pool string) *queue {
 	return q
 }
 
-// enqueue queues w (when not nil) in pool's queue, unless that attempt
-// already waits there. It reports whether the pool has a live worker.
+// enqueue queues w in pool's queue, unless that attempt already waits
+// there. It reports whether the pool has a live worker.
 func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 	_, live = pl.reg.Capacity(pool)
-	if w == nil {
-		return live
-	}
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	id := w.req.GetJobId()
@@ -281,9 +278,13 @@ func (s *Scheduler) onHeartbeat(ctx context.Context, p *cortexv1.BusPacket, _ st
 // release every job of the queue that has a free slot. A job that must
 // wait because the pool has no live worker gets the reason recorded.
 func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
+	if w == nil {
+		s.kick(ctx, pool)
+		return
+	}
 	live := s.place.enqueue(pool, w)
 	s.kick(ctx, pool)
-	if w != nil && !live {
+	if !live {
 		id := w.req.GetJobId()
 		reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
 			pool, registry.MissedBeats*registry.DefaultInterval)
