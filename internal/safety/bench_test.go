@@ -123,7 +123,7 @@ func BenchmarkCheckOverBusParallel(b *testing.B) {
 
 // BenchmarkCheckBatchInProcess decides a full client batch (256 checks
 // reading 200-byte prompts) per op: what one CheckBatch costs the kernel,
-// against the client's 100ms timeout.
+// against the client's default timeout.
 func BenchmarkCheckBatchInProcess(b *testing.B) {
 	in := newInputs(map[string]string{"bench": benchPrompt(200)})
 	k := safety.NewKernel("bench", in, discard())
