@@ -26,7 +26,7 @@ func TestBatchedPacksSubmits(t *testing.T) {
 	for i := range 5 {
 		ds = append(ds, submit(i, 0))
 	}
-	out := bus.Batched(ds)
+	out := bus.Batched(ds, 0)
 	if len(out) != 1 {
 		t.Fatalf("5 small submits became %d messages, want 1", len(out))
 	}
@@ -56,7 +56,7 @@ func TestBatchedSplitsBySize(t *testing.T) {
 	for i := range 40 {
 		ds = append(ds, submit(i, 4<<10))
 	}
-	out := bus.Batched(ds)
+	out := bus.Batched(ds, 0)
 	if len(out) < 4 {
 		t.Fatalf("40 jobs of 4 KiB went in %d messages", len(out))
 	}
@@ -79,12 +79,12 @@ func TestBatchedSplitsBySize(t *testing.T) {
 
 // A lone submit, and a retry held back by its backoff, go as they are.
 func TestBatchedKeepsSinglesAndHeldRetries(t *testing.T) {
-	if out := bus.Batched([]bus.Durable{submit(1, 0)}); len(out) != 1 || out[0].Packet.GetJobRequest() == nil {
+	if out := bus.Batched([]bus.Durable{submit(1, 0)}, 0); len(out) != 1 || out[0].Packet.GetJobRequest() == nil {
 		t.Fatalf("a lone submit became %v", out)
 	}
 	held := submit(2, 0)
 	held.Packet.GetJobRequest().NotBefore = timestamppb.Now()
-	out := bus.Batched([]bus.Durable{submit(1, 0), held, submit(3, 0), submit(4, 0)})
+	out := bus.Batched([]bus.Durable{submit(1, 0), held, submit(3, 0), submit(4, 0)}, 0)
 	if len(out) != 3 || out[0].Packet.GetJobRequest() == nil || out[1].Packet.GetJobRequest().GetJobId() != "j-0002" || len(out[2].Packet.GetJobBatch().GetJobs()) != 2 {
 		t.Fatalf("got %d messages: %v", len(out), out)
 	}
@@ -97,5 +97,36 @@ func TestBatchedKeepsSinglesAndHeldRetries(t *testing.T) {
 	}
 	if _, err := bus.Decode(data); err == nil {
 		t.Fatal("a batch holding a job back decoded")
+	}
+}
+
+// Jobs dispatched to a pool share a message only with neighbours on the
+// same subject, and at most maxJobs of them.
+func TestBatchedGroupsBySubjectAndBound(t *testing.T) {
+	dispatch := func(i int, topic string) bus.Durable {
+		req := &cortexv1.JobRequest{JobId: fmt.Sprintf("j-%04d", i), Topic: topic, TenantId: "acme", Attempt: 1, Pool: "default"}
+		return bus.Durable{Subject: bus.JobSubject("default", topic), MsgID: fmt.Sprintf("%s:1", req.JobId),
+			Packet: &cortexv1.BusPacket{TraceId: fmt.Sprintf("t-%d", i), Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}}}
+	}
+	var ds []bus.Durable
+	for i := range 7 {
+		ds = append(ds, dispatch(i, "job.echo"))
+	}
+	ds = append(ds, dispatch(7, "job.chat"), dispatch(8, "job.chat"))
+	out := bus.Batched(ds, 3)
+	var got []string
+	for _, d := range out {
+		n := 1
+		if b := d.Packet.GetJobBatch(); b != nil {
+			n = len(b.GetJobs())
+		}
+		got = append(got, fmt.Sprintf("%s×%d", d.Subject, n))
+	}
+	want := []string{"job.default.echo×3", "job.default.echo×3", "job.default.echo×1", "job.default.chat×2"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("messages %v, want %v", got, want)
+	}
+	if out[3].MsgID != "batch:j-0007:1:j-0008:1" {
+		t.Fatalf("the chat batch is named %q", out[3].MsgID)
 	}
 }

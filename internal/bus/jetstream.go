@@ -351,16 +351,31 @@ func Submit(traceID string, req *cortexv1.JobRequest, key string) Durable {
 	}
 }
 
+// JobsOf is the jobs a job message carries, one or a batch, with their
+// traces; none when it carries something else.
+func JobsOf(p *cortexv1.BusPacket) (jobs []*cortexv1.JobRequest, traceIDs []string) {
+	if b := p.GetJobBatch(); b != nil {
+		return b.GetJobs(), b.GetTraceIds()
+	}
+	if req := p.GetJobRequest(); req != nil {
+		return []*cortexv1.JobRequest{req}, []string{p.GetTraceId()}
+	}
+	return nil, nil
+}
+
 // maxBatchBytes bounds the jobs packed in one JobBatch message, well under
 // MaxPacketSize.
 const maxBatchBytes = 48 << 10
 
-// Batched packs submit hand-offs (as Submit makes them) into as few
-// durable messages as fit: consecutive ones go in one JobBatch message,
-// named after its first and last, so the stream drops a second copy of the
-// same batch. A hand-off held back (not_before), or one alone, stays as it
-// is. The schedulers decide a batch's jobs together.
-func Batched(ds []Durable) []Durable {
+// Batched packs job messages (submit hand-offs as Submit makes them, or
+// jobs dispatched to a pool) into as few durable messages as fit:
+// consecutive ones on the same subject go in one JobBatch message of at
+// most maxJobs jobs (0: no bound but the size), named after its first and
+// last, so the stream drops a second copy of the same batch. A job held
+// back (not_before), or one alone, stays as it is. The schedulers decide a
+// submitted batch's jobs together; a worker runs a dispatched batch's jobs
+// each in its own slot.
+func Batched(ds []Durable, maxJobs int) []Durable {
 	var out []Durable
 	var batch []Durable
 	size := 0
@@ -377,7 +392,7 @@ func Batched(ds []Durable) []Durable {
 				b.TraceIds = append(b.TraceIds, d.Packet.GetTraceId())
 			}
 			out = append(out, Durable{
-				Subject: SubjectJobSubmit,
+				Subject: batch[0].Subject,
 				MsgID:   "batch:" + batch[0].MsgID + ":" + batch[len(batch)-1].MsgID,
 				Packet:  &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobBatch{JobBatch: b}},
 			})
@@ -386,13 +401,13 @@ func Batched(ds []Durable) []Durable {
 	}
 	for _, d := range ds {
 		req := d.Packet.GetJobRequest()
-		if d.Subject != SubjectJobSubmit || req == nil || req.GetNotBefore() != nil {
+		if req == nil || req.GetNotBefore() != nil {
 			flush()
 			out = append(out, d)
 			continue
 		}
 		n := proto.Size(req) + len(d.Packet.GetTraceId()) + 8
-		if size+n > maxBatchBytes {
+		if size+n > maxBatchBytes || len(batch) > 0 && (batch[0].Subject != d.Subject || len(batch) == maxJobs) {
 			flush()
 		}
 		batch = append(batch, d)

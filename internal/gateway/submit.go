@@ -171,7 +171,7 @@ func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsReques
 			fresh = append(fresh, *d)
 		}
 	}
-	if ds := append(bus.Batched(fresh), again...); len(ds) > 0 {
+	if ds := append(bus.Batched(fresh, 0), again...); len(ds) > 0 {
 		g.handOff(ctx, ds)
 	}
 	return res, nil

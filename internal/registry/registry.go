@@ -332,9 +332,10 @@ func (r *Registry) NoteDispatched(pool string) {
 	r.dispatched[pool] = append(b, bucket{first: now, last: now, n: 1})
 }
 
-// Capacity is the max parallel jobs of pool's live workers, and whether it
-// has any: what placement asks for every job, without a snapshot's copy.
-func (r *Registry) Capacity(pool string) (slots int, live bool) {
+// Capacity is the max parallel jobs of pool's live workers, that of the
+// smallest of them, and whether it has any: what placement asks for every
+// job, without a snapshot's copy.
+func (r *Registry) Capacity(pool string) (slots, smallest int, live bool) {
 	now := r.now()
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -342,10 +343,13 @@ func (r *Registry) Capacity(pool string) (slots int, live bool) {
 	for _, w := range r.workers {
 		if w.Pool == pool && w.State == Live {
 			slots += w.MaxParallel
+			if !live || w.MaxParallel < smallest {
+				smallest = w.MaxParallel
+			}
 			live = true
 		}
 	}
-	return slots, live
+	return slots, smallest, live
 }
 
 // Snapshot returns the live and draining workers, and their pools; it

@@ -346,13 +346,14 @@ func TestStartFeedsHeartbeatsFromTheBus(t *testing.T) {
 	}
 }
 
-// Capacity counts the slots of a pool's live workers only: not a draining
-// one, not another pool's, not one that missed three beats.
+// Capacity counts the slots of a pool's live workers only (not a draining
+// one, not another pool's, not one that missed three beats), and names the
+// smallest of them.
 func TestCapacityCountsLiveWorkersOfThePool(t *testing.T) {
 	clock := newClock()
 	r := registry.New(registry.Options{Now: clock.Now})
-	if slots, live := r.Capacity("echo"); slots != 0 || live {
-		t.Fatalf("empty registry: %d slots, live %v", slots, live)
+	if slots, smallest, live := r.Capacity("echo"); slots != 0 || smallest != 0 || live {
+		t.Fatalf("empty registry: %d slots (smallest worker %d), live %v", slots, smallest, live)
 	}
 	observe(t, r, beat("w-1", "echo", 2, 4, time.Second))
 	observe(t, r, beat("w-2", "echo", 0, 8, 2*time.Second))
@@ -360,14 +361,14 @@ func TestCapacityCountsLiveWorkersOfThePool(t *testing.T) {
 	drain := beat("w-4", "echo", 0, 32, time.Second)
 	drain.GetHeartbeat().Draining = true
 	observe(t, r, drain)
-	if slots, live := r.Capacity("echo"); slots != 12 || !live {
-		t.Fatalf("echo: %d slots, live %v; want 12 from w-1 and w-2", slots, live)
+	if slots, smallest, live := r.Capacity("echo"); slots != 12 || smallest != 4 || !live {
+		t.Fatalf("echo: %d slots (smallest worker %d), live %v; want 12 from w-1 and w-2, the smallest 4", slots, smallest, live)
 	}
 	clock.Advance(3*time.Second + time.Millisecond)
-	if slots, live := r.Capacity("echo"); slots != 8 || !live {
-		t.Fatalf("echo after w-1 missed three beats: %d slots, live %v; want 8", slots, live)
+	if slots, smallest, live := r.Capacity("echo"); slots != 8 || smallest != 8 || !live {
+		t.Fatalf("echo after w-1 missed three beats: %d slots (smallest worker %d), live %v; want 8", slots, smallest, live)
 	}
-	if slots, live := r.Capacity("gpu"); slots != 0 || live {
+	if slots, _, live := r.Capacity("gpu"); slots != 0 || live {
 		t.Fatalf("gpu after its worker expired: %d slots, live %v", slots, live)
 	}
 }

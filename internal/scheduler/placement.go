@@ -4,6 +4,8 @@ import (
 	"container/heap"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -127,7 +129,7 @@ func (pl *placement) queueLocked(pool string) *queue {
 // enqueue queues w in pool's queue, unless that attempt already waits
 // there. It reports whether the pool has a live worker.
 func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
-	_, live = pl.reg.Capacity(pool)
+	_, _, live = pl.reg.Capacity(pool)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	id := w.req.GetJobId()
@@ -141,10 +143,21 @@ func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 	return live
 }
 
+// maxJobsPerMessage bounds the jobs released together in one message of a
+// pool's stream.
+const maxJobsPerMessage = 64
+
+// jobsPerMessage is how many released jobs share one message of a pool's
+// stream: a quarter of the slots of its smallest live worker, so that a
+// worker fills its free slots from a few messages and a small worker
+// (fewer than 8 slots) takes its jobs one message each, as the balance
+// between workers needs.
+func jobsPerMessage(smallest int) int { return min(max(smallest/4, 1), maxJobsPerMessage) }
+
 // take takes from pool's queue as many jobs as the pool has free capacity,
-// counting each as released.
-func (pl *placement) take(pool string, now time.Time) (picks []*waiting) {
-	capacity, live := pl.reg.Capacity(pool)
+// counting each as released, and says how many may share a message.
+func (pl *placement) take(pool string, now time.Time) (picks []*waiting, perMessage int) {
+	capacity, smallest, live := pl.reg.Capacity(pool)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	pl.forgetStaleLocked(pool, live, now)
@@ -158,7 +171,7 @@ func (pl *placement) take(pool string, now time.Time) (picks []*waiting) {
 		pl.inFlight[pool]++
 		picks = append(picks, x)
 	}
-	return picks
+	return picks, jobsPerMessage(smallest)
 }
 
 // stop lets no placer start and waits for those running.
@@ -321,8 +334,8 @@ func (s *Scheduler) kick(ctx context.Context, pool string) {
 	go func() {
 		defer pl.placers.Done()
 		for {
-			if picks := pl.take(pool, time.Now()); len(picks) > 0 {
-				s.send(ctx, pool, picks)
+			if picks, per := pl.take(pool, time.Now()); len(picks) > 0 {
+				s.send(ctx, pool, picks, per)
 			}
 			pl.mu.Lock()
 			if !pl.again[pool] {
@@ -337,16 +350,17 @@ func (s *Scheduler) kick(ctx context.Context, pool string) {
 }
 
 // send records released jobs DISPATCHED to pool and stores them in the
-// pool's job stream, all in flight at once. A job that cannot be recorded
-// (cancelled while it waited) gives its slot back; one the stream does not
-// take goes back to PENDING for the reconciler to re-drive.
-func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting) {
+// pool's job stream, up to perMessage jobs of one topic per message, all
+// in flight at once. A job that cannot be recorded (cancelled while it
+// waited) gives its slot back; one the stream does not take goes back to
+// PENDING for the reconciler to re-drive.
+func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting, perMessage int) {
 	moves := make([]store.Move, len(picks))
 	for i, w := range picks {
 		moves[i] = store.Move{ID: w.req.GetJobId(), Change: store.Change{To: store.Dispatched, Attempt: w.req.GetAttempt(), Pool: pool, Safety: w.verdict}}
 	}
 	var ds []bus.Durable
-	var sent []*waiting
+	sent := map[string]*waiting{}
 	freed := false
 	for i, m := range s.recordMany(ctx, picks, moves) {
 		w := picks[i]
@@ -362,19 +376,24 @@ func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting) {
 			MsgID:   fmt.Sprintf("%s:%d", id, req.GetAttempt()),
 			Packet:  &cortexv1.BusPacket{TraceId: w.traceID, Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}},
 		})
-		sent = append(sent, w)
+		sent[id] = w
 	}
-	errs := s.conn.PublishDurables(ctx, ds)
-	for i, w := range sent {
-		if errs[i] == nil {
+	// Released together, the jobs of a topic may share messages.
+	slices.SortStableFunc(ds, func(a, b bus.Durable) int { return strings.Compare(a.Subject, b.Subject) })
+	ds = bus.Batched(ds, perMessage)
+	for i, err := range s.conn.PublishDurables(ctx, ds) {
+		if err == nil {
 			continue
 		}
-		req := w.req
-		s.log.Warn("dispatch to the job stream; the reconciler will retry", "trace_id", w.traceID, "job_id", req.GetJobId(), "err", errs[i])
-		s.record(ctx, w.traceID, req.GetJobId(), store.Change{To: store.Pending, Attempt: req.GetAttempt(),
-			Reason: "the bus did not take the job at dispatch; it will be dispatched again: " + errs[i].Error()})
-		_, ok := s.place.release(req.GetJobId(), req.GetAttempt())
-		freed = freed || ok
+		jobs, _ := bus.JobsOf(ds[i].Packet)
+		for _, req := range jobs {
+			w := sent[req.GetJobId()]
+			s.log.Warn("dispatch to the job stream; the reconciler will retry", "trace_id", w.traceID, "job_id", req.GetJobId(), "err", err)
+			s.record(ctx, w.traceID, req.GetJobId(), store.Change{To: store.Pending, Attempt: req.GetAttempt(),
+				Reason: "the bus did not take the job at dispatch; it will be dispatched again: " + err.Error()})
+			_, ok := s.place.release(req.GetJobId(), req.GetAttempt())
+			freed = freed || ok
+		}
 	}
 	if freed {
 		s.placeWaiting(ctx, pool, nil)

@@ -2,10 +2,14 @@ package scheduler_test
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/scheduler"
@@ -164,4 +168,48 @@ func TestDrainingWorkerGetsNothingNew(t *testing.T) {
 	r.noDispatch(t)
 	r.end(t, "j2")
 	r.expectDispatch(t, "j3")
+}
+
+// TestReleasedJobsShareMessages: jobs released together go to the pool's
+// stream a few per message, a quarter of the smallest worker's slots each,
+// and every one of them once.
+func TestReleasedJobsShareMessages(t *testing.T) {
+	r := newBareRig(t, answer(allow, nil), "")
+	var mu sync.Mutex
+	var sizes []int
+	sub, err := r.client.Subscribe(bus.PoolSubjects("echo"), func(m *nats.Msg) {
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Errorf("undecodable dispatch: %v", err)
+			return
+		}
+		jobs, _ := bus.JobsOf(p)
+		mu.Lock()
+		sizes = append(sizes, len(jobs))
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	// Ten jobs wait for a worker; one with 16 slots comes, and takes them
+	// in one release.
+	for i := range 10 {
+		r.submit(t, fmt.Sprintf("j%d", i), "job.echo", 1)
+	}
+	r.waitWaiting(t, 10)
+	r.beat(t, "w-1", "echo", 16, false)
+	got := map[string]int{}
+	for range 10 {
+		got[r.nextDispatch(t).GetJobId()]++
+	}
+	r.noDispatch(t)
+	if len(got) != 10 {
+		t.Fatalf("dispatched %v, want each of the 10 jobs once", got)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(sizes, []int{4, 4, 2}) {
+		t.Fatalf("messages of %v jobs, want 4, 4 and 2", sizes)
+	}
 }

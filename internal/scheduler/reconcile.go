@@ -9,6 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/store"
 )
 
@@ -85,9 +86,11 @@ type maxDeliveries struct {
 	Deliveries uint64 `json:"deliveries"`
 }
 
-// onMaxDeliveries dead-letters a job its pool's workers took MaxDeliver
-// times without acknowledging it (each crashed or hung on it): the attempt
-// ends FAILED in the dead-letter queue, and its message leaves the stream.
+// onMaxDeliveries dead-letters the jobs of a message its pool's workers
+// took MaxDeliver times without acknowledging it (each crashed or hung on
+// it): each attempt not ended yet ends FAILED in the dead-letter queue (a
+// batch-mate that ended keeps its outcome: the store refuses the move),
+// and the message leaves the stream.
 func (s *Scheduler) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 	var adv maxDeliveries
 	if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
@@ -99,16 +102,18 @@ func (s *Scheduler) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 		s.log.Warn("max deliveries: read the job's message", "seq", adv.StreamSeq, "err", err)
 		return
 	}
-	req := p.GetJobRequest()
-	if req == nil {
+	jobs, traces := bus.JobsOf(p)
+	for i, req := range jobs {
+		why := fmt.Sprintf("delivered %d times to workers of pool %s without an acknowledgement (each crashed, hung or lost its connection on it); listed in the dead-letter queue: cortexctl dlq list",
+			adv.Deliveries, req.GetPool())
+		if s.record(ctx, traces[i], req.GetJobId(), store.Change{To: store.Failed, Attempt: req.GetAttempt(), DeadLetter: true, Reason: why}) != nil {
+			s.opts.metrics.Reconciled("dead_letter")
+		}
+	}
+	if len(jobs) == 0 {
 		return
 	}
-	why := fmt.Sprintf("delivered %d times to workers of pool %s without an acknowledgement (each crashed, hung or lost its connection on it); listed in the dead-letter queue: cortexctl dlq list",
-		adv.Deliveries, req.GetPool())
-	if s.record(ctx, p.GetTraceId(), req.GetJobId(), store.Change{To: store.Failed, Attempt: req.GetAttempt(), DeadLetter: true, Reason: why}) != nil {
-		s.opts.metrics.Reconciled("dead_letter")
-	}
 	if err := s.conn.DeleteJobMessage(ctx, adv.StreamSeq); err != nil {
-		s.log.Warn("max deliveries: remove the job's message", "trace_id", p.GetTraceId(), "job_id", req.GetJobId(), "err", err)
+		s.log.Warn("max deliveries: remove the job's message", "trace_id", traces[0], "job_id", jobs[0].GetJobId(), "jobs", len(jobs), "err", err)
 	}
 }

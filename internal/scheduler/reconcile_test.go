@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/store"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
 // TestReconcilerRedrivesAPendingJobNobodyHandedOn: a PENDING job past its
@@ -83,7 +85,67 @@ func TestMaxDeliveriesDeadLettersTheJob(t *testing.T) {
 	}
 	r.submit(t, "poison", "job.echo", 3)
 	r.expectDispatch(t, "poison")
-	// Two workers take it and die (never ack).
+	r.dieTwice(t, cons)
+	got := r.waitChanges(t, "poison", 2)
+	if c := got[1]; c.To != store.Failed || !c.DeadLetter || c.Attempt != 1 || !strings.Contains(c.Reason, "delivered 2 times") {
+		t.Errorf("change %+v, want FAILED into the dead-letter queue after 2 deliveries", c)
+	}
+	waitStreamEmpty(t, js)
+}
+
+// TestMaxDeliveriesDeadLettersABatch: when the message workers took
+// MaxDeliver times carries several jobs, each that has not ended is
+// dead-lettered; one that ended keeps its outcome.
+func TestMaxDeliveriesDeadLettersABatch(t *testing.T) {
+	r := newRig(t, answer(allow, nil), "")
+	ctx := context.Background()
+	js, err := jetstream.New(r.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, bus.StreamJobs, jetstream.ConsumerConfig{
+		Durable: bus.PoolConsumer("echo"), FilterSubject: bus.PoolSubjects("echo"),
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 100 * time.Millisecond, MaxDeliver: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := &cortexv1.JobBatch{}
+	for _, id := range []string{"b1", "b2", "done"} {
+		req := r.st.seed(id, "job.echo", store.Dispatched, 1, 3).Request()
+		req.Pool = "echo"
+		batch.Jobs = append(batch.Jobs, req)
+		batch.TraceIds = append(batch.TraceIds, "trace-"+id)
+	}
+	if _, err := r.st.Transition(ctx, "done", store.Change{To: store.Completed, Attempt: 1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := bus.Connect(r.natsURL, "dispatcher", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.PublishDurable(ctx, bus.Durable{Subject: bus.JobSubject("echo", "job.echo"),
+		Packet: &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobBatch{JobBatch: batch}}}); err != nil {
+		t.Fatal(err)
+	}
+	r.dieTwice(t, cons)
+	for _, id := range []string{"b1", "b2"} {
+		got := r.waitChanges(t, id, 1)
+		if c := got[0]; c.To != store.Failed || !c.DeadLetter || c.Attempt != 1 || !strings.Contains(c.Reason, "delivered 2 times") {
+			t.Errorf("%s: change %+v, want FAILED into the dead-letter queue after 2 deliveries", id, c)
+		}
+	}
+	waitStreamEmpty(t, js)
+	if j, _ := r.st.Get(ctx, "done"); j.State != store.Completed {
+		t.Errorf("the job that ended is now %s, want COMPLETED", j.State)
+	}
+}
+
+// dieTwice takes the consumer's next message twice, as two workers that
+// die on it (never ack), and sees that it is not delivered a third time.
+func (r *rig) dieTwice(t *testing.T, cons jetstream.Consumer) {
+	t.Helper()
 	for i := range 2 {
 		batch, err := cons.Fetch(1, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
@@ -104,10 +166,12 @@ func TestMaxDeliveriesDeadLettersTheJob(t *testing.T) {
 			t.Fatalf("delivered a third time: %s", m.Subject())
 		}
 	}
-	got := r.waitChanges(t, "poison", 2)
-	if c := got[1]; c.To != store.Failed || !c.DeadLetter || c.Attempt != 1 || !strings.Contains(c.Reason, "delivered 2 times") {
-		t.Errorf("change %+v, want FAILED into the dead-letter queue after 2 deliveries", c)
-	}
+}
+
+// waitStreamEmpty waits until the job stream holds no message.
+func waitStreamEmpty(t *testing.T, js jetstream.JetStream) {
+	t.Helper()
+	ctx := context.Background()
 	s, err := js.Stream(ctx, bus.StreamJobs)
 	if err != nil {
 		t.Fatal(err)

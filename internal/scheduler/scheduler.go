@@ -241,7 +241,7 @@ func (s *Scheduler) handBack() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	ds = bus.Batched(ds)
+	ds = bus.Batched(ds, 0)
 	for i, err := range s.conn.PublishDurables(ctx, ds) {
 		if err != nil {
 			// The jobs are PENDING in the store: the reconciler re-drives them.

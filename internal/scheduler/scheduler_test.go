@@ -243,12 +243,18 @@ func newBareRig(t *testing.T, checker *fakeChecker, refuse store.State, opts ...
 		if err != nil {
 			return
 		}
-		switch req := p.GetJobRequest(); {
-		case m.Subject == bus.SubjectJobEvent:
+		if m.Subject == bus.SubjectJobEvent {
 			r.mu.Lock()
 			r.events = append(r.events, bus.EventJobs(p)...)
 			r.mu.Unlock()
-		case req != nil && req.GetPool() != "" && strings.HasPrefix(m.Subject, "job."+req.GetPool()+"."):
+			return
+		}
+		// A dispatch: one job, or several released together.
+		jobs, _ := bus.JobsOf(p)
+		for _, req := range jobs {
+			if req.GetPool() == "" || !strings.HasPrefix(m.Subject, "job."+req.GetPool()+".") {
+				continue
+			}
 			select {
 			case r.dispatched <- req:
 			default: // tests that place many jobs count them otherwise

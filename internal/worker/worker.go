@@ -252,13 +252,17 @@ func (w *Worker) Start(ctx context.Context) error {
 const pullWait = time.Second
 
 // pull takes jobs from the pool's consumer while the worker has free
-// slots, as many as it has, and runs each on its own goroutine, until ctx
-// ends.
+// slots, and runs each job on its own goroutine in a slot of its own,
+// until ctx ends. A message may carry a batch of jobs: the worker pulls as
+// many messages as its free slots would hold were they the size of the
+// last one, and a job that finds no free slot waits for one (keeping its
+// message's lease), so that never more than MaxParallel jobs run at once.
 func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 	defer close(w.pulled)
 	slots := make(chan struct{}, w.opts.MaxParallel)
+	perMessage := 1
 	for ctx.Err() == nil {
-		// Wait for one free slot, then take as many as are free.
+		// Wait for one free slot, then reserve as many as are free.
 		select {
 		case slots <- struct{}{}:
 		case <-ctx.Done():
@@ -268,35 +272,126 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 		for ; len(slots) < cap(slots); free++ {
 			slots <- struct{}{}
 		}
-		msgs, err := p.Pull(free, pullWait)
+		msgs, err := p.Pull(max(free/perMessage, 1), pullWait)
 		if err != nil && ctx.Err() == nil {
 			w.log.Warn("pull jobs", "err", err)
 			time.Sleep(250 * time.Millisecond)
-		}
-		for range free - len(msgs) {
-			<-slots
 		}
 		if ctx.Err() != nil {
 			// Stop began while the pull waited: what came is not this
 			// worker's to run any more; hand it straight back.
 			for _, m := range msgs {
 				m.Delivery.Nak(0)
+			}
+			for range free {
 				<-slots
 			}
 			return
 		}
 		for _, m := range msgs {
-			w.jobs.Add(1)
-			go func() {
-				defer func() { <-slots; w.jobs.Done() }()
-				req := m.Packet.GetJobRequest()
-				if req == nil {
-					p.Reject(m, bus.WrongPayload(m.Packet, "a job request"))
-					return
+			jobs, traces := bus.JobsOf(m.Packet)
+			if len(jobs) == 0 {
+				p.Reject(m, bus.WrongPayload(m.Packet, "a job request or a job batch"))
+				continue
+			}
+			perMessage = len(jobs)
+			msg := &message{d: m.Delivery, left: len(jobs)}
+			for i, req := range jobs {
+				if free > 0 {
+					free--
+				} else if !w.awaitSlot(ctx, slots, m.Delivery) {
+					// Stop began: the job goes back with its message.
+					msg.settle(settlement{kind: settleNak})
+					continue
 				}
-				w.handle(jobCtx, m.Packet.GetTraceId(), req, m.Delivery)
-			}()
+				w.jobs.Add(1)
+				go func() {
+					defer func() { <-slots; w.jobs.Done() }()
+					msg.settle(w.handle(jobCtx, traces[i], req, m.Delivery))
+				}()
+			}
 		}
+		for range free {
+			<-slots
+		}
+	}
+}
+
+// awaitSlot takes a free slot for a job of d's message, keeping the
+// message's lease while it waits; false when ctx ended first.
+func (w *Worker) awaitSlot(ctx context.Context, slots chan struct{}, d bus.Delivery) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	select {
+	case slots <- struct{}{}:
+		return true
+	default:
+	}
+	tick := time.NewTicker(w.opts.Lease / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case slots <- struct{}{}:
+			return true
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+			d.InProgress()
+		}
+	}
+}
+
+// settlement is what handling one job asks of its message.
+type settlement struct {
+	kind settleKind
+	// delay is how long a nak'd message waits before it comes back.
+	delay time.Duration
+}
+
+// settleKind orders what a job may ask of its message, least pressing
+// first: a message is settled by the most pressing of its jobs' asks.
+type settleKind int
+
+const (
+	// settleAck: the job is done with (recorded, reported, or it moved on
+	// without this worker).
+	settleAck settleKind = iota
+	// settleNak: the job should run again, after the delay.
+	settleNak
+	// settleLeave: neither ack nor nak; the message comes back when its
+	// lease runs out (the store is out of reach).
+	settleLeave
+)
+
+// message is one pulled message of the pool's stream, settled once each of
+// its jobs is. When it comes back (a nak, a lease run out), the jobs of it
+// that ended are skipped: the store refuses to start them again.
+type message struct {
+	d bus.Delivery
+
+	mu    sync.Mutex
+	left  int
+	worst settlement
+}
+
+// settle records what one job of m asks, and settles m after its last job.
+func (m *message) settle(s settlement) {
+	m.mu.Lock()
+	if s.kind > m.worst.kind || s.kind == m.worst.kind && s.delay > m.worst.delay {
+		m.worst = s
+	}
+	m.left--
+	last := m.left == 0
+	m.mu.Unlock()
+	if !last {
+		return
+	}
+	switch m.worst.kind {
+	case settleAck:
+		m.d.Ack()
+	case settleNak:
+		m.d.Nak(m.worst.delay)
 	}
 }
 
@@ -425,11 +520,12 @@ func (w *Worker) track(id string, cancel context.CancelCauseFunc) func() {
 // store goes back to the stream for this long times its deliveries.
 const retryStartAfter = 2 * time.Second
 
-// handle runs one job and settles its message: acked once its outcome is
-// recorded or reported (or the job moved on without it), handed back
-// (nak) when the store could not be reached to start it or when the worker
-// is shutting down.
-func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest, d bus.Delivery) {
+// handle runs one job of message d and says how to settle it: ack once its
+// outcome is recorded or reported (or the job moved on without it), hand
+// it back (nak) when the store could not be reached to start it or when
+// the worker is shutting down, leave it for its lease to run out when the
+// outcome could not be recorded.
+func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest, d bus.Delivery) settlement {
 	w.active.Add(1)
 	defer w.active.Add(-1)
 	started := time.Now()
@@ -454,32 +550,27 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		// elsewhere, expired, or failed for want of its input, which
 		// Start recorded): nothing to report.
 		w.log.Info("skipped job", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
-		d.Ack()
-		return
+		return settlement{kind: settleAck}
 	case errors.Is(err, errNotStarted):
 		w.log.Warn("job not started; handed back to the stream", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
-		d.Nak(retryStartAfter)
-		return
+		return settlement{kind: settleNak, delay: retryStartAfter}
 	case errors.Is(cause, errShutdown):
 		w.log.Info("job handed back at shutdown", "trace_id", traceID, "job_id", req.GetJobId())
-		d.Nak(0)
-		return
+		return settlement{kind: settleNak}
 	case errors.Is(cause, errCancelled), errors.Is(cause, errMovedOn):
 		w.log.Info("job stopped", "trace_id", traceID, "job_id", req.GetJobId(), "cause", cause)
-		d.Ack()
-		return
+		return settlement{kind: settleAck}
 	}
 	if err == nil {
 		// Recorded whatever happens to ctx now: the work is done.
 		if w.finish(context.WithoutCancel(ctx), traceID, req, out) {
-			d.Ack()
-		} else {
-			// The store stayed out of reach: the message comes back after
-			// the lease, to this or another worker, which takes the job
-			// over and runs it again; only one outcome is ever recorded.
-			w.log.Warn("result not recorded; the job will run again", "trace_id", traceID, "job_id", req.GetJobId())
+			return settlement{kind: settleAck}
 		}
-		return
+		// The store stayed out of reach: the message comes back after the
+		// lease, to this or another worker, which takes the job over and
+		// runs it again; only one outcome is ever recorded.
+		w.log.Warn("result not recorded; the job will run again", "trace_id", traceID, "job_id", req.GetJobId())
+		return settlement{kind: settleLeave}
 	}
 	res := &cortexv1.JobResult{
 		JobId:      req.GetJobId(),
@@ -510,7 +601,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		// The lease runs out and the reconciler retries the attempt.
 		w.log.Error("report job result", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 	}
-	d.Ack()
+	return settlement{kind: settleAck}
 }
 
 // finishTries bounds the attempts to record a completion while the store

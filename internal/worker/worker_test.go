@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -17,6 +18,7 @@ import (
 	"github.com/alicebob/miniredis/v2"
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/bus"
@@ -149,6 +151,13 @@ func (r *rig) sendJobs(t *testing.T, jobs []store.NewJob) {
 
 func (r *rig) sendJobsTo(t *testing.T, jobs []store.NewJob, subject string) {
 	t.Helper()
+	r.sendJobsPacked(t, jobs, subject, 1)
+}
+
+// sendJobsPacked is sendJobsTo with up to perMessage jobs in one message,
+// as the scheduler packs the jobs it releases together.
+func (r *rig) sendJobsPacked(t *testing.T, jobs []store.NewJob, subject string, perMessage int) {
+	t.Helper()
 	ctx := context.Background()
 	now := time.Now()
 	var ds []bus.Durable
@@ -166,7 +175,10 @@ func (r *rig) sendJobsTo(t *testing.T, jobs []store.NewJob, subject string) {
 		}
 		req := rec.Request()
 		req.Pool = "p"
-		ds = append(ds, bus.Durable{Subject: subject, Packet: &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}}})
+		ds = append(ds, bus.Durable{Subject: subject, MsgID: j.ID + ":1", Packet: &cortexv1.BusPacket{TraceId: "trace-" + j.ID, Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}}})
+	}
+	if perMessage > 1 {
+		ds = bus.Batched(ds, perMessage)
 	}
 	for _, err := range r.conn.PublishDurables(ctx, ds) {
 		if err != nil {
@@ -755,5 +767,131 @@ func TestStopDrains(t *testing.T) {
 	}
 	if res := r.result(t, "j-late"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-2" {
 		t.Fatalf("j-late: %v, want COMPLETED by w-2", res)
+	}
+}
+
+// settledStream waits until the pool's consumer holds no message: every
+// one was delivered and acked.
+func (r *rig) settledStream(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	nc, err := nats.Connect(r.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := js.Consumer(ctx, bus.StreamJobs, bus.PoolConsumer("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *jetstream.ConsumerInfo
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if info, err = c.Info(ctx); err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
+			return
+		}
+	}
+	t.Fatalf("the pool's consumer still holds messages: %+v, %v", info, err)
+}
+
+// TestBatchedJobsEachTakeASlot: a message carrying several jobs runs each
+// in a slot of its own, never more than MaxParallel at once, and is acked
+// once all its jobs are recorded.
+func TestBatchedJobsEachTakeASlot(t *testing.T) {
+	release := make(chan struct{})
+	var running, most atomic.Int32
+	r := newRig(t, map[string]plugins.Handler{
+		"job.hold": plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+			n := running.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			<-release
+			running.Add(-1)
+			return &plugins.Result{Output: j.ID}, nil
+		}),
+	})
+	var jobs []store.NewJob
+	for i := range 10 {
+		jobs = append(jobs, store.NewJob{ID: fmt.Sprintf("j-%d", i), Topic: "job.hold", Input: "x"})
+	}
+	r.sendJobsPacked(t, jobs, bus.JobSubject("p", "job.hold"), 4)
+	for deadline := time.Now().Add(5 * time.Second); running.Load() < 3 && time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+	}
+	time.Sleep(20 * time.Millisecond) // room for a fourth to start, were it let
+	close(release)
+	seen := map[string]bool{}
+	for range jobs {
+		select {
+		case res := <-r.results:
+			if res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || seen[res.GetJobId()] {
+				t.Fatalf("result %v (seen %v)", res, seen)
+			}
+			seen[res.GetJobId()] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("results so far %v, want 10", seen)
+		}
+	}
+	if m := most.Load(); m != 3 {
+		t.Fatalf("%d jobs ran at once, want MaxParallel 3", m)
+	}
+	for _, j := range jobs {
+		if rec, out, err := r.st.Output(context.Background(), j.ID); err != nil || rec.State != store.Completed || out != j.ID {
+			t.Fatalf("job %s: %+v, output %q, %v", j.ID, rec, out, err)
+		}
+	}
+	r.settledStream(t)
+}
+
+// TestABatchComesBackOnlyForItsUnfinishedJobs: a worker stopping while one
+// job of a message outlives the grace hands the whole message back once
+// its other jobs are recorded; the worker that takes it runs only the job
+// that did not finish, and each job has one outcome.
+func TestABatchComesBackOnlyForItsUnfinishedJobs(t *testing.T) {
+	var mu sync.Mutex
+	runs := map[string][]string{} // job: workers that ran it
+	hung := make(chan struct{})
+	handler := func(worker string) plugins.Handler {
+		return plugins.HandlerFunc(func(ctx context.Context, j *plugins.Job) (*plugins.Result, error) {
+			mu.Lock()
+			runs[j.ID] = append(runs[j.ID], worker)
+			mu.Unlock()
+			if j.ID == "j-hang" && worker == "w-1" {
+				close(hung)
+				<-ctx.Done()
+				return nil, ctx.Err()
+			}
+			return &plugins.Result{Output: worker}, nil
+		})
+	}
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", ShutdownGrace: 20 * time.Millisecond, Lease: 300 * time.Millisecond,
+		Handlers: map[string]plugins.Handler{"job.echo": handler("w-1")}})
+	jobs := []store.NewJob{{ID: "j-a", Topic: "job.echo", Input: "x"}, {ID: "j-hang", Topic: "job.echo", Input: "x"}, {ID: "j-b", Topic: "job.echo", Input: "x"}}
+	r.sendJobsPacked(t, jobs, bus.JobSubject("p", "job.echo"), 3)
+	<-hung
+	for range 2 {
+		if res := <-r.results; res.GetWorkerId() != "w-1" || res.GetJobId() == "j-hang" {
+			t.Fatalf("result %v, want j-a and j-b on w-1", res)
+		}
+	}
+	r.w.Stop()
+	r.startWorker(t, worker.Options{ID: "w-2", Pool: "p", Lease: 300 * time.Millisecond, Handlers: map[string]plugins.Handler{"job.echo": handler("w-2")}})
+	if res := r.result(t, "j-hang"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-2" {
+		t.Fatalf("the handed-back job: %v, want COMPLETED on w-2", res)
+	}
+	r.settledStream(t)
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string][]string{"j-a": {"w-1"}, "j-b": {"w-1"}, "j-hang": {"w-1", "w-2"}}
+	for id, ws := range want {
+		if !slices.Equal(runs[id], ws) {
+			t.Errorf("job %s ran on %v, want %v", id, runs[id], ws)
+		}
+		rec, out, err := r.st.Output(context.Background(), id)
+		if err != nil || rec.State != store.Completed || out != ws[len(ws)-1] || rec.Attempt != 1 {
+			t.Errorf("job %s: %+v, output %q, %v; want attempt 1 COMPLETED by %s", id, rec, out, err, ws[len(ws)-1])
+		}
 	}
 }
