@@ -615,8 +615,8 @@ type lifecycle struct {
 
 // lifecycleMethods are the Store methods run calls.
 var lifecycleMethods = []string{
-	"CreateJob", "CreateJobs", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
-	"InputBatch", "IsDeadLetter", "List", "LoadPolicy", "Output", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
+	"Complete", "CreateJob", "CreateJobs", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
+	"InputBatch", "IsDeadLetter", "List", "LoadPolicy", "Output", "Peek", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
 	"SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
 }
 
@@ -915,6 +915,28 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 			return nil
 		})
 	}
+	// quick runs attempt as a worker does a job that ends soon: it reads
+	// the input without recording anything, then records the attempt
+	// COMPLETED straight from DISPATCHED.
+	quick := func(attempt uint32, worker string) bool {
+		return l.do("Peek", func() error {
+			input, err := l.st.Peek(ctx, id, attempt)
+			if err == nil && input != nj.Input {
+				err = fmt.Errorf("Peek(%s, attempt %d) = %q, want %q", id, attempt, input, nj.Input)
+			}
+			return err
+		}) && l.do("Complete", func() error {
+			j, err := l.st.Complete(ctx, id, attempt, worker, now, output, store.Usage{}, now)
+			if err != nil {
+				return err
+			}
+			seen(j)
+			if j.State != store.Completed || j.WorkerID != worker || j.ResultSize != uint64(len(output)) {
+				return fmt.Errorf("Complete(%s) = %s on %q with result size %d", id, j.State, j.WorkerID, j.ResultSize)
+			}
+			return nil
+		})
+	}
 	get := func(check func(j *store.Job) error) bool {
 		return l.do("Get", func() error {
 			j, err := l.st.Get(ctx, id)
@@ -975,7 +997,7 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 			run(1, "w-1") &&
 			move(store.Change{To: store.Pending, Attempt: 1, Retry: true, Outcome: store.Failed, Reason: "worker lost"}) &&
 			move(store.Change{To: store.Dispatched, Attempt: 2, Pool: "pool-a"}) &&
-			run(2, "w-2") && finish(2) &&
+			quick(2, "w-2") &&
 			get(func(j *store.Job) error {
 				a := j.Attempts
 				if len(a) != 2 || a[0].Attempt != 1 || a[0].State != store.Failed || a[0].WorkerID != "w-1" ||

@@ -127,16 +127,26 @@ return rec
 `)
 
 // finishScript: KEYS = job, res, lease; ARGV = attempt, now (µs), output,
-// retention ms, output size, job id, usage ("" for none). Stores the output of a RUNNING job's
-// attempt and records it COMPLETED, in one step, and answers like
-// transitionScript.
+// retention ms, output size, job id, usage ("" for none), worker id ("" for
+// a RUNNING job; else the worker that ran a DISPATCHED job without
+// recording it RUNNING), start time (µs, with a worker id). Stores the
+// output of the attempt and records it COMPLETED, in one step, and answers
+// like transitionScript.
 var finishScript = redis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'worker_id', 'version')
 if not cur[1] then return {''} end
-if cur[1] ~= 'RUNNING' or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
+local from, worker = 'RUNNING', cur[3] or ''
+if ARGV[8] ~= '' then from, worker = 'DISPATCHED', ARGV[8] end
+if cur[1] ~= from or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 local set = {'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
-  'a:' .. ARGV[1], 'COMPLETED\t' .. (cur[3] or '') .. '\t' .. ARGV[2] .. '\t', 'version', (tonumber(cur[4]) or 0) + 1}
+  'a:' .. ARGV[1], 'COMPLETED\t' .. worker .. '\t' .. ARGV[2] .. '\t', 'version', (tonumber(cur[4]) or 0) + 1}
+if ARGV[8] ~= '' then
+  set[#set + 1] = 'worker_id'
+  set[#set + 1] = ARGV[8]
+  set[#set + 1] = 't:RUNNING'
+  set[#set + 1] = ARGV[9]
+end
 if ARGV[7] ~= '' then
   set[#set + 1] = 'usage'
   set[#set + 1] = ARGV[7]

@@ -573,12 +573,31 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 // that is no longer RUNNING at that attempt (cancelled, say) changes
 // nothing: a *ConflictError.
 func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, usage Usage, now time.Time) (*Job, error) {
-	u := ""
+	return s.finish(ctx, id, attempt, "", time.Time{}, output, usage, now)
+}
+
+// Complete is Finish for an attempt that workerID ran, from started, without
+// recording it RUNNING (see Peek): the job goes from DISPATCHED to
+// COMPLETED in one script, with the worker and the start time recorded as
+// Start would have. A job no longer DISPATCHED at that attempt changes
+// nothing: a *ConflictError.
+func (s *Store) Complete(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage Usage, now time.Time) (*Job, error) {
+	if workerID == "" {
+		return nil, fmt.Errorf("complete job %s: no worker id", id)
+	}
+	return s.finish(ctx, id, attempt, workerID, started, output, usage, now)
+}
+
+func (s *Store) finish(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage Usage, now time.Time) (*Job, error) {
+	u, from := "", ""
 	if usage != (Usage{}) {
 		u = usage.String()
 	}
+	if workerID != "" {
+		from = micros(started)
+	}
 	res, err := s.eval(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
-		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id, u).StringSlice()
+		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id, u, workerID, from).StringSlice()
 	if err != nil {
 		return nil, fmt.Errorf("finish job %s: %w", id, err)
 	}
@@ -586,6 +605,40 @@ func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output st
 		return parseJob(id, pairs(res[1:])), nil
 	}
 	return nil, refusal(id, Completed, res)
+}
+
+// Peek reads the input of attempt of a DISPATCHED job for a worker about to
+// run it, in one round trip and recording nothing: a job that ends soon
+// goes from DISPATCHED to COMPLETED in one script (Complete), and one that
+// runs on is recorded RUNNING with Start. A *ConflictError when the job is
+// not DISPATCHED at that attempt, ErrNotFound when there is no job, and
+// ErrNoPrompt when its input is gone (Start records why the job failed).
+func (s *Store) Peek(ctx context.Context, id string, attempt uint32) (string, error) {
+	var state *redis.SliceCmd
+	in := s.batch.do(&queued{add: func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
+		state = p.HMGet(ctx, jobKey(id), "state", "attempt")
+		return p.Get(ctx, ctxKey(id))
+	}}).(*redis.StringCmd)
+	cur, err := state.Result()
+	if err != nil {
+		return "", fmt.Errorf("read job %s: %w", id, err)
+	}
+	st, _ := cur[0].(string)
+	at, _ := cur[1].(string)
+	switch {
+	case st == "":
+		return "", fmt.Errorf("read job %s: %w", id, ErrNotFound)
+	case st != string(Dispatched) || at != itoa(attempt):
+		return "", &ConflictError{ID: id, To: Running, State: State(st), Attempt: uint32(parseInt(at))}
+	}
+	input, err := in.Result()
+	if errors.Is(err, redis.Nil) {
+		return "", fmt.Errorf("read input of job %s: %w", id, ErrNoPrompt)
+	}
+	if err != nil {
+		return "", fmt.Errorf("read input of job %s: %w", id, err)
+	}
+	return input, nil
 }
 
 // Get returns a job record.

@@ -673,3 +673,77 @@ func TestDeadLettersFindsATenantsOlderEntriesBehindOthers(t *testing.T) {
 		}
 	})
 }
+
+// TestPeekThenComplete: a worker reads a DISPATCHED job's input without
+// recording anything, and records the attempt COMPLETED straight from
+// DISPATCHED, with itself as the worker and the time it started, as Start
+// and Finish together would have.
+func TestPeekThenComplete(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		id := create(t, st, store.NewJob{Input: "hello"}, now)
+		if _, err := st.Peek(ctx, id, 1); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("Peek of a PENDING job: %v, want a conflict", err)
+		}
+		move(t, st, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now)
+		before := get(t, st, id)
+		in, err := st.Peek(ctx, id, 1)
+		if err != nil || in != "hello" {
+			t.Fatalf("Peek = %q, %v", in, err)
+		}
+		if _, err := st.Peek(ctx, id, 2); err == nil {
+			t.Fatal("Peek of another attempt succeeded")
+		} else {
+			conflict(t, "Peek of attempt 2", err, store.Dispatched, 1)
+		}
+		if got := get(t, st, id); !reflect.DeepEqual(got, before) {
+			t.Fatalf("Peek changed the record: %+v, was %+v", got, before)
+		}
+		if _, err := st.Finish(ctx, id, 1, "x", store.Usage{}, now); err == nil {
+			t.Fatal("Finish of a job never recorded RUNNING succeeded")
+		} else {
+			conflict(t, "Finish from DISPATCHED", err, store.Dispatched, 1)
+		}
+		started, later := now.Add(time.Millisecond), now.Add(2*time.Millisecond)
+		j, err := st.Complete(ctx, id, 1, "w-9", started, "olleh", store.Usage{Total: 3}, later)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := get(t, st, id); !reflect.DeepEqual(got, j) {
+			t.Fatalf("stored %+v, Complete returned %+v", got, j)
+		}
+		if j.State != store.Completed || j.WorkerID != "w-9" || !j.Entered[store.Running].Equal(started) || !j.Entered[store.Completed].Equal(later) ||
+			j.Version != before.Version+1 || j.Usage.Total != 3 || len(j.Attempts) != 1 || j.Attempts[0].WorkerID != "w-9" || j.Attempts[0].State != store.Completed {
+			t.Fatalf("after Complete: %+v", j)
+		}
+		if _, out, err := st.Output(ctx, id); err != nil || out != "olleh" {
+			t.Fatalf("output %q, %v", out, err)
+		}
+		if _, err := st.Complete(ctx, id, 1, "w-9", started, "again", store.Usage{}, later); err == nil {
+			t.Fatal("a second Complete succeeded")
+		} else {
+			conflict(t, "Complete of a COMPLETED job", err, store.Completed, 1)
+		}
+		// A RUNNING job is Finish's, not Complete's.
+		id2 := create(t, st, store.NewJob{Input: "p"}, now)
+		move(t, st, id2, store.Change{To: store.Dispatched}, now)
+		start(t, st, id2, 1, now)
+		if _, err := st.Complete(ctx, id2, 1, "w-9", now, "x", store.Usage{}, now); err == nil {
+			t.Fatal("Complete of a RUNNING job succeeded")
+		} else {
+			conflict(t, "Complete of a RUNNING job", err, store.Running, 1)
+		}
+		// No job; no input.
+		if _, err := st.Peek(ctx, newID(t), 1); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("Peek of no job: %v, want ErrNotFound", err)
+		}
+		id3 := create(t, st, store.NewJob{Input: "p"}, now)
+		move(t, st, id3, store.Change{To: store.Dispatched}, now)
+		if err := rdb.Del(ctx, store.CtxKey(id3)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Peek(ctx, id3, 1); !errors.Is(err, store.ErrNoPrompt) {
+			t.Fatalf("Peek without an input: %v, want ErrNoPrompt", err)
+		}
+	})
+}

@@ -38,6 +38,8 @@ import (
 type Store interface {
 	Start(ctx context.Context, id string, attempt uint32, workerID string, takeover bool, lease time.Duration, now time.Time) (*store.Job, string, error)
 	Finish(ctx context.Context, id string, attempt uint32, output string, usage store.Usage, now time.Time) (*store.Job, error)
+	Peek(ctx context.Context, id string, attempt uint32) (string, error)
+	Complete(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage store.Usage, now time.Time) (*store.Job, error)
 	ExtendLease(ctx context.Context, id string, attempt uint32, workerID string, lease time.Duration, now time.Time) error
 }
 
@@ -541,7 +543,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	}
 	stopLease := func() {}
 	keep := func() { stopLease = w.keepLease(ctx, cancel, req, d) }
-	out, err := w.run(runCtx, traceID, req, d.Redelivered(), keep, started)
+	out, quick, err := w.run(runCtx, traceID, req, d.Redelivered(), keep, cancel, started)
 	stopLease()
 	cause := context.Cause(runCtx)
 	switch {
@@ -551,7 +553,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		// Start recorded): nothing to report.
 		w.log.Info("skipped job", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		return settlement{kind: settleAck}
-	case errors.Is(err, errNotStarted):
+	case errors.Is(err, errNotStarted), errors.Is(cause, errNotStarted):
 		w.log.Warn("job not started; handed back to the stream", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		return settlement{kind: settleNak, delay: retryStartAfter}
 	case errors.Is(cause, errShutdown):
@@ -563,7 +565,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	}
 	if err == nil {
 		// Recorded whatever happens to ctx now: the work is done.
-		if w.finish(context.WithoutCancel(ctx), traceID, req, out) {
+		if w.finish(context.WithoutCancel(ctx), traceID, req, out, quick, started) {
 			return settlement{kind: settleAck}
 		}
 		// The store stayed out of reach: the message comes back after the
@@ -610,14 +612,22 @@ const finishTries = 5
 
 // finish records a completed job's output, trying again for a while when
 // the store is out of reach, and reports whether the job is settled
-// (recorded, or moved on so that there is nothing to record).
-func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRequest, out *plugins.Result) bool {
+// (recorded, or moved on so that there is nothing to record). A quick job,
+// never recorded RUNNING, is recorded COMPLETED straight from DISPATCHED,
+// with the time it started.
+func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRequest, out *plugins.Result, quick bool, started time.Time) bool {
 	var usage store.Usage
 	if u := out.Usage; u != nil {
 		usage = store.Usage{Prompt: u.PromptTokens, Completion: u.CompletionTokens, Total: u.TotalTokens}
 	}
 	for try := range finishTries {
-		j, err := w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), out.Output, usage, time.Now())
+		var j *store.Job
+		var err error
+		if quick {
+			j, err = w.store.Complete(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, started, out.Output, usage, time.Now())
+		} else {
+			j, err = w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), out.Output, usage, time.Now())
+		}
 		switch {
 		case err == nil:
 			w.log.Debug("job completed", "trace_id", traceID, "job_id", j.ID, "attempt", j.Attempt)
@@ -665,26 +675,43 @@ func (w *Worker) keepLease(ctx context.Context, cancel context.CancelCauseFunc, 
 	return func() { stop(); <-done }
 }
 
-// run marks the job RUNNING, reads its input and runs its handler. A
-// handler that returns no result completed with no output.
-func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, started func(), now time.Time) (*plugins.Result, error) {
+// quickJob is how long a job runs before its worker records it RUNNING: a
+// job that ends sooner goes from DISPATCHED to COMPLETED in one script, one
+// event, and is never shown RUNNING. A redelivered job is recorded RUNNING
+// at once (it takes over from a worker that stopped answering).
+const quickJob = 50 * time.Millisecond
+
+// run reads the job's input and runs its handler. A first delivery is run
+// at once on a read of its input that records nothing; it is recorded
+// RUNNING once it has run quickJob (promote), and quick reports that it
+// ended before that. Any other delivery, or a job whose input cannot be
+// read so, is marked RUNNING first (Start). A handler that returns no
+// result completed with no output.
+func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, keep func(), cancel context.CancelCauseFunc, now time.Time) (out *plugins.Result, quick bool, err error) {
 	h, ok := w.opts.Handlers[req.GetTopic()]
 	if !ok {
-		return nil, fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
+		return nil, false, fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
 	}
-	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, takeover, w.opts.Lease, now)
-	if j != nil {
-		if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
-			w.log.Warn("publish job event", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
+	var input string
+	if !takeover {
+		input, err = w.store.Peek(ctx, req.GetJobId(), req.GetAttempt())
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+			return nil, false, err
 		}
+		// Otherwise (the input is gone, the store did not answer) Start
+		// records or says what is wrong.
+		quick = err == nil
 	}
-	if err != nil {
-		if !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNoPrompt) {
-			err = fmt.Errorf("%w: %w", errNotStarted, err)
+	if quick {
+		p := w.promote(ctx, traceID, req, keep, cancel, now)
+		defer func() { quick = p.stop() }()
+	} else {
+		input, err = w.start(ctx, traceID, req, takeover, now)
+		if err != nil {
+			return nil, false, err
 		}
-		return nil, err
+		keep()
 	}
-	started()
 	job := &plugins.Job{
 		ID:      req.GetJobId(),
 		Topic:   req.GetTopic(),
@@ -697,14 +724,65 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 	if req.GetBinaryPayload() {
 		job.Prompt, job.Payload = "", []byte(input)
 	}
-	out, err := h.Handle(ctx, job)
+	out, err = h.Handle(ctx, job)
 	if err != nil {
-		return nil, fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
+		return nil, quick, fmt.Errorf("handler for %s: %w", req.GetTopic(), err)
 	}
 	if out == nil {
 		out = &plugins.Result{}
 	}
-	return out, nil
+	return out, quick, nil
+}
+
+// start marks the job RUNNING on this worker and returns its input.
+func (w *Worker) start(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, now time.Time) (string, error) {
+	j, input, err := w.store.Start(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, takeover, w.opts.Lease, now)
+	if j != nil {
+		if err := w.conn.PublishJobEvent(traceID, j.Proto()); err != nil {
+			w.log.Warn("publish job event", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
+		}
+	}
+	if err != nil && !errors.Is(err, store.ErrConflict) && !errors.Is(err, store.ErrNotFound) && !errors.Is(err, store.ErrNoPrompt) {
+		err = fmt.Errorf("%w: %w", errNotStarted, err)
+	}
+	return input, err
+}
+
+// promotion records a quick job RUNNING once it has run quickJob.
+type promotion struct {
+	timer *time.Timer
+	done  chan struct{}
+}
+
+// promote has the job, running since now, recorded RUNNING after quickJob
+// and its lease kept from then on; a job the store no longer gives to this
+// worker is stopped, and one the store could not be asked about is stopped
+// and handed back.
+func (w *Worker) promote(ctx context.Context, traceID string, req *cortexv1.JobRequest, keep func(), cancel context.CancelCauseFunc, now time.Time) *promotion {
+	p := &promotion{done: make(chan struct{})}
+	p.timer = time.AfterFunc(quickJob, func() {
+		defer close(p.done)
+		_, err := w.start(ctx, traceID, req, false, now)
+		switch {
+		case err == nil:
+			keep()
+		case errors.Is(err, errNotStarted):
+			cancel(errNotStarted)
+		default:
+			cancel(errMovedOn)
+		}
+	})
+	return p
+}
+
+// stop reports whether the job ended before it was recorded RUNNING; if
+// not, it waits until the recording is over.
+func (p *promotion) stop() bool {
+	if p.timer.Stop() {
+		return true
+	}
+	<-p.done
+	return false
 }
 
 // maxErrorBytes bounds the error a result carries: it becomes the job's

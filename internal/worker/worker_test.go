@@ -580,12 +580,56 @@ func TestCancelForJobNotRunningIsIgnored(t *testing.T) {
 	}
 }
 
+// TestRunningEventIsPublished: a job still running after quickJob is
+// recorded RUNNING, and its watchers told, while it runs.
 func TestRunningEventIsPublished(t *testing.T) {
-	r := newRig(t, map[string]plugins.Handler{"job.echo": echo})
-	r.dispatch(t, "j-1", "job.echo", "hi")
+	release := make(chan struct{})
+	var began atomic.Int64 // when the handler began, µs
+	r := newRig(t, map[string]plugins.Handler{"job.hold": plugins.HandlerFunc(func(context.Context, *plugins.Job) (*plugins.Result, error) {
+		began.Store(time.Now().UnixMicro())
+		<-release
+		return &plugins.Result{Output: "ok"}, nil
+	})})
+	r.send(t, "j-1", "job.hold", "hi")
 	ev := r.waitEvent(t, "j-1", cortexv1.JobState_JOB_STATE_RUNNING)
-	if ev.GetWorkerId() != "w-1" || ev.GetAttempt() != 1 || ev.GetTenantId() != "t" || ev.GetTopic() != "job.echo" || ev.GetPool() != "p" {
+	close(release)
+	if ev.GetWorkerId() != "w-1" || ev.GetAttempt() != 1 || ev.GetTenantId() != "t" || ev.GetTopic() != "job.hold" || ev.GetPool() != "p" {
 		t.Errorf("RUNNING event %v", ev)
+	}
+	if res := r.result(t, "j-1"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+		t.Fatalf("result %v", res)
+	}
+	j, err := r.st.Get(context.Background(), "j-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// RUNNING records when the worker started the job, before its
+	// handler began, not when it was recorded (a while later).
+	if ran := j.Entered[store.Running]; ran.Before(j.Entered[store.Dispatched]) || ran.UnixMicro() > began.Load() {
+		t.Errorf("entered RUNNING at %v, dispatched at %v, the handler began at %v: want the start",
+			ran, j.Entered[store.Dispatched], time.UnixMicro(began.Load()))
+	}
+}
+
+// TestQuickJobGoesStraightToCompleted: a job that ends at once is recorded
+// COMPLETED straight from DISPATCHED, one event, with its worker and the
+// time it started on the record as a RUNNING step would have left them.
+func TestQuickJobGoesStraightToCompleted(t *testing.T) {
+	r := newRig(t, map[string]plugins.Handler{"job.echo": echo})
+	if res := r.dispatch(t, "j-1", "job.echo", "hi"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-1" {
+		t.Fatalf("result %v", res)
+	}
+	j, out, err := r.st.Output(context.Background(), "j-1")
+	if err != nil || out != "hi" || j.WorkerID != "w-1" || j.Entered[store.Running].IsZero() || j.Entered[store.Running].After(j.Entered[store.Completed]) ||
+		len(j.Attempts) != 1 || j.Attempts[0].WorkerID != "w-1" {
+		t.Fatalf("record %+v, output %q, %v", j, out, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.events {
+		if e.GetState() == cortexv1.JobState_JOB_STATE_RUNNING {
+			t.Fatalf("a quick job was announced RUNNING: %v", e)
+		}
 	}
 }
 

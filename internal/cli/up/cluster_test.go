@@ -120,7 +120,10 @@ func (s *dispatchSpy) dispatched(id string) bool {
 			break
 		}
 		if p, err := bus.Decode(m.Data); err == nil {
-			s.seen[p.GetJobRequest().GetJobId()] = true
+			jobs, _ := bus.JobsOf(p)
+			for _, j := range jobs {
+				s.seen[j.GetJobId()] = true
+			}
 		}
 	}
 	return s.seen[id]

@@ -159,8 +159,11 @@ func newAttemptSpy(t *testing.T, url string) *attemptSpy {
 	s := &attemptSpy{nc: nc, attempts: map[string][]uint32{}}
 	_, err = nc.Subscribe("job.>", func(m *nats.Msg) {
 		if p, err := bus.Decode(m.Data); err == nil {
+			jobs, _ := bus.JobsOf(p)
 			s.mu.Lock()
-			s.attempts[p.GetJobRequest().GetJobId()] = append(s.attempts[p.GetJobRequest().GetJobId()], p.GetJobRequest().GetAttempt())
+			for _, j := range jobs {
+				s.attempts[j.GetJobId()] = append(s.attempts[j.GetJobId()], j.GetAttempt())
+			}
 			s.mu.Unlock()
 		}
 	})
