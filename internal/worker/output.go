@@ -21,6 +21,8 @@ type outputStream struct {
 	conn    *bus.Conn
 	traceID string
 	job     *cortexv1.JobRequest
+	// started, when set, is called before the first piece goes out.
+	started func()
 
 	mu      sync.Mutex
 	seq     uint64
@@ -51,6 +53,10 @@ func (s *outputStream) Write(p []byte) (int, error) {
 		}
 		if n == 0 {
 			n = min(len(text), maxOutputPiece)
+		}
+		if s.started != nil {
+			s.started()
+			s.started = nil
 		}
 		s.seq++
 		_ = s.conn.Publish(bus.JobOutputSubject(s.job.GetJobId()), &cortexv1.BusPacket{

@@ -593,6 +593,11 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 		// runner's wall clock): TIMEOUT, with the handler's reason.
 		res.State = cortexv1.JobState_JOB_STATE_TIMEOUT
 	}
+	if quick {
+		// A failed attempt is recorded RUNNING first: its end names the
+		// worker on the record, as a retry's history does.
+		_, _ = w.start(context.WithoutCancel(ctx), traceID, req, false, started)
+	}
 	w.failed.Add(1)
 	w.log.Debug("job attempt ended", "trace_id", traceID, "job_id", req.GetJobId(), "attempt", req.GetAttempt(), "state", res.GetState().String())
 	err = w.conn.Publish(bus.SubjectJobResult, &cortexv1.BusPacket{
@@ -702,9 +707,12 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		// records or says what is wrong.
 		quick = err == nil
 	}
+	stream := &outputStream{conn: w.conn, traceID: traceID, job: req}
 	if quick {
 		p := w.promote(ctx, traceID, req, keep, cancel, now)
 		defer func() { quick = p.stop() }()
+		// Whoever follows the output sees the job RUNNING first.
+		stream.started = p.now
 	} else {
 		input, err = w.start(ctx, traceID, req, takeover, now)
 		if err != nil {
@@ -719,7 +727,7 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		Attempt: req.GetAttempt(),
 		Prompt:  input,
 		Labels:  req.GetLabels(),
-		Stream:  &outputStream{conn: w.conn, traceID: traceID, job: req},
+		Stream:  stream,
 	}
 	if req.GetBinaryPayload() {
 		job.Prompt, job.Payload = "", []byte(input)
@@ -748,10 +756,12 @@ func (w *Worker) start(ctx context.Context, traceID string, req *cortexv1.JobReq
 	return input, err
 }
 
-// promotion records a quick job RUNNING once it has run quickJob.
+// promotion records a quick job RUNNING once it has run quickJob, or as
+// soon as it writes output (now).
 type promotion struct {
-	timer *time.Timer
-	done  chan struct{}
+	timer  *time.Timer
+	record func()
+	done   chan struct{}
 }
 
 // promote has the job, running since now, recorded RUNNING after quickJob
@@ -760,7 +770,7 @@ type promotion struct {
 // and handed back.
 func (w *Worker) promote(ctx context.Context, traceID string, req *cortexv1.JobRequest, keep func(), cancel context.CancelCauseFunc, now time.Time) *promotion {
 	p := &promotion{done: make(chan struct{})}
-	p.timer = time.AfterFunc(quickJob, func() {
+	p.record = func() {
 		defer close(p.done)
 		_, err := w.start(ctx, traceID, req, false, now)
 		switch {
@@ -771,8 +781,19 @@ func (w *Worker) promote(ctx context.Context, traceID string, req *cortexv1.JobR
 		default:
 			cancel(errMovedOn)
 		}
-	})
+	}
+	p.timer = time.AfterFunc(quickJob, p.record)
 	return p
+}
+
+// now records the job RUNNING at once, unless that is done or under way;
+// it returns when it is done.
+func (p *promotion) now() {
+	if p.timer.Stop() {
+		p.record()
+		return
+	}
+	<-p.done
 }
 
 // stop reports whether the job ended before it was recorded RUNNING; if
