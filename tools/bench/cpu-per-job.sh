@@ -4,7 +4,8 @@
 # safety, scheduler, worker and gateway daemons, a redis-server with AOF
 # everysec), `cortexctl bench` drives it, and the script prints each
 # process's CPU time over the run (utime+stime from /proc/<pid>/stat;
-# Redis's main thread from INFO cpu) divided by the jobs.
+# Redis's main thread from INFO cpu) divided by the jobs, and its peak
+# resident memory (VmHWM).
 #
 #   bash tools/bench/cpu-per-job.sh                         # -n 20000 -c 4 --batch 200
 #   bash tools/bench/cpu-per-job.sh -n 10000 -c 2 --batch 10 --rate 1000
@@ -88,10 +89,11 @@ redis_before=$(redis_cpu)
 redis_after=$(redis_cpu)
 hz=$(getconf CLK_TCK)
 echo
-printf '%-12s %10s %12s\n' process "cpu (s)" "µs per job"
+printf '%-12s %10s %12s %14s\n' process "cpu (s)" "µs per job" "peak RSS (MB)"
 for name in nats-server safety scheduler worker gateway; do
 	ticks=$(($(cpu "${pid[$name]}") - ${before[$name]}))
-	awk -v t="$ticks" -v hz="$hz" -v n="$jobs" -v name="$name" 'BEGIN {printf "%-12s %10.2f %12.1f\n", name, t / hz, t / hz * 1e6 / n}'
+	rss=$(awk '/^VmHWM:/ {print $2}' "/proc/${pid[$name]}/status")
+	awk -v t="$ticks" -v hz="$hz" -v n="$jobs" -v name="$name" -v rss="$rss" 'BEGIN {printf "%-12s %10.2f %12.1f %14.0f\n", name, t / hz, t / hz * 1e6 / n, rss / 1024}'
 done
 awk -v a="$redis_before" -v b="$redis_after" -v n="$jobs" 'BEGIN {printf "%-12s %10.2f %12.1f\n", "redis-server", b - a, (b - a) * 1e6 / n}'
 if [ -n "${PROFILE:-}" ]; then

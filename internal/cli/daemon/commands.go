@@ -130,6 +130,7 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	if err := o.checkAuth(redis); err != nil {
 		return nil, err
 	}
+	TuneGC()
 	replicas, err := StreamReplicas(cmd, o.StreamReplicas)
 	if err != nil {
 		return nil, err

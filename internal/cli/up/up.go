@@ -126,6 +126,9 @@ func upRun(cmd *cobra.Command, o *Options) error {
 			return err
 		}
 	}
+	if o.Cluster.RedisURL != "" {
+		daemon.TuneGC()
+	}
 	ctx := cmd.Context()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
