@@ -70,19 +70,7 @@ func TestReconcilerRetriesAnAttemptWhoseLeaseRanOut(t *testing.T) {
 // MaxDeliver times without acking ends FAILED in the dead-letter queue,
 // and its message leaves the stream.
 func TestMaxDeliveriesDeadLettersTheJob(t *testing.T) {
-	r := newRig(t, answer(allow, nil), "")
-	ctx := context.Background()
-	js, err := jetstream.New(r.client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, bus.StreamJobs, jetstream.ConsumerConfig{
-		Durable: bus.PoolConsumer("echo"), FilterSubject: bus.PoolSubjects("echo"),
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 100 * time.Millisecond, MaxDeliver: 2,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, js, cons := newPoisonRig(t)
 	r.submit(t, "poison", "job.echo", 3)
 	r.expectDispatch(t, "poison")
 	r.dieTwice(t, cons)
@@ -97,19 +85,8 @@ func TestMaxDeliveriesDeadLettersTheJob(t *testing.T) {
 // MaxDeliver times carries several jobs, each that has not ended is
 // dead-lettered; one that ended keeps its outcome.
 func TestMaxDeliveriesDeadLettersABatch(t *testing.T) {
-	r := newRig(t, answer(allow, nil), "")
+	r, js, cons := newPoisonRig(t)
 	ctx := context.Background()
-	js, err := jetstream.New(r.client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, bus.StreamJobs, jetstream.ConsumerConfig{
-		Durable: bus.PoolConsumer("echo"), FilterSubject: bus.PoolSubjects("echo"),
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 100 * time.Millisecond, MaxDeliver: 2,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
 	batch := &cortexv1.JobBatch{}
 	for _, id := range []string{"b1", "b2", "done"} {
 		req := r.st.seed(id, "job.echo", store.Dispatched, 1, 3).Request()
@@ -140,6 +117,25 @@ func TestMaxDeliveriesDeadLettersABatch(t *testing.T) {
 	if j, _ := r.st.Get(ctx, "done"); j.State != store.Completed {
 		t.Errorf("the job that ended is now %s, want COMPLETED", j.State)
 	}
+}
+
+// newPoisonRig is a rig whose pool echo gives up on a message after two
+// deliveries of 100 ms each, and the consumer workers would pull from.
+func newPoisonRig(t *testing.T) (*rig, jetstream.JetStream, jetstream.Consumer) {
+	t.Helper()
+	r := newRig(t, answer(allow, nil), "")
+	js, err := jetstream.New(r.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.CreateOrUpdateConsumer(context.Background(), bus.StreamJobs, jetstream.ConsumerConfig{
+		Durable: bus.PoolConsumer("echo"), FilterSubject: bus.PoolSubjects("echo"),
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 100 * time.Millisecond, MaxDeliver: 2,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, js, cons
 }
 
 // dieTwice takes the consumer's next message twice, as two workers that
