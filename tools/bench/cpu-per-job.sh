@@ -4,8 +4,8 @@
 # safety, scheduler, worker and gateway daemons, a redis-server with AOF
 # everysec), `cortexctl bench` drives it, and the script prints each
 # process's CPU time over the run (utime+stime from /proc/<pid>/stat;
-# Redis's main thread from INFO cpu) divided by the jobs, and its peak
-# resident memory (VmHWM).
+# Redis's main thread from INFO cpu; the bench client's own from bash's
+# time) divided by the jobs, and its peak resident memory (VmHWM).
 #
 #   bash tools/bench/cpu-per-job.sh                         # -n 20000 -c 4 --batch 200
 #   bash tools/bench/cpu-per-job.sh -n 10000 -c 2 --batch 10 --rate 1000
@@ -85,7 +85,9 @@ redis_cpu() { redis-cli -p "$redis_port" info cpu | tr -d '\r' | awk -F: '/used_
 declare -A before
 for name in "${!pid[@]}"; do before[$name]=$(cpu "${pid[$name]}"); done
 redis_before=$(redis_cpu)
-"$work/cortexctl" bench --server "http://127.0.0.1:$gateway_port" "${args[@]}"
+TIMEFORMAT='%U %S'
+{ time "$work/cortexctl" bench --server "http://127.0.0.1:$gateway_port" "${args[@]}" 2>&4; } 4>&2 2>"$work/bench.time"
+bench_cpu=$(tail -1 "$work/bench.time")
 redis_after=$(redis_cpu)
 hz=$(getconf CLK_TCK)
 echo
@@ -96,6 +98,7 @@ for name in nats-server safety scheduler worker gateway; do
 	awk -v t="$ticks" -v hz="$hz" -v n="$jobs" -v name="$name" -v rss="$rss" 'BEGIN {printf "%-12s %10.2f %12.1f %14.0f\n", name, t / hz, t / hz * 1e6 / n, rss / 1024}'
 done
 awk -v a="$redis_before" -v b="$redis_after" -v n="$jobs" 'BEGIN {printf "%-12s %10.2f %12.1f\n", "redis-server", b - a, (b - a) * 1e6 / n}'
+awk -v c="$bench_cpu" -v n="$jobs" 'BEGIN {split(c, t, " "); s = t[1] + t[2]; printf "%-12s %10.2f %12.1f\n", "bench", s, s * 1e6 / n}'
 if [ -n "${PROFILE:-}" ]; then
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
