@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -902,4 +903,43 @@ func h2c() *http.Protocols {
 	p := new(http.Protocols)
 	p.SetUnencryptedHTTP2(true)
 	return p
+}
+
+// Events of one job reach a stream in the order of their versions: one
+// that arrives after a newer one (events of several components cross on
+// the bus) is skipped.
+func TestStreamEventsKeepEachJobsOrder(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := f.client(t, "key-acme-1234").StreamEvents(ctx, &cortexv1.StreamEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := func(id string, state cortexv1.JobState, version uint64) {
+		t.Helper()
+		j := &cortexv1.Job{JobId: id, TenantId: "acme", Topic: "job.echo", State: state, Attempt: 1, Version: version}
+		if err := f.other.PublishJobEvent("trace-"+id, j); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.other.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	event("j-1", cortexv1.JobState_JOB_STATE_DISPATCHED, 2)
+	event("j-1", cortexv1.JobState_JOB_STATE_COMPLETED, 3)
+	event("j-1", cortexv1.JobState_JOB_STATE_PENDING, 1) // late
+	event("j-2", cortexv1.JobState_JOB_STATE_PENDING, 1) // another job's first
+	var got []string
+	for len(got) < 3 {
+		msg, err := stream.Receive()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %s", msg.GetJob().GetJobId(), msg.GetJob().GetState()))
+	}
+	want := []string{"j-1 JOB_STATE_DISPATCHED", "j-1 JOB_STATE_COMPLETED", "j-2 JOB_STATE_PENDING"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("stream delivered %v, want %v", got, want)
+	}
 }

@@ -204,10 +204,11 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 	for _, s := range req.GetStates() {
 		q.States = append(q.States, store.StateOf(s))
 	}
+	order := &newest{seen: map[string]uint64{}}
 	w := &watcher[*cortexv1.Job]{
 		tenant: tenantFrom(ctx),
 		match: func(j *cortexv1.Job) bool {
-			return q.Matches(&store.Job{State: store.StateOf(j.GetState()), Topic: j.GetTopic(), Labels: j.GetLabels()})
+			return order.pass(j) && q.Matches(&store.Job{State: store.StateOf(j.GetState()), Topic: j.GetTopic(), Labels: j.GetLabels()})
 		},
 		ch: make(chan *cortexv1.Job, watcherBuffer),
 	}
@@ -254,6 +255,37 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 		}
 		return send(&cortexv1.StreamEventsResponse{Jobs: js, Dropped: dropped})
 	})
+}
+
+// newest passes a stream the events of each job in the order of their
+// versions: the changes of one job are made by several components, whose
+// events can cross on the bus (the gateway's PENDING after the worker's
+// COMPLETED, say), and one older than what the stream already passed for
+// the job is dropped. It remembers up to maxOrdered jobs, then starts
+// over.
+type newest struct {
+	mu   sync.Mutex
+	seen map[string]uint64
+}
+
+// maxOrdered bounds the jobs a stream remembers the version of.
+const maxOrdered = 1 << 16
+
+func (n *newest) pass(j *cortexv1.Job) bool {
+	v := j.GetVersion()
+	if v == 0 {
+		return true // no version to order by
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if last, ok := n.seen[j.GetJobId()]; ok && v <= last {
+		return false
+	}
+	if len(n.seen) >= maxOrdered {
+		clear(n.seen)
+	}
+	n.seen[j.GetJobId()] = v
+	return true
 }
 
 // Batch windows: the longest a stream may gather events for, and the most

@@ -241,7 +241,9 @@ type GatewayServiceClient interface {
 	// ends once the job is finished.
 	WatchJob(context.Context, *v1.WatchJobRequest) (GatewayServiceWatchJobClientStream, error)
 	// StreamEvents streams every change of the tenant's jobs that matches the
-	// filter, until the caller hangs up.
+	// filter, until the caller hangs up. Each job's changes come in the order
+	// of their versions: one that reaches the gateway after a newer change
+	// of the same job is skipped.
 	StreamEvents(context.Context, *v1.StreamEventsRequest) (GatewayServiceStreamEventsClientStream, error)
 	// ApproveJob lets a job held for approval (AWAITING_APPROVAL) run: it goes
 	// through the safety gate again, where the approval satisfies the
@@ -382,7 +384,9 @@ type GatewayServiceHandler interface {
 	// ends once the job is finished.
 	WatchJob(context.Context, *v1.WatchJobRequest, GatewayServiceWatchJobServerStream) error
 	// StreamEvents streams every change of the tenant's jobs that matches the
-	// filter, until the caller hangs up.
+	// filter, until the caller hangs up. Each job's changes come in the order
+	// of their versions: one that reaches the gateway after a newer change
+	// of the same job is skipped.
 	StreamEvents(context.Context, *v1.StreamEventsRequest, GatewayServiceStreamEventsServerStream) error
 	// ApproveJob lets a job held for approval (AWAITING_APPROVAL) run: it goes
 	// through the safety gate again, where the approval satisfies the
