@@ -34,7 +34,8 @@ type Source interface {
 // eventStates are the job changes top follows: arrivals, starts, ends and
 // holds. SCHEDULED and DISPATCHED are left out: they add two messages a
 // job to decode and change no figure top shows (a job queues from PENDING
-// until RUNNING).
+// until RUNNING, or until its end for one that ends before it is recorded
+// RUNNING).
 var eventStates = []cortexv1.JobState{
 	cortexv1.JobState_JOB_STATE_PENDING, cortexv1.JobState_JOB_STATE_RUNNING, cortexv1.JobState_JOB_STATE_AWAITING_APPROVAL,
 	cortexv1.JobState_JOB_STATE_COMPLETED, cortexv1.JobState_JOB_STATE_FAILED, cortexv1.JobState_JOB_STATE_DENIED,
