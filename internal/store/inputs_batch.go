@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -24,15 +22,7 @@ func (s *Store) InputBatch(ctx context.Context, ids []string) (prompts []string,
 	// Each read keeps its own error.
 	_, _ = pipe.Exec(ctx)
 	for i, cmd := range cmds {
-		in, err := cmd.Result()
-		switch {
-		case errors.Is(err, redis.Nil):
-			errs[i] = fmt.Errorf("read input of job %s: %w", ids[i], ErrNoPrompt)
-		case err != nil:
-			errs[i] = fmt.Errorf("read input of job %s: %w", ids[i], err)
-		default:
-			prompts[i] = in
-		}
+		prompts[i], errs[i] = inputOf(ids[i], cmd)
 	}
 	return prompts, errs
 }

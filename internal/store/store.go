@@ -631,14 +631,7 @@ func (s *Store) Peek(ctx context.Context, id string, attempt uint32) (string, er
 	case st != string(Dispatched) || at != itoa(attempt):
 		return "", &ConflictError{ID: id, To: Running, State: State(st), Attempt: uint32(parseInt(at))}
 	}
-	input, err := in.Result()
-	if errors.Is(err, redis.Nil) {
-		return "", fmt.Errorf("read input of job %s: %w", id, ErrNoPrompt)
-	}
-	if err != nil {
-		return "", fmt.Errorf("read input of job %s: %w", id, err)
-	}
-	return input, nil
+	return inputOf(id, in)
 }
 
 // Get returns a job record.
@@ -679,7 +672,13 @@ func (s *Store) Output(ctx context.Context, id string) (*Job, string, error) {
 
 // Input returns a job's stored input (prompt text or payload bytes).
 func (s *Store) Input(ctx context.Context, id string) (string, error) {
-	in, err := s.get(ctxKey(id)).Result()
+	return inputOf(id, s.get(ctxKey(id)))
+}
+
+// inputOf is the answer to a read of job id's input: ErrNoPrompt when it
+// is gone.
+func inputOf(id string, cmd *redis.StringCmd) (string, error) {
+	in, err := cmd.Result()
 	if errors.Is(err, redis.Nil) {
 		return "", fmt.Errorf("read input of job %s: %w", id, ErrNoPrompt)
 	}
