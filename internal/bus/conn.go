@@ -63,6 +63,9 @@ func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
 			log.Error("NATS asynchronous error", "subject", subject, "err", err)
 		}),
 	}, secure...)
+	if e.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(e.InProcess))
+	}
 	nc, err := nats.Connect(e.URL, opts...)
 	if err != nil {
 		return nil, e.connectError(err)

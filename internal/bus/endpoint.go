@@ -26,6 +26,9 @@ type Endpoint struct {
 	User         string // --nats-user, with PasswordFile
 	PasswordFile string // --nats-password-file
 	TLS          config.TLSFiles
+	// InProcess, when set, is a server in this process to connect to
+	// without a socket (an embedded server); the URL still names it.
+	InProcess nats.InProcessConnProvider
 }
 
 // Authenticated says whether the endpoint proves who it is: credentials in

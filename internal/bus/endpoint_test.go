@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
@@ -103,5 +104,33 @@ func TestEndpointPasswordFileAndNKey(t *testing.T) {
 	}
 	if strings.Contains(err.Error(), "wrong-pw") {
 		t.Errorf("error %q shows the password", err)
+	}
+}
+
+// An endpoint with an in-process server talks to it over a pipe: it needs
+// no socket, so a URL where nothing listens does not stop it.
+func TestEndpointInProcessNeedsNoSocket(t *testing.T) {
+	s := bustest.Start(t)
+	ep := bus.Endpoint{URL: "nats://127.0.0.1:1", InProcess: s}
+	c, err := ep.Connect("test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("Connect in process: %v", err)
+	}
+	defer c.Close()
+	if addr := c.NATS().ConnectedAddr(); addr != "pipe" {
+		t.Errorf("connected to %q, want the server's in-process pipe", addr)
+	}
+	sub, err := c.NATS().SubscribeSync("in.process")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.NATS().Publish("in.process", []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := sub.NextMsg(5 * time.Second); err != nil || string(m.Data) != "hi" {
+		t.Fatalf("round trip over the pipe: %v %v", m, err)
+	}
+	if _, err := (bus.Endpoint{URL: "nats://127.0.0.1:1"}).Connect("test", slog.New(slog.DiscardHandler)); err == nil {
+		t.Fatal("the same URL without the in-process server connected: the test proves nothing")
 	}
 }

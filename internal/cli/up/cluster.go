@@ -162,6 +162,11 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	natsEP := bus.Endpoint{URL: c.NATSURL}
+	if opts.NATSURL == "" {
+		// The components reach the embedded server over in-process pipes:
+		// no loopback socket, no syscalls per message.
+		natsEP.InProcess = c.Stack.NATS
+	}
 	if !opts.NoSafety {
 		c.Kernel, c.safetyConn, err = daemon.StartSafety(runCtx, natsEP, ownStore(), opts.Policy, opts.Reload, c.Metrics, log.With("component", "safety"))
 		if err != nil {
@@ -273,9 +278,6 @@ func (c *Cluster) Close() error {
 		}
 		if c.scheduler != nil {
 			c.scheduler.StopSubmits()
-		}
-		for _, w := range c.workers {
-			w.Stop()
 		}
 		for _, w := range c.workers {
 			w.Stop()

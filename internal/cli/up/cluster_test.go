@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
@@ -91,7 +92,7 @@ type dispatchSpy struct {
 
 func newDispatchSpy(t testing.TB, url string) *dispatchSpy {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, nats.Name("spy"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -276,5 +277,30 @@ func BenchmarkStartCluster(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.StartTimer()
+	}
+}
+
+// up's own components reach its embedded NATS server in process, over a
+// pipe rather than a loopback socket.
+func TestComponentsReachEmbeddedNATSInProcess(t *testing.T) {
+	h := startHarness(t, up.ClusterOptions{})
+	cz, err := h.cluster.Stack.NATS.Connz(&server.ConnzOptions{Limit: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inProcess := map[string]bool{}
+	for _, c := range cz.Conns {
+		component, _, _ := strings.Cut(c.Name, "-")
+		if c.IP == "" {
+			inProcess[component] = true
+		} else if component == "spy" {
+			// The test's own connection dials the URL: the check can tell.
+			inProcess["spy over tcp"] = true
+		}
+	}
+	for _, want := range []string{"safety", "scheduler", "echo", "gateway", "spy over tcp"} {
+		if !inProcess[want] {
+			t.Errorf("no %s connection found in process (connections: %+v)", want, inProcess)
+		}
 	}
 }
