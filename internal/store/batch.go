@@ -2,19 +2,19 @@ package store
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/cortex-os/core/internal/coalesce"
 )
 
-// Natural batching. Every single-job command of the store (a transition,
-// start, finish, read) joins a queue; up to maxInFlight callers at a time
-// lead: each takes what is queued, sends it as one pipeline (one round
-// trip) and hands the lead on if more came meanwhile. An idle store sends
-// each command at once, alone; a busy one sends hundreds per round trip,
-// without any timer adding latency. Results are each command's own, as if
-// sent alone.
+// Natural batching (internal/coalesce). Every single-job command of the
+// store (a transition, start, finish, read) joins a queue; up to
+// maxInFlight senders at a time each take what is queued and send it as one
+// pipeline (one round trip). An idle store sends each command at once,
+// alone; a busy one sends hundreds per round trip, without any timer adding
+// latency. Results are each command's own, as if sent alone.
 
 const (
 	maxInFlight = 4
@@ -37,48 +37,21 @@ type queued struct {
 
 type batcher struct {
 	rdb redis.UniversalClient
+	out *coalesce.Batcher[*queued]
+}
 
-	mu      sync.Mutex
-	queue   []*queued
-	running int
+func newBatcher(rdb redis.UniversalClient) *batcher {
+	b := &batcher{rdb: rdb}
+	b.out = coalesce.New(maxInFlight, func(q []*queued) int { return min(len(q), maxBatch) }, b.send)
+	return b
 }
 
 // do queues q, waits until it has run and returns its command.
 func (b *batcher) do(q *queued) redis.Cmder {
 	q.done = make(chan struct{})
-	b.mu.Lock()
-	b.queue = append(b.queue, q)
-	lead := b.running < maxInFlight
-	if lead {
-		b.running++
-	}
-	b.mu.Unlock()
-	if lead {
-		b.lead()
-	}
+	b.out.Add(q)
 	<-q.done
 	return q.cmd
-}
-
-// lead sends one pipeline of what is queued, then hands the lead to a new
-// goroutine if more is queued, so that its own caller returns.
-func (b *batcher) lead() {
-	b.mu.Lock()
-	n := min(len(b.queue), maxBatch)
-	batch := b.queue[:n:n]
-	if b.queue = b.queue[n:]; len(b.queue) == 0 {
-		b.queue = nil
-	}
-	b.mu.Unlock()
-	b.send(batch)
-	b.mu.Lock()
-	if len(b.queue) > 0 {
-		b.mu.Unlock()
-		go b.lead()
-		return
-	}
-	b.running--
-	b.mu.Unlock()
 }
 
 func (b *batcher) send(batch []*queued) {

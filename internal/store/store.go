@@ -122,7 +122,7 @@ func New(rdb redis.UniversalClient, opts Options) *Store {
 		opts.Redrive = DefaultRedrive
 	}
 	s := &Store{rdb: rdb, retention: opts.Retention, lease: opts.Lease, redrive: opts.Redrive, trips: new(atomic.Uint64), lastTrim: new([Shards]atomic.Int64),
-		batch: &batcher{rdb: rdb}}
+		batch: newBatcher(rdb)}
 	rdb.AddHook(tripCounter{s.trips})
 	return s
 }
