@@ -50,6 +50,8 @@ type Stack struct {
 	// DataDir is where JetStream keeps file-backed streams.
 	DataDir string
 	tmpDir  string
+	// lock holds DataDir for this stack (lock.go).
+	lock    *os.File
 	stopTTL chan struct{}
 	ttlDone chan struct{}
 }
@@ -117,6 +119,12 @@ func (s *Stack) startNATS(opts Options) error {
 			return fmt.Errorf("devstack: make JetStream dir: %w", err)
 		}
 		s.tmpDir, dataDir = tmp, tmp
+	} else {
+		lock, err := claimDataDir(dataDir)
+		if err != nil {
+			return err
+		}
+		s.lock = lock
 	}
 	s.DataDir = dataDir
 	port := opts.NATSPort
@@ -185,5 +193,8 @@ func (s *Stack) Close() {
 	}
 	if s.tmpDir != "" {
 		_ = os.RemoveAll(s.tmpDir)
+	}
+	if s.lock != nil {
+		_ = s.lock.Close()
 	}
 }

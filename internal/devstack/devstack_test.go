@@ -2,7 +2,11 @@ package devstack_test
 
 import (
 	"context"
+	"fmt"
 	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,5 +92,39 @@ func TestCloseFreesPortsAndData(t *testing.T) {
 	defer rdb.Close()
 	if err := rdb.Ping(context.Background()).Err(); err == nil {
 		t.Error("Redis still answers after Close")
+	}
+}
+
+// A data directory holds one stack's JetStream store: a second stack on
+// it is refused, naming the first one's process, until the first stops.
+func TestDataDirServesOneStackAtATime(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	first, err := devstack.Start(ctx, devstack.Options{DataDir: dir, NoRedis: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = devstack.Start(ctx, devstack.Options{DataDir: dir, NoRedis: true})
+	want := fmt.Sprintf("--data-dir %s is in use by another cortexctl up (process %d)", dir, os.Getpid())
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("second stack on the same data dir: %v, want an error saying %q", err, want)
+	}
+	first.Close()
+	again, err := devstack.Start(ctx, devstack.Options{DataDir: dir, NoRedis: true})
+	if err != nil {
+		t.Fatalf("the data dir stays locked after its stack stopped: %v", err)
+	}
+	again.Close()
+}
+
+// A data directory that cannot be one is refused at once, by its flag.
+func TestDataDirThatIsAFileIsRefused(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "afile")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := devstack.Start(context.Background(), devstack.Options{DataDir: file, NoRedis: true})
+	if err == nil || !strings.Contains(err.Error(), "--data-dir "+file+": not a directory") {
+		t.Fatalf("data dir that is a file: %v, want it refused as not a directory", err)
 	}
 }

@@ -178,4 +178,4 @@ func (g *Gateway) explainLimit(err error) error {
 
 // ErrNoKeys is returned by New when no key is configured and insecure mode
 // was not asked for.
-var ErrNoKeys = errors.New("gateway: no API keys configured; set CORTEX_API_KEYS=key:tenant[,key:tenant...] or pass --api-keys key:tenant (key:tenant:read for a read-only key), or run with --insecure to accept every caller as tenant \"default\"")
+var ErrNoKeys = errors.New("gateway: no API keys configured; pass --api-keys-file FILE (one key:tenant[:read|:admin] a line), --api-keys key:tenant, or set CORTEX_API_KEYS=key:tenant[,key:tenant...]; or run with --insecure to accept every caller as tenant \"default\"")

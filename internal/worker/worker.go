@@ -423,6 +423,20 @@ func (w *Worker) Drain() {
 	}
 }
 
+// Stopping says, as Stop begins, what it waits for: how many jobs are
+// running and how long they get to finish.
+func (w *Worker) Stopping() string {
+	n := w.active.Load()
+	if n == 0 {
+		return "no job is running"
+	}
+	if n == 1 {
+		return fmt.Sprintf("1 job is running: up to %s for it to finish, then it goes back to the stream for another worker", w.opts.ShutdownGrace)
+	}
+	return fmt.Sprintf("%d jobs are running: up to %s for them to finish, then they go back to the stream for another worker",
+		n, w.opts.ShutdownGrace)
+}
+
 // Stop takes no new jobs, lets running ones finish for up to the shutdown
 // grace period (then cancels them: they go back to the stream for another
 // worker), reports their results, and closes the connection. Its last

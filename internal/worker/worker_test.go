@@ -355,8 +355,14 @@ func TestStopFinishesRunningJobs(t *testing.T) {
 			return &plugins.Result{Output: "done"}, nil
 		}),
 	})
+	if got := r.w.Stopping(); got != "no job is running" {
+		t.Errorf("Stopping with no job: %q", got)
+	}
 	r.send(t, "j-slow", "job.slow", "x")
 	<-started
+	if got, want := r.w.Stopping(), "1 job is running: up to 10s for it to finish, then it goes back to the stream for another worker"; got != want {
+		t.Errorf("Stopping with a job running: %q, want %q", got, want)
+	}
 	stopped := make(chan struct{})
 	go func() { r.w.Stop(); close(stopped) }()
 	select {

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"io"
 	"context"
 	"errors"
 	"fmt"
@@ -105,6 +106,19 @@ func (o *Options) checkAuth(redis bool) error {
 	return nil
 }
 
+// unauthenticated names the servers the daemon reaches without
+// credentials, which --insecure allows.
+func (o *Options) unauthenticated(redis bool) []string {
+	var off []string
+	if !o.NATS.Authenticated() {
+		off = append(off, "NATS")
+	}
+	if redis && !o.Redis.Authenticated() {
+		off = append(off, "Redis")
+	}
+	return off
+}
+
 // env is what a daemon runs with once its flags have passed: a context
 // that ends at SIGINT/SIGTERM, a logger and, for daemons that keep state,
 // the store.
@@ -131,6 +145,10 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 		return nil, err
 	}
 	TuneGC()
+	if off := o.unauthenticated(redis); len(off) > 0 {
+		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: --insecure: the %s connects to %s without authentication; never run so in production\n",
+			cmd.Name(), strings.Join(off, " and "))
+	}
 	replicas, err := StreamReplicas(cmd, o.StreamReplicas)
 	if err != nil {
 		return nil, err
@@ -193,12 +211,24 @@ func AddLeaseFlag(cmd *cobra.Command, lease *time.Duration) {
 		"how long a job may go without news from its worker before another worker takes it; the reconciler gives up on it after twice this")
 }
 
-// serve blocks until the command's context ends, then calls stop.
-func serve(cmd *cobra.Command, what string, stop func()) error {
+// serve blocks until the command's context ends, then says that it stops
+// and what it waits for (stopping, when not nil), and calls stop.
+func serve(cmd *cobra.Command, what string, stopping func() string, stop func()) error {
 	fmt.Fprintf(cmd.ErrOrStderr(), "%s running; Ctrl-C or SIGTERM stops it\n", what)
 	<-cmd.Context().Done()
+	SayStopping(cmd.ErrOrStderr(), what, stopping)
 	stop()
 	return nil
+}
+
+// SayStopping tells a person who stopped a daemon (or up) what it still
+// does, and how not to wait.
+func SayStopping(w io.Writer, what string, stopping func() string) {
+	note := ""
+	if stopping != nil {
+		note = ": " + stopping()
+	}
+	fmt.Fprintf(w, "%s stopping%s (Ctrl-C or SIGTERM again stops at once)\n", what, note)
 }
 
 // NewCmdSafety runs the safety kernel.
@@ -244,7 +274,7 @@ stays. Redis is needed to read prompts for rules that look at the text.`,
 			}
 			st := k.Status().GetActive()
 			fmt.Fprintf(cmd.ErrOrStderr(), "enforcing policy %s %s (%s)\n", st.GetName(), st.GetHash(), st.GetOrigin())
-			return serve(cmd, "safety kernel", conn.Close)
+			return serve(cmd, "safety kernel", nil, conn.Close)
 		},
 	}
 	o.addFlags(cmd, true)
@@ -310,7 +340,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 				s.Close()
 				return err
 			}
-			return serve(cmd, "scheduler", s.Close)
+			return serve(cmd, "scheduler", func() string { return "finishing the jobs it holds" }, s.Close)
 		},
 	}
 	o.addFlags(cmd, true)
@@ -390,7 +420,7 @@ comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 				w.Stop()
 				return err
 			}
-			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), w.Stop)
+			return serve(cmd, fmt.Sprintf("worker %s (pool %s)", w.ID(), wo.Pool), w.Stopping, w.Stop)
 		},
 	}
 	o.addFlags(cmd, true)
@@ -440,8 +470,11 @@ give the gateway the same routes as the schedulers.`,
 			if err != nil {
 				return err
 			}
-			if len(keyTable) == 0 && !o.Insecure {
-				return &cmdutil.UsageError{Err: gateway.ErrNoKeys}
+			if len(keyTable) == 0 {
+				if !o.Insecure {
+					return &cmdutil.UsageError{Err: gateway.ErrNoKeys}
+				}
+				fmt.Fprintln(cmd.ErrOrStderr(), `WARNING: --insecure without API keys: the gateway takes every caller as tenant "default", with admin rights`)
 			}
 			e, err := o.prepare(cmd, true)
 			if err != nil {
@@ -458,6 +491,10 @@ give the gateway the same routes as the schedulers.`,
 				return fmt.Errorf("gateway listen on %s: %w", listen, err)
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "gateway listening on http://%s; Ctrl-C or SIGTERM stops it\n", ln.Addr())
+			go func() {
+				<-e.ctx.Done()
+				SayStopping(cmd.ErrOrStderr(), "gateway", func() string { return "finishing the requests in progress" })
+			}()
 			return g.Serve(e.ctx, ln)
 		},
 	}

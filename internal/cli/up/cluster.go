@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -105,6 +106,7 @@ type Cluster struct {
 	gatewayConn *bus.Conn
 	scheduler   *scheduler.Scheduler
 	workers     []*worker.Worker
+	routes      *routing.Router
 	safetyConn  *bus.Conn
 	conns       []*bus.Conn // every component's, for Dropped
 	rdb         redis.UniversalClient
@@ -127,7 +129,7 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		opts.Routes = routing.DefaultOf(pools...)
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL, Metrics: telemetry.NewMetrics()}
+	c = &Cluster{cancel: cancel, NATSURL: opts.NATSURL, RedisURL: opts.RedisURL, Metrics: telemetry.NewMetrics(), routes: opts.Routes}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -238,6 +240,55 @@ func listen(addr string) (net.Listener, error) {
 		return nil, fmt.Errorf("gateway listen on %s: %w (pick another address with --listen, e.g. --listen 127.0.0.1:0)", addr, err)
 	}
 	return ln, nil
+}
+
+// Unserved lists the pools that routes lead to and no worker of the
+// stack serves (another process may run their workers).
+func (c *Cluster) Unserved() []string {
+	var out []string
+	for _, pool := range c.routes.Pools() {
+		if !slices.ContainsFunc(c.Pools, func(p ServedPool) bool { return p.Pool == pool }) {
+			out = append(out, pool)
+		}
+	}
+	return out
+}
+
+// TryTopic is a topic to try the stack with: routed to a pool the stack
+// serves, and handled by its worker there (job.echo when it is).
+func (c *Cluster) TryTopic() (string, bool) {
+	var found []string
+	for _, p := range c.Pools {
+		for _, t := range p.Topics {
+			if pool, ok := c.routes.Pool(t); ok && pool == p.Pool {
+				found = append(found, t)
+			}
+		}
+	}
+	if len(found) == 0 {
+		return "", false
+	}
+	if slices.Contains(found, "job.echo") {
+		return "job.echo", true
+	}
+	return found[0], true
+}
+
+// Stopping says what stopping waits for: the running jobs of each worker.
+func (c *Cluster) Stopping() string {
+	var notes []string
+	for _, p := range c.Pools {
+		for _, w := range c.workers {
+			if w.ID() == p.WorkerID {
+				notes = append(notes, "pool "+p.Pool+": "+w.Stopping())
+			}
+		}
+	}
+	if len(notes) == 1 {
+		_, note, _ := strings.Cut(notes[0], ": ")
+		return note
+	}
+	return strings.Join(notes, "; ")
 }
 
 // Dropped counts the malformed packets the components have dropped.

@@ -84,7 +84,7 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
 	daemon.AddRedisClusterFlag(cmd, &o.Cluster.RedisCluster)
 	daemon.AddStreamReplicasFlag(cmd, &o.Cluster.StreamReplicas)
-	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory)")
+	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory); one up at a time, and jobs outlive up only with --redis-url too")
 	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", worker.DefaultMaxParallel, "jobs the built-in echo worker runs at once")
@@ -139,7 +139,7 @@ func upRun(cmd *cobra.Command, o *Options) error {
 		return err
 	}
 	server := "http://" + c.GatewayAddr
-	contextPath := "(not written: --no-context)"
+	contextPath := "not written: --no-context"
 	if !o.NoContext {
 		contextPath, err = client.SaveContext(client.LocalContext, client.Context{
 			Server: server, APIKey: c.APIKey, NATSURL: c.NATSURL, RedisURL: c.RedisURL,
@@ -151,7 +151,7 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	}
 	printBanner(cmd.OutOrStdout(), c, server, contextPath, time.Since(start))
 	serveErr := c.Wait(ctx)
-	fmt.Fprintln(cmd.ErrOrStderr(), "stopping...")
+	daemon.SayStopping(cmd.ErrOrStderr(), "up", c.Stopping)
 	if err := c.Close(); err != nil && serveErr == nil {
 		serveErr = err
 	}
@@ -161,10 +161,19 @@ func upRun(cmd *cobra.Command, o *Options) error {
 // streamsNote says where jobs in flight are kept.
 func streamsNote(c *Cluster) string {
 	if c.Streams == bus.MemoryStorage {
-		return "JetStream work queues in memory: jobs in flight are lost when up stops (--data-dir DIR keeps them on disk)"
+		keep := "--data-dir DIR keeps them on disk"
+		if c.Stack != nil && c.Stack.Redis != nil {
+			keep = "--data-dir DIR with --redis-url URL keeps them"
+		}
+		return "JetStream work queues in memory: jobs in flight are lost when up stops (" + keep + ")"
 	}
 	if c.Stack != nil && c.Stack.NATS != nil {
-		return "JetStream work queues on disk in " + c.Stack.DataDir
+		note := "JetStream work queues on disk in " + c.Stack.DataDir
+		if c.Stack.Redis != nil {
+			// The streams outlive up; the records they point at do not.
+			note += "; but job records live in the embedded Redis, in memory, so jobs are still lost when up stops (add --redis-url to keep them)"
+		}
+		return note
 	}
 	return "JetStream work queues on the NATS server's disk"
 }
@@ -201,7 +210,13 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 			fmt.Fprintf(w, "           %s\n", p.About)
 		}
 	}
+	for _, pool := range c.Unserved() {
+		fmt.Fprintf(w, "  warning  routes lead to pool %s, which no worker of this stack serves: its jobs wait for one (cortexctl worker --pool %s ...)\n", pool, pool)
+	}
 	fmt.Fprintf(w, "  context  %s (%s)\n", client.LocalContext, contextPath)
-	fmt.Fprintf(w, "ready in %s: try 'cortexctl submit --topic job.echo --prompt hello --wait'; Ctrl-C stops\n",
-		took.Round(time.Millisecond))
+	try := "no route leads to a worker of this stack"
+	if topic, ok := c.TryTopic(); ok {
+		try = fmt.Sprintf("try 'cortexctl submit --topic %s --prompt hello --wait'", topic)
+	}
+	fmt.Fprintf(w, "ready in %s: %s; Ctrl-C stops\n", took.Round(time.Millisecond), try)
 }

@@ -1,0 +1,58 @@
+package devstack
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// lockName is the file in a data directory that one running stack holds
+// locked, so that a second stack refuses the directory instead of sharing
+// JetStream's store with the first.
+const lockName = "cortex-up.lock"
+
+// errLocked is lockFile's error for a file another process holds.
+var errLocked = errors.New("locked")
+
+// claimDataDir makes dir if need be and locks it for this process, or says
+// why it cannot: not a directory, not writable, or in use by another stack
+// (naming its process).
+func claimDataDir(dir string) (*os.File, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("--data-dir %s: %w", dir, pathError(err))
+	}
+	path := filepath.Join(dir, lockName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("--data-dir %s: %w", dir, pathError(err))
+	}
+	if err := lockFile(f); err != nil {
+		holder := ""
+		if b, rerr := os.ReadFile(path); rerr == nil {
+			if pid := strings.TrimSpace(string(b)); pid != "" {
+				holder = " (process " + pid + ")"
+			}
+		}
+		_ = f.Close()
+		if errors.Is(err, errLocked) {
+			return nil, fmt.Errorf("--data-dir %s is in use by another cortexctl up%s: stop it, or give this one another directory", dir, holder)
+		}
+		return nil, fmt.Errorf("--data-dir %s: lock %s: %w", dir, lockName, err)
+	}
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return f, nil
+}
+
+// pathError is err without the path it repeats, which the caller names.
+func pathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
