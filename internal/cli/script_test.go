@@ -3,6 +3,7 @@ package cli_test
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/cortex-os/core/internal/cli"
 	"github.com/cortex-os/core/internal/cli/job"
@@ -149,6 +151,7 @@ func TestScripts(t *testing.T) {
 			"wait-state":     cmdWaitState,
 			"wait-file":      cmdWaitFile,
 			"wait-stdout":    cmdWaitStdout,
+			"wait-record":    cmdWaitRecord,
 			"sync-events":    cmdSyncEvents,
 			"bigfile":        cmdBigfile,
 			"fake-llm":       cmdFakeLLM,
@@ -449,6 +452,89 @@ func cmdWaitStdout(ts *testscript.TestScript, neg bool, args []string) {
 		}
 		time.Sleep(4 * pollEvery)
 	}
+}
+
+// wait-record json|yaml FILE [KEY=VALUE...] polls FILE (the stdout of a
+// stream: tail, jobs watch, jobs list --watch) until all of it reads as a
+// stream of records in that format, JSON Lines (one object a line) or YAML
+// documents that each start with "---", and one record has every top-level
+// KEY with VALUE (compared as text), for at most fileTimeout.
+func cmdWaitRecord(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) < 2 || args[0] != "json" && args[0] != "yaml" {
+		ts.Fatalf("usage: wait-record json|yaml FILE [KEY=VALUE...]")
+	}
+	want, err := job.ParseLabels(args[2:])
+	ts.Check(err)
+	deadline := time.Now().Add(fileTimeout)
+	for {
+		b, _ := os.ReadFile(ts.MkAbs(args[1]))
+		recs, err := streamRecords(args[0], string(b))
+		if err == nil {
+			for _, rec := range recs {
+				if hasFields(rec, want) {
+					ts.Logf("wait-record: %d records in %s", len(recs), args[1])
+					return
+				}
+			}
+			err = fmt.Errorf("none of its %d records has %v", len(recs), want)
+		}
+		if time.Now().After(deadline) {
+			ts.Fatalf("wait-record: %s after %s: %v; it holds:\n%s", args[1], fileTimeout, err, b)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// streamRecords reads s as a stream of records in format: JSON Lines, or
+// YAML documents that each start with "---".
+func streamRecords(format, s string) ([]map[string]any, error) {
+	var recs []map[string]any
+	if format == "json" {
+		if s != "" && !strings.HasSuffix(s, "\n") {
+			return nil, errors.New("the last line is not whole")
+		}
+		for i, line := range strings.Split(strings.TrimSuffix(s, "\n"), "\n") {
+			var rec map[string]any
+			if err := json.Unmarshal([]byte(line), &rec); err != nil {
+				return nil, fmt.Errorf("line %d is not one JSON object: %w: %q", i+1, err, line)
+			}
+			if rec == nil {
+				return nil, fmt.Errorf("line %d is not a JSON object: %q", i+1, line)
+			}
+			recs = append(recs, rec)
+		}
+		return recs, nil
+	}
+	dec := yaml.NewDecoder(strings.NewReader(s))
+	for {
+		var rec map[string]any
+		err := dec.Decode(&rec)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("yaml document %d: %w", len(recs)+1, err)
+		}
+		if rec == nil {
+			return nil, fmt.Errorf("yaml document %d is empty", len(recs)+1)
+		}
+		recs = append(recs, rec)
+	}
+	if n := strings.Count("\n"+s, "\n---\n"); n != len(recs) || !strings.HasPrefix(s, "---\n") {
+		return nil, fmt.Errorf("%d yaml documents, %d of them starting with ---", len(recs), n)
+	}
+	return recs, nil
+}
+
+// hasFields reports whether rec has every key of want, with its value.
+func hasFields(rec map[string]any, want map[string]string) bool {
+	for k, v := range want {
+		got, ok := rec[k]
+		if !ok || fmt.Sprint(got) != v {
+			return false
+		}
+	}
+	return true
 }
 
 // sync-events FILE TOPIC [KEY=VALUE...] makes sure that a background event

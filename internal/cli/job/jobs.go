@@ -57,11 +57,19 @@ func NewCmdList(f *cmdutil.Factory, runF func(context.Context, *ListOptions) err
 		Short:   "List jobs, newest first",
 		Long: `List your jobs, newest first, filtered by state, topic and labels. At most
 --limit jobs print (0 for all); when more match, the command says how to get
-the next page. With --watch, keep printing jobs as they change.`,
+the next page. -o json and -o yaml print the page as one list:
+{"items": [...], "nextPageToken": "..."}.
+
+With --watch, keep printing jobs as they change, until Ctrl-C. With -o json
+or -o yaml the output is then a stream of jobs, as tail's: each job of the
+first page, then each change, is one record (one JSON object on one line,
+or one YAML document starting with "---"), with no list around them; when
+more jobs match than the first page holds, the command says so on stderr.`,
 		Example: `  cortexctl jobs list
   cortexctl jobs list --state denied,failed --topic 'job.*' -o wide
   cortexctl jobs list --label team=ml -o json | jq -r '.items[].jobId'
-  cortexctl jobs list --watch`,
+  cortexctl jobs list --watch
+  cortexctl jobs list --watch -o json | jq -r '"\(.jobId) \(.state)"'`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if runF != nil {
@@ -115,11 +123,19 @@ func listRun(ctx context.Context, o *ListOptions) error {
 	}
 	p := output.New(o.Factory.Out, o.Output)
 	now := time.Now()
-	if p.Machine() {
-		if err := p.Print(output.List[*cortexv1.Job]{Items: jobs, NextPageToken: token}); err != nil {
-			return err
+	switch {
+	case p.Machine() && o.Watch:
+		// A stream of jobs, as tail's: each listed job is a record, as
+		// each change after them is, so that every record reads the same.
+		for _, j := range jobs {
+			if err := p.Record(j); err != nil {
+				return err
+			}
 		}
-	} else {
+		moreJobs(o.Factory.ErrOut, token)
+	case p.Machine():
+		return p.Print(output.List[*cortexv1.Job]{Items: jobs, NextPageToken: token})
+	default:
 		if len(jobs) == 0 && !o.Watch {
 			fmt.Fprintln(o.Factory.ErrOut, "no jobs found")
 			return nil
@@ -131,19 +147,25 @@ func listRun(ctx context.Context, o *ListOptions) error {
 		if err := p.Table(jobHeader(p.Wide()), rows); err != nil {
 			return err
 		}
-		if token != "" {
-			fmt.Fprintf(o.Factory.ErrOut, "more jobs match: add --page %s (or --limit 0 for all)\n", token)
-		}
+		moreJobs(o.Factory.ErrOut, token)
 	}
 	if !o.Watch {
 		return nil
 	}
 	return streamJobs(ctx, o.Factory, &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels}, func(j *cortexv1.Job) error {
 		if p.Machine() {
-			return p.Print(j)
+			return p.Record(j)
 		}
 		return p.Table(nil, [][]string{jobRow(p, j, time.Now())})
 	}, nil)
+}
+
+// moreJobs says on stderr how to list the jobs after a page, when token
+// says there are more.
+func moreJobs(errOut io.Writer, token string) {
+	if token != "" {
+		fmt.Fprintf(errOut, "more jobs match: add --page %s (or --limit 0 for all)\n", token)
+	}
 }
 
 // oneJobCmd builds the commands that act on job ids.
@@ -327,7 +349,11 @@ func NewCmdWatch(f *cmdutil.Factory, runF func(context.Context, *WatchOptions) e
 		`Print a line for every state change of a job until it is finished. The exit
 status says how it ended: 0 COMPLETED, 3 DENIED, FAILED, CANCELLED or TIMEOUT.
 With --follow, also print the job's output as its handler streams it,
-between the state lines, and at the end the rest of its result.`,
+between the state lines, and at the end the rest of its result.
+
+-o json prints each version of the job as one JSON object on one line (JSON
+Lines); -o yaml prints each as a YAML document starting with "---". A job
+that has ended prints once, in the same form.`,
 		"  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e\n  cortexctl jobs watch 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e && cortexctl jobs result 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e",
 		func(cmd *cobra.Command, id string) error {
 			o.ID = id
@@ -358,7 +384,7 @@ func watchRun(ctx context.Context, o *WatchOptions) error {
 	}
 	j, err := FollowToEnd(ctx, c, o.ID, func(j *cortexv1.Job) {
 		if p.Machine() {
-			printErr = errors.Join(printErr, p.Print(j))
+			printErr = errors.Join(printErr, p.Record(j))
 			return
 		}
 		if Terminal(j.GetState()) && o.Follow {

@@ -36,8 +36,12 @@ func NewCmdTail(f *cmdutil.Factory, runF func(context.Context, *TailOptions) err
 		Short: "Print every change of your jobs as it happens",
 		Long: `Print a line for every state change of your jobs, live, until Ctrl-C:
 submits, safety denials with their rule and reason, dispatches, runs and
-outcomes. Filter by topic, state and labels. -o json prints one JSON object
-per change.
+outcomes. Filter by topic, state and labels.
+
+-o json prints one JSON object per change, each on one line (JSON Lines:
+read it with jq or line by line); -o yaml prints one YAML document per
+change, each starting with "---". Pieces of output (--job-output) and
+decisions (--decisions) are records of the stream in the same way.
 
 With --job-output, also print the output of your running jobs as their
 handlers write it (chat tokens, a Python job's prints): one "output" line
@@ -50,6 +54,7 @@ would have said. An admin key sees every tenant's decisions.`,
 		Example: `  cortexctl tail
   cortexctl tail --state denied
   cortexctl tail --topic 'job.*' --label team=ml -o json
+  cortexctl tail -o json | jq -r 'select(.state == "JOB_STATE_FAILED") | .jobId'
   cortexctl tail --topic job.chat.llm --job-output
   cortexctl tail --decisions --decision deny`,
 		Args: cmdutil.NoArgs,
@@ -90,13 +95,13 @@ func tailRun(ctx context.Context, o *TailOptions) error {
 	req := &cortexv1.StreamEventsRequest{Topic: o.Topic, States: states, Labels: labels, Output: o.JobOutput}
 	return streamJobs(ctx, o.Factory, req, func(j *cortexv1.Job) error {
 		if p.Machine() {
-			return p.Print(j)
+			return p.Record(j)
 		}
 		_, err := fmt.Fprintln(o.Factory.Out, eventLine(p, j))
 		return err
 	}, func(out *cortexv1.JobOutput) error {
 		if p.Machine() {
-			return p.Print(out)
+			return p.Record(out)
 		}
 		_, err := fmt.Fprintf(o.Factory.Out, "%s  %s  %-12s output  %q\n", time.Now().Format("15:04:05.000"), out.GetJobId(), out.GetTopic(), out.GetText())
 		return err
@@ -122,7 +127,7 @@ func tailDecisions(ctx context.Context, o *TailOptions) error {
 	}, func(msg *cortexv1.StreamDecisionsResponse) error {
 		skipped(o.Factory.ErrOut, msg.GetDropped())
 		if p.Machine() {
-			return p.Print(msg.GetEvent())
+			return p.Record(msg.GetEvent())
 		}
 		_, err := fmt.Fprintln(o.Factory.Out, decisionLine(p, msg.GetEvent()))
 		return err

@@ -1,6 +1,7 @@
 // Package output owns how cortexctl commands print: the -o format
 // (table, wide, json, yaml), stable JSON and YAML of proto messages and
-// lists, aligned tables, colours for job states, the progress spinner on
+// lists (pretty for one value, one line or one document per record for a
+// stream), aligned tables, colours for job states, the progress spinner on
 // stderr and the human forms of ages and long strings. It decides how
 // things look, never what a command prints or where its data comes from.
 package output
@@ -103,7 +104,8 @@ func (p *Printer) Wide() bool { return p.Format == Wide }
 func (p *Printer) Machine() bool { return p.Format.Machine() }
 
 // Print writes v as JSON or YAML, whichever p.Format is; commands print
-// tables themselves and call Print for the machine formats.
+// tables themselves and call Print for the machine formats. It is for a
+// command that prints one value; a stream of values goes through Record.
 func (p *Printer) Print(v any) error {
 	switch p.Format {
 	case JSON:
@@ -147,6 +149,44 @@ func (p *Printer) YAML(v any) error {
 	_, err = p.Out.Write(y)
 	return err
 }
+
+// Record writes v as one record of a stream: the commands that print
+// records as they come (tail, jobs watch, jobs list --watch) call it for
+// each, where a command that prints one value calls Print. In json a
+// record is one compact JSON object on one line (JSON Lines, as line
+// readers and jq -c want); in yaml it is its own document, starting with
+// "---", so that a YAML reader sees one document per record instead of
+// one document whose keys repeat. The field names are those of JSON and
+// YAML, and as stable. A record goes out in a single write.
+func (p *Printer) Record(v any) error {
+	if !p.Machine() {
+		return fmt.Errorf("print %s: only json and yaml print records; this is a bug in the command", p.Format)
+	}
+	b, err := marshalJSON(v)
+	if err != nil {
+		return err
+	}
+	var out bytes.Buffer
+	switch p.Format {
+	case JSON:
+		out.Grow(len(b) + 1)
+		out.Write(b)
+		out.WriteByte('\n')
+	case YAML:
+		y, err := yaml.JSONToYAML(b)
+		if err != nil {
+			return fmt.Errorf("format yaml: %w", err)
+		}
+		out.Grow(len(yamlDocStart) + len(y))
+		out.WriteString(yamlDocStart)
+		out.Write(y)
+	}
+	_, err = p.Out.Write(out.Bytes())
+	return err
+}
+
+// yamlDocStart begins every YAML document of a stream of records.
+const yamlDocStart = "---\n"
 
 // List is how a list prints in json and yaml:
 // {"items": [...], "nextPageToken": "..."}, with the token left out when

@@ -248,3 +248,67 @@ func TestTableWithoutHeader(t *testing.T) {
 		t.Errorf("table = %q, want %q", b.String(), want)
 	}
 }
+
+func TestRecord(t *testing.T) {
+	var b bytes.Buffer
+	v := struct {
+		Name string `json:"name"`
+		Note string `json:"note"`
+	}{Name: "a<b>", Note: "two\nlines"}
+	p := &Printer{Out: &b, Format: JSON}
+	for _, r := range []any{fieldProto(), v} {
+		if err := p.Record(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := `{"name":"job_id","number":1,"typeName":"<x> & y"}` + "\n" + `{"name":"a<b>","note":"two\nlines"}` + "\n"
+	if b.String() != want {
+		t.Errorf("json records =\n%s\nwant\n%s", b.String(), want)
+	}
+
+	b.Reset()
+	p.Format = YAML
+	for _, r := range []any{fieldProto(), v} {
+		if err := p.Record(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want = `---
+name: job_id
+number: 1
+typeName: <x> & y
+---
+name: a<b>
+note: |-
+  two
+  lines
+`
+	if b.String() != want {
+		t.Errorf("yaml records =\n%s\nwant\n%s", b.String(), want)
+	}
+
+	if err := (&Printer{Out: &bytes.Buffer{}, Format: Wide}).Record(v); err == nil {
+		t.Error("Record in wide format did not fail")
+	}
+}
+
+// A record goes out in one write, so that a reader of a pipe never sees
+// half of one.
+func TestRecordIsOneWrite(t *testing.T) {
+	for _, f := range []Format{JSON, YAML} {
+		w := &countingWriter{}
+		if err := (&Printer{Out: w, Format: f}).Record(fieldProto()); err != nil {
+			t.Fatal(err)
+		}
+		if w.writes != 1 {
+			t.Errorf("%s record in %d writes", f, w.writes)
+		}
+	}
+}
+
+type countingWriter struct{ writes int }
+
+func (w *countingWriter) Write(p []byte) (int, error) {
+	w.writes++
+	return len(p), nil
+}
