@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -176,5 +177,29 @@ func TestEventLineAndRows(t *testing.T) {
 	row := jobRow(p, j, time.Now())
 	if len(row) != len(jobHeader(true)) || row[7] != "a=1,b=2" || row[8] != "deny-sys-destroy: never" || row[5] != "-" {
 		t.Errorf("wide row %q", row)
+	}
+}
+
+// TestSubmitHelpShowsNoOwnDefaults: --priority, --timeout and
+// --max-attempts default to the pool's when not given, so their help
+// says so and nothing else (cobra adds "(default N)" for a flag whose own
+// default is not zero); an explicit value, 1 included, is sent as given.
+func TestSubmitHelpShowsNoOwnDefaults(t *testing.T) {
+	cmd := NewCmdSubmit(&cmdutil.Factory{}, nil)
+	for _, line := range strings.Split(cmd.Flags().FlagUsages(), "\n") {
+		for _, name := range []string{"--priority", "--timeout", "--max-attempts"} {
+			if strings.Contains(line, name+" ") && (!strings.Contains(line, "default: the pool's") || strings.Count(line, "default") != 1) {
+				t.Errorf("help of %s: %q, want only the pool's default", name, line)
+			}
+		}
+	}
+	for _, n := range []uint32{1, 3} {
+		_, req, err := parseSubmit(t, "", "-t", "job.echo", "-p", "hi", "--max-attempts", fmt.Sprint(n))
+		if err != nil || req.MaxAttempts == nil || req.GetMaxAttempts() != n {
+			t.Errorf("--max-attempts %d: request %v, %v", n, req, err)
+		}
+	}
+	if _, _, err := parseSubmit(t, "", "-t", "job.echo", "-p", "hi", "--max-attempts", "-1"); err == nil {
+		t.Error("--max-attempts -1 accepted")
 	}
 }
