@@ -172,8 +172,14 @@ func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time)
 	}
 	row("Created", when(j.GetCreatedAt(), now))
 	if len(j.GetTransitions()) > 0 {
-		fmt.Fprintln(w, "Transitions:")
+		// The store keeps the last time the job entered each state, so
+		// after a retry the list starts at the last attempt's PENDING;
+		// the offsets count from the submit, which the list may not show.
 		start := j.GetTransitions()[0].GetAt().AsTime()
+		if c := j.GetCreatedAt(); c != nil && c.AsTime().Unix() > 0 {
+			start = c.AsTime()
+		}
+		fmt.Fprintln(w, "Transitions (when the job last entered each state, +time since it was created):")
 		for _, t := range j.GetTransitions() {
 			fmt.Fprintf(w, "  %-18s %s  %s\n", StateName(t.GetState()), t.GetAt().AsTime().Local().Format("15:04:05.000"),
 				"+"+t.GetAt().AsTime().Sub(start).Round(100*time.Microsecond).String())
