@@ -223,7 +223,7 @@ func TestDetailTransitionsCountFromCreation(t *testing.T) {
 		Attempts: []*cortexv1.AttemptRecord{{Attempt: 1, State: cortexv1.JobState_JOB_STATE_FAILED, EndedAt: at(2 * time.Second)}},
 	}
 	var b bytes.Buffer
-	printDetail(&b, &output.Printer{}, j, created.Add(time.Minute))
+	printDetail(&b, &output.Printer{}, j, nil, created.Add(time.Minute))
 	out := b.String()
 	for state, offset := range map[string]string{"FAILED": "+2s", "PENDING": "+5s", "RUNNING": "+5.25s", "COMPLETED": "+7s"} {
 		if !containsLine(out, state, offset) {
@@ -237,7 +237,7 @@ func TestDetailTransitionsCountFromCreation(t *testing.T) {
 	// Without a creation time, the offsets count from the first transition.
 	j.CreatedAt = nil
 	b.Reset()
-	printDetail(&b, &output.Printer{}, j, created.Add(time.Minute))
+	printDetail(&b, &output.Printer{}, j, nil, created.Add(time.Minute))
 	if out := b.String(); !containsLine(out, "FAILED", "+0s") || !containsLine(out, "COMPLETED", "+5s") {
 		t.Errorf("no creation time: want offsets from the first transition in\n%s", b.String())
 	}

@@ -207,7 +207,7 @@ func getRun(ctx context.Context, o *GetOptions) error {
 	case p.Wide():
 		return p.Table(jobHeader(true), [][]string{jobRow(p, res.GetJob(), time.Now())})
 	}
-	printDetail(o.Factory.Out, p, res.GetJob(), time.Now())
+	printDetail(o.Factory.Out, p, res.GetJob(), nil, time.Now())
 	return nil
 }
 
