@@ -49,6 +49,25 @@ func (g *Gateway) ListDeadLetters(ctx context.Context, req *cortexv1.ListDeadLet
 	return res, nil
 }
 
+// GetDeadLetter returns one of the caller's dead letters. A job of the
+// caller's that is not in the queue is FailedPrecondition, as for retry
+// and drop; another tenant's job is NotFound.
+func (g *Gateway) GetDeadLetter(ctx context.Context, req *cortexv1.GetDeadLetterRequest) (*cortexv1.GetDeadLetterResponse, error) {
+	j, err := g.ownJob(ctx, req.GetJobId())
+	if err != nil {
+		return nil, err
+	}
+	at, dead, err := g.store.DeadLetterAt(ctx, j.ID)
+	if err != nil {
+		return nil, g.readErr(j.ID, err)
+	}
+	if !dead {
+		return nil, connect.Errorf(connect.CodeFailedPrecondition,
+			"job %s is not in the dead-letter queue (it is %s); see cortexctl jobs get %s", j.ID, j.State, j.ID)
+	}
+	return &cortexv1.GetDeadLetterResponse{DeadLetter: &cortexv1.DeadLetter{Job: j.Proto(), DeadAt: timestamppb.New(at)}}, nil
+}
+
 // RetryDeadLetter gives a dead letter one more attempt, through the
 // safety gate again.
 func (g *Gateway) RetryDeadLetter(ctx context.Context, req *cortexv1.RetryDeadLetterRequest) (*cortexv1.RetryDeadLetterResponse, error) {

@@ -2,14 +2,17 @@ package gateway_test
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
 
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
 
 // deadLetter submits a job as acme and ends it FAILED in the dead-letter
@@ -105,5 +108,57 @@ func TestDeadLettersAreTheTenantsOwn(t *testing.T) {
 	}
 	if _, err := acme.ListDeadLetters(ctx, &cortexv1.ListDeadLettersRequest{PageToken: "nope"}); connect.CodeOf(err) != connect.CodeInvalidArgument {
 		t.Errorf("bad page token: %v, want InvalidArgument", err)
+	}
+}
+
+// TestGetDeadLetterIsForDeadLettersOnly: GetDeadLetter answers a dead
+// letter of the caller's tenant with when it went to the queue, to any of
+// the tenant's keys; a job that is not in the queue (never was, dropped,
+// retried) is FailedPrecondition, as retry and drop say, and points to
+// GetJob's command; another tenant's job is NotFound.
+func TestGetDeadLetterIsForDeadLettersOnly(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	acme, globex, ro := f.client(t, "key-acme-1234"), f.client(t, "key-globex-1234"), f.client(t, "key-acme-read")
+	dead := f.deadLetter(t, acme)
+	dropped := f.deadLetter(t, acme)
+	retried := f.deadLetter(t, acme)
+	pending := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
+	failed := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
+	f.move(t, failed, store.Change{To: store.Failed, Attempt: 1, Reason: "boom"})
+	if _, err := acme.DropDeadLetter(ctx, &cortexv1.DropDeadLetterRequest{JobId: dropped}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := acme.RetryDeadLetter(ctx, &cortexv1.RetryDeadLetterRequest{JobId: retried}); err != nil {
+		t.Fatal(err)
+	}
+
+	for name, c := range map[string]cortexv1connect.GatewayServiceClient{"key": acme, "read-only key": ro} {
+		res, err := c.GetDeadLetter(ctx, &cortexv1.GetDeadLetterRequest{JobId: dead})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		d := res.GetDeadLetter()
+		if d.GetJob().GetJobId() != dead || d.GetJob().GetState() != cortexv1.JobState_JOB_STATE_FAILED || len(d.GetJob().GetAttempts()) != 1 ||
+			d.GetDeadAt() == nil || time.Since(d.GetDeadAt().AsTime()) > time.Minute {
+			t.Errorf("%s: dead letter %v", name, d)
+		}
+	}
+	for id, state := range map[string]string{pending: "PENDING", failed: "FAILED", dropped: "FAILED", retried: "PENDING"} {
+		_, err := acme.GetDeadLetter(ctx, &cortexv1.GetDeadLetterRequest{JobId: id})
+		want := "job " + id + " is not in the dead-letter queue (it is " + state + "); see cortexctl jobs get " + id
+		var ce *connect.Error
+		if !errors.As(err, &ce) || ce.Code() != connect.CodeFailedPrecondition || ce.Message() != want {
+			t.Errorf("%s job: %v, want FailedPrecondition %q", state, err, want)
+		}
+	}
+	if _, err := globex.GetDeadLetter(ctx, &cortexv1.GetDeadLetterRequest{JobId: dead}); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("globex reading acme's dead letter: %v, want NotFound", err)
+	}
+	if _, err := acme.GetDeadLetter(ctx, &cortexv1.GetDeadLetterRequest{JobId: "01930000-0000-7000-8000-000000000000"}); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("unknown job: %v, want NotFound", err)
+	}
+	if _, err := acme.GetDeadLetter(ctx, &cortexv1.GetDeadLetterRequest{JobId: "nope"}); connect.CodeOf(err) != connect.CodeInvalidArgument {
+		t.Errorf("bad id: %v, want InvalidArgument", err)
 	}
 }

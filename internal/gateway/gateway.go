@@ -42,6 +42,7 @@ type Store interface {
 	SavePolicy(ctx context.Context, shadow bool, name, source string) error
 	Ping(ctx context.Context) error
 	DeadLetters(ctx context.Context, tenant string, limit int, before time.Time) ([]store.DeadLetter, error)
+	DeadLetterAt(ctx context.Context, id string) (time.Time, bool, error)
 	Revive(ctx context.Context, id, reason string, now time.Time) (*store.Job, error)
 	DropDeadLetter(ctx context.Context, id string) (bool, error)
 }

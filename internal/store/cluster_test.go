@@ -615,8 +615,8 @@ type lifecycle struct {
 
 // lifecycleMethods are the Store methods run calls.
 var lifecycleMethods = []string{
-	"Complete", "CreateJob", "CreateJobs", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
-	"InputBatch", "IsDeadLetter", "List", "LoadPolicy", "Output", "Peek", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
+	"Complete", "CreateJob", "CreateJobs", "DeadLetterAt", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
+	"InputBatch", "List", "LoadPolicy", "Output", "Peek", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
 	"SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
 }
 
@@ -754,7 +754,7 @@ func (l *lifecycle) newJob(tenant string, i int) store.NewJob {
 // run is the lifecycle: policies, n jobs of one tenant along every path
 // (half made by CreateJob, half by one CreateJobs), listing them, a tenant
 // with more jobs than a List batch, deadlines (Due, ExtendLease,
-// PutOffRedrive, WithLease), dead letters (DeadLetters, IsDeadLetter,
+// PutOffRedrive, WithLease), dead letters (DeadLetters, DeadLetterAt,
 // Revive, DropDeadLetter, TransitionMany) and idempotency keys.
 func (l *lifecycle) run(n int) {
 	ctx := l.ctx
@@ -1653,10 +1653,13 @@ func (l *lifecycle) deadLetters() {
 	}
 
 	isDead := func(id string, want bool) bool {
-		return l.do("IsDeadLetter", func() error {
-			got, err := st.IsDeadLetter(ctx, id)
-			if err == nil && got != want {
-				err = fmt.Errorf("IsDeadLetter(%s) = %t, want %t", id, got, want)
+		return l.do("DeadLetterAt", func() error {
+			when, got, err := st.DeadLetterAt(ctx, id)
+			switch {
+			case err == nil && got != want:
+				err = fmt.Errorf("DeadLetterAt(%s) = %t, want %t", id, got, want)
+			case err == nil && got && !when.Equal(time.UnixMilli(at[id].UnixMilli())):
+				err = fmt.Errorf("DeadLetterAt(%s) = %s, want %s (when it failed, to the ms)", id, when, at[id])
 			}
 			return err
 		})

@@ -202,16 +202,17 @@ func (s *Store) DeadLetters(ctx context.Context, tenant string, limit int, befor
 // deadBatch is how many entries per shard DeadLetters reads per round.
 const deadBatch = 200
 
-// IsDeadLetter reports whether a job is in the dead-letter queue.
-func (s *Store) IsDeadLetter(ctx context.Context, id string) (bool, error) {
-	_, err := s.rdb.ZScore(ctx, dlqKeyOf(id), id).Result()
+// DeadLetterAt reports whether a job is in the dead-letter queue, and
+// when it went there.
+func (s *Store) DeadLetterAt(ctx context.Context, id string) (time.Time, bool, error) {
+	score, err := s.rdb.ZScore(ctx, dlqKeyOf(id), id).Result()
 	switch {
 	case errors.Is(err, redis.Nil):
-		return false, nil
+		return time.Time{}, false, nil
 	case err != nil:
-		return false, fmt.Errorf("read dead letter %s: %w", id, err)
+		return time.Time{}, false, fmt.Errorf("read dead letter %s: %w", id, err)
 	}
-	return true, nil
+	return time.UnixMilli(int64(score)), true, nil
 }
 
 // Revive gives a dead letter one more attempt: PENDING at the next

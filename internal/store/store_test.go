@@ -668,7 +668,7 @@ func TestDeadLettersFindsATenantsOlderEntriesBehindOthers(t *testing.T) {
 		if _, err := st.Transition(ctx, id, store.Change{To: store.Cancelled, DeadLetter: true}, now); err != nil {
 			t.Fatal(err)
 		}
-		if dead, err := st.IsDeadLetter(ctx, id); err != nil || dead {
+		if _, dead, err := st.DeadLetterAt(ctx, id); err != nil || dead {
 			t.Errorf("a CANCELLED job is a dead letter: %v, %v", dead, err)
 		}
 	})

@@ -108,12 +108,33 @@ the pool and the last worker.`,
 func newCmdDLQShow(f *cmdutil.Factory) *cobra.Command {
 	var format output.Format
 	cmd := &cobra.Command{
-		Use:     "show JOB_ID",
-		Short:   "Show a dead letter with its attempt history",
+		Use:   "show JOB_ID",
+		Short: "Show a dead letter with its attempt history",
+		Long: `Show a dead letter as cortexctl jobs get shows a job, with when it went to
+the queue. A job that is not in the queue (it never was, or was retried or
+dropped) is an error: cortexctl jobs get shows any job. -o json and -o yaml
+print the job record, as jobs get does.`,
 		Example: `  cortexctl dlq show 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e`,
 		Args:    oneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return getRun(cmd.Context(), &GetOptions{Factory: f, ID: args[0], Output: format})
+			c, _, err := f.Client()
+			if err != nil {
+				return err
+			}
+			res, err := c.GetDeadLetter(cmd.Context(), &cortexv1.GetDeadLetterRequest{JobId: args[0]})
+			if err != nil {
+				return err
+			}
+			d := res.GetDeadLetter()
+			p := output.New(f.Out, format)
+			switch {
+			case p.Machine():
+				return p.Print(d.GetJob())
+			case p.Wide():
+				return p.Table(jobHeader(true), [][]string{jobRow(p, d.GetJob(), time.Now())})
+			}
+			printDetail(f.Out, p, d.GetJob(), d.GetDeadAt(), time.Now())
+			return nil
 		},
 	}
 	output.AddFormatFlag(cmd, &format)

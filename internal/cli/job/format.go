@@ -119,8 +119,9 @@ func reasonText(j *cortexv1.Job) string {
 	return j.GetReason()
 }
 
-// printDetail writes one job as `jobs get` shows it on a terminal.
-func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time) {
+// printDetail writes one job as `jobs get` shows it on a terminal; deadAt
+// is when a dead letter went to the queue (nil for jobs get).
+func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, deadAt *timestamppb.Timestamp, now time.Time) {
 	row := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(w, "%-12s %s\n", k+":", v)
@@ -171,9 +172,16 @@ func printDetail(w io.Writer, p *output.Printer, j *cortexv1.Job, now time.Time)
 		row("Usage", fmt.Sprintf("%d prompt + %d completion tokens", u.GetPromptTokens(), u.GetCompletionTokens()))
 	}
 	row("Created", when(j.GetCreatedAt(), now))
+	row("Dead since", when(deadAt, now))
 	if len(j.GetTransitions()) > 0 {
-		fmt.Fprintln(w, "Transitions:")
+		// The store keeps the last time the job entered each state, so
+		// after a retry the list starts at the last attempt's PENDING;
+		// the offsets count from the submit, which the list may not show.
 		start := j.GetTransitions()[0].GetAt().AsTime()
+		if c := j.GetCreatedAt(); c != nil && c.AsTime().Unix() > 0 {
+			start = c.AsTime()
+		}
+		fmt.Fprintln(w, "Transitions (when the job last entered each state, +time since it was created):")
 		for _, t := range j.GetTransitions() {
 			fmt.Fprintf(w, "  %-18s %s  %s\n", StateName(t.GetState()), t.GetAt().AsTime().Local().Format("15:04:05.000"),
 				"+"+t.GetAt().AsTime().Sub(start).Round(100*time.Microsecond).String())

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/output"
@@ -177,4 +180,76 @@ func TestEventLineAndRows(t *testing.T) {
 	if len(row) != len(jobHeader(true)) || row[7] != "a=1,b=2" || row[8] != "deny-sys-destroy: never" || row[5] != "-" {
 		t.Errorf("wide row %q", row)
 	}
+}
+
+// TestSubmitHelpShowsNoOwnDefaults: --priority, --timeout and
+// --max-attempts default to the pool's when not given, so their help
+// says so and nothing else (cobra adds "(default N)" for a flag whose own
+// default is not zero); an explicit value, 1 included, is sent as given.
+func TestSubmitHelpShowsNoOwnDefaults(t *testing.T) {
+	cmd := NewCmdSubmit(&cmdutil.Factory{}, nil)
+	for _, line := range strings.Split(cmd.Flags().FlagUsages(), "\n") {
+		for _, name := range []string{"--priority", "--timeout", "--max-attempts"} {
+			if strings.Contains(line, name+" ") && (!strings.Contains(line, "default: the pool's") || strings.Count(line, "default") != 1) {
+				t.Errorf("help of %s: %q, want only the pool's default", name, line)
+			}
+		}
+	}
+	for _, n := range []uint32{1, 3} {
+		_, req, err := parseSubmit(t, "", "-t", "job.echo", "-p", "hi", "--max-attempts", fmt.Sprint(n))
+		if err != nil || req.MaxAttempts == nil || req.GetMaxAttempts() != n {
+			t.Errorf("--max-attempts %d: request %v, %v", n, req, err)
+		}
+	}
+	if _, _, err := parseSubmit(t, "", "-t", "job.echo", "-p", "hi", "--max-attempts", "-1"); err == nil {
+		t.Error("--max-attempts -1 accepted")
+	}
+}
+
+// TestDetailTransitionsCountFromCreation: the store keeps the last time a
+// job entered each state, so after a retry the first transition listed is
+// the last attempt's PENDING; the offsets still count from the submit.
+func TestDetailTransitionsCountFromCreation(t *testing.T) {
+	created := time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
+	at := func(d time.Duration) *timestamppb.Timestamp { return timestamppb.New(created.Add(d)) }
+	j := &cortexv1.Job{JobId: "j1", Topic: "job.echo", State: cortexv1.JobState_JOB_STATE_COMPLETED, Attempt: 2, MaxAttempts: 2,
+		CreatedAt: at(0),
+		Transitions: []*cortexv1.JobTransition{
+			{State: cortexv1.JobState_JOB_STATE_FAILED, At: at(2 * time.Second)},
+			{State: cortexv1.JobState_JOB_STATE_PENDING, At: at(5 * time.Second)},
+			{State: cortexv1.JobState_JOB_STATE_RUNNING, At: at(5*time.Second + 250*time.Millisecond)},
+			{State: cortexv1.JobState_JOB_STATE_COMPLETED, At: at(7 * time.Second)},
+		},
+		Attempts: []*cortexv1.AttemptRecord{{Attempt: 1, State: cortexv1.JobState_JOB_STATE_FAILED, EndedAt: at(2 * time.Second)}},
+	}
+	var b bytes.Buffer
+	printDetail(&b, &output.Printer{}, j, nil, created.Add(time.Minute))
+	out := b.String()
+	for state, offset := range map[string]string{"FAILED": "+2s", "PENDING": "+5s", "RUNNING": "+5.25s", "COMPLETED": "+7s"} {
+		if !containsLine(out, state, offset) {
+			t.Errorf("transition %s: want offset %s since creation in\n%s", state, offset, out)
+		}
+	}
+	if !strings.Contains(out, "last entered each state") {
+		t.Errorf("the transitions' header does not say they are the last entries:\n%s", out)
+	}
+
+	// Without a creation time, the offsets count from the first transition.
+	j.CreatedAt = nil
+	b.Reset()
+	printDetail(&b, &output.Printer{}, j, nil, created.Add(time.Minute))
+	if out := b.String(); !containsLine(out, "FAILED", "+0s") || !containsLine(out, "COMPLETED", "+5s") {
+		t.Errorf("no creation time: want offsets from the first transition in\n%s", b.String())
+	}
+}
+
+// containsLine reports whether out has a transition line for state ending
+// with offset.
+func containsLine(out, state, offset string) bool {
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == state && f[2] == offset {
+			return true
+		}
+	}
+	return false
 }

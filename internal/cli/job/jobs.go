@@ -198,7 +198,9 @@ func NewCmdGet(f *cmdutil.Factory, runF func(context.Context, *GetOptions) error
 	cmd := oneJobCmd("get JOB_ID", "Show a job: state, attempts, placement, safety decision, transitions",
 		`Show everything known about a job but its input and output: state and
 reason, attempt, pool and worker, the safety decision (rule, reason, policy),
-labels, sizes, and when it entered each state.`,
+labels, sizes, and the last time it entered each state, with the time since
+it was created (after a retry, the states of the last attempt; Attempts lists
+how every attempt ended).`,
 		"  cortexctl jobs get 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e\n  cortexctl jobs get 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e -o json",
 		func(cmd *cobra.Command, id string) error {
 			o.ID = id
@@ -227,7 +229,7 @@ func getRun(ctx context.Context, o *GetOptions) error {
 	case p.Wide():
 		return p.Table(jobHeader(true), [][]string{jobRow(p, res.GetJob(), time.Now())})
 	}
-	printDetail(o.Factory.Out, p, res.GetJob(), time.Now())
+	printDetail(o.Factory.Out, p, res.GetJob(), nil, time.Now())
 	return nil
 }
 

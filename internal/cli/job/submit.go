@@ -106,7 +106,9 @@ the API key is missing or wrong; 1 on any other error.`,
 	fs.StringSliceVarP(&o.Labels, "label", "l", nil, "key=value label, repeatable")
 	fs.Int32Var(&o.Priority, "priority", 0, "0-9, higher runs first (default: the pool's, else 0)")
 	fs.DurationVar(&o.Timeout, "timeout", 0, "stop an attempt that runs longer than this (e.g. 30s; default: the pool's, else no limit)")
-	fs.IntVar(&o.MaxAttempts, "max-attempts", 1, "run a failing job up to this many times (1-10; default: the pool's, else 1)")
+	// No default of its own (cobra would print it): an unset flag leaves the
+	// pool's default to the gateway.
+	fs.IntVar(&o.MaxAttempts, "max-attempts", 0, "run a failing job up to this many times (1-10; default: the pool's, else 1)")
 	fs.StringVar(&o.IdempotencyKey, "idempotency-key", "", "resubmitting with the same key returns the first job instead of a new one")
 	fs.BoolVarP(&o.Wait, "wait", "w", false, "wait for the job to end and print its result")
 	fs.BoolVar(&o.Follow, "follow", false, "print the job's output as it comes, then the rest of its result (implies --wait)")

@@ -326,6 +326,94 @@ func (x *ListDeadLettersResponse) GetNextPageToken() string {
 	return ""
 }
 
+type GetDeadLetterRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeadLetterRequest) Reset() {
+	*x = GetDeadLetterRequest{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeadLetterRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeadLetterRequest) ProtoMessage() {}
+
+func (x *GetDeadLetterRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeadLetterRequest.ProtoReflect.Descriptor instead.
+func (*GetDeadLetterRequest) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetDeadLetterRequest) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+type GetDeadLetterResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	DeadLetter    *DeadLetter            `protobuf:"bytes,1,opt,name=dead_letter,json=deadLetter,proto3" json:"dead_letter,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetDeadLetterResponse) Reset() {
+	*x = GetDeadLetterResponse{}
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetDeadLetterResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetDeadLetterResponse) ProtoMessage() {}
+
+func (x *GetDeadLetterResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetDeadLetterResponse.ProtoReflect.Descriptor instead.
+func (*GetDeadLetterResponse) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetDeadLetterResponse) GetDeadLetter() *DeadLetter {
+	if x != nil {
+		return x.DeadLetter
+	}
+	return nil
+}
+
 type RetryDeadLetterRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
@@ -338,7 +426,7 @@ type RetryDeadLetterRequest struct {
 
 func (x *RetryDeadLetterRequest) Reset() {
 	*x = RetryDeadLetterRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -350,7 +438,7 @@ func (x *RetryDeadLetterRequest) String() string {
 func (*RetryDeadLetterRequest) ProtoMessage() {}
 
 func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[5]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -363,7 +451,7 @@ func (x *RetryDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RetryDeadLetterRequest) GetJobId() string {
@@ -390,7 +478,7 @@ type RetryDeadLetterResponse struct {
 
 func (x *RetryDeadLetterResponse) Reset() {
 	*x = RetryDeadLetterResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -402,7 +490,7 @@ func (x *RetryDeadLetterResponse) String() string {
 func (*RetryDeadLetterResponse) ProtoMessage() {}
 
 func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[6]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -415,7 +503,7 @@ func (x *RetryDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RetryDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*RetryDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{6}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RetryDeadLetterResponse) GetJob() *Job {
@@ -434,7 +522,7 @@ type DropDeadLetterRequest struct {
 
 func (x *DropDeadLetterRequest) Reset() {
 	*x = DropDeadLetterRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -446,7 +534,7 @@ func (x *DropDeadLetterRequest) String() string {
 func (*DropDeadLetterRequest) ProtoMessage() {}
 
 func (x *DropDeadLetterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[7]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -459,7 +547,7 @@ func (x *DropDeadLetterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropDeadLetterRequest.ProtoReflect.Descriptor instead.
 func (*DropDeadLetterRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{7}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DropDeadLetterRequest) GetJobId() string {
@@ -479,7 +567,7 @@ type DropDeadLetterResponse struct {
 
 func (x *DropDeadLetterResponse) Reset() {
 	*x = DropDeadLetterResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +579,7 @@ func (x *DropDeadLetterResponse) String() string {
 func (*DropDeadLetterResponse) ProtoMessage() {}
 
 func (x *DropDeadLetterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[8]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +592,7 @@ func (x *DropDeadLetterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DropDeadLetterResponse.ProtoReflect.Descriptor instead.
 func (*DropDeadLetterResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{8}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DropDeadLetterResponse) GetJob() *Job {
@@ -539,7 +627,7 @@ type SubmitJobRequest struct {
 
 func (x *SubmitJobRequest) Reset() {
 	*x = SubmitJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -551,7 +639,7 @@ func (x *SubmitJobRequest) String() string {
 func (*SubmitJobRequest) ProtoMessage() {}
 
 func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[9]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -564,7 +652,7 @@ func (x *SubmitJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{9}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SubmitJobRequest) GetTopic() string {
@@ -639,7 +727,7 @@ type SubmitJobResponse struct {
 
 func (x *SubmitJobResponse) Reset() {
 	*x = SubmitJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -651,7 +739,7 @@ func (x *SubmitJobResponse) String() string {
 func (*SubmitJobResponse) ProtoMessage() {}
 
 func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[10]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -664,7 +752,7 @@ func (x *SubmitJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{10}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SubmitJobResponse) GetJobId() string {
@@ -704,7 +792,7 @@ type GetJobRequest struct {
 
 func (x *GetJobRequest) Reset() {
 	*x = GetJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -716,7 +804,7 @@ func (x *GetJobRequest) String() string {
 func (*GetJobRequest) ProtoMessage() {}
 
 func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[11]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -729,7 +817,7 @@ func (x *GetJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobRequest.ProtoReflect.Descriptor instead.
 func (*GetJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{11}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetJobRequest) GetJobId() string {
@@ -748,7 +836,7 @@ type GetJobResponse struct {
 
 func (x *GetJobResponse) Reset() {
 	*x = GetJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -760,7 +848,7 @@ func (x *GetJobResponse) String() string {
 func (*GetJobResponse) ProtoMessage() {}
 
 func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[12]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -773,7 +861,7 @@ func (x *GetJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetJobResponse.ProtoReflect.Descriptor instead.
 func (*GetJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{12}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *GetJobResponse) GetJob() *Job {
@@ -792,7 +880,7 @@ type GetResultRequest struct {
 
 func (x *GetResultRequest) Reset() {
 	*x = GetResultRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -804,7 +892,7 @@ func (x *GetResultRequest) String() string {
 func (*GetResultRequest) ProtoMessage() {}
 
 func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[13]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -817,7 +905,7 @@ func (x *GetResultRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultRequest.ProtoReflect.Descriptor instead.
 func (*GetResultRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{13}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetResultRequest) GetJobId() string {
@@ -842,7 +930,7 @@ type GetResultResponse struct {
 
 func (x *GetResultResponse) Reset() {
 	*x = GetResultResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -854,7 +942,7 @@ func (x *GetResultResponse) String() string {
 func (*GetResultResponse) ProtoMessage() {}
 
 func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[14]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -867,7 +955,7 @@ func (x *GetResultResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResultResponse.ProtoReflect.Descriptor instead.
 func (*GetResultResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{14}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetResultResponse) GetJobId() string {
@@ -945,7 +1033,7 @@ type ListJobsRequest struct {
 
 func (x *ListJobsRequest) Reset() {
 	*x = ListJobsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1045,7 @@ func (x *ListJobsRequest) String() string {
 func (*ListJobsRequest) ProtoMessage() {}
 
 func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[15]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1058,7 @@ func (x *ListJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsRequest.ProtoReflect.Descriptor instead.
 func (*ListJobsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{15}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListJobsRequest) GetStates() []JobState {
@@ -1019,7 +1107,7 @@ type ListJobsResponse struct {
 
 func (x *ListJobsResponse) Reset() {
 	*x = ListJobsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1031,7 +1119,7 @@ func (x *ListJobsResponse) String() string {
 func (*ListJobsResponse) ProtoMessage() {}
 
 func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[16]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1044,7 +1132,7 @@ func (x *ListJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListJobsResponse.ProtoReflect.Descriptor instead.
 func (*ListJobsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{16}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListJobsResponse) GetJobs() []*Job {
@@ -1072,7 +1160,7 @@ type CancelJobRequest struct {
 
 func (x *CancelJobRequest) Reset() {
 	*x = CancelJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1172,7 @@ func (x *CancelJobRequest) String() string {
 func (*CancelJobRequest) ProtoMessage() {}
 
 func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[17]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1185,7 @@ func (x *CancelJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobRequest.ProtoReflect.Descriptor instead.
 func (*CancelJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{17}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CancelJobRequest) GetJobId() string {
@@ -1123,7 +1211,7 @@ type CancelJobResponse struct {
 
 func (x *CancelJobResponse) Reset() {
 	*x = CancelJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1223,7 @@ func (x *CancelJobResponse) String() string {
 func (*CancelJobResponse) ProtoMessage() {}
 
 func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[18]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1236,7 @@ func (x *CancelJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelJobResponse.ProtoReflect.Descriptor instead.
 func (*CancelJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{18}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CancelJobResponse) GetJob() *Job {
@@ -1170,7 +1258,7 @@ type WatchJobRequest struct {
 
 func (x *WatchJobRequest) Reset() {
 	*x = WatchJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1270,7 @@ func (x *WatchJobRequest) String() string {
 func (*WatchJobRequest) ProtoMessage() {}
 
 func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[19]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1283,7 @@ func (x *WatchJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobRequest.ProtoReflect.Descriptor instead.
 func (*WatchJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{19}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchJobRequest) GetJobId() string {
@@ -1224,7 +1312,7 @@ type WatchJobResponse struct {
 
 func (x *WatchJobResponse) Reset() {
 	*x = WatchJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1236,7 +1324,7 @@ func (x *WatchJobResponse) String() string {
 func (*WatchJobResponse) ProtoMessage() {}
 
 func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[20]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1249,7 +1337,7 @@ func (x *WatchJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchJobResponse.ProtoReflect.Descriptor instead.
 func (*WatchJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{20}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchJobResponse) GetJob() *Job {
@@ -1289,7 +1377,7 @@ type StreamEventsRequest struct {
 
 func (x *StreamEventsRequest) Reset() {
 	*x = StreamEventsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1389,7 @@ func (x *StreamEventsRequest) String() string {
 func (*StreamEventsRequest) ProtoMessage() {}
 
 func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[21]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1402,7 @@ func (x *StreamEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsRequest.ProtoReflect.Descriptor instead.
 func (*StreamEventsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{21}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *StreamEventsRequest) GetTopic() string {
@@ -1370,7 +1458,7 @@ type StreamEventsResponse struct {
 
 func (x *StreamEventsResponse) Reset() {
 	*x = StreamEventsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1382,7 +1470,7 @@ func (x *StreamEventsResponse) String() string {
 func (*StreamEventsResponse) ProtoMessage() {}
 
 func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[22]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1395,7 +1483,7 @@ func (x *StreamEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEventsResponse.ProtoReflect.Descriptor instead.
 func (*StreamEventsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{22}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *StreamEventsResponse) GetJob() *Job {
@@ -1437,7 +1525,7 @@ type ApproveJobRequest struct {
 
 func (x *ApproveJobRequest) Reset() {
 	*x = ApproveJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1537,7 @@ func (x *ApproveJobRequest) String() string {
 func (*ApproveJobRequest) ProtoMessage() {}
 
 func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[23]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1550,7 @@ func (x *ApproveJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveJobRequest.ProtoReflect.Descriptor instead.
 func (*ApproveJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{23}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApproveJobRequest) GetJobId() string {
@@ -1488,7 +1576,7 @@ type ApproveJobResponse struct {
 
 func (x *ApproveJobResponse) Reset() {
 	*x = ApproveJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1500,7 +1588,7 @@ func (x *ApproveJobResponse) String() string {
 func (*ApproveJobResponse) ProtoMessage() {}
 
 func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[24]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1513,7 +1601,7 @@ func (x *ApproveJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApproveJobResponse.ProtoReflect.Descriptor instead.
 func (*ApproveJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{24}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApproveJobResponse) GetJob() *Job {
@@ -1534,7 +1622,7 @@ type RejectJobRequest struct {
 
 func (x *RejectJobRequest) Reset() {
 	*x = RejectJobRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1546,7 +1634,7 @@ func (x *RejectJobRequest) String() string {
 func (*RejectJobRequest) ProtoMessage() {}
 
 func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[25]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1559,7 +1647,7 @@ func (x *RejectJobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectJobRequest.ProtoReflect.Descriptor instead.
 func (*RejectJobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{25}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RejectJobRequest) GetJobId() string {
@@ -1585,7 +1673,7 @@ type RejectJobResponse struct {
 
 func (x *RejectJobResponse) Reset() {
 	*x = RejectJobResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1597,7 +1685,7 @@ func (x *RejectJobResponse) String() string {
 func (*RejectJobResponse) ProtoMessage() {}
 
 func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[26]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1610,7 +1698,7 @@ func (x *RejectJobResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RejectJobResponse.ProtoReflect.Descriptor instead.
 func (*RejectJobResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{26}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RejectJobResponse) GetJob() *Job {
@@ -1628,7 +1716,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1640,7 +1728,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[27]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1653,7 +1741,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{27}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
 }
 
 type GetPolicyResponse struct {
@@ -1668,7 +1756,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1680,7 +1768,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[28]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1693,7 +1781,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{28}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetPolicyResponse) GetStatus() *PolicyStatus {
@@ -1726,7 +1814,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1738,7 +1826,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[29]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1751,7 +1839,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{29}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApplyPolicyRequest) GetSource() string {
@@ -1794,7 +1882,7 @@ type ApplyPolicyResponse struct {
 
 func (x *ApplyPolicyResponse) Reset() {
 	*x = ApplyPolicyResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1806,7 +1894,7 @@ func (x *ApplyPolicyResponse) String() string {
 func (*ApplyPolicyResponse) ProtoMessage() {}
 
 func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[30]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1819,7 +1907,7 @@ func (x *ApplyPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{30}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApplyPolicyResponse) GetHash() string {
@@ -1850,7 +1938,7 @@ type ExplainDecisionRequest struct {
 
 func (x *ExplainDecisionRequest) Reset() {
 	*x = ExplainDecisionRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1862,7 +1950,7 @@ func (x *ExplainDecisionRequest) String() string {
 func (*ExplainDecisionRequest) ProtoMessage() {}
 
 func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[31]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1875,7 +1963,7 @@ func (x *ExplainDecisionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionRequest.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{31}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ExplainDecisionRequest) GetTopic() string {
@@ -1927,7 +2015,7 @@ type ExplainDecisionResponse struct {
 
 func (x *ExplainDecisionResponse) Reset() {
 	*x = ExplainDecisionResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1939,7 +2027,7 @@ func (x *ExplainDecisionResponse) String() string {
 func (*ExplainDecisionResponse) ProtoMessage() {}
 
 func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[32]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1952,7 +2040,7 @@ func (x *ExplainDecisionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainDecisionResponse.ProtoReflect.Descriptor instead.
 func (*ExplainDecisionResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{32}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ExplainDecisionResponse) GetDecision() *SafetyVerdict {
@@ -1998,7 +2086,7 @@ type StreamDecisionsRequest struct {
 
 func (x *StreamDecisionsRequest) Reset() {
 	*x = StreamDecisionsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2010,7 +2098,7 @@ func (x *StreamDecisionsRequest) String() string {
 func (*StreamDecisionsRequest) ProtoMessage() {}
 
 func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[33]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2023,7 +2111,7 @@ func (x *StreamDecisionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDecisionsRequest.ProtoReflect.Descriptor instead.
 func (*StreamDecisionsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{33}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *StreamDecisionsRequest) GetDecisions() []Decision {
@@ -2062,7 +2150,7 @@ type StreamDecisionsResponse struct {
 
 func (x *StreamDecisionsResponse) Reset() {
 	*x = StreamDecisionsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2074,7 +2162,7 @@ func (x *StreamDecisionsResponse) String() string {
 func (*StreamDecisionsResponse) ProtoMessage() {}
 
 func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[34]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2087,7 +2175,7 @@ func (x *StreamDecisionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamDecisionsResponse.ProtoReflect.Descriptor instead.
 func (*StreamDecisionsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{34}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StreamDecisionsResponse) GetEvent() *SafetyDecisionEvent {
@@ -2120,7 +2208,7 @@ type SubmitJobsRequest struct {
 
 func (x *SubmitJobsRequest) Reset() {
 	*x = SubmitJobsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2132,7 +2220,7 @@ func (x *SubmitJobsRequest) String() string {
 func (*SubmitJobsRequest) ProtoMessage() {}
 
 func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[35]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2145,7 +2233,7 @@ func (x *SubmitJobsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsRequest.ProtoReflect.Descriptor instead.
 func (*SubmitJobsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{35}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SubmitJobsRequest) GetJobs() []*SubmitJobRequest {
@@ -2165,7 +2253,7 @@ type SubmitJobsResponse struct {
 
 func (x *SubmitJobsResponse) Reset() {
 	*x = SubmitJobsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2177,7 +2265,7 @@ func (x *SubmitJobsResponse) String() string {
 func (*SubmitJobsResponse) ProtoMessage() {}
 
 func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[36]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2190,7 +2278,7 @@ func (x *SubmitJobsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResponse.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{36}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SubmitJobsResponse) GetResults() []*SubmitJobsResult {
@@ -2219,7 +2307,7 @@ type SubmitJobsResult struct {
 
 func (x *SubmitJobsResult) Reset() {
 	*x = SubmitJobsResult{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2231,7 +2319,7 @@ func (x *SubmitJobsResult) String() string {
 func (*SubmitJobsResult) ProtoMessage() {}
 
 func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[37]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2244,7 +2332,7 @@ func (x *SubmitJobsResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitJobsResult.ProtoReflect.Descriptor instead.
 func (*SubmitJobsResult) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{37}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SubmitJobsResult) GetJobId() string {
@@ -2299,7 +2387,7 @@ type ListWorkersRequest struct {
 
 func (x *ListWorkersRequest) Reset() {
 	*x = ListWorkersRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2399,7 @@ func (x *ListWorkersRequest) String() string {
 func (*ListWorkersRequest) ProtoMessage() {}
 
 func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[38]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2412,7 @@ func (x *ListWorkersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersRequest.ProtoReflect.Descriptor instead.
 func (*ListWorkersRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{38}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListWorkersRequest) GetPool() string {
@@ -2343,7 +2431,7 @@ type ListWorkersResponse struct {
 
 func (x *ListWorkersResponse) Reset() {
 	*x = ListWorkersResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2355,7 +2443,7 @@ func (x *ListWorkersResponse) String() string {
 func (*ListWorkersResponse) ProtoMessage() {}
 
 func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[39]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2368,7 +2456,7 @@ func (x *ListWorkersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListWorkersResponse.ProtoReflect.Descriptor instead.
 func (*ListWorkersResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{39}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListWorkersResponse) GetWorkers() []*WorkerInfo {
@@ -2406,7 +2494,7 @@ type WorkerInfo struct {
 
 func (x *WorkerInfo) Reset() {
 	*x = WorkerInfo{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2506,7 @@ func (x *WorkerInfo) String() string {
 func (*WorkerInfo) ProtoMessage() {}
 
 func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[40]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2519,7 @@ func (x *WorkerInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerInfo.ProtoReflect.Descriptor instead.
 func (*WorkerInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{40}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *WorkerInfo) GetWorkerId() string {
@@ -2547,7 +2635,7 @@ type ListPoolsRequest struct {
 
 func (x *ListPoolsRequest) Reset() {
 	*x = ListPoolsRequest{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2559,7 +2647,7 @@ func (x *ListPoolsRequest) String() string {
 func (*ListPoolsRequest) ProtoMessage() {}
 
 func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[41]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2572,7 +2660,7 @@ func (x *ListPoolsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsRequest.ProtoReflect.Descriptor instead.
 func (*ListPoolsRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{41}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{43}
 }
 
 type ListPoolsResponse struct {
@@ -2584,7 +2672,7 @@ type ListPoolsResponse struct {
 
 func (x *ListPoolsResponse) Reset() {
 	*x = ListPoolsResponse{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[42]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2596,7 +2684,7 @@ func (x *ListPoolsResponse) String() string {
 func (*ListPoolsResponse) ProtoMessage() {}
 
 func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[42]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2609,7 +2697,7 @@ func (x *ListPoolsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPoolsResponse.ProtoReflect.Descriptor instead.
 func (*ListPoolsResponse) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{42}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListPoolsResponse) GetPools() []*PoolInfo {
@@ -2639,7 +2727,7 @@ type PoolInfo struct {
 
 func (x *PoolInfo) Reset() {
 	*x = PoolInfo{}
-	mi := &file_cortex_v1_gateway_proto_msgTypes[43]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2651,7 +2739,7 @@ func (x *PoolInfo) String() string {
 func (*PoolInfo) ProtoMessage() {}
 
 func (x *PoolInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_gateway_proto_msgTypes[43]
+	mi := &file_cortex_v1_gateway_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2664,7 +2752,7 @@ func (x *PoolInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PoolInfo.ProtoReflect.Descriptor instead.
 func (*PoolInfo) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{43}
+	return file_cortex_v1_gateway_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *PoolInfo) GetPool() string {
@@ -2728,7 +2816,12 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\adead_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x06deadAt\"{\n" +
 	"\x17ListDeadLettersResponse\x128\n" +
 	"\fdead_letters\x18\x01 \x03(\v2\x15.cortex.v1.DeadLetterR\vdeadLetters\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"G\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"-\n" +
+	"\x14GetDeadLetterRequest\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\"O\n" +
+	"\x15GetDeadLetterResponse\x126\n" +
+	"\vdead_letter\x18\x01 \x01(\v2\x15.cortex.v1.DeadLetterR\n" +
+	"deadLetter\"G\n" +
 	"\x16RetryDeadLetterRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\";\n" +
@@ -2902,7 +2995,7 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\vWorkerState\x12\x1c\n" +
 	"\x18WORKER_STATE_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11WORKER_STATE_LIVE\x10\x01\x12\x19\n" +
-	"\x15WORKER_STATE_DRAINING\x10\x022\x9f\f\n" +
+	"\x15WORKER_STATE_DRAINING\x10\x022\xf3\f\n" +
 	"\x0eGatewayService\x12F\n" +
 	"\tSubmitJob\x12\x1b.cortex.v1.SubmitJobRequest\x1a\x1c.cortex.v1.SubmitJobResponse\x12I\n" +
 	"\n" +
@@ -2923,7 +3016,8 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\vListWorkers\x12\x1d.cortex.v1.ListWorkersRequest\x1a\x1e.cortex.v1.ListWorkersResponse\x12F\n" +
 	"\tListPools\x12\x1b.cortex.v1.ListPoolsRequest\x1a\x1c.cortex.v1.ListPoolsResponse\x12L\n" +
 	"\vDrainWorker\x12\x1d.cortex.v1.DrainWorkerRequest\x1a\x1e.cortex.v1.DrainWorkerResponse\x12X\n" +
-	"\x0fListDeadLetters\x12!.cortex.v1.ListDeadLettersRequest\x1a\".cortex.v1.ListDeadLettersResponse\x12X\n" +
+	"\x0fListDeadLetters\x12!.cortex.v1.ListDeadLettersRequest\x1a\".cortex.v1.ListDeadLettersResponse\x12R\n" +
+	"\rGetDeadLetter\x12\x1f.cortex.v1.GetDeadLetterRequest\x1a .cortex.v1.GetDeadLetterResponse\x12X\n" +
 	"\x0fRetryDeadLetter\x12!.cortex.v1.RetryDeadLetterRequest\x1a\".cortex.v1.RetryDeadLetterResponse\x12U\n" +
 	"\x0eDropDeadLetter\x12 .cortex.v1.DropDeadLetterRequest\x1a!.cortex.v1.DropDeadLetterResponseB\x93\x01\n" +
 	"\rcom.cortex.v1B\fGatewayProtoP\x01Z/github.com/cortex-os/core/pb/cortex/v1;cortexv1\xa2\x02\x03CXX\xaa\x02\tCortex.V1\xca\x02\tCortex\\V1\xe2\x02\x15Cortex\\V1\\GPBMetadata\xea\x02\n" +
@@ -2942,7 +3036,7 @@ func file_cortex_v1_gateway_proto_rawDescGZIP() []byte {
 }
 
 var file_cortex_v1_gateway_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_cortex_v1_gateway_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_cortex_v1_gateway_proto_goTypes = []any{
 	(WorkerState)(0),                // 0: cortex.v1.WorkerState
 	(*DrainWorkerRequest)(nil),      // 1: cortex.v1.DrainWorkerRequest
@@ -2950,149 +3044,154 @@ var file_cortex_v1_gateway_proto_goTypes = []any{
 	(*ListDeadLettersRequest)(nil),  // 3: cortex.v1.ListDeadLettersRequest
 	(*DeadLetter)(nil),              // 4: cortex.v1.DeadLetter
 	(*ListDeadLettersResponse)(nil), // 5: cortex.v1.ListDeadLettersResponse
-	(*RetryDeadLetterRequest)(nil),  // 6: cortex.v1.RetryDeadLetterRequest
-	(*RetryDeadLetterResponse)(nil), // 7: cortex.v1.RetryDeadLetterResponse
-	(*DropDeadLetterRequest)(nil),   // 8: cortex.v1.DropDeadLetterRequest
-	(*DropDeadLetterResponse)(nil),  // 9: cortex.v1.DropDeadLetterResponse
-	(*SubmitJobRequest)(nil),        // 10: cortex.v1.SubmitJobRequest
-	(*SubmitJobResponse)(nil),       // 11: cortex.v1.SubmitJobResponse
-	(*GetJobRequest)(nil),           // 12: cortex.v1.GetJobRequest
-	(*GetJobResponse)(nil),          // 13: cortex.v1.GetJobResponse
-	(*GetResultRequest)(nil),        // 14: cortex.v1.GetResultRequest
-	(*GetResultResponse)(nil),       // 15: cortex.v1.GetResultResponse
-	(*ListJobsRequest)(nil),         // 16: cortex.v1.ListJobsRequest
-	(*ListJobsResponse)(nil),        // 17: cortex.v1.ListJobsResponse
-	(*CancelJobRequest)(nil),        // 18: cortex.v1.CancelJobRequest
-	(*CancelJobResponse)(nil),       // 19: cortex.v1.CancelJobResponse
-	(*WatchJobRequest)(nil),         // 20: cortex.v1.WatchJobRequest
-	(*WatchJobResponse)(nil),        // 21: cortex.v1.WatchJobResponse
-	(*StreamEventsRequest)(nil),     // 22: cortex.v1.StreamEventsRequest
-	(*StreamEventsResponse)(nil),    // 23: cortex.v1.StreamEventsResponse
-	(*ApproveJobRequest)(nil),       // 24: cortex.v1.ApproveJobRequest
-	(*ApproveJobResponse)(nil),      // 25: cortex.v1.ApproveJobResponse
-	(*RejectJobRequest)(nil),        // 26: cortex.v1.RejectJobRequest
-	(*RejectJobResponse)(nil),       // 27: cortex.v1.RejectJobResponse
-	(*GetPolicyRequest)(nil),        // 28: cortex.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),       // 29: cortex.v1.GetPolicyResponse
-	(*ApplyPolicyRequest)(nil),      // 30: cortex.v1.ApplyPolicyRequest
-	(*ApplyPolicyResponse)(nil),     // 31: cortex.v1.ApplyPolicyResponse
-	(*ExplainDecisionRequest)(nil),  // 32: cortex.v1.ExplainDecisionRequest
-	(*ExplainDecisionResponse)(nil), // 33: cortex.v1.ExplainDecisionResponse
-	(*StreamDecisionsRequest)(nil),  // 34: cortex.v1.StreamDecisionsRequest
-	(*StreamDecisionsResponse)(nil), // 35: cortex.v1.StreamDecisionsResponse
-	(*SubmitJobsRequest)(nil),       // 36: cortex.v1.SubmitJobsRequest
-	(*SubmitJobsResponse)(nil),      // 37: cortex.v1.SubmitJobsResponse
-	(*SubmitJobsResult)(nil),        // 38: cortex.v1.SubmitJobsResult
-	(*ListWorkersRequest)(nil),      // 39: cortex.v1.ListWorkersRequest
-	(*ListWorkersResponse)(nil),     // 40: cortex.v1.ListWorkersResponse
-	(*WorkerInfo)(nil),              // 41: cortex.v1.WorkerInfo
-	(*ListPoolsRequest)(nil),        // 42: cortex.v1.ListPoolsRequest
-	(*ListPoolsResponse)(nil),       // 43: cortex.v1.ListPoolsResponse
-	(*PoolInfo)(nil),                // 44: cortex.v1.PoolInfo
-	nil,                             // 45: cortex.v1.SubmitJobRequest.LabelsEntry
-	nil,                             // 46: cortex.v1.ListJobsRequest.LabelsEntry
-	nil,                             // 47: cortex.v1.StreamEventsRequest.LabelsEntry
-	nil,                             // 48: cortex.v1.ExplainDecisionRequest.LabelsEntry
-	(*Job)(nil),                     // 49: cortex.v1.Job
-	(*timestamppb.Timestamp)(nil),   // 50: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),     // 51: google.protobuf.Duration
-	(JobState)(0),                   // 52: cortex.v1.JobState
-	(*JobOutput)(nil),               // 53: cortex.v1.JobOutput
-	(*PolicyStatus)(nil),            // 54: cortex.v1.PolicyStatus
-	(*SafetyVerdict)(nil),           // 55: cortex.v1.SafetyVerdict
-	(Decision)(0),                   // 56: cortex.v1.Decision
-	(*SafetyDecisionEvent)(nil),     // 57: cortex.v1.SafetyDecisionEvent
+	(*GetDeadLetterRequest)(nil),    // 6: cortex.v1.GetDeadLetterRequest
+	(*GetDeadLetterResponse)(nil),   // 7: cortex.v1.GetDeadLetterResponse
+	(*RetryDeadLetterRequest)(nil),  // 8: cortex.v1.RetryDeadLetterRequest
+	(*RetryDeadLetterResponse)(nil), // 9: cortex.v1.RetryDeadLetterResponse
+	(*DropDeadLetterRequest)(nil),   // 10: cortex.v1.DropDeadLetterRequest
+	(*DropDeadLetterResponse)(nil),  // 11: cortex.v1.DropDeadLetterResponse
+	(*SubmitJobRequest)(nil),        // 12: cortex.v1.SubmitJobRequest
+	(*SubmitJobResponse)(nil),       // 13: cortex.v1.SubmitJobResponse
+	(*GetJobRequest)(nil),           // 14: cortex.v1.GetJobRequest
+	(*GetJobResponse)(nil),          // 15: cortex.v1.GetJobResponse
+	(*GetResultRequest)(nil),        // 16: cortex.v1.GetResultRequest
+	(*GetResultResponse)(nil),       // 17: cortex.v1.GetResultResponse
+	(*ListJobsRequest)(nil),         // 18: cortex.v1.ListJobsRequest
+	(*ListJobsResponse)(nil),        // 19: cortex.v1.ListJobsResponse
+	(*CancelJobRequest)(nil),        // 20: cortex.v1.CancelJobRequest
+	(*CancelJobResponse)(nil),       // 21: cortex.v1.CancelJobResponse
+	(*WatchJobRequest)(nil),         // 22: cortex.v1.WatchJobRequest
+	(*WatchJobResponse)(nil),        // 23: cortex.v1.WatchJobResponse
+	(*StreamEventsRequest)(nil),     // 24: cortex.v1.StreamEventsRequest
+	(*StreamEventsResponse)(nil),    // 25: cortex.v1.StreamEventsResponse
+	(*ApproveJobRequest)(nil),       // 26: cortex.v1.ApproveJobRequest
+	(*ApproveJobResponse)(nil),      // 27: cortex.v1.ApproveJobResponse
+	(*RejectJobRequest)(nil),        // 28: cortex.v1.RejectJobRequest
+	(*RejectJobResponse)(nil),       // 29: cortex.v1.RejectJobResponse
+	(*GetPolicyRequest)(nil),        // 30: cortex.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),       // 31: cortex.v1.GetPolicyResponse
+	(*ApplyPolicyRequest)(nil),      // 32: cortex.v1.ApplyPolicyRequest
+	(*ApplyPolicyResponse)(nil),     // 33: cortex.v1.ApplyPolicyResponse
+	(*ExplainDecisionRequest)(nil),  // 34: cortex.v1.ExplainDecisionRequest
+	(*ExplainDecisionResponse)(nil), // 35: cortex.v1.ExplainDecisionResponse
+	(*StreamDecisionsRequest)(nil),  // 36: cortex.v1.StreamDecisionsRequest
+	(*StreamDecisionsResponse)(nil), // 37: cortex.v1.StreamDecisionsResponse
+	(*SubmitJobsRequest)(nil),       // 38: cortex.v1.SubmitJobsRequest
+	(*SubmitJobsResponse)(nil),      // 39: cortex.v1.SubmitJobsResponse
+	(*SubmitJobsResult)(nil),        // 40: cortex.v1.SubmitJobsResult
+	(*ListWorkersRequest)(nil),      // 41: cortex.v1.ListWorkersRequest
+	(*ListWorkersResponse)(nil),     // 42: cortex.v1.ListWorkersResponse
+	(*WorkerInfo)(nil),              // 43: cortex.v1.WorkerInfo
+	(*ListPoolsRequest)(nil),        // 44: cortex.v1.ListPoolsRequest
+	(*ListPoolsResponse)(nil),       // 45: cortex.v1.ListPoolsResponse
+	(*PoolInfo)(nil),                // 46: cortex.v1.PoolInfo
+	nil,                             // 47: cortex.v1.SubmitJobRequest.LabelsEntry
+	nil,                             // 48: cortex.v1.ListJobsRequest.LabelsEntry
+	nil,                             // 49: cortex.v1.StreamEventsRequest.LabelsEntry
+	nil,                             // 50: cortex.v1.ExplainDecisionRequest.LabelsEntry
+	(*Job)(nil),                     // 51: cortex.v1.Job
+	(*timestamppb.Timestamp)(nil),   // 52: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),     // 53: google.protobuf.Duration
+	(JobState)(0),                   // 54: cortex.v1.JobState
+	(*JobOutput)(nil),               // 55: cortex.v1.JobOutput
+	(*PolicyStatus)(nil),            // 56: cortex.v1.PolicyStatus
+	(*SafetyVerdict)(nil),           // 57: cortex.v1.SafetyVerdict
+	(Decision)(0),                   // 58: cortex.v1.Decision
+	(*SafetyDecisionEvent)(nil),     // 59: cortex.v1.SafetyDecisionEvent
 }
 var file_cortex_v1_gateway_proto_depIdxs = []int32{
-	41, // 0: cortex.v1.DrainWorkerResponse.worker:type_name -> cortex.v1.WorkerInfo
-	49, // 1: cortex.v1.DeadLetter.job:type_name -> cortex.v1.Job
-	50, // 2: cortex.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
+	43, // 0: cortex.v1.DrainWorkerResponse.worker:type_name -> cortex.v1.WorkerInfo
+	51, // 1: cortex.v1.DeadLetter.job:type_name -> cortex.v1.Job
+	52, // 2: cortex.v1.DeadLetter.dead_at:type_name -> google.protobuf.Timestamp
 	4,  // 3: cortex.v1.ListDeadLettersResponse.dead_letters:type_name -> cortex.v1.DeadLetter
-	49, // 4: cortex.v1.RetryDeadLetterResponse.job:type_name -> cortex.v1.Job
-	49, // 5: cortex.v1.DropDeadLetterResponse.job:type_name -> cortex.v1.Job
-	45, // 6: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
-	51, // 7: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
-	52, // 8: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
-	49, // 9: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
-	52, // 10: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
-	52, // 11: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
-	46, // 12: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
-	49, // 13: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
-	49, // 14: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
-	49, // 15: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
-	53, // 16: cortex.v1.WatchJobResponse.output:type_name -> cortex.v1.JobOutput
-	52, // 17: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
-	47, // 18: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
-	51, // 19: cortex.v1.StreamEventsRequest.batch_window:type_name -> google.protobuf.Duration
-	49, // 20: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
-	49, // 21: cortex.v1.StreamEventsResponse.jobs:type_name -> cortex.v1.Job
-	53, // 22: cortex.v1.StreamEventsResponse.output:type_name -> cortex.v1.JobOutput
-	49, // 23: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
-	49, // 24: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
-	54, // 25: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
-	54, // 26: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	54, // 27: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
-	48, // 28: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
-	55, // 29: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
-	55, // 30: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
-	56, // 31: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
-	51, // 32: cortex.v1.StreamDecisionsRequest.batch_window:type_name -> google.protobuf.Duration
-	57, // 33: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
-	57, // 34: cortex.v1.StreamDecisionsResponse.events:type_name -> cortex.v1.SafetyDecisionEvent
-	10, // 35: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
-	38, // 36: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
-	52, // 37: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
-	41, // 38: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
-	0,  // 39: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
-	50, // 40: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
-	51, // 41: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
-	50, // 42: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
-	44, // 43: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
-	10, // 44: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
-	36, // 45: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
-	12, // 46: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
-	14, // 47: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
-	16, // 48: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
-	18, // 49: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
-	20, // 50: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
-	22, // 51: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
-	24, // 52: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
-	26, // 53: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
-	28, // 54: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
-	30, // 55: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
-	32, // 56: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
-	34, // 57: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
-	39, // 58: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
-	42, // 59: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
-	1,  // 60: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
-	3,  // 61: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
-	6,  // 62: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
-	8,  // 63: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
-	11, // 64: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
-	37, // 65: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
-	13, // 66: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
-	15, // 67: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
-	17, // 68: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
-	19, // 69: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
-	21, // 70: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
-	23, // 71: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
-	25, // 72: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
-	27, // 73: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
-	29, // 74: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
-	31, // 75: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
-	33, // 76: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
-	35, // 77: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
-	40, // 78: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
-	43, // 79: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
-	2,  // 80: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
-	5,  // 81: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
-	7,  // 82: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
-	9,  // 83: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
-	64, // [64:84] is the sub-list for method output_type
-	44, // [44:64] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	4,  // 4: cortex.v1.GetDeadLetterResponse.dead_letter:type_name -> cortex.v1.DeadLetter
+	51, // 5: cortex.v1.RetryDeadLetterResponse.job:type_name -> cortex.v1.Job
+	51, // 6: cortex.v1.DropDeadLetterResponse.job:type_name -> cortex.v1.Job
+	47, // 7: cortex.v1.SubmitJobRequest.labels:type_name -> cortex.v1.SubmitJobRequest.LabelsEntry
+	53, // 8: cortex.v1.SubmitJobRequest.timeout:type_name -> google.protobuf.Duration
+	54, // 9: cortex.v1.SubmitJobResponse.state:type_name -> cortex.v1.JobState
+	51, // 10: cortex.v1.GetJobResponse.job:type_name -> cortex.v1.Job
+	54, // 11: cortex.v1.GetResultResponse.state:type_name -> cortex.v1.JobState
+	54, // 12: cortex.v1.ListJobsRequest.states:type_name -> cortex.v1.JobState
+	48, // 13: cortex.v1.ListJobsRequest.labels:type_name -> cortex.v1.ListJobsRequest.LabelsEntry
+	51, // 14: cortex.v1.ListJobsResponse.jobs:type_name -> cortex.v1.Job
+	51, // 15: cortex.v1.CancelJobResponse.job:type_name -> cortex.v1.Job
+	51, // 16: cortex.v1.WatchJobResponse.job:type_name -> cortex.v1.Job
+	55, // 17: cortex.v1.WatchJobResponse.output:type_name -> cortex.v1.JobOutput
+	54, // 18: cortex.v1.StreamEventsRequest.states:type_name -> cortex.v1.JobState
+	49, // 19: cortex.v1.StreamEventsRequest.labels:type_name -> cortex.v1.StreamEventsRequest.LabelsEntry
+	53, // 20: cortex.v1.StreamEventsRequest.batch_window:type_name -> google.protobuf.Duration
+	51, // 21: cortex.v1.StreamEventsResponse.job:type_name -> cortex.v1.Job
+	51, // 22: cortex.v1.StreamEventsResponse.jobs:type_name -> cortex.v1.Job
+	55, // 23: cortex.v1.StreamEventsResponse.output:type_name -> cortex.v1.JobOutput
+	51, // 24: cortex.v1.ApproveJobResponse.job:type_name -> cortex.v1.Job
+	51, // 25: cortex.v1.RejectJobResponse.job:type_name -> cortex.v1.Job
+	56, // 26: cortex.v1.GetPolicyResponse.status:type_name -> cortex.v1.PolicyStatus
+	56, // 27: cortex.v1.GetPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	56, // 28: cortex.v1.ApplyPolicyResponse.kernels:type_name -> cortex.v1.PolicyStatus
+	50, // 29: cortex.v1.ExplainDecisionRequest.labels:type_name -> cortex.v1.ExplainDecisionRequest.LabelsEntry
+	57, // 30: cortex.v1.ExplainDecisionResponse.decision:type_name -> cortex.v1.SafetyVerdict
+	57, // 31: cortex.v1.ExplainDecisionResponse.shadow:type_name -> cortex.v1.SafetyVerdict
+	58, // 32: cortex.v1.StreamDecisionsRequest.decisions:type_name -> cortex.v1.Decision
+	53, // 33: cortex.v1.StreamDecisionsRequest.batch_window:type_name -> google.protobuf.Duration
+	59, // 34: cortex.v1.StreamDecisionsResponse.event:type_name -> cortex.v1.SafetyDecisionEvent
+	59, // 35: cortex.v1.StreamDecisionsResponse.events:type_name -> cortex.v1.SafetyDecisionEvent
+	12, // 36: cortex.v1.SubmitJobsRequest.jobs:type_name -> cortex.v1.SubmitJobRequest
+	40, // 37: cortex.v1.SubmitJobsResponse.results:type_name -> cortex.v1.SubmitJobsResult
+	54, // 38: cortex.v1.SubmitJobsResult.state:type_name -> cortex.v1.JobState
+	43, // 39: cortex.v1.ListWorkersResponse.workers:type_name -> cortex.v1.WorkerInfo
+	0,  // 40: cortex.v1.WorkerInfo.state:type_name -> cortex.v1.WorkerState
+	52, // 41: cortex.v1.WorkerInfo.last_heartbeat:type_name -> google.protobuf.Timestamp
+	53, // 42: cortex.v1.WorkerInfo.heartbeat_interval:type_name -> google.protobuf.Duration
+	52, // 43: cortex.v1.WorkerInfo.first_seen:type_name -> google.protobuf.Timestamp
+	46, // 44: cortex.v1.ListPoolsResponse.pools:type_name -> cortex.v1.PoolInfo
+	12, // 45: cortex.v1.GatewayService.SubmitJob:input_type -> cortex.v1.SubmitJobRequest
+	38, // 46: cortex.v1.GatewayService.SubmitJobs:input_type -> cortex.v1.SubmitJobsRequest
+	14, // 47: cortex.v1.GatewayService.GetJob:input_type -> cortex.v1.GetJobRequest
+	16, // 48: cortex.v1.GatewayService.GetResult:input_type -> cortex.v1.GetResultRequest
+	18, // 49: cortex.v1.GatewayService.ListJobs:input_type -> cortex.v1.ListJobsRequest
+	20, // 50: cortex.v1.GatewayService.CancelJob:input_type -> cortex.v1.CancelJobRequest
+	22, // 51: cortex.v1.GatewayService.WatchJob:input_type -> cortex.v1.WatchJobRequest
+	24, // 52: cortex.v1.GatewayService.StreamEvents:input_type -> cortex.v1.StreamEventsRequest
+	26, // 53: cortex.v1.GatewayService.ApproveJob:input_type -> cortex.v1.ApproveJobRequest
+	28, // 54: cortex.v1.GatewayService.RejectJob:input_type -> cortex.v1.RejectJobRequest
+	30, // 55: cortex.v1.GatewayService.GetPolicy:input_type -> cortex.v1.GetPolicyRequest
+	32, // 56: cortex.v1.GatewayService.ApplyPolicy:input_type -> cortex.v1.ApplyPolicyRequest
+	34, // 57: cortex.v1.GatewayService.ExplainDecision:input_type -> cortex.v1.ExplainDecisionRequest
+	36, // 58: cortex.v1.GatewayService.StreamDecisions:input_type -> cortex.v1.StreamDecisionsRequest
+	41, // 59: cortex.v1.GatewayService.ListWorkers:input_type -> cortex.v1.ListWorkersRequest
+	44, // 60: cortex.v1.GatewayService.ListPools:input_type -> cortex.v1.ListPoolsRequest
+	1,  // 61: cortex.v1.GatewayService.DrainWorker:input_type -> cortex.v1.DrainWorkerRequest
+	3,  // 62: cortex.v1.GatewayService.ListDeadLetters:input_type -> cortex.v1.ListDeadLettersRequest
+	6,  // 63: cortex.v1.GatewayService.GetDeadLetter:input_type -> cortex.v1.GetDeadLetterRequest
+	8,  // 64: cortex.v1.GatewayService.RetryDeadLetter:input_type -> cortex.v1.RetryDeadLetterRequest
+	10, // 65: cortex.v1.GatewayService.DropDeadLetter:input_type -> cortex.v1.DropDeadLetterRequest
+	13, // 66: cortex.v1.GatewayService.SubmitJob:output_type -> cortex.v1.SubmitJobResponse
+	39, // 67: cortex.v1.GatewayService.SubmitJobs:output_type -> cortex.v1.SubmitJobsResponse
+	15, // 68: cortex.v1.GatewayService.GetJob:output_type -> cortex.v1.GetJobResponse
+	17, // 69: cortex.v1.GatewayService.GetResult:output_type -> cortex.v1.GetResultResponse
+	19, // 70: cortex.v1.GatewayService.ListJobs:output_type -> cortex.v1.ListJobsResponse
+	21, // 71: cortex.v1.GatewayService.CancelJob:output_type -> cortex.v1.CancelJobResponse
+	23, // 72: cortex.v1.GatewayService.WatchJob:output_type -> cortex.v1.WatchJobResponse
+	25, // 73: cortex.v1.GatewayService.StreamEvents:output_type -> cortex.v1.StreamEventsResponse
+	27, // 74: cortex.v1.GatewayService.ApproveJob:output_type -> cortex.v1.ApproveJobResponse
+	29, // 75: cortex.v1.GatewayService.RejectJob:output_type -> cortex.v1.RejectJobResponse
+	31, // 76: cortex.v1.GatewayService.GetPolicy:output_type -> cortex.v1.GetPolicyResponse
+	33, // 77: cortex.v1.GatewayService.ApplyPolicy:output_type -> cortex.v1.ApplyPolicyResponse
+	35, // 78: cortex.v1.GatewayService.ExplainDecision:output_type -> cortex.v1.ExplainDecisionResponse
+	37, // 79: cortex.v1.GatewayService.StreamDecisions:output_type -> cortex.v1.StreamDecisionsResponse
+	42, // 80: cortex.v1.GatewayService.ListWorkers:output_type -> cortex.v1.ListWorkersResponse
+	45, // 81: cortex.v1.GatewayService.ListPools:output_type -> cortex.v1.ListPoolsResponse
+	2,  // 82: cortex.v1.GatewayService.DrainWorker:output_type -> cortex.v1.DrainWorkerResponse
+	5,  // 83: cortex.v1.GatewayService.ListDeadLetters:output_type -> cortex.v1.ListDeadLettersResponse
+	7,  // 84: cortex.v1.GatewayService.GetDeadLetter:output_type -> cortex.v1.GetDeadLetterResponse
+	9,  // 85: cortex.v1.GatewayService.RetryDeadLetter:output_type -> cortex.v1.RetryDeadLetterResponse
+	11, // 86: cortex.v1.GatewayService.DropDeadLetter:output_type -> cortex.v1.DropDeadLetterResponse
+	66, // [66:87] is the sub-list for method output_type
+	45, // [45:66] is the sub-list for method input_type
+	45, // [45:45] is the sub-list for extension type_name
+	45, // [45:45] is the sub-list for extension extendee
+	0,  // [0:45] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_gateway_proto_init() }
@@ -3102,8 +3201,8 @@ func file_cortex_v1_gateway_proto_init() {
 	}
 	file_cortex_v1_job_proto_init()
 	file_cortex_v1_safety_proto_init()
-	file_cortex_v1_gateway_proto_msgTypes[9].OneofWrappers = []any{}
-	file_cortex_v1_gateway_proto_msgTypes[14].OneofWrappers = []any{
+	file_cortex_v1_gateway_proto_msgTypes[11].OneofWrappers = []any{}
+	file_cortex_v1_gateway_proto_msgTypes[16].OneofWrappers = []any{
 		(*GetResultResponse_Text)(nil),
 		(*GetResultResponse_Data)(nil),
 	}
@@ -3113,7 +3212,7 @@ func file_cortex_v1_gateway_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_gateway_proto_rawDesc), len(file_cortex_v1_gateway_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   48,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

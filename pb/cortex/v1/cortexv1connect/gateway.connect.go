@@ -64,6 +64,9 @@ const (
 	// GatewayServiceListDeadLettersProcedure is the procedure name of the GatewayService's
 	// ListDeadLetters RPC.
 	GatewayServiceListDeadLettersProcedure = "/cortex.v1.GatewayService/ListDeadLetters"
+	// GatewayServiceGetDeadLetterProcedure is the procedure name of the GatewayService's GetDeadLetter
+	// RPC.
+	GatewayServiceGetDeadLetterProcedure = "/cortex.v1.GatewayService/GetDeadLetter"
 	// GatewayServiceRetryDeadLetterProcedure is the procedure name of the GatewayService's
 	// RetryDeadLetter RPC.
 	GatewayServiceRetryDeadLetterProcedure = "/cortex.v1.GatewayService/RetryDeadLetter"
@@ -199,6 +202,13 @@ var (
 			Procedure:  GatewayServiceListDeadLettersProcedure,
 		}
 	})
+	gatewayServiceGetDeadLetterSpec = sync.OnceValue(func() connect.Spec {
+		return connect.Spec{
+			StreamType: connect.StreamTypeUnary,
+			Schema:     v1.File_cortex_v1_gateway_proto.Services().ByName("GatewayService").Methods().ByName("GetDeadLetter"),
+			Procedure:  GatewayServiceGetDeadLetterProcedure,
+		}
+	})
 	gatewayServiceRetryDeadLetterSpec = sync.OnceValue(func() connect.Spec {
 		return connect.Spec{
 			StreamType: connect.StreamTypeUnary,
@@ -281,6 +291,10 @@ type GatewayServiceClient interface {
 	// that ended FAILED or TIMEOUT with no attempt left, or that their
 	// pool's workers took too many times without acknowledging.
 	ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error)
+	// GetDeadLetter returns one of the caller's dead letters, with when it
+	// went to the queue. A job that is not in the queue (never was, or was
+	// retried or dropped) is FailedPrecondition; GetJob reads any job.
+	GetDeadLetter(context.Context, *v1.GetDeadLetterRequest) (*v1.GetDeadLetterResponse, error)
 	// RetryDeadLetter gives a dead letter one more attempt: it goes back to
 	// PENDING at the next attempt and through the safety gate again, under
 	// the policy in force now.
@@ -424,6 +438,10 @@ type GatewayServiceHandler interface {
 	// that ended FAILED or TIMEOUT with no attempt left, or that their
 	// pool's workers took too many times without acknowledging.
 	ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error)
+	// GetDeadLetter returns one of the caller's dead letters, with when it
+	// went to the queue. A job that is not in the queue (never was, or was
+	// retried or dropped) is FailedPrecondition; GetJob reads any job.
+	GetDeadLetter(context.Context, *v1.GetDeadLetterRequest) (*v1.GetDeadLetterResponse, error)
 	// RetryDeadLetter gives a dead letter one more attempt: it goes back to
 	// PENDING at the next attempt and through the safety gate again, under
 	// the policy in force now.
@@ -456,6 +474,7 @@ func RegisterGatewayServiceHandler(server *connect.Server, svc GatewayServiceHan
 		connect.Method{Spec: gatewayServiceListPoolsSpec(), Handler: adapter.listPools},
 		connect.Method{Spec: gatewayServiceDrainWorkerSpec(), Handler: adapter.drainWorker},
 		connect.Method{Spec: gatewayServiceListDeadLettersSpec(), Handler: adapter.listDeadLetters},
+		connect.Method{Spec: gatewayServiceGetDeadLetterSpec(), Handler: adapter.getDeadLetter},
 		connect.Method{Spec: gatewayServiceRetryDeadLetterSpec(), Handler: adapter.retryDeadLetter},
 		connect.Method{Spec: gatewayServiceDropDeadLetterSpec(), Handler: adapter.dropDeadLetter},
 	)
@@ -581,6 +600,10 @@ func (UnimplementedGatewayServiceHandler) DrainWorker(context.Context, *v1.Drain
 
 func (UnimplementedGatewayServiceHandler) ListDeadLetters(context.Context, *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.ListDeadLetters is not implemented")
+}
+
+func (UnimplementedGatewayServiceHandler) GetDeadLetter(context.Context, *v1.GetDeadLetterRequest) (*v1.GetDeadLetterResponse, error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, "cortex.v1.GatewayService.GetDeadLetter is not implemented")
 }
 
 func (UnimplementedGatewayServiceHandler) RetryDeadLetter(context.Context, *v1.RetryDeadLetterRequest) (*v1.RetryDeadLetterResponse, error) {
@@ -734,6 +757,14 @@ func (c *gatewayServiceClient) DrainWorker(ctx context.Context, req *v1.DrainWor
 func (c *gatewayServiceClient) ListDeadLetters(ctx context.Context, req *v1.ListDeadLettersRequest) (*v1.ListDeadLettersResponse, error) {
 	var res v1.ListDeadLettersResponse
 	if err := c.client.CallUnary(ctx, gatewayServiceListDeadLettersSpec(), req, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+func (c *gatewayServiceClient) GetDeadLetter(ctx context.Context, req *v1.GetDeadLetterRequest) (*v1.GetDeadLetterResponse, error) {
+	var res v1.GetDeadLetterResponse
+	if err := c.client.CallUnary(ctx, gatewayServiceGetDeadLetterSpec(), req, &res); err != nil {
 		return nil, err
 	}
 	return &res, nil
@@ -955,6 +986,18 @@ func (h gatewayServiceHandler) listDeadLetters(ctx context.Context, _ connect.Sp
 		return err
 	}
 	res, err := h.svc.ListDeadLetters(ctx, &req)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+func (h gatewayServiceHandler) getDeadLetter(ctx context.Context, _ connect.Spec, stream connect.ServerStream) error {
+	var req v1.GetDeadLetterRequest
+	if err := stream.Receive(&req); err != nil {
+		return err
+	}
+	res, err := h.svc.GetDeadLetter(ctx, &req)
 	if err != nil {
 		return err
 	}
