@@ -58,6 +58,27 @@ func (c *Conn) PublishJobEvent(traceID string, j *cortexv1.Job) error {
 	return nil
 }
 
+// PublishJobEventsNow reports new jobs at once, in as few packets as fit,
+// ahead of anything the connection publishes after the call: a gateway
+// announces the jobs it created before it hands them to the schedulers, so
+// that every watcher sees a job PENDING before any later change of it.
+// Like PublishJobEvent, an error is for the caller to log. The jobs must
+// not be changed after the call.
+func (c *Conn) PublishJobEventsNow(jobs []*cortexv1.Job) error {
+	c.events.mu.Lock()
+	closed := c.events.closed
+	c.events.mu.Unlock()
+	if closed {
+		return ErrClosing
+	}
+	for len(jobs) > 0 {
+		n := max(takeEvents(jobs), 1)
+		c.sendEvents(jobs[:n])
+		jobs = jobs[n:]
+	}
+	return nil
+}
+
 // takeEvents is how many of the queued events make one packet.
 func takeEvents(queued []*cortexv1.Job) int {
 	n, size := 0, 0

@@ -4,10 +4,13 @@ import (
 	"context"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect/v2"
 
+	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -97,5 +100,63 @@ func TestSubmitJobsIsOneStoreRoundTrip(t *testing.T) {
 	}
 	if n := f.st.RoundTrips() - before; n != 1 {
 		t.Fatalf("a batch of 100 took %d round trips to Redis, want 1", n)
+	}
+}
+
+// A new job's PENDING event goes out before its hand-off to the
+// schedulers, so no watcher can see a later change of the job (from the
+// scheduler the hand-off reaches) before the job's PENDING.
+func TestNewJobsAreAnnouncedBeforeTheirHandOff(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx := context.Background()
+	sub, err := f.other.NATS().SubscribeSync("sys.job.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.other.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := f.client(t, "key-acme-1234")
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Go(func() {
+			if _, err := c.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "one"}); err != nil {
+				t.Error(err)
+			}
+			batch := make([]*cortexv1.SubmitJobRequest, 20)
+			for i := range batch {
+				batch[i] = &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "many"}
+			}
+			if _, err := c.SubmitJobs(ctx, &cortexv1.SubmitJobsRequest{Jobs: batch}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	announced := map[string]bool{}
+	handed := 0
+	for handed < 10*21 {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d hand-offs: %v", handed, err)
+		}
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch m.Subject {
+		case bus.SubjectJobEvent:
+			for _, j := range bus.EventJobs(p) {
+				announced[j.GetJobId()] = true
+			}
+		case bus.SubjectJobSubmit:
+			jobs, _ := bus.JobsOf(p)
+			for _, j := range jobs {
+				handed++
+				if !announced[j.GetJobId()] {
+					t.Errorf("job %s was handed on before its PENDING event", j.GetJobId())
+				}
+			}
+		}
 	}
 }

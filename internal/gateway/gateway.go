@@ -52,6 +52,7 @@ type Bus interface {
 	Publish(subject string, p *cortexv1.BusPacket) error
 	PublishDurables(ctx context.Context, ds []bus.Durable) []error
 	PublishJobEvent(traceID string, j *cortexv1.Job) error
+	PublishJobEventsNow(jobs []*cortexv1.Job) error
 	Subscribe(ctx context.Context, subject, queue string, concurrency int, h bus.Handler) (*bus.Subscription, error)
 	Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error)
 	Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error)
@@ -62,6 +63,7 @@ type Router interface {
 	Routable(topic string) bool
 	Topics() []string
 	Pool(topic string) (string, bool)
+	Pools() []string
 	Defaults(pool string) routing.Defaults
 }
 

@@ -46,7 +46,10 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 func (g *Gateway) submitAccepted(ctx context.Context, nj store.NewJob) (*cortexv1.SubmitJobResponse, error) {
 	now := time.Now()
 	existing, err := g.store.CreateJob(ctx, nj, now)
-	res, handOff, err := g.recorded(ctx, nj, existing, err, now)
+	res, handOff, created, err := g.recorded(ctx, nj, existing, err, now)
+	if created != nil {
+		g.announce([]*cortexv1.Job{created})
+	}
 	if handOff != nil {
 		g.handOff(ctx, []bus.Durable{*handOff})
 	}
@@ -70,21 +73,21 @@ func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (s
 }
 
 // recorded answers for a job the store was asked to create (existing and
-// err are what it said). A new job's event is published, and the job
-// returned to hand to the scheduler.
-func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string, err error, now time.Time) (*cortexv1.SubmitJobResponse, *bus.Durable, error) {
+// err are what it said): with the hand-off of a job to the schedulers, and
+// for a new job its record, to announce before the hand-off.
+func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string, err error, now time.Time) (*cortexv1.SubmitJobResponse, *bus.Durable, *cortexv1.Job, error) {
 	switch {
 	case errors.Is(err, store.ErrIdempotencyMismatch):
-		return nil, nil, connect.Errorf(connect.CodeAlreadyExists,
+		return nil, nil, nil, connect.Errorf(connect.CodeAlreadyExists,
 			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", nj.IdempotencyKey, existing)
 	case err != nil:
 		g.log.Error("record job", "trace_id", nj.TraceID, "job_id", nj.ID, "err", err)
-		return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
+		return nil, nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
 	case existing != "":
 		j, err := g.store.Get(ctx, existing)
 		if err != nil {
 			g.log.Error("read job", "job_id", existing, "err", err)
-			return nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
+			return nil, nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again")
 		}
 		res := &cortexv1.SubmitJobResponse{JobId: existing, State: j.State.Proto(), Deduplicated: true, TraceId: j.TraceID}
 		if j.State == store.Pending {
@@ -93,18 +96,25 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 			// reconciler. The stream drops the copy if it has the first,
 			// and a scheduler drops a job it already holds.
 			d := bus.Submit(j.Trace(), j.Request(), strconv.FormatUint(j.Version, 10))
-			return res, &d, nil
+			return res, &d, nil, nil
 		}
-		return res, nil, nil
+		return res, nil, nil, nil
 	}
 	j := nj.Record(now)
 	g.metrics.Submitted(j.Topic)
-	if err := g.bus.PublishJobEvent(j.Trace(), j.Proto()); err != nil {
-		g.log.Warn("publish job event", "trace_id", j.TraceID, "job_id", j.ID, "err", err)
-	}
+	created := j.Proto()
+	created.TraceId = j.Trace()
 	d := bus.Submit(j.Trace(), j.Request(), strconv.FormatUint(j.Version, 10))
 	g.log.Debug("job accepted", "trace_id", j.TraceID, "job_id", j.ID, "topic", j.Topic, "tenant", j.Tenant)
-	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING, TraceId: j.TraceID}, &d, nil
+	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING, TraceId: j.TraceID}, &d, created, nil
+}
+
+// announce publishes the PENDING events of jobs just created, ahead of
+// their hand-off.
+func (g *Gateway) announce(created []*cortexv1.Job) {
+	if err := g.bus.PublishJobEventsNow(created); err != nil {
+		g.log.Warn("publish job events", "jobs", len(created), "first_job_id", created[0].GetJobId(), "err", err)
+	}
 }
 
 // handOff stores recorded jobs in the submit stream for the schedulers.
@@ -160,9 +170,13 @@ func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsReques
 	// again by its idempotency key is handed on alone, under the name of
 	// its first hand-off, so the stream drops it if it has that.
 	var fresh, again []bus.Durable
+	var created []*cortexv1.Job
 	for k, c := range g.store.CreateJobs(ctx, jobs, now) {
-		one, d, err := g.recorded(ctx, jobs[k], c.Existing, c.Err, now)
+		one, d, j, err := g.recorded(ctx, jobs[k], c.Existing, c.Err, now)
 		res.Results[at[k]] = batchResult(one, err)
+		if j != nil {
+			created = append(created, j)
+		}
 		switch {
 		case d == nil:
 		case one.GetDeduplicated():
@@ -170,6 +184,9 @@ func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsReques
 		default:
 			fresh = append(fresh, *d)
 		}
+	}
+	if len(created) > 0 {
+		g.announce(created)
 	}
 	if ds := append(bus.Batched(fresh, 0), again...); len(ds) > 0 {
 		g.handOff(ctx, ds)

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"context"
+	"slices"
+	"strings"
 
 	"connectrpc.com/connect/v2"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -51,14 +53,18 @@ func (g *Gateway) ListWorkers(_ context.Context, req *cortexv1.ListWorkersReques
 	return res, nil
 }
 
-// ListPools sums the workers heard from by pool.
+// ListPools sums the workers heard from by pool, and lists too, with no
+// workers, the pools that routes lead to and no worker serves: their jobs
+// wait for one.
 func (g *Gateway) ListPools(context.Context, *cortexv1.ListPoolsRequest) (*cortexv1.ListPoolsResponse, error) {
 	s, err := g.snapshot()
 	if err != nil {
 		return nil, err
 	}
 	res := &cortexv1.ListPoolsResponse{Pools: make([]*cortexv1.PoolInfo, len(s.Pools))}
+	heard := map[string]bool{}
 	for i, p := range s.Pools {
+		heard[p.Name] = true
 		res.Pools[i] = &cortexv1.PoolInfo{
 			Pool:            p.Name,
 			Workers:         uint32(p.Workers),
@@ -68,7 +74,24 @@ func (g *Gateway) ListPools(context.Context, *cortexv1.ListPoolsRequest) (*corte
 			Topics:          p.Topics,
 		}
 	}
+	for _, pool := range g.router.Pools() {
+		if !heard[pool] {
+			res.Pools = append(res.Pools, &cortexv1.PoolInfo{Pool: pool, Topics: g.routedTo(pool)})
+		}
+	}
+	slices.SortFunc(res.Pools, func(a, b *cortexv1.PoolInfo) int { return strings.Compare(a.GetPool(), b.GetPool()) })
 	return res, nil
+}
+
+// routedTo lists the topics and patterns routed to pool.
+func (g *Gateway) routedTo(pool string) []string {
+	var out []string
+	for _, t := range g.router.Topics() {
+		if p, ok := g.router.Pool(strings.TrimSuffix(t, "*")); ok && p == pool {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func workerInfo(w registry.Worker) *cortexv1.WorkerInfo {

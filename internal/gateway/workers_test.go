@@ -12,6 +12,7 @@ import (
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/registry"
+	"github.com/cortex-os/core/internal/routing"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -85,5 +86,28 @@ func TestListWorkersNeedsAKeyAndARegistry(t *testing.T) {
 	bare := newFixture(t, gateway.Options{Keys: keys})
 	if _, err := bare.client(t, "key-acme-1234").ListPools(context.Background(), &cortexv1.ListPoolsRequest{}); connect.CodeOf(err) != connect.CodeUnimplemented {
 		t.Errorf("without a registry: %v, want Unimplemented", err)
+	}
+}
+
+// A pool that routes lead to is listed before any worker of it is heard
+// from, with no workers, so that a job waiting for one has a pool to show.
+func TestListPoolsShowsRoutedPoolsWithoutWorkers(t *testing.T) {
+	router, err := routing.NewRouter(map[string]string{"job.echo": "echo", "job.chat.*": "chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFixture(t, gateway.Options{Keys: keys, Workers: registry.New(registry.Options{}), Router: router})
+	c := f.client(t, "key-acme-read")
+	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", MaxParallelJobs: 8, Topics: []string{"job.echo"}})
+	var pools *cortexv1.ListPoolsResponse
+	eventually(t, "pool echo heard from", func() bool {
+		pools, err = c.ListPools(context.Background(), &cortexv1.ListPoolsRequest{})
+		return err == nil && len(pools.GetPools()) == 2 && pools.GetPools()[1].GetWorkers() == 1
+	})
+	if p := pools.GetPools()[0]; p.GetPool() != "chat" || p.GetWorkers() != 0 || p.GetCapacity() != 0 || !slices.Equal(p.GetTopics(), []string{"job.chat.*"}) {
+		t.Errorf("routed pool without workers: %v, want chat with no workers and its routed topics", p)
+	}
+	if p := pools.GetPools()[1]; p.GetPool() != "echo" || p.GetCapacity() != 8 {
+		t.Errorf("pool echo: %v", p)
 	}
 }

@@ -68,7 +68,7 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 			why := fmt.Sprintf("the attempt's lease ran out in state %s: nothing was heard of it for %s (its worker died, or the job never reached one)",
 				j.State, 2*s.opts.lease)
 			if j.WorkerID != "" {
-				why = fmt.Sprintf("the lease of worker %s ran out: nothing was heard of the attempt for %s (the worker died or lost its connection)",
+				why = fmt.Sprintf("the lease of worker %s ran out: nothing was heard of the attempt for %s (the worker stopped without handing it back, died, or lost its connection)",
 					j.WorkerID, 2*s.opts.lease)
 			}
 			s.log.Info("reconcile: lease expired", "trace_id", j.Trace(), "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))

@@ -238,11 +238,12 @@ func NewCmdPools(f *cmdutil.Factory, runF func(context.Context, *PoolsOptions) e
 	cmd := &cobra.Command{
 		Use:   "pools",
 		Short: "List the pools: workers, capacity in use, topics",
-		Long: `List the pools that have workers: how many live workers each has, the jobs
-they run out of how many they can run at once (and that as a percentage),
-and the topics they serve. -o wide adds the workers that are draining, whose
-jobs and capacity are not counted. Any API key may list them, as with
-'cortexctl workers'.`,
+		Long: `List the pools: how many live workers each has, the jobs they run out of
+how many they can run at once (and that as a percentage), and the topics
+they serve. A pool that the gateway's routes lead to and no worker serves is
+listed with 0 workers and its routed topics: its jobs wait for a worker.
+-o wide adds the workers that are draining, whose jobs and capacity are not
+counted. Any API key may list them, as with 'cortexctl workers'.`,
 		Example: `  cortexctl pools
   cortexctl pools -o json | jq '.items[] | {pool, capacity}'
   cortexctl pools --watch`,
