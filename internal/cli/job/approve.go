@@ -86,10 +86,15 @@ func approvalRun(ctx context.Context, o *ApprovalOptions) error {
 }
 
 // eachJob applies act to every id and prints each job it returns: its id
-// and new state, or the job in json/yaml. With several ids a failure is
+// and new state, or the job in json/yaml (for several ids, one record of a
+// stream each: a JSON line, a YAML document). With several ids a failure is
 // reported and the rest go on; the error then says how many failed.
 func eachJob(f *cmdutil.Factory, ids []string, format output.Format, verb string, act func(id string) (*cortexv1.Job, error)) error {
 	p := output.New(f.Out, format)
+	print := p.Print
+	if len(ids) > 1 {
+		print = p.Record
+	}
 	var errs []error
 	for _, id := range ids {
 		j, err := act(id)
@@ -102,7 +107,7 @@ func eachJob(f *cmdutil.Factory, ids []string, format output.Format, verb string
 			continue
 		}
 		if p.Machine() {
-			if err := p.Print(j); err != nil {
+			if err := print(j); err != nil {
 				return err
 			}
 			continue

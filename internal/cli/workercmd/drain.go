@@ -41,6 +41,12 @@ keeps running until it is stopped (SIGTERM), for maintenance or a rollout.`,
 				return err
 			}
 			p := output.New(f.Out, format)
+			// Several workers print as a stream of records (JSON lines,
+			// YAML documents); one prints as one value.
+			print := p.Print
+			if len(args) > 1 {
+				print = p.Record
+			}
 			var errs []error
 			for _, id := range args {
 				res, err := c.DrainWorker(cmd.Context(), &cortexv1.DrainWorkerRequest{WorkerId: id})
@@ -53,7 +59,7 @@ keeps running until it is stopped (SIGTERM), for maintenance or a rollout.`,
 					continue
 				}
 				if p.Machine() {
-					if err := p.Print(res.GetWorker()); err != nil {
+					if err := print(res.GetWorker()); err != nil {
 						return err
 					}
 					continue
