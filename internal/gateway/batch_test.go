@@ -2,6 +2,8 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -158,5 +160,41 @@ func TestNewJobsAreAnnouncedBeforeTheirHandOff(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A POST to the API in no type it reads (curl -d sends a form) is refused
+// with 415 and a JSON error that says which header to send; with the
+// header the same body is a job.
+func TestAPIExplainsAMissingContentType(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	post := func(contentType string) (int, map[string]string) {
+		req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/SubmitJob", strings.NewReader(`{"topic":"job.echo","prompt":"hi"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer key-acme-1234")
+		if contentType != "" {
+			req.Header.Set("Content-Type", contentType)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var body map[string]string
+		if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
+			t.Fatalf("Content-Type %q: %d with a body that is not JSON: %v", contentType, res.StatusCode, err)
+		}
+		return res.StatusCode, body
+	}
+	for _, ct := range []string{"", "application/x-www-form-urlencoded", "text/plain"} {
+		code, body := post(ct)
+		if code != http.StatusUnsupportedMediaType || body["code"] != "invalid_argument" || !strings.Contains(body["message"], "Content-Type: application/json") {
+			t.Errorf("Content-Type %q: %d %v, want 415 saying to send application/json", ct, code, body)
+		}
+	}
+	if code, body := post("application/json"); code != http.StatusOK || body["jobId"] == "" {
+		t.Errorf("with application/json: %d %v, want the job's id", code, body)
 	}
 }

@@ -8,12 +8,14 @@ package gateway
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -207,7 +209,39 @@ func (g *Gateway) Handler() http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	return mux
+	return explainContentType(mux)
+}
+
+// explainContentType answers a POST to an API procedure whose body is in
+// no type the API reads (curl -d without a Content-Type, say) with 415 and
+// a JSON error saying what to send, where a bare 415 leaves the caller
+// guessing.
+func explainContentType(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ct := r.Header.Get("Content-Type")
+		if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/"+cortexv1connect.GatewayServiceName+"/") || apiContentType(ct) {
+			next.ServeHTTP(w, r)
+			return
+		}
+		msg := fmt.Sprintf("the API reads JSON or protobuf: send Content-Type: application/json (or application/proto), not %.80q", ct)
+		if ct == "" || strings.HasPrefix(ct, "application/x-www-form-urlencoded") {
+			msg = "the API reads JSON or protobuf: send Content-Type: application/json (curl: -H 'Content-Type: application/json')"
+		}
+		body, _ := json.Marshal(map[string]string{"code": connect.CodeInvalidArgument.String(), "message": msg})
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Accept-Post", "application/json, application/proto")
+		w.WriteHeader(http.StatusUnsupportedMediaType)
+		_, _ = w.Write(append(body, '\n'))
+	})
+}
+
+// apiContentType reports whether ct is a body type of the Connect, gRPC
+// or gRPC-Web protocols.
+func apiContentType(ct string) bool {
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.ToLower(strings.TrimSpace(mt))
+	return mt == "application/json" || mt == "application/proto" ||
+		strings.HasPrefix(mt, "application/connect+") || strings.HasPrefix(mt, "application/grpc")
 }
 
 // Serve starts the event fan-out and answers on ln until ctx ends, then
