@@ -106,8 +106,9 @@ func editDistance(a, b string) int {
 }
 
 // suggestSubcommands makes the root and every command that only groups
-// others suggest the nearest subcommand for a typo, as cobra does by
-// itself only for the root: `cortexctl context lsit` fails with
+// others suggest the nearest subcommand for a typo (cobra does it by
+// itself only for the root, and names a group where its subcommand was
+// meant): `cortexctl context lsit` fails with
 // `unknown command "lsit" for "cortexctl context"` and "Did you mean
 // this? list" (exit 2) instead of printing help and exiting 0. A group
 // given no arguments still prints its help. Call it once the tree is
@@ -119,7 +120,7 @@ func suggestSubcommands(root *cobra.Command) {
 		for _, sub := range c.Commands() {
 			walk(sub)
 		}
-		if c == root || !c.HasSubCommands() || c.Runnable() {
+		if !c.HasSubCommands() || c.Runnable() {
 			return
 		}
 		if c.SuggestionsMinimumDistance <= 0 {
@@ -137,11 +138,20 @@ func suggestSubcommands(root *cobra.Command) {
 }
 
 // unknownCommand is cobra's own error for a mistyped subcommand, with its
-// suggestions.
+// suggestions, and the commands one level down of that name: `cortexctl
+// cancel` suggests "jobs cancel".
 func unknownCommand(cmd *cobra.Command, typed string) error {
 	msg := fmt.Sprintf("unknown command %q for %q", typed, cmd.CommandPath())
 	if !cmd.Root().DisableSuggestions {
-		if s := slices.Compact(cmd.SuggestionsFor(typed)); len(s) > 0 {
+		s := cmd.SuggestionsFor(typed)
+		for _, group := range cmd.Commands() {
+			for _, sub := range group.Commands() {
+				if sub.IsAvailableCommand() && (sub.Name() == typed || slices.Contains(sub.Aliases, typed)) {
+					s = append(s, group.Name()+" "+sub.Name())
+				}
+			}
+		}
+		if s = slices.Compact(s); len(s) > 0 {
 			msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t") + "\n"
 		}
 	}

@@ -21,7 +21,7 @@ func NewCmdJobs(f *cmdutil.Factory) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:        "jobs",
 		Short:      "List, inspect, cancel and watch jobs",
-		SuggestFor: []string{"status", "job", "get", "list", "cancel", "watch", "result"},
+		SuggestFor: []string{"status", "job"},
 		Long: `List, inspect, cancel and watch the jobs of your tenant (the API key's).
 Jobs are kept for 24 hours.`,
 		Example: `  cortexctl jobs list --state failed -o wide
