@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/bus"
@@ -53,6 +55,7 @@ type Client struct {
 	timeout time.Duration
 	breaker breaker
 	batches *coalesce.Batcher[*pending]
+	log     *slog.Logger
 }
 
 // pending is one check waiting for its decision.
@@ -71,8 +74,16 @@ func NewClient(conn *bus.Conn, timeout time.Duration) *Client {
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	c := &Client{conn: conn, timeout: timeout, breaker: breaker{threshold: breakerThreshold, coolDown: breakerCoolDown, now: time.Now}}
+	c := &Client{conn: conn, timeout: timeout, breaker: breaker{threshold: breakerThreshold, coolDown: breakerCoolDown, now: time.Now},
+		log: slog.New(slog.DiscardHandler)}
 	c.batches = coalesce.New(maxInFlight, takeChecks, c.send)
+	return c
+}
+
+// LogTo has the client log when its circuit breaker opens (every check is
+// denied fail-closed from then on) and when the kernel answers again.
+func (c *Client) LogTo(log *slog.Logger) *Client {
+	c.log = log
 	return c
 }
 
@@ -120,8 +131,8 @@ func (c *Client) breakerDenial(wait time.Duration) *cortexv1.CheckResponse {
 	if wait > 0 {
 		next = "for another " + wait.Round(time.Millisecond).String()
 	}
-	return failClosed(fmt.Sprintf("the safety kernel failed %d requests in a row; the circuit breaker denies without asking %s",
-		c.breaker.threshold, next))
+	return failClosed(fmt.Sprintf("%d safety checks in a row failed (the last: %s); the circuit breaker denies without asking %s",
+		c.breaker.threshold, c.breaker.lastFailure(), next))
 }
 
 // send asks the kernel about one batch and hands every check its answer.
@@ -137,7 +148,16 @@ func (c *Client) send(batch []*pending) {
 		return
 	}
 	reasons := c.ask(batch)
-	c.breaker.record(reasons == nil)
+	why := ""
+	if reasons != nil {
+		why = firstReason(reasons)
+	}
+	switch c.breaker.record(why) {
+	case opened:
+		c.log.Warn("safety checks keep failing: denying every job fail-closed until the kernel answers again", "last_failure", why)
+	case closed:
+		c.log.Info("the safety kernel answers again: checks resume")
+	}
 	for i, p := range batch {
 		if reasons != nil && reasons[i] != "" {
 			p.resp = failClosed(reasons[i])
@@ -166,6 +186,8 @@ func (c *Client) ask(batch []*pending) []string {
 	switch {
 	case errors.Is(err, bus.ErrMalformed):
 		why = fmt.Sprintf("safety kernel answered with a malformed packet: %v", err)
+	case errors.Is(err, nats.ErrNoResponders):
+		why = fmt.Sprintf("no safety kernel is running: nobody answers on %s", bus.SubjectSafetyCheck)
 	case err != nil:
 		why = fmt.Sprintf("safety kernel gave no decision within %s: %v", c.timeout, err)
 	case len(batch) == 1 && reply.GetCheckResponse() == nil:
@@ -223,6 +245,23 @@ type breaker struct {
 	failures  int
 	openUntil time.Time
 	probing   bool
+	last      string // why the last failed request failed
+}
+
+// change is what a request's outcome did to the breaker.
+type change int
+
+const (
+	kept change = iota
+	opened
+	closed
+)
+
+// lastFailure is why the last failed request failed.
+func (b *breaker) lastFailure() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.last
 }
 
 // open reports whether the breaker denies without asking, and for how
@@ -252,16 +291,36 @@ func (b *breaker) allow() (time.Duration, bool) {
 	return 0, true
 }
 
-func (b *breaker) record(ok bool) {
+// record counts a request: failed for why, or answered when why is "".
+func (b *breaker) record(why string) change {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.probing = false
-	if ok {
+	wasOpen := b.failures >= b.threshold
+	if why == "" {
 		b.failures = 0
-		return
+		if wasOpen {
+			return closed
+		}
+		return kept
 	}
 	b.failures++
+	b.last = why
 	if b.failures >= b.threshold {
 		b.openUntil = b.now().Add(b.coolDown)
+		if !wasOpen {
+			return opened
+		}
 	}
+	return kept
+}
+
+// firstReason is the first reason of a failed request's checks.
+func firstReason(reasons []string) string {
+	for _, r := range reasons {
+		if r != "" {
+			return r
+		}
+	}
+	return "unknown"
 }

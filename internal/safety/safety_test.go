@@ -355,7 +355,7 @@ func TestClientFailsClosed(t *testing.T) {
 		timeout time.Duration
 		reason  string
 	}{
-		{"no kernel", func(*testing.T, string) {}, 5 * time.Second, "no decision"},
+		{"no kernel", func(*testing.T, string) {}, 5 * time.Second, "no safety kernel is running"},
 		{"slow kernel", func(t *testing.T, url string) {
 			// The answer is held until the test is over, long after the
 			// client gave up.

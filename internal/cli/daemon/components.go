@@ -264,7 +264,7 @@ func StartScheduler(ctx context.Context, natsEP bus.Endpoint, st *store.Store, o
 	if opts.Lease > 0 {
 		so = append(so, scheduler.WithLease(opts.Lease))
 	}
-	s := scheduler.New(conn, st, safety.NewClient(conn, opts.SafetyTimeout), router, log, so...)
+	s := scheduler.New(conn, st, safety.NewClient(conn, opts.SafetyTimeout).LogTo(log), router, log, so...)
 	if err := s.Start(ctx); err != nil {
 		conn.Close()
 		return nil, err
