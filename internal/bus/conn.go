@@ -55,6 +55,15 @@ func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.Timeout(2 * time.Second),
 		nats.DrainTimeout(drainTimeout),
+		// An outage of the bus shows in the logs, not only in /readyz.
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("lost the NATS connection; reconnecting", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", "server", telemetry.RedactURL(nc.ConnectedUrl()))
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
 			if sub != nil {

@@ -1,11 +1,17 @@
 package bus_test
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
+	"net"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
@@ -96,4 +102,50 @@ func TestCloseWithServerGone(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Close still waiting 10s after the server went away")
 	}
+}
+
+// lines is a slog handler's output that tests may read while it is written.
+type lines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *lines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *lines) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
+}
+
+func (l *lines) has(s string) bool { return strings.Contains(l.String(), s) }
+
+// A connection logs when it loses its server and when it is back, so that
+// an outage of the bus shows in the logs.
+func TestConnLogsLosingAndRegainingNATS(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true}
+	s := bustest.StartWith(t, opts)
+	port := s.Addr().(*net.TCPAddr).Port
+	var out lines
+	c, err := bus.Connect(s.ClientURL(), "test", slog.New(slog.NewTextHandler(&out, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !out.has(what); time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the log within 10s:\n%s", what, out.String())
+			}
+		}
+	}
+	s.Shutdown()
+	waitFor("lost the NATS connection; reconnecting")
+	bustest.StartWith(t, &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
+	waitFor("reconnected to NATS")
 }
