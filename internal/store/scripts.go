@@ -96,13 +96,14 @@ return rec
 // startScript: KEYS = job, ctx, lease; ARGV = worker id, now (µs),
 // attempt, deadline, job id, takeover ("1": a redelivery of the attempt,
 // whose first holder stopped acknowledging it). Moves a DISPATCHED job
-// (or, on a takeover, a RUNNING one) to RUNNING on this worker and answers
+// (or, on a takeover, a RUNNING one, whose reason then names the worker
+// it is taken from) to RUNNING on this worker and answers
 // {"OK", input, field, value, ...}. Answers {""} when there is no job,
 // {"CONFLICT", state, attempt} when the job is not at that attempt in a
 // state it may start from, and {"NOPROMPT", field, value, ...} (having
 // marked the job FAILED) when its input is gone.
 var startScript = redis.NewScript(`
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'version')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'version', 'worker_id')
 if not cur[1] then return {''} end
 local version = (tonumber(cur[3]) or 0) + 1
 local ok = cur[1] == 'DISPATCHED' or (cur[1] == 'RUNNING' and ARGV[6] == '1')
@@ -118,7 +119,15 @@ if not input then
   table.insert(rec, 1, 'NOPROMPT')
   return rec
 end
-redis.call('HSET', KEYS[1], 'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't:RUNNING', ARGV[2], 'version', version)
+local set = {'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't:RUNNING', ARGV[2], 'version', version}
+if cur[1] == 'RUNNING' then
+  local prev = cur[4] or ''
+  local why = 'taken over from worker ' .. prev .. ', which stopped answering for it (its lease ran out)'
+  if prev == ARGV[1] then why = 'run again on worker ' .. prev .. ' after the bus redelivered it' end
+  set[#set + 1] = 'reason'
+  set[#set + 1] = why
+end
+redis.call('HSET', KEYS[1], unpack(set))
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 rec = redis.call('HGETALL', KEYS[1])
 table.insert(rec, 1, input)

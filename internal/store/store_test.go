@@ -747,3 +747,27 @@ func TestPeekThenComplete(t *testing.T) {
 		}
 	})
 }
+
+// A takeover (the bus redelivered a RUNNING attempt) moves the job to the
+// new worker and says on the job whom it was taken from; a job that was
+// DISPATCHED, not RUNNING, keeps its reason.
+func TestTakeoverSaysWhomTheJobWasTakenFrom(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, _ *redis.Client) {
+		ctx := context.Background()
+		id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
+		j, input, err := st.Start(ctx, id, 1, "w-2", true, time.Minute, now.Add(time.Minute))
+		if err != nil || input != "p" {
+			t.Fatalf("takeover: %v, input %q", err, input)
+		}
+		if j.State != store.Running || j.WorkerID != "w-2" || j.Reason != "taken over from worker w-1, which stopped answering for it (its lease ran out)" {
+			t.Errorf("after a takeover: %+v", j)
+		}
+		if j, _, err = st.Start(ctx, id, 1, "w-2", true, time.Minute, now.Add(2*time.Minute)); err != nil || j.Reason != "run again on worker w-2 after the bus redelivered it" {
+			t.Errorf("the same worker again: %+v, %v", j, err)
+		}
+		first, _ := reach(t, st, []store.State{store.Dispatched})
+		if j, _, err = st.Start(ctx, first, 1, "w-3", true, time.Minute, now); err != nil || j.Reason != "by test" {
+			t.Errorf("a redelivered DISPATCHED job: %+v, %v, want its reason kept", j, err)
+		}
+	})
+}
