@@ -376,3 +376,46 @@ func poll(t *testing.T, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// The client's own fail-closed denials (no kernel answered, or the breaker
+// was open) are published as decisions, so that they show where decisions
+// are watched; the event names no kernel.
+func TestClientPublishesItsFailClosedDenials(t *testing.T) {
+	url := bustest.StartServer(t)
+	watcher := connect(t, url, "watcher")
+	sub, err := watcher.NATS().SubscribeSync(bus.SubjectSafetyDecision)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watcher.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c := safety.NewClient(connect(t, url, "client"), 5*time.Second)
+	checks := mixedChecks(40)
+	checkAll(t, c, checks)
+	seen := map[uint32]*cortexv1.SafetyDecisionEvent{} // by attempt: unique among the checks
+	for len(seen) < len(checks) {
+		m, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("%d of %d denials published: %v", len(seen), len(checks), err)
+		}
+		p, err := bus.Decode(m.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		evs := p.GetSafetyDecisions().GetEvents()
+		if ev := p.GetSafetyDecision(); ev != nil {
+			evs = append(evs, ev)
+		}
+		for _, ev := range evs {
+			seen[ev.GetAttempt()] = ev
+		}
+	}
+	for _, r := range checks {
+		ev := seen[r.GetAttempt()]
+		if ev == nil || ev.GetJobId() != r.GetJobId() || ev.GetVerdict().GetDecision() != deny || ev.GetVerdict().GetRule() != bus.RuleFailClosed ||
+			ev.GetTenantId() != r.GetTenantId() || ev.GetTopic() != r.GetTopic() || !strings.HasPrefix(ev.GetKernelId(), "none (fail-closed by client") {
+			t.Errorf("check %s: event %v, want a fail-closed DENY of its tenant and topic, by no kernel", r.GetJobId(), ev)
+		}
+	}
+}

@@ -10,6 +10,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/coalesce"
@@ -63,6 +65,7 @@ type pending struct {
 	req   *cortexv1.CheckRequest
 	trace string
 	size  int
+	start time.Time
 	// resp is set before done is closed.
 	resp *cortexv1.CheckResponse
 	done chan struct{}
@@ -105,10 +108,12 @@ func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1
 	if cause := context.Cause(ctx); cause != nil {
 		return abandoned(cause), nil
 	}
+	p := &pending{req: r, trace: bus.TraceFrom(ctx, r.GetJobId()), size: proto.Size(r) + 8, start: time.Now(), done: make(chan struct{})}
 	if wait, open := c.breaker.open(); open {
-		return c.breakerDenial(wait), nil
+		p.resp = c.breakerDenial(wait)
+		c.announce([]*pending{p})
+		return p.resp, nil
 	}
-	p := &pending{req: r, trace: bus.TraceFrom(ctx, r.GetJobId()), size: proto.Size(r) + 8, done: make(chan struct{})}
 	c.batches.Add(p)
 	select {
 	case <-p.done:
@@ -143,6 +148,9 @@ func (c *Client) send(batch []*pending) {
 	if !ok {
 		for _, p := range batch {
 			p.resp = c.breakerDenial(wait)
+		}
+		c.announce(batch)
+		for _, p := range batch {
 			close(p.done)
 		}
 		return
@@ -158,11 +166,46 @@ func (c *Client) send(batch []*pending) {
 	case closed:
 		c.log.Info("the safety kernel answers again: checks resume")
 	}
+	var denied []*pending
 	for i, p := range batch {
 		if reasons != nil && reasons[i] != "" {
 			p.resp = failClosed(reasons[i])
+			denied = append(denied, p)
 		}
+	}
+	c.announce(denied)
+	for _, p := range batch {
 		close(p.done)
+	}
+}
+
+// announce publishes the client's own fail-closed denials on
+// sys.safety.decision, as a kernel publishes its decisions, so that they
+// show where decisions are watched (tail --decisions, top): no kernel
+// decided them, and the event's kernel_id names this client instead.
+func (c *Client) announce(denied []*pending) {
+	if len(denied) == 0 {
+		return
+	}
+	events := make([]*cortexv1.SafetyDecisionEvent, len(denied))
+	for i, p := range denied {
+		r := p.req
+		events[i] = &cortexv1.SafetyDecisionEvent{
+			JobId:    r.GetJobId(),
+			TenantId: r.GetTenantId(),
+			Topic:    r.GetTopic(),
+			Attempt:  r.GetAttempt(),
+			Verdict: &cortexv1.SafetyVerdict{Decision: p.resp.GetDecision(), Rule: p.resp.GetRule(),
+				Reason: p.resp.GetReason()},
+			Latency:   durationpb.New(time.Since(p.start)),
+			DecidedAt: timestamppb.New(p.start),
+			KernelId:  "none (fail-closed by " + c.conn.SenderID() + ")",
+		}
+	}
+	for _, pk := range decisionPackets(denied[0].trace, events) {
+		if err := c.conn.Publish(bus.SubjectSafetyDecision, pk); err != nil {
+			c.log.Warn("publish fail-closed decisions", "decisions", len(events), "err", err)
+		}
 	}
 }
 
