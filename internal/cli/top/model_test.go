@@ -1,6 +1,7 @@
 package top
 
 import (
+	"connectrpc.com/connect/v2"
 	"errors"
 	"strings"
 	"testing"
@@ -255,7 +256,7 @@ func TestViewFitsTheTerminal(t *testing.T) {
 	m = step(t, m, tea.WindowSizeMsg{Width: 80, Height: 24})
 	s := screen(m)
 	for _, want := range []string{"in     12/s", "backlog 4", "echo", "6/8", "75%", "42ms", "DENY", "deny-sys-destroy",
-		"AWAITING_APPROVAL", "echo-1", "2s ago", "up 1h00m", "q:quit"} {
+		"AWAITING_APPROVAL", "echo-1", "2s ago", "oldest worker 1h00m", "q:quit"} {
 		if !strings.Contains(s, want) {
 			t.Errorf("80x24 lacks %q:\n%s", want, s)
 		}
@@ -268,5 +269,18 @@ func TestSparkline(t *testing.T) {
 	}
 	if got := sparkline(nil, 3); got != "▁▁▁" {
 		t.Errorf("empty sparkline = %q", got)
+	}
+}
+
+// A gateway that answers with an error (its store is down) is not
+// "unreachable", and a retry that is due says so rather than "in 0s".
+func TestBannerTellsAnAnswerFromNoAnswer(t *testing.T) {
+	m := NewModel("http://gw", newFake(), nil, t0)
+	storeDown := connect.NewError(connect.CodeUnavailable, "the job store is unavailable, try again").WithRemote()
+	m = step(t, m, listedMsg{At: t0, Err: storeDown})
+	m = step(t, m, tickMsg{Now: t0.Add(m.RetryIn)})
+	want := "the gateway answers but cannot serve, at http://gw: unavailable: the job store is unavailable, try again; retrying now"
+	if s := screen(m); !strings.Contains(strings.Join(strings.Fields(s), " "), want) {
+		t.Errorf("banner for an answered error, want %q:\n%s", want, s)
 	}
 }

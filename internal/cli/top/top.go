@@ -53,7 +53,8 @@ job for its detail; approve, reject or cancel it from there (each asks
 first). Press ? for the keys.
 
 Rates, queues and latencies are counted from the event streams since top
-started, over the last 10 seconds. Every tenant's decisions need an admin key
+started, over the last 10 seconds. The header says how long the oldest live
+worker has been heard from (by this gateway, since it started). Every tenant's decisions need an admin key
 (up's key is one); another key sees its own tenant's.
 
 With --once, listen for a second and print one snapshot (-o json or yaml for

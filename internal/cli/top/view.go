@@ -1,6 +1,7 @@
 package top
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -8,6 +9,7 @@ import (
 
 	tea "charm.land/bubbletea/v2"
 	"charm.land/lipgloss/v2"
+	"connectrpc.com/connect/v2"
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/cortex-os/core/internal/cli/output"
@@ -87,7 +89,7 @@ func (m Model) header() []string {
 	if !first.IsZero() {
 		up = output.Elapsed(m.Now.Sub(first).Truncate(time.Second))
 	}
-	l1 := styleTitle.Render("cortexctl top") + "  " + m.Server + "  up " + up
+	l1 := styleTitle.Render("cortexctl top") + "  " + m.Server + "  oldest worker " + up
 	if m.Paused {
 		l1 += "  " + styleWarn.Render("[PAUSED]")
 	}
@@ -107,8 +109,17 @@ func (m Model) header() []string {
 
 func (m Model) banner() string {
 	if m.Err != nil {
-		in := max(m.Retry.Sub(m.Now), 0).Round(time.Second)
-		return fmt.Sprintf("cluster unreachable at %s: %v; retrying in %ds", m.Server, m.Err, int(in/time.Second))
+		// An answer from the gateway (its store is down, say) is not an
+		// unreachable gateway.
+		what := "cluster unreachable at"
+		if cerr, ok := errors.AsType[*connect.Error](m.Err); ok && cerr.IsRemote() {
+			what = "the gateway answers but cannot serve, at"
+		}
+		retry := "retrying now"
+		if in := m.Retry.Sub(m.Now).Round(time.Second); in >= time.Second {
+			retry = fmt.Sprintf("retrying in %ds", int(in/time.Second))
+		}
+		return fmt.Sprintf("%s %s: %v; %s", what, m.Server, m.Err, retry)
 	}
 	if !m.Connected {
 		return ""
