@@ -52,7 +52,10 @@ fresh stack it starts itself.
 
 With --batch N, each client submits N jobs per call (SubmitJobs) and one event
 stream follows them all, as a high-volume producer would; --rate paces the
-submits to a steady number of jobs a second.`,
+submits to a steady number of jobs a second. Events are best effort: when the
+stream brings no end for 2s, says it skipped events, or breaks (it is opened
+again), bench reads the jobs it is waiting for from the store, and the report
+says how many ends it read there (their latency runs to the read).`,
 		Example: `  cortexctl bench -n 20000 -c 64
   cortexctl bench --inprocess -n 5000
   cortexctl bench -n 100000 -c 8 --batch 500            # batched submits, as fast as it goes
@@ -126,8 +129,18 @@ type Report struct {
 	Elapsed   time.Duration
 	Latencies []time.Duration // sorted
 	// Dropped counts the events the gateway skipped because this client
-	// read too slowly: their jobs count as not done.
+	// read too slowly (RunBatched: their jobs' ends are read from the
+	// store).
 	Dropped uint64
+	// FromStore counts the ends RunBatched read from the store because the
+	// event stream did not bring them: their latency runs to the read, an
+	// over-estimate.
+	FromStore int
+	// StreamBreaks counts the times RunBatched's event stream broke (it
+	// opens it again); StreamErr, when not empty, is why it stopped
+	// opening it, after which every end came from the store.
+	StreamBreaks int
+	StreamErr    string
 }
 
 // ended counts a job that ended in state.
@@ -163,12 +176,29 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "elapsed     %s\n", r.Elapsed.Round(time.Millisecond))
 	if r.Dropped > 0 {
-		fmt.Fprintf(w, "events      %d skipped by the gateway: this client read too slowly, so their jobs count as not done\n", r.Dropped)
+		fmt.Fprintf(w, "events      %d skipped by the gateway (this client read too slowly)\n", r.Dropped)
+	}
+	switch {
+	case r.StreamErr != "":
+		fmt.Fprintf(w, "stream      broke %s, the last for good (%s)\n", times(r.StreamBreaks), r.StreamErr)
+	case r.StreamBreaks > 0:
+		fmt.Fprintf(w, "stream      broke %s; reconnected\n", times(r.StreamBreaks))
+	}
+	if r.FromStore > 0 {
+		fmt.Fprintf(w, "from store  %d of the ends were read from the store, not seen on the event stream: their latency, and the elapsed time, run to the read (an over-estimate)\n", r.FromStore)
 	}
 	fmt.Fprintf(w, "throughput  %.0f jobs/s\n", float64(r.Jobs)/r.Elapsed.Seconds())
 	fmt.Fprintf(w, "latency     p50 %s  p90 %s  p99 %s  max %s  (submit to result)\n",
 		r.Percentile(50).Round(time.Microsecond), r.Percentile(90).Round(time.Microsecond),
 		r.Percentile(99).Round(time.Microsecond), r.Percentile(100).Round(time.Microsecond))
+}
+
+// times is "once" or "N times".
+func times(n int) string {
+	if n == 1 {
+		return "once"
+	}
+	return fmt.Sprintf("%d times", n)
 }
 
 // Run submits n jobs from concurrency clients and follows each to its end.

@@ -384,7 +384,10 @@ func watchRun(ctx context.Context, o *WatchOptions) error {
 	if o.Follow {
 		onOutput = fol.piece
 	}
-	j, err := FollowToEnd(ctx, c, o.ID, func(j *cortexv1.Job) {
+	// The watch starts again with the job as it is: only the states it
+	// went through while the stream was down can be missing.
+	rc := newReconnector(o.Factory.ErrOut, "states the job went through while it was down may not have been shown (cortexctl jobs get "+o.ID+" shows it as it is)")
+	j, err := followToEnd(ctx, c, o.ID, func(j *cortexv1.Job) {
 		if p.Machine() {
 			printErr = errors.Join(printErr, p.Record(j))
 			return
@@ -394,7 +397,7 @@ func watchRun(ctx context.Context, o *WatchOptions) error {
 		}
 		fol.endLine()
 		fmt.Fprintln(o.Factory.Out, eventLine(p, j))
-	}, onOutput)
+	}, onOutput, rc)
 	if err != nil {
 		return err
 	}

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -122,7 +121,7 @@ func tailDecisions(ctx context.Context, o *TailOptions) error {
 		return err
 	}
 	p := output.New(o.Factory.Out, o.Output)
-	return follow(ctx, o.Factory.ErrOut, func() (stream[*cortexv1.StreamDecisionsResponse], error) {
+	return follow(ctx, newReconnector(o.Factory.ErrOut, decisionsMissed), func() (stream[*cortexv1.StreamDecisionsResponse], error) {
 		return c.StreamDecisions(ctx, req)
 	}, func(msg *cortexv1.StreamDecisionsResponse) error {
 		skipped(o.Factory.ErrOut, msg.GetDropped())
@@ -147,15 +146,22 @@ func decisionLine(p *output.Printer, ev *cortexv1.SafetyDecisionEvent) string {
 	return line
 }
 
+// What may have been missed while a stream was down, said when it is back.
+const (
+	jobsMissed      = "changes made while it was down may not have been shown (cortexctl jobs list shows the current states)"
+	decisionsMissed = "decisions made while it was down may not have been shown"
+)
+
 // streamJobs prints job events (and pieces of output, when req asks for
-// them) until ctx ends, reconnecting when the gateway drops the stream,
-// and says on stderr when events were missed.
+// them) until ctx ends, reconnecting with backoff when the gateway drops
+// the stream, and says on stderr when events were missed: skipped, or
+// made while the stream was down.
 func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEventsRequest, print func(*cortexv1.Job) error, printOutput func(*cortexv1.JobOutput) error) error {
 	c, _, err := f.Client()
 	if err != nil {
 		return err
 	}
-	return follow(ctx, f.ErrOut, func() (stream[*cortexv1.StreamEventsResponse], error) {
+	return follow(ctx, newReconnector(f.ErrOut, jobsMissed), func() (stream[*cortexv1.StreamEventsResponse], error) {
 		return c.StreamEvents(ctx, req)
 	}, func(msg *cortexv1.StreamEventsResponse) error {
 		if o := msg.GetOutput(); o != nil {
@@ -176,9 +182,10 @@ type stream[T any] interface {
 }
 
 // follow reads the stream open returns, handing each message to each,
-// and opens it again whenever the gateway drops it, until ctx ends.
-func follow[T any](ctx context.Context, errOut io.Writer, open func() (stream[T], error), each func(T) error) error {
-	return resume(ctx, errOut, func() error {
+// and opens it again, paced and told of by rc, whenever the gateway drops
+// it, until ctx ends.
+func follow[T any](ctx context.Context, rc *reconnector, open func() (stream[T], error), each func(T) error) error {
+	return rc.resume(ctx, func(ok func()) error {
 		s, err := open()
 		if err != nil {
 			return err
@@ -189,31 +196,12 @@ func follow[T any](ctx context.Context, errOut io.Writer, open func() (stream[T]
 			if err != nil {
 				return err
 			}
+			ok()
 			if err := each(msg); err != nil {
 				return err
 			}
 		}
 	})
-}
-
-// resume runs read, which reads one stream to its end, again whenever
-// the gateway drops the stream (a restart, say), until ctx ends.
-func resume(ctx context.Context, errOut io.Writer, read func() error) error {
-	for {
-		err := read()
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if connect.CodeOf(err) != connect.CodeUnavailable && !errors.Is(err, io.EOF) {
-			return err
-		}
-		fmt.Fprintf(errOut, "stream interrupted (%v); reconnecting\n", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(reconnectDelay):
-		}
-	}
 }
 
 // skipped says on stderr that the gateway dropped n events for this reader.
