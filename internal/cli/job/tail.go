@@ -35,7 +35,9 @@ func NewCmdTail(f *cmdutil.Factory, runF func(context.Context, *TailOptions) err
 		Short: "Print every change of your jobs as it happens",
 		Long: `Print a line for every state change of your jobs, live, until Ctrl-C:
 submits, safety denials with their rule and reason, dispatches, runs and
-outcomes. Filter by topic, state and labels.
+outcomes. Filter by topic, state and labels. Changes travel as best-effort
+events: while the bus is down (a NATS restart) some may not be shown, and
+'cortexctl jobs list' reads the states the store keeps.
 
 -o json prints one JSON object per change, each on one line (JSON Lines:
 read it with jq or line by line); -o yaml prints one YAML document per
