@@ -3,8 +3,6 @@ package job
 import (
 	"bytes"
 	"context"
-	"net/http"
-	"net/http/httptest"
 	"reflect"
 	"strings"
 	"sync"
@@ -12,7 +10,6 @@ import (
 	"time"
 
 	"connectrpc.com/connect/v2"
-	"connectrpc.com/connect/v2/connecthttp"
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -125,17 +122,6 @@ func (g *flakyGateway) WatchJob(_ context.Context, _ *cortexv1.WatchJobRequest, 
 	return call.err
 }
 
-func serveFlaky(t *testing.T, g *flakyGateway) string {
-	t.Helper()
-	srv := connect.NewServer()
-	cortexv1connect.RegisterGatewayServiceHandler(srv, g)
-	mux := http.NewServeMux()
-	connecthttp.Mount(mux, srv)
-	hs := httptest.NewServer(mux)
-	t.Cleanup(hs.Close)
-	return hs.URL
-}
-
 // lines splits s into its lines.
 func lines(s string) []string {
 	return strings.Split(strings.TrimSuffix(s, "\n"), "\n")
@@ -153,7 +139,7 @@ func TestJobStreamsReconnectWithBackoffAndSaySo(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			clock := useFakeClock(t, time.Hour)
 			down := outage{err: errRestarting}
-			url := serveFlaky(t, &flakyGateway{calls: []outage{
+			url := serve(t, &flakyGateway{calls: []outage{
 				{events: []*cortexv1.StreamEventsResponse{jobEvent(streamJob("j1", pending, 1))}, err: errRestarting},
 				down, down, down, down, down, // a long outage: six attempts fail
 				{events: []*cortexv1.StreamEventsResponse{jobEvent(streamJob("j1", running, 2))}, err: errRestarting},
@@ -191,7 +177,7 @@ func TestJobStreamsReconnectWithBackoffAndSaySo(t *testing.T) {
 // jobs watch backs off in the same way, and says what it may have missed.
 func TestWatchReconnectsWithBackoffAndSaysSo(t *testing.T) {
 	clock := useFakeClock(t, time.Hour)
-	url := serveFlaky(t, &flakyGateway{calls: []outage{
+	url := serve(t, &flakyGateway{calls: []outage{
 		{versions: []*cortexv1.Job{streamJob("j1", pending, 1)}, err: errRestarting},
 		{err: errRestarting},
 		{err: errRestarting},

@@ -80,7 +80,7 @@ func (g *fakeGateway) StreamDecisions(_ context.Context, _ *cortexv1.StreamDecis
 }
 
 // serve runs g on a local HTTP server and returns its URL.
-func serve(t *testing.T, g *fakeGateway) string {
+func serve(t *testing.T, g cortexv1connect.GatewayServiceHandler) string {
 	t.Helper()
 	srv := connect.NewServer()
 	cortexv1connect.RegisterGatewayServiceHandler(srv, g)
