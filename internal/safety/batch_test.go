@@ -419,3 +419,21 @@ func TestClientPublishesItsFailClosedDenials(t *testing.T) {
 		}
 	}
 }
+
+// A client says its checks reach no kernel once its breaker opened, and
+// that they do before.
+func TestClientAnsweringFollowsTheBreaker(t *testing.T) {
+	url := bustest.StartServer(t)
+	c := safety.NewClient(connect(t, url, "client"), 5*time.Second)
+	if !c.Answering() {
+		t.Fatal("a new client says its checks reach no kernel")
+	}
+	for i := range 5 {
+		if _, err := c.Check(context.Background(), &cortexv1.CheckRequest{JobId: fmt.Sprintf("j%d", i), Topic: "job.echo", TenantId: "t"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c.Answering() {
+		t.Fatal("after 5 failed requests in a row the client still says its checks reach a kernel")
+	}
+}

@@ -83,6 +83,13 @@ func NewClient(conn *bus.Conn, timeout time.Duration) *Client {
 	return c
 }
 
+// Answering reports whether checks reach the kernel now: false while the
+// circuit breaker is open and denies without asking.
+func (c *Client) Answering() bool {
+	_, open := c.breaker.open()
+	return !open
+}
+
 // LogTo has the client log when its circuit breaker opens (every check is
 // denied fail-closed from then on) and when the kernel answers again.
 func (c *Client) LogTo(log *slog.Logger) *Client {

@@ -21,7 +21,8 @@ import (
 //
 //   - PENDING (never handed on, or handed to a scheduler that died with it
 //     queued): its deadline is put off and it goes to the submit stream
-//     again; a scheduler already holding it drops the copy;
+//     again; a scheduler already holding it drops the copy. While the
+//     safety checks do not reach a kernel (Gate), it is held back, due;
 //   - DISPATCHED or RUNNING whose lease ran out (the worker died and the
 //     stream could not redeliver it, or the dispatch never reached the
 //     stream): the attempt ends TIMEOUT, and the job is retried with
@@ -55,9 +56,17 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 		s.log.Warn("reconcile: read deadlines", "err", err)
 		return
 	}
+	gate, _ := s.checker.(Gate)
+	held := 0
 	for _, j := range jobs {
 		switch j.State {
 		case store.Pending:
+			if gate != nil && !gate.Answering() {
+				// Re-driven now, the job would be denied without a kernel
+				// having looked at it; it stays due for the next round.
+				held++
+				continue
+			}
 			if err := s.store.PutOffRedrive(ctx, j.ID, j.Attempt, now); err != nil {
 				continue // moved on meanwhile
 			}
@@ -75,6 +84,9 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 			s.opts.metrics.Reconciled("expire")
 			s.endAttempt(ctx, j.Trace(), j, j.Attempt, store.Timeout, j.WorkerID, why, false, true)
 		}
+	}
+	if held > 0 {
+		s.log.Warn("reconcile: holding pending jobs until the safety kernel answers again", "jobs", held)
 	}
 }
 

@@ -185,3 +185,21 @@ func waitStreamEmpty(t *testing.T, js jetstream.JetStream) {
 		}
 	}
 }
+
+// TestReconcilerHoldsPendingJobsWhileNoKernelAnswers: while the safety
+// checks reach no kernel, a PENDING job past its deadline is not re-driven
+// into a fail-closed denial; it stays due and goes once checks resume.
+func TestReconcilerHoldsPendingJobsWhileNoKernelAnswers(t *testing.T) {
+	checker := answer(allow, nil)
+	checker.silent.Store(true)
+	r := newRig(t, checker, "")
+	r.st.seed("orphan", "job.echo", store.Pending, 1, 1)
+	r.st.markOverdue("orphan")
+	time.Sleep(200 * time.Millisecond) // ten reconcile rounds
+	r.noDispatch(t)
+	if n := len(checker.checksOf("orphan")); n != 0 {
+		t.Fatalf("a held job was checked %d times", n)
+	}
+	checker.silent.Store(false)
+	r.expectDispatch(t, "orphan")
+}

@@ -48,6 +48,14 @@ type Checker interface {
 	Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
 }
 
+// Gate is what a Checker may also say: whether its checks reach a kernel
+// now (a safety client's circuit breaker is closed). While they do not,
+// the reconciler holds PENDING jobs back rather than re-drive them into
+// denials; jobs submitted meanwhile still fail closed.
+type Gate interface {
+	Answering() bool
+}
+
 var _ Store = (*store.Store)(nil)
 
 // Defaults for Options.

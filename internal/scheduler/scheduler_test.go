@@ -9,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -165,14 +166,21 @@ func (f *fakeStore) changesOf(id string) []store.Change {
 	return f.changes[id]
 }
 
-// fakeChecker answers checks with answer and records them.
+// fakeChecker answers checks with answer and records them; while silent,
+// it says its checks reach no kernel (scheduler.Gate).
 type fakeChecker struct {
 	mu     sync.Mutex
 	checks []*cortexv1.CheckRequest
 	answer func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
+	silent atomic.Bool
 }
 
-var _ scheduler.Checker = (*fakeChecker)(nil)
+var (
+	_ scheduler.Checker = (*fakeChecker)(nil)
+	_ scheduler.Gate    = (*fakeChecker)(nil)
+)
+
+func (f *fakeChecker) Answering() bool { return !f.silent.Load() }
 
 func answer(resp *cortexv1.CheckResponse, err error) *fakeChecker {
 	return &fakeChecker{answer: func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) { return resp, err }}

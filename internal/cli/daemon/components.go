@@ -43,7 +43,10 @@ import (
 // instanceName names one component instance on the bus: component-<random>.
 func instanceName(component string) string { return component + "-" + ids.Hex(4) }
 
-var _ scheduler.Checker = (*safety.Client)(nil)
+var (
+	_ scheduler.Checker = (*safety.Client)(nil)
+	_ scheduler.Gate    = (*safety.Client)(nil)
+)
 
 // quietRedis drops go-redis's own log lines (dial retries printed to
 // stderr); the errors they describe reach the caller as errors.
