@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,9 @@ type Metrics struct {
 	submitToResult    *prometheus.HistogramVec
 	safetyDecisions   *prometheus.CounterVec
 	safetyLatency     prometheus.Histogram
+	// decides registers safetyLatency at the first decision: a plain
+	// histogram is exported even when empty, and only kernels decide.
+	decides sync.Once
 	reconcilerActions *prometheus.CounterVec
 	handlerSeconds    *prometheus.HistogramVec
 }
@@ -71,7 +75,7 @@ func NewMetrics() *Metrics {
 		}, []string{"topic", "outcome"}),
 	}
 	m.reg.MustRegister(m.jobsSubmitted, m.jobsCompleted, m.jobsFailed, m.jobsDenied, m.submitToDispatch, m.submitToResult,
-		m.safetyDecisions, m.safetyLatency, m.reconcilerActions, m.handlerSeconds,
+		m.safetyDecisions, m.reconcilerActions, m.handlerSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -135,6 +139,7 @@ func (m *Metrics) Dispatched(pool string, created, now time.Time) {
 // Decided counts a safety decision and how long it took.
 func (m *Metrics) Decided(decision, rule string, took time.Duration) {
 	if m != nil {
+		m.decides.Do(func() { m.reg.MustRegister(m.safetyLatency) })
 		m.safetyDecisions.WithLabelValues(decision, rule).Inc()
 		m.safetyLatency.Observe(took.Seconds())
 	}
