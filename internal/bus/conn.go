@@ -31,8 +31,9 @@ type Conn struct {
 	log      *slog.Logger
 	dropped  atomic.Uint64
 
-	mu   sync.Mutex
-	subs []*Subscription
+	mu          sync.Mutex
+	subs        []*Subscription
+	onReconnect []func()
 	// events are the job events waiting to be sent (events.go).
 	events eventQueue
 }
@@ -49,6 +50,7 @@ func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	c := &Conn{senderID: name, log: log}
 	opts := append([]nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -63,6 +65,7 @@ func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("reconnected to NATS", "server", telemetry.RedactURL(nc.ConnectedUrl()))
+			c.reconnected()
 		}),
 		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
 			subject := ""
@@ -84,7 +87,26 @@ func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("JetStream on %s: %w", telemetry.RedactURL(e.URL), err)
 	}
-	return &Conn{nc: nc, js: js, senderID: name, log: log}, nil
+	c.nc, c.js = nc, js
+	return c, nil
+}
+
+// OnReconnect has fn called each time the connection is back after it was
+// lost: what was published meanwhile did not reach this connection's
+// subscriptions.
+func (c *Conn) OnReconnect(fn func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.onReconnect = append(c.onReconnect, fn)
+}
+
+func (c *Conn) reconnected() {
+	c.mu.Lock()
+	fns := slices.Clone(c.onReconnect)
+	c.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
 }
 
 // NATS exposes the underlying connection for tests and health checks.

@@ -125,7 +125,8 @@ func (l *lines) String() string {
 func (l *lines) has(s string) bool { return strings.Contains(l.String(), s) }
 
 // A connection logs when it loses its server and when it is back, so that
-// an outage of the bus shows in the logs.
+// an outage of the bus shows in the logs, and tells whoever asked
+// (OnReconnect) that it is back.
 func TestConnLogsLosingAndRegainingNATS(t *testing.T) {
 	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoSigs: true, NoLog: true}
 	s := bustest.StartWith(t, opts)
@@ -136,6 +137,8 @@ func TestConnLogsLosingAndRegainingNATS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	var back atomic.Int32
+	c.OnReconnect(func() { back.Add(1) })
 	waitFor := func(what string) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !out.has(what); time.Sleep(20 * time.Millisecond) {
@@ -148,4 +151,9 @@ func TestConnLogsLosingAndRegainingNATS(t *testing.T) {
 	waitFor("lost the NATS connection; reconnecting")
 	bustest.StartWith(t, &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
 	waitFor("reconnected to NATS")
+	for deadline := time.Now().Add(5 * time.Second); back.Load() != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("OnReconnect called %d times, want once", back.Load())
+		}
+	}
 }

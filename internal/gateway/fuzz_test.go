@@ -28,6 +28,7 @@ var _ gateway.Bus = nullBus{}
 func (nullBus) Publish(string, *cortexv1.BusPacket) error   { return nil }
 func (nullBus) PublishJobEvent(string, *cortexv1.Job) error { return nil }
 func (nullBus) PublishJobEventsNow([]*cortexv1.Job) error   { return nil }
+func (nullBus) OnReconnect(func())                          {}
 func (nullBus) PublishDurables(_ context.Context, ds []bus.Durable) []error {
 	return make([]error, len(ds))
 }

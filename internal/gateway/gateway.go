@@ -55,6 +55,7 @@ type Bus interface {
 	PublishDurables(ctx context.Context, ds []bus.Durable) []error
 	PublishJobEvent(traceID string, j *cortexv1.Job) error
 	PublishJobEventsNow(jobs []*cortexv1.Job) error
+	OnReconnect(fn func())
 	Subscribe(ctx context.Context, subject, queue string, concurrency int, h bus.Handler) (*bus.Subscription, error)
 	Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error)
 	Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error)
@@ -161,6 +162,12 @@ func (g *Gateway) Start(ctx context.Context) error {
 	if _, err := g.bus.Subscribe(ctx, bus.SubjectSafetyDecision, "", 1, g.onDecision); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
+	// What was published while the bus was away never reached the hubs:
+	// every stream is told.
+	g.bus.OnReconnect(func() {
+		g.jobs.gap()
+		g.decisions.gap()
+	})
 	if g.workers != nil {
 		if err := g.workers.Start(ctx, g.bus); err != nil {
 			return fmt.Errorf("gateway: %w", err)

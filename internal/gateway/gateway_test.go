@@ -943,3 +943,68 @@ func TestStreamEventsKeepEachJobsOrder(t *testing.T) {
 		t.Fatalf("stream delivered %v, want %v", got, want)
 	}
 }
+
+// backBus is the gateway's bus connection with its reconnection made by
+// the test.
+type backBus struct {
+	*bus.Conn
+	mu   sync.Mutex
+	back []func()
+}
+
+func (b *backBus) OnReconnect(fn func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.back = append(b.back, fn)
+}
+
+func (b *backBus) reconnect() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, fn := range b.back {
+		fn()
+	}
+}
+
+// When the gateway's bus connection comes back after an outage, every
+// event stream is told at once (bus_gap, alone), since changes made
+// meanwhile never reached it; then events flow as before.
+func TestStreamsAreToldOfABusGap(t *testing.T) {
+	bb := &backBus{}
+	f := newFixtureWith(t, gateway.Options{Keys: keys}, setup{bus: func(c *bus.Conn) gateway.Bus { bb.Conn = c; return bb }})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	acme := f.client(t, "key-acme-1234")
+	stream, err := acme.StreamEvents(ctx, &cortexv1.StreamEventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	decisions, err := acme.StreamDecisions(ctx, &cortexv1.StreamDecisionsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A first event proves the stream is listening.
+	first := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	if msg, err := stream.Receive(); err != nil || msg.GetJob().GetJobId() != first || msg.GetBusGap() {
+		t.Fatalf("first message: %v, %v", msg, err)
+	}
+	ev := &cortexv1.SafetyDecisionEvent{JobId: first, TenantId: "acme", Topic: "job.echo",
+		Verdict: &cortexv1.SafetyVerdict{Decision: cortexv1.Decision_DECISION_ALLOW, Rule: "allow-jobs"}}
+	if err := f.other.Publish(bus.SubjectSafetyDecision, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_SafetyDecision{SafetyDecision: ev}}); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := decisions.Receive(); err != nil || msg.GetEvent().GetJobId() != first || msg.GetBusGap() {
+		t.Fatalf("first decision: %v, %v", msg, err)
+	}
+	bb.reconnect()
+	if msg, err := stream.Receive(); err != nil || !msg.GetBusGap() || msg.GetJob() != nil || len(msg.GetJobs()) != 0 {
+		t.Fatalf("after the bus came back: %v, %v, want bus_gap alone", msg, err)
+	}
+	if msg, err := decisions.Receive(); err != nil || !msg.GetBusGap() {
+		t.Fatalf("decisions after the bus came back: %v, %v, want bus_gap", msg, err)
+	}
+	next := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
+	if msg, err := stream.Receive(); err != nil || msg.GetJob().GetJobId() != next || msg.GetBusGap() {
+		t.Fatalf("the next event: %v, %v", msg, err)
+	}
+}

@@ -262,10 +262,10 @@ func (g *Gateway) StreamDecisions(ctx context.Context, req *cortexv1.StreamDecis
 	if p.Admin {
 		w.tenant = ""
 	}
-	return follow(ctx, g, g.decisions, w, stream.SendHeaders, window, func(evs []*cortexv1.SafetyDecisionEvent, dropped uint64) error {
-		if window == 0 {
-			return stream.Send(&cortexv1.StreamDecisionsResponse{Event: evs[0], Dropped: dropped})
+	return follow(ctx, g, g.decisions, w, stream.SendHeaders, window, func(evs []*cortexv1.SafetyDecisionEvent, dropped uint64, gap bool) error {
+		if window == 0 && len(evs) == 1 {
+			return stream.Send(&cortexv1.StreamDecisionsResponse{Event: evs[0], Dropped: dropped, BusGap: gap})
 		}
-		return stream.Send(&cortexv1.StreamDecisionsResponse{Events: evs, Dropped: dropped})
+		return stream.Send(&cortexv1.StreamDecisionsResponse{Events: evs, Dropped: dropped, BusGap: gap})
 	})
 }

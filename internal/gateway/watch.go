@@ -29,6 +29,9 @@ type watcher[T any] struct {
 	match   func(T) bool
 	ch      chan T
 	dropped atomic.Uint64
+	// gaps says the gateway's bus connection came back after an outage
+	// (made by follow).
+	gaps chan struct{}
 }
 
 // hub hands each event to the watchers of its tenant that want it, never
@@ -48,6 +51,18 @@ func (h *hub[T]) add(w *watcher[T]) (remove func()) {
 		h.mu.Lock()
 		delete(h.watchers, w)
 		h.mu.Unlock()
+	}
+}
+
+// gap tells every watcher that events may have been lost.
+func (h *hub[T]) gap() {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for w := range h.watchers {
+		select {
+		case w.gaps <- struct{}{}:
+		default: // already told
+		}
 	}
 }
 
@@ -249,11 +264,11 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 			}
 		}()
 	}
-	return follow(ctx, g, g.jobs, w, headers, window, func(js []*cortexv1.Job, dropped uint64) error {
-		if window == 0 {
-			return send(&cortexv1.StreamEventsResponse{Job: js[0], Dropped: dropped})
+	return follow(ctx, g, g.jobs, w, headers, window, func(js []*cortexv1.Job, dropped uint64, gap bool) error {
+		if window == 0 && len(js) == 1 {
+			return send(&cortexv1.StreamEventsResponse{Job: js[0], Dropped: dropped, BusGap: gap})
 		}
-		return send(&cortexv1.StreamEventsResponse{Jobs: js, Dropped: dropped})
+		return send(&cortexv1.StreamEventsResponse{Jobs: js, Dropped: dropped, BusGap: gap})
 	})
 }
 
@@ -310,7 +325,8 @@ func batchWindow(d *durationpb.Duration) (time.Duration, error) {
 // events dropped since the last send, until the caller hangs up or the
 // gateway shuts down: each event at once when window is 0, else the events
 // of up to window together (at most maxBatch at a time).
-func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], headers func() error, window time.Duration, send func([]T, uint64) error) error {
+func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], headers func() error, window time.Duration, send func(batch []T, dropped uint64, gap bool) error) error {
+	w.gaps = make(chan struct{}, 1)
 	defer h.add(w)()
 	if err := headers(); err != nil {
 		return err
@@ -325,10 +341,10 @@ func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], he
 			timer.Stop()
 		}
 	}()
-	flush := func() error {
+	flush := func(gap bool) error {
 		b := batch
 		batch, due = nil, nil
-		return send(b, w.dropped.Swap(0))
+		return send(b, w.dropped.Swap(0), gap)
 	}
 	for {
 		select {
@@ -336,8 +352,16 @@ func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], he
 			return ctx.Err()
 		case <-g.closing:
 			return errClosing
+		case <-w.gaps:
+			// What is gathered goes with the news, at once.
+			if timer != nil {
+				timer.Stop()
+			}
+			if err := flush(true); err != nil {
+				return err
+			}
 		case <-due:
-			if err := flush(); err != nil {
+			if err := flush(false); err != nil {
 				return err
 			}
 		case v := <-w.ch:
@@ -347,7 +371,7 @@ func follow[T any](ctx context.Context, g *Gateway, h *hub[T], w *watcher[T], he
 				if timer != nil {
 					timer.Stop()
 				}
-				if err := flush(); err != nil {
+				if err := flush(false); err != nil {
 					return err
 				}
 			case len(batch) == 1:

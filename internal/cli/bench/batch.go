@@ -296,7 +296,9 @@ func (t *tracker) listenOnce(ctx context.Context, c cortexv1connect.GatewayServi
 			}
 			t.heard = true
 		}
-		if msg.GetDropped() > 0 {
+		if msg.GetDropped() > 0 || msg.GetBusGap() {
+			// Skipped for a slow reader, or lost while the gateway was off
+			// the bus: the store has the ends.
 			t.dropped += msg.GetDropped()
 			t.lostEvents(now)
 		}

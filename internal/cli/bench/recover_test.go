@@ -31,6 +31,9 @@ type lossyGateway struct {
 	// tell: the next event sent says how many were lost (Dropped), as the
 	// gateway does for a reader that was too slow.
 	tell bool
+	// gap: the next event sent after a loss says the gateway lost the bus
+	// (BusGap), as a gateway whose NATS came back does.
+	gap bool
 	// breakAfter: the first stream fails (unavailable) after this many
 	// events (0: never).
 	breakAfter int
@@ -69,6 +72,9 @@ func (g *lossyGateway) submit(topic string) string {
 	ev := &cortexv1.StreamEventsResponse{Job: j}
 	if g.tell {
 		ev.Dropped, g.lost = g.lost, 0
+	}
+	if g.gap && g.lost > 0 {
+		ev.BusGap, g.lost = true, 0
 	}
 	for ch := range g.subs {
 		select {
@@ -235,6 +241,16 @@ func TestBatchedReadsTheStoreWhenTheStreamSkippedEvents(t *testing.T) {
 	r := runBatched(t, g, time.Hour, 0)
 	if r.Dropped != 20 || r.FromStore < 20 {
 		t.Errorf("%d events skipped, %d ends read from the store; want 20 and at least 20", r.Dropped, r.FromStore)
+	}
+}
+
+// Ends lost while the gateway was off the bus are read from the store
+// once the stream says so (bus_gap), without waiting for a quiet stream.
+func TestBatchedReadsTheStoreAfterABusGap(t *testing.T) {
+	g := &lossyGateway{lose: func(n int) bool { return n%10 == 5 }, gap: true}
+	r := runBatched(t, g, time.Hour, 0)
+	if r.NotDone != 0 || r.FromStore < 20 {
+		t.Errorf("%d not done, %d ends read from the store; want 0 and at least 20", r.NotDone, r.FromStore)
 	}
 }
 

@@ -377,3 +377,32 @@ nextPageToken: bW9yZQ
 		t.Errorf("jobs list -o yaml =\n%s\nwant\n%s", out, want)
 	}
 }
+
+// A stream message that says the gateway lost the bus (bus_gap, alone)
+// prints a notice on stderr and no record, between the records around it.
+func TestTailSaysWhenTheGatewayLostTheBus(t *testing.T) {
+	url := serve(t, &fakeGateway{events: []*cortexv1.StreamEventsResponse{
+		jobEvent(streamJob("j1", pending, 1)),
+		{BusGap: true},
+		jobEvent(streamJob("j1", completed, 3)),
+	}})
+	newTail := func(f *cmdutil.Factory) *cobra.Command { return NewCmdTail(f, nil) }
+	for _, format := range []string{"json", ""} {
+		args := []string{}
+		if format != "" {
+			args = append(args, "-o", format)
+		}
+		out, errOut, err := run(t, url, newTail, args...)
+		if connect.CodeOf(err) != connect.CodeAborted {
+			t.Fatalf("tail %v: %v, want the end of the fake stream", args, err)
+		}
+		if !strings.Contains(errOut, "the gateway lost the bus for a while: changes made meanwhile are not shown; cortexctl jobs list shows the current states") {
+			t.Errorf("tail %v: no notice of the gap on stderr: %q", args, errOut)
+		}
+		if format == "json" {
+			wantJobs(t, records(t, format, out), jobAt{"j1", pending}, jobAt{"j1", completed})
+		} else if n := strings.Count(out, "  j1  "); n != 2 {
+			t.Errorf("tail: %d changes printed, want 2:\n%s", n, out)
+		}
+	}
+}

@@ -36,8 +36,9 @@ func NewCmdTail(f *cmdutil.Factory, runF func(context.Context, *TailOptions) err
 		Long: `Print a line for every state change of your jobs, live, until Ctrl-C:
 submits, safety denials with their rule and reason, dispatches, runs and
 outcomes. Filter by topic, state and labels. Changes travel as best-effort
-events: while the bus is down (a NATS restart) some may not be shown, and
-'cortexctl jobs list' reads the states the store keeps.
+events: while the bus is down (a NATS restart) some may not be shown; tail
+says so on stderr when the gateway is back on the bus, and 'cortexctl jobs
+list' reads the states the store keeps.
 
 -o json prints one JSON object per change, each on one line (JSON Lines:
 read it with jq or line by line); -o yaml prints one YAML document per
@@ -127,6 +128,12 @@ func tailDecisions(ctx context.Context, o *TailOptions) error {
 		return c.StreamDecisions(ctx, req)
 	}, func(msg *cortexv1.StreamDecisionsResponse) error {
 		skipped(o.Factory.ErrOut, msg.GetDropped())
+		if msg.GetBusGap() {
+			fmt.Fprintln(o.Factory.ErrOut, "(the gateway lost the bus for a while: decisions made meanwhile are not shown; each is stored on its job: cortexctl jobs get ID)")
+		}
+		if msg.GetEvent() == nil {
+			return nil
+		}
 		if p.Machine() {
 			return p.Record(msg.GetEvent())
 		}
@@ -173,6 +180,12 @@ func streamJobs(ctx context.Context, f *cmdutil.Factory, req *cortexv1.StreamEve
 			return printOutput(o)
 		}
 		skipped(f.ErrOut, msg.GetDropped())
+		if msg.GetBusGap() {
+			fmt.Fprintln(f.ErrOut, "(the gateway lost the bus for a while: changes made meanwhile are not shown; cortexctl jobs list shows the current states)")
+		}
+		if msg.GetJob() == nil {
+			return nil
+		}
 		return print(msg.GetJob())
 	})
 }

@@ -1451,7 +1451,11 @@ type StreamEventsResponse struct {
 	Jobs []*Job `protobuf:"bytes,3,rep,name=jobs,proto3" json:"jobs,omitempty"`
 	// output is a piece of a running job's output, when the request asked
 	// for output (job and jobs are then empty).
-	Output        *JobOutput `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	Output *JobOutput `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
+	// bus_gap says the gateway lost its connection to the bus and has it
+	// again: changes made meanwhile were not seen on this stream (ListJobs
+	// reads the states the store keeps). It may come alone.
+	BusGap        bool `protobuf:"varint,5,opt,name=bus_gap,json=busGap,proto3" json:"bus_gap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1512,6 +1516,13 @@ func (x *StreamEventsResponse) GetOutput() *JobOutput {
 		return x.Output
 	}
 	return nil
+}
+
+func (x *StreamEventsResponse) GetBusGap() bool {
+	if x != nil {
+		return x.BusGap
+	}
+	return false
 }
 
 type ApproveJobRequest struct {
@@ -2143,7 +2154,11 @@ type StreamDecisionsResponse struct {
 	// reader was too slow.
 	Dropped uint64 `protobuf:"varint,2,opt,name=dropped,proto3" json:"dropped,omitempty"`
 	// events are the decisions of one batch window, oldest first.
-	Events        []*SafetyDecisionEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	Events []*SafetyDecisionEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	// bus_gap says the gateway lost its connection to the bus and has it
+	// again: decisions made meanwhile were not seen on this stream (each is
+	// also stored on its job). It may come alone.
+	BusGap        bool `protobuf:"varint,4,opt,name=bus_gap,json=busGap,proto3" json:"bus_gap,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2197,6 +2212,13 @@ func (x *StreamDecisionsResponse) GetEvents() []*SafetyDecisionEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *StreamDecisionsResponse) GetBusGap() bool {
+	if x != nil {
+		return x.BusGap
+	}
+	return false
 }
 
 type SubmitJobsRequest struct {
@@ -2894,12 +2916,13 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x06output\x18\x05 \x01(\bR\x06output\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa4\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbd\x01\n" +
 	"\x14StreamEventsResponse\x12 \n" +
 	"\x03job\x18\x01 \x01(\v2\x0e.cortex.v1.JobR\x03job\x12\x18\n" +
 	"\adropped\x18\x02 \x01(\x04R\adropped\x12\"\n" +
 	"\x04jobs\x18\x03 \x03(\v2\x0e.cortex.v1.JobR\x04jobs\x12,\n" +
-	"\x06output\x18\x04 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\"D\n" +
+	"\x06output\x18\x04 \x01(\v2\x14.cortex.v1.JobOutputR\x06output\x12\x17\n" +
+	"\abus_gap\x18\x05 \x01(\bR\x06busGap\"D\n" +
 	"\x11ApproveJobRequest\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\"6\n" +
@@ -2939,11 +2962,12 @@ const file_cortex_v1_gateway_proto_rawDesc = "" +
 	"\x16StreamDecisionsRequest\x121\n" +
 	"\tdecisions\x18\x01 \x03(\x0e2\x13.cortex.v1.DecisionR\tdecisions\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12<\n" +
-	"\fbatch_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vbatchWindow\"\xa1\x01\n" +
+	"\fbatch_window\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vbatchWindow\"\xba\x01\n" +
 	"\x17StreamDecisionsResponse\x124\n" +
 	"\x05event\x18\x01 \x01(\v2\x1e.cortex.v1.SafetyDecisionEventR\x05event\x12\x18\n" +
 	"\adropped\x18\x02 \x01(\x04R\adropped\x126\n" +
-	"\x06events\x18\x03 \x03(\v2\x1e.cortex.v1.SafetyDecisionEventR\x06events\"D\n" +
+	"\x06events\x18\x03 \x03(\v2\x1e.cortex.v1.SafetyDecisionEventR\x06events\x12\x17\n" +
+	"\abus_gap\x18\x04 \x01(\bR\x06busGap\"D\n" +
 	"\x11SubmitJobsRequest\x12/\n" +
 	"\x04jobs\x18\x01 \x03(\v2\x1b.cortex.v1.SubmitJobRequestR\x04jobs\"K\n" +
 	"\x12SubmitJobsResponse\x125\n" +
