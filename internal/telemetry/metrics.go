@@ -19,17 +19,17 @@ import (
 type Metrics struct {
 	reg *prometheus.Registry
 
-	jobsSubmitted     *prometheus.CounterVec
-	jobsCompleted     *prometheus.CounterVec
-	jobsFailed        *prometheus.CounterVec
-	jobsDenied        *prometheus.CounterVec
-	submitToDispatch  *prometheus.HistogramVec
-	submitToResult    *prometheus.HistogramVec
-	safetyDecisions   *prometheus.CounterVec
-	safetyLatency     prometheus.Histogram
+	jobsSubmitted    *prometheus.CounterVec
+	jobsCompleted    *prometheus.CounterVec
+	jobsFailed       *prometheus.CounterVec
+	jobsDenied       *prometheus.CounterVec
+	submitToDispatch *prometheus.HistogramVec
+	submitToResult   *prometheus.HistogramVec
+	safetyDecisions  *prometheus.CounterVec
+	safetyLatency    prometheus.Histogram
 	// decides registers safetyLatency at the first decision: a plain
 	// histogram is exported even when empty, and only kernels decide.
-	decides sync.Once
+	decides           sync.Once
 	reconcilerActions *prometheus.CounterVec
 	handlerSeconds    *prometheus.HistogramVec
 }
