@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 
 	"github.com/nats-io/nats.go"
@@ -75,7 +74,7 @@ func (e Endpoint) options() ([]nats.Option, error) {
 		opt, err := nats.NkeyOptionFromSeed(e.NKey)
 		if err != nil {
 			// The seed is not repeated; the error says what was wrong.
-			return nil, fmt.Errorf("--nats-nkey %s: %w", e.NKey, nkeyError(err))
+			return nil, fmt.Errorf("--nats-nkey %s: %w", e.NKey, config.WithoutPath(err))
 		}
 		opts = append(opts, opt)
 	}
@@ -124,15 +123,6 @@ func (e Endpoint) tlsFiles() config.TLSFiles {
 // tls says whether the endpoint asks for TLS.
 func (e Endpoint) tls() bool {
 	return e.TLS.Any() || strings.HasPrefix(e.URL, "tls://")
-}
-
-// nkeyError keeps only the reason from nats.go's nkey errors.
-func nkeyError(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // connectError explains a failed dial: what to give when the server's

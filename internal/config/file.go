@@ -206,3 +206,12 @@ func checkValue(f *pflag.Flag, v *yaml.Node) (setting, error) {
 	}
 	return s, nil
 }
+
+// WithoutPath is err without the path an *os.PathError repeats, for a
+// message that names the file (and the flag) itself.
+func WithoutPath(err error) error {
+	if pe, ok := errors.AsType[*os.PathError](err); ok {
+		return pe.Err
+	}
+	return err
+}

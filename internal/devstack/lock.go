@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/cortex-os/core/internal/config"
 )
 
 // lockName is the file in a data directory that one running stack holds
@@ -22,12 +24,12 @@ var errLocked = errors.New("locked")
 // (naming its process).
 func claimDataDir(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("--data-dir %s: %w", dir, pathError(err))
+		return nil, fmt.Errorf("--data-dir %s: %w", dir, config.WithoutPath(err))
 	}
 	path := filepath.Join(dir, lockName)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("--data-dir %s: %w", dir, pathError(err))
+		return nil, fmt.Errorf("--data-dir %s: %w", dir, config.WithoutPath(err))
 	}
 	if err := lockFile(f); err != nil {
 		holder := ""
@@ -46,13 +48,4 @@ func claimDataDir(dir string) (*os.File, error) {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return f, nil
-}
-
-// pathError is err without the path it repeats, which the caller names.
-func pathError(err error) error {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }

@@ -10,8 +10,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/coalesce"
@@ -196,18 +194,7 @@ func (c *Client) announce(denied []*pending) {
 	}
 	events := make([]*cortexv1.SafetyDecisionEvent, len(denied))
 	for i, p := range denied {
-		r := p.req
-		events[i] = &cortexv1.SafetyDecisionEvent{
-			JobId:    r.GetJobId(),
-			TenantId: r.GetTenantId(),
-			Topic:    r.GetTopic(),
-			Attempt:  r.GetAttempt(),
-			Verdict: &cortexv1.SafetyVerdict{Decision: p.resp.GetDecision(), Rule: p.resp.GetRule(),
-				Reason: p.resp.GetReason()},
-			Latency:   durationpb.New(time.Since(p.start)),
-			DecidedAt: timestamppb.New(p.start),
-			KernelId:  "none (fail-closed by " + c.conn.SenderID() + ")",
-		}
+		events[i] = decisionEvent(p.req, p.resp, p.start, time.Since(p.start), "none (fail-closed by "+c.conn.SenderID()+")")
 	}
 	for _, pk := range decisionPackets(denied[0].trace, events) {
 		if err := c.conn.Publish(bus.SubjectSafetyDecision, pk); err != nil {

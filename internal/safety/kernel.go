@@ -248,23 +248,29 @@ func (k *Kernel) CheckBatch(ctx context.Context, rs []*cortexv1.CheckRequest) []
 			continue
 		}
 		k.log.Debug("safety decision", "trace_id", bus.TraceFrom(ctx, r.GetJobId()), "job_id", r.GetJobId(), "decision", resp.GetDecision().String(), "rule", resp.GetRule())
-		events[i] = &cortexv1.SafetyDecisionEvent{
-			JobId:    r.GetJobId(),
-			TenantId: r.GetTenantId(),
-			Topic:    r.GetTopic(),
-			Attempt:  r.GetAttempt(),
-			Verdict: &cortexv1.SafetyVerdict{Decision: resp.GetDecision(), Rule: resp.GetRule(),
-				Reason: resp.GetReason(), PolicyVersion: resp.GetPolicyVersion()},
-			Shadow:    resp.GetShadow(),
-			Latency:   durationpb.New(took),
-			DecidedAt: timestamppb.New(start),
-			KernelId:  k.id,
-		}
+		events[i] = decisionEvent(r, resp, start, took, k.id)
 	}
 	if publish != nil && len(rs) > 0 {
 		(*publish)(bus.TraceFrom(ctx, rs[0].GetJobId()), events)
 	}
 	return resps
+}
+
+// decisionEvent is what sys.safety.decision says of the decision resp on
+// the check r, made from start in took by kernel.
+func decisionEvent(r *cortexv1.CheckRequest, resp *cortexv1.CheckResponse, start time.Time, took time.Duration, kernel string) *cortexv1.SafetyDecisionEvent {
+	return &cortexv1.SafetyDecisionEvent{
+		JobId:    r.GetJobId(),
+		TenantId: r.GetTenantId(),
+		Topic:    r.GetTopic(),
+		Attempt:  r.GetAttempt(),
+		Verdict: &cortexv1.SafetyVerdict{Decision: resp.GetDecision(), Rule: resp.GetRule(),
+			Reason: resp.GetReason(), PolicyVersion: resp.GetPolicyVersion()},
+		Shadow:    resp.GetShadow(),
+		Latency:   durationpb.New(took),
+		DecidedAt: timestamppb.New(start),
+		KernelId:  kernel,
+	}
 }
 
 // inputsOf is what the policies see of each request, or why it cannot be

@@ -274,19 +274,15 @@ func (c *Cluster) TryTopic() (string, bool) {
 	return found[0], true
 }
 
-// Stopping says what stopping waits for: the running jobs of each worker.
+// Stopping says what stopping waits for: the running jobs of each worker
+// (c.workers and c.Pools go together, in the same order).
 func (c *Cluster) Stopping() string {
-	var notes []string
-	for _, p := range c.Pools {
-		for _, w := range c.workers {
-			if w.ID() == p.WorkerID {
-				notes = append(notes, "pool "+p.Pool+": "+w.Stopping())
-			}
-		}
+	if len(c.workers) == 1 {
+		return c.workers[0].Stopping()
 	}
-	if len(notes) == 1 {
-		_, note, _ := strings.Cut(notes[0], ": ")
-		return note
+	notes := make([]string, len(c.workers))
+	for i, w := range c.workers {
+		notes[i] = "pool " + c.Pools[i].Pool + ": " + w.Stopping()
 	}
 	return strings.Join(notes, "; ")
 }
