@@ -25,15 +25,35 @@ const (
 )
 
 // queued is one command waiting for a pipeline: a script run (script,
-// keys, args) or a plain command (add).
+// keys, args; with record, the job record keys[0] read right behind it) or
+// a plain command (add).
 type queued struct {
 	script *redis.Script
 	keys   []string
 	args   []any
+	record bool
 	add    func(context.Context, redis.Pipeliner) redis.Cmder
 	cmd    redis.Cmder
+	rec    *redis.MapStringStringCmd
 	done   chan struct{}
 }
+
+// queue adds q's commands to pipe.
+func (q *queued) queue(ctx context.Context, pipe redis.Pipeliner) {
+	if q.script == nil {
+		q.cmd = q.add(ctx, pipe)
+		return
+	}
+	q.cmd = q.script.EvalSha(ctx, pipe, q.keys, q.args...)
+	if q.record {
+		// Commands of one connection run in order: the read sees the
+		// script's change (or a later one).
+		q.rec = pipe.HGetAll(ctx, q.keys[0])
+	}
+}
+
+// answer is a script's answer.
+func (q *queued) answer() ([]string, error) { return q.cmd.(*redis.Cmd).StringSlice() }
 
 type batcher struct {
 	rdb redis.UniversalClient
@@ -46,61 +66,79 @@ func newBatcher(rdb redis.UniversalClient) *batcher {
 	return b
 }
 
-// do queues q, waits until it has run and returns its command.
-func (b *batcher) do(q *queued) redis.Cmder {
+// do queues q, waits until it has run and returns it.
+func (b *batcher) do(q *queued) *queued {
 	q.done = make(chan struct{})
 	b.out.Add(q)
 	<-q.done
-	return q.cmd
+	return q
 }
 
 func (b *batcher) send(batch []*queued) {
-	if len(batch) == 0 {
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), batchTimeout)
 	defer cancel()
-	if len(batch) == 1 && batch[0].script != nil {
-		// Alone: Run falls back to EVAL by itself.
-		q := batch[0]
-		q.cmd = q.script.Run(ctx, b.rdb, q.keys, q.args...)
-		close(q.done)
-		return
-	}
-	pipe := b.rdb.Pipeline()
+	pipeline(ctx, b.rdb, batch)
 	for _, q := range batch {
-		if q.script != nil {
-			q.cmd = q.script.EvalSha(ctx, pipe, q.keys, q.args...)
-		} else {
-			q.cmd = q.add(ctx, pipe)
-		}
-	}
-	// Each command keeps its own error.
-	_, _ = pipe.Exec(ctx)
-	for _, q := range batch {
-		if q.script != nil && redis.HasErrorPrefix(q.cmd.Err(), "NOSCRIPT") {
-			// Redis lost its scripts (a restart) and ran nothing of this
-			// one: run it again, loading the script.
-			q.cmd = q.script.Run(ctx, b.rdb, q.keys, q.args...)
-		}
 		close(q.done)
 	}
 }
 
-// eval runs a script on one job's keys through the batcher.
-func (s *Store) eval(script *redis.Script, keys []string, args ...any) *redis.Cmd {
-	return s.batch.do(&queued{script: script, keys: keys, args: args}).(*redis.Cmd)
+// pipeline sends qs in one round trip; each command keeps its own error. A
+// Redis that lost its scripts (a restart; on a cluster, one node's
+// failover) answers NOSCRIPT to those runs only, having changed nothing for
+// them: the scripts are loaded and just those runs sent again.
+func pipeline(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
+	if len(qs) == 0 {
+		return
+	}
+	pipe := rdb.Pipeline()
+	for _, q := range qs {
+		q.queue(ctx, pipe)
+	}
+	_, _ = pipe.Exec(ctx)
+	var again []*queued
+	loaded := map[*redis.Script]bool{}
+	for _, q := range qs {
+		if q.script == nil || !redis.HasErrorPrefix(q.cmd.Err(), "NOSCRIPT") {
+			continue
+		}
+		ok, tried := loaded[q.script]
+		if !tried {
+			ok = q.script.Load(ctx, rdb).Err() == nil
+			loaded[q.script] = ok
+		}
+		if ok {
+			again = append(again, q)
+		}
+	}
+	if len(again) > 0 {
+		pipe := rdb.Pipeline()
+		for _, q := range again {
+			q.queue(ctx, pipe)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+}
+
+// eval runs a script on one job's keys through the batcher; evalRecord
+// reads the job record (keys[0]) right behind it.
+func (s *Store) eval(script *redis.Script, keys []string, args ...any) *queued {
+	return s.batch.do(&queued{script: script, keys: keys, args: args})
+}
+
+func (s *Store) evalRecord(script *redis.Script, keys []string, args ...any) *queued {
+	return s.batch.do(&queued{script: script, keys: keys, args: args, record: true})
 }
 
 // hgetall and get read one key through the batcher.
 func (s *Store) hgetall(key string) *redis.MapStringStringCmd {
 	return s.batch.do(&queued{add: func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		return p.HGetAll(ctx, key)
-	}}).(*redis.MapStringStringCmd)
+	}}).cmd.(*redis.MapStringStringCmd)
 }
 
 func (s *Store) get(key string) *redis.StringCmd {
 	return s.batch.do(&queued{add: func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		return p.Get(ctx, key)
-	}}).(*redis.StringCmd)
+	}}).cmd.(*redis.StringCmd)
 }

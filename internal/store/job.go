@@ -213,15 +213,6 @@ func parseJob(id string, f map[string]string) *Job {
 	return j
 }
 
-// pairs turns a flat field/value reply into a map.
-func pairs(flat []string) map[string]string {
-	m := make(map[string]string, len(flat)/2)
-	for i := 0; i+1 < len(flat); i += 2 {
-		m[flat[i]] = flat[i+1]
-	}
-	return m
-}
-
 func parseInt(s string) int64 {
 	n, _ := strconv.ParseInt(s, 10, 64)
 	return n

@@ -54,7 +54,7 @@ func (s *Store) PutOffRedrive(ctx context.Context, id string, attempt uint32, no
 
 func (s *Store) moveDeadline(ctx context.Context, id, states string, attempt uint32, workerID string, at time.Time) error {
 	res, err := s.eval(leaseScript, []string{jobKey(id), leaseKeyOf(id)},
-		states, itoa(attempt), workerID, millis(at), id).StringSlice()
+		states, itoa(attempt), workerID, millis(at), id).answer()
 	if err != nil {
 		return fmt.Errorf("move deadline of job %s: %w", id, err)
 	}
@@ -219,15 +219,8 @@ func (s *Store) DeadLetterAt(ctx context.Context, id string) (time.Time, bool, e
 // attempt, out of the queue, and returns the record. A *ConflictError for a
 // job that is not a dead letter.
 func (s *Store) Revive(ctx context.Context, id, reason string, now time.Time) (*Job, error) {
-	res, err := reviveScript.Run(ctx, s.rdb, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)},
-		micros(now), millis(now.Add(s.redrive)), reason, id).StringSlice()
-	if err != nil {
-		return nil, fmt.Errorf("retry dead letter %s: %w", id, err)
-	}
-	if len(res) > 0 && res[0] == "OK" {
-		return parseJob(id, pairs(res[1:])), nil
-	}
-	return nil, refusal(id, Pending, res)
+	return moved(id, Pending, s.evalRecord(reviveScript, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)},
+		micros(now), millis(now.Add(s.redrive)), reason, id))
 }
 
 // DropDeadLetter takes a job out of the dead-letter queue; it keeps its

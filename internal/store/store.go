@@ -248,7 +248,7 @@ func (s *Store) CreateJob(ctx context.Context, j NewJob, now time.Time) (existin
 	if err != nil {
 		return "", err
 	}
-	res, err := s.eval(createScript, keys, args...).StringSlice()
+	res, err := s.eval(createScript, keys, args...).answer()
 	return created(j, res, err)
 }
 
@@ -262,62 +262,32 @@ type Created struct {
 // scripts). Each job succeeds or fails alone.
 func (s *Store) CreateJobs(ctx context.Context, jobs []NewJob, now time.Time) []Created {
 	out := make([]Created, len(jobs))
-	calls := make([]scriptCall, len(jobs))
+	runs := make([]*queued, len(jobs))
 	for i, j := range jobs {
-		calls[i].keys, calls[i].args, out[i].Err = s.createArgs(j, now)
-		calls[i].skip = out[i].Err != nil
+		q := &queued{script: createScript}
+		if q.keys, q.args, out[i].Err = s.createArgs(j, now); out[i].Err == nil {
+			runs[i] = q
+		}
 	}
-	for i, c := range s.evalMany(ctx, createScript, calls) {
-		if c != nil {
-			res, err := c.StringSlice()
+	pipeline(ctx, s.rdb, compact(runs))
+	for i, q := range runs {
+		if q != nil {
+			res, err := q.answer()
 			out[i].Existing, out[i].Err = created(jobs[i], res, err)
 		}
 	}
 	return out
 }
 
-// scriptCall is one run of a script in evalMany; skip leaves it out.
-type scriptCall struct {
-	keys []string
-	args []any
-	skip bool
-}
-
-// evalMany runs script once per call in one pipeline (one round trip) and
-// returns each call's command (nil for a skipped one). A Redis that lost
-// its scripts (a restart; on a cluster, one node's failover) answers
-// NOSCRIPT to those commands only, having changed nothing for them: the
-// script is loaded and just those run again.
-func (s *Store) evalMany(ctx context.Context, script *redis.Script, calls []scriptCall) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(calls))
-	run := func(which []int) {
-		pipe := s.rdb.Pipeline()
-		for _, i := range which {
-			cmds[i] = script.EvalSha(ctx, pipe, calls[i].keys, calls[i].args...)
-		}
-		// Each command keeps its own error.
-		_, _ = pipe.Exec(ctx)
-	}
-	var all []int
-	for i, c := range calls {
-		if !c.skip {
-			all = append(all, i)
+// compact is runs without the nils (the runs left out).
+func compact(runs []*queued) []*queued {
+	out := make([]*queued, 0, len(runs))
+	for _, q := range runs {
+		if q != nil {
+			out = append(out, q)
 		}
 	}
-	if len(all) == 0 {
-		return cmds
-	}
-	run(all)
-	var again []int
-	for _, i := range all {
-		if redis.HasErrorPrefix(cmds[i].Err(), "NOSCRIPT") {
-			again = append(again, i)
-		}
-	}
-	if len(again) > 0 && script.Load(ctx, s.rdb).Err() == nil {
-		run(again)
-	}
-	return cmds
+	return out
 }
 
 // createArgs are createScript's keys and arguments for j.
@@ -457,7 +427,7 @@ func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Ti
 	if err := c.check(id); err != nil {
 		return nil, err
 	}
-	return moved(id, c.To, s.eval(transitionScript, transitionKeys(id), s.args(id, c, now)...))
+	return moved(id, c.To, s.evalRecord(transitionScript, transitionKeys(id), s.args(id, c, now)...))
 }
 
 // check refuses a change that cannot be asked of the script.
@@ -471,16 +441,33 @@ func (c Change) check(id string) error {
 // transitionKeys are transitionScript's keys for a job.
 func transitionKeys(id string) []string { return []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)} }
 
-// moved reads a transition script's answer.
-func moved(id string, to State, c *redis.Cmd) (*Job, error) {
-	res, err := c.StringSlice()
+// moved reads the answer of a script that moves a job to a state (a
+// transition, finish, wait or revive): the record after the change, or why
+// there was none.
+func moved(id string, to State, q *queued) (*Job, error) {
+	res, err := q.answer()
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("move job %s to %s: %w", id, to, err)
 	case len(res) > 0 && res[0] == "OK":
-		return parseJob(id, pairs(res[1:])), nil
+		return readBack(id, to, q)
 	}
 	return nil, refusal(id, to, res)
+}
+
+// readBack is the record a script changed, as read right behind it in the
+// same round trip: the record after the change, or after a later one
+// another client made in between (its version says which). The change
+// stands even when the read fails.
+func readBack(id string, to State, q *queued) (*Job, error) {
+	f, err := q.rec.Result()
+	if err == nil && len(f) == 0 {
+		err = ErrNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read job %s after its move to %s: %w", id, to, err)
+	}
+	return parseJob(id, f), nil
 }
 
 // Move is one job's transition for TransitionMany.
@@ -499,17 +486,16 @@ type Moved struct {
 // scripts); each succeeds or fails alone, as Transition would.
 func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time) []Moved {
 	out := make([]Moved, len(moves))
-	calls := make([]scriptCall, len(moves))
+	runs := make([]*queued, len(moves))
 	for i, m := range moves {
-		if out[i].Err = m.Change.check(m.ID); out[i].Err != nil {
-			calls[i].skip = true
-			continue
+		if out[i].Err = m.Change.check(m.ID); out[i].Err == nil {
+			runs[i] = &queued{script: transitionScript, keys: transitionKeys(m.ID), args: s.args(m.ID, m.Change, now), record: true}
 		}
-		calls[i] = scriptCall{keys: transitionKeys(m.ID), args: s.args(m.ID, m.Change, now)}
 	}
-	for i, c := range s.evalMany(ctx, transitionScript, calls) {
-		if c != nil {
-			out[i].Job, out[i].Err = moved(moves[i].ID, moves[i].Change.To, c)
+	pipeline(ctx, s.rdb, compact(runs))
+	for i, q := range runs {
+		if q != nil {
+			out[i].Job, out[i].Err = moved(moves[i].ID, moves[i].Change.To, q)
 		}
 	}
 	return out
@@ -521,15 +507,8 @@ func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time)
 // record. A job that is not PENDING at that attempt changes nothing: a
 // *ConflictError; ErrNotFound if there is no such job.
 func (s *Store) SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*Job, error) {
-	res, err := s.eval(waitScript, []string{jobKey(id)},
-		strconv.FormatUint(uint64(attempt), 10), micros(now), reason, pool).StringSlice()
-	if err != nil {
-		return nil, fmt.Errorf("set reason of job %s: %w", id, err)
-	}
-	if len(res) > 0 && res[0] == "OK" {
-		return parseJob(id, pairs(res[1:])), nil
-	}
-	return nil, refusal(id, Pending, res)
+	return moved(id, Pending, s.evalRecord(waitScript, []string{jobKey(id)},
+		strconv.FormatUint(uint64(attempt), 10), micros(now), reason, pool))
 }
 
 // refusal is the error for a script's {""} or {"CONFLICT", state, attempt}.
@@ -554,15 +533,21 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	if takeover {
 		over = "1"
 	}
-	res, err := s.eval(startScript, []string{jobKey(id), ctxKey(id), leaseKeyOf(id)},
-		workerID, micros(now), itoa(attempt), millis(now.Add(2*lease)), id, over).StringSlice()
+	q := s.evalRecord(startScript, []string{jobKey(id), ctxKey(id), leaseKeyOf(id)},
+		workerID, micros(now), itoa(attempt), millis(now.Add(2*lease)), id, over)
+	res, err := q.answer()
 	switch {
 	case err != nil:
 		return nil, "", fmt.Errorf("start job %s: %w", id, err)
-	case len(res) >= 2 && res[0] == "OK":
-		return parseJob(id, pairs(res[2:])), res[1], nil
-	case len(res) >= 1 && res[0] == "NOPROMPT":
-		return parseJob(id, pairs(res[1:])), "", fmt.Errorf("start job %s: %w", id, ErrNoPrompt)
+	case len(res) == 2 && res[0] == "OK":
+		j, err := readBack(id, Running, q)
+		return j, res[1], err
+	case len(res) == 1 && res[0] == "NOPROMPT":
+		j, err := readBack(id, Failed, q)
+		if err == nil {
+			err = fmt.Errorf("start job %s: %w", id, ErrNoPrompt)
+		}
+		return j, "", err
 	}
 	return nil, "", refusal(id, Running, res)
 }
@@ -596,15 +581,8 @@ func (s *Store) finish(ctx context.Context, id string, attempt uint32, workerID 
 	if workerID != "" {
 		from = micros(started)
 	}
-	res, err := s.eval(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
-		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id, u, workerID, from).StringSlice()
-	if err != nil {
-		return nil, fmt.Errorf("finish job %s: %w", id, err)
-	}
-	if len(res) > 0 && res[0] == "OK" {
-		return parseJob(id, pairs(res[1:])), nil
-	}
-	return nil, refusal(id, Completed, res)
+	return moved(id, Completed, s.evalRecord(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
+		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id, u, workerID, from))
 }
 
 // Peek reads the input of attempt of a DISPATCHED job for a worker about to
@@ -618,7 +596,7 @@ func (s *Store) Peek(ctx context.Context, id string, attempt uint32) (string, er
 	in := s.batch.do(&queued{add: func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
 		state = p.HMGet(ctx, jobKey(id), "state", "attempt")
 		return p.Get(ctx, ctxKey(id))
-	}}).(*redis.StringCmd)
+	}}).cmd.(*redis.StringCmd)
 	cur, err := state.Result()
 	if err != nil {
 		return "", fmt.Errorf("read job %s: %w", id, err)
