@@ -30,12 +30,17 @@ func New[T any](maxInFlight int, take func(queued []T) int, send func(batch []T)
 	return &Batcher[T]{maxInFlight: max(maxInFlight, 1), take: take, send: send}
 }
 
-// Add queues v and returns at once: v leaves in the next batch with room
-// for it. The caller learns the outcome however send tells it (a channel
-// in v, say).
-func (b *Batcher[T]) Add(v T) {
+// Add queues vs and returns at once: they leave in the next batches with
+// room for them, in order. Values added in one call are queued together,
+// so an idle Batcher sends them in one batch (as far as take lets it)
+// rather than the first alone. The caller learns the outcome however send
+// tells it (a channel in each value, say).
+func (b *Batcher[T]) Add(vs ...T) {
+	if len(vs) == 0 {
+		return
+	}
 	b.mu.Lock()
-	b.queue = append(b.queue, v)
+	b.queue = append(b.queue, vs...)
 	start := b.running < b.maxInFlight
 	if start {
 		b.running++

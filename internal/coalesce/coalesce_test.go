@@ -55,6 +55,25 @@ func TestIdleSendsAlone(t *testing.T) {
 	}
 }
 
+// Values added in one call leave together even when the Batcher is idle,
+// split only where take says.
+func TestAddManyIdleSendsThemTogether(t *testing.T) {
+	r := newRecorder()
+	close(r.release)
+	b := coalesce.New(4, all(4), r.send)
+	b.Add(0, 1, 2, 3, 4, 5)
+	for range 6 {
+		<-r.sent
+	}
+	b.Add()
+	b.Wait()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !slices.EqualFunc(r.batches, [][]int{{0, 1, 2, 3}, {4, 5}}, slices.Equal) {
+		t.Errorf("batches %v, want [0 1 2 3] then [4 5]", r.batches)
+	}
+}
+
 func TestBusyBatchesWhatQueued(t *testing.T) {
 	r := newRecorder()
 	b := coalesce.New(2, all(3), r.send)

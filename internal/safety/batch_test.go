@@ -123,6 +123,35 @@ func TestClientBatchesConcurrentChecks(t *testing.T) {
 	}
 }
 
+// CheckAll sends checks handed in together in one request, even to an
+// idle client, and answers each as the kernel decides it.
+func TestClientCheckAllSendsThemTogether(t *testing.T) {
+	url := bustest.StartServer(t)
+	in := newInputs(defaultPrompts())
+	k := startKernel(t, url, in, nil)
+	tap := tapRequests(t, url)
+	c := safety.NewClient(connect(t, url, "client"), 5*time.Second)
+
+	rs := mixedChecks(10)
+	traces := make([]string, len(rs))
+	for i := range traces {
+		traces[i] = fmt.Sprintf("trace-%d", i)
+	}
+	got := c.CheckAll(context.Background(), rs, traces)
+	if len(got) != len(rs) {
+		t.Fatalf("%d answers to %d checks", len(got), len(rs))
+	}
+	for i, r := range rs {
+		if want := mustCheck(t, k, r); !proto.Equal(got[i], want) {
+			t.Errorf("check %d (%s on %s): got %v, want %v", i, r.GetJobId(), r.GetTopic(), got[i], want)
+		}
+	}
+	poll(t, "the tap saw every check", func() bool { return tap.checks.Load() == int64(len(rs)) })
+	if n, b := tap.requests.Load(), tap.batches.Load(); n != 1 || b != 1 {
+		t.Errorf("%d checks handed in together travelled in %d requests (%d batches), want one batch", len(rs), n, b)
+	}
+}
+
 // heldKernel is a fake kernel that holds lone checks of jobs named held-*
 // until release is closed, answers other lone checks ALLOW, and answers
 // batches with batch.

@@ -46,7 +46,8 @@ const (
 // timeout, a malformed answer or an unknown decision is a DENY whose reason
 // says which. Concurrent checks are batched: an idle client sends a check
 // at once, alone; a busy one sends what queued meanwhile as one CheckBatch
-// (see internal/coalesce), and every caller gets its own decision. After
+// (see internal/coalesce), and every caller gets its own decision. Checks
+// handed in together (CheckAll) travel together. After
 // breakerThreshold failed requests in a row a circuit breaker opens:
 // checks are denied at once, without waiting for a kernel that is not
 // answering, until a probe after the cool-down succeeds.
@@ -110,26 +111,49 @@ func takeChecks(queued []*pending) int {
 // Check asks for a decision. It never returns an error: every failure is a
 // DENY with rule fail-closed.
 func (c *Client) Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+	return c.CheckAll(ctx, []*cortexv1.CheckRequest{r}, []string{bus.TraceFrom(ctx, r.GetJobId())})[0], nil
+}
+
+// CheckAll asks for decisions on several attempts at once: they travel
+// together, in as few requests as fit, and answer i is that of rs[i],
+// traces[i] being its trace. Like Check, every failure is a DENY with rule
+// fail-closed.
+func (c *Client) CheckAll(ctx context.Context, rs []*cortexv1.CheckRequest, traces []string) []*cortexv1.CheckResponse {
+	out := make([]*cortexv1.CheckResponse, len(rs))
 	if cause := context.Cause(ctx); cause != nil {
-		return abandoned(cause), nil
+		for i := range out {
+			out[i] = abandoned(cause)
+		}
+		return out
 	}
-	p := &pending{req: r, trace: bus.TraceFrom(ctx, r.GetJobId()), size: proto.Size(r) + 8, start: time.Now(), done: make(chan struct{})}
+	now := time.Now()
+	ps := make([]*pending, len(rs))
+	for i, r := range rs {
+		ps[i] = &pending{req: r, trace: traces[i], size: proto.Size(r) + 8, start: now, done: make(chan struct{})}
+	}
 	if wait, open := c.breaker.open(); open {
-		p.resp = c.breakerDenial(wait)
-		c.announce([]*pending{p})
-		return p.resp, nil
+		for i, p := range ps {
+			p.resp = c.breakerDenial(wait)
+			out[i] = p.resp
+		}
+		c.announce(ps)
+		return out
 	}
-	c.batches.Add(p)
-	select {
-	case <-p.done:
-	case <-ctx.Done():
+	c.batches.Add(ps...)
+	for i, p := range ps {
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+		}
+		if cause := context.Cause(ctx); cause != nil {
+			// The caller gave up (shutdown, say); its batch goes on for
+			// the others.
+			out[i] = abandoned(cause)
+			continue
+		}
+		out[i] = p.resp
 	}
-	if cause := context.Cause(ctx); cause != nil {
-		// The caller gave up (shutdown, say); its batch goes on for the
-		// others.
-		return abandoned(cause), nil //nolint:nilerr // failing closed is the answer
-	}
-	return p.resp, nil
+	return out
 }
 
 func abandoned(cause error) *cortexv1.CheckResponse {

@@ -273,7 +273,7 @@ func (s *Scheduler) noteEnded(ctx context.Context, j *cortexv1.Job) {
 		return
 	}
 	if pool, ok := s.place.release(j.GetJobId(), f.attempt); ok {
-		s.placeWaiting(ctx, pool, nil)
+		s.kick(ctx, pool)
 	}
 }
 
@@ -283,32 +283,46 @@ func (s *Scheduler) onHeartbeat(ctx context.Context, p *cortexv1.BusPacket, _ st
 	if err := s.reg.Observe(p); err != nil {
 		return err
 	}
-	s.placeWaiting(ctx, p.GetHeartbeat().GetPool(), nil)
+	s.kick(ctx, p.GetHeartbeat().GetPool())
 	return nil
 }
 
-// placeWaiting queues w (when not nil) in pool and has the pool's placer
-// release every job of the queue that has a free slot. A job that must
-// wait because the pool has no live worker gets the reason recorded.
-func (s *Scheduler) placeWaiting(ctx context.Context, pool string, w *waiting) {
-	if w == nil {
-		s.kick(ctx, pool)
-		return
+// placed is an allowed job and the pool it is queued in.
+type placed struct {
+	pool string
+	w    *waiting
+}
+
+// placeAll queues jobs in their pools, then has each pool's placer release
+// what has a free slot: jobs that arrived together leave together. A job
+// that must wait because its pool has no live worker gets the reason
+// recorded.
+func (s *Scheduler) placeAll(ctx context.Context, jobs []placed) {
+	var pools []string
+	var idle []placed
+	for _, p := range jobs {
+		if !s.place.enqueue(p.pool, p.w) {
+			idle = append(idle, p)
+		}
+		if !slices.Contains(pools, p.pool) {
+			pools = append(pools, p.pool)
+		}
 	}
-	live := s.place.enqueue(pool, w)
-	s.kick(ctx, pool)
-	if !live {
-		id := w.req.GetJobId()
+	for _, pool := range pools {
+		s.kick(ctx, pool)
+	}
+	for _, p := range idle {
+		id := p.w.req.GetJobId()
 		reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
-			pool, registry.MissedBeats*registry.DefaultInterval)
-		j, err := s.store.SetPendingReason(ctx, id, w.req.GetAttempt(), pool, reason, time.Now())
+			p.pool, registry.MissedBeats*registry.DefaultInterval)
+		j, err := s.store.SetPendingReason(ctx, id, p.w.req.GetAttempt(), p.pool, reason, time.Now())
 		if err != nil {
 			// Placed meanwhile, or cancelled: its own state says more.
-			s.log.Info("pending reason not recorded", "trace_id", w.traceID, "job_id", id, "err", err)
-			return
+			s.log.Info("pending reason not recorded", "trace_id", p.w.traceID, "job_id", id, "err", err)
+			continue
 		}
-		if err := s.conn.PublishJobEvent(w.traceID, j.Proto()); err != nil {
-			s.log.Warn("publish job event", "trace_id", w.traceID, "job_id", id, "err", err)
+		if err := s.conn.PublishJobEvent(p.w.traceID, j.Proto()); err != nil {
+			s.log.Warn("publish job event", "trace_id", p.w.traceID, "job_id", id, "err", err)
 		}
 	}
 }
@@ -356,13 +370,15 @@ func (s *Scheduler) kick(ctx context.Context, pool string) {
 // PENDING for the reconciler to re-drive.
 func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting, perMessage int) {
 	moves := make([]store.Move, len(picks))
+	traces := make([]string, len(picks))
 	for i, w := range picks {
+		traces[i] = w.traceID
 		moves[i] = store.Move{ID: w.req.GetJobId(), Change: store.Change{To: store.Dispatched, Attempt: w.req.GetAttempt(), Pool: pool, Safety: w.verdict}}
 	}
 	var ds []bus.Durable
 	sent := map[string]*waiting{}
 	freed := false
-	for i, m := range s.recordMany(ctx, picks, moves) {
+	for i, m := range s.recordMany(ctx, traces, moves) {
 		w := picks[i]
 		req, id := w.req, w.req.GetJobId()
 		if m == nil {
@@ -396,7 +412,7 @@ func (s *Scheduler) send(ctx context.Context, pool string, picks []*waiting, per
 		}
 	}
 	if freed {
-		s.placeWaiting(ctx, pool, nil)
+		s.kick(ctx, pool)
 	}
 }
 

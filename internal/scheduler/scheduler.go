@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -42,10 +41,12 @@ type Store interface {
 	PutOffRedrive(ctx context.Context, id string, attempt uint32, now time.Time) error
 }
 
-// Checker asks for a safety decision. Anything but an ALLOW answer,
-// including an error, keeps the job from running.
+// Checker asks for safety decisions on several attempts at once (those
+// that arrived together travel together): answer i is that of rs[i],
+// traces[i] being its trace. Anything but an ALLOW answer, including none,
+// keeps the job from running.
 type Checker interface {
-	Check(ctx context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
+	CheckAll(ctx context.Context, rs []*cortexv1.CheckRequest, traces []string) []*cortexv1.CheckResponse
 }
 
 // Gate is what a Checker may also say: whether its checks reach a kernel
@@ -91,8 +92,6 @@ type Scheduler struct {
 	// stopReconcile ends the reconciler; reconciled is closed when it has.
 	stopReconcile context.CancelFunc
 	reconciled    chan struct{}
-	// dispatching bounds the jobs of batched hand-offs decided at once.
-	dispatching chan struct{}
 }
 
 type options struct {
@@ -138,7 +137,7 @@ func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log 
 	}
 	reg := registry.New(o.registry)
 	s := &Scheduler{conn: conn, store: st, checker: checker, router: router, log: log, opts: o,
-		reg: reg, place: newPlacement(reg, 2*o.lease), dispatching: make(chan struct{}, 4*o.concurrency)}
+		reg: reg, place: newPlacement(reg, 2*o.lease)}
 	o.metrics.Pools(s.poolStats)
 	o.metrics.Dropped("scheduler", conn.Dropped)
 	return s
@@ -276,7 +275,7 @@ func (s *Scheduler) Close() {
 // store's deadline, watched by the reconciler, covers it.
 func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.Delivery) error {
 	if b := p.GetJobBatch(); b != nil {
-		s.submitBatch(ctx, b)
+		s.dispatch(ctx, b.GetTraceIds(), b.GetJobs())
 		d.Ack()
 		return nil
 	}
@@ -290,81 +289,94 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.D
 			return nil
 		}
 	}
-	if !s.place.holds(req.GetJobId(), req.GetAttempt()) {
-		s.dispatch(ctx, p.GetTraceId(), req)
-	}
+	s.dispatch(ctx, []string{p.GetTraceId()}, []*cortexv1.JobRequest{req})
 	d.Ack()
 	return nil
 }
 
-// submitBatch decides the jobs of a batched hand-off at once, so their
-// safety checks travel together, and queues each; a job this scheduler
-// already holds is dropped. At most the scheduler's dispatch bound run at
-// once across batches.
-func (s *Scheduler) submitBatch(ctx context.Context, b *cortexv1.JobBatch) {
-	var wg sync.WaitGroup
-	for i, req := range b.GetJobs() {
-		if s.place.holds(req.GetJobId(), req.GetAttempt()) {
+// dispatch takes attempts of PENDING jobs that arrived together (a batched
+// hand-off, or one job) through the safety gate together and queues the
+// allowed ones in their pools, released together as their slots allow;
+// the others are recorded in one round trip. An attempt this scheduler
+// already holds is dropped. traces[i] is the trace of reqs[i].
+func (s *Scheduler) dispatch(ctx context.Context, traces []string, reqs []*cortexv1.JobRequest) {
+	var ts []string
+	var rs []*cortexv1.JobRequest
+	for i, req := range reqs {
+		if !s.place.holds(req.GetJobId(), req.GetAttempt()) {
+			ts, rs = append(ts, traces[i]), append(rs, req)
+		}
+	}
+	if len(rs) == 0 {
+		return
+	}
+	checks := make([]*cortexv1.CheckRequest, len(rs))
+	for i, req := range rs {
+		checks[i] = &cortexv1.CheckRequest{
+			JobId:         req.GetJobId(),
+			Topic:         req.GetTopic(),
+			TenantId:      req.GetTenantId(),
+			Attempt:       req.GetAttempt(),
+			Labels:        req.GetLabels(),
+			PromptSize:    req.GetPromptSize(),
+			Priority:      req.GetPriority(),
+			ContextPtr:    req.GetContextPtr(),
+			Approved:      req.GetApproved(),
+			ApprovedRule:  req.GetApprovedRule(),
+			BinaryPayload: req.GetBinaryPayload(),
+		}
+	}
+	decisions := s.checker.CheckAll(ctx, checks, ts)
+	var allowed []placed
+	var moves []store.Move
+	var moveTraces []string
+	for i, req := range rs {
+		w := &waiting{traceID: ts[i], req: req}
+		pool, c := s.decided(w, decisions[i])
+		if c == nil {
+			allowed = append(allowed, placed{pool: pool, w: w})
 			continue
 		}
-		trace := b.GetTraceIds()[i]
-		s.dispatching <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-s.dispatching }()
-			s.dispatch(ctx, trace, req)
-		})
+		moves = append(moves, store.Move{ID: req.GetJobId(), Change: *c})
+		moveTraces = append(moveTraces, ts[i])
 	}
-	wg.Wait()
+	if len(moves) > 0 {
+		s.recordMany(ctx, moveTraces, moves)
+	}
+	s.placeAll(ctx, allowed)
 }
 
-// dispatch takes one attempt of a PENDING job through the safety gate and
-// hands it to its pool.
-func (s *Scheduler) dispatch(ctx context.Context, traceID string, req *cortexv1.JobRequest) {
-	id := req.GetJobId()
-	decision, err := s.checker.Check(bus.WithTrace(ctx, traceID), &cortexv1.CheckRequest{
-		JobId:         id,
-		Topic:         req.GetTopic(),
-		TenantId:      req.GetTenantId(),
-		Attempt:       req.GetAttempt(),
-		Labels:        req.GetLabels(),
-		PromptSize:    req.GetPromptSize(),
-		Priority:      req.GetPriority(),
-		ContextPtr:    req.GetContextPtr(),
-		Approved:      req.GetApproved(),
-		ApprovedRule:  req.GetApprovedRule(),
-		BinaryPayload: req.GetBinaryPayload(),
-	})
+// decided reads the decision on w's attempt: its verdict goes on w, and
+// either the pool to queue it in, or (for anything but ALLOW, and a topic
+// no pool serves) the change that ends its attempt there.
+func (s *Scheduler) decided(w *waiting, decision *cortexv1.CheckResponse) (string, *store.Change) {
+	req := w.req
 	verdict := &store.Verdict{
 		Decision: strings.TrimPrefix(decision.GetDecision().String(), "DECISION_"),
 		Rule:     decision.GetRule(),
 		Reason:   decision.GetReason(),
 		Policy:   decision.GetPolicyVersion(),
 	}
-	switch {
-	case err != nil:
-		verdict = &store.Verdict{Decision: "DENY", Rule: bus.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
-		s.record(ctx, traceID, id, store.Change{To: store.Denied, Attempt: req.GetAttempt(), Reason: verdict.Reason, Safety: verdict})
-		return
-	case decision.GetDecision() == cortexv1.Decision_DECISION_REQUIRE_APPROVAL:
-		s.record(ctx, traceID, id, store.Change{To: store.AwaitingApproval, Attempt: req.GetAttempt(), Safety: verdict,
+	w.verdict = verdict
+	switch decision.GetDecision() {
+	case cortexv1.Decision_DECISION_ALLOW:
+	case cortexv1.Decision_DECISION_REQUIRE_APPROVAL:
+		return "", &store.Change{To: store.AwaitingApproval, Attempt: req.GetAttempt(), Safety: verdict,
 			Reason: fmt.Sprintf("waiting for a person to approve (rule %s: %s); run: cortexctl approve %s, or cortexctl reject %s",
-				verdict.Rule, verdict.Reason, id, id)})
-		return
-	case decision.GetDecision() != cortexv1.Decision_DECISION_ALLOW:
+				verdict.Rule, verdict.Reason, req.GetJobId(), req.GetJobId())}
+	default:
 		if verdict.Decision != "DENY" {
 			verdict.Reason = fmt.Sprintf("decision %s is not ALLOW: %s", verdict.Decision, verdict.Reason)
 			verdict.Decision = "DENY"
 		}
-		s.record(ctx, traceID, id, store.Change{To: store.Denied, Attempt: req.GetAttempt(), Reason: verdict.Reason, Safety: verdict})
-		return
+		return "", &store.Change{To: store.Denied, Attempt: req.GetAttempt(), Reason: verdict.Reason, Safety: verdict}
 	}
 	pool, ok := s.router.Pool(req.GetTopic())
 	if !ok {
-		s.record(ctx, traceID, id, store.Change{To: store.Failed, Attempt: req.GetAttempt(), Safety: verdict, Reason: fmt.Sprintf(
-			"no pool serves topic %s; routable topics: %s", req.GetTopic(), strings.Join(s.router.Topics(), ", "))})
-		return
+		return "", &store.Change{To: store.Failed, Attempt: req.GetAttempt(), Safety: verdict, Reason: fmt.Sprintf(
+			"no pool serves topic %s; routable topics: %s", req.GetTopic(), strings.Join(s.router.Topics(), ", "))}
 	}
-	s.placeWaiting(ctx, pool, &waiting{traceID: traceID, req: req, verdict: verdict})
+	return pool, nil
 }
 
 func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
@@ -498,11 +510,11 @@ func (s *Scheduler) count(j *store.Job, c store.Change) {
 
 // recordMany applies transitions in one round trip, as record does each,
 // and returns each job after its change (nil where it did not take
-// effect); picks give the trace ids.
-func (s *Scheduler) recordMany(ctx context.Context, picks []*waiting, moves []store.Move) []*store.Job {
+// effect); traces[i] is the trace of moves[i].
+func (s *Scheduler) recordMany(ctx context.Context, traces []string, moves []store.Move) []*store.Job {
 	out := make([]*store.Job, len(moves))
 	for i, m := range s.store.TransitionMany(ctx, moves, time.Now()) {
-		out[i] = s.recorded(ctx, picks[i].traceID, moves[i].ID, moves[i].Change, m.Job, m.Err)
+		out[i] = s.recorded(ctx, traces[i], moves[i].ID, moves[i].Change, m.Job, m.Err)
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -171,6 +172,7 @@ func (f *fakeStore) changesOf(id string) []store.Change {
 type fakeChecker struct {
 	mu     sync.Mutex
 	checks []*cortexv1.CheckRequest
+	calls  []int
 	answer func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
 	silent atomic.Bool
 }
@@ -186,11 +188,29 @@ func answer(resp *cortexv1.CheckResponse, err error) *fakeChecker {
 	return &fakeChecker{answer: func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) { return resp, err }}
 }
 
-func (f *fakeChecker) Check(_ context.Context, r *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
+// CheckAll answers each check with answer; an error is a fail-closed
+// DENY naming it, as the safety client answers.
+func (f *fakeChecker) CheckAll(_ context.Context, rs []*cortexv1.CheckRequest, _ []string) []*cortexv1.CheckResponse {
 	f.mu.Lock()
-	f.checks = append(f.checks, r)
+	f.checks = append(f.checks, rs...)
+	f.calls = append(f.calls, len(rs))
 	f.mu.Unlock()
-	return f.answer(r)
+	out := make([]*cortexv1.CheckResponse, len(rs))
+	for i, r := range rs {
+		resp, err := f.answer(r)
+		if err != nil {
+			resp = &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: bus.RuleFailClosed, Reason: "safety check failed: " + err.Error()}
+		}
+		out[i] = resp
+	}
+	return out
+}
+
+// callSizes are the sizes of the CheckAll calls so far.
+func (f *fakeChecker) callSizes() []int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
 }
 
 func (f *fakeChecker) checksOf(id string) []*cortexv1.CheckRequest {
@@ -658,8 +678,8 @@ func TestStaleResultChangesNothing(t *testing.T) {
 	}
 }
 
-// The jobs of a batched hand-off are each checked and decided on their
-// own, and a second copy of the batch (a redelivery) dispatches nothing
+// The jobs of a batched hand-off are checked together (one call to the
+// checker) and each decided on its own, and a second copy of the batch (a redelivery) dispatches nothing
 // this scheduler already placed.
 func TestBatchedSubmitDecidesEachJob(t *testing.T) {
 	deny := &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: "deny-sys", Reason: "never", PolicyVersion: "v1"}
@@ -681,6 +701,9 @@ func TestBatchedSubmitDecidesEachJob(t *testing.T) {
 	}
 	if !got["j1"] || !got["j3"] {
 		t.Fatalf("dispatched %v, want j1 and j3", got)
+	}
+	if calls := r.checker.callSizes(); !slices.Equal(calls, []int{3}) {
+		t.Errorf("checker calls of sizes %v, want one of the batch's 3 jobs", calls)
 	}
 	if c := r.waitChanges(t, "j2", 1); c[0].To != store.Denied || c[0].Safety.Rule != "deny-sys" {
 		t.Fatalf("j2: %+v, want DENIED by deny-sys", c[0])

@@ -616,7 +616,7 @@ type lifecycle struct {
 // lifecycleMethods are the Store methods run calls.
 var lifecycleMethods = []string{
 	"Complete", "CreateJob", "CreateJobs", "DeadLetterAt", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
-	"InputBatch", "List", "LoadPolicy", "Output", "Peek", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
+	"InputBatch", "List", "LoadPolicy", "Output", "Peek", "PeekAll", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
 	"SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
 }
 
@@ -925,6 +925,17 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 				err = fmt.Errorf("Peek(%s, attempt %d) = %q, want %q", id, attempt, input, nj.Input)
 			}
 			return err
+		}) && l.do("PeekAll", func() error {
+			got := l.st.PeekAll(ctx, []string{id}, []uint32{attempt})
+			switch {
+			case len(got) != 1:
+				return fmt.Errorf("PeekAll of one job gave %d answers", len(got))
+			case got[0].Err != nil:
+				return got[0].Err
+			case got[0].Input != nj.Input:
+				return fmt.Errorf("PeekAll(%s, attempt %d) = %q, want %q", id, attempt, got[0].Input, nj.Input)
+			}
+			return nil
 		}) && l.do("Complete", func() error {
 			j, err := l.st.Complete(ctx, id, attempt, worker, now, output, store.Usage{}, now)
 			if err != nil {

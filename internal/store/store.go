@@ -592,24 +592,62 @@ func (s *Store) finish(ctx context.Context, id string, attempt uint32, workerID 
 // not DISPATCHED at that attempt, ErrNotFound when there is no job, and
 // ErrNoPrompt when its input is gone (Start records why the job failed).
 func (s *Store) Peek(ctx context.Context, id string, attempt uint32) (string, error) {
-	var state *redis.SliceCmd
-	in := s.batch.do(&queued{add: func(ctx context.Context, p redis.Pipeliner) redis.Cmder {
-		state = p.HMGet(ctx, jobKey(id), "state", "attempt")
-		return p.Get(ctx, ctxKey(id))
-	}}).cmd.(*redis.StringCmd)
-	cur, err := state.Result()
+	p := &peek{id: id, attempt: attempt}
+	s.batch.do(&queued{add: p.add})
+	return p.result()
+}
+
+// Peeked is one job's answer to PeekAll, as Peek gives it.
+type Peeked struct {
+	Input string
+	Err   error
+}
+
+// PeekAll is Peek for several jobs at once, in one round trip: answer i is
+// that of attempts[i] of job ids[i].
+func (s *Store) PeekAll(ctx context.Context, ids []string, attempts []uint32) []Peeked {
+	peeks := make([]*peek, len(ids))
+	runs := make([]*queued, len(ids))
+	for i, id := range ids {
+		peeks[i] = &peek{id: id, attempt: attempts[i]}
+		runs[i] = &queued{add: peeks[i].add}
+	}
+	pipeline(ctx, s.rdb, runs)
+	out := make([]Peeked, len(ids))
+	for i, p := range peeks {
+		out[i].Input, out[i].Err = p.result()
+	}
+	return out
+}
+
+// peek is one job's reads for Peek: its state and attempt, and its input.
+type peek struct {
+	id      string
+	attempt uint32
+	state   *redis.SliceCmd
+	input   *redis.StringCmd
+}
+
+func (p *peek) add(ctx context.Context, pipe redis.Pipeliner) redis.Cmder {
+	p.state = pipe.HMGet(ctx, jobKey(p.id), "state", "attempt")
+	p.input = pipe.Get(ctx, ctxKey(p.id))
+	return p.input
+}
+
+func (p *peek) result() (string, error) {
+	cur, err := p.state.Result()
 	if err != nil {
-		return "", fmt.Errorf("read job %s: %w", id, err)
+		return "", fmt.Errorf("read job %s: %w", p.id, err)
 	}
 	st, _ := cur[0].(string)
 	at, _ := cur[1].(string)
 	switch {
 	case st == "":
-		return "", fmt.Errorf("read job %s: %w", id, ErrNotFound)
-	case st != string(Dispatched) || at != itoa(attempt):
-		return "", &ConflictError{ID: id, To: Running, State: State(st), Attempt: uint32(parseInt(at))}
+		return "", fmt.Errorf("read job %s: %w", p.id, ErrNotFound)
+	case st != string(Dispatched) || at != itoa(p.attempt):
+		return "", &ConflictError{ID: p.id, To: Running, State: State(st), Attempt: uint32(parseInt(at))}
 	}
-	return inputOf(id, in)
+	return inputOf(p.id, p.input)
 }
 
 // Get returns a job record.

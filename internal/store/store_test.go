@@ -748,6 +748,48 @@ func TestPeekThenComplete(t *testing.T) {
 	})
 }
 
+// PeekAll answers each job as Peek would, all in one round trip.
+func TestPeekAllAnswersEachAsPeek(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		ready := create(t, st, store.NewJob{Input: "hello"}, now)
+		move(t, st, ready, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now)
+		pending := create(t, st, store.NewJob{Input: "p"}, now)
+		noInput := create(t, st, store.NewJob{Input: "p"}, now)
+		move(t, st, noInput, store.Change{To: store.Dispatched}, now)
+		if err := rdb.Del(ctx, store.CtxKey(noInput)).Err(); err != nil {
+			t.Fatal(err)
+		}
+		ids := []string{ready, pending, newID(t), noInput, ready}
+		attempts := []uint32{1, 1, 1, 1, 2}
+		before := st.RoundTrips()
+		got := st.PeekAll(ctx, ids, attempts)
+		if trips := st.RoundTrips() - before; trips != 1 {
+			t.Errorf("PeekAll of %d jobs took %d round trips, want 1", len(ids), trips)
+		}
+		if len(got) != len(ids) {
+			t.Fatalf("%d answers for %d jobs", len(got), len(ids))
+		}
+		if got[0].Err != nil || got[0].Input != "hello" {
+			t.Errorf("dispatched job: %+v, want its input", got[0])
+		}
+		conflict(t, "PENDING job", got[1].Err, store.Pending, 1)
+		if !errors.Is(got[2].Err, store.ErrNotFound) {
+			t.Errorf("no job: %v, want ErrNotFound", got[2].Err)
+		}
+		if !errors.Is(got[3].Err, store.ErrNoPrompt) {
+			t.Errorf("no input: %v, want ErrNoPrompt", got[3].Err)
+		}
+		conflict(t, "attempt 2", got[4].Err, store.Dispatched, 1)
+		for i, id := range ids {
+			in, err := st.Peek(ctx, id, attempts[i])
+			if in != got[i].Input || (err == nil) != (got[i].Err == nil) {
+				t.Errorf("job %d: Peek says %q, %v; PeekAll said %+v", i, in, err, got[i])
+			}
+		}
+	})
+}
+
 // A takeover (the bus redelivered a RUNNING attempt) moves the job to the
 // new worker and says on the job whom it was taken from; a job that was
 // DISPATCHED, not RUNNING, keeps its reason.

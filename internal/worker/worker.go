@@ -39,6 +39,7 @@ type Store interface {
 	Start(ctx context.Context, id string, attempt uint32, workerID string, takeover bool, lease time.Duration, now time.Time) (*store.Job, string, error)
 	Finish(ctx context.Context, id string, attempt uint32, output string, usage store.Usage, now time.Time) (*store.Job, error)
 	Peek(ctx context.Context, id string, attempt uint32) (string, error)
+	PeekAll(ctx context.Context, ids []string, attempts []uint32) []store.Peeked
 	Complete(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage store.Usage, now time.Time) (*store.Job, error)
 	ExtendLease(ctx context.Context, id string, attempt uint32, workerID string, lease time.Duration, now time.Time) error
 }
@@ -298,6 +299,7 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 			}
 			perMessage = len(jobs)
 			msg := &message{d: m.Delivery, left: len(jobs)}
+			peeked := w.peekAll(jobCtx, jobs[:min(free, len(jobs))], m.Delivery)
 			for i, req := range jobs {
 				if free > 0 {
 					free--
@@ -306,10 +308,14 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 					msg.settle(settlement{kind: settleNak})
 					continue
 				}
+				var pk *store.Peeked
+				if i < len(peeked) {
+					pk = &peeked[i]
+				}
 				w.jobs.Add(1)
 				go func() {
 					defer func() { <-slots; w.jobs.Done() }()
-					msg.settle(w.handle(jobCtx, traces[i], req, m.Delivery))
+					msg.settle(w.handle(jobCtx, traces[i], req, m.Delivery, pk))
 				}()
 			}
 		}
@@ -317,6 +323,20 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 			<-slots
 		}
 	}
+}
+
+// peekAll reads the inputs of the jobs of a first delivery that start
+// now, in one round trip (their handlers would each ask on their own); a
+// redelivery starts with Start instead, and gets none.
+func (w *Worker) peekAll(ctx context.Context, jobs []*cortexv1.JobRequest, d bus.Delivery) []store.Peeked {
+	if len(jobs) == 0 || d.Redelivered() {
+		return nil
+	}
+	ids, attempts := make([]string, len(jobs)), make([]uint32, len(jobs))
+	for i, req := range jobs {
+		ids[i], attempts[i] = req.GetJobId(), req.GetAttempt()
+	}
+	return w.store.PeekAll(ctx, ids, attempts)
 }
 
 // awaitSlot takes a free slot for a job of d's message, keeping the
@@ -540,8 +560,9 @@ const retryStartAfter = 2 * time.Second
 // outcome is recorded or reported (or the job moved on without it), hand
 // it back (nak) when the store could not be reached to start it or when
 // the worker is shutting down, leave it for its lease to run out when the
-// outcome could not be recorded.
-func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest, d bus.Delivery) settlement {
+// outcome could not be recorded. peeked, when not nil, is the job's input
+// as already read (peekAll).
+func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest, d bus.Delivery, peeked *store.Peeked) settlement {
 	w.active.Add(1)
 	defer w.active.Add(-1)
 	started := time.Now()
@@ -557,7 +578,7 @@ func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRe
 	}
 	stopLease := func() {}
 	keep := func() { stopLease = w.keepLease(ctx, cancel, req, d) }
-	out, quick, err := w.run(runCtx, traceID, req, d.Redelivered(), keep, cancel, started)
+	out, quick, err := w.run(runCtx, traceID, req, d.Redelivered(), peeked, keep, cancel, started)
 	stopLease()
 	cause := context.Cause(runCtx)
 	switch {
@@ -704,16 +725,21 @@ const quickJob = 50 * time.Millisecond
 // at once on a read of its input that records nothing; it is recorded
 // RUNNING once it has run quickJob (promote), and quick reports that it
 // ended before that. Any other delivery, or a job whose input cannot be
-// read so, is marked RUNNING first (Start). A handler that returns no
-// result completed with no output.
-func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, keep func(), cancel context.CancelCauseFunc, now time.Time) (out *plugins.Result, quick bool, err error) {
+// read so, is marked RUNNING first (Start). peeked, when not nil, is that
+// read, made already. A handler that returns no result completed with no
+// output.
+func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobRequest, takeover bool, peeked *store.Peeked, keep func(), cancel context.CancelCauseFunc, now time.Time) (out *plugins.Result, quick bool, err error) {
 	h, ok := w.opts.Handlers[req.GetTopic()]
 	if !ok {
 		return nil, false, fmt.Errorf("no handler for topic %s in pool %s (this worker serves %v)", req.GetTopic(), w.opts.Pool, w.topics)
 	}
 	var input string
 	if !takeover {
-		input, err = w.store.Peek(ctx, req.GetJobId(), req.GetAttempt())
+		if peeked != nil {
+			input, err = peeked.Input, peeked.Err
+		} else {
+			input, err = w.store.Peek(ctx, req.GetJobId(), req.GetAttempt())
+		}
 		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
 			return nil, false, err
 		}
