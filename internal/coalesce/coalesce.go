@@ -5,7 +5,10 @@
 // gets its answer, is its user's business.
 package coalesce
 
-import "sync"
+import (
+	"runtime"
+	"sync"
+)
 
 // Batcher queues values and sends them in batches, at most maxInFlight
 // batches at a time. An idle Batcher sends a value at once, alone; a busy
@@ -65,9 +68,14 @@ func (b *Batcher[T]) Queued() int {
 	return len(b.queue)
 }
 
-// run sends batches until the queue is empty, then frees its slot.
+// run sends batches until the queue is empty, then frees its slot. It
+// yields once before it takes its first batch, so that callers already
+// running join it (the jobs of one message finishing together, say):
+// measured on 2026-11-24, that halved the Redis round trips of batches of
+// 10 jobs, and it costs no timer.
 func (b *Batcher[T]) run() {
 	defer b.senders.Done()
+	runtime.Gosched()
 	for {
 		b.mu.Lock()
 		if len(b.queue) == 0 {
