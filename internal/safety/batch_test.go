@@ -94,13 +94,19 @@ func mixedChecks(n int) []*cortexv1.CheckRequest {
 	return rs
 }
 
-func TestClientBatchesConcurrentChecks(t *testing.T) {
+// clientRig starts a bus, a kernel that reads the default prompts from
+// in, a tap on the kernel's requests and a client.
+func clientRig(t *testing.T) (k *safety.Kernel, in *fakeInputs, tap *requestTap, c *safety.Client) {
+	t.Helper()
 	url := bustest.StartServer(t)
-	in := newInputs(defaultPrompts())
-	k := startKernel(t, url, in, nil)
-	tap := tapRequests(t, url)
-	c := safety.NewClient(connect(t, url, "client"), 5*time.Second)
+	in = newInputs(defaultPrompts())
+	k = startKernel(t, url, in, nil)
+	tap = tapRequests(t, url)
+	return k, in, tap, safety.NewClient(connect(t, url, "client"), 5*time.Second)
+}
 
+func TestClientBatchesConcurrentChecks(t *testing.T) {
+	k, in, tap, c := clientRig(t)
 	rs := mixedChecks(200)
 	got := checkAll(t, c, rs)
 	rules := map[string]bool{}
@@ -126,12 +132,7 @@ func TestClientBatchesConcurrentChecks(t *testing.T) {
 // CheckAll sends checks handed in together in one request, even to an
 // idle client, and answers each as the kernel decides it.
 func TestClientCheckAllSendsThemTogether(t *testing.T) {
-	url := bustest.StartServer(t)
-	in := newInputs(defaultPrompts())
-	k := startKernel(t, url, in, nil)
-	tap := tapRequests(t, url)
-	c := safety.NewClient(connect(t, url, "client"), 5*time.Second)
-
+	k, _, tap, c := clientRig(t)
 	rs := mixedChecks(10)
 	traces := make([]string, len(rs))
 	for i := range traces {
