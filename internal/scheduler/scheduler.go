@@ -332,7 +332,11 @@ func (s *Scheduler) dispatch(ctx context.Context, traces []string, reqs []*corte
 	var moveTraces []string
 	for i, req := range rs {
 		w := &waiting{traceID: ts[i], req: req}
-		pool, c := s.decided(w, decisions[i])
+		var decision *cortexv1.CheckResponse // none: not ALLOW
+		if i < len(decisions) {
+			decision = decisions[i]
+		}
+		pool, c := s.decided(w, decision)
 		if c == nil {
 			allowed = append(allowed, placed{pool: pool, w: w})
 			continue

@@ -679,8 +679,8 @@ func TestStaleResultChangesNothing(t *testing.T) {
 }
 
 // The jobs of a batched hand-off are checked together (one call to the
-// checker) and each decided on its own, and a second copy of the batch (a redelivery) dispatches nothing
-// this scheduler already placed.
+// checker) and each decided on its own, and a second copy of the batch (a
+// redelivery) dispatches nothing this scheduler already placed.
 func TestBatchedSubmitDecidesEachJob(t *testing.T) {
 	deny := &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: "deny-sys", Reason: "never", PolicyVersion: "v1"}
 	r := newRig(t, &fakeChecker{answer: func(c *cortexv1.CheckRequest) (*cortexv1.CheckResponse, error) {
