@@ -175,6 +175,9 @@ type fakeChecker struct {
 	calls  []int
 	answer func(*cortexv1.CheckRequest) (*cortexv1.CheckResponse, error)
 	silent atomic.Bool
+	// mute makes CheckAll answer nothing at all, as a broken checker
+	// might.
+	mute bool
 }
 
 var (
@@ -195,6 +198,9 @@ func (f *fakeChecker) CheckAll(_ context.Context, rs []*cortexv1.CheckRequest, _
 	f.checks = append(f.checks, rs...)
 	f.calls = append(f.calls, len(rs))
 	f.mu.Unlock()
+	if f.mute {
+		return nil
+	}
 	out := make([]*cortexv1.CheckResponse, len(rs))
 	for i, r := range rs {
 		resp, err := f.answer(r)
@@ -504,6 +510,20 @@ func TestNoValidAllowDeniesFailClosed(t *testing.T) {
 			r.noDispatch(t)
 		})
 	}
+}
+
+// A checker that gives fewer answers than it was asked (none here) denies
+// the jobs left without one; the scheduler does not fall over.
+func TestMissingAnswerDenies(t *testing.T) {
+	checker := answer(allow, nil)
+	checker.mute = true
+	r := newRig(t, checker, "")
+	r.submit(t, "j1", "job.echo", 1)
+	c := r.waitChanges(t, "j1", 1)[0]
+	if c.To != store.Denied || c.Safety == nil || c.Safety.Decision != "DENY" || !strings.Contains(c.Reason, "is not ALLOW") {
+		t.Fatalf("change %+v (verdict %+v), want DENIED: no decision is not ALLOW", c, c.Safety)
+	}
+	r.noDispatch(t)
 }
 
 func TestUnroutableTopicFailsWithRoutes(t *testing.T) {
