@@ -78,6 +78,9 @@ func (e Endpoint) Connect(name string, log *slog.Logger) (*Conn, error) {
 	if e.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(e.InProcess))
 	}
+	if e.NoEcho {
+		opts = append(opts, nats.NoEcho())
+	}
 	nc, err := nats.Connect(e.URL, opts...)
 	if err != nil {
 		return nil, e.connectError(err)

@@ -28,6 +28,11 @@ type Endpoint struct {
 	// InProcess, when set, is a server in this process to connect to
 	// without a socket (an embedded server); the URL still names it.
 	InProcess nats.InProcessConnProvider
+	// NoEcho keeps what the connection publishes from coming back to its
+	// own subscriptions (a scheduler needs other components' job events,
+	// not its own, which it has handled already). JetStream deliveries
+	// come from the server and are not affected.
+	NoEcho bool
 }
 
 // Authenticated says whether the endpoint proves who it is: credentials in

@@ -1,6 +1,7 @@
 package bus_test
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,11 +10,13 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
 	"github.com/cortex-os/core/internal/config"
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
 func secretFile(t *testing.T, content string) string {
@@ -132,5 +135,74 @@ func TestEndpointInProcessNeedsNoSocket(t *testing.T) {
 	}
 	if _, err := (bus.Endpoint{URL: "nats://127.0.0.1:1"}).Connect("test", slog.New(slog.DiscardHandler)); err == nil {
 		t.Fatal("the same URL without the in-process server connected: the test proves nothing")
+	}
+}
+
+// With NoEcho a connection does not get back what it publishes itself on
+// its subscriptions, but does get what others publish, and the durable
+// streams still deliver its own packets to it (a scheduler consumes the
+// retries it publishes on sys.job.submit).
+func TestEndpointNoEcho(t *testing.T) {
+	url := bustest.StartJetStream(t)
+	log := slog.New(slog.DiscardHandler)
+	c, err := bus.Endpoint{URL: url, NoEcho: true}.Connect("quiet", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	other, err := bus.Connect(url, "other", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	sub, err := c.NATS().SubscribeSync("echo.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, send := range []struct {
+		conn *bus.Conn
+		data string
+	}{{c, "mine"}, {other, "theirs"}} {
+		if err := send.conn.NATS().Publish("echo.test", []byte(send.data)); err != nil {
+			t.Fatal(err)
+		}
+		if err := send.conn.NATS().Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m, err := sub.NextMsg(5 * time.Second); err != nil || string(m.Data) != "theirs" {
+		t.Fatalf("first message %v, %v; want the other connection's (its own is not echoed)", m, err)
+	}
+	if m, err := sub.NextMsg(200 * time.Millisecond); err == nil {
+		t.Fatalf("got %q after the other's: its own message came back", m.Data)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.EnsureStreams(ctx, bus.MemoryStorage, 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan string, 1)
+	cons, err := c.Consume(ctx, bus.StreamSubmit, jetstream.ConsumerConfig{Durable: "noecho-test", AckPolicy: jetstream.AckExplicitPolicy}, 1,
+		func(_ context.Context, p *cortexv1.BusPacket, d bus.Delivery) error {
+			d.Ack()
+			got <- p.GetJobRequest().GetJobId()
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cons.Stop()
+	if err := c.PublishDurable(ctx, bus.Durable{Subject: bus.SubjectJobSubmit, Packet: &cortexv1.BusPacket{
+		Payload: &cortexv1.BusPacket_JobRequest{JobRequest: &cortexv1.JobRequest{JobId: "j1", Topic: "job.echo"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case id := <-got:
+		if id != "j1" {
+			t.Fatalf("consumed job %q, want j1", id)
+		}
+	case <-ctx.Done():
+		t.Fatal("its own durable packet never reached its consumer")
 	}
 }

@@ -259,6 +259,8 @@ type SchedulerOptions struct {
 // StartScheduler runs a scheduler until it is closed.
 func StartScheduler(ctx context.Context, natsEP bus.Endpoint, st *store.Store, opts SchedulerOptions, log *slog.Logger) (*scheduler.Scheduler, error) {
 	router := cmp.Or(opts.Routes, routing.Default())
+	// Its own job events would only come back to be decoded and ignored.
+	natsEP.NoEcho = true
 	conn, err := ConnectDurable(ctx, natsEP, instanceName("scheduler"), log)
 	if err != nil {
 		return nil, err
