@@ -311,19 +311,27 @@ func (s *Scheduler) placeAll(ctx context.Context, jobs []placed) {
 	for _, pool := range pools {
 		s.kick(ctx, pool)
 	}
+	// At once, so that the store sends the reasons together.
+	var wg sync.WaitGroup
 	for _, p := range idle {
-		id := p.w.req.GetJobId()
-		reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
-			p.pool, registry.MissedBeats*registry.DefaultInterval)
-		j, err := s.store.SetPendingReason(ctx, id, p.w.req.GetAttempt(), p.pool, reason, time.Now())
-		if err != nil {
-			// Placed meanwhile, or cancelled: its own state says more.
-			s.log.Info("pending reason not recorded", "trace_id", p.w.traceID, "job_id", id, "err", err)
-			continue
-		}
-		if err := s.conn.PublishJobEvent(p.w.traceID, j.Proto()); err != nil {
-			s.log.Warn("publish job event", "trace_id", p.w.traceID, "job_id", id, "err", err)
-		}
+		wg.Go(func() { s.noteWaiting(ctx, p) })
+	}
+	wg.Wait()
+}
+
+// noteWaiting records why p's job waits: its pool has no live worker.
+func (s *Scheduler) noteWaiting(ctx context.Context, p placed) {
+	id := p.w.req.GetJobId()
+	reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
+		p.pool, registry.MissedBeats*registry.DefaultInterval)
+	j, err := s.store.SetPendingReason(ctx, id, p.w.req.GetAttempt(), p.pool, reason, time.Now())
+	if err != nil {
+		// Placed meanwhile, or cancelled: its own state says more.
+		s.log.Info("pending reason not recorded", "trace_id", p.w.traceID, "job_id", id, "err", err)
+		return
+	}
+	if err := s.conn.PublishJobEvent(p.w.traceID, j.Proto()); err != nil {
+		s.log.Warn("publish job event", "trace_id", p.w.traceID, "job_id", id, "err", err)
 	}
 }
 

@@ -332,8 +332,8 @@ func (s *Scheduler) dispatch(ctx context.Context, traces []string, reqs []*corte
 	var moveTraces []string
 	for i, req := range rs {
 		w := &waiting{traceID: ts[i], req: req}
-		var decision *cortexv1.CheckResponse // none: not ALLOW
-		if i < len(decisions) {
+		decision := noDecision
+		if i < len(decisions) && decisions[i] != nil {
 			decision = decisions[i]
 		}
 		pool, c := s.decided(w, decision)
@@ -349,6 +349,10 @@ func (s *Scheduler) dispatch(ctx context.Context, traces []string, reqs []*corte
 	}
 	s.placeAll(ctx, allowed)
 }
+
+// noDecision stands in for an answer the checker did not give.
+var noDecision = &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: bus.RuleFailClosed,
+	Reason: "safety check failed: the checker gave no decision"}
 
 // decided reads the decision on w's attempt: its verdict goes on w, and
 // either the pool to queue it in, or (for anything but ALLOW, and a topic

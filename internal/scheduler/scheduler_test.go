@@ -496,7 +496,7 @@ func TestNoValidAllowDeniesFailClosed(t *testing.T) {
 		{"checker timeout", nil, fmt.Errorf("safety check: %w", context.DeadlineExceeded), bus.RuleFailClosed, "deadline exceeded"},
 		{"unspecified decision", &cortexv1.CheckResponse{Rule: "r"}, nil, "r", "UNSPECIFIED is not ALLOW"},
 		{"unknown decision", &cortexv1.CheckResponse{Decision: cortexv1.Decision(42), Rule: "r"}, nil, "r", "42 is not ALLOW"},
-		{"no answer", nil, nil, "", "is not ALLOW"},
+		{"no answer", nil, nil, bus.RuleFailClosed, "the checker gave no decision"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, answer(tc.resp, tc.err), "")
@@ -512,16 +512,18 @@ func TestNoValidAllowDeniesFailClosed(t *testing.T) {
 	}
 }
 
-// A checker that gives fewer answers than it was asked (none here) denies
-// the jobs left without one; the scheduler does not fall over.
+// A checker that gives fewer answers than it was asked (none here): the
+// jobs left without one are denied fail-closed, and the scheduler does not
+// fall over.
 func TestMissingAnswerDenies(t *testing.T) {
 	checker := answer(allow, nil)
 	checker.mute = true
 	r := newRig(t, checker, "")
 	r.submit(t, "j1", "job.echo", 1)
 	c := r.waitChanges(t, "j1", 1)[0]
-	if c.To != store.Denied || c.Safety == nil || c.Safety.Decision != "DENY" || !strings.Contains(c.Reason, "is not ALLOW") {
-		t.Fatalf("change %+v (verdict %+v), want DENIED: no decision is not ALLOW", c, c.Safety)
+	if c.To != store.Denied || c.Safety == nil || c.Safety.Decision != "DENY" || c.Safety.Rule != bus.RuleFailClosed ||
+		!strings.Contains(c.Reason, "the checker gave no decision") {
+		t.Fatalf("change %+v (verdict %+v), want DENIED fail-closed: the checker gave no decision", c, c.Safety)
 	}
 	r.noDispatch(t)
 }

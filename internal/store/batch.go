@@ -36,6 +36,9 @@ type queued struct {
 	cmd    redis.Cmder
 	rec    *redis.MapStringStringCmd
 	done   chan struct{}
+	// source sends the script's text (EVAL) rather than its hash: for a
+	// Redis that answered NOSCRIPT.
+	source bool
 }
 
 // queue adds q's commands to pipe.
@@ -44,7 +47,11 @@ func (q *queued) queue(ctx context.Context, pipe redis.Pipeliner) {
 		q.cmd = q.add(ctx, pipe)
 		return
 	}
-	q.cmd = q.script.EvalSha(ctx, pipe, q.keys, q.args...)
+	if q.source {
+		q.cmd = q.script.Eval(ctx, pipe, q.keys, q.args...)
+	} else {
+		q.cmd = q.script.EvalSha(ctx, pipe, q.keys, q.args...)
+	}
 	if q.record {
 		// Commands of one connection run in order: the read sees the
 		// script's change (or a later one).
@@ -68,10 +75,20 @@ func newBatcher(rdb redis.UniversalClient) *batcher {
 
 // do queues q, waits until it has run and returns it.
 func (b *batcher) do(q *queued) *queued {
-	q.done = make(chan struct{})
-	b.out.Add(q)
-	<-q.done
+	b.doAll([]*queued{q})
 	return q
+}
+
+// doAll queues qs together (they share a pipeline, as far as maxBatch
+// lets them) and waits until all have run.
+func (b *batcher) doAll(qs []*queued) {
+	for _, q := range qs {
+		q.done = make(chan struct{})
+	}
+	b.out.Add(qs...)
+	for _, q := range qs {
+		<-q.done
+	}
 }
 
 func (b *batcher) send(batch []*queued) {
@@ -86,7 +103,8 @@ func (b *batcher) send(batch []*queued) {
 // pipeline sends qs in one round trip; each command keeps its own error. A
 // Redis that lost its scripts (a restart; on a cluster, one node's
 // failover) answers NOSCRIPT to those runs only, having changed nothing for
-// them: the scripts are loaded and just those runs sent again.
+// them: just those are sent again with the script's text (EVAL), which
+// also caches it on that node; no other node needs to answer.
 func pipeline(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 	if len(qs) == 0 {
 		return
@@ -97,17 +115,9 @@ func pipeline(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 	}
 	_, _ = pipe.Exec(ctx)
 	var again []*queued
-	loaded := map[*redis.Script]bool{}
 	for _, q := range qs {
-		if q.script == nil || !redis.HasErrorPrefix(q.cmd.Err(), "NOSCRIPT") {
-			continue
-		}
-		ok, tried := loaded[q.script]
-		if !tried {
-			ok = q.script.Load(ctx, rdb).Err() == nil
-			loaded[q.script] = ok
-		}
-		if ok {
+		if q.script != nil && redis.HasErrorPrefix(q.cmd.Err(), "NOSCRIPT") {
+			q.source = true
 			again = append(again, q)
 		}
 	}

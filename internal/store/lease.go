@@ -219,7 +219,7 @@ func (s *Store) DeadLetterAt(ctx context.Context, id string) (time.Time, bool, e
 // attempt, out of the queue, and returns the record. A *ConflictError for a
 // job that is not a dead letter.
 func (s *Store) Revive(ctx context.Context, id, reason string, now time.Time) (*Job, error) {
-	return moved(id, Pending, s.evalRecord(reviveScript, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)},
+	return s.moved(id, Pending, s.evalRecord(reviveScript, []string{jobKey(id), leaseKeyOf(id), dlqKeyOf(id)},
 		micros(now), millis(now.Add(s.redrive)), reason, id))
 }
 

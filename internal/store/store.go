@@ -421,13 +421,14 @@ func (s *Store) args(id string, c Change, now time.Time) []any {
 
 // Transition moves a job to c.To if the state machine allows it from the
 // job's current state (and c.Attempt, if set, is the current attempt), and
-// returns the record after the change. ErrNotFound if there is no such job,
-// a *ConflictError (ErrConflict) if the move is not allowed.
+// returns the record after the change (or after a later one, see
+// readBack). ErrNotFound if there is no such job, a *ConflictError
+// (ErrConflict) if the move is not allowed.
 func (s *Store) Transition(ctx context.Context, id string, c Change, now time.Time) (*Job, error) {
 	if err := c.check(id); err != nil {
 		return nil, err
 	}
-	return moved(id, c.To, s.evalRecord(transitionScript, transitionKeys(id), s.args(id, c, now)...))
+	return s.moved(id, c.To, s.evalRecord(transitionScript, transitionKeys(id), s.args(id, c, now)...))
 }
 
 // check refuses a change that cannot be asked of the script.
@@ -444,28 +445,32 @@ func transitionKeys(id string) []string { return []string{jobKey(id), leaseKeyOf
 // moved reads the answer of a script that moves a job to a state (a
 // transition, finish, wait or revive): the record after the change, or why
 // there was none.
-func moved(id string, to State, q *queued) (*Job, error) {
+func (s *Store) moved(id string, to State, q *queued) (*Job, error) {
 	res, err := q.answer()
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("move job %s to %s: %w", id, to, err)
 	case len(res) > 0 && res[0] == "OK":
-		return readBack(id, to, q)
+		return s.readBack(id, to, q)
 	}
 	return nil, refusal(id, to, res)
 }
 
 // readBack is the record a script changed, as read right behind it in the
 // same round trip: the record after the change, or after a later one
-// another client made in between (its version says which). The change
-// stands even when the read fails.
-func readBack(id string, to State, q *queued) (*Job, error) {
+// another client made in between (its version says which). A read that
+// failed (the connection dropped between the two answers) is made once
+// more; the change stands even when that fails too.
+func (s *Store) readBack(id string, to State, q *queued) (*Job, error) {
 	f, err := q.rec.Result()
+	if err != nil {
+		f, err = s.hgetall(jobKey(id)).Result()
+	}
 	if err == nil && len(f) == 0 {
 		err = ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read job %s after its move to %s: %w", id, to, err)
+		return nil, fmt.Errorf("read job %s after its move to %s (the move was made): %w", id, to, err)
 	}
 	return parseJob(id, f), nil
 }
@@ -495,7 +500,7 @@ func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time)
 	pipeline(ctx, s.rdb, compact(runs))
 	for i, q := range runs {
 		if q != nil {
-			out[i].Job, out[i].Err = moved(moves[i].ID, moves[i].Change.To, q)
+			out[i].Job, out[i].Err = s.moved(moves[i].ID, moves[i].Change.To, q)
 		}
 	}
 	return out
@@ -507,7 +512,7 @@ func (s *Store) TransitionMany(ctx context.Context, moves []Move, now time.Time)
 // record. A job that is not PENDING at that attempt changes nothing: a
 // *ConflictError; ErrNotFound if there is no such job.
 func (s *Store) SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*Job, error) {
-	return moved(id, Pending, s.evalRecord(waitScript, []string{jobKey(id)},
+	return s.moved(id, Pending, s.evalRecord(waitScript, []string{jobKey(id)},
 		strconv.FormatUint(uint64(attempt), 10), micros(now), reason, pool))
 }
 
@@ -523,7 +528,7 @@ func refusal(id string, to State, res []string) error {
 }
 
 // Start marks attempt of a dispatched job RUNNING on workerID and returns
-// the record and the input, in one script; the job's deadline becomes
+// the record (see readBack) and the input, in one script; the job's deadline becomes
 // twice lease from now. With takeover (the bus redelivered the attempt
 // because its first holder stopped acknowledging it) a job RUNNING at that
 // attempt is taken over too. A job whose input is gone is marked FAILED
@@ -540,10 +545,10 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	case err != nil:
 		return nil, "", fmt.Errorf("start job %s: %w", id, err)
 	case len(res) == 2 && res[0] == "OK":
-		j, err := readBack(id, Running, q)
+		j, err := s.readBack(id, Running, q)
 		return j, res[1], err
 	case len(res) == 1 && res[0] == "NOPROMPT":
-		j, err := readBack(id, Failed, q)
+		j, err := s.readBack(id, Failed, q)
 		if err == nil {
 			err = fmt.Errorf("start job %s: %w", id, ErrNoPrompt)
 		}
@@ -581,7 +586,7 @@ func (s *Store) finish(ctx context.Context, id string, attempt uint32, workerID 
 	if workerID != "" {
 		from = micros(started)
 	}
-	return moved(id, Completed, s.evalRecord(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
+	return s.moved(id, Completed, s.evalRecord(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},
 		itoa(attempt), micros(now), output, s.retention.Milliseconds(), len(output), id, u, workerID, from))
 }
 
@@ -603,7 +608,8 @@ type Peeked struct {
 	Err   error
 }
 
-// PeekAll is Peek for several jobs at once, in one round trip: answer i is
+// PeekAll is Peek for several jobs at once, in one round trip (through the
+// same queue as Peek, sharing it with what else is queued): answer i is
 // that of attempts[i] of job ids[i].
 func (s *Store) PeekAll(ctx context.Context, ids []string, attempts []uint32) []Peeked {
 	peeks := make([]*peek, len(ids))
@@ -612,7 +618,7 @@ func (s *Store) PeekAll(ctx context.Context, ids []string, attempts []uint32) []
 		peeks[i] = &peek{id: id, attempt: attempts[i]}
 		runs[i] = &queued{add: peeks[i].add}
 	}
-	pipeline(ctx, s.rdb, runs)
+	s.batch.doAll(runs)
 	out := make([]Peeked, len(ids))
 	for i, p := range peeks {
 		out[i].Input, out[i].Err = p.result()

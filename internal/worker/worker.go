@@ -299,23 +299,24 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 			}
 			perMessage = len(jobs)
 			msg := &message{d: m.Delivery, left: len(jobs)}
-			peeked := w.peekAll(jobCtx, jobs[:min(free, len(jobs))], m.Delivery)
-			for i, req := range jobs {
-				if free > 0 {
-					free--
-				} else if !w.awaitSlot(ctx, slots, m.Delivery) {
+			// The jobs that have a slot now start together, the others
+			// one by one as slots free up.
+			now := min(free, len(jobs))
+			if now > 0 {
+				free -= now
+				w.jobs.Add(now)
+				go w.startTogether(jobCtx, msg, jobs[:now], traces[:now], slots)
+			}
+			for i := now; i < len(jobs); i++ {
+				if !w.awaitSlot(ctx, slots, m.Delivery) {
 					// Stop began: the job goes back with its message.
 					msg.settle(settlement{kind: settleNak})
 					continue
 				}
-				var pk *store.Peeked
-				if i < len(peeked) {
-					pk = &peeked[i]
-				}
 				w.jobs.Add(1)
 				go func() {
 					defer func() { <-slots; w.jobs.Done() }()
-					msg.settle(w.handle(jobCtx, traces[i], req, m.Delivery, pk))
+					msg.settle(w.handle(jobCtx, traces[i], jobs[i], m.Delivery, nil))
 				}()
 			}
 		}
@@ -325,18 +326,29 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 	}
 }
 
-// peekAll reads the inputs of the jobs of a first delivery that start
-// now, in one round trip (their handlers would each ask on their own); a
-// redelivery starts with Start instead, and gets none.
-func (w *Worker) peekAll(ctx context.Context, jobs []*cortexv1.JobRequest, d bus.Delivery) []store.Peeked {
-	if len(jobs) == 0 || d.Redelivered() {
-		return nil
+// startTogether runs jobs of msg that each hold a slot (the pull counted
+// them in w.jobs already), off the pull loop. For a first delivery it
+// reads their inputs in one round trip first (their handlers would each
+// ask on their own); a redelivery starts each with Start instead.
+func (w *Worker) startTogether(ctx context.Context, msg *message, jobs []*cortexv1.JobRequest, traces []string, slots chan struct{}) {
+	var peeked []store.Peeked
+	if !msg.d.Redelivered() {
+		ids, attempts := make([]string, len(jobs)), make([]uint32, len(jobs))
+		for i, req := range jobs {
+			ids[i], attempts[i] = req.GetJobId(), req.GetAttempt()
+		}
+		peeked = w.store.PeekAll(ctx, ids, attempts)
 	}
-	ids, attempts := make([]string, len(jobs)), make([]uint32, len(jobs))
 	for i, req := range jobs {
-		ids[i], attempts[i] = req.GetJobId(), req.GetAttempt()
+		var pk *store.Peeked
+		if i < len(peeked) {
+			pk = &peeked[i]
+		}
+		go func() {
+			defer func() { <-slots; w.jobs.Done() }()
+			msg.settle(w.handle(ctx, traces[i], req, msg.d, pk))
+		}()
 	}
-	return w.store.PeekAll(ctx, ids, attempts)
 }
 
 // awaitSlot takes a free slot for a job of d's message, keeping the

@@ -945,3 +945,34 @@ func TestABatchComesBackOnlyForItsUnfinishedJobs(t *testing.T) {
 		}
 	}
 }
+
+// The jobs of one message that have a slot start together, after one read
+// of their inputs; the rest start as slots free up, each reading its own.
+// Every job runs on its own input either way.
+func TestPackedJobsEachRunOnTheirOwnInput(t *testing.T) {
+	echo := plugins.HandlerFunc(func(_ context.Context, j *plugins.Job) (*plugins.Result, error) {
+		return &plugins.Result{Output: "ran " + j.Prompt}, nil
+	})
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: map[string]plugins.Handler{"job.echo": echo}})
+	var jobs []store.NewJob
+	for i := range 7 {
+		jobs = append(jobs, store.NewJob{ID: fmt.Sprintf("j-%d", i), Topic: "job.echo", Input: fmt.Sprintf("input %d", i)})
+	}
+	r.sendJobsPacked(t, slices.Clone(jobs), bus.JobSubject("p", "job.echo"), len(jobs))
+	for range jobs {
+		select {
+		case res := <-r.results:
+			if res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED {
+				t.Fatalf("result %v, want COMPLETED", res)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("not every job of the message completed")
+		}
+	}
+	for _, j := range jobs {
+		rec, out, err := r.st.Output(context.Background(), j.ID)
+		if err != nil || rec.State != store.Completed || out != "ran "+j.Input {
+			t.Errorf("job %s: %+v, output %q, %v; want COMPLETED with %q", j.ID, rec, out, err, "ran "+j.Input)
+		}
+	}
+}
