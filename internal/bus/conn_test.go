@@ -1,12 +1,10 @@
 package bus_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +13,7 @@ import (
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
+	"github.com/cortex-os/core/internal/syncbuf"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -105,22 +104,7 @@ func TestCloseWithServerGone(t *testing.T) {
 }
 
 // lines is a slog handler's output that tests may read while it is written.
-type lines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *lines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *lines) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
-}
+type lines struct{ syncbuf.Buffer }
 
 func (l *lines) has(s string) bool { return strings.Contains(l.String(), s) }
 

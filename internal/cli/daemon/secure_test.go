@@ -1,7 +1,6 @@
 package daemon_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +21,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/config"
+	"github.com/cortex-os/core/internal/syncbuf"
 	"github.com/cortex-os/core/internal/testcerts"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -144,7 +143,7 @@ func startRedis(t *testing.T, bin, dir string, certs *testcerts.Files) string {
 			ep = daemon.RedisEndpoint{URL: "rediss://cortex:" + redisPassword + "@" + addr + "/0",
 				TLS: config.TLSFiles{CA: certs.CA, Cert: certs.ClientCert, Key: certs.ClientKey}}
 		}
-		var logs syncBuffer
+		var logs syncbuf.Buffer
 		cmd := exec.Command(bin, args...) //nolint:gosec // the test's own redis-server
 		cmd.Stdout, cmd.Stderr = &logs, &logs
 		if err := cmd.Start(); err != nil {
@@ -202,29 +201,10 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-// syncBuffer is a bytes.Buffer safe for a daemon writing while the test
-// reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // run is one cortexctl command run in-process, as the binary runs it.
 type run struct {
 	name   string
-	out    syncBuffer
+	out    syncbuf.Buffer
 	done   chan int
 	cancel context.CancelFunc
 }

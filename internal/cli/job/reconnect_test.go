@@ -1,7 +1,6 @@
 package job
 
 import (
-	"bytes"
 	"context"
 	"reflect"
 	"strings"
@@ -13,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
+	"github.com/cortex-os/core/internal/syncbuf"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
@@ -201,30 +201,12 @@ func TestWatchReconnectsWithBackoffAndSaysSo(t *testing.T) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer several goroutines may write.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // A reopened stream that brings nothing (no job changed) is back once it
 // has stayed open a while: the command says so without waiting for an
 // event, and the pauses start over.
 func TestStreamThatStaysOpenCountsAsBack(t *testing.T) {
 	clock := &fakeClock{now: time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)}
-	var errOut lockedBuffer
+	var errOut syncbuf.Buffer
 	rc := &reconnector{errOut: &errOut, back: "changes may be missing", settled: 10 * time.Millisecond, sleep: clock.sleep, now: clock.Now}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()

@@ -4,31 +4,17 @@ import (
 	"bytes"
 	"encoding/json"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/descriptorpb"
+
+	"github.com/cortex-os/core/internal/syncbuf"
 )
 
 // ttyBuffer is a terminal in tests: a locked buffer that says it is one.
-type ttyBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (t *ttyBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.b.Write(p)
-}
-
-func (t *ttyBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.b.String()
-}
+type ttyBuffer struct{ syncbuf.Buffer }
 
 func (t *ttyBuffer) IsTerminal() bool { return true }
 

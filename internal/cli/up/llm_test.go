@@ -14,6 +14,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/routing"
+	"github.com/cortex-os/core/internal/syncbuf"
 	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
@@ -154,7 +155,7 @@ func TestChatJobRefusedIsNotRetried(t *testing.T) {
 // would be, is checked on the job by TestChatJobRefusedIsNotRetried.)
 func TestChatJobsLogNoPromptKeyOrAnswer(t *testing.T) {
 	const wrong = "sk-wrong-logged-3e2d1c"
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	fake := llmtest.NewServer(llmtest.Options{Key: llmKey})
 	t.Cleanup(fake.Close)

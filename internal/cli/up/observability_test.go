@@ -1,7 +1,6 @@
 package up_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,12 +9,12 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/internal/syncbuf"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -112,30 +111,12 @@ func waitState(t *testing.T, h *harness, id string, want cortexv1.JobState) {
 	}
 }
 
-// lockedBuffer is a bytes.Buffer for concurrent loggers.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestLogsNeverCarryPromptsOrKeys: with every component logging at debug,
 // jobs that complete, fail, time out and are denied (one for the
 // credentials in its prompt), and calls with wrong keys, leave lines about
 // the jobs but never a prompt or an API key.
 func TestLogsNeverCarryPromptsOrKeys(t *testing.T) {
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	h := startHarnessLog(t, up.ClusterOptions{}, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	secret := fmt.Sprintf("prompt-secret-%d", time.Now().UnixNano())
 	credential := "AKIA" + "IOSFODNN7EXAMPLE"
