@@ -316,7 +316,7 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 				w.jobs.Add(1)
 				go func() {
 					defer func() { <-slots; w.jobs.Done() }()
-					msg.settle(w.handle(jobCtx, traces[i], jobs[i], m.Delivery, nil))
+					msg.settle(w.handle(w.take(jobCtx, jobs[i].GetJobId()), traces[i], jobs[i], m.Delivery, nil))
 				}()
 			}
 		}
@@ -331,6 +331,12 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 // reads their inputs in one round trip first (their handlers would each
 // ask on their own); a redelivery starts each with Start instead.
 func (w *Worker) startTogether(ctx context.Context, msg *message, jobs []*cortexv1.JobRequest, traces []string, slots chan struct{}) {
+	// Taken before the read, so that a cancel arriving meanwhile reaches
+	// them: the read would not see it.
+	taken := make([]taken, len(jobs))
+	for i, req := range jobs {
+		taken[i] = w.take(ctx, req.GetJobId())
+	}
 	var peeked []store.Peeked
 	if !msg.d.Redelivered() {
 		ids, attempts := make([]string, len(jobs)), make([]uint32, len(jobs))
@@ -346,7 +352,7 @@ func (w *Worker) startTogether(ctx context.Context, msg *message, jobs []*cortex
 		}
 		go func() {
 			defer func() { <-slots; w.jobs.Done() }()
-			msg.settle(w.handle(ctx, traces[i], req, msg.d, pk))
+			msg.settle(w.handle(taken[i], traces[i], req, msg.d, pk))
 		}()
 	}
 }
@@ -553,15 +559,30 @@ func (w *Worker) onCancel(_ context.Context, p *cortexv1.BusPacket, _ string) er
 	return nil
 }
 
-func (w *Worker) track(id string, cancel context.CancelCauseFunc) func() {
+// taken is a job the worker took from a message: its context, which a
+// cancel for the job ends from the moment it was taken.
+type taken struct {
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	id     string
+}
+
+// take starts the context of job id under ctx and has cancels for the job
+// end it; release undoes that.
+func (w *Worker) take(ctx context.Context, id string) taken {
+	ctx, cancel := context.WithCancelCause(ctx)
 	w.mu.Lock()
 	w.running[id] = cancel
 	w.mu.Unlock()
-	return func() {
-		w.mu.Lock()
-		delete(w.running, id)
-		w.mu.Unlock()
-	}
+	return taken{ctx: ctx, cancel: cancel, id: id}
+}
+
+// release ends t's context and its tracking.
+func (w *Worker) release(t taken) {
+	t.cancel(nil)
+	w.mu.Lock()
+	delete(w.running, t.id)
+	w.mu.Unlock()
 }
 
 // Redelivery delays: a job the worker could not start for want of the
@@ -573,14 +594,13 @@ const retryStartAfter = 2 * time.Second
 // it back (nak) when the store could not be reached to start it or when
 // the worker is shutting down, leave it for its lease to run out when the
 // outcome could not be recorded. peeked, when not nil, is the job's input
-// as already read (peekAll).
-func (w *Worker) handle(ctx context.Context, traceID string, req *cortexv1.JobRequest, d bus.Delivery, peeked *store.Peeked) settlement {
+// as already read (peekAll). handle releases t.
+func (w *Worker) handle(t taken, traceID string, req *cortexv1.JobRequest, d bus.Delivery, peeked *store.Peeked) settlement {
 	w.active.Add(1)
 	defer w.active.Add(-1)
+	defer w.release(t)
 	started := time.Now()
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	defer w.track(req.GetJobId(), cancel)()
+	ctx, cancel := t.ctx, t.cancel
 	timeout := req.GetTimeout().AsDuration()
 	runCtx := ctx
 	if timeout > 0 {
@@ -758,6 +778,11 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		// Otherwise (the input is gone, the store did not answer) Start
 		// records or says what is wrong.
 		quick = err == nil
+	}
+	if ctx.Err() != nil {
+		// Cancelled (or the worker stopping) since it was taken: the read
+		// may predate the cancel.
+		return nil, false, context.Cause(ctx)
 	}
 	stream := &outputStream{conn: w.conn, traceID: traceID, job: req}
 	if quick {

@@ -5,7 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -68,12 +70,26 @@ func newRigWith(t *testing.T, opts worker.Options) *rig {
 // newRigResults is newRigWith with room for results results.
 func newRigResults(t *testing.T, opts worker.Options, results int) *rig {
 	t.Helper()
+	return newRigVia(t, opts, results, nil)
+}
+
+// newRigVia is newRigResults whose worker reaches Redis at the address
+// via returns for Redis's own (the rig's store keeps the direct way).
+func newRigVia(t *testing.T, opts worker.Options, results int, via func(addr string) string) *rig {
+	t.Helper()
 	natsURL := bustest.StartJetStream(t)
 	mr := miniredis.RunT(t)
 	// Long timeouts: miniredis shares a loaded CI machine with -race.
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
-	t.Cleanup(func() { _ = rdb.Close() })
-	r := &rig{natsURL: natsURL, st: store.New(rdb, store.Options{}), results: make(chan *cortexv1.JobResult, results), beats: make(chan *cortexv1.Heartbeat, 10)}
+	newStore := func(addr string) *store.Store {
+		rdb := redis.NewClient(&redis.Options{Addr: addr, ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second})
+		t.Cleanup(func() { _ = rdb.Close() })
+		return store.New(rdb, store.Options{})
+	}
+	r := &rig{natsURL: natsURL, st: newStore(mr.Addr()), results: make(chan *cortexv1.JobResult, results), beats: make(chan *cortexv1.Heartbeat, 10)}
+	workerStore := r.st
+	if via != nil {
+		workerStore = newStore(via(mr.Addr()))
+	}
 
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
@@ -106,7 +122,7 @@ func newRigResults(t *testing.T, opts worker.Options, results int) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.w, err = worker.New(r.conn, r.st, opts, log)
+	r.w, err = worker.New(r.conn, workerStore, opts, log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -974,5 +990,170 @@ func TestPackedJobsEachRunOnTheirOwnInput(t *testing.T) {
 		if err != nil || rec.State != store.Completed || out != "ran "+j.Input {
 			t.Errorf("job %s: %+v, output %q, %v; want COMPLETED with %q", j.ID, rec, out, err, "ran "+j.Input)
 		}
+	}
+}
+
+// answerGate is a TCP proxy whose answers (server to client) can be held
+// back: a client's requests still reach the server, and are carried out,
+// while their answers wait.
+type answerGate struct {
+	mu   sync.Mutex
+	open chan struct{} // closed while answers pass
+	held chan struct{} // gets a value when an answer is held back
+}
+
+// start proxies a new local address to addr until the test ends.
+func (g *answerGate) start(t *testing.T, addr string) string {
+	t.Helper()
+	g.open, g.held = make(chan struct{}), make(chan struct{}, 1)
+	close(g.open)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns []net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	go func() {
+		for {
+			client, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			server, err := net.Dial("tcp", addr)
+			if err != nil {
+				_ = client.Close()
+				continue
+			}
+			g.mu.Lock()
+			conns = append(conns, client, server)
+			g.mu.Unlock()
+			go func() { _, _ = io.Copy(server, client) }()
+			go g.answer(client, server)
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// answer copies server's answers to client, waiting while they are held.
+func (g *answerGate) answer(client, server net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := server.Read(buf)
+		if n > 0 {
+			g.mu.Lock()
+			open := g.open
+			g.mu.Unlock()
+			select {
+			case <-open:
+			default:
+				select {
+				case g.held <- struct{}{}:
+				default:
+				}
+				<-open
+			}
+			if _, err := client.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (g *answerGate) hold() {
+	g.mu.Lock()
+	g.open = make(chan struct{})
+	g.mu.Unlock()
+}
+
+// pass lets answers through again; it may be called when they pass.
+func (g *answerGate) pass() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	select {
+	case <-g.open:
+	default:
+		close(g.open)
+	}
+}
+
+// A cancel that arrives while the worker reads the inputs of the jobs it
+// has just taken stops them, though the read answers they are ready: the
+// handler of a cancelled job never starts.
+func TestCancelDuringTheReadOfInputsStopsTheJob(t *testing.T) {
+	g := &answerGate{}
+	b := newBlocker()
+	r := newRigVia(t, worker.Options{ID: "w-1", Pool: "p", MaxParallel: 3, Handlers: map[string]plugins.Handler{"job.block": b}}, 10,
+		func(addr string) string { return g.start(t, addr) })
+	ctx := context.Background()
+	// A runs, and is recorded RUNNING, before answers are held: nothing
+	// else of the worker's asks Redis while B is read.
+	r.send(t, "j-a", "job.block", "a")
+	a := b.next(t, "j-a")
+	r.waitEvent(t, "j-a", cortexv1.JobState_JOB_STATE_RUNNING)
+
+	g.hold()
+	defer g.pass() // before the worker stops, should the test end early
+	r.send(t, "j-b", "job.block", "b")
+	select {
+	case <-g.held: // the worker has read B's input; the answer waits
+	case <-time.After(5 * time.Second):
+		t.Fatal("the worker never read job j-b's input")
+	}
+	for _, id := range []string{"j-b", "j-a"} {
+		if _, err := r.st.Transition(ctx, id, store.Change{To: store.Cancelled, Reason: "by test"}, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		r.cancel(t, id)
+	}
+	// Cancels are handled in order: once A's is, so is B's.
+	select {
+	case cause := <-a.ended:
+		if cause == nil {
+			t.Fatal("j-a finished instead of being cancelled")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("j-a was not cancelled")
+	}
+	g.pass()
+
+	nc, err := nats.Connect(r.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cons, err := js.Consumer(ctx, bus.StreamJobs, bus.PoolConsumer("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		select {
+		case rj := <-b.running:
+			t.Fatalf("the handler of cancelled job %s started", rj.id)
+		default:
+		}
+		info, err := cons.Info(ctx)
+		if err == nil && info.NumAckPending == 0 && info.NumPending == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job j-b's message was never settled: %+v, %v", info, err)
+		}
+	}
+	if j, _ := r.st.Get(ctx, "j-b"); j.State != store.Cancelled {
+		t.Errorf("j-b is %s, want CANCELLED", j.State)
 	}
 }
