@@ -240,13 +240,19 @@ type Subscription struct {
 // do not decode are dropped and counted. Handlers get ctx; cancelling it
 // does not stop delivery: Drain or Conn.Close does.
 func (c *Conn) Subscribe(ctx context.Context, subject, queue string, concurrency int, h Handler) (*Subscription, error) {
+	return subscribe(c, ctx, subject, queue, concurrency, Decode, h)
+}
+
+// subscribe is Subscribe with packets read by decode.
+func subscribe[T any](c *Conn, ctx context.Context, subject, queue string, concurrency int, decode func([]byte) (T, error),
+	h func(ctx context.Context, p T, reply string) error) (*Subscription, error) {
 	if concurrency < 1 {
 		concurrency = 1
 	}
 	s := &Subscription{conn: c, nc: c.nc}
 	sem := make(chan struct{}, concurrency)
 	cb := func(m *nats.Msg) {
-		p, err := Decode(m.Data)
+		p, err := decode(m.Data)
 		if err != nil {
 			c.drop(m.Subject, len(m.Data), err)
 			return

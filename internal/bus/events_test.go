@@ -3,9 +3,12 @@ package bus_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
@@ -150,5 +153,50 @@ func TestJobEventWithoutJobsIsMalformed(t *testing.T) {
 		if _, err := bus.Decode(data); err == nil {
 			t.Errorf("%s: decoded", name)
 		}
+	}
+}
+
+// A subscriber of heads gets the heads of each event packet; a packet that
+// does not read as an event is dropped and counted.
+func TestSubscribeEventHeads(t *testing.T) {
+	url := bustest.StartServer(t)
+	c := connect(t, url)
+	defer c.Close()
+	got := make(chan []bus.EventHead, 2)
+	if _, err := c.SubscribeEventHeads(context.Background(), 1, func(_ context.Context, heads []bus.EventHead) error {
+		got <- heads
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if err := nc.Publish(bus.SubjectJobEvent, []byte("not a packet")); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	a, b := job(1), job(2)
+	b.State, b.Attempt = cortexv1.JobState_JOB_STATE_PENDING, 2
+	if err := c.PublishJobEventsNow([]*cortexv1.Job{a, b}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case heads := <-got:
+		if want := []bus.EventHead{bus.HeadOf(a), bus.HeadOf(b)}; !slices.Equal(heads, want) {
+			t.Fatalf("heads %+v, want %+v", heads, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no heads")
+	}
+	if n := c.Dropped(); n != 1 {
+		t.Errorf("dropped %d packets, want 1", n)
 	}
 }

@@ -240,39 +240,36 @@ func (pl *placement) release(jobID string, attempt uint32) (string, bool) {
 }
 
 // ended reports whether a job event means that attempt of the job is over.
-func ended(j *cortexv1.Job, attempt uint32) bool {
-	st := store.StateOf(j.GetState())
+func ended(j bus.EventHead, attempt uint32) bool {
+	st := store.StateOf(j.State)
 	switch {
 	case st.Terminal():
 		return true
 	case st == store.Pending || st == store.AwaitingApproval:
-		return j.GetAttempt() > attempt
+		return j.Attempt > attempt
 	}
 	return false
 }
 
 // onJobEvent frees the slots of attempts that ended and places what waits
-// in their pools.
-func (s *Scheduler) onJobEvent(ctx context.Context, p *cortexv1.BusPacket, _ string) error {
-	jobs := bus.EventJobs(p)
-	if len(jobs) == 0 {
-		return bus.WrongPayload(p, "a job event")
-	}
-	for _, j := range jobs {
+// in their pools. It reads only the events' heads: the rest of a record
+// is not its business.
+func (s *Scheduler) onJobEvent(ctx context.Context, heads []bus.EventHead) error {
+	for _, j := range heads {
 		s.noteEnded(ctx, j)
 	}
 	return nil
 }
 
 // noteEnded frees the slot of j's released attempt if j says it ended.
-func (s *Scheduler) noteEnded(ctx context.Context, j *cortexv1.Job) {
+func (s *Scheduler) noteEnded(ctx context.Context, j bus.EventHead) {
 	s.place.mu.Lock()
-	f, ok := s.place.flights[j.GetJobId()]
+	f, ok := s.place.flights[j.JobID]
 	s.place.mu.Unlock()
 	if !ok || !ended(j, f.attempt) {
 		return
 	}
-	if pool, ok := s.place.release(j.GetJobId(), f.attempt); ok {
+	if pool, ok := s.place.release(j.JobID, f.attempt); ok {
 		s.kick(ctx, pool)
 	}
 }

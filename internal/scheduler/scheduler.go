@@ -185,7 +185,7 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if err := registry.AskBeats(s.conn); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobEvent, "", s.opts.concurrency, s.onJobEvent); err != nil {
+	if _, err := s.conn.SubscribeEventHeads(hctx, s.opts.concurrency, s.onJobEvent); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobResult, bus.QueueScheduler, s.opts.concurrency, s.onResult); err != nil {
@@ -491,7 +491,7 @@ func (s *Scheduler) recorded(ctx context.Context, traceID, id string, c store.Ch
 		}
 		// A change of our own that ends a placed attempt frees its slot
 		// now rather than when its event comes back.
-		s.noteEnded(ctx, pj)
+		s.noteEnded(ctx, bus.HeadOf(pj))
 		return j
 	case errors.Is(err, store.ErrConflict), errors.Is(err, store.ErrNotFound):
 		s.log.Info("transition refused", "trace_id", traceID, "job_id", id, "to", string(c.To), "err", err)

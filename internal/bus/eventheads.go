@@ -1,0 +1,176 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"unicode/utf8"
+
+	"google.golang.org/protobuf/encoding/protowire"
+
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
+)
+
+// EventHead is what a job event says of one job's attempt: its id, state
+// and attempt. A subscriber that needs no more (a scheduler freeing the
+// slots of attempts that ended) reads heads (SubscribeEventHeads) instead of
+// decoding each record whole, which costs several times as much: a record
+// carries labels, timestamps, its verdict and its attempt history.
+type EventHead struct {
+	JobID   string
+	State   cortexv1.JobState
+	Attempt uint32
+}
+
+// HeadOf is the head of job j.
+func HeadOf(j *cortexv1.Job) EventHead {
+	return EventHead{JobID: j.GetJobId(), State: j.GetState(), Attempt: j.GetAttempt()}
+}
+
+// Field numbers DecodeEventHeads reads (proto/cortex/v1/bus.proto, job.proto).
+const (
+	packetVersionField  = 4
+	packetPayloadFirst  = 10 // the oneof payload's numbers: 10-27
+	packetPayloadLast   = 27
+	packetJobEventField = 15
+	eventJobField       = 1
+	eventJobsField      = 2
+	jobIDField          = 1
+	jobStateField       = 3
+	jobTenantField      = 4
+	jobAttemptField     = 9
+)
+
+// DecodeEventHeads reads the heads of a SubjectJobEvent packet, in the
+// order EventJobs gives its jobs, and skips every other field. It refuses
+// (with ErrMalformed) what Decode refuses of a job event: a packet over
+// MaxPacketSize, of another protocol version or payload, broken wire data,
+// a job without an id or a tenant, or an id that is not UTF-8.
+func DecodeEventHeads(data []byte) ([]EventHead, error) {
+	heads, err := eventHeads(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+	}
+	return heads, nil
+}
+
+func eventHeads(data []byte) ([]EventHead, error) {
+	if len(data) > MaxPacketSize {
+		return nil, fmt.Errorf("%d bytes is over the %d byte limit", len(data), MaxPacketSize)
+	}
+	var version uint64
+	var event []byte
+	isEvent := false
+	err := eachField(data, func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error {
+		switch {
+		case num == packetVersionField && typ == protowire.VarintType:
+			version = v
+		case num == packetJobEventField && typ == protowire.BytesType:
+			// A repeated message field merges; events carry it once.
+			event, isEvent = b, true
+		case num >= packetPayloadFirst && num <= packetPayloadLast:
+			isEvent = false // the last payload of a oneof wins
+		}
+		return nil
+	})
+	switch {
+	case err != nil:
+		return nil, err
+	case uint32(version) != ProtocolVersion: // a uint32 field, as Decode reads it
+		return nil, fmt.Errorf("protocol version %d, want %d", version, ProtocolVersion)
+	case !isEvent:
+		return nil, errors.New("not a job event")
+	}
+	var single *EventHead
+	var heads []EventHead
+	err = eachField(event, func(num protowire.Number, typ protowire.Type, _ uint64, b []byte) error {
+		if typ != protowire.BytesType || (num != eventJobField && num != eventJobsField) {
+			return nil
+		}
+		h, err := jobHead(b)
+		if err != nil {
+			return err
+		}
+		if num == eventJobField {
+			single = &h
+		} else {
+			heads = append(heads, h)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if single != nil {
+		heads = append([]EventHead{*single}, heads...)
+	}
+	if len(heads) == 0 {
+		return nil, errors.New("job event without a job")
+	}
+	return heads, nil
+}
+
+// jobHead reads a Job's head, and checks it has an id and a tenant.
+func jobHead(b []byte) (EventHead, error) {
+	var h EventHead
+	tenant := false
+	err := eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, s []byte) error {
+		switch {
+		case num == jobIDField && typ == protowire.BytesType:
+			if !utf8.Valid(s) {
+				return errors.New("job id is not UTF-8")
+			}
+			h.JobID = string(s)
+		case num == jobTenantField && typ == protowire.BytesType:
+			tenant = len(s) > 0
+		case num == jobStateField && typ == protowire.VarintType:
+			h.State = cortexv1.JobState(int32(v))
+		case num == jobAttemptField && typ == protowire.VarintType:
+			h.Attempt = uint32(v)
+		}
+		return nil
+	})
+	if err == nil && (h.JobID == "" || !tenant) {
+		err = errors.New("job event without a job id or tenant")
+	}
+	return h, err
+}
+
+// eachField calls f with each field of the message in b: its number, its
+// wire type, and its value (v for a varint, b for a length-delimited one).
+func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v uint64, b []byte) error) error {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		var v uint64
+		var val []byte
+		switch typ {
+		case protowire.VarintType:
+			v, n = protowire.ConsumeVarint(b)
+		case protowire.BytesType:
+			val, n = protowire.ConsumeBytes(b)
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, b)
+		}
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		b = b[n:]
+		if err := f(num, typ, v, val); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// SubscribeEventHeads is Subscribe on SubjectJobEvent for a handler that
+// needs only the heads of the events (DecodeEventHeads); packets it cannot
+// read are dropped and counted as Subscribe drops them.
+func (c *Conn) SubscribeEventHeads(ctx context.Context, concurrency int, h func(ctx context.Context, heads []EventHead) error) (*Subscription, error) {
+	return subscribe(c, ctx, SubjectJobEvent, "", concurrency, DecodeEventHeads, func(ctx context.Context, heads []EventHead, _ string) error {
+		return h(ctx, heads)
+	})
+}
