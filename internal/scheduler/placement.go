@@ -53,7 +53,11 @@ type waiting struct {
 	traceID string
 	req     *cortexv1.JobRequest
 	verdict *store.Verdict
-	seq     uint64
+	// priority is the request's, and seq its arrival, for the queue's
+	// order (held here: a heap compares often, and the request is further
+	// away in memory).
+	priority int32
+	seq      uint64
 }
 
 // queue is a pool's waiting jobs: higher priority first, then by arrival.
@@ -61,7 +65,7 @@ type queue []*waiting
 
 func (q queue) Len() int { return len(q) }
 func (q queue) Less(i, j int) bool {
-	if pi, pj := q[i].req.GetPriority(), q[j].req.GetPriority(); pi != pj {
+	if pi, pj := q[i].priority, q[j].priority; pi != pj {
 		return pi > pj
 	}
 	return q[i].seq < q[j].seq
@@ -137,7 +141,7 @@ func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 		return live
 	}
 	pl.seq++
-	w.seq = pl.seq
+	w.seq, w.priority = pl.seq, w.req.GetPriority()
 	pl.queued[id] = w.req.GetAttempt()
 	heap.Push(pl.queueLocked(pool), w)
 	return live
