@@ -11,20 +11,50 @@ import (
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
-// EventHead is what a job event says of one job's attempt: its id, state
-// and attempt. A subscriber that needs no more (a scheduler freeing the
-// slots of attempts that ended) reads heads (SubscribeEventHeads) instead of
-// decoding each record whole, which costs several times as much: a record
-// carries labels, timestamps, its verdict and its attempt history.
+// EventHead is what a job event says of one job's change in brief: the
+// job, its tenant, the state and attempt it is in, and the record's
+// version. Decoding a record whole costs several times as much (it carries
+// labels, timestamps, its verdict and its attempt history), so a
+// subscriber reads the heads first (SubscribeJobEvents): a scheduler needs
+// no more, a gateway decodes the records only of packets that one of its
+// watchers wants.
 type EventHead struct {
-	JobID   string
-	State   cortexv1.JobState
-	Attempt uint32
+	JobID    string
+	TenantID string
+	State    cortexv1.JobState
+	Attempt  uint32
+	Version  uint64
 }
 
 // HeadOf is the head of job j.
 func HeadOf(j *cortexv1.Job) EventHead {
-	return EventHead{JobID: j.GetJobId(), State: j.GetState(), Attempt: j.GetAttempt()}
+	return EventHead{JobID: j.GetJobId(), TenantID: j.GetTenantId(), State: j.GetState(), Attempt: j.GetAttempt(), Version: j.GetVersion()}
+}
+
+// EventPacket is a job event packet read as far as its heads.
+type EventPacket struct {
+	// Heads are the heads of the packet's jobs, in the order of EventJobs.
+	Heads []EventHead
+	data  []byte
+}
+
+// Jobs decodes the packet's records: Jobs()[i] is the job of Heads[i].
+func (e *EventPacket) Jobs() ([]*cortexv1.Job, error) {
+	p, err := Decode(e.data)
+	if err != nil {
+		return nil, err
+	}
+	return EventJobs(p), nil
+}
+
+// DecodeEventPacket reads the heads of a job event packet (DecodeEventHeads)
+// and keeps the packet for Jobs.
+func DecodeEventPacket(data []byte) (*EventPacket, error) {
+	heads, err := DecodeEventHeads(data)
+	if err != nil {
+		return nil, err
+	}
+	return &EventPacket{Heads: heads, data: data}, nil
 }
 
 // Field numbers DecodeEventHeads reads (proto/cortex/v1/bus.proto, job.proto).
@@ -39,13 +69,14 @@ const (
 	jobStateField       = 3
 	jobTenantField      = 4
 	jobAttemptField     = 9
+	jobVersionField     = 20
 )
 
 // DecodeEventHeads reads the heads of a SubjectJobEvent packet, in the
 // order EventJobs gives its jobs, and skips every other field. It refuses
 // (with ErrMalformed) what Decode refuses of a job event: a packet over
 // MaxPacketSize, of another protocol version or payload, broken wire data,
-// a job without an id or a tenant, or an id that is not UTF-8.
+// a job without an id or a tenant, or one of those not UTF-8.
 func DecodeEventHeads(data []byte) ([]EventHead, error) {
 	heads, err := eventHeads(data)
 	if err != nil {
@@ -113,7 +144,6 @@ func eventHeads(data []byte) ([]EventHead, error) {
 // jobHead reads a Job's head, and checks it has an id and a tenant.
 func jobHead(b []byte) (EventHead, error) {
 	var h EventHead
-	tenant := false
 	err := eachField(b, func(num protowire.Number, typ protowire.Type, v uint64, s []byte) error {
 		switch {
 		case num == jobIDField && typ == protowire.BytesType:
@@ -122,15 +152,20 @@ func jobHead(b []byte) (EventHead, error) {
 			}
 			h.JobID = string(s)
 		case num == jobTenantField && typ == protowire.BytesType:
-			tenant = len(s) > 0
+			if !utf8.Valid(s) {
+				return errors.New("tenant id is not UTF-8")
+			}
+			h.TenantID = string(s)
 		case num == jobStateField && typ == protowire.VarintType:
 			h.State = cortexv1.JobState(int32(v))
 		case num == jobAttemptField && typ == protowire.VarintType:
 			h.Attempt = uint32(v)
+		case num == jobVersionField && typ == protowire.VarintType:
+			h.Version = v
 		}
 		return nil
 	})
-	if err == nil && (h.JobID == "" || !tenant) {
+	if err == nil && (h.JobID == "" || h.TenantID == "") {
 		err = errors.New("job event without a job id or tenant")
 	}
 	return h, err
@@ -166,11 +201,11 @@ func eachField(b []byte, f func(num protowire.Number, typ protowire.Type, v uint
 	return nil
 }
 
-// SubscribeEventHeads is Subscribe on SubjectJobEvent for a handler that
-// needs only the heads of the events (DecodeEventHeads); packets it cannot
-// read are dropped and counted as Subscribe drops them.
-func (c *Conn) SubscribeEventHeads(ctx context.Context, concurrency int, h func(ctx context.Context, heads []EventHead) error) (*Subscription, error) {
-	return subscribe(c, ctx, SubjectJobEvent, "", concurrency, DecodeEventHeads, func(ctx context.Context, heads []EventHead, _ string) error {
-		return h(ctx, heads)
+// SubscribeJobEvents is Subscribe on SubjectJobEvent for a handler that
+// reads the heads of each packet first (DecodeEventPacket); packets whose
+// heads cannot be read are dropped and counted as Subscribe drops them.
+func (c *Conn) SubscribeJobEvents(ctx context.Context, concurrency int, h func(ctx context.Context, ev *EventPacket) error) (*Subscription, error) {
+	return subscribe(c, ctx, SubjectJobEvent, "", concurrency, DecodeEventPacket, func(ctx context.Context, ev *EventPacket, _ string) error {
+		return h(ctx, ev)
 	})
 }

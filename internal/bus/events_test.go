@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
@@ -156,15 +157,16 @@ func TestJobEventWithoutJobsIsMalformed(t *testing.T) {
 	}
 }
 
-// A subscriber of heads gets the heads of each event packet; a packet that
-// does not read as an event is dropped and counted.
-func TestSubscribeEventHeads(t *testing.T) {
+// A subscriber of job events gets the heads of each packet, and its jobs
+// on asking; a packet that does not read as an event is dropped and
+// counted.
+func TestSubscribeJobEvents(t *testing.T) {
 	url := bustest.StartServer(t)
 	c := connect(t, url)
 	defer c.Close()
-	got := make(chan []bus.EventHead, 2)
-	if _, err := c.SubscribeEventHeads(context.Background(), 1, func(_ context.Context, heads []bus.EventHead) error {
-		got <- heads
+	got := make(chan *bus.EventPacket, 2)
+	if _, err := c.SubscribeJobEvents(context.Background(), 1, func(_ context.Context, ev *bus.EventPacket) error {
+		got <- ev
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -184,17 +186,21 @@ func TestSubscribeEventHeads(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, b := job(1), job(2)
-	b.State, b.Attempt = cortexv1.JobState_JOB_STATE_PENDING, 2
+	b.State, b.Attempt, b.Version = cortexv1.JobState_JOB_STATE_COMPLETED, 2, 7
 	if err := c.PublishJobEventsNow([]*cortexv1.Job{a, b}); err != nil {
 		t.Fatal(err)
 	}
 	select {
-	case heads := <-got:
-		if want := []bus.EventHead{bus.HeadOf(a), bus.HeadOf(b)}; !slices.Equal(heads, want) {
-			t.Fatalf("heads %+v, want %+v", heads, want)
+	case ev := <-got:
+		if want := []bus.EventHead{bus.HeadOf(a), bus.HeadOf(b)}; !slices.Equal(ev.Heads, want) {
+			t.Fatalf("heads %+v, want %+v", ev.Heads, want)
+		}
+		jobs, err := ev.Jobs()
+		if err != nil || len(jobs) != 2 || !proto.Equal(jobs[0], a) || !proto.Equal(jobs[1], b) {
+			t.Fatalf("jobs %v, %v; want %v and %v", jobs, err, a, b)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("no heads")
+		t.Fatal("no event")
 	}
 	if n := c.Dropped(); n != 1 {
 		t.Errorf("dropped %d packets, want 1", n)

@@ -35,6 +35,9 @@ func (nullBus) PublishDurables(_ context.Context, ds []bus.Durable) []error {
 func (nullBus) Subscribe(context.Context, string, string, int, bus.Handler) (*bus.Subscription, error) {
 	return nil, nil
 }
+func (nullBus) SubscribeJobEvents(context.Context, int, func(context.Context, *bus.EventPacket) error) (*bus.Subscription, error) {
+	return nil, nil
+}
 func (nullBus) Request(context.Context, string, *cortexv1.BusPacket) (*cortexv1.BusPacket, error) {
 	return nil, errors.New("no kernel")
 }

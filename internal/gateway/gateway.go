@@ -57,6 +57,7 @@ type Bus interface {
 	PublishJobEventsNow(jobs []*cortexv1.Job) error
 	OnReconnect(fn func())
 	Subscribe(ctx context.Context, subject, queue string, concurrency int, h bus.Handler) (*bus.Subscription, error)
+	SubscribeJobEvents(ctx context.Context, concurrency int, h func(context.Context, *bus.EventPacket) error) (*bus.Subscription, error)
 	Request(ctx context.Context, subject string, p *cortexv1.BusPacket) (*cortexv1.BusPacket, error)
 	Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error)
 }
@@ -156,7 +157,7 @@ func New(st Store, b Bus, opts Options, log *slog.Logger) (*Gateway, error) {
 // job watchers still see every change by reading the store, only later.
 func (g *Gateway) Start(ctx context.Context) error {
 	// One handler at a time keeps events in the order they arrive.
-	if _, err := g.bus.Subscribe(ctx, bus.SubjectJobEvent, "", 1, g.onEvent); err != nil {
+	if _, err := g.bus.SubscribeJobEvents(ctx, 1, g.onEvent); err != nil {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	if _, err := g.bus.Subscribe(ctx, bus.SubjectSafetyDecision, "", 1, g.onDecision); err != nil {

@@ -916,6 +916,12 @@ func TestStreamEventsKeepEachJobsOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A stream of PENDING events orders them by the versions of every
+	// change all the same: j-1's late PENDING is older than its DISPATCHED.
+	pending, err := f.client(t, "key-acme-1234").StreamEvents(ctx, &cortexv1.StreamEventsRequest{States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	event := func(id string, state cortexv1.JobState, version uint64) {
 		t.Helper()
 		j := &cortexv1.Job{JobId: id, TenantId: "acme", Topic: "job.echo", State: state, Attempt: 1, Version: version}
@@ -941,6 +947,13 @@ func TestStreamEventsKeepEachJobsOrder(t *testing.T) {
 	want := []string{"j-1 JOB_STATE_DISPATCHED", "j-1 JOB_STATE_COMPLETED", "j-2 JOB_STATE_PENDING"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("stream delivered %v, want %v", got, want)
+	}
+	msg, err := pending.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := fmt.Sprintf("%s %s", msg.GetJob().GetJobId(), msg.GetJob().GetState()), "j-2 JOB_STATE_PENDING"; got != want {
+		t.Fatalf("the PENDING stream delivered %q first, want %q", got, want)
 	}
 }
 

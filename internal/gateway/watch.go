@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,7 +26,10 @@ const (
 // watcher is one open stream's subscription to events of type T.
 type watcher[T any] struct {
 	// tenant is the tenant whose events are wanted; "" wants every tenant's.
-	tenant  string
+	tenant string
+	// head, for a watcher of job events, is what the head of a change must
+	// pass before its record is decoded and asked of match (nil: any).
+	head    func(bus.EventHead) bool
 	match   func(T) bool
 	ch      chan T
 	dropped atomic.Uint64
@@ -70,24 +74,53 @@ func (h *hub[T]) publish(tenant string, v T) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for w := range h.watchers {
-		if w.tenant != "" && w.tenant != tenant || !w.match(v) {
-			continue
-		}
-		select {
-		case w.ch <- v:
-		default:
-			w.dropped.Add(1)
+		if (w.tenant == "" || w.tenant == tenant) && w.match(v) {
+			w.send(v)
 		}
 	}
 }
 
-func (g *Gateway) onEvent(_ context.Context, p *cortexv1.BusPacket, _ string) error {
-	jobs := bus.EventJobs(p)
-	if len(jobs) == 0 {
-		return bus.WrongPayload(p, "a job event")
+// send hands v to w, or counts it lost when w is full.
+func (w *watcher[T]) send(v T) {
+	select {
+	case w.ch <- v:
+	default:
+		w.dropped.Add(1)
 	}
-	for _, j := range jobs {
-		g.jobs.publish(j.GetTenantId(), j)
+}
+
+// onEvent hands each change of a job event packet to the watchers that
+// want it. Their head filters are asked first, of the packet's heads; its
+// records are decoded only when some watcher wants one of them (a stream
+// of COMPLETED events need not decode the packets of DISPATCHED ones).
+// Each watcher gets its changes in the packet's order.
+func (g *Gateway) onEvent(_ context.Context, ev *bus.EventPacket) error {
+	h := g.jobs
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	type pick struct {
+		w *watcher[*cortexv1.Job]
+		i int
+	}
+	var picks []pick
+	for w := range h.watchers {
+		for i, hd := range ev.Heads {
+			if (w.tenant == "" || w.tenant == hd.TenantID) && (w.head == nil || w.head(hd)) {
+				picks = append(picks, pick{w, i})
+			}
+		}
+	}
+	if len(picks) == 0 {
+		return nil
+	}
+	jobs, err := ev.Jobs()
+	if err != nil {
+		return err
+	}
+	for _, p := range picks {
+		if j := jobs[p.i]; p.w.match(j) {
+			p.w.send(j)
+		}
 	}
 	return nil
 }
@@ -142,7 +175,8 @@ func (g *Gateway) WatchJob(ctx context.Context, req *cortexv1.WatchJobRequest, s
 // for none: see followOutput) go to onOutput as they come. Nothing is sent
 // for a job the caller does not own.
 func (g *Gateway) watchJob(ctx context.Context, id string, pieces <-chan *cortexv1.JobOutput, onOutput func(*cortexv1.JobOutput) error, onJob func(*cortexv1.Job) error) error {
-	w := &watcher[*cortexv1.Job]{tenant: tenantFrom(ctx), match: func(j *cortexv1.Job) bool { return j.GetJobId() == id }, ch: make(chan *cortexv1.Job, 16)}
+	w := &watcher[*cortexv1.Job]{tenant: tenantFrom(ctx), head: func(h bus.EventHead) bool { return h.JobID == id },
+		match: func(*cortexv1.Job) bool { return true }, ch: make(chan *cortexv1.Job, 16)}
 	// Listen before reading, so no change falls between the two.
 	defer g.jobs.add(w)()
 	j, err := g.ownJob(ctx, id)
@@ -222,8 +256,11 @@ func (g *Gateway) StreamEvents(ctx context.Context, req *cortexv1.StreamEventsRe
 	order := &newest{seen: map[string]uint64{}}
 	w := &watcher[*cortexv1.Job]{
 		tenant: tenantFrom(ctx),
+		head: func(h bus.EventHead) bool {
+			return order.pass(h) && (len(q.States) == 0 || slices.Contains(q.States, store.StateOf(h.State)))
+		},
 		match: func(j *cortexv1.Job) bool {
-			return order.pass(j) && q.Matches(&store.Job{State: store.StateOf(j.GetState()), Topic: j.GetTopic(), Labels: j.GetLabels()})
+			return q.Matches(&store.Job{State: store.StateOf(j.GetState()), Topic: j.GetTopic(), Labels: j.GetLabels()})
 		},
 		ch: make(chan *cortexv1.Job, watcherBuffer),
 	}
@@ -286,20 +323,20 @@ type newest struct {
 // maxOrdered bounds the jobs a stream remembers the version of.
 const maxOrdered = 1 << 16
 
-func (n *newest) pass(j *cortexv1.Job) bool {
-	v := j.GetVersion()
+func (n *newest) pass(j bus.EventHead) bool {
+	v := j.Version
 	if v == 0 {
 		return true // no version to order by
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if last, ok := n.seen[j.GetJobId()]; ok && v <= last {
+	if last, ok := n.seen[j.JobID]; ok && v <= last {
 		return false
 	}
 	if len(n.seen) >= maxOrdered {
 		clear(n.seen)
 	}
-	n.seen[j.GetJobId()] = v
+	n.seen[j.JobID] = v
 	return true
 }
 

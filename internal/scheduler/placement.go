@@ -258,8 +258,8 @@ func ended(j bus.EventHead, attempt uint32) bool {
 // onJobEvent frees the slots of attempts that ended and places what waits
 // in their pools. It reads only the events' heads: the rest of a record
 // is not its business.
-func (s *Scheduler) onJobEvent(ctx context.Context, heads []bus.EventHead) error {
-	for _, j := range heads {
+func (s *Scheduler) onJobEvent(ctx context.Context, ev *bus.EventPacket) error {
+	for _, j := range ev.Heads {
 		s.noteEnded(ctx, j)
 	}
 	return nil

@@ -185,7 +185,7 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if err := registry.AskBeats(s.conn); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
-	if _, err := s.conn.SubscribeEventHeads(hctx, s.opts.concurrency, s.onJobEvent); err != nil {
+	if _, err := s.conn.SubscribeJobEvents(hctx, s.opts.concurrency, s.onJobEvent); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
 	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobResult, bus.QueueScheduler, s.opts.concurrency, s.onResult); err != nil {
