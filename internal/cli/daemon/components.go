@@ -338,8 +338,8 @@ func MaxParallelOf(pool string) int {
 }
 
 // PoolHandlers are the built-in plugins of a pool, each bounded by
-// handlerLimit (the worker adds panic recovery and metrics to every
-// handler). about says what the pool's plugins need said when a worker
+// handlerLimit but job.echo, which waits on nothing (the worker adds panic
+// recovery and metrics to every handler). about says what the pool's plugins need said when a worker
 // starts ("" when nothing): for code-python, what Python jobs are isolated
 // from here.
 func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handler, about string, err error) {
@@ -371,7 +371,11 @@ func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handl
 			pool, python.Pool, python.Topic, PoolLLM, llm.Topic)
 	}
 	for topic, h := range handlers {
-		handlers[topic] = middleware.Timeout(handlerLimit)(h)
+		// job.echo returns at once, waiting on nothing: bounding it would
+		// only cost each job a timer and a context.
+		if topic != echo.Topic {
+			handlers[topic] = middleware.Timeout(handlerLimit)(h)
+		}
 	}
 	return handlers, about, nil
 }
