@@ -339,9 +339,9 @@ func MaxParallelOf(pool string) int {
 
 // PoolHandlers are the built-in plugins of a pool, each bounded by
 // handlerLimit but job.echo, which waits on nothing (the worker adds panic
-// recovery and metrics to every handler). about says what the pool's plugins need said when a worker
-// starts ("" when nothing): for code-python, what Python jobs are isolated
-// from here.
+// recovery and metrics to every handler). about says what the pool's
+// plugins need said when a worker starts ("" when nothing): for
+// code-python, what Python jobs are isolated from here.
 func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handler, about string, err error) {
 	switch pool {
 	case "echo":
