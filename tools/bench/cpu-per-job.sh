@@ -10,6 +10,7 @@
 #   bash tools/bench/cpu-per-job.sh                         # -n 20000 -c 4 --batch 200
 #   bash tools/bench/cpu-per-job.sh -n 10000 -c 2 --batch 10 --rate 1000
 #   PROFILE=/tmp/prof bash tools/bench/cpu-per-job.sh       # also a CPU profile per daemon, in that directory
+#   WORKER_MAX_PARALLEL=1024 bash tools/bench/cpu-per-job.sh # the worker's slots (default: the daemon's 64)
 #
 # Linux only (it reads /proc); needs redis-server and redis-cli on PATH. It
 # builds cortexctl and nats-server, uses free ports on 127.0.0.1 and removes
@@ -73,7 +74,7 @@ start() {
 }
 start safety safety --metrics-listen ""
 start scheduler scheduler --metrics-listen ""
-start worker worker --pool echo --metrics-listen ""
+start worker worker --pool echo --metrics-listen "" ${WORKER_MAX_PARALLEL:+--max-parallel "$WORKER_MAX_PARALLEL"}
 start gateway gateway --listen "127.0.0.1:$gateway_port"
 for _ in $(seq 100); do
 	curl -fsS "http://127.0.0.1:$gateway_port/readyz" >/dev/null 2>&1 && break

@@ -400,9 +400,6 @@ comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 			if wo.Pool == PoolLLM && len(wo.Capabilities) == 0 {
 				wo.Capabilities = llmFlags.Capabilities()
 			}
-			if wo.MaxParallel == 0 {
-				wo.MaxParallel = MaxParallelOf(wo.Pool)
-			}
 			if err := worker.CheckOptions(wo); err != nil {
 				return &cmdutil.UsageError{Err: err}
 			}
@@ -430,7 +427,7 @@ comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 	cmd.Flags().StringVar(&wo.Pool, "pool", "echo", "the pool this worker serves: echo, code-python, or your own")
 	cmd.Flags().StringVar(&pythonPath, "python", "python3", "the Python interpreter of pool code-python: a path, or a name looked up in PATH")
 	cmd.Flags().StringVar(&wo.ID, "id", "", "worker id on the bus (default <pool>-<random>)")
-	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", 0, fmt.Sprintf("jobs run at once (default %d for pool echo, whose jobs hold nothing while they wait; %d for the others)", EchoMaxParallel, worker.DefaultMaxParallel))
+	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
 	cmd.Flags().DurationVar(&wo.HeartbeatInterval, "heartbeat", worker.DefaultHeartbeatInterval, "time between heartbeats")
 	AddLeaseFlag(cmd, &wo.Lease)
 	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9473")

@@ -320,23 +320,6 @@ var _ middleware.Recorder = (*telemetry.Metrics)(nil)
 // margin.
 const handlerLimit = sleep.MaxDuration + time.Minute
 
-// EchoMaxParallel is the default slots of a worker of the built-in echo
-// pool. Its jobs hold nothing while they wait (job.echo returns at once,
-// job.sleep waits on a timer), so a slot is held by a job's way around,
-// from its dispatch to its recorded result, rather than by work; with the
-// 64 of other pools, a full bench (-n 20000 -c 4 --batch 200, one worker,
-// redis-server) ran at ~6,400 jobs/s with CPU to spare, with 1024 at
-// ~9,600 (and a third less scheduler CPU per job: fuller batches).
-const EchoMaxParallel = 1024
-
-// MaxParallelOf is the default slots of a worker of pool.
-func MaxParallelOf(pool string) int {
-	if pool == "echo" {
-		return EchoMaxParallel
-	}
-	return worker.DefaultMaxParallel
-}
-
 // PoolHandlers are the built-in plugins of a pool, each bounded by
 // handlerLimit but job.echo, which waits on nothing (the worker adds panic
 // recovery and metrics to every handler). about says what the pool's

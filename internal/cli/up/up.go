@@ -35,6 +35,17 @@ type Options struct {
 	LLM daemon.LLMFlags
 }
 
+// echoParallel is the built-in echo worker's default slots. The echo
+// handler returns at once, so a slot is held by the job's way around
+// (its dispatch, its start and its recorded result) rather than by work:
+// with the daemon's 64, a full bench (-n 20000 -c 4 --batch 200 against a
+// redis-server) held it near 8,000 jobs/s with CPU to spare; 1024
+// reached ~10,000. A worker daemon keeps 64 (--max-parallel): two workers
+// with many slots each, neither ever full, do not share a burst of such
+// jobs evenly (a 10k bench split from 35/65 to 61/39 at 1024 slots, 49/51
+// to 52/48 at 64), and up runs one echo worker.
+const echoParallel = 1024
+
 // NewCmdUp returns the up command.
 func NewCmdUp() *cobra.Command {
 	o := &Options{}
@@ -86,7 +97,7 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory); one up at a time, and jobs outlive up only with --redis-url too")
 	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
-	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", daemon.EchoMaxParallel, "jobs the built-in echo worker runs at once")
+	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", echoParallel, "jobs the built-in echo worker runs at once")
 	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
 	daemon.AddRouteFlags(cmd, &o.Routes)
 	daemon.AddModelsFlag(cmd, &o.Cluster.Models)
