@@ -193,9 +193,13 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		if pool == daemon.PoolLLM {
 			capabilities = opts.LLM.Capabilities()
 		}
+		maxParallel := 0 // the worker's default, for the pools that do real work
+		if pool == "echo" {
+			maxParallel = opts.WorkerParallel
+		}
 		w, err := daemon.StartWorker(runCtx, natsEP, ownStore(), worker.Options{
 			Pool:         pool,
-			MaxParallel:  opts.WorkerParallel,
+			MaxParallel:  maxParallel,
 			Handlers:     handlers,
 			Lease:        opts.Lease,
 			Metrics:      c.Metrics,
