@@ -38,13 +38,24 @@ type EventPacket struct {
 	data  []byte
 }
 
-// Jobs decodes the packet's records: Jobs()[i] is the job of Heads[i].
+// Jobs decodes the packet's records: Jobs()[i] is the job of Heads[i]. A
+// packet whose records do not say what its heads say is refused
+// (ErrMalformed), so that nothing is handed on by a head it does not have.
 func (e *EventPacket) Jobs() ([]*cortexv1.Job, error) {
 	p, err := Decode(e.data)
 	if err != nil {
 		return nil, err
 	}
-	return EventJobs(p), nil
+	jobs := EventJobs(p)
+	if len(jobs) != len(e.Heads) {
+		return nil, fmt.Errorf("%w: %d job records for %d heads", ErrMalformed, len(jobs), len(e.Heads))
+	}
+	for i, j := range jobs {
+		if HeadOf(j) != e.Heads[i] {
+			return nil, fmt.Errorf("%w: job record %d is not the job its head names", ErrMalformed, i)
+		}
+	}
+	return jobs, nil
 }
 
 // DecodeEventPacket reads the heads of a job event packet (DecodeEventHeads)
@@ -74,9 +85,14 @@ const (
 
 // DecodeEventHeads reads the heads of a SubjectJobEvent packet, in the
 // order EventJobs gives its jobs, and skips every other field. It refuses
-// (with ErrMalformed) what Decode refuses of a job event: a packet over
-// MaxPacketSize, of another protocol version or payload, broken wire data,
-// a job without an id or a tenant, or one of those not UTF-8.
+// (with ErrMalformed) what Decode refuses of a job event's framing and
+// heads: a packet over MaxPacketSize, of another protocol version or
+// payload, broken wire framing of the packet, its event or a job, a job
+// without an id or a tenant, or one of those not UTF-8. It does not look
+// inside the fields it skips (a label, a timestamp, the verdict), which
+// Decode checks too: EventPacket.Jobs does. It also refuses an event, or
+// an event's single job, sent in more than one piece, which protobuf would
+// merge and no publisher sends.
 func DecodeEventHeads(data []byte) ([]EventHead, error) {
 	heads, err := eventHeads(data)
 	if err != nil {
@@ -97,9 +113,14 @@ func eventHeads(data []byte) ([]EventHead, error) {
 		case num == packetVersionField && typ == protowire.VarintType:
 			version = v
 		case num == packetJobEventField && typ == protowire.BytesType:
-			// A repeated message field merges; events carry it once.
+			// Protobuf merges a message sent in pieces; a publisher never
+			// does that, and reading heads from pieces could pair them
+			// with the wrong records.
+			if event != nil {
+				return errors.New("a job event in more than one piece")
+			}
 			event, isEvent = b, true
-		case num >= packetPayloadFirst && num <= packetPayloadLast:
+		case num >= packetPayloadFirst && num <= packetPayloadLast && typ == protowire.BytesType:
 			isEvent = false // the last payload of a oneof wins
 		}
 		return nil
@@ -123,6 +144,9 @@ func eventHeads(data []byte) ([]EventHead, error) {
 			return err
 		}
 		if num == eventJobField {
+			if single != nil {
+				return errors.New("a job event with its job in more than one piece")
+			}
 			single = &h
 		} else {
 			heads = append(heads, h)

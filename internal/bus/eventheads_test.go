@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -66,7 +67,35 @@ func TestDecodeEventHeadsReadsWhatDecodeReads(t *testing.T) {
 	}
 }
 
-func TestDecodeEventHeadsRefusesWhatDecodeRefuses(t *testing.T) {
+// rawField is a field of a raw packet: its number and message bytes.
+type rawField struct {
+	num protowire.Number
+	msg []byte
+}
+
+// packetOf is a packet of protocol version ProtocolVersion with these
+// payload fields, in order, as they are given (not merged).
+func packetOf(fields ...rawField) []byte {
+	b := protowire.AppendTag(nil, packetVersionField, protowire.VarintType)
+	b = protowire.AppendVarint(b, uint64(ProtocolVersion))
+	for _, f := range fields {
+		b = protowire.AppendTag(b, f.num, protowire.BytesType)
+		b = protowire.AppendBytes(b, f.msg)
+	}
+	return b
+}
+
+// messageOf encodes m's fields, for the raw packets of the tests.
+func messageOf(t testing.TB, m proto.Message) []byte {
+	t.Helper()
+	b, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestDecodeEventHeadsRefuses(t *testing.T) {
 	encode := func(p *cortexv1.BusPacket) []byte {
 		b, err := Encode(p)
 		if err != nil {
@@ -84,30 +113,42 @@ func TestDecodeEventHeadsRefusesWhatDecodeRefuses(t *testing.T) {
 	badID = protowire.AppendString(badID, "\xff\xfe")
 	badID = protowire.AppendTag(badID, 4, protowire.BytesType)
 	badID = protowire.AppendString(badID, "t")
-	badEvent := protowire.AppendTag(nil, 1, protowire.BytesType)
-	badEvent = protowire.AppendBytes(badEvent, badID)
-	badPacket := protowire.AppendTag(nil, 4, protowire.VarintType)
-	badPacket = protowire.AppendVarint(badPacket, uint64(ProtocolVersion))
-	badPacket = protowire.AppendTag(badPacket, 15, protowire.BytesType)
-	badPacket = protowire.AppendBytes(badPacket, badEvent)
+	eventOf := func(jobs ...*cortexv1.Job) []byte { return messageOf(t, &cortexv1.JobEvent{Jobs: jobs}) }
+	mine, theirs := &cortexv1.Job{JobId: "mine", TenantId: "acme"}, &cortexv1.Job{JobId: "theirs", TenantId: "globex"}
+	jobOf := func(j *cortexv1.Job) []byte {
+		b := protowire.AppendTag(nil, eventJobField, protowire.BytesType)
+		return protowire.AppendBytes(b, messageOf(t, j))
+	}
 
-	for name, data := range map[string][]byte{
-		"empty":                 nil,
-		"cut short":             good[:len(good)-3],
-		"over the size limit":   append(slices.Clone(good), make([]byte, MaxPacketSize)...),
-		"another version":       encode(oldVersion),
-		"a heartbeat":           encode(&cortexv1.BusPacket{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "w", Pool: "p"}}}),
-		"an event, then a beat": thenBeat,
-		"an event of no job":    encode(eventPacket(&cortexv1.JobEvent{})),
-		"a job without an id":   encode(eventPacket(&cortexv1.JobEvent{Jobs: []*cortexv1.Job{{TenantId: "t"}}})),
-		"a job without tenant":  encode(eventPacket(&cortexv1.JobEvent{Jobs: []*cortexv1.Job{fullJob("j", 0, 1), {JobId: "j2"}}})),
-		"an id not UTF-8":       badPacket,
+	for _, c := range []struct {
+		name string
+		data []byte
+		// decodeReads: Decode reads a job event from it all the same, by
+		// merging pieces that no publisher sends.
+		decodeReads bool
+	}{
+		{"empty", nil, false},
+		{"cut short", good[:len(good)-3], false},
+		{"over the size limit", append(slices.Clone(good), make([]byte, MaxPacketSize)...), false},
+		{"another version", encode(oldVersion), false},
+		{"a heartbeat", encode(&cortexv1.BusPacket{ProtocolVersion: ProtocolVersion, Payload: &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "w", Pool: "p"}}}), false},
+		{"an event, then a beat", thenBeat, false},
+		{"an event of no job", encode(eventPacket(&cortexv1.JobEvent{})), false},
+		{"a job without an id", encode(eventPacket(&cortexv1.JobEvent{Jobs: []*cortexv1.Job{{TenantId: "t"}}})), false},
+		{"a job without tenant", encode(eventPacket(&cortexv1.JobEvent{Jobs: []*cortexv1.Job{fullJob("j", 0, 1), {JobId: "j2"}}})), false},
+		{"an id not UTF-8", packetOf(rawField{packetJobEventField, append(protowire.AppendTag(nil, 1, protowire.BytesType), protowire.AppendBytes(nil, badID)...)}), false},
+		// Another tenant's job in the first piece, the caller's in the
+		// second: read from the last piece alone, the heads would not be
+		// those of the records.
+		{"an event in two pieces", packetOf(rawField{packetJobEventField, eventOf(theirs)}, rawField{packetJobEventField, eventOf(mine)}), true},
+		{"an event's job in two pieces", packetOf(rawField{packetJobEventField, append(jobOf(theirs), jobOf(mine)...)}), true},
 	} {
-		t.Run(name, func(t *testing.T) {
-			if p, err := Decode(data); err == nil && p.GetJobEvent() != nil {
-				t.Fatalf("Decode reads a job event from it: the case is wrong")
+		t.Run(c.name, func(t *testing.T) {
+			p, err := Decode(c.data)
+			if read := err == nil && p.GetJobEvent() != nil; read != c.decodeReads {
+				t.Fatalf("Decode reads a job event from it: %v; the case is wrong", read)
 			}
-			heads, err := DecodeEventHeads(data)
+			heads, err := DecodeEventHeads(c.data)
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("DecodeEventHeads = %+v, %v; want an error wrapping ErrMalformed", heads, err)
 			}
@@ -115,8 +156,53 @@ func TestDecodeEventHeadsRefusesWhatDecodeRefuses(t *testing.T) {
 	}
 }
 
-// FuzzDecodeEventHeads: no input makes DecodeEventHeads panic, and every
-// job event Decode accepts has the heads of the jobs Decode reads.
+// A payload field of another wire type is no payload (protobuf keeps it
+// as an unknown field): the event stands.
+func TestDecodeEventHeadsSkipsAPayloadNumberOfAnotherType(t *testing.T) {
+	j := fullJob("j", cortexv1.JobState_JOB_STATE_COMPLETED, 1)
+	data := packetOf(rawField{packetJobEventField, messageOf(t, &cortexv1.JobEvent{Job: j})})
+	data = protowire.AppendTag(data, 12, protowire.VarintType)
+	data = protowire.AppendVarint(data, 7)
+	if p, err := Decode(data); err != nil || len(EventJobs(p)) != 1 {
+		t.Fatalf("Decode = %v, %v; the case is wrong", p, err)
+	}
+	heads, err := DecodeEventHeads(data)
+	if err != nil || !slices.Equal(heads, []EventHead{HeadOf(j)}) {
+		t.Fatalf("DecodeEventHeads = %+v, %v; want the job's head", heads, err)
+	}
+}
+
+// Jobs refuses records that are not the jobs the heads name.
+func TestEventPacketJobsMustMatchTheHeads(t *testing.T) {
+	a, b := fullJob("a", cortexv1.JobState_JOB_STATE_COMPLETED, 1), fullJob("b", cortexv1.JobState_JOB_STATE_PENDING, 2)
+	data, err := Encode(eventPacket(&cortexv1.JobEvent{Jobs: []*cortexv1.Job{a, b}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev, err := DecodeEventPacket(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if jobs, err := ev.Jobs(); err != nil || len(jobs) != 2 {
+		t.Fatalf("Jobs = %v, %v", jobs, err)
+	}
+	for name, heads := range map[string][]EventHead{
+		"fewer heads":     ev.Heads[:1],
+		"another tenant":  {ev.Heads[0], {JobID: "b", TenantID: "globex", State: b.GetState(), Attempt: 2, Version: b.GetVersion()}},
+		"another version": {ev.Heads[0], {JobID: "b", TenantID: "acme", State: b.GetState(), Attempt: 2, Version: 1}},
+		"heads swapped":   {ev.Heads[1], ev.Heads[0]},
+	} {
+		wrong := &EventPacket{Heads: heads, data: data}
+		if jobs, err := wrong.Jobs(); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: Jobs = %v, %v; want an error wrapping ErrMalformed", name, jobs, err)
+		}
+	}
+}
+
+// FuzzDecodeEventHeads: no input makes DecodeEventHeads panic; heads it
+// reads are those of the jobs Decode reads, whenever both read the packet;
+// and every job event Decode reads, encoded as publishers encode it, has
+// its heads read.
 func FuzzDecodeEventHeads(f *testing.F) {
 	for _, ev := range []*cortexv1.JobEvent{
 		{Job: fullJob("j", cortexv1.JobState_JOB_STATE_COMPLETED, 1)},
@@ -128,6 +214,8 @@ func FuzzDecodeEventHeads(f *testing.F) {
 		}
 		f.Add(b)
 	}
+	two := messageOf(f, &cortexv1.JobEvent{Jobs: []*cortexv1.Job{{JobId: "b", TenantId: "t"}}})
+	f.Add(packetOf(rawField{packetJobEventField, two}, rawField{packetJobEventField, two}))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		heads, err := DecodeEventHeads(data)
@@ -142,8 +230,15 @@ func FuzzDecodeEventHeads(f *testing.F) {
 		for _, j := range EventJobs(p) {
 			want = append(want, HeadOf(j))
 		}
-		if err != nil || !slices.Equal(heads, want) {
-			t.Fatalf("DecodeEventHeads = %+v, %v; Decode reads %+v", heads, err, want)
+		if err == nil && !slices.Equal(heads, want) {
+			t.Fatalf("DecodeEventHeads = %+v; Decode reads %+v", heads, want)
+		}
+		canonical, err := Encode(p)
+		if err != nil {
+			return // over the size limit once re-encoded
+		}
+		if heads, err := DecodeEventHeads(canonical); err != nil || !slices.Equal(heads, want) {
+			t.Fatalf("DecodeEventHeads of the packet as encoded = %+v, %v; Decode reads %+v", heads, err, want)
 		}
 	})
 }

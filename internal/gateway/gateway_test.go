@@ -21,6 +21,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/redis/go-redis/v9"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/bus"
@@ -905,23 +907,28 @@ func h2c() *http.Protocols {
 	return p
 }
 
+// acmeStream opens a StreamEvents of tenant acme for the test, for 10 s
+// at most; ctx is the stream's.
+func acmeStream(t *testing.T, f *fixture, req *cortexv1.StreamEventsRequest) (context.Context, cortexv1connect.GatewayServiceStreamEventsClientStream) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	stream, err := f.client(t, "key-acme-1234").StreamEvents(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ctx, stream
+}
+
 // Events of one job reach a stream in the order of their versions: one
 // that arrives after a newer one (events of several components cross on
 // the bus) is skipped.
 func TestStreamEventsKeepEachJobsOrder(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	stream, err := f.client(t, "key-acme-1234").StreamEvents(ctx, &cortexv1.StreamEventsRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx, stream := acmeStream(t, f, &cortexv1.StreamEventsRequest{})
 	// A stream of PENDING events orders them by the versions of every
 	// change all the same: j-1's late PENDING is older than its DISPATCHED.
-	pending, err := f.client(t, "key-acme-1234").StreamEvents(ctx, &cortexv1.StreamEventsRequest{States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, pending := acmeStream(t, f, &cortexv1.StreamEventsRequest{States: []cortexv1.JobState{cortexv1.JobState_JOB_STATE_PENDING}})
 	event := func(id string, state cortexv1.JobState, version uint64) {
 		t.Helper()
 		j := &cortexv1.Job{JobId: id, TenantId: "acme", Topic: "job.echo", State: state, Attempt: 1, Version: version}
@@ -954,6 +961,42 @@ func TestStreamEventsKeepEachJobsOrder(t *testing.T) {
 	}
 	if got, want := fmt.Sprintf("%s %s", msg.GetJob().GetJobId(), msg.GetJob().GetState()), "j-2 JOB_STATE_PENDING"; got != want {
 		t.Fatalf("the PENDING stream delivered %q first, want %q", got, want)
+	}
+}
+
+// A packet whose event comes in two pieces (another tenant's job in the
+// first, the caller's in the second), which protobuf merges and no
+// publisher sends, reaches no stream: the caller never sees the other
+// tenant's job, whatever filter the heads pass.
+func TestStreamEventsRefuseAnEventInPieces(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	ctx, stream := acmeStream(t, f, &cortexv1.StreamEventsRequest{})
+	piece := func(j *cortexv1.Job) []byte {
+		b, err := proto.Marshal(&cortexv1.JobEvent{Jobs: []*cortexv1.Job{j}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return protowire.AppendBytes(protowire.AppendTag(nil, 15, protowire.BytesType), b)
+	}
+	data := protowire.AppendVarint(protowire.AppendTag(nil, 4, protowire.VarintType), uint64(bus.ProtocolVersion))
+	data = append(data, piece(&cortexv1.Job{JobId: "theirs", TenantId: "globex", Topic: "job.echo", Reason: "globex's secret"})...)
+	data = append(data, piece(&cortexv1.Job{JobId: "mine", TenantId: "acme", Topic: "job.echo"})...)
+	if err := f.other.NATS().Publish(bus.SubjectJobEvent, data); err != nil {
+		t.Fatal(err)
+	}
+	// Then a well-formed event: the stream's first message must be it.
+	if err := f.other.PublishJobEvent("trace-after", &cortexv1.Job{JobId: "after", TenantId: "acme", Topic: "job.echo", State: cortexv1.JobState_JOB_STATE_PENDING, Version: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.other.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msg, err := stream.Receive()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := msg.GetJob().GetJobId(); id != "after" {
+		t.Fatalf("the stream's first event is of job %q (%v), want the well-formed one", id, msg.GetJob())
 	}
 }
 
