@@ -103,9 +103,11 @@ type Worker struct {
 	// cancelJobs ends the jobs' context; Stop calls it once the grace
 	// period is over.
 	cancelJobs context.CancelFunc
-	// running holds a cancel function per job being run.
+	// running holds the jobs taken and not yet released, by id: a job
+	// delivered twice (its message redelivered while it runs) is taken
+	// twice.
 	mu        sync.Mutex
-	running   map[string]context.CancelCauseFunc
+	running   map[string][]*taken
 	stopBeats context.CancelFunc
 	// beatsDone is closed when the heartbeat loop has returned.
 	beatsDone chan struct{}
@@ -180,7 +182,7 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 	opts.Handlers = handlers
 	return &Worker{
 		conn: conn, store: st, opts: opts, topics: topics, log: log,
-		running: map[string]context.CancelCauseFunc{},
+		running: map[string][]*taken{},
 	}, nil
 }
 
@@ -333,7 +335,7 @@ func (w *Worker) pull(ctx, jobCtx context.Context, p *bus.Puller) {
 func (w *Worker) startTogether(ctx context.Context, msg *message, jobs []*cortexv1.JobRequest, traces []string, slots chan struct{}) {
 	// Taken before the read, so that a cancel arriving meanwhile reaches
 	// them: the read would not see it.
-	taken := make([]taken, len(jobs))
+	taken := make([]*taken, len(jobs))
 	for i, req := range jobs {
 		taken[i] = w.take(ctx, req.GetJobId())
 	}
@@ -487,8 +489,10 @@ func (w *Worker) Stop() {
 	w.Drain()
 	grace := time.AfterFunc(w.opts.ShutdownGrace, func() {
 		w.mu.Lock()
-		for _, cancel := range w.running {
-			cancel(errShutdown)
+		for _, ts := range w.running {
+			for _, t := range ts {
+				t.cancel(errShutdown)
+			}
 		}
 		w.mu.Unlock()
 	})
@@ -550,11 +554,12 @@ func (w *Worker) onCancel(_ context.Context, p *cortexv1.BusPacket, _ string) er
 		return bus.WrongPayload(p, "a job cancel")
 	}
 	w.mu.Lock()
-	cancel := w.running[c.GetJobId()]
-	w.mu.Unlock()
-	if cancel != nil {
+	defer w.mu.Unlock()
+	if ts := w.running[c.GetJobId()]; len(ts) > 0 {
 		w.log.Info("cancelling job", "trace_id", p.GetTraceId(), "job_id", c.GetJobId())
-		cancel(errCancelled)
+		for _, t := range ts {
+			t.cancel(errCancelled)
+		}
 	}
 	return nil
 }
@@ -569,20 +574,27 @@ type taken struct {
 
 // take starts the context of job id under ctx and has cancels for the job
 // end it; release undoes that.
-func (w *Worker) take(ctx context.Context, id string) taken {
+func (w *Worker) take(ctx context.Context, id string) *taken {
 	ctx, cancel := context.WithCancelCause(ctx)
+	t := &taken{ctx: ctx, cancel: cancel, id: id}
 	w.mu.Lock()
-	w.running[id] = cancel
+	w.running[id] = append(w.running[id], t)
 	w.mu.Unlock()
-	return taken{ctx: ctx, cancel: cancel, id: id}
+	return t
 }
 
-// release ends t's context and its tracking.
-func (w *Worker) release(t taken) {
+// release ends t's context and its tracking (and no other delivery's of
+// the same job).
+func (w *Worker) release(t *taken) {
 	t.cancel(nil)
 	w.mu.Lock()
-	delete(w.running, t.id)
-	w.mu.Unlock()
+	defer w.mu.Unlock()
+	ts := slices.DeleteFunc(w.running[t.id], func(x *taken) bool { return x == t })
+	if len(ts) == 0 {
+		delete(w.running, t.id)
+	} else {
+		w.running[t.id] = ts
+	}
 }
 
 // Redelivery delays: a job the worker could not start for want of the
@@ -595,7 +607,7 @@ const retryStartAfter = 2 * time.Second
 // the worker is shutting down, leave it for its lease to run out when the
 // outcome could not be recorded. peeked, when not nil, is the job's input
 // as already read (peekAll). handle releases t.
-func (w *Worker) handle(t taken, traceID string, req *cortexv1.JobRequest, d bus.Delivery, peeked *store.Peeked) settlement {
+func (w *Worker) handle(t *taken, traceID string, req *cortexv1.JobRequest, d bus.Delivery, peeked *store.Peeked) settlement {
 	w.active.Add(1)
 	defer w.active.Add(-1)
 	defer w.release(t)
@@ -779,10 +791,11 @@ func (w *Worker) run(ctx context.Context, traceID string, req *cortexv1.JobReque
 		// records or says what is wrong.
 		quick = err == nil
 	}
-	if ctx.Err() != nil {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, errTimedOut) {
 		// Cancelled (or the worker stopping) since it was taken: the read
-		// may predate the cancel.
-		return nil, false, context.Cause(ctx)
+		// may predate the cancel. (A timeout that ran out meanwhile takes
+		// its course, as it did before this check.)
+		return nil, false, cause
 	}
 	stream := &outputStream{conn: w.conn, traceID: traceID, job: req}
 	if quick {

@@ -836,25 +836,33 @@ func TestStopDrains(t *testing.T) {
 	}
 }
 
+// poolConsumer is pool p's consumer, on a connection of the test's.
+func (r *rig) poolConsumer(t *testing.T) jetstream.Consumer {
+	t.Helper()
+	nc, err := nats.Connect(r.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := js.Consumer(context.Background(), bus.StreamJobs, bus.PoolConsumer("p"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 // settledStream waits until the pool's consumer holds no message: every
 // one was delivered and acked.
 func (r *rig) settledStream(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	nc, err := nats.Connect(r.natsURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := js.Consumer(ctx, bus.StreamJobs, bus.PoolConsumer("p"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := r.poolConsumer(t)
 	var info *jetstream.ConsumerInfo
+	var err error
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		if info, err = c.Info(ctx); err == nil && info.NumPending == 0 && info.NumAckPending == 0 {
 			return
@@ -1135,5 +1143,56 @@ func TestCancelDuringTheReadOfInputsStopsTheJob(t *testing.T) {
 	}
 	if j, _ := r.st.Get(ctx, "j-b"); j.State != store.Cancelled {
 		t.Errorf("j-b is %s, want CANCELLED", j.State)
+	}
+}
+
+// A job delivered twice, its second delivery skipped while the first still
+// runs (the store says the job is RUNNING already), can still be
+// cancelled: letting the second go does not forget the first.
+func TestCancelReachesAJobDeliveredTwice(t *testing.T) {
+	b := newBlocker()
+	r := newRig(t, map[string]plugins.Handler{"job.block": b})
+	ctx := context.Background()
+	r.send(t, "j-twice", "job.block", "x")
+	first := b.next(t, "j-twice")
+	r.waitEvent(t, "j-twice", cortexv1.JobState_JOB_STATE_RUNNING)
+
+	rec, err := r.st.Get(ctx, "j-twice")
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := rec.Request()
+	req.Pool = "p"
+	dup := bus.Durable{Subject: bus.JobSubject("p", "job.block"), MsgID: "j-twice:again",
+		Packet: &cortexv1.BusPacket{TraceId: "trace-again", Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}}}
+	for _, err := range r.conn.PublishDurables(ctx, []bus.Durable{dup}) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The second delivery is settled (acked: the job moved on without it)
+	// while the first still holds its message.
+	cons := r.poolConsumer(t)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		info, err := cons.Info(ctx)
+		if err == nil && info.NumPending == 0 && info.NumAckPending == 1 && info.Delivered.Consumer >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second delivery was not settled: %+v, %v", info, err)
+		}
+	}
+
+	if _, err := r.st.Transition(ctx, "j-twice", store.Change{To: store.Cancelled, Reason: "by test"}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	r.cancel(t, "j-twice")
+	select {
+	case cause := <-first.ended:
+		if cause == nil {
+			t.Fatal("the job finished instead of being cancelled")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancel did not reach the first delivery's handler")
 	}
 }
