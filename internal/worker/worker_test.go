@@ -531,6 +531,20 @@ func (b *blocker) Handle(ctx context.Context, j *plugins.Job) (*plugins.Result, 
 	}
 }
 
+// wantCancelled waits until the job's handler ended with its context
+// cancelled rather than released.
+func (rj runningJob) wantCancelled(t *testing.T) {
+	t.Helper()
+	select {
+	case cause := <-rj.ended:
+		if cause == nil {
+			t.Fatalf("job %s finished instead of being cancelled", rj.id)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("job %s was not cancelled", rj.id)
+	}
+}
+
 func (b *blocker) next(t *testing.T, id string) runningJob {
 	t.Helper()
 	select {
@@ -585,14 +599,7 @@ func TestCancelForJobNotRunningIsIgnored(t *testing.T) {
 	r.cancel(t, "j-stop")
 	// Cancels are handled in order, so once j-stop has ended the cancel
 	// for j-unknown has been handled too.
-	select {
-	case cause := <-stop.ended:
-		if cause == nil {
-			t.Fatal("j-stop finished instead of being cancelled")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("j-stop was not cancelled")
-	}
+	stop.wantCancelled(t)
 	if err := keep.ctx.Err(); err != nil {
 		t.Fatalf("cancels for other jobs ended j-keep's context: %v", err)
 	}
@@ -1124,14 +1131,7 @@ func TestCancelDuringTheReadOfInputsStopsTheJob(t *testing.T) {
 		r.cancel(t, id)
 	}
 	// Cancels are handled in order: once A's is, so is B's.
-	select {
-	case cause := <-a.ended:
-		if cause == nil {
-			t.Fatal("j-a finished instead of being cancelled")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("j-a was not cancelled")
-	}
+	a.wantCancelled(t)
 	g.pass()
 	// Had B's handler started, it would hold its message (the blocker
 	// never returns) and the stream would not settle.
@@ -1187,12 +1187,5 @@ func TestCancelReachesAJobDeliveredTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.cancel(t, "j-twice")
-	select {
-	case cause := <-first.ended:
-		if cause == nil {
-			t.Fatal("the job finished instead of being cancelled")
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the cancel did not reach the first delivery's handler")
-	}
+	first.wantCancelled(t)
 }
