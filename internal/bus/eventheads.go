@@ -7,6 +7,8 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -68,20 +70,34 @@ func DecodeEventPacket(data []byte) (*EventPacket, error) {
 	return &EventPacket{Heads: heads, data: data}, nil
 }
 
-// Field numbers DecodeEventHeads reads (proto/cortex/v1/bus.proto, job.proto).
-const (
-	packetVersionField  = 4
-	packetPayloadFirst  = 10 // the oneof payload's numbers: 10-27
-	packetPayloadLast   = 27
-	packetJobEventField = 15
-	eventJobField       = 1
-	eventJobsField      = 2
-	jobIDField          = 1
-	jobStateField       = 3
-	jobTenantField      = 4
-	jobAttemptField     = 9
-	jobVersionField     = 20
+// The field numbers DecodeEventHeads reads, from the generated messages'
+// descriptors (proto/cortex/v1/bus.proto, job.proto).
+var (
+	packetVersionField  = fieldOf(&cortexv1.BusPacket{}, "protocol_version")
+	packetJobEventField = fieldOf(&cortexv1.BusPacket{}, "job_event")
+	eventJobField       = fieldOf(&cortexv1.JobEvent{}, "job")
+	eventJobsField      = fieldOf(&cortexv1.JobEvent{}, "jobs")
+	jobIDField          = fieldOf(&cortexv1.Job{}, "job_id")
+	jobStateField       = fieldOf(&cortexv1.Job{}, "state")
+	jobTenantField      = fieldOf(&cortexv1.Job{}, "tenant_id")
+	jobAttemptField     = fieldOf(&cortexv1.Job{}, "attempt")
+	jobVersionField     = fieldOf(&cortexv1.Job{}, "version")
+	// payloadFields are the numbers of BusPacket's oneof payload.
+	payloadFields = func() map[protowire.Number]bool {
+		fs := (&cortexv1.BusPacket{}).ProtoReflect().Descriptor().Oneofs().ByName("payload").Fields()
+		m := make(map[protowire.Number]bool, fs.Len())
+		for i := range fs.Len() {
+			m[fs.Get(i).Number()] = true
+		}
+		return m
+	}()
 )
+
+// fieldOf is the number of m's field name (a panic at start if it has no
+// such field: the proto changed under this file).
+func fieldOf(m proto.Message, name protoreflect.Name) protowire.Number {
+	return m.ProtoReflect().Descriptor().Fields().ByName(name).Number()
+}
 
 // DecodeEventHeads reads the heads of a SubjectJobEvent packet, in the
 // order EventJobs gives its jobs, and skips every other field. It refuses
@@ -120,7 +136,7 @@ func eventHeads(data []byte) ([]EventHead, error) {
 				return errors.New("a job event in more than one piece")
 			}
 			event, isEvent = b, true
-		case num >= packetPayloadFirst && num <= packetPayloadLast && typ == protowire.BytesType:
+		case payloadFields[num] && typ == protowire.BytesType:
 			isEvent = false // the last payload of a oneof wins
 		}
 		return nil
