@@ -336,15 +336,13 @@ func (w *Worker) startTogether(ctx context.Context, msg *message, jobs []*cortex
 	// Taken before the read, so that a cancel arriving meanwhile reaches
 	// them: the read would not see it.
 	taken := make([]*taken, len(jobs))
+	ids, attempts := make([]string, len(jobs)), make([]uint32, len(jobs))
 	for i, req := range jobs {
 		taken[i] = w.take(ctx, req.GetJobId())
+		ids[i], attempts[i] = req.GetJobId(), req.GetAttempt()
 	}
 	var peeked []store.Peeked
 	if !msg.d.Redelivered() {
-		ids, attempts := make([]string, len(jobs)), make([]uint32, len(jobs))
-		for i, req := range jobs {
-			ids[i], attempts[i] = req.GetJobId(), req.GetAttempt()
-		}
 		peeked = w.store.PeekAll(ctx, ids, attempts)
 	}
 	for i, req := range jobs {
