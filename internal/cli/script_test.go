@@ -49,14 +49,17 @@ func TestMain(m *testing.M) {
 // status testscript only sees as success or failure: `exec expect-exit 130
 // cortexctl tail &tail&`, then `kill -INT tail` and `wait tail`. With
 // -stdout or -stderr, that stream of COMMAND goes to FILE as it is written,
-// so that wait-file can follow a command that is still running.
+// so that wait-file can follow a command that is still running. With
+// -closed-output, both streams of COMMAND are a pipe nobody reads, as when
+// the reader of `cortexctl up | tee` has gone: each write to them fails.
 func expectExit() {
 	fs := flag.NewFlagSet("expect-exit", flag.ExitOnError)
 	stdout := fs.String("stdout", "", "write the command's standard output to this file")
 	stderr := fs.String("stderr", "", "write the command's standard error to this file")
+	closed := fs.Bool("closed-output", false, "give the command a closed pipe as standard output and error")
 	_ = fs.Parse(os.Args[1:])
 	if fs.NArg() < 2 {
-		fmt.Fprintln(os.Stderr, "usage: expect-exit [-stdout FILE] [-stderr FILE] N COMMAND [ARGS...]")
+		fmt.Fprintln(os.Stderr, "usage: expect-exit [-stdout FILE] [-stderr FILE] [-closed-output] N COMMAND [ARGS...]")
 		os.Exit(2)
 	}
 	want, err := strconv.Atoi(fs.Arg(0))
@@ -81,11 +84,24 @@ func expectExit() {
 		defer f.Close()
 		*redirect.stream = f
 	}
+	var unread *os.File
+	if *closed {
+		r, w, err := os.Pipe()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "expect-exit:", err)
+			os.Exit(2)
+		}
+		_ = r.Close()
+		cmd.Stdout, cmd.Stderr, unread = w, w, w
+	}
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	if err := cmd.Start(); err != nil {
 		fmt.Fprintln(os.Stderr, "expect-exit:", err)
 		os.Exit(2)
+	}
+	if unread != nil {
+		_ = unread.Close()
 	}
 	go func() {
 		for s := range sigs {

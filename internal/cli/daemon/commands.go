@@ -145,6 +145,7 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 		return nil, err
 	}
 	TuneGC()
+	SurviveClosedOutput()
 	if off := o.unauthenticated(redis); len(off) > 0 {
 		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: --insecure: the %s connects to %s without authentication; never run so in production\n",
 			cmd.Name(), strings.Join(off, " and "))

@@ -139,6 +139,7 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	if o.Cluster.RedisURL != "" {
 		daemon.TuneGC()
 	}
+	daemon.SurviveClosedOutput()
 	ctx := cmd.Context()
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
