@@ -148,16 +148,23 @@ func (g *Gateway) authenticate(next connect.ServerFunc) connect.ServerFunc {
 }
 
 // principalFor resolves an Authorization header ("Bearer KEY") to who the
-// key speaks for, or refuses it with an Unauthenticated error. Without keys
-// everyone is the admin of tenant default.
+// key speaks for, or refuses it with an Unauthenticated error. The scheme
+// is read in any case, as HTTP's are ("bearer KEY"), and spaces around the
+// key are dropped. Without keys everyone is the admin of tenant default.
 func (g *Gateway) principalFor(header string) (Principal, error) {
 	if g.keys == nil {
 		return Principal{Tenant: InsecureTenant, Admin: true}, nil
 	}
-	key, ok := strings.CutPrefix(header, "Bearer ")
-	if !ok || key == "" {
+	scheme, key, _ := strings.Cut(strings.TrimSpace(header), " ")
+	key = strings.TrimSpace(key)
+	bearer := strings.EqualFold(scheme, "Bearer")
+	switch {
+	case scheme == "" || bearer && key == "":
 		return Principal{}, connect.NewError(connect.CodeUnauthenticated,
 			"missing API key: send the header 'Authorization: Bearer YOUR_KEY' (cortexctl reads the key from --api-key, CORTEX_API_KEY or the context that 'cortexctl up' writes)")
+	case !bearer:
+		return Principal{}, connect.NewError(connect.CodeUnauthenticated,
+			"the Authorization header is not 'Bearer YOUR_KEY': send the key after the word Bearer and a space")
 	}
 	p, ok := g.keys.principal(key)
 	if !ok {
@@ -166,11 +173,14 @@ func (g *Gateway) principalFor(header string) (Principal, error) {
 	return p, nil
 }
 
-// explainLimit rewrites the transport's message for a request body over the
-// read limit, which names neither the prompt limit nor what to do.
+// explainLimit rewrites the transport's answer to a request body over the
+// read limit, which names neither the prompt limit nor what to do, and
+// whose code (resource_exhausted, HTTP 429) tells clients to try again
+// later: the same request never fits, so it is invalid_argument (400), as
+// for an input over the limit.
 func (g *Gateway) explainLimit(err error) error {
 	if connect.CodeOf(err) == connect.CodeResourceExhausted && strings.Contains(err.Error(), "larger than configured max") {
-		return connect.Errorf(connect.CodeResourceExhausted,
+		return connect.Errorf(connect.CodeInvalidArgument,
 			"the request is too large: inputs are limited to %d bytes; store large data elsewhere and send a reference", g.maxPrompt)
 	}
 	return err

@@ -198,3 +198,42 @@ func TestAPIExplainsAMissingContentType(t *testing.T) {
 		t.Errorf("with application/json: %d %v, want the job's id", code, body)
 	}
 }
+
+// The prompt limit holds for the prompt a JSON body decodes to, not for the
+// body: Python's json writes each é as the 6 bytes \u00e9, so a prompt well
+// under the limit can take several times its size on the wire. What does
+// not fit is refused as invalid (400), never as "try again later" (429).
+func TestJSONPromptLimitIsOnTheDecodedPrompt(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	post := func(chars int) (int, map[string]string) {
+		body := `{"topic":"job.echo","prompt":"` + strings.Repeat(`\u00e9`, chars) + `"}`
+		req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/SubmitJob", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer key-acme-1234")
+		req.Header.Set("Content-Type", "application/json")
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var out map[string]string
+		if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+			t.Fatalf("%d characters: %d with a body that is not JSON: %v", chars, res.StatusCode, err)
+		}
+		return res.StatusCode, out
+	}
+	// 600,000 bytes of prompt in a 1.8 MB body.
+	if code, out := post(300_000); code != http.StatusOK || out["jobId"] == "" {
+		t.Errorf("a 600,000-byte prompt in escaped JSON: %d %v, want the job's id", code, out)
+	}
+	for chars, says := range map[int]string{
+		600_000:   "the input is 1200000 bytes, over the 1048576 byte limit",       // a 3.6 MB body
+		1_200_000: "the request is too large: inputs are limited to 1048576 bytes", // a 7.2 MB body
+	} {
+		if code, out := post(chars); code != http.StatusBadRequest || out["code"] != "invalid_argument" || !strings.Contains(out["message"], says) {
+			t.Errorf("%d é in escaped JSON: %d %v, want 400 invalid_argument saying %q", chars, code, out, says)
+		}
+	}
+}

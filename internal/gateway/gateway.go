@@ -78,6 +78,14 @@ var (
 	_ cortexv1connect.GatewayServiceHandler = (*Gateway)(nil)
 )
 
+// bodyLimit bounds an API request's body, for a prompt limit of
+// maxPrompt: room for a prompt at the limit in any encoding a client may
+// send, since the limit itself is checked on the decoded input. JSON takes
+// the most, up to 6 bytes per byte (`\u00e9` for the two bytes of é, as
+// Python's json writes it, or `\u0001`); base64 takes 4 per 3. A batch of
+// jobs shares it.
+func bodyLimit(maxPrompt int) int { return 6*maxPrompt + 64<<10 }
+
 // Limits at the edge.
 const (
 	DefaultMaxPromptBytes = 1 << 20
@@ -190,7 +198,7 @@ func (g *Gateway) Handler() http.Handler {
 	strict.UnmarshalOptions.DiscardUnknown = false
 	connecthttp.Mount(mux, srv,
 		connecthttp.WithCodecs(connectproto.NewBinaryCodec(), strict),
-		connecthttp.WithReadMaxBytes(g.maxPrompt*4/3+64<<10),
+		connecthttp.WithReadMaxBytes(bodyLimit(g.maxPrompt)),
 		// Compressing small answers costs more CPU than it saves bytes.
 		connecthttp.WithCompressMinBytes(8<<10))
 	g.mountOpenAI(mux)

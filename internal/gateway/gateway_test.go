@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -397,8 +398,8 @@ func TestBadInputChangesNothing(t *testing.T) {
 		"bad topic":         {&cortexv1.SubmitJobRequest{Topic: "Job Echo"}, connect.CodeInvalidArgument, "e.g. job.echo"},
 		"wildcard topic":    {&cortexv1.SubmitJobRequest{Topic: "job.>"}, connect.CodeInvalidArgument, "not valid"},
 		"unroutable topic":  {&cortexv1.SubmitJobRequest{Topic: "job.nope"}, connect.CodeInvalidArgument, "routable topics: job.echo"},
-		"prompt too big":    {&cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: strings.Repeat("x", 17)}, connect.CodeResourceExhausted, "16 byte limit"},
-		"payload too big":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Payload: make([]byte, 17)}, connect.CodeResourceExhausted, "16 byte limit"},
+		"prompt too big":    {&cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: strings.Repeat("x", 17)}, connect.CodeInvalidArgument, "16 byte limit"},
+		"payload too big":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Payload: make([]byte, 17)}, connect.CodeInvalidArgument, "16 byte limit"},
 		"prompt and bytes":  {&cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "a", Payload: []byte("b")}, connect.CodeInvalidArgument, "not both"},
 		"too many labels":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: manyLabels}, connect.CodeInvalidArgument, "at most 32"},
 		"empty label key":   {&cortexv1.SubmitJobRequest{Topic: "job.echo", Labels: map[string]string{"": "v"}}, connect.CodeInvalidArgument, "label"},
@@ -1062,5 +1063,46 @@ func TestStreamsAreToldOfABusGap(t *testing.T) {
 	next := submit(t, acme, &cortexv1.SubmitJobRequest{Topic: "job.echo"})
 	if msg, err := stream.Receive(); err != nil || msg.GetJob().GetJobId() != next || msg.GetBusGap() {
 		t.Fatalf("the next event: %v, %v", msg, err)
+	}
+}
+
+// The Authorization header's scheme is read in any case, as HTTP's are, and
+// spaces around the key do not matter; a header that is not "Bearer KEY"
+// is refused saying so, not as a missing key.
+func TestAuthorizationHeaderForms(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys})
+	list := func(header string) (int, string) {
+		req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/ListJobs", strings.NewReader(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if header != "" {
+			req.Header.Set("Authorization", header)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		var out struct{ Message string }
+		_ = json.NewDecoder(res.Body).Decode(&out)
+		return res.StatusCode, out.Message
+	}
+	for _, header := range []string{"Bearer key-acme-1234", "bearer key-acme-1234", "BEARER   key-acme-1234  "} {
+		if code, msg := list(header); code != http.StatusOK {
+			t.Errorf("Authorization %q: %d %s, want 200", header, code, msg)
+		}
+	}
+	for header, says := range map[string]string{
+		"":                       "missing API key",
+		"key-acme-1234":          "not 'Bearer YOUR_KEY'",
+		"Basic a2V5OnNlY3JldA==": "not 'Bearer YOUR_KEY'",
+		"Bearer ":                "missing API key",
+		"Bearer wrong-key":       "API key not recognised",
+	} {
+		if code, msg := list(header); code != http.StatusUnauthorized || !strings.Contains(msg, says) {
+			t.Errorf("Authorization %q: %d %q, want 401 saying %q", header, code, msg, says)
+		}
 	}
 }

@@ -453,8 +453,6 @@ func connectToAPI(err error) *apiError {
 		e.status, e.typ = http.StatusNotFound, "invalid_request_error"
 	case connect.CodeAlreadyExists, connect.CodeAborted:
 		e.status, e.typ = http.StatusConflict, "invalid_request_error"
-	case connect.CodeResourceExhausted:
-		e.status, e.typ, e.code = http.StatusRequestEntityTooLarge, "invalid_request_error", "request_too_large"
 	case connect.CodeUnavailable:
 		e.status = http.StatusServiceUnavailable
 	case connect.CodeDeadlineExceeded:

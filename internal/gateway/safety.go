@@ -167,7 +167,7 @@ func (g *Gateway) ApplyPolicy(ctx context.Context, req *cortexv1.ApplyPolicyRequ
 		return nil, connect.NewError(connect.CodeInvalidArgument, "clear_shadow removes the shadow policy: send no source with it")
 	case req.GetClearShadow():
 	case len(req.GetSource()) > maxPolicyBytes:
-		return nil, connect.Errorf(connect.CodeResourceExhausted,
+		return nil, connect.Errorf(connect.CodeInvalidArgument,
 			"the policy is %d bytes, over the %d byte limit of policy apply; start the kernels with --policy FILE for larger ones", len(req.GetSource()), maxPolicyBytes)
 	default:
 		p, err := policy.Parse(name, []byte(req.GetSource()))

@@ -288,7 +288,7 @@ func TestApplyPolicy(t *testing.T) {
 	_, err = admin.ApplyPolicy(ctx, &cortexv1.ApplyPolicyRequest{})
 	wantCode(t, "an empty policy", err, connect.CodeInvalidArgument)
 	_, err = admin.ApplyPolicy(ctx, &cortexv1.ApplyPolicyRequest{Source: allowAllPolicy + "#" + strings.Repeat("x", 1<<20)})
-	wantCode(t, "an oversized policy", err, connect.CodeResourceExhausted)
+	wantCode(t, "an oversized policy", err, connect.CodeInvalidArgument)
 	if stored(false) != allowAllPolicy {
 		t.Fatal("a refused apply changed the stored policy")
 	}

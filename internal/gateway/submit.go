@@ -299,7 +299,7 @@ func (g *Gateway) validateSubmit(req *cortexv1.SubmitJobRequest) error {
 		return connect.NewError(connect.CodeInvalidArgument, "set prompt or payload, not both")
 	}
 	if n := len(req.GetPrompt()) + len(req.GetPayload()); n > g.maxPrompt {
-		return connect.Errorf(connect.CodeResourceExhausted,
+		return connect.Errorf(connect.CodeInvalidArgument,
 			"the input is %d bytes, over the %d byte limit; store large data elsewhere and send a reference", n, g.maxPrompt)
 	}
 	if !utf8.ValidString(req.GetPrompt()) {
