@@ -144,6 +144,11 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	if err := o.checkAuth(redis); err != nil {
 		return nil, err
 	}
+	if f := cmd.Flags().Lookup("metrics-listen"); f != nil && f.Value.String() != "" {
+		if err := cmdutil.CheckListen(f.Name, f.Value.String()); err != nil {
+			return nil, err
+		}
+	}
 	TuneGC()
 	SurviveClosedOutput()
 	if off := o.unauthenticated(redis); len(off) > 0 {
@@ -463,6 +468,9 @@ give the gateway the same routes as the schedulers.`,
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := cmdutil.CheckListen("listen", listen); err != nil {
+				return err
+			}
 			keyTable, err := apiKeys(keys, keysFile)
 			if err != nil {
 				return &cmdutil.UsageError{Err: err}
@@ -556,7 +564,7 @@ type RouteFlags struct {
 
 // AddRouteFlags adds --routes and --route to cmd.
 func AddRouteFlags(cmd *cobra.Command, f *RouteFlags) {
-	cmd.Flags().StringVar(&f.File, "routes", "", "routing file: topic patterns to pools, with per-pool job defaults (default: job.echo and job.sleep to pool echo)")
+	cmd.Flags().StringVar(&f.File, "routes", "", "routing file: topic patterns to pools, with per-pool job defaults (default: job.echo and job.sleep to pool echo, job.code.python to code-python, job.chat.llm to chat-llm; up keeps those of the pools it runs)")
 	cmd.Flags().StringSliceVar(&f.Pairs, "route", nil, "topic=pool routes instead of --routes, repeatable; a topic may be a pattern such as job.chat.*")
 }
 

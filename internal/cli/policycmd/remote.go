@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -286,7 +287,8 @@ func showRun(ctx context.Context, o *ShowOptions) error {
 	case p.Machine():
 		return p.Print(st)
 	case o.Source && st.GetActive().GetSource() == "":
-		return errors.New("the policy text is shown to admin keys only (key:tenant:admin)")
+		// Refused as the API refuses what a key's scope does not allow.
+		return connect.NewError(connect.CodePermissionDenied, "the policy text is shown to admin keys only (key:tenant:admin)")
 	case o.Source:
 		_, err := fmt.Fprint(o.Factory.Out, st.GetActive().GetSource())
 		return err

@@ -112,6 +112,9 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 
 func upRun(cmd *cobra.Command, o *Options) error {
 	start := time.Now()
+	if err := cmdutil.CheckListen("listen", o.Cluster.Listen); err != nil {
+		return err
+	}
 	log, err := cmdutil.Logger(cmd, o.LogLevel)
 	if err != nil {
 		return err
