@@ -352,6 +352,22 @@ func (r *Registry) Capacity(pool string) (slots, smallest int, live bool) {
 	return slots, smallest, live
 }
 
+// Draining counts pool's draining workers: those still heartbeating
+// that take no new jobs.
+func (r *Registry) Draining(pool string) int {
+	now := r.now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.expireLocked(now)
+	n := 0
+	for _, w := range r.workers {
+		if w.Pool == pool && w.State == Draining {
+			n++
+		}
+	}
+	return n
+}
+
 // Snapshot returns the live and draining workers, and their pools; it
 // forgets the workers that missed three heartbeats.
 func (r *Registry) Snapshot() Snapshot {

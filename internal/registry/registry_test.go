@@ -372,3 +372,29 @@ func TestCapacityCountsLiveWorkersOfThePool(t *testing.T) {
 		t.Fatalf("gpu after its worker expired: %d slots, live %v", slots, live)
 	}
 }
+
+// Draining counts a pool's draining workers only (not a live one, not
+// another pool's, not one that missed three beats).
+func TestDrainingCountsDrainingWorkersOfThePool(t *testing.T) {
+	clock := newClock()
+	r := registry.New(registry.Options{Now: clock.Now})
+	draining := func(id, pool string, interval time.Duration) *cortexv1.BusPacket {
+		p := beat(id, pool, 0, 4, interval)
+		p.GetHeartbeat().Draining = true
+		return p
+	}
+	observe(t, r, beat("w-live", "echo", 0, 4, 10*time.Second))
+	observe(t, r, draining("w-1", "echo", time.Second))
+	observe(t, r, draining("w-2", "echo", 10*time.Second))
+	observe(t, r, draining("w-3", "gpu", 10*time.Second))
+	if n := r.Draining("echo"); n != 2 {
+		t.Fatalf("echo: %d draining, want 2 (w-1 and w-2)", n)
+	}
+	clock.Advance(3*time.Second + time.Millisecond)
+	if n := r.Draining("echo"); n != 1 {
+		t.Fatalf("echo after w-1 missed three beats: %d draining, want 1", n)
+	}
+	if n := r.Draining("ghost"); n != 0 {
+		t.Fatalf("a pool without workers: %d draining", n)
+	}
+}

@@ -35,6 +35,8 @@ import (
 // every change whoever made it (the worker records COMPLETED itself; the
 // scheduler retries and fails; the gateway cancels): an attempt ends when
 // its job is terminal, or PENDING or awaiting approval at a later attempt.
+// A queued job that ends while it waits (cancelled, say) leaves its queue
+// on that event, so that it is neither counted as waiting nor released.
 // Events are best effort: a released job not heard of for its deadline
 // (twice the lease) gives its slot back, as do the jobs of a pool that lost
 // all its workers. Several schedulers each count their own releases; when
@@ -58,6 +60,10 @@ type waiting struct {
 	// away in memory).
 	priority int32
 	seq      uint64
+	// pool is the queue it waits in, and index its place in that heap
+	// (kept by the heap's methods), so that it can leave from anywhere.
+	pool  string
+	index int
 }
 
 // queue is a pool's waiting jobs: higher priority first, then by arrival.
@@ -70,13 +76,21 @@ func (q queue) Less(i, j int) bool {
 	}
 	return q[i].seq < q[j].seq
 }
-func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *queue) Push(x any)   { *q = append(*q, x.(*waiting)) }
+func (q queue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].index, q[j].index = i, j
+}
+func (q *queue) Push(x any) {
+	w := x.(*waiting)
+	w.index = len(*q)
+	*q = append(*q, w)
+}
 func (q *queue) Pop() any {
 	old := *q
 	w := old[len(old)-1]
 	old[len(old)-1] = nil
 	*q = old[:len(old)-1]
+	w.index = -1
 	return w
 }
 
@@ -89,7 +103,7 @@ type placement struct {
 
 	mu       sync.Mutex
 	queues   map[string]*queue
-	queued   map[string]uint32 // attempt per queued job id
+	queued   map[string]*waiting // per job id
 	seq      uint64
 	inFlight map[string]int       // per pool
 	flights  map[string]flight    // per job id
@@ -103,7 +117,7 @@ type placement struct {
 }
 
 func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
-	return &placement{reg: reg, stale: stale, queues: map[string]*queue{}, queued: map[string]uint32{},
+	return &placement{reg: reg, stale: stale, queues: map[string]*queue{}, queued: map[string]*waiting{},
 		inFlight: map[string]int{}, flights: map[string]flight{}, swept: map[string]time.Time{},
 		placing: map[string]bool{}, again: map[string]bool{}}
 }
@@ -113,7 +127,7 @@ func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
 func (pl *placement) holds(jobID string, attempt uint32) bool {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	if a, ok := pl.queued[jobID]; ok && a == attempt {
+	if w, ok := pl.queued[jobID]; ok && w.req.GetAttempt() == attempt {
 		return true
 	}
 	f, ok := pl.flights[jobID]
@@ -130,21 +144,31 @@ func (pl *placement) queueLocked(pool string) *queue {
 	return q
 }
 
-// enqueue queues w in pool's queue, unless that attempt already waits
-// there. It reports whether the pool has a live worker.
+// enqueue queues w in pool's queue, unless that attempt or a later one of
+// the job already waits; an earlier one it replaces (its attempt is over).
+// It reports whether the pool has a live worker.
 func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 	_, _, live = pl.reg.Capacity(pool)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	id := w.req.GetJobId()
-	if a, ok := pl.queued[id]; ok && a == w.req.GetAttempt() {
-		return live
+	if old, ok := pl.queued[id]; ok {
+		if old.req.GetAttempt() >= w.req.GetAttempt() {
+			return live
+		}
+		pl.unqueueLocked(old)
 	}
 	pl.seq++
-	w.seq, w.priority = pl.seq, w.req.GetPriority()
-	pl.queued[id] = w.req.GetAttempt()
+	w.seq, w.priority, w.pool = pl.seq, w.req.GetPriority(), pool
+	pl.queued[id] = w
 	heap.Push(pl.queueLocked(pool), w)
 	return live
+}
+
+// unqueueLocked takes w out of its queue.
+func (pl *placement) unqueueLocked(w *waiting) {
+	heap.Remove(pl.queues[w.pool], w.index)
+	delete(pl.queued, w.req.GetJobId())
 }
 
 // maxJobsPerMessage bounds the jobs released together in one message of a
@@ -244,20 +268,23 @@ func (pl *placement) release(jobID string, attempt uint32) (string, bool) {
 }
 
 // ended reports whether a job event means that attempt of the job is over.
+// A final state at an earlier attempt is an old event (a dead letter given
+// another attempt since): it ends nothing.
 func ended(j bus.EventHead, attempt uint32) bool {
 	st := store.StateOf(j.State)
 	switch {
 	case st.Terminal():
-		return true
+		return j.Attempt >= attempt
 	case st == store.Pending || st == store.AwaitingApproval:
 		return j.Attempt > attempt
 	}
 	return false
 }
 
-// onJobEvent frees the slots of attempts that ended and places what waits
-// in their pools. It reads only the events' heads: the rest of a record
-// is not its business.
+// onJobEvent frees the slots of attempts that ended, drops from the queues
+// the jobs that ended while they waited, and places what waits in the
+// pools that gained a slot. It reads only the events' heads: the rest of a
+// record is not its business.
 func (s *Scheduler) onJobEvent(ctx context.Context, ev *bus.EventPacket) error {
 	for _, j := range ev.Heads {
 		s.noteEnded(ctx, j)
@@ -265,17 +292,29 @@ func (s *Scheduler) onJobEvent(ctx context.Context, ev *bus.EventPacket) error {
 	return nil
 }
 
-// noteEnded frees the slot of j's released attempt if j says it ended.
+// noteEnded acts on j if it says that an attempt this scheduler holds
+// ended: a released one frees its slot, and its pool is placed again; a
+// queued one (cancelled, say, while it waited) leaves its queue, so it is
+// no longer counted as waiting, nor ever released.
 func (s *Scheduler) noteEnded(ctx context.Context, j bus.EventHead) {
-	s.place.mu.Lock()
-	f, ok := s.place.flights[j.JobID]
-	s.place.mu.Unlock()
-	if !ok || !ended(j, f.attempt) {
-		return
-	}
-	if pool, ok := s.place.release(j.JobID, f.attempt); ok {
+	if pool, freed := s.place.forget(j); freed {
 		s.kick(ctx, pool)
 	}
+}
+
+// forget drops j's queued attempt and frees the slot of its released one,
+// each if j says it ended, and returns the pool of a freed slot.
+func (pl *placement) forget(j bus.EventHead) (pool string, freed bool) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if w, ok := pl.queued[j.JobID]; ok && ended(j, w.req.GetAttempt()) {
+		pl.unqueueLocked(w)
+	}
+	if f, ok := pl.flights[j.JobID]; ok && ended(j, f.attempt) {
+		pl.releaseLocked(j.JobID)
+		return f.pool, true
+	}
+	return "", false
 }
 
 // onHeartbeat feeds the registry and places what waits in the worker's
@@ -323,8 +362,7 @@ func (s *Scheduler) placeAll(ctx context.Context, jobs []placed) {
 // noteWaiting records why p's job waits: its pool has no live worker.
 func (s *Scheduler) noteWaiting(ctx context.Context, p placed) {
 	id := p.w.req.GetJobId()
-	reason := fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
-		p.pool, registry.MissedBeats*registry.DefaultInterval)
+	reason := idleReason(p.pool, s.reg.Draining(p.pool))
 	j, err := s.store.SetPendingReason(ctx, id, p.w.req.GetAttempt(), p.pool, reason, time.Now())
 	if err != nil {
 		// Placed meanwhile, or cancelled: its own state says more.
@@ -334,6 +372,19 @@ func (s *Scheduler) noteWaiting(ctx context.Context, p placed) {
 	if err := s.conn.PublishJobEvent(p.w.traceID, j.Proto()); err != nil {
 		s.log.Warn("publish job event", "trace_id", p.w.traceID, "job_id", id, "err", err)
 	}
+}
+
+// idleReason says why a job waits in pool, which has no live worker:
+// draining counts its workers that still heartbeat but take no new jobs.
+func idleReason(pool string, draining int) string {
+	switch draining {
+	case 0:
+		return fmt.Sprintf("waiting for a live worker in pool %s (none has sent a heartbeat in the last %s)",
+			pool, registry.MissedBeats*registry.DefaultInterval)
+	case 1:
+		return fmt.Sprintf("waiting for a worker in pool %s: its 1 live worker is draining and takes no new jobs", pool)
+	}
+	return fmt.Sprintf("waiting for a worker in pool %s: its %d live workers are draining and take no new jobs", pool, draining)
 }
 
 // kick has pool's placer release what its queue holds while the pool has

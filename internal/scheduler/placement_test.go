@@ -3,6 +3,9 @@ package scheduler_test
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -12,8 +15,12 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/bus/bustest"
+	"github.com/cortex-os/core/internal/registry"
+	"github.com/cortex-os/core/internal/routing"
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
+	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -21,7 +28,14 @@ import (
 // it records it and publishes the event.
 func (r *rig) end(t *testing.T, id string) {
 	t.Helper()
-	j, err := r.st.Transition(context.Background(), id, store.Change{To: store.Completed, Attempt: 1}, time.Now())
+	r.endAs(t, id, store.Completed)
+}
+
+// endAs records that attempt 1 of job id ended in state, as its worker or
+// the gateway (a cancel) would, and publishes the event.
+func (r *rig) endAs(t *testing.T, id string, state store.State) {
+	t.Helper()
+	j, err := r.st.Transition(context.Background(), id, store.Change{To: state, Attempt: 1}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,4 +226,89 @@ func TestReleasedJobsShareMessages(t *testing.T) {
 	if !slices.Equal(sizes, []int{4, 4, 2}) {
 		t.Fatalf("messages of %v jobs, want 4, 4 and 2", sizes)
 	}
+}
+
+// scrape reads m as Prometheus would.
+func scrape(t *testing.T, m *telemetry.Metrics) string {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	b, err := io.ReadAll(rec.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestJobCancelledWhileQueuedLeavesTheQueue: a job cancelled while it
+// waits for a worker is no longer counted as waiting, is never dispatched
+// when a worker comes, and takes no slot from the jobs behind it.
+func TestJobCancelledWhileQueuedLeavesTheQueue(t *testing.T) {
+	m := telemetry.NewMetrics()
+	r := newBareRig(t, answer(allow, nil), "", scheduler.WithMetrics(m))
+	r.submit(t, "gone", "job.echo", 1)
+	r.waitEvent(t, "gone", store.Pending)
+	r.waitWaiting(t, 1)
+	r.endAs(t, "gone", store.Cancelled)
+	r.waitWaiting(t, 0)
+	if out := scrape(t, m); !strings.Contains(out, `cortex_pool_queue_depth{pool="echo"} 0`) {
+		t.Fatalf("queue depth after the cancel, want 0:\n%s", out)
+	}
+	// A worker with one slot comes: the job behind gets it.
+	r.beat(t, "w-1", "echo", 1, false)
+	r.waitWorker(t, "w-1", true)
+	r.submit(t, "next", "job.echo", 1)
+	r.expectDispatch(t, "next")
+	r.noDispatch(t)
+	for _, c := range r.st.changesOf("gone") {
+		if c.To == store.Dispatched {
+			t.Fatalf("the cancelled job was released: changes %+v", r.st.changesOf("gone"))
+		}
+	}
+}
+
+// TestRoutedPoolsHaveGaugesFromTheStart: every pool the routes name has
+// its gauges before any worker or job, at 0, so that an alert on a pool
+// without workers fires for one that never had any.
+func TestRoutedPoolsHaveGaugesFromTheStart(t *testing.T) {
+	conn, err := bus.Connect(bustest.StartJetStream(t), "scheduler-test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	router, err := routing.NewRouter(map[string]string{"job.echo": "echo", "job.ghost": "ghost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := telemetry.NewMetrics()
+	s := scheduler.New(conn, &fakeStore{}, answer(allow, nil), router, slog.New(slog.DiscardHandler), scheduler.WithMetrics(m))
+	t.Cleanup(s.Close)
+	out := scrape(t, m)
+	for _, pool := range []string{"echo", "ghost"} {
+		for _, gauge := range []string{"workers", "capacity", "queue_depth"} {
+			if want := fmt.Sprintf("cortex_pool_%s{pool=%q} 0", gauge, pool); !strings.Contains(out, want) {
+				t.Errorf("no %s in:\n%s", want, out)
+			}
+		}
+	}
+}
+
+// TestDrainingPoolSaysItsWorkersDrain: a job for a pool whose only worker
+// drains says so, rather than that no worker beats.
+func TestDrainingPoolSaysItsWorkersDrain(t *testing.T) {
+	r := newBareRig(t, answer(allow, nil), "")
+	r.beat(t, "w-1", "echo", 4, true)
+	for deadline := time.Now().Add(5 * time.Second); !slices.ContainsFunc(r.s.Workers().Workers,
+		func(w registry.Worker) bool { return w.ID == "w-1" && w.State == registry.Draining }); time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("w-1 is not listed draining: %+v", r.s.Workers().Workers)
+		}
+	}
+	r.submit(t, "j1", "job.echo", 1)
+	ev := r.waitEvent(t, "j1", store.Pending)
+	if want := "waiting for a worker in pool echo: its 1 live worker is draining and takes no new jobs"; ev.GetReason() != want {
+		t.Fatalf("reason %q, want %q", ev.GetReason(), want)
+	}
+	r.noDispatch(t)
+	r.beat(t, "w-2", "echo", 4, false)
+	r.expectDispatch(t, "j1")
 }

@@ -144,7 +144,9 @@ func New(conn *bus.Conn, st Store, checker Checker, router *routing.Router, log 
 }
 
 // poolStats are the pools' gauges: live workers and their capacity from
-// the registry, and the jobs waiting in this scheduler's queues.
+// the registry, and the jobs waiting in this scheduler's queues. Every
+// pool the routes name has them, at 0 while it has no worker, so that an
+// alert on a pool without workers fires for one that never had any.
 func (s *Scheduler) poolStats() []telemetry.PoolStat {
 	by := map[string]*telemetry.PoolStat{}
 	stat := func(pool string) *telemetry.PoolStat {
@@ -152,6 +154,9 @@ func (s *Scheduler) poolStats() []telemetry.PoolStat {
 			by[pool] = &telemetry.PoolStat{Pool: pool}
 		}
 		return by[pool]
+	}
+	for _, pool := range s.router.Pools() {
+		stat(pool)
 	}
 	for _, w := range s.reg.Snapshot().Workers {
 		if w.State == registry.Live {
