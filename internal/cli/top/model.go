@@ -492,9 +492,16 @@ func (m Model) visibleJobs() []*cortexv1.Job {
 	})
 }
 
+// visibleDecisions are the recent decisions that match the filter or,
+// denials only, the recent denials that do (kept apart by the tracker, so
+// the allows that follow a denial do not push it out of this view).
 func (m Model) visibleDecisions() []*cortexv1.SafetyDecisionEvent {
-	return filter(m.Stats.Decisions, func(d *cortexv1.SafetyDecisionEvent) bool {
-		if m.DenialsOnly && d.GetVerdict().GetDecision() != cortexv1.Decision_DECISION_DENY {
+	ds := m.Stats.Decisions
+	if m.DenialsOnly {
+		ds = withDenials(m.Stats)
+	}
+	return filter(ds, func(d *cortexv1.SafetyDecisionEvent) bool {
+		if m.DenialsOnly && !denied(d) {
 			return false
 		}
 		v := d.GetVerdict()

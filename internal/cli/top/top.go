@@ -8,6 +8,7 @@ package top
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	tea "charm.land/bubbletea/v2"
+	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -58,7 +60,7 @@ worker has been heard from (by this gateway, since it started). Every tenant's d
 (up's key is one); another key sees its own tenant's.
 
 With --once, listen for a second and print one snapshot (-o json or yaml for
-scripts, a table otherwise); exit 1 if the cluster does not answer.`,
+scripts, a table otherwise); exit 1 if the cluster does not answer, 4 if it refuses the API key.`,
 		Example: `  cortexctl top
   cortexctl top --once -o json | jq '.pools[] | {pool, utilisation, p99Ms}'`,
 		Args: cmdutil.NoArgs,
@@ -217,7 +219,7 @@ func once(ctx context.Context, o *Options, src Source, tr *tracker) error {
 	m := Model{Server: o.Server, Stats: st, Pools: pools, Workers: workers, listed: jobs, Now: st.At}
 	m.mergeJobs()
 	s := Snapshot{Server: o.Server, TakenAt: st.At, InPerSec: st.InPerSec, OutPerSec: st.OutPerSec, Backlog: st.Backlog,
-		Workers: workers, Jobs: m.Jobs, Decisions: st.Decisions}
+		Workers: workers, Jobs: m.Jobs, Decisions: withDenials(st)}
 	slices.SortFunc(pools, func(a, b *cortexv1.PoolInfo) int { return strings.Compare(a.GetPool(), b.GetPool()) })
 	for _, p := range pools {
 		ps := PoolSnapshot{Pool: p.GetPool(), Workers: p.GetWorkers(), Draining: p.GetDrainingWorkers(),
@@ -238,8 +240,32 @@ func once(ctx context.Context, o *Options, src Source, tr *tracker) error {
 	return printTables(pr, s)
 }
 
+// unreachable says why listing the cluster at server failed, keeping err
+// (and so its exit status: 4 for a refused key).
 func unreachable(server string, err error) error {
-	return fmt.Errorf("cluster unreachable at %s: %w", server, err)
+	what, todo := problem(server, err)
+	if todo != "" {
+		return fmt.Errorf("%s: %w; %s", what, err, todo)
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
+// keyHint says how to give top another API key.
+const keyHint = "pass the right one with --api-key, CORTEX_API_KEY or a context ('cortexctl context use')"
+
+// problem says what err, from a call to the gateway at server, means: the
+// API key refused, a gateway that answers but cannot serve (its store is
+// down, say), or no answer at all; and what to do about it ("" when only
+// waiting helps).
+func problem(server string, err error) (what, todo string) {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnauthenticated, connect.CodePermissionDenied:
+		return "the gateway at " + server + " refused the API key", keyHint
+	}
+	if cerr, ok := errors.AsType[*connect.Error](err); ok && cerr.IsRemote() {
+		return "the gateway answers but cannot serve, at " + server, ""
+	}
+	return "cluster unreachable at " + server, ""
 }
 
 func printTables(pr *output.Printer, s Snapshot) error {

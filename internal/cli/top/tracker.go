@@ -16,7 +16,7 @@ const (
 	sparkSeconds = 30
 	// latencySamples caps the latencies kept per pool.
 	latencySamples = 1024
-	// recentCap caps the recent jobs and decisions kept.
+	// recentCap caps the recent jobs, decisions and denials kept.
 	recentCap = 256
 	// liveCap caps the unfinished jobs tracked for the backlog; beyond it
 	// the oldest are forgotten.
@@ -27,8 +27,8 @@ const (
 )
 
 // Stats is what the tracker has seen, as of one moment: the header's
-// rates, each pool's queue and latency, and the newest jobs and
-// decisions, newest first.
+// rates, each pool's queue and latency, and the newest jobs, decisions
+// and denials, newest first.
 type Stats struct {
 	At        time.Time
 	InPerSec  float64
@@ -45,6 +45,10 @@ type Stats struct {
 	P99       map[string]time.Duration
 	Jobs      []*cortexv1.Job
 	Decisions []*cortexv1.SafetyDecisionEvent
+	// Denials are the newest DENY decisions, kept apart from Decisions so
+	// that a stream of allows does not push them out. A denial may be in
+	// both (the same pointer).
+	Denials []*cortexv1.SafetyDecisionEvent
 	// Dropped counts the events and decisions the gateway skipped.
 	Dropped uint64
 	// EventsErr and DecisionsErr say why a stream is down ("" when up).
@@ -77,6 +81,7 @@ type tracker struct {
 	lat       map[string][]sample
 	jobs      []*cortexv1.Job
 	decisions []*cortexv1.SafetyDecisionEvent
+	denials   []*cortexv1.SafetyDecisionEvent
 	dropped   uint64
 	eventsErr string
 	decErr    string
@@ -159,14 +164,25 @@ func (t *tracker) forgetOldest() {
 	delete(t.live, oldest)
 }
 
+// observeDecision keeps one decision among the recent ones and, a denial,
+// among the recent denials too.
 func (t *tracker) observeDecision(ev *cortexv1.SafetyDecisionEvent, dropped uint64) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	t.dropped += dropped
 	t.decErr = ""
-	if ev != nil {
-		t.decisions = appendCapped(t.decisions, ev)
+	if ev == nil {
+		return
 	}
+	t.decisions = appendCapped(t.decisions, ev)
+	if denied(ev) {
+		t.denials = appendCapped(t.denials, ev)
+	}
+}
+
+// denied reports whether ev is a denial.
+func denied(ev *cortexv1.SafetyDecisionEvent) bool {
+	return ev.GetVerdict().GetDecision() == cortexv1.Decision_DECISION_DENY
 }
 
 func (t *tracker) streamDown(events bool, err error) {
@@ -244,11 +260,36 @@ func (t *tracker) snapshot(now time.Time) Stats {
 		}
 	}
 	st.Jobs = newestJobs(t.jobs, recentCap)
-	st.Decisions = make([]*cortexv1.SafetyDecisionEvent, 0, min(len(t.decisions), recentCap))
-	for i := len(t.decisions) - 1; i >= 0 && len(st.Decisions) < recentCap; i-- {
-		st.Decisions = append(st.Decisions, t.decisions[i])
-	}
+	st.Decisions = newestFirst(t.decisions, recentCap)
+	st.Denials = newestFirst(t.denials, recentCap)
 	return st
+}
+
+// newestFirst returns the last n of s (oldest first), newest first.
+func newestFirst[T any](s []T, n int) []T {
+	out := make([]T, 0, min(len(s), n))
+	for i := len(s) - 1; i >= 0 && len(out) < n; i-- {
+		out = append(out, s[i])
+	}
+	return out
+}
+
+// withDenials returns st's recent decisions followed by the denials that
+// are older than all of them, newest first: every decision and denial the
+// tracker kept, once each. (The recent decisions are the latest ones, so a
+// kept denial not among them came before them.)
+func withDenials(st Stats) []*cortexv1.SafetyDecisionEvent {
+	in := make(map[*cortexv1.SafetyDecisionEvent]bool, len(st.Decisions))
+	for _, d := range st.Decisions {
+		in[d] = true
+	}
+	out := slices.Clip(st.Decisions)
+	for _, d := range st.Denials {
+		if !in[d] {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 // newestJobs returns the latest event of each job in events (oldest

@@ -1,7 +1,6 @@
 package top
 
 import (
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -9,7 +8,6 @@ import (
 
 	tea "charm.land/bubbletea/v2"
 	"charm.land/lipgloss/v2"
-	"connectrpc.com/connect/v2"
 	"github.com/charmbracelet/x/ansi"
 
 	"github.com/cortex-os/core/internal/cli/output"
@@ -45,9 +43,9 @@ func (m Model) Render() string {
 	var top []string
 	top = append(top, m.header()...)
 	if b := m.banner(); b != "" {
-		// The banner wraps (an error can be long), on at most 3 lines.
-		lines := strings.Split(ansi.Wrap(b, w, " "), "\n")
-		for _, l := range lines[:min(len(lines), 3)] {
+		// The banner wraps (an error can be long), on at most 4 lines.
+		lines := wrapWords(b, w)
+		for _, l := range lines[:min(len(lines), 4)] {
 			top = append(top, styleBanner.Render(l))
 		}
 	}
@@ -109,17 +107,17 @@ func (m Model) header() []string {
 
 func (m Model) banner() string {
 	if m.Err != nil {
-		// An answer from the gateway (its store is down, say) is not an
-		// unreachable gateway.
-		what := "cluster unreachable at"
-		if cerr, ok := errors.AsType[*connect.Error](m.Err); ok && cerr.IsRemote() {
-			what = "the gateway answers but cannot serve, at"
+		// An answer from the gateway (a refused key, its store down) is
+		// not an unreachable gateway.
+		what, todo := problem(m.Server, m.Err)
+		if todo != "" {
+			todo += "; "
 		}
 		retry := "retrying now"
 		if in := m.Retry.Sub(m.Now).Round(time.Second); in >= time.Second {
 			retry = fmt.Sprintf("retrying in %ds", int(in/time.Second))
 		}
-		return fmt.Sprintf("%s %s: %v; %s", what, m.Server, m.Err, retry)
+		return fmt.Sprintf("%s: %v; %s%s", what, m.Err, todo, retry)
 	}
 	if !m.Connected {
 		return ""
@@ -135,6 +133,30 @@ func (m Model) banner() string {
 		return "stream down, reconnecting: " + strings.Join(down, "; ")
 	}
 	return ""
+}
+
+// wrapWords breaks plain text s into lines at most w cells wide at its
+// spaces only (ansi.Wrap breaks at hyphens too, splitting "--api-key"),
+// cutting a word only when it alone is wider than w.
+func wrapWords(s string, w int) []string {
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(s) {
+		switch {
+		case line == "":
+		case ansi.StringWidth(line)+1+ansi.StringWidth(word) <= w:
+			word = line + " " + word
+		default:
+			lines = append(lines, line)
+		}
+		parts := strings.Split(ansi.Hardwrap(word, w, false), "\n")
+		lines = append(lines, parts[:len(parts)-1]...)
+		line = parts[len(parts)-1]
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 func (m Model) statusLine() string {
