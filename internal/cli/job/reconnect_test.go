@@ -122,6 +122,14 @@ func (g *flakyGateway) WatchJob(_ context.Context, _ *cortexv1.WatchJobRequest, 
 	return call.err
 }
 
+func (g *flakyGateway) SubmitJob(context.Context, *cortexv1.SubmitJobRequest) (*cortexv1.SubmitJobResponse, error) {
+	return &cortexv1.SubmitJobResponse{JobId: "j1", State: pending}, nil
+}
+
+func (g *flakyGateway) GetResult(context.Context, *cortexv1.GetResultRequest) (*cortexv1.GetResultResponse, error) {
+	return &cortexv1.GetResultResponse{JobId: "j1", Output: &cortexv1.GetResultResponse_Text{Text: "done"}}, nil
+}
+
 // lines splits s into its lines.
 func lines(s string) []string {
 	return strings.Split(strings.TrimSuffix(s, "\n"), "\n")
@@ -243,5 +251,32 @@ func TestStreamThatStaysOpenCountsAsBack(t *testing.T) {
 	}
 	if got := lines(errOut.String()); !reflect.DeepEqual(got, want) {
 		t.Errorf("stderr:\n%s\nwant:\n%s", errOut.String(), strings.Join(want, "\n"))
+	}
+}
+
+// submit --wait says when it loses the gateway, rather than show the last
+// state it saw as if nothing happened, and when it follows the job again.
+func TestSubmitWaitSaysWhenTheStreamBreaks(t *testing.T) {
+	useFakeClock(t, time.Hour)
+	url := serve(t, &flakyGateway{calls: []outage{
+		{versions: []*cortexv1.Job{streamJob("j1", running, 2)}, err: errRestarting},
+		{err: errRestarting},
+		{versions: []*cortexv1.Job{streamJob("j1", completed, 3)}},
+	}})
+	out, errOut, err := run(t, url, func(f *cmdutil.Factory) *cobra.Command { return NewCmdSubmit(f, nil) },
+		"--topic", "job.echo", "--prompt", "hi", "--wait")
+	if err != nil {
+		t.Fatalf("submit --wait: %v", err)
+	}
+	if out != "done\n" {
+		t.Errorf("stdout %q, want the result", out)
+	}
+	got := lines(errOut)
+	want := []string{
+		"stream interrupted (unavailable: the gateway is restarting); reconnecting",
+		"stream back after 1.5s: still waiting for job j1",
+	}
+	if len(got) < 2 || !reflect.DeepEqual(got[:2], want) {
+		t.Errorf("stderr:\n%s\nwant it to start:\n%s", errOut, strings.Join(want, "\n"))
 	}
 }

@@ -245,13 +245,11 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 	j, err := FollowToEnd(ctx, c, res.GetJobId(), func(j *cortexv1.Job) {
 		if j.GetState() == cortexv1.JobState_JOB_STATE_AWAITING_APPROVAL && !held {
 			held = true
-			spin.Stop()
-			fmt.Fprintf(o.Factory.ErrOut, "job %s is held for approval by rule %s; waiting for: cortexctl approve %s (or reject)\n",
+			fmt.Fprintf(spin, "job %s is held for approval by rule %s; waiting for: cortexctl approve %s (or reject)\n",
 				j.GetJobId(), j.GetSafety().GetRule(), j.GetJobId())
-			spin = output.StartSpinner(o.Factory.ErrOut, "job "+j.GetJobId()+" AWAITING_APPROVAL")
 		}
 		spin.Update(fmt.Sprintf("job %s %s", j.GetJobId(), StateName(j.GetState())))
-	}, onOutput)
+	}, onOutput, spin)
 	spin.Stop()
 	switch {
 	case errors.Is(err, context.Canceled):

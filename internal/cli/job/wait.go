@@ -198,14 +198,16 @@ func (r *reconnector) resume(ctx context.Context, read func(ok func()) error) er
 // onChange (if not nil) with every version of the job it sees. A stream the
 // gateway drops is resumed, with backoff.
 func WaitForEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job)) (*cortexv1.Job, error) {
-	return FollowToEnd(ctx, c, id, onChange, nil)
+	return FollowToEnd(ctx, c, id, onChange, nil, nil)
 }
 
 // FollowToEnd is WaitForEnd that also hands onOutput (when not nil) the
 // pieces of output the job's handler streams while it runs. Pieces are
-// best effort: see follower for how to show them.
-func FollowToEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job), onOutput func(*cortexv1.JobOutput) error) (*cortexv1.Job, error) {
-	return followToEnd(ctx, c, id, onChange, onOutput, newReconnector(nil, ""))
+// best effort: see follower for how to show them. When notes is not nil,
+// a broken stream is told there ("stream interrupted (...); reconnecting"),
+// and its return.
+func FollowToEnd(ctx context.Context, c cortexv1connect.GatewayServiceClient, id string, onChange func(*cortexv1.Job), onOutput func(*cortexv1.JobOutput) error, notes io.Writer) (*cortexv1.Job, error) {
+	return followToEnd(ctx, c, id, onChange, onOutput, newReconnector(notes, "still waiting for job "+id))
 }
 
 // followToEnd is FollowToEnd with rc pacing (and telling of) the

@@ -92,6 +92,35 @@ func (s *Spinner) Update(msg string) {
 	s.draw()
 }
 
+// Write prints p (whole lines) on the spinner's writer above the spinner:
+// it clears the spinner's line, writes p and draws the spinner again
+// below it. A spinner that does not draw, or has stopped, writes p as it
+// is; a nil one writes nothing. It makes the Spinner an io.Writer for the
+// notes of whoever runs under it ("stream interrupted ...").
+func (s *Spinner) Write(p []byte) (int, error) {
+	if s == nil {
+		return len(p), nil
+	}
+	if !s.active() {
+		return s.w.Write(p)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	select {
+	case <-s.done:
+		return s.w.Write(p)
+	default:
+	}
+	if _, err := io.WriteString(s.w, clearLine); err != nil {
+		return 0, err
+	}
+	n, err := s.w.Write(p)
+	if err == nil {
+		s.draw()
+	}
+	return n, err
+}
+
 // Stop ends the spinner and clears its line; when it returns, the
 // spinner's goroutine has ended and nothing more is written. Calling it
 // again does nothing.

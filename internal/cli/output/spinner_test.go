@@ -2,6 +2,7 @@ package output
 
 import (
 	"bytes"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -96,5 +97,34 @@ func TestSpinnerOnTerminal(t *testing.T) {
 	s.Stop()
 	if tty.String() != out {
 		t.Error("the spinner wrote after Stop")
+	}
+}
+
+// A note written through the spinner lands on its own line above the
+// spinner, which is drawn again below it; without a terminal the note is
+// written as it is, and after Stop too.
+func TestSpinnerWriteGoesAboveTheSpinner(t *testing.T) {
+	tty := &ttyBuffer{}
+	s := startSpinner(tty, "job 0193 RUNNING", true, time.Hour, func() time.Time { return time.Unix(0, 0) })
+	if _, err := io.WriteString(s, "stream interrupted; reconnecting\n"); err != nil {
+		t.Fatal(err)
+	}
+	got := tty.String()
+	note := strings.Index(got, clearLine+"stream interrupted; reconnecting\n")
+	if note < 0 || !strings.Contains(got[note:], "\n"+clearLine+"⠋ job 0193 RUNNING") {
+		t.Fatalf("note not written on a cleared line with the spinner drawn again below it: %q", got)
+	}
+	s.Stop()
+	_, _ = io.WriteString(s, "after stop\n")
+	if !strings.HasSuffix(tty.String(), clearLine+"after stop\n") {
+		t.Errorf("a note after Stop: %q", tty.String())
+	}
+
+	var plain strings.Builder
+	p := StartSpinner(&plain, "job 0193 RUNNING")
+	_, _ = io.WriteString(p, "stream interrupted; reconnecting\n")
+	p.Stop()
+	if plain.String() != "stream interrupted; reconnecting\n" {
+		t.Errorf("without a terminal: %q, want only the note", plain.String())
 	}
 }
