@@ -3,7 +3,10 @@ package gateway_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
+	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -235,5 +238,46 @@ func TestJSONPromptLimitIsOnTheDecodedPrompt(t *testing.T) {
 		if code, out := post(chars); code != http.StatusBadRequest || out["code"] != "invalid_argument" || !strings.Contains(out["message"], says) {
 			t.Errorf("%d é in escaped JSON: %d %v, want 400 invalid_argument saying %q", chars, code, out, says)
 		}
+	}
+}
+
+// stalledStore is a store whose creates run out of time, as over a Redis
+// that stopped answering: the create was sent and may yet be carried out.
+type stalledStore struct{ gateway.Store }
+
+var errStoreTimeout = fmt.Errorf("create: read tcp 127.0.0.1:6379: %w", os.ErrDeadlineExceeded)
+
+func (stalledStore) CreateJob(context.Context, store.NewJob, time.Time) (string, error) {
+	return "", errStoreTimeout
+}
+
+func (stalledStore) CreateJobs(_ context.Context, jobs []store.NewJob, _ time.Time) []store.Created {
+	out := make([]store.Created, len(jobs))
+	for i := range out {
+		out[i].Err = errStoreTimeout
+	}
+	return out
+}
+
+// A create the store did not answer in time may still be carried out, and
+// the job would then run: the refusal says so, with the job's id, rather
+// than "nothing was recorded", which invites a blind retry and a second
+// job.
+func TestSubmitToAStalledStoreSaysTheJobMayExist(t *testing.T) {
+	f := newFixtureWith(t, gateway.Options{Keys: keys}, setup{wrap: func(s gateway.Store) gateway.Store { return stalledStore{s} }})
+	c := f.client(t, "key-acme-1234")
+	_, err := c.SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "hi"})
+	if connect.CodeOf(err) != connect.CodeUnavailable || !regexp.MustCompile(`did not answer in time: job \S+ may have been recorded`).MatchString(err.Error()) {
+		t.Errorf("single submit: %v, want unavailable saying the job may have been recorded", err)
+	}
+	res, err := c.SubmitJobs(context.Background(), &cortexv1.SubmitJobsRequest{Jobs: []*cortexv1.SubmitJobRequest{{Topic: "job.echo", Prompt: "hi"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res.GetResults()[0]; r.GetErrorCode() != "unavailable" || !strings.Contains(r.GetError(), "may have been recorded") {
+		t.Errorf("batched submit: %v, want unavailable saying the job may have been recorded", r)
+	}
+	if got := f.submitted(t); len(got) != 0 {
+		t.Errorf("hand-offs %v, want none", got)
 	}
 }

@@ -209,13 +209,16 @@ func (g *Gateway) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if err := g.store.Ping(r.Context()); err != nil {
+		// Each check has a second: a probe wants an answer, not a wait.
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		if err := g.store.Ping(ctx); err != nil {
 			g.log.Warn("readiness check", "err", err)
 			http.Error(w, "not ready: the job store does not answer", http.StatusServiceUnavailable)
 			return
 		}
 		// A kernel answering over the bus proves NATS and the kernel.
-		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		ctx, cancel = context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		_, err := g.bus.Request(ctx, bus.SubjectPolicyQuery, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyQuery{PolicyQuery: &cortexv1.PolicyQuery{}}})
 		if err != nil {

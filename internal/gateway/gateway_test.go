@@ -66,6 +66,8 @@ var testLog = slog.New(slog.DiscardHandler)
 type setup struct {
 	store store.Options
 	bus   func(*bus.Conn) gateway.Bus
+	// wrap, when set, stands between the gateway and the store.
+	wrap func(gateway.Store) gateway.Store
 }
 
 func newFixture(t *testing.T, opts gateway.Options) *fixture {
@@ -117,7 +119,11 @@ func newFixtureWith(t *testing.T, opts gateway.Options, su setup) *fixture {
 	if su.bus != nil {
 		b = su.bus(f.conn)
 	}
-	g, err := gateway.New(f.st, b, opts, testLog)
+	var st gateway.Store = f.st
+	if su.wrap != nil {
+		st = su.wrap(st)
+	}
+	g, err := gateway.New(st, b, opts, testLog)
 	if err != nil {
 		t.Fatal(err)
 	}

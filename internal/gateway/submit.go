@@ -7,6 +7,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"maps"
+	"net"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -80,6 +82,13 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 	case errors.Is(err, store.ErrIdempotencyMismatch):
 		return nil, nil, nil, connect.Errorf(connect.CodeAlreadyExists,
 			"idempotency key %.60q was already used by job %s for a different request; use a new key for a new job", nj.IdempotencyKey, existing)
+	case timedOut(err):
+		// The store may yet carry out the create it was sent: the job
+		// then runs (the reconciler hands it on), and a blind retry
+		// would make a second one.
+		g.log.Error("record job", "trace_id", nj.TraceID, "job_id", nj.ID, "err", err)
+		return nil, nil, nil, connect.Errorf(connect.CodeUnavailable,
+			"the job store did not answer in time: job %s may have been recorded all the same, and then it runs; look for it (cortexctl jobs get %s) before you submit again, or submit with an idempotency key, which makes a retry safe", nj.ID, nj.ID)
 	case err != nil:
 		g.log.Error("record job", "trace_id", nj.TraceID, "job_id", nj.ID, "err", err)
 		return nil, nil, nil, connect.NewError(connect.CodeUnavailable, "the job store is unavailable; nothing was recorded, try again")
@@ -107,6 +116,13 @@ func (g *Gateway) recorded(ctx context.Context, nj store.NewJob, existing string
 	d := bus.Submit(j.Trace(), j.Request(), strconv.FormatUint(j.Version, 10))
 	g.log.Debug("job accepted", "trace_id", j.TraceID, "job_id", j.ID, "topic", j.Topic, "tenant", j.Tenant)
 	return &cortexv1.SubmitJobResponse{JobId: j.ID, State: cortexv1.JobState_JOB_STATE_PENDING, TraceId: j.TraceID}, &d, created, nil
+}
+
+// timedOut reports whether err is a store call that ran out of time: its
+// command may have been carried out, or may still be.
+func timedOut(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }
 
 // announce publishes the PENDING events of jobs just created, ahead of

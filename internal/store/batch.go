@@ -19,9 +19,11 @@ import (
 const (
 	maxInFlight = 4
 	maxBatch    = 512
-	// batchTimeout bounds one pipeline (the commands' own timeouts are
-	// shorter).
-	batchTimeout = 30 * time.Second
+	// batchTimeout bounds one pipeline, so that the calls in it fail
+	// within seconds when Redis stops answering (a stalled server keeps
+	// the connection open, and the client would go on trying): a pipeline
+	// takes milliseconds, and the client's read timeout is 3 s.
+	batchTimeout = 5 * time.Second
 )
 
 // queued is one command waiting for a pipeline: a script run (script,

@@ -174,11 +174,27 @@ func allHandshake(cmds []redis.Cmder) bool {
 	return true
 }
 
-// Ping checks that Redis answers. On a Redis Cluster it asks every master
+// Ping checks that Redis answers, and gives up when ctx ends: a Redis that
+// stopped answering (a stalled server, a network that drops packets) keeps
+// its connections open, and the client's own read timeouts and retries
+// would take it ten seconds and more to say so. The ping left running ends
+// with those.
+func (s *Store) Ping(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- s.ping(ctx) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("ping Redis: no answer: %w", context.Cause(ctx))
+	}
+}
+
+// ping is Ping without the bound. On a Redis Cluster it asks every master
 // at once and is answered by the first that replies: a master that is down
 // stalls only the jobs of its own shards, and a keyless PING to it would
 // first spend its dial retries there.
-func (s *Store) Ping(ctx context.Context) error {
+func (s *Store) ping(ctx context.Context) error {
 	c, ok := s.rdb.(*redis.ClusterClient)
 	if !ok {
 		if err := s.rdb.Ping(ctx).Err(); err != nil {
