@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -144,7 +145,11 @@ func listRun(ctx context.Context, o *ListOptions) error {
 		for i, j := range jobs {
 			rows[i] = jobRow(p, j, now)
 		}
-		if err := p.Table(jobHeader(p.Wide()), rows); err != nil {
+		header := jobHeader(p.Wide())
+		if o.Watch {
+			header = watchHeader(p.Wide())
+		}
+		if err := p.Table(header, rows); err != nil {
 			return err
 		}
 		moreJobs(o.Factory.ErrOut, token)
@@ -158,6 +163,48 @@ func listRun(ctx context.Context, o *ListOptions) error {
 		}
 		return p.Table(nil, [][]string{jobRow(p, j, time.Now())})
 	}, nil)
+}
+
+// The least widths of jobs list's columns while it watches (see
+// watchHeader).
+const (
+	// watchIDWidth fits every job id, a UUIDv7.
+	watchIDWidth = len("0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e")
+	// watchTopicWidth fits topics such as job.chat.completion with room to
+	// spare. Topics may be longer (up to 200 bytes): a longer one still
+	// widens the column, from its row on.
+	watchTopicWidth = 24
+	// watchAgeWidth fits every age under a year ("364d"); jobs are kept
+	// for 24 hours.
+	watchAgeWidth = len("364d")
+)
+
+// watchStateWidth fits the name of every job state (AWAITING_APPROVAL).
+var watchStateWidth = func() int {
+	n := 0
+	for v := range cortexv1.JobState_name {
+		n = max(n, len(StateName(cortexv1.JobState(v))))
+	}
+	return n
+}()
+
+// watchHeader is the header of jobs list --watch: jobHeader with the job
+// id, topic, state and age cells padded to widths that fit their values.
+// The printer keeps each column as wide as its widest cell so far, header
+// included, so the table printed first is already as wide as the rows
+// printed for later changes (a DISPATCHED job after a table of COMPLETED
+// ones, or any job after an empty table), and those rows line up under it.
+func watchHeader(wide bool) []string {
+	h := jobHeader(wide)
+	for i, w := range []int{watchIDWidth, watchTopicWidth, watchStateWidth, watchAgeWidth} {
+		h[i] = padRight(h[i], w)
+	}
+	return h
+}
+
+// padRight pads s with spaces to n bytes; a longer s is returned as it is.
+func padRight(s string, n int) string {
+	return s + strings.Repeat(" ", max(n-len(s), 0))
 }
 
 // moreJobs says on stderr how to list the jobs after a page, when token

@@ -399,15 +399,7 @@ func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (*compiled, bo
 	}
 	ast, iss := ps.env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
-		for _, e := range iss.Errors() {
-			line := n.Line + max(e.Location.Line(), 1) - 1
-			if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
-				// Block scalars start on the line after the "when: |".
-				line++
-			}
-			msg := strings.TrimSuffix(e.Message, " (in container '')")
-			ps.add(line, ref, "when", "ERROR: %s", msg)
-		}
+		ps.addCELErrors(iss, n, ref)
 		return nil, false
 	}
 	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) {
@@ -423,6 +415,41 @@ func (ps *parser) compile(expr string, n *yaml.Node, ref ruleRef) (*compiled, bo
 		return nil, false
 	}
 	return &compiled{ast: ast, prg: prg}, true
+}
+
+// celProblem is one CEL error as it is reported: the file line and the
+// message, without the column.
+type celProblem struct {
+	line int
+	msg  string
+}
+
+// addCELErrors reports the errors of compiling the when expression in n,
+// each at its line in the file. CEL reports an error at every place it
+// occurs: prompt.split(" ") used three times on a line gives three
+// "undeclared reference to 'split'" at three columns. The messages carry
+// no column, so those would be identical lines; each is reported once.
+func (ps *parser) addCELErrors(iss *cel.Issues, n *yaml.Node, ref ruleRef) {
+	seen := make(map[celProblem]bool)
+	for _, e := range iss.Errors() {
+		p := celProblem{line: celErrorLine(n, e.Location.Line()), msg: strings.TrimSuffix(e.Message, " (in container '')")}
+		if seen[p] {
+			continue
+		}
+		seen[p] = true
+		ps.add(p.line, ref, "when", "ERROR: %s", p.msg)
+	}
+}
+
+// celErrorLine maps line exprLine (1-based; 0 when unknown) of the when
+// expression in n to its line in the file.
+func celErrorLine(n *yaml.Node, exprLine int) int {
+	line := n.Line + max(exprLine, 1) - 1
+	if n.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
+		// Block scalars start on the line after the "when: |".
+		line++
+	}
+	return line
 }
 
 // withinCostLimit estimates the most the checked expression can cost for
