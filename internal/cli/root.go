@@ -64,6 +64,7 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 	pf := root.PersistentFlags()
 	pf.StringVar(&f.Server, "server", "", "gateway URL (default: $CORTEX_SERVER, the context, or http://127.0.0.1:7470)")
 	pf.StringVar(&f.APIKey, "api-key", "", "API key (default: $CORTEX_API_KEY or the context's)")
+	root.PersistentPreRunE = refuseEmptyClientFlags
 
 	root.AddGroup(&cobra.Group{ID: "run", Title: "Run CortexOS:"}, &cobra.Group{ID: "jobs", Title: "Jobs:"},
 		&cobra.Group{ID: "config", Title: "Configuration:"})
@@ -91,6 +92,20 @@ CORTEX_API_KEY, then the current context ('cortexctl context', which
 	addCompletionExamples(root)
 	suggestSubcommands(root)
 	return root
+}
+
+// refuseEmptyClientFlags refuses the global --server or --api-key given as
+// "": most often a variable that is not set (--api-key "$KEY"), which
+// would otherwise quietly fall back to the environment's or the context's,
+// and send another key than meant. (A command's own flag of that name,
+// such as context set's, means what that command says.)
+func refuseEmptyClientFlags(cmd *cobra.Command, _ []string) error {
+	for _, name := range []string{"server", "api-key"} {
+		if f := cmd.Root().PersistentFlags().Lookup(name); f.Changed && f.Value.String() == "" {
+			return &cmdutil.UsageError{Err: fmt.Errorf("--%s is empty (is the variable you passed set?); leave the flag out to use the default", name)}
+		}
+	}
+	return nil
 }
 
 // addCompletionExamples gives cobra's completion command examples.

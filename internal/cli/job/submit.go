@@ -93,6 +93,9 @@ the API key is missing or wrong; 1 on any other error.`,
 				}
 				o.Wait = true
 			}
+			if cmd.Flags().Changed("wait-timeout") && !o.Wait {
+				return &cmdutil.UsageError{Err: errors.New("--wait-timeout bounds the wait of --wait (or --follow): add --wait")}
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -119,7 +122,8 @@ the API key is missing or wrong; 1 on any other error.`,
 	return cmd
 }
 
-// ParseLabels reads key=value pairs.
+// ParseLabels reads key=value pairs; a key given twice is refused rather
+// than one of its values silently dropped.
 func ParseLabels(pairs []string) (map[string]string, error) {
 	if len(pairs) == 0 {
 		return nil, nil
@@ -129,6 +133,9 @@ func ParseLabels(pairs []string) (map[string]string, error) {
 		k, v, ok := strings.Cut(p, "=")
 		if !ok || k == "" {
 			return nil, fmt.Errorf("label %q: want key=value, e.g. team=ml", p)
+		}
+		if prev, dup := labels[k]; dup {
+			return nil, fmt.Errorf("label %s given twice (%s=%s and %s=%s): give each key once", k, k, prev, k, v)
 		}
 		labels[k] = v
 	}
