@@ -1,9 +1,11 @@
 package gateway
 
 // The OpenAI-compatible front door: POST /v1/chat/completions (whole or
-// streamed as server-sent events) and GET /v1/models, on the gateway's
-// HTTP listener, so that an OpenAI client pointed at http://<gateway>/v1
-// with a CortexOS API key works unchanged.
+// streamed as server-sent events), GET /v1/models and GET
+// /v1/models/{model}, on the gateway's HTTP listener, so that an OpenAI
+// client pointed at http://<gateway>/v1 with a CortexOS API key works
+// unchanged. Any other path under /v1, or a route asked by another
+// method, is answered in OpenAI's error format too (404, 405).
 //
 // A completion is a job like any other: it is submitted on ChatTopic
 // through SubmitJob (the same checks, record and hand-off), passes the
@@ -53,10 +55,75 @@ const ModelCapability = "model:"
 // starts, the workers' first heartbeats may still be on their way.
 const workerWait = time.Second
 
+// openAIRoute is one route of the front door.
+type openAIRoute struct {
+	// method is the one method served; a GET route answers HEAD too.
+	method string
+	// path is a ServeMux path pattern.
+	path  string
+	serve func(*Gateway, http.ResponseWriter, *http.Request)
+}
+
+// openAIRoutes are the routes the front door serves, in the order its
+// errors list them.
+var openAIRoutes = []openAIRoute{
+	{http.MethodPost, "/v1/chat/completions", (*Gateway).chatCompletions},
+	{http.MethodGet, "/v1/models", (*Gateway).listModels},
+	{http.MethodGet, "/v1/models/{model}", (*Gateway).getModel},
+}
+
+// mountOpenAI mounts the front door's routes on mux and answers the rest
+// of /v1 in OpenAI's error format, which OpenAI's clients can read (Go's
+// plain-text 404 and 405 they cannot): a route asked by another method is
+// 405 with Allow, any other path 404 naming the routes served. Those two
+// answers need no key, as OpenAI's do not: they tell only what is
+// documented, and echo the method and path, never a header or the query.
 func (g *Gateway) mountOpenAI(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/chat/completions", g.chatCompletions)
-	mux.HandleFunc("GET /v1/models", g.listModels)
-	mux.HandleFunc("GET /v1/models/{model}", g.getModel)
+	for _, rt := range openAIRoutes {
+		mux.HandleFunc(rt.method+" "+rt.path, func(w http.ResponseWriter, r *http.Request) { rt.serve(g, w, r) })
+		mux.HandleFunc(rt.path, rt.wrongMethod)
+	}
+	mux.HandleFunc("/v1/", unknownOpenAIPath)
+	mux.HandleFunc("/v1", unknownOpenAIPath)
+}
+
+// wrongMethod answers a request to the route by a method it does not
+// serve: 405, with the methods it does in Allow.
+func (rt openAIRoute) wrongMethod(w http.ResponseWriter, r *http.Request) {
+	allow := rt.method
+	if rt.method == http.MethodGet {
+		allow += ", " + http.MethodHead
+	}
+	w.Header().Set("Allow", allow)
+	writeAPIError(w, &apiError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error", code: "method_not_allowed",
+		message: fmt.Sprintf("%s %s is not allowed: send %s (this gateway serves %s)", r.Method, shownPath(r.URL.Path), rt.method, servedRoutes())})
+}
+
+// unknownOpenAIPath answers a path under /v1 that the front door does not
+// serve (/v1/embeddings, /v1/responses …): 404, naming those it does.
+func unknownOpenAIPath(w http.ResponseWriter, r *http.Request) {
+	writeAPIError(w, &apiError{status: http.StatusNotFound, typ: "invalid_request_error", code: "unknown_url",
+		message: fmt.Sprintf("%s %s is not served: this gateway serves %s", r.Method, shownPath(r.URL.Path), servedRoutes())})
+}
+
+// servedRoutes lists the routes served, for an error message: "POST
+// /v1/chat/completions, GET /v1/models and GET /v1/models/{model}".
+func servedRoutes() string {
+	names := make([]string, len(openAIRoutes))
+	for i, rt := range openAIRoutes {
+		names[i] = rt.method + " " + rt.path
+	}
+	last := len(names) - 1
+	return strings.Join(names[:last], ", ") + " and " + names[last]
+}
+
+// shownPath is a request path as an error message shows it: as sent if it
+// is short and plain, else quoted and cut to 100 characters.
+func shownPath(p string) string {
+	if len(p) <= 100 && !strings.ContainsFunc(p, func(c rune) bool { return c <= ' ' || c == '"' || c > '~' }) {
+		return p
+	}
+	return fmt.Sprintf("%.100q", p)
 }
 
 // openAIAuth resolves the caller's key, as the API does, or answers 401.
