@@ -13,7 +13,6 @@ import (
 
 	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -283,7 +282,7 @@ func submitRun(ctx context.Context, o *SubmitOptions) error {
 		result = r.GetText() + string(r.GetData())
 	}
 	if p.Machine() {
-		jobJSON, err := protojson.Marshal(j)
+		jobJSON, err := output.MarshalProto(j)
 		if err != nil {
 			return err
 		}

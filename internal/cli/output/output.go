@@ -117,8 +117,8 @@ func (p *Printer) Print(v any) error {
 }
 
 // JSON writes v as JSON indented by two spaces, then a newline. A
-// proto.Message is marshalled with protojson (lowerCamel names as Connect
-// uses, unset fields left out); a List marshals its items the same way;
+// proto.Message is marshalled with MarshalProto (lowerCamel names as
+// Connect uses, zero values written out); a List marshals its items the same way;
 // anything else goes through encoding/json. The bytes are stable: the
 // same value always prints the same.
 func (p *Printer) JSON(v any) error {
@@ -190,8 +190,8 @@ const yamlDocStart = "---\n"
 
 // List is how a list prints in json and yaml:
 // {"items": [...], "nextPageToken": "..."}, with the token left out when
-// empty (as protojson leaves out unset fields) and [] for no items. Items
-// that are proto messages are marshalled with protojson.
+// empty and [] for no items. Items that are proto messages are marshalled
+// with MarshalProto.
 type List[T any] struct {
 	Items         []T
 	NextPageToken string
@@ -224,12 +224,20 @@ func (l List[T]) MarshalJSON() ([]byte, error) {
 	return b.Bytes(), nil
 }
 
+// MarshalProto is m as the commands print it in json and yaml: protojson
+// with every field and its value, 0, "" and false included (messages and
+// optional fields only when set), so that a script reads "workers": 0
+// rather than guess that a missing field means none.
+func MarshalProto(m proto.Message) ([]byte, error) {
+	return protojson.MarshalOptions{EmitDefaultValues: true}.Marshal(m)
+}
+
 // marshalJSON returns v as compact JSON. protojson output is deliberately
 // unstable in its whitespace, so it is compacted here and indented by the
 // caller.
 func marshalJSON(v any) ([]byte, error) {
 	if m, ok := v.(proto.Message); ok {
-		b, err := protojson.Marshal(m)
+		b, err := MarshalProto(m)
 		if err != nil {
 			return nil, fmt.Errorf("format json: %w", err)
 		}

@@ -19,7 +19,6 @@ import (
 	tea "charm.land/bubbletea/v2"
 	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
-	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -181,7 +180,7 @@ func (s Snapshot) MarshalJSON() ([]byte, error) {
 func protoList[T proto.Message](items []T) ([]json.RawMessage, error) {
 	out := make([]json.RawMessage, 0, len(items))
 	for _, it := range items {
-		b, err := protojson.Marshal(it)
+		b, err := output.MarshalProto(it)
 		if err != nil {
 			return nil, fmt.Errorf("format json: %w", err)
 		}

@@ -51,7 +51,7 @@ func (h *harness) chat(t *testing.T, prompt string, attempts uint32, onOutput fu
 	if onOutput == nil {
 		onOutput = func(*cortexv1.JobOutput) error { return nil }
 	}
-	j, err := job.FollowToEnd(ctx, h.client, res.GetJobId(), nil, onOutput)
+	j, err := job.FollowToEnd(ctx, h.client, res.GetJobId(), nil, onOutput, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,7 +90,7 @@ func TestChatJobStreamsWhileItRuns(t *testing.T) {
 			fake.Release()
 		}
 		return nil
-	})
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
