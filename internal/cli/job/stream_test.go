@@ -350,9 +350,23 @@ func TestListWithoutWatchPrintsOneList(t *testing.T) {
       "jobId": "j1",
       "topic": "job.echo",
       "state": "JOB_STATE_COMPLETED",
+      "tenantId": "",
       "labels": {
         "team": "ml"
-      }
+      },
+      "priority": 0,
+      "maxAttempts": 0,
+      "attempt": 0,
+      "pool": "",
+      "workerId": "",
+      "reason": "",
+      "promptSize": "0",
+      "binaryPayload": false,
+      "resultSize": "0",
+      "transitions": [],
+      "version": "0",
+      "attempts": [],
+      "traceId": ""
     }
   ],
   "nextPageToken": "bW9yZQ"
@@ -366,11 +380,25 @@ func TestListWithoutWatchPrintsOneList(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = `items:
-- jobId: j1
+- attempt: 0
+  attempts: []
+  binaryPayload: false
+  jobId: j1
   labels:
     team: ml
+  maxAttempts: 0
+  pool: ""
+  priority: 0
+  promptSize: "0"
+  reason: ""
+  resultSize: "0"
   state: JOB_STATE_COMPLETED
+  tenantId: ""
   topic: job.echo
+  traceId: ""
+  transitions: []
+  version: "0"
+  workerId: ""
 nextPageToken: bW9yZQ
 `
 	if out != want {
