@@ -36,7 +36,7 @@ func frontDoor(t *testing.T) http.Handler {
 
 // ask sends a request with key (none if empty) to h and returns the
 // answer, its body decoded as an OpenAI error, and the body as sent.
-func ask(t *testing.T, h http.Handler, method, target, key string) (*http.Response, openAIError, string) {
+func ask(t *testing.T, h http.Handler, method, target, key string) (*httptest.ResponseRecorder, openAIError, string) {
 	t.Helper()
 	req := httptest.NewRequest(method, target, nil)
 	if key != "" {
@@ -51,16 +51,16 @@ func ask(t *testing.T, h http.Handler, method, target, key string) (*http.Respon
 			t.Fatalf("%s %s: %d %q is not an OpenAI error: %v", method, target, rec.Code, body, err)
 		}
 	}
-	return rec.Result(), e, body
+	return rec, e, body
 }
 
 // checkError fails unless the answer is an OpenAI error with status,
 // code, no param and a message holding each of says, that echoes no key.
-func checkError(t *testing.T, res *http.Response, e openAIError, body string, status int, code string, says ...string) {
+func checkError(t *testing.T, res *httptest.ResponseRecorder, e openAIError, body string, status int, code string, says ...string) {
 	t.Helper()
-	if res.StatusCode != status || res.Header.Get("Content-Type") != "application/json" ||
+	if res.Code != status || res.Header().Get("Content-Type") != "application/json" ||
 		e.Error.Type != "invalid_request_error" || e.Error.Param != nil || e.Error.Code == nil || *e.Error.Code != code {
-		t.Fatalf("%d (%s) %s, want %d application/json invalid_request_error %s", res.StatusCode, res.Header.Get("Content-Type"), body, status, code)
+		t.Fatalf("%d (%s) %s, want %d application/json invalid_request_error %s", res.Code, res.Header().Get("Content-Type"), body, status, code)
 	}
 	for _, s := range says {
 		if !strings.Contains(e.Error.Message, s) {
@@ -116,7 +116,7 @@ func TestOpenAIWrongMethodIsAnOpenAI405(t *testing.T) {
 			t.Run(tc.method+" "+tc.path+" with "+who, func(t *testing.T) {
 				res, e, body := ask(t, h, tc.method, tc.path, key)
 				checkError(t, res, e, body, http.StatusMethodNotAllowed, "method_not_allowed", tc.method+" "+tc.path+" is not allowed", served)
-				if got := res.Header.Get("Allow"); got != tc.allow {
+				if got := res.Header().Get("Allow"); got != tc.allow {
 					t.Fatalf("Allow %q, want %q", got, tc.allow)
 				}
 			})
@@ -134,12 +134,12 @@ func TestOpenAIServedRoutesStillNeedAKey(t *testing.T) {
 		res, e, body := ask(t, h, tc.method, tc.path, "key-nobody-1234")
 		checkError(t, res, e, body, http.StatusUnauthorized, "invalid_api_key")
 	}
-	if res, _, _ := ask(t, h, http.MethodHead, "/v1/models", "key-acme-read"); res.StatusCode != http.StatusOK {
-		t.Fatalf("HEAD /v1/models: %d, want 200", res.StatusCode)
+	if res, _, _ := ask(t, h, http.MethodHead, "/v1/models", "key-acme-read"); res.Code != http.StatusOK {
+		t.Fatalf("HEAD /v1/models: %d, want 200", res.Code)
 	}
 	res, e, body := ask(t, h, http.MethodGet, "/v1/models/llama3.2", "key-acme-read")
-	if res.StatusCode != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" {
-		t.Fatalf("GET /v1/models/llama3.2: %d %s, want 404 model_not_found", res.StatusCode, body)
+	if res.Code != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" {
+		t.Fatalf("GET /v1/models/llama3.2: %d %s, want 404 model_not_found", res.Code, body)
 	}
 }
 
