@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -132,7 +133,18 @@ type Gateway struct {
 	// closing is closed when Serve stops, to end open streams.
 	closing   chan struct{}
 	closeOnce sync.Once
+	// refusing is set by StopAccepting.
+	refusing atomic.Bool
 }
+
+// StopAccepting has the gateway refuse new jobs from now on (Unavailable:
+// nothing recorded, submit again later), while it goes on serving reads
+// and streams: a stack that stops this way lets the clients that follow
+// their jobs see them end, as the workers finish them, before Serve stops.
+func (g *Gateway) StopAccepting() { g.refusing.Store(true) }
+
+// errStopping refuses a job while the gateway stops.
+var errStopping = connect.NewError(connect.CodeUnavailable, "the gateway is stopping and takes no new jobs; nothing was recorded, submit again once it is back")
 
 // New checks opts and returns a gateway. Without keys it refuses to start
 // unless opts.Insecure is set.
@@ -209,6 +221,10 @@ func (g *Gateway) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if g.refusing.Load() {
+			http.Error(w, "not ready: stopping, no new jobs are taken", http.StatusServiceUnavailable)
+			return
+		}
 		// Each check has a second: a probe wants an answer, not a wait.
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()

@@ -60,6 +60,9 @@ func (g *Gateway) submitAccepted(ctx context.Context, nj store.NewJob) (*cortexv
 
 // accept validates a request and makes its job's record.
 func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (store.NewJob, error) {
+	if g.refusing.Load() {
+		return store.NewJob{}, errStopping
+	}
 	if err := g.validateSubmit(req); err != nil {
 		return store.NewJob{}, err
 	}

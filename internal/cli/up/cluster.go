@@ -102,6 +102,8 @@ type Cluster struct {
 	Metrics *telemetry.Metrics
 
 	cancel      context.CancelFunc
+	stopServing context.CancelFunc // the gateway's, which stops last
+	gateway     *gateway.Gateway
 	serveDone   chan error
 	gatewayConn *bus.Conn
 	scheduler   *scheduler.Scheduler
@@ -230,8 +232,11 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 		return c, err
 	}
 	c.GatewayAddr = ln.Addr().String()
+	c.gateway = g
+	serveCtx, stopServing := context.WithCancel(context.WithoutCancel(ctx))
+	c.stopServing = stopServing
 	c.serveDone = make(chan error, 1)
-	go func() { c.serveDone <- g.Serve(runCtx, ln) }()
+	go func() { c.serveDone <- g.Serve(serveCtx, ln) }()
 	return c, nil
 }
 
@@ -313,20 +318,19 @@ func (c *Cluster) Wait(ctx context.Context) error {
 }
 
 // Close stops the stack in an order that finishes what was accepted: the
-// gateway stops taking requests; the scheduler decides and dispatches the
+// gateway stops taking new jobs; the scheduler decides and dispatches the
 // submits it received; the worker finishes its jobs and reports them; the
-// scheduler records those results; then the safety kernel, Redis and the
-// embedded servers stop. It returns the gateway's serving error, if any.
+// scheduler records those results; meanwhile the gateway still serves
+// reads and streams, so whoever follows a job sees it end; then the
+// gateway, the safety kernel, Redis and the embedded servers stop. It
+// returns the gateway's serving error, if any.
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		if c.gateway != nil {
+			c.gateway.StopAccepting()
+		}
 		c.cancel()
-		if c.serveDone != nil {
-			err = <-c.serveDone
-		}
-		if c.gatewayConn != nil {
-			c.gatewayConn.Close()
-		}
 		if c.scheduler != nil {
 			c.scheduler.StopSubmits()
 		}
@@ -335,6 +339,15 @@ func (c *Cluster) Close() error {
 		}
 		if c.scheduler != nil {
 			c.scheduler.Close()
+		}
+		if c.stopServing != nil {
+			c.stopServing()
+		}
+		if c.serveDone != nil {
+			err = <-c.serveDone
+		}
+		if c.gatewayConn != nil {
+			c.gatewayConn.Close()
 		}
 		if c.safetyConn != nil {
 			c.safetyConn.Close()

@@ -18,6 +18,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
@@ -302,5 +303,59 @@ func TestComponentsReachEmbeddedNATSInProcess(t *testing.T) {
 		if !inProcess[want] {
 			t.Errorf("no %s connection found in process (connections: %+v)", want, inProcess)
 		}
+	}
+}
+
+// up stopping refuses new jobs at once, but lets whoever follows a job
+// that runs see it end: the worker finishes it while the gateway still
+// streams, and only then does the gateway stop.
+func TestStoppingStackStreamsTheEndOfRunningJobs(t *testing.T) {
+	h := startHarness(t, up.ClusterOptions{})
+	ctx := t.Context()
+	res, err := h.client.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.sleep", Prompt: "1s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream, err := h.client.WatchJob(ctx, &cortexv1.WatchJobRequest{JobId: res.GetJobId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stream.Close()
+	state := func() cortexv1.JobState {
+		t.Helper()
+		msg, err := stream.Receive()
+		if err != nil {
+			t.Fatalf("watch of the job: %v", err)
+		}
+		return msg.GetJob().GetState()
+	}
+	for s := state(); s != cortexv1.JobState_JOB_STATE_RUNNING; s = state() {
+		if store.StateOf(s).Terminal() {
+			t.Fatalf("the job ended %v before it ran", s)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- h.cluster.Close() }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		_, err := h.client.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "late"})
+		if err != nil {
+			if !strings.Contains(err.Error(), "the gateway is stopping and takes no new jobs") {
+				t.Fatalf("a submit while up stops: %v, want it refused as the gateway stops", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the gateway still took jobs 10s after Close began")
+		}
+	}
+	for {
+		if s := state(); s == cortexv1.JobState_JOB_STATE_COMPLETED {
+			break
+		} else if store.StateOf(s).Terminal() {
+			t.Fatalf("the job ended %v, want COMPLETED", s)
+		}
+	}
+	if err := <-closed; err != nil {
+		t.Errorf("close: %v", err)
 	}
 }
