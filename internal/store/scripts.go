@@ -43,8 +43,11 @@ return {'OK'}
 // in ms), field/value... A move that ends an attempt (a retry, or
 // a final state) records the attempt's outcome, worker, end time and
 // reason in "a:<attempt>" (tab-separated), so the job keeps its attempt
-// history. Answers {"OK"}, {""} when there is no job, or {"CONFLICT", current state,
-// attempt} when the state machine or the attempt guard refuses the move.
+// history. A move to DISPATCHED drops the reason the job waited for (no
+// live worker, a re-drive), which would otherwise outlive the wait on the
+// record of a job that ran. Answers {"OK"}, {""} when there is no job, or
+// {"CONFLICT", current state, attempt} when the state machine or the
+// attempt guard refuses the move.
 // Terminal states have no exits; a retry goes back to PENDING with the
 // attempt incremented.
 var transitionScript = redis.NewScript(`
@@ -69,10 +72,10 @@ local retry = ARGV[4] == '1'
 local set = {'state', to, 'updated_at', ARGV[3], 't:' .. to, ARGV[3], 'version', (tonumber(cur[5]) or 0) + 1}
 -- The worker and reason after the change: the change's own, else the
 -- record's. A retry's history names the worker of the attempt it ends.
-local worker, reason, keepsWorker = cur[3] or '', cur[4] or '', false
+local worker, reason, keepsWorker, setsReason = cur[3] or '', cur[4] or '', false, false
 for i = 10, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
-  if f == 'worker_id' then worker, keepsWorker = v, true elseif f == 'reason' then reason = v end
+  if f == 'worker_id' then worker, keepsWorker = v, true elseif f == 'reason' then reason, setsReason = v, true end
   set[#set + 1] = f
   set[#set + 1] = v
 end
@@ -89,6 +92,7 @@ if retry or string.find(',COMPLETED,FAILED,DENIED,CANCELLED,TIMEOUT,', ',' .. to
 end
 redis.call('HSET', KEYS[1], unpack(set))
 if retry and not keepsWorker then redis.call('HDEL', KEYS[1], 'worker_id') end
+if to == 'DISPATCHED' and cur[4] and not setsReason then redis.call('HDEL', KEYS[1], 'reason') end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[2], id) else redis.call('ZADD', KEYS[2], ARGV[6], id) end
 if ARGV[7] == '1' and (to == 'FAILED' or to == 'TIMEOUT') then
   redis.call('ZADD', KEYS[3], math.floor(tonumber(ARGV[3]) / 1000), id)

@@ -620,10 +620,13 @@ func TestSetPendingReason(t *testing.T) {
 		}
 		_, err = st.SetPendingReason(ctx, id, 2, "echo", "wrong attempt", now)
 		conflict(t, "attempt 2", err, store.Pending, 1)
-		move(t, st, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now)
+		// Dispatched, the job no longer waits: the reason goes with the wait.
+		if j := move(t, st, id, store.Change{To: store.Dispatched, Attempt: 1, Pool: "echo"}, now); j.Reason != "" {
+			t.Fatalf("dispatched job keeps the reason it waited for: %q", j.Reason)
+		}
 		_, err = st.SetPendingReason(ctx, id, 1, "echo", "too late", now)
 		conflict(t, "dispatched job", err, store.Dispatched, 1)
-		if got := get(t, st, id); got.Reason != "waiting for a live worker in pool echo" {
+		if got := get(t, st, id); got.Reason != "" {
 			t.Fatalf("a refused reason changed the job: %q", got.Reason)
 		}
 		if _, err := st.SetPendingReason(ctx, "no-such-job", 1, "echo", "x", now); !errors.Is(err, store.ErrNotFound) {
