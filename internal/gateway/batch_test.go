@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"regexp"
@@ -279,5 +280,78 @@ func TestSubmitToAStalledStoreSaysTheJobMayExist(t *testing.T) {
 	}
 	if got := f.submitted(t); len(got) != 0 {
 		t.Errorf("hand-offs %v, want none", got)
+	}
+}
+
+// gatedStore holds each create until released, telling entered when one
+// is waiting.
+type gatedStore struct {
+	gateway.Store
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s gatedStore) CreateJob(ctx context.Context, j store.NewJob, now time.Time) (string, error) {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.Store.CreateJob(ctx, j, now)
+}
+
+// StopAccepting refuses new jobs at once, but waits for a submit already
+// taking its job in: that job is recorded and handed on, not left behind.
+func TestStopAcceptingWaitsForSubmitsInProgress(t *testing.T) {
+	gate := gatedStore{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	var g *gateway.Gateway
+	f := newFixtureWith(t, gateway.Options{Keys: keys}, setup{
+		wrap:   func(s gateway.Store) gateway.Store { gate.Store = s; return gate },
+		gotten: func(gw *gateway.Gateway) { g = gw },
+	})
+	// Registered after the fixture, so run before it closes: a failure
+	// leaves no create waiting.
+	releaseCreates := sync.OnceFunc(func() { close(gate.release) })
+	t.Cleanup(releaseCreates)
+	c := f.client(t, "key-acme-1234")
+	submitted := make(chan error, 1)
+	var id string
+	go func() {
+		res, err := c.SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "in flight"})
+		id = res.GetJobId()
+		submitted <- err
+	}()
+	<-gate.entered
+	stopped := make(chan struct{})
+	go func() { g.StopAccepting(time.Minute); close(stopped) }()
+	// Once /readyz says so, the gateway stops: a submit is refused before
+	// it reaches the store.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		res, err := http.Get(f.url + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if strings.Contains(string(body), "stopping") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz still says %q 10s after StopAccepting", body)
+		}
+	}
+	_, err := c.SubmitJob(context.Background(), &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "late"})
+	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "the gateway is stopping and takes no new jobs") {
+		t.Fatalf("a submit after StopAccepting: %v, want unavailable as the gateway stops", err)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("StopAccepting returned while a submit was still taking its job in")
+	default:
+	}
+	releaseCreates()
+	if err := <-submitted; err != nil {
+		t.Fatalf("the submit in progress: %v, want its job taken in", err)
+	}
+	<-stopped
+	if got := f.submitted(t); !slices.Contains(got, id) {
+		t.Errorf("hand-offs %v, want the job of the submit in progress, %s", got, id)
 	}
 }

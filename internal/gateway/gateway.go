@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -133,15 +132,51 @@ type Gateway struct {
 	// closing is closed when Serve stops, to end open streams.
 	closing   chan struct{}
 	closeOnce sync.Once
-	// refusing is set by StopAccepting.
-	refusing atomic.Bool
+	// admitting guards refusing (set by StopAccepting) and admitted, the
+	// calls taking jobs in now (see admit).
+	admitting sync.Mutex
+	refusing  bool
+	admitted  sync.WaitGroup
 }
 
 // StopAccepting has the gateway refuse new jobs from now on (Unavailable:
 // nothing recorded, submit again later), while it goes on serving reads
 // and streams: a stack that stops this way lets the clients that follow
 // their jobs see them end, as the workers finish them, before Serve stops.
-func (g *Gateway) StopAccepting() { g.refusing.Store(true) }
+// It returns once the calls that were taking jobs in have handed them on
+// to the schedulers, or after wait.
+func (g *Gateway) StopAccepting(wait time.Duration) {
+	g.admitting.Lock()
+	g.refusing = true
+	g.admitting.Unlock()
+	done := make(chan struct{})
+	go func() { g.admitted.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(wait):
+		g.log.Warn("stopping: calls still taking jobs in after the wait", "wait", wait)
+	}
+}
+
+// admit lets a call take jobs in (record and hand them on) unless the
+// gateway stops accepting; done ends the call's part that StopAccepting
+// waits for.
+func (g *Gateway) admit() (done func(), err error) {
+	g.admitting.Lock()
+	defer g.admitting.Unlock()
+	if g.refusing {
+		return nil, errStopping
+	}
+	g.admitted.Add(1)
+	return g.admitted.Done, nil
+}
+
+// stopping reports whether StopAccepting was called.
+func (g *Gateway) stopping() bool {
+	g.admitting.Lock()
+	defer g.admitting.Unlock()
+	return g.refusing
+}
 
 // errStopping refuses a job while the gateway stops.
 var errStopping = connect.NewError(connect.CodeUnavailable, "the gateway is stopping and takes no new jobs; nothing was recorded, submit again once it is back")
@@ -221,7 +256,7 @@ func (g *Gateway) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if g.refusing.Load() {
+		if g.stopping() {
 			http.Error(w, "not ready: stopping, no new jobs are taken", http.StatusServiceUnavailable)
 			return
 		}

@@ -68,6 +68,8 @@ type setup struct {
 	bus   func(*bus.Conn) gateway.Bus
 	// wrap, when set, stands between the gateway and the store.
 	wrap func(gateway.Store) gateway.Store
+	// gotten, when set, is given the gateway.
+	gotten func(*gateway.Gateway)
 }
 
 func newFixture(t *testing.T, opts gateway.Options) *fixture {
@@ -126,6 +128,9 @@ func newFixtureWith(t *testing.T, opts gateway.Options, su setup) *fixture {
 	g, err := gateway.New(st, b, opts, testLog)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if su.gotten != nil {
+		su.gotten(g)
 	}
 	if err := g.Start(ctx); err != nil {
 		t.Fatal(err)

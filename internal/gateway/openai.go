@@ -29,6 +29,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -169,6 +170,14 @@ func (g *Gateway) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, connectToAPI(err))
 		return
 	}
+	done, err := g.admit()
+	if err != nil {
+		writeAPIError(w, connectToAPI(err))
+		return
+	}
+	// Admitted until the job is handed on, not while it runs.
+	handedOn := sync.OnceFunc(done)
+	defer handedOn()
 	nj, err := g.accept(ctx, &cortexv1.SubmitJobRequest{
 		Topic:   ChatTopic,
 		Payload: body,
@@ -191,6 +200,7 @@ func (g *Gateway) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		pieces = ch
 	}
 	res, err := g.submitAccepted(ctx, nj)
+	handedOn()
 	if err != nil {
 		writeAPIError(w, connectToAPI(err))
 		return

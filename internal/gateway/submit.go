@@ -37,6 +37,11 @@ func (g *Gateway) SubmitJob(ctx context.Context, req *cortexv1.SubmitJobRequest)
 	if err := requireWrite(ctx, "submit jobs"); err != nil {
 		return nil, err
 	}
+	done, err := g.admit()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	nj, err := g.accept(ctx, req)
 	if err != nil {
 		return nil, err
@@ -60,9 +65,6 @@ func (g *Gateway) submitAccepted(ctx context.Context, nj store.NewJob) (*cortexv
 
 // accept validates a request and makes its job's record.
 func (g *Gateway) accept(ctx context.Context, req *cortexv1.SubmitJobRequest) (store.NewJob, error) {
-	if g.refusing.Load() {
-		return store.NewJob{}, errStopping
-	}
 	if err := g.validateSubmit(req); err != nil {
 		return store.NewJob{}, err
 	}
@@ -173,6 +175,11 @@ func (g *Gateway) SubmitJobs(ctx context.Context, req *cortexv1.SubmitJobsReques
 	if n := len(req.GetJobs()); n == 0 || n > MaxBatch {
 		return nil, connect.Errorf(connect.CodeInvalidArgument, "a batch holds 1 to %d jobs, not %d; split it", MaxBatch, n)
 	}
+	done, err := g.admit()
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	res := &cortexv1.SubmitJobsResponse{Results: make([]*cortexv1.SubmitJobsResult, len(req.GetJobs()))}
 	var jobs []store.NewJob
 	var at []int

@@ -317,6 +317,10 @@ func (c *Cluster) Wait(ctx context.Context) error {
 	}
 }
 
+// stopAcceptingWait bounds the wait for submits in progress when up stops:
+// a store call's limit (5s) and a hand-off's (3s), with room.
+const stopAcceptingWait = 10 * time.Second
+
 // Close stops the stack in an order that finishes what was accepted: the
 // gateway stops taking new jobs; the scheduler decides and dispatches the
 // submits it received; the worker finishes its jobs and reports them; the
@@ -328,7 +332,7 @@ func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		if c.gateway != nil {
-			c.gateway.StopAccepting()
+			c.gateway.StopAccepting(stopAcceptingWait)
 		}
 		c.cancel()
 		if c.scheduler != nil {
