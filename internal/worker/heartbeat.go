@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"os"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,11 +40,3 @@ func kinds(topics []string) []string {
 	return slices.Compact(out)
 }
 
-// buildVersion is the main module's version as built ("dev" for a build
-// from a checkout).
-func buildVersion() string {
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" && info.Main.Version != "(devel)" {
-		return info.Main.Version
-	}
-	return "dev"
-}

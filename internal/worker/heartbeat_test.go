@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cortex-os/core/internal/buildinfo"
 	"github.com/cortex-os/core/internal/worker"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/plugins"
@@ -82,5 +83,18 @@ func TestHeartbeatCapabilitiesDefaultToTheTopicsKinds(t *testing.T) {
 	if !slices.Equal(hb.GetCapabilities(), []string{"echo", "llm.chat"}) || hb.GetVersion() == "" ||
 		hb.GetHeartbeatInterval().AsDuration() != worker.DefaultHeartbeatInterval {
 		t.Fatalf("heartbeat %v", hb)
+	}
+}
+
+// A worker reports the version its binary was released as (stamped in with
+// -ldflags -X, as goreleaser does), the one cortexctl version prints: a
+// rolling upgrade shows which worker runs which.
+func TestHeartbeatVersionIsTheReleaseVersion(t *testing.T) {
+	defer func(v string) { buildinfo.Version = v }(buildinfo.Version)
+	buildinfo.Version = "1.4.2"
+	r := newRigWith(t, worker.Options{ID: "w-1", Pool: "p", Handlers: map[string]plugins.Handler{"job.echo": echo}})
+	hb := r.nextBeat(t, "at start", func(*cortexv1.Heartbeat) bool { return true })
+	if hb.GetVersion() != "1.4.2" {
+		t.Fatalf("heartbeat version %q, want the stamped release version 1.4.2", hb.GetVersion())
 	}
 }

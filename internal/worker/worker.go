@@ -25,6 +25,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/cortex-os/core/internal/buildinfo"
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/ids"
 	"github.com/cortex-os/core/internal/store"
@@ -71,8 +72,9 @@ type Options struct {
 	Handlers map[string]plugins.Handler
 	// HeartbeatInterval is the time between heartbeats.
 	HeartbeatInterval time.Duration
-	// Version is reported in heartbeats (default: the module version of
-	// the build, else "dev").
+	// Version is reported in heartbeats (default: the build's, as
+	// cortexctl version says it: the release version stamped in, the
+	// module version of go install, else "dev").
 	Version string
 	// Capabilities are reported in heartbeats: what the worker can do
 	// beyond its topics ("python3", "gpu"). When empty, the kinds of its
@@ -166,7 +168,7 @@ func New(conn *bus.Conn, st Store, opts Options, log *slog.Logger) (*Worker, err
 	}
 	slices.Sort(topics)
 	if opts.Version == "" {
-		opts.Version = buildVersion()
+		opts.Version = buildinfo.Get().Version
 	}
 	if len(opts.Capabilities) == 0 {
 		opts.Capabilities = kinds(topics)
