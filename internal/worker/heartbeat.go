@@ -39,4 +39,3 @@ func kinds(topics []string) []string {
 	slices.Sort(out)
 	return slices.Compact(out)
 }
-
