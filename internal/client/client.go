@@ -23,13 +23,17 @@ const DefaultServer = "http://127.0.0.1:7470"
 // New returns a client of the gateway at server that presents apiKey (if
 // any) on every call.
 func New(server, apiKey string) (cortexv1connect.GatewayServiceClient, error) {
+	return NewWithTransport(server, apiKey, &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second})
+}
+
+// NewWithTransport is New over rt: for a gateway whose certificate a
+// private CA signed, say, a transport that trusts that CA.
+func NewWithTransport(server, apiKey string, rt http.RoundTripper) (cortexv1connect.GatewayServiceClient, error) {
 	base, err := NormalizeServer(server)
 	if err != nil {
 		return nil, err
 	}
-	hc := &http.Client{
-		Transport: &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second},
-	}
+	hc := &http.Client{Transport: rt}
 	var interceptors []connect.ClientInterceptor
 	if apiKey != "" {
 		interceptors = append(interceptors, bearer(apiKey))

@@ -121,3 +121,23 @@ func (f TLSFiles) Hint(err error) string {
 	}
 	return ""
 }
+
+// ServerTLS is the TLS config of a server that presents the certificate in
+// certFile (PEM, its chain after it) with the private key in keyFile, for
+// HTTP/2 and HTTP/1.1. flag names the certificate's setting in errors,
+// which never hold the key.
+func ServerTLS(flag, certFile, keyFile string) (*tls.Config, error) {
+	certPEM, err := readLimited(flag, certFile)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := readLimited(flag+" key", keyFile)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s with its key %s: %w", flag, certFile, keyFile, err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2", "http/1.1"}}, nil
+}

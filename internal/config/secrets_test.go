@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -85,6 +86,24 @@ func TestTLSFilesHint(t *testing.T) {
 	} {
 		if got := tc.files.Hint(tc.err); !strings.Contains(got, tc.want) || (tc.want == "") != (got == "") {
 			t.Errorf("Hint(%v) = %q, want %q", tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestServerTLS(t *testing.T) {
+	certs := testcerts.Write(t, t.TempDir())
+	c, err := config.ServerTLS("tls-cert", certs.ServerCert, certs.ServerKey)
+	if err != nil || len(c.Certificates) != 1 || !slices.Equal(c.NextProtos, []string{"h2", "http/1.1"}) {
+		t.Fatalf("ServerTLS = %+v, %v; want the pair, for h2 and http/1.1", c, err)
+	}
+	for name, files := range map[string][2]string{
+		"a missing certificate":   {filepath.Join(t.TempDir(), "none.pem"), certs.ServerKey},
+		"another pair's key":      {certs.ServerCert, certs.ClientKey},
+		"a key for a certificate": {certs.ServerKey, certs.ServerKey},
+	} {
+		_, err := config.ServerTLS("tls-cert", files[0], files[1])
+		if err == nil || !strings.Contains(err.Error(), "--tls-cert") {
+			t.Errorf("%s: %v, want an error naming --tls-cert", name, err)
 		}
 	}
 }

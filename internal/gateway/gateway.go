@@ -320,8 +320,10 @@ func (g *Gateway) Serve(ctx context.Context, ln net.Listener) error {
 	if err := g.Start(ctx); err != nil {
 		return err
 	}
+	// HTTP/2 with TLS (when ln is a TLS listener offering h2) or without.
 	p := new(http.Protocols)
 	p.SetHTTP1(true)
+	p.SetHTTP2(true)
 	p.SetUnencryptedHTTP2(true)
 	hs := &http.Server{
 		Handler:           g.Handler(),

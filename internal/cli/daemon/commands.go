@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -452,6 +453,7 @@ func NewCmdGateway() *cobra.Command {
 	var routes RouteFlags
 	var maxPrompt int
 	var models []string
+	var tlsCert, tlsKey string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run the API gateway as a daemon",
@@ -463,13 +465,29 @@ from --api-keys-file FILE (one a line, as a Kubernetes secret mounts it). Keys
 are held only as SHA-256 digests. Without keys the gateway refuses to start
 unless --insecure is given. A job.* topic that no pool serves (--routes FILE, or --route) is refused
 at submit, and the options a submit leaves unset take its pool's defaults;
-give the gateway the same routes as the schedulers.`,
+give the gateway the same routes as the schedulers.
+
+With --tls-cert and --tls-key the gateway serves HTTPS (HTTP/2 and
+HTTP/1.1), so that keys and prompts do not cross the network in clear;
+without them, plain HTTP, for a gateway behind a proxy that ends TLS.
+Clients then use an https:// --server (SSL_CERT_FILE=ca.pem for a private
+CA).`,
 		Example: `  CORTEX_API_KEYS=s3cr3t-key:acme cortexctl gateway --listen 0.0.0.0:7470 \
     --nats-url nats://cortex:secret@127.0.0.1:4222 --redis-url redis://:secret@127.0.0.1:6379/0`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := cmdutil.CheckListen("listen", listen); err != nil {
 				return err
+			}
+			var tlsConfig *tls.Config
+			switch {
+			case (tlsCert == "") != (tlsKey == ""):
+				return &cmdutil.UsageError{Err: errors.New("--tls-cert and --tls-key go together: the certificate and its private key")}
+			case tlsCert != "":
+				var err error
+				if tlsConfig, err = config.ServerTLS("tls-cert", tlsCert, tlsKey); err != nil {
+					return &cmdutil.UsageError{Err: err}
+				}
 			}
 			keyTable, err := apiKeys(keys, keysFile)
 			if err != nil {
@@ -499,7 +517,11 @@ give the gateway the same routes as the schedulers.`,
 			if err != nil {
 				return fmt.Errorf("gateway listen on %s: %w", listen, err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "gateway listening on http://%s; Ctrl-C or SIGTERM stops it\n", ln.Addr())
+			scheme := "http"
+			if tlsConfig != nil {
+				ln, scheme = tls.NewListener(ln, tlsConfig), "https"
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "gateway listening on %s://%s; Ctrl-C or SIGTERM stops it\n", scheme, ln.Addr())
 			go func() {
 				<-e.ctx.Done()
 				SayStopping(cmd.ErrOrStderr(), "gateway", func() string { return "finishing the requests in progress" })
@@ -513,6 +535,8 @@ give the gateway the same routes as the schedulers.`,
 	cmd.Flags().StringVar(&keysFile, "api-keys-file", "", "file of API keys, one key:tenant[:read|:admin] a line (# comments), added to --api-keys")
 	AddRouteFlags(cmd, &routes)
 	cmd.Flags().IntVar(&maxPrompt, "max-prompt-bytes", gateway.DefaultMaxPromptBytes, "largest prompt or payload accepted, in bytes")
+	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM, its chain after it), with --tls-key")
+	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
 	AddModelsFlag(cmd, &models)
 	return cmd
 }

@@ -2,8 +2,11 @@ package daemon_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -284,11 +287,16 @@ func TestSecureStack(t *testing.T) {
 		"safety":    regexp.MustCompile(`safety kernel running`),
 		"scheduler": regexp.MustCompile(`scheduler running`),
 		"worker":    regexp.MustCompile(`worker \S+ \(pool echo\) running`),
-		"gateway":   regexp.MustCompile(`gateway listening on (http://\S+);`),
+		"gateway":   regexp.MustCompile(`gateway listening on (https://\S+);`),
 	}
 	var gatewayURL string
 	for _, name := range []string{"safety", "scheduler", "worker", "gateway"} {
-		d := start(name, "--config", s.config)
+		args := []string{name, "--config", s.config}
+		if name == "gateway" {
+			// The API over TLS too: keys and prompts never in clear.
+			args = append(args, "--tls-cert", s.certs.ServerCert, "--tls-key", s.certs.ServerKey)
+		}
+		d := start(args...)
 		daemons = append(daemons, d)
 		m := d.waitFor(t, ready[name], 20*time.Second)
 		if name == "gateway" {
@@ -296,7 +304,20 @@ func TestSecureStack(t *testing.T) {
 		}
 	}
 
-	gw, err := client.New(gatewayURL, apiKey)
+	caPEM, err := os.ReadFile(s.certs.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	overTLS := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}, ForceAttemptHTTP2: true}
+	defer overTLS.CloseIdleConnections()
+	if res, err := (&http.Client{Transport: overTLS}).Get(gatewayURL + "/healthz"); err != nil || res.ProtoMajor != 2 {
+		t.Fatalf("GET /healthz over TLS: %v, %v; want an answer over HTTP/2", res, err)
+	} else {
+		res.Body.Close()
+	}
+	gw, err := client.NewWithTransport(gatewayURL, apiKey, overTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
