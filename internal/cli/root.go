@@ -5,6 +5,7 @@ package cli
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -161,6 +162,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			}
 		case connect.CodeOf(err) == connect.CodeUnavailable && errors.Is(err, syscall.ECONNREFUSED):
 			fmt.Fprintln(stderr, "Is the gateway running? Start one with 'cortexctl up', or point --server at one.")
+		case errors.As(err, new(x509.UnknownAuthorityError)):
+			fmt.Fprintln(stderr, "The gateway's certificate is signed by a CA this machine does not trust: for a private CA, run with SSL_CERT_FILE=ca.pem (its certificate, PEM).")
 		}
 	}
 	return code

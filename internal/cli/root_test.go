@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -64,5 +66,18 @@ func TestHelpDocumentsExitCodes(t *testing.T) {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("--help lacks %q", want)
 		}
+	}
+}
+
+// A gateway whose certificate no trusted CA signed: the error says how to
+// trust a private CA.
+func TestMainHintsAtAPrivateCA(t *testing.T) {
+	ts := httptest.NewTLSServer(http.NotFoundHandler())
+	defer ts.Close()
+	var out, errOut bytes.Buffer
+	code := Main(context.Background(), []string{"jobs", "list", "--server", ts.URL, "--api-key", "k3y-for-a-test"}, strings.NewReader(""), &out, &errOut)
+	if code != cmdutil.ExitError || !strings.Contains(errOut.String(), "certificate signed by unknown authority") ||
+		!strings.Contains(errOut.String(), "SSL_CERT_FILE=ca.pem") {
+		t.Errorf("exit %d, stderr %q: want exit 1 and the hint to set SSL_CERT_FILE", code, errOut.String())
 	}
 }
