@@ -2,7 +2,6 @@ package gateway_test
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -172,29 +171,12 @@ func TestNewJobsAreAnnouncedBeforeTheirHandOff(t *testing.T) {
 // header the same body is a job.
 func TestAPIExplainsAMissingContentType(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
-	post := func(contentType string) (int, map[string]string) {
-		req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/SubmitJob", strings.NewReader(`{"topic":"job.echo","prompt":"hi"}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer key-acme-1234")
-		if contentType != "" {
-			req.Header.Set("Content-Type", contentType)
-		}
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		var body map[string]string
-		if err := json.NewDecoder(res.Body).Decode(&body); err != nil {
-			t.Fatalf("Content-Type %q: %d with a body that is not JSON: %v", contentType, res.StatusCode, err)
-		}
-		return res.StatusCode, body
+	post := func(contentType string) (int, map[string]any) {
+		return f.postJSON(t, "SubmitJob", `{"topic":"job.echo","prompt":"hi"}`, map[string]string{"Authorization": "Bearer key-acme-1234", "Content-Type": contentType})
 	}
 	for _, ct := range []string{"", "application/x-www-form-urlencoded", "text/plain"} {
 		code, body := post(ct)
-		if code != http.StatusUnsupportedMediaType || body["code"] != "invalid_argument" || !strings.Contains(body["message"], "Content-Type: application/json") {
+		if code != http.StatusUnsupportedMediaType || body["code"] != "invalid_argument" || !strings.Contains(fmt.Sprint(body["message"]), "Content-Type: application/json") {
 			t.Errorf("Content-Type %q: %d %v, want 415 saying to send application/json", ct, code, body)
 		}
 	}
@@ -209,24 +191,9 @@ func TestAPIExplainsAMissingContentType(t *testing.T) {
 // not fit is refused as invalid (400), never as "try again later" (429).
 func TestJSONPromptLimitIsOnTheDecodedPrompt(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
-	post := func(chars int) (int, map[string]string) {
+	post := func(chars int) (int, map[string]any) {
 		body := `{"topic":"job.echo","prompt":"` + strings.Repeat(`\u00e9`, chars) + `"}`
-		req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/SubmitJob", strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Authorization", "Bearer key-acme-1234")
-		req.Header.Set("Content-Type", "application/json")
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		var out map[string]string
-		if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
-			t.Fatalf("%d characters: %d with a body that is not JSON: %v", chars, res.StatusCode, err)
-		}
-		return res.StatusCode, out
+		return f.postJSON(t, "SubmitJob", body, map[string]string{"Authorization": "Bearer key-acme-1234", "Content-Type": "application/json"})
 	}
 	// 600,000 bytes of prompt in a 1.8 MB body.
 	if code, out := post(300_000); code != http.StatusOK || out["jobId"] == "" {
@@ -236,7 +203,7 @@ func TestJSONPromptLimitIsOnTheDecodedPrompt(t *testing.T) {
 		600_000:   "the input is 1200000 bytes, over the 1048576 byte limit",       // a 3.6 MB body
 		1_200_000: "the request is too large: inputs are limited to 1048576 bytes", // a 7.2 MB body
 	} {
-		if code, out := post(chars); code != http.StatusBadRequest || out["code"] != "invalid_argument" || !strings.Contains(out["message"], says) {
+		if code, out := post(chars); code != http.StatusBadRequest || out["code"] != "invalid_argument" || !strings.Contains(fmt.Sprint(out["message"]), says) {
 			t.Errorf("%d é in escaped JSON: %d %v, want 400 invalid_argument saying %q", chars, code, out, says)
 		}
 	}

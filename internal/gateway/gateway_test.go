@@ -148,6 +148,32 @@ func newFixtureWith(t *testing.T, opts gateway.Options, su setup) *fixture {
 	return f
 }
 
+// postJSON posts body to procedure of the API at f's gateway, with headers
+// (an empty value is not sent), and returns the status and the answer,
+// which must be JSON.
+func (f *fixture) postJSON(t *testing.T, procedure, body string, headers map[string]string) (int, map[string]any) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/"+procedure, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range headers {
+		if v != "" {
+			req.Header.Set(k, v)
+		}
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out map[string]any
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil {
+		t.Fatalf("%s: %d with an answer that is not JSON: %v", procedure, res.StatusCode, err)
+	}
+	return res.StatusCode, out
+}
+
 // handed is one job the gateway handed to the schedulers: a message of the
 // submit stream.
 type handed struct {
@@ -1083,22 +1109,8 @@ func TestStreamsAreToldOfABusGap(t *testing.T) {
 func TestAuthorizationHeaderForms(t *testing.T) {
 	f := newFixture(t, gateway.Options{Keys: keys})
 	list := func(header string) (int, string) {
-		req, err := http.NewRequest(http.MethodPost, f.url+"/cortex.v1.GatewayService/ListJobs", strings.NewReader(`{}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		if header != "" {
-			req.Header.Set("Authorization", header)
-		}
-		res, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		var out struct{ Message string }
-		_ = json.NewDecoder(res.Body).Decode(&out)
-		return res.StatusCode, out.Message
+		code, out := f.postJSON(t, "ListJobs", `{}`, map[string]string{"Content-Type": "application/json", "Authorization": header})
+		return code, fmt.Sprint(out["message"])
 	}
 	for _, header := range []string{"Bearer key-acme-1234", "bearer key-acme-1234", "BEARER   key-acme-1234  "} {
 		if code, msg := list(header); code != http.StatusOK {

@@ -3,9 +3,7 @@ package scheduler_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http/httptest"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +19,7 @@ import (
 	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/telemetry"
+	"github.com/cortex-os/core/internal/telemetry/telemetrytest"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
@@ -228,18 +227,6 @@ func TestReleasedJobsShareMessages(t *testing.T) {
 	}
 }
 
-// scrape reads m as Prometheus would.
-func scrape(t *testing.T, m *telemetry.Metrics) string {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	b, err := io.ReadAll(rec.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
-
 // TestJobCancelledWhileQueuedLeavesTheQueue: a job cancelled while it
 // waits for a worker is no longer counted as waiting, is never dispatched
 // when a worker comes, and takes no slot from the jobs behind it.
@@ -251,7 +238,7 @@ func TestJobCancelledWhileQueuedLeavesTheQueue(t *testing.T) {
 	r.waitWaiting(t, 1)
 	r.endAs(t, "gone", store.Cancelled)
 	r.waitWaiting(t, 0)
-	if out := scrape(t, m); !strings.Contains(out, `cortex_pool_queue_depth{pool="echo"} 0`) {
+	if out := telemetrytest.Scrape(t, m); !strings.Contains(out, `cortex_pool_queue_depth{pool="echo"} 0`) {
 		t.Fatalf("queue depth after the cancel, want 0:\n%s", out)
 	}
 	// A worker with one slot comes: the job behind gets it.
@@ -282,7 +269,7 @@ func TestRoutedPoolsHaveGaugesFromTheStart(t *testing.T) {
 	m := telemetry.NewMetrics()
 	s := scheduler.New(conn, &fakeStore{}, answer(allow, nil), router, slog.New(slog.DiscardHandler), scheduler.WithMetrics(m))
 	t.Cleanup(s.Close)
-	out := scrape(t, m)
+	out := telemetrytest.Scrape(t, m)
 	for _, pool := range []string{"echo", "ghost"} {
 		for _, gauge := range []string{"workers", "capacity", "queue_depth"} {
 			if want := fmt.Sprintf("cortex_pool_%s{pool=%q} 0", gauge, pool); !strings.Contains(out, want) {

@@ -1,36 +1,24 @@
 package telemetry_test
 
 import (
-	"io"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cortex-os/core/internal/telemetry"
+	"github.com/cortex-os/core/internal/telemetry/telemetrytest"
 )
-
-func scrape(t *testing.T, m *telemetry.Metrics) string {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	b, err := io.ReadAll(rec.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
 
 // Only a component that decides exports the decision latency: a gateway,
 // scheduler or worker does not show a histogram that stays empty.
 func TestDecisionLatencyIsExportedOnceSomethingDecided(t *testing.T) {
 	m := telemetry.NewMetrics()
-	if out := scrape(t, m); strings.Contains(out, "cortex_safety_decision_seconds") {
+	if out := telemetrytest.Scrape(t, m); strings.Contains(out, "cortex_safety_decision_seconds") {
 		t.Fatalf("a registry that decided nothing exports the decision latency:\n%s", out)
 	}
 	m.Decided("ALLOW", "allow-jobs", 3*time.Millisecond)
 	m.Decided("DENY", "deny-sys", time.Millisecond)
-	out := scrape(t, m)
+	out := telemetrytest.Scrape(t, m)
 	for _, want := range []string{"cortex_safety_decision_seconds_count 2", `cortex_safety_decisions_total{decision="ALLOW",rule="allow-jobs"} 1`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("after two decisions, no %q in:\n%s", want, out)
