@@ -69,7 +69,9 @@ func (g *Gateway) GetJob(ctx context.Context, req *cortexv1.GetJobRequest) (*cor
 	if err != nil {
 		return nil, err
 	}
-	return &cortexv1.GetJobResponse{Job: j.Proto()}, nil
+	pj := j.Proto()
+	g.explainWait(pj)
+	return &cortexv1.GetJobResponse{Job: pj}, nil
 }
 
 // GetResult returns the output of a COMPLETED job.
@@ -116,6 +118,7 @@ func (g *Gateway) ListJobs(ctx context.Context, req *cortexv1.ListJobsRequest) (
 	for i, j := range jobs {
 		res.Jobs[i] = j.Proto()
 	}
+	g.explainWait(res.Jobs...)
 	if next != "" {
 		res.NextPageToken = base64.RawURLEncoding.EncodeToString([]byte(next))
 	}

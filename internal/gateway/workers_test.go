@@ -111,3 +111,39 @@ func TestListPoolsShowsRoutedPoolsWithoutWorkers(t *testing.T) {
 		t.Errorf("pool echo: %v", p)
 	}
 }
+
+// A PENDING job behind a full pool has no reason on its record; reading it
+// gives one, from the workers' heartbeats. A pool with room gives none, and
+// a recorded reason stays as it is.
+func TestPendingJobInAFullPoolSaysItWaitsForCapacity(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys, Workers: registry.New(registry.Options{})})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	id := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
+	reasons := func() (string, string) {
+		t.Helper()
+		got, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := c.ListJobs(ctx, &cortexv1.ListJobsRequest{})
+		if err != nil || len(list.GetJobs()) != 1 {
+			t.Fatalf("list: %v, %v", list, err)
+		}
+		return got.GetJob().GetReason(), list.GetJobs()[0].GetReason()
+	}
+	full := "waiting for capacity in pool echo: its live worker runs 2 of its 2 slots (as of its last heartbeat)"
+	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", ActiveJobs: 2, MaxParallelJobs: 2, HeartbeatInterval: durationpb.New(time.Minute)})
+	eventually(t, "the full pool explained", func() bool { get, list := reasons(); return get == full && list == full })
+
+	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", ActiveJobs: 1, MaxParallelJobs: 2, HeartbeatInterval: durationpb.New(time.Minute)})
+	eventually(t, "no reason once the pool has room", func() bool { get, list := reasons(); return get == "" && list == "" })
+
+	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", ActiveJobs: 2, MaxParallelJobs: 2, HeartbeatInterval: durationpb.New(time.Minute)})
+	if _, err := f.st.SetPendingReason(ctx, id, 1, "echo", "a reason of the scheduler's", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if get, list := reasons(); get != "a reason of the scheduler's" || list != get {
+		t.Errorf("a recorded reason read as %q and %q, want it as recorded", get, list)
+	}
+}
