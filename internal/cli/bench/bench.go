@@ -5,10 +5,12 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/client"
+	"github.com/cortex-os/core/internal/gateway"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 	"github.com/cortex-os/core/pb/cortex/v1/cortexv1connect"
 )
@@ -62,11 +65,8 @@ says how many ends it read there (their latency runs to the read).`,
   cortexctl bench -n 10000 --batch 10 --rate 1000       # a steady 1,000 jobs/s`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if o.Jobs < 1 || o.Concurrency < 1 {
-				return &cmdutil.UsageError{Err: fmt.Errorf("-n and -c must be at least 1")}
-			}
-			if o.Batch < 0 || o.Batch > 1000 || o.Rate < 0 || o.Rate > 0 && o.Batch == 0 {
-				return &cmdutil.UsageError{Err: fmt.Errorf("--batch is 1-1000 (0: one job a call) and --rate needs --batch")}
+			if err := o.check(); err != nil {
+				return &cmdutil.UsageError{Err: err}
 			}
 			return benchRun(cmd.Context(), o)
 		},
@@ -80,6 +80,23 @@ says how many ends it read there (their latency runs to the read).`,
 	fs.IntVar(&o.Batch, "batch", 0, "jobs per SubmitJobs call (0: one SubmitJob a job)")
 	fs.Float64Var(&o.Rate, "rate", 0, "with --batch, submit this many jobs a second (0: as fast as possible)")
 	return cmd
+}
+
+// check refuses flag values bench cannot run with, each with its own reason.
+func (o *Options) check() error {
+	switch {
+	case o.Jobs < 1:
+		return fmt.Errorf("-n %d: submit at least 1 job", o.Jobs)
+	case o.Concurrency < 1:
+		return fmt.Errorf("-c %d: use at least 1 client", o.Concurrency)
+	case o.Batch < 0 || o.Batch > gateway.MaxBatch:
+		return fmt.Errorf("--batch %d: a batch holds 1 to %d jobs (0: one SubmitJob a job)", o.Batch, gateway.MaxBatch)
+	case math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) || o.Rate < 0:
+		return fmt.Errorf("--rate %v: give a number of jobs a second, 0 or more (0: as fast as possible)", o.Rate)
+	case o.Rate > 0 && o.Batch == 0:
+		return errors.New("--rate paces batched submits: add --batch N (10 for a steady rate)")
+	}
+	return nil
 }
 
 func benchRun(ctx context.Context, o *Options) error {
@@ -168,11 +185,12 @@ func (r *Report) Percentile(p float64) time.Duration {
 func (r *Report) Print(w io.Writer) {
 	fmt.Fprintf(w, "jobs        %d (%d completed, %d did not complete)\n", r.Jobs, r.Completed, r.NotDone)
 	if len(r.Others) > 0 {
-		var ends []string
+		var ends, why []string
 		for _, st := range slices.Sorted(maps.Keys(r.Others)) {
 			ends = append(ends, fmt.Sprintf("%d %s", r.Others[st], st))
+			why = append(why, "--state "+strings.ToLower(st))
 		}
-		fmt.Fprintf(w, "not done    %s (why: cortexctl jobs list --state STATE -o wide)\n", strings.Join(ends, ", "))
+		fmt.Fprintf(w, "not done    %s (why: cortexctl jobs list %s -o wide)\n", strings.Join(ends, ", "), strings.Join(why, " "))
 	}
 	fmt.Fprintf(w, "elapsed     %s\n", r.Elapsed.Round(time.Millisecond))
 	if r.Dropped > 0 {
@@ -203,6 +221,10 @@ func times(n int) string {
 
 // Run submits n jobs from concurrency clients and follows each to its end.
 func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurrency int, topic, prompt string) (*Report, error) {
+	// The first client that fails stops the others: they would otherwise
+	// wait on for jobs of a gateway that is gone.
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
 	var next atomic.Int64
 	var mu sync.Mutex
 	var firstErr error
@@ -224,6 +246,7 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurr
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
+						stop()
 					}
 					mu.Unlock()
 					return

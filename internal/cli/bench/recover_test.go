@@ -179,8 +179,8 @@ func (g *lossyGateway) WatchJob(_ context.Context, req *cortexv1.WatchJobRequest
 	return s.Send(&cortexv1.WatchJobResponse{Job: j})
 }
 
-// serveLossy runs g on 127.0.0.1 and returns a client of it.
-func serveLossy(t *testing.T, g *lossyGateway) cortexv1connect.GatewayServiceClient {
+// serveGateway runs g on 127.0.0.1 and returns a client of it.
+func serveGateway(t *testing.T, g cortexv1connect.GatewayServiceHandler) cortexv1connect.GatewayServiceClient {
 	t.Helper()
 	srv := connect.NewServer()
 	cortexv1connect.RegisterGatewayServiceHandler(srv, g)
@@ -202,7 +202,7 @@ func runBatched(t *testing.T, g *lossyGateway, recheck time.Duration, rate float
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	r, err := bench.RunBatched(ctx, serveLossy(t, g), bench.Batched{Jobs: 200, Concurrency: 2, Batch: 10, Rate: rate,
+	r, err := bench.RunBatched(ctx, serveGateway(t, g), bench.Batched{Jobs: 200, Concurrency: 2, Batch: 10, Rate: rate,
 		Topic: "job.echo", Prompt: "bench", Timeout: 10 * time.Second, Recheck: recheck})
 	if err != nil {
 		t.Fatalf("bench: %v", err)
@@ -294,11 +294,49 @@ func TestBatchedReadsNoJobWhileTheStreamBringsEveryEnd(t *testing.T) {
 func TestRunWatchesAgainAWatchThatBroke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	r, err := bench.Run(ctx, serveLossy(t, &lossyGateway{watchBreaks: true}), 6, 3, "job.echo", "bench")
+	r, err := bench.Run(ctx, serveGateway(t, &lossyGateway{watchBreaks: true}), 6, 3, "job.echo", "bench")
 	if err != nil {
 		t.Fatalf("bench: %v", err)
 	}
 	if r.Completed != 6 || r.NotDone != 0 {
 		t.Errorf("%d completed, %d not done; want the 6 jobs completed", r.Completed, r.NotDone)
+	}
+}
+
+// goneGateway takes one job, whose end never comes, then refuses every
+// submit, as a gateway that is stopping does.
+type goneGateway struct {
+	cortexv1connect.UnimplementedGatewayServiceHandler
+	took atomic.Bool
+}
+
+func (g *goneGateway) SubmitJob(context.Context, *cortexv1.SubmitJobRequest) (*cortexv1.SubmitJobResponse, error) {
+	if g.took.CompareAndSwap(false, true) {
+		return &cortexv1.SubmitJobResponse{JobId: "j1", State: cortexv1.JobState_JOB_STATE_PENDING}, nil
+	}
+	return nil, connect.NewError(connect.CodeUnavailable, "the gateway is stopping and takes no new jobs")
+}
+
+func (g *goneGateway) WatchJob(ctx context.Context, _ *cortexv1.WatchJobRequest, s cortexv1connect.GatewayServiceWatchJobServerStream) error {
+	if err := s.Send(&cortexv1.WatchJobResponse{Job: &cortexv1.Job{JobId: "j1", State: cortexv1.JobState_JOB_STATE_PENDING, Version: 1}}); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// When one client of a bench without --batch fails (the gateway stops),
+// the bench stops with its error: the other clients no longer wait for
+// ends that will not come.
+func TestBenchStopsWhenAClientFails(t *testing.T) {
+	c := serveGateway(t, &goneGateway{})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := bench.Run(ctx, c, 2, 2, "job.echo", "x")
+	if ctx.Err() != nil {
+		t.Fatalf("bench ran until the test's deadline: %v", err)
+	}
+	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "bench stopped: unavailable: the gateway is stopping") {
+		t.Fatalf("bench: %v, want it stopped with the refused submit", err)
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/client"
-	"github.com/cortex-os/core/internal/safety"
 	"github.com/cortex-os/core/internal/telemetry"
 )
 
@@ -96,7 +95,7 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	daemon.AddStreamReplicasFlag(cmd, &o.Cluster.StreamReplicas)
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory); one up at a time, and jobs outlive up only with --redis-url too")
 	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
-	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long the scheduler waits for a safety decision before denying the job")
+	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", upSafetyTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", echoParallel, "jobs the built-in echo worker runs at once")
 	daemon.AddPolicyFlags(cmd, &o.Cluster.Policy)
 	daemon.AddRouteFlags(cmd, &o.Routes)
@@ -109,6 +108,15 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	cmdutil.BindConfig(cmd)
 	return cmd
 }
+
+// upSafetyTimeout is up's --safety-timeout. A decision is denied when it
+// takes longer, so the daemons' 500 ms (safety.DefaultTimeout) suits a
+// kernel of its own with its own Redis; up runs every component on one
+// machine, and under an all-out `cortexctl bench` on the embedded Redis a
+// kernel's read of the prompts waits behind every other script: 500 ms
+// denied 8-23% of the jobs of `bench -n 10000 --batch 10`. A kernel that
+// is down is still found at once, by the circuit breaker.
+const upSafetyTimeout = 5 * time.Second
 
 func upRun(cmd *cobra.Command, o *Options) error {
 	start := time.Now()
