@@ -21,6 +21,7 @@ import (
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/job"
+	"github.com/cortex-os/core/internal/cli/output"
 	"github.com/cortex-os/core/internal/cli/up"
 	"github.com/cortex-os/core/internal/client"
 	"github.com/cortex-os/core/internal/gateway"
@@ -120,6 +121,8 @@ func benchRun(ctx context.Context, o *Options) error {
 		}
 	}
 	fmt.Fprintf(o.Factory.ErrOut, "bench: %d %s jobs, %d clients, against %s\n", o.Jobs, o.Topic, o.Concurrency, target)
+	// On a terminal, the time so far while it runs (nothing when piped).
+	spin := output.StartSpinner(o.Factory.ErrOut, fmt.Sprintf("running %d jobs", o.Jobs))
 	var r *Report
 	var err error
 	if o.Batch > 0 {
@@ -128,6 +131,7 @@ func benchRun(ctx context.Context, o *Options) error {
 	} else {
 		r, err = Run(ctx, c, o.Jobs, o.Concurrency, o.Topic, o.Prompt)
 	}
+	spin.Stop()
 	if err != nil {
 		return err
 	}
