@@ -35,7 +35,8 @@ Exit status:
   2    usage error (bad flag, argument, request or configuration)
   3    the job ended without completing (DENIED, FAILED, CANCELLED or TIMEOUT)
   4    authentication failed (missing or unknown API key, or a read-only key)
-  130  interrupted (Ctrl-C)
+  130  interrupted (Ctrl-C) before the command was done; up and the daemons
+       stop cleanly on Ctrl-C or SIGTERM and then exit 0
 `
 
 // NewRootCmd builds the command tree on f's streams.
@@ -152,14 +153,15 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	err := root.ExecuteContext(ctx)
 	code := ExitCode(err)
 	if err != nil && code != cmdutil.ExitInterrupted {
+		if server, ok := sentNoKey(f, err); ok {
+			// The gateway's own words on it are for curl users.
+			fmt.Fprintf(stderr, "Error: no API key was sent to %s: pass --api-key, set CORTEX_API_KEY, or 'cortexctl context use' a context of that server (a context's key is only sent to its own server)\n", server)
+			return code
+		}
 		fmt.Fprintln(stderr, "Error:", err)
 		switch {
 		case wantsHelpHint(err):
 			fmt.Fprintln(stderr, "Run 'cortexctl --help' (or COMMAND --help) for usage.")
-		case connect.CodeOf(err) == connect.CodeUnauthenticated:
-			if t, rerr := client.Resolve(f.Server, f.APIKey); rerr == nil && t.APIKey == "" {
-				fmt.Fprintf(stderr, "No API key was sent to %s: pass --api-key, set CORTEX_API_KEY, or 'cortexctl context use' a context of that server (a context's key is only sent to its own server).\n", t.Server)
-			}
 		case connect.CodeOf(err) == connect.CodeUnavailable && errors.Is(err, syscall.ECONNREFUSED):
 			fmt.Fprintln(stderr, "Is the gateway running? Start one with 'cortexctl up', or point --server at one.")
 		case errors.As(err, new(x509.UnknownAuthorityError)):
@@ -167,6 +169,16 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		}
 	}
 	return code
+}
+
+// sentNoKey reports whether err is the gateway refusing a call that
+// carried no API key, and to which server.
+func sentNoKey(f *cmdutil.Factory, err error) (server string, ok bool) {
+	if connect.CodeOf(err) != connect.CodeUnauthenticated {
+		return "", false
+	}
+	t, rerr := client.Resolve(f.Server, f.APIKey)
+	return t.Server, rerr == nil && t.APIKey == ""
 }
 
 // ExitCode maps an error to the documented exit status.

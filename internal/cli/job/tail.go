@@ -47,8 +47,9 @@ decisions (--decisions) are records of the stream in the same way.
 
 With --job-output, also print the output of your running jobs as their
 handlers write it (chat tokens, a Python job's prints): one "output" line
-per piece, the text quoted. Pieces are best effort; the result is recorded
-whole ('cortexctl jobs result ID').
+per piece, the text quoted. --state and --label filter the changes only:
+pieces are filtered by --topic. Pieces are best effort; the result is
+recorded whole ('cortexctl jobs result ID').
 
 With --decisions, print every safety decision instead: decision, rule,
 reason, topic, tenant, job, the kernel's latency, and what the shadow policy
@@ -83,7 +84,7 @@ would have said. An admin key sees every tenant's decisions.`,
 	fs := cmd.Flags()
 	fs.BoolVar(&o.Decisions, "decisions", false, "print safety decisions instead of job changes")
 	fs.StringSliceVar(&o.DecisionIn, "decision", nil, "with --decisions, only these decisions: allow, deny, require_approval")
-	fs.BoolVar(&o.JobOutput, "job-output", false, "also print the output of running jobs as it comes (topic filter only)")
+	fs.BoolVar(&o.JobOutput, "job-output", false, "also print the output of running jobs as it comes (filtered by --topic only, not by --state or --label)")
 	output.AddFormatFlag(cmd, &o.Output)
 	return cmd
 }
