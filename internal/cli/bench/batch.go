@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect/v2"
@@ -28,6 +29,8 @@ type Batched struct {
 	// jobs sent have not ended, before bench reads them from the store
 	// (0: defaultRecheck).
 	Recheck time.Duration
+	// Ended, when not nil, counts the jobs as they end, for progress.
+	Ended *atomic.Int64
 }
 
 // Reading the store for the ends the event stream did not bring. Events
@@ -64,7 +67,7 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 	if recheck <= 0 {
 		recheck = defaultRecheck
 	}
-	t := &tracker{sent: make(map[string]time.Time, b.Jobs), ended: make(map[string]end, b.Jobs), lastEnd: time.Now()}
+	t := &tracker{sent: make(map[string]time.Time, b.Jobs), ended: make(map[string]end, b.Jobs), lastEnd: time.Now(), progress: b.Ended}
 	r := &Report{Jobs: b.Jobs}
 	listening := make(chan struct{})
 	go func() {
@@ -223,6 +226,8 @@ type tracker struct {
 	missedSince, missedUpTo time.Time
 	// heard says the stream has brought a message.
 	heard bool
+	// progress, when not nil, counts the ends of jobs sent.
+	progress *atomic.Int64
 	// dropped counts the events the gateway skipped, breaks the times the
 	// stream broke; streamErr is why bench stopped opening it again.
 	dropped   uint64
@@ -334,6 +339,9 @@ func (t *tracker) noteEnd(j *cortexv1.Job, at time.Time, fromStore bool) bool {
 	t.ended[id] = end{at: at, state: j.GetState(), fromStore: fromStore}
 	if _, ok := t.sent[id]; ok {
 		t.open--
+		if t.progress != nil {
+			t.progress.Add(1)
+		}
 	}
 	if !fromStore {
 		t.lastEnd = at
@@ -352,6 +360,8 @@ func (t *tracker) recordSent(res *cortexv1.SubmitJobsResponse, t0 time.Time) err
 		t.sent[one.GetJobId()] = t0
 		if _, ok := t.ended[one.GetJobId()]; !ok {
 			t.open++
+		} else if t.progress != nil {
+			t.progress.Add(1) // its end came before its submit's answer
 		}
 	}
 	return nil

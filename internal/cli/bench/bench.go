@@ -121,22 +121,54 @@ func benchRun(ctx context.Context, o *Options) error {
 		}
 	}
 	fmt.Fprintf(o.Factory.ErrOut, "bench: %d %s jobs, %d clients, against %s\n", o.Jobs, o.Topic, o.Concurrency, target)
-	// On a terminal, the time so far while it runs (nothing when piped).
-	spin := output.StartSpinner(o.Factory.ErrOut, fmt.Sprintf("running %d jobs", o.Jobs))
+	// On a terminal, the jobs ended and the time so far while it runs
+	// (nothing when piped).
+	var ended atomic.Int64
+	stopProgress := showProgress(o.Factory.ErrOut, o.Jobs, &ended)
 	var r *Report
 	var err error
 	if o.Batch > 0 {
 		r, err = RunBatched(ctx, c, Batched{Jobs: o.Jobs, Concurrency: o.Concurrency, Batch: o.Batch, Rate: o.Rate,
-			Topic: o.Topic, Prompt: o.Prompt, Timeout: time.Minute})
+			Topic: o.Topic, Prompt: o.Prompt, Timeout: time.Minute, Ended: &ended})
 	} else {
-		r, err = Run(ctx, c, o.Jobs, o.Concurrency, o.Topic, o.Prompt)
+		r, err = Run(ctx, c, Plain{Jobs: o.Jobs, Concurrency: o.Concurrency, Topic: o.Topic, Prompt: o.Prompt, Ended: &ended})
 	}
-	spin.Stop()
+	stopProgress()
 	if err != nil {
 		return err
 	}
 	r.Print(o.Factory.Out)
 	return nil
+}
+
+// progressEvery is how often the spinner's count of ended jobs is redrawn.
+const progressEvery = 250 * time.Millisecond
+
+// showProgress shows a spinner with how many of jobs have ended (ended
+// counts them) until the returned func is called.
+func showProgress(w io.Writer, jobs int, ended *atomic.Int64) (stop func()) {
+	msg := func() string { return fmt.Sprintf("%d of %d jobs ended", ended.Load(), jobs) }
+	spin := output.StartSpinner(w, msg())
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(progressEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				spin.Update(msg())
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
+		spin.Stop()
+	}
 }
 
 // Report is what one bench run measured.
@@ -211,8 +243,20 @@ func (r *Report) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "throughput  %.0f jobs/s\n", float64(r.Jobs)/r.Elapsed.Seconds())
 	fmt.Fprintf(w, "latency     p50 %s  p90 %s  p99 %s  max %s  (submit to result)\n",
-		r.Percentile(50).Round(time.Microsecond), r.Percentile(90).Round(time.Microsecond),
-		r.Percentile(99).Round(time.Microsecond), r.Percentile(100).Round(time.Microsecond))
+		short(r.Percentile(50)), short(r.Percentile(90)), short(r.Percentile(99)), short(r.Percentile(100)))
+}
+
+// short rounds a latency to about four figures: 3.114ms, 12.35ms, 2.438s.
+func short(d time.Duration) time.Duration {
+	switch {
+	case d >= time.Second:
+		return d.Round(time.Millisecond)
+	case d >= 100*time.Millisecond:
+		return d.Round(100 * time.Microsecond)
+	case d >= 10*time.Millisecond:
+		return d.Round(10 * time.Microsecond)
+	}
+	return d.Round(time.Microsecond)
 }
 
 // times is "once" or "N times".
@@ -223,8 +267,18 @@ func times(n int) string {
 	return fmt.Sprintf("%d times", n)
 }
 
-// Run submits n jobs from concurrency clients and follows each to its end.
-func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurrency int, topic, prompt string) (*Report, error) {
+// Plain says how Run submits.
+type Plain struct {
+	Jobs, Concurrency int
+	Topic, Prompt     string
+	// Ended, when not nil, counts the jobs as they end, for progress.
+	Ended *atomic.Int64
+}
+
+// Run submits p.Jobs jobs one at a time from p.Concurrency clients and
+// follows each to its end.
+func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, p Plain) (*Report, error) {
+	n, concurrency, topic, prompt := p.Jobs, p.Concurrency, p.Topic, p.Prompt
 	// The first client that fails stops the others: they would otherwise
 	// wait on for jobs of a gateway that is gone.
 	ctx, stop := context.WithCancel(ctx)
@@ -257,6 +311,9 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, n, concurr
 				}
 				lat = append(lat, time.Since(t0))
 				states = append(states, st.GetState())
+				if p.Ended != nil {
+					p.Ended.Add(1)
+				}
 			}
 			mu.Lock()
 			r.Latencies = append(r.Latencies, lat...)

@@ -36,7 +36,7 @@ func BenchmarkEchoJob(b *testing.B) {
 	ctx := context.Background()
 	c := startStack(b)
 	b.ResetTimer()
-	r, err := bench.Run(ctx, c, b.N, 32, "job.echo", "bench")
+	r, err := bench.Run(ctx, c, bench.Plain{Jobs: b.N, Concurrency: 32, Topic: "job.echo", Prompt: "bench"})
 	if err != nil {
 		b.Fatal(err)
 	}

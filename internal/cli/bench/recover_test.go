@@ -202,13 +202,17 @@ func runBatched(t *testing.T, g *lossyGateway, recheck time.Duration, rate float
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
+	var ended atomic.Int64
 	r, err := bench.RunBatched(ctx, serveGateway(t, g), bench.Batched{Jobs: 200, Concurrency: 2, Batch: 10, Rate: rate,
-		Topic: "job.echo", Prompt: "bench", Timeout: 10 * time.Second, Recheck: recheck})
+		Topic: "job.echo", Prompt: "bench", Timeout: 10 * time.Second, Recheck: recheck, Ended: &ended})
 	if err != nil {
 		t.Fatalf("bench: %v", err)
 	}
 	if r.Completed != 200 || r.NotDone != 0 || len(r.Latencies) != 200 {
 		t.Fatalf("%d completed, %d not done, %d latencies: want the 200 jobs completed", r.Completed, r.NotDone, len(r.Latencies))
+	}
+	if n := ended.Load(); n != 200 {
+		t.Fatalf("progress counted %d ends, want the 200 jobs' (the probe job not among them)", n)
 	}
 	return r
 }
@@ -294,12 +298,16 @@ func TestBatchedReadsNoJobWhileTheStreamBringsEveryEnd(t *testing.T) {
 func TestRunWatchesAgainAWatchThatBroke(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	r, err := bench.Run(ctx, serveGateway(t, &lossyGateway{watchBreaks: true}), 6, 3, "job.echo", "bench")
+	var ended atomic.Int64
+	r, err := bench.Run(ctx, serveGateway(t, &lossyGateway{watchBreaks: true}), bench.Plain{Jobs: 6, Concurrency: 3, Topic: "job.echo", Prompt: "bench", Ended: &ended})
 	if err != nil {
 		t.Fatalf("bench: %v", err)
 	}
 	if r.Completed != 6 || r.NotDone != 0 {
 		t.Errorf("%d completed, %d not done; want the 6 jobs completed", r.Completed, r.NotDone)
+	}
+	if n := ended.Load(); n != 6 {
+		t.Errorf("progress counted %d ends, want 6", n)
 	}
 }
 
@@ -332,7 +340,7 @@ func TestBenchStopsWhenAClientFails(t *testing.T) {
 	c := serveGateway(t, &goneGateway{})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err := bench.Run(ctx, c, 2, 2, "job.echo", "x")
+	_, err := bench.Run(ctx, c, bench.Plain{Jobs: 2, Concurrency: 2, Topic: "job.echo", Prompt: "x"})
 	if ctx.Err() != nil {
 		t.Fatalf("bench ran until the test's deadline: %v", err)
 	}

@@ -25,6 +25,18 @@ func TestReportSaysHowJobsEnded(t *testing.T) {
 	}
 }
 
+// Latencies print with about four figures, whatever their size.
+func TestReportRoundsLatencies(t *testing.T) {
+	r := &bench.Report{Jobs: 4, Completed: 4, Elapsed: time.Second, Latencies: []time.Duration{
+		3114321 * time.Nanosecond, 12345678 * time.Nanosecond, 456789012 * time.Nanosecond, 2437812345 * time.Nanosecond}}
+	var out strings.Builder
+	r.Print(&out)
+	want := "latency     p50 12.35ms  p90 456.8ms  p99 456.8ms  max 2.438s  (submit to result)"
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, out.String())
+	}
+}
+
 // Each bad flag value is refused with its own reason, exit status 2, before
 // anything is submitted; --rate Inf made a ticker panic.
 func TestBenchRefusesBadFlags(t *testing.T) {
