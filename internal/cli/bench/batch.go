@@ -68,7 +68,6 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 		recheck = defaultRecheck
 	}
 	t := &tracker{sent: make(map[string]time.Time, b.Jobs), ended: make(map[string]end, b.Jobs), lastEnd: time.Now(), progress: b.Ended}
-	r := &Report{Jobs: b.Jobs}
 	listening := make(chan struct{})
 	go func() {
 		defer close(listening)
@@ -153,7 +152,10 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 				return nil, fmt.Errorf("bench stopped: %w", err)
 			default:
 			}
-			return nil, ctx.Err()
+			// Interrupted: the figures of the jobs sent so far.
+			r := t.report(start, 0)
+			r.Interrupted, r.Elapsed = true, time.Since(start)
+			return r, ctx.Err()
 		case <-submitted:
 			submitted = nil
 			select {
@@ -172,8 +174,18 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 			t.readStore(ctx, c, ids)
 		}
 	}
+	return t.report(start, b.Jobs), nil
+}
+
+// report is what t saw of the jobs sent since start: jobs of them (0: as
+// many as were sent).
+func (t *tracker) report(start time.Time, jobs int) *Report {
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	if jobs == 0 {
+		jobs = len(t.sent)
+	}
+	r := &Report{Jobs: jobs}
 	var last time.Time
 	for id, t0 := range t.sent {
 		e, ok := t.ended[id]
@@ -189,14 +201,14 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 			last = e.at
 		}
 	}
-	r.Elapsed = last.Sub(start)
+	r.Elapsed = max(last.Sub(start), 0)
 	slices.Sort(r.Latencies)
-	r.NotDone = b.Jobs - r.Completed
+	r.NotDone = jobs - r.Completed
 	r.Dropped, r.StreamBreaks = t.dropped, t.breaks
 	if t.streamErr != nil {
 		r.StreamErr = t.streamErr.Error()
 	}
-	return r, nil
+	return r
 }
 
 // end is when a job ended and how, as far as bench knows.

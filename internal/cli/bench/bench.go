@@ -134,11 +134,10 @@ func benchRun(ctx context.Context, o *Options) error {
 		r, err = Run(ctx, c, Plain{Jobs: o.Jobs, Concurrency: o.Concurrency, Topic: o.Topic, Prompt: o.Prompt, Ended: &ended})
 	}
 	stopProgress()
-	if err != nil {
-		return err
+	if r != nil {
+		r.Print(o.Factory.Out)
 	}
-	r.Print(o.Factory.Out)
-	return nil
+	return err
 }
 
 // progressEvery is how often the spinner's count of ended jobs is redrawn.
@@ -194,6 +193,9 @@ type Report struct {
 	// opening it, after which every end came from the store.
 	StreamBreaks int
 	StreamErr    string
+	// Interrupted says the run was stopped (Ctrl-C) before its end: the
+	// figures are of the jobs submitted until then.
+	Interrupted bool
 }
 
 // ended counts a job that ended in state.
@@ -219,7 +221,12 @@ func (r *Report) Percentile(p float64) time.Duration {
 
 // Print writes the report.
 func (r *Report) Print(w io.Writer) {
-	fmt.Fprintf(w, "jobs        %d (%d completed, %d did not complete)\n", r.Jobs, r.Completed, r.NotDone)
+	notDone := "did not complete"
+	if r.Interrupted {
+		fmt.Fprintf(w, "interrupted: the figures are of the %d jobs submitted until then\n", r.Jobs)
+		notDone = "not completed by then"
+	}
+	fmt.Fprintf(w, "jobs        %d (%d completed, %d %s)\n", r.Jobs, r.Completed, r.NotDone, notDone)
 	if len(r.Others) > 0 {
 		var ends, why []string
 		for _, st := range slices.Sorted(maps.Keys(r.Others)) {
@@ -241,7 +248,15 @@ func (r *Report) Print(w io.Writer) {
 	if r.FromStore > 0 {
 		fmt.Fprintf(w, "from store  %d of the ends were read from the store, not seen on the event stream: their latency, and the elapsed time, run to the read (an over-estimate)\n", r.FromStore)
 	}
-	fmt.Fprintf(w, "throughput  %.0f jobs/s\n", float64(r.Jobs)/r.Elapsed.Seconds())
+	ended := r.Completed
+	for _, n := range r.Others {
+		ended += n
+	}
+	if ended == 0 || len(r.Latencies) == 0 {
+		fmt.Fprintln(w, "throughput  - (no job ended)")
+		return
+	}
+	fmt.Fprintf(w, "throughput  %.0f jobs/s\n", float64(ended)/r.Elapsed.Seconds())
 	fmt.Fprintf(w, "latency     p50 %s  p90 %s  p99 %s  max %s  (submit to result)\n",
 		short(r.Percentile(50)), short(r.Percentile(90)), short(r.Percentile(99)), short(r.Percentile(100)))
 }
@@ -281,9 +296,11 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, p Plain) (
 	n, concurrency, topic, prompt := p.Jobs, p.Concurrency, p.Topic, p.Prompt
 	// The first client that fails stops the others: they would otherwise
 	// wait on for jobs of a gateway that is gone.
+	interrupted := ctx
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	var next atomic.Int64
+	// next numbers the jobs taken; sent counts those submitted.
+	var next, sent atomic.Int64
 	var mu sync.Mutex
 	var firstErr error
 	r := &Report{Jobs: n, Latencies: make([]time.Duration, 0, n)}
@@ -298,9 +315,13 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, p Plain) (
 				res, err := c.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: topic, Prompt: prompt})
 				var st *cortexv1.Job
 				if err == nil {
+					sent.Add(1)
 					st, err = job.WaitForEnd(ctx, c, res.GetJobId(), nil)
 				}
 				if err != nil {
+					if interrupted.Err() != nil {
+						break
+					}
 					mu.Lock()
 					if firstErr == nil {
 						firstErr = err
@@ -329,6 +350,12 @@ func Run(ctx context.Context, c cortexv1connect.GatewayServiceClient, p Plain) (
 		return nil, fmt.Errorf("bench stopped: %w", firstErr)
 	}
 	slices.Sort(r.Latencies)
+	if err := interrupted.Err(); err != nil {
+		// The figures of the jobs submitted until then.
+		r.Jobs, r.Interrupted = int(sent.Load()), true
+		r.NotDone = r.Jobs - r.Completed
+		return r, err
+	}
 	r.NotDone = n - r.Completed
 	return r, nil
 }

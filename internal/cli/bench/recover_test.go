@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -346,5 +347,50 @@ func TestBenchStopsWhenAClientFails(t *testing.T) {
 	}
 	if connect.CodeOf(err) != connect.CodeUnavailable || !strings.Contains(err.Error(), "bench stopped: unavailable: the gateway is stopping") {
 		t.Fatalf("bench: %v, want it stopped with the refused submit", err)
+	}
+}
+
+// Interrupted (Ctrl-C), a batched run reports the jobs submitted until
+// then, says it was interrupted, and returns the interruption.
+func TestBatchedInterruptedReportsTheJobsSentSoFar(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	var ended atomic.Int64
+	go func() {
+		for ended.Load() < 30 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	r, err := bench.RunBatched(ctx, serveGateway(t, &lossyGateway{}), bench.Batched{Jobs: 10000, Concurrency: 1, Batch: 10, Rate: 500,
+		Topic: "job.echo", Prompt: "bench", Timeout: 10 * time.Second, Ended: &ended})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want the interruption", err)
+	}
+	if r == nil || !r.Interrupted || r.Jobs < 30 || r.Jobs >= 10000 || r.Jobs%10 != 0 || r.Completed > r.Jobs || r.Completed < 30 {
+		t.Fatalf("report %+v, want the 30-odd jobs sent before the interruption, marked interrupted", r)
+	}
+	var out strings.Builder
+	r.Print(&out)
+	if want := fmt.Sprintf("interrupted: the figures are of the %d jobs submitted until then", r.Jobs); !strings.Contains(out.String(), want) {
+		t.Errorf("report lacks %q:\n%s", want, out.String())
+	}
+}
+
+// Interrupted, a run without batches reports the jobs submitted until then.
+func TestRunInterruptedReportsTheJobsSentSoFar(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	var ended atomic.Int64
+	go func() {
+		for ended.Load() < 4 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	r, err := bench.Run(ctx, serveGateway(t, &lossyGateway{watchBreaks: true}), bench.Plain{Jobs: 1000000, Concurrency: 2, Topic: "job.echo", Prompt: "bench", Ended: &ended})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err %v, want the interruption", err)
+	}
+	if r == nil || !r.Interrupted || r.Completed < 4 || r.Jobs < r.Completed || r.Jobs > r.Completed+2 {
+		t.Fatalf("report %+v, want the jobs submitted before the interruption (at most the 2 clients' last ones unfinished), marked interrupted", r)
 	}
 }
