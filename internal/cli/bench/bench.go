@@ -59,7 +59,11 @@ stream follows them all, as a high-volume producer would; --rate paces the
 submits to a steady number of jobs a second. Events are best effort: when the
 stream brings no end for 2s, says it skipped events, or breaks (it is opened
 again), bench reads the jobs it is waiting for from the store, and the report
-says how many ends it read there (their latency runs to the read).`,
+says how many ends it read there (their latency runs to the read).
+
+On a terminal, a spinner counts the jobs ended so far. Ctrl-C stops the run
+and prints the figures of the jobs submitted until then (exit status 130);
+the jobs still in flight go on in the cluster.`,
 		Example: `  cortexctl bench -n 20000 -c 64
   cortexctl bench --inprocess -n 5000
   cortexctl bench -n 100000 -c 8 --batch 500            # batched submits, as fast as it goes
