@@ -108,7 +108,7 @@ func (g *Gateway) DropDeadLetter(ctx context.Context, req *cortexv1.DropDeadLett
 	if err != nil {
 		return nil, err
 	}
-	dropped, err := g.store.DropDeadLetter(ctx, j.ID)
+	dropped, err := g.store.DropDeadLetter(ctx, j.ID, j.Reason, time.Now())
 	if err != nil {
 		return nil, g.readErr(j.ID, err)
 	}

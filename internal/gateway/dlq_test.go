@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -99,6 +100,8 @@ func TestDeadLettersAreTheTenantsOwn(t *testing.T) {
 	}
 	if j, err := f.st.Get(ctx, second); err != nil || j.State != store.Failed {
 		t.Errorf("dropped job %+v, %v; want it still FAILED", j, err)
+	} else if strings.Contains(j.Reason, "dlq list") || !strings.HasSuffix(j.Reason, "dropped from the dead-letter queue") {
+		t.Errorf("dropped job's reason %q: want it to say it was dropped, not to point to the queue", j.Reason)
 	}
 	if _, err := acme.DropDeadLetter(ctx, &cortexv1.DropDeadLetterRequest{JobId: second}); connect.CodeOf(err) != connect.CodeFailedPrecondition {
 		t.Errorf("dropping twice: %v, want FailedPrecondition", err)

@@ -116,7 +116,7 @@ func (s *Scheduler) onMaxDeliveries(ctx context.Context, m *nats.Msg) {
 	}
 	jobs, traces := bus.JobsOf(p)
 	for i, req := range jobs {
-		why := fmt.Sprintf("delivered %d times to workers of pool %s without an acknowledgement (each crashed, hung or lost its connection on it); listed in the dead-letter queue: cortexctl dlq list",
+		why := fmt.Sprintf("delivered %d times to workers of pool %s without an acknowledgement (each crashed, hung or lost its connection on it); "+store.DeadLetterNote,
 			adv.Deliveries, req.GetPool())
 		if s.record(ctx, traces[i], req.GetJobId(), store.Change{To: store.Failed, Attempt: req.GetAttempt(), DeadLetter: true, Reason: why}) != nil {
 			s.opts.metrics.Reconciled("dead_letter")

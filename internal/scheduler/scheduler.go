@@ -451,7 +451,7 @@ func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job
 		left = "not retried: the handler says another attempt would end the same"
 	}
 	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, DeadLetter: true, Overdue: overdue,
-		Reason: fmt.Sprintf("%s (attempt %d of %d, %s; listed in the dead-letter queue: cortexctl dlq list)", why, attempt, j.MaxAttempts, left)})
+		Reason: fmt.Sprintf("%s (attempt %d of %d, %s; %s)", why, attempt, j.MaxAttempts, left, store.DeadLetterNote)})
 }
 
 // requeue hands a PENDING job to the schedulers through the submit stream;

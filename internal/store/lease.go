@@ -223,10 +223,23 @@ func (s *Store) Revive(ctx context.Context, id, reason string, now time.Time) (*
 		micros(now), millis(now.Add(s.redrive)), reason, id))
 }
 
+// DeadLetterNote ends the reason of a job put in the dead-letter queue;
+// DropDeadLetter rewrites it.
+const DeadLetterNote = "listed in the dead-letter queue: cortexctl dlq list"
+
+// droppedNote stands for DeadLetterNote in the reason of a dropped job.
+const droppedNote = "dropped from the dead-letter queue"
+
 // DropDeadLetter takes a job out of the dead-letter queue; it keeps its
-// final state. It reports whether the job was there.
-func (s *Store) DropDeadLetter(ctx context.Context, id string) (bool, error) {
-	n, err := s.rdb.ZRem(ctx, dlqKeyOf(id), id).Result()
+// final state, and its reason (reason, as read) says it was dropped rather
+// than pointing to the queue. It reports whether the job was there.
+func (s *Store) DropDeadLetter(ctx context.Context, id, reason string, now time.Time) (bool, error) {
+	if strings.Contains(reason, DeadLetterNote) {
+		reason = strings.Replace(reason, DeadLetterNote, droppedNote, 1)
+	} else {
+		reason = strings.TrimPrefix(reason+"; "+droppedNote, "; ")
+	}
+	n, err := dropScript.Run(ctx, s.rdb, []string{jobKey(id), dlqKeyOf(id)}, id, reason, micros(now)).Int()
 	if err != nil {
 		return false, fmt.Errorf("drop dead letter %s: %w", id, err)
 	}

@@ -199,6 +199,18 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return {'OK'}
 `)
 
+// dropScript: KEYS = job, dlq; ARGV = job id, reason, now (µs). Takes a
+// dead letter out of dlq and, when it was there, records the reason given
+// (the job keeps its state). Answers 1, or 0 for a job not in dlq.
+var dropScript = redis.NewScript(`
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
+  redis.call('HINCRBY', KEYS[1], 'version', 1)
+end
+return 1
+`)
+
 // reviveScript: KEYS = job, lease, dlq; ARGV = now (µs), deadline, reason,
 // job id. Gives a dead letter (a FAILED or TIMEOUT job listed in dlq) one
 // more attempt: PENDING at the next attempt, with room for it under
