@@ -142,25 +142,40 @@ func (c *cluster) submit(t *testing.T, n int) []string {
 	}
 	defer conn.Close()
 	var ids []string
-	var ds []bus.Durable
 	for i := range n {
 		id, _ := store.NewJobID("acme", "")
 		if _, err := c.st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: "acme", Input: fmt.Sprint(i), MaxAttempts: 1}, time.Now()); err != nil {
 			t.Fatal(err)
 		}
+		ids = append(ids, id)
+	}
+	c.handOff(t, ids, "1")
+	return ids
+}
+
+// handOff hands the jobs ids to the submit stream under key (the gateway's
+// hand-off: "1"; another key makes a copy, as a re-drive does).
+func (c *cluster) handOff(t *testing.T, ids []string, key string) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := bus.Connect(c.natsURL, "gateway-test", slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var ds []bus.Durable
+	for _, id := range ids {
 		j, err := c.st.Get(ctx, id)
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, id)
-		ds = append(ds, bus.Submit(id, j.Request(), "1"))
+		ds = append(ds, bus.Submit(id, j.Request(), key))
 	}
 	for _, err := range conn.PublishDurables(ctx, ds) {
 		if err != nil {
 			t.Fatal(err)
 		}
 	}
-	return ids
 }
 
 func (c *cluster) waitCompleted(t *testing.T, ids []string) {
@@ -193,18 +208,20 @@ func (c *cluster) waitCompleted(t *testing.T, ids []string) {
 }
 
 // TestSeveralSchedulersDispatchEachJobOnce: two schedulers share the
-// submits while their reconcilers keep handing the waiting jobs on again;
-// every job is dispatched exactly once and completes at its first attempt.
+// submits while copies of every job go round (re-drives, as a reconciler
+// makes for a job whose scheduler it takes for dead); every job is
+// dispatched exactly once and completes at its first attempt.
 func TestSeveralSchedulersDispatchEachJobOnce(t *testing.T) {
 	c := newCluster(t, 50*time.Millisecond)
 	c.scheduler(t, "scheduler-a")
 	c.scheduler(t, "scheduler-b")
-	// A short redrive (newCluster): the reconcilers hand every waiting job
-	// on again and again, so copies of one job race through the schedulers.
 	ids := c.submit(t, 300)
-	// Let the jobs wait (no worker yet) past their redrive deadline, so
-	// copies go round, then let them run.
-	time.Sleep(200 * time.Millisecond)
+	// While the jobs wait (no worker yet), copies of each race through the
+	// schedulers; then they run.
+	for i := range 3 {
+		c.handOff(t, ids, fmt.Sprintf("redrive-%d", i))
+	}
+	time.Sleep(100 * time.Millisecond)
 	c.worker(t)
 	c.waitCompleted(t, ids)
 	ctx := context.Background()
@@ -240,4 +257,40 @@ func TestStoppingSchedulerHandsBackItsQueue(t *testing.T) {
 	c.scheduler(t, "scheduler-b")
 	c.worker(t)
 	c.waitCompleted(t, ids)
+}
+
+// TestQueuedJobsAreNotRedriven: jobs waiting in a scheduler's queue (their
+// pool has no worker) are held there past their redrive deadline: the
+// scheduler puts the deadline off, so no reconciler hands them to the other
+// scheduler as well, and each job waits in one queue only.
+func TestQueuedJobsAreNotRedriven(t *testing.T) {
+	c := newCluster(t, 200*time.Millisecond)
+	a := c.scheduler(t, "scheduler-a")
+	b := c.scheduler(t, "scheduler-b")
+	ids := c.submit(t, 20)
+	for deadline := time.Now().Add(5 * time.Second); a.Waiting("echo")+b.Waiting("echo") < len(ids); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d+%d jobs queued, want %d", a.Waiting("echo"), b.Waiting("echo"), len(ids))
+		}
+	}
+	// Five redrive intervals: a job re-driven would be queued twice, or
+	// dropped and queued again.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if n := a.Waiting("echo") + b.Waiting("echo"); n != len(ids) {
+			t.Fatalf("%d+%d jobs queued, want each of the %d in one queue", a.Waiting("echo"), b.Waiting("echo"), len(ids))
+		}
+	}
+	ctx := context.Background()
+	if due, err := c.st.Due(ctx, time.Now(), 100); err != nil || len(due) != 0 {
+		t.Fatalf("due jobs %d (%v), want none: the schedulers put off the deadlines of the jobs they hold", len(due), err)
+	}
+	c.worker(t)
+	c.waitCompleted(t, ids)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, id := range ids {
+		if n := c.dispatched[id]; n != 1 {
+			t.Errorf("job %s dispatched %d times, want once", id, n)
+		}
+	}
 }

@@ -64,6 +64,8 @@ type waiting struct {
 	// (kept by the heap's methods), so that it can leave from anywhere.
 	pool  string
 	index int
+	// held is when its re-drive was last put off, or when it was queued.
+	held time.Time
 }
 
 // queue is a pool's waiting jobs: higher priority first, then by arrival.
@@ -160,9 +162,29 @@ func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 	}
 	pl.seq++
 	w.seq, w.priority, w.pool = pl.seq, w.req.GetPriority(), pool
+	if w.held.IsZero() {
+		w.held = time.Now()
+	}
 	pl.queued[id] = w
 	heap.Push(pl.queueLocked(pool), w)
 	return live
+}
+
+// holding returns the queued jobs whose re-drive was last put off (or
+// that were queued) before since, noting now as their put-off: the
+// scheduler puts off their re-drive, so that no reconciler hands a job
+// this scheduler holds to another one.
+func (pl *placement) holding(since, now time.Time) []*waiting {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	var out []*waiting
+	for _, w := range pl.queued {
+		if w.held.Before(since) {
+			w.held = now
+			out = append(out, w)
+		}
+	}
+	return out
 }
 
 // unqueueLocked takes w out of its queue.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -22,7 +23,10 @@ import (
 //   - PENDING (never handed on, or handed to a scheduler that died with it
 //     queued): its deadline is put off and it goes to the submit stream
 //     again; a scheduler already holding it drops the copy. While the
-//     safety checks do not reach a kernel (Gate), it is held back, due;
+//     safety checks do not reach a kernel (Gate), it is held back, due.
+//     A scheduler puts off the deadlines of the jobs it holds queued
+//     (waiting for capacity or a worker) every half Redrive, so that only
+//     the jobs of a scheduler that died come due;
 //   - DISPATCHED or RUNNING whose lease ran out (the worker died and the
 //     stream could not redeliver it, or the dispatch never reached the
 //     stream): the attempt ends TIMEOUT, and the job is retried with
@@ -49,8 +53,10 @@ func (s *Scheduler) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// reconcile acts once on every job past its deadline at now.
+// reconcile puts off the re-drive of the jobs this scheduler holds queued,
+// then acts once on every job past its deadline at now.
 func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
+	s.holdQueued(ctx, now)
 	jobs, err := s.store.Due(ctx, now, dueBatch)
 	if err != nil {
 		s.log.Warn("reconcile: read deadlines", "err", err)
@@ -89,6 +95,26 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 		s.log.Warn("reconcile: holding pending jobs until the safety kernel answers again", "jobs", held)
 	}
 }
+
+// holdQueued puts off the re-drive of every job queued here whose
+// deadline was last put off (or that was queued) half a Redrive ago,
+// holdAtOnce at a time (the store sends those together). A job that moved
+// on meanwhile is left as it is.
+func (s *Scheduler) holdQueued(ctx context.Context, now time.Time) {
+	held := s.place.holding(now.Add(-s.store.Redrive()/2), now)
+	for len(held) > 0 && ctx.Err() == nil {
+		n := min(len(held), holdAtOnce)
+		var wg sync.WaitGroup
+		for _, w := range held[:n] {
+			wg.Go(func() { _ = s.store.PutOffRedrive(ctx, w.req.GetJobId(), w.req.GetAttempt(), now) })
+		}
+		wg.Wait()
+		held = held[n:]
+	}
+}
+
+// holdAtOnce bounds the put-offs of holdQueued in flight.
+const holdAtOnce = 256
 
 // maxDeliveries is the part of JetStream's max-deliveries advisory used.
 type maxDeliveries struct {

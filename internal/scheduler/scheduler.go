@@ -39,6 +39,9 @@ type Store interface {
 	SetPendingReason(ctx context.Context, id string, attempt uint32, pool, reason string, now time.Time) (*store.Job, error)
 	Due(ctx context.Context, now time.Time, limit int) ([]*store.Job, error)
 	PutOffRedrive(ctx context.Context, id string, attempt uint32, now time.Time) error
+	// Redrive is how long a PENDING job may wait before the reconciler
+	// re-drives it.
+	Redrive() time.Duration
 }
 
 // Checker asks for safety decisions on several attempts at once (those

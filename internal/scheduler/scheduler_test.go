@@ -151,6 +151,9 @@ func (f *fakeStore) PutOffRedrive(_ context.Context, id string, attempt uint32, 
 	return nil
 }
 
+// Redrive is the store's default.
+func (f *fakeStore) Redrive() time.Duration { return store.DefaultRedrive }
+
 // overdue marks a job past its deadline, for the reconciler.
 func (f *fakeStore) markOverdue(id string) {
 	f.mu.Lock()

@@ -46,6 +46,10 @@ func (s *Store) ExtendLease(ctx context.Context, id string, attempt uint32, work
 	return s.moveDeadline(ctx, id, string(Running), attempt, workerID, now.Add(2*lease))
 }
 
+// Redrive is how long a PENDING job may wait before the reconciler
+// re-drives it (Options.Redrive).
+func (s *Store) Redrive() time.Duration { return s.redrive }
+
 // PutOffRedrive moves the deadline of a job PENDING at attempt to a
 // Redrive from now: the reconciler does so when it re-drives the job.
 func (s *Store) PutOffRedrive(ctx context.Context, id string, attempt uint32, now time.Time) error {
