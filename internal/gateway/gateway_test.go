@@ -525,7 +525,7 @@ func TestGetJobAndResult(t *testing.T) {
 	if _, _, err := f.st.Start(ctx, id, 1, "echo-1", false, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.Finish(ctx, id, 1, "hi", store.Usage{}, time.Now()); err != nil {
+	if _, err := f.st.Finish(ctx, id, 1, "echo-1", "hi", store.Usage{}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	got, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id})
@@ -551,7 +551,7 @@ func TestGetJobAndResult(t *testing.T) {
 	if _, _, err := f.st.Start(ctx, bin, 1, "echo-1", false, time.Minute, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.st.Finish(ctx, bin, 1, "\xff\x00", store.Usage{}, time.Now()); err != nil {
+	if _, err := f.st.Finish(ctx, bin, 1, "echo-1", "\xff\x00", store.Usage{}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	res, err = c.GetResult(ctx, &cortexv1.GetResultRequest{JobId: bin})

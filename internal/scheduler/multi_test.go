@@ -116,7 +116,7 @@ func (c *cluster) worker(t *testing.T) {
 		ctx := context.Background()
 		for _, req := range jobs {
 			if _, _, err := c.st.Start(ctx, req.GetJobId(), req.GetAttempt(), "w-1", false, time.Minute, time.Now()); err == nil {
-				if j, err := c.st.Finish(ctx, req.GetJobId(), req.GetAttempt(), "ok", store.Usage{}, time.Now()); err == nil {
+				if j, err := c.st.Finish(ctx, req.GetJobId(), req.GetAttempt(), "w-1", "ok", store.Usage{}, time.Now()); err == nil {
 					ev, _ := bus.Encode(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion,
 						Payload: &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: j.Proto()}}})
 					_ = c.nc.Publish(bus.SubjectJobEvent, ev)

@@ -404,7 +404,7 @@ func (s *Scheduler) onResult(ctx context.Context, p *cortexv1.BusPacket, _ strin
 	switch res.GetState() {
 	case cortexv1.JobState_JOB_STATE_COMPLETED:
 		size := res.GetResultSize()
-		s.record(ctx, p.GetTraceId(), id, store.Change{To: store.Completed, Attempt: attempt, WorkerID: res.GetWorkerId(), ResultSize: &size})
+		s.record(ctx, p.GetTraceId(), id, store.Change{To: store.Completed, Attempt: attempt, WorkerID: res.GetWorkerId(), Holder: res.GetWorkerId(), ResultSize: &size})
 	case cortexv1.JobState_JOB_STATE_FAILED, cortexv1.JobState_JOB_STATE_TIMEOUT:
 		s.failed(ctx, p.GetTraceId(), res)
 	default:
@@ -439,7 +439,7 @@ func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job
 		wait := backoff(attempt, s.opts.retryBase, s.opts.retryMax)
 		due := time.Now().Add(wait)
 		retry := s.record(ctx, traceID, j.ID, store.Change{
-			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end, Due: due, Overdue: overdue,
+			To: store.Pending, Attempt: attempt, Retry: true, Outcome: end, Due: due, Overdue: overdue, Holder: workerID,
 			Reason: fmt.Sprintf("attempt %d of %d ended %s: %s; retrying in %s", attempt, j.MaxAttempts, end, why, wait.Round(time.Millisecond)),
 		})
 		if retry != nil {
@@ -453,7 +453,7 @@ func (s *Scheduler) endAttempt(ctx context.Context, traceID string, j *store.Job
 	if permanent {
 		left = "not retried: the handler says another attempt would end the same"
 	}
-	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, DeadLetter: true, Overdue: overdue,
+	s.record(ctx, traceID, j.ID, store.Change{To: end, Attempt: attempt, WorkerID: workerID, Holder: workerID, DeadLetter: true, Overdue: overdue,
 		Reason: fmt.Sprintf("%s (attempt %d of %d, %s; %s)", why, attempt, j.MaxAttempts, left, store.DeadLetterNote)})
 }
 

@@ -563,18 +563,18 @@ func TestResultsAreRecorded(t *testing.T) {
 		{
 			"completed",
 			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_COMPLETED, ResultSize: 5},
-			store.Change{To: store.Completed, Attempt: 1, WorkerID: "w1", ResultSize: &size},
+			store.Change{To: store.Completed, Attempt: 1, WorkerID: "w1", Holder: "w1", ResultSize: &size},
 		},
 		{
 			"failed without attempts left",
 			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_FAILED, Error: "boom"},
-			store.Change{To: store.Failed, Attempt: 1, WorkerID: "w1", DeadLetter: true,
+			store.Change{To: store.Failed, Attempt: 1, WorkerID: "w1", Holder: "w1", DeadLetter: true,
 				Reason: "boom (attempt 1 of 1, none left; listed in the dead-letter queue: cortexctl dlq list)"},
 		},
 		{
 			"timeout without attempts left",
 			&cortexv1.JobResult{State: cortexv1.JobState_JOB_STATE_TIMEOUT, Error: "ran past 1s"},
-			store.Change{To: store.Timeout, Attempt: 1, WorkerID: "w1", DeadLetter: true,
+			store.Change{To: store.Timeout, Attempt: 1, WorkerID: "w1", Holder: "w1", DeadLetter: true,
 				Reason: "ran past 1s (attempt 1 of 1, none left; listed in the dead-letter queue: cortexctl dlq list)"},
 		},
 	} {

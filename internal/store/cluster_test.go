@@ -904,7 +904,7 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 	output := "output of " + id
 	finish := func(attempt uint32) bool {
 		return l.do("Finish", func() error {
-			j, err := l.st.Finish(ctx, id, attempt, output, store.Usage{}, now)
+			j, err := l.st.Finish(ctx, id, attempt, "w-1", output, store.Usage{}, now)
 			if err != nil {
 				return err
 			}
@@ -999,7 +999,7 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 		ok = move(store.Change{To: store.Dispatched, Attempt: 1, Pool: "pool-a", Safety: allowVerdict}) &&
 			run(1, "w-1") && finish(1) &&
 			l.do("Finish", func() error {
-				_, err := l.st.Finish(ctx, id, 1, "again", store.Usage{}, now)
+				_, err := l.st.Finish(ctx, id, 1, "w-1", "again", store.Usage{}, now)
 				return wantConflict(err, store.Completed, 1)
 			})
 	case kRetry:
@@ -1487,7 +1487,7 @@ func (l *lifecycle) deadlines() {
 	completed := add(8)
 	ok = dispatch(st, completed, now, lease) && start(completed, "w-1", lease, now) && completed != nil &&
 		l.do("Finish", func() error {
-			if _, err := st.Finish(ctx, completed.id, 1, "done", store.Usage{}, now.Add(lease)); err != nil {
+			if _, err := st.Finish(ctx, completed.id, 1, "w-1", "done", store.Usage{}, now.Add(lease)); err != nil {
 				return err
 			}
 			completed.state, completed.deadline = store.Completed, time.Time{}
@@ -1749,7 +1749,7 @@ func (l *lifecycle) deadLetters() {
 		_, _, err := st.Start(ctx, d1, 2, "w-2", false, testLease, revived)
 		return err
 	}) && l.do("Finish", func() error {
-		j, err := st.Finish(ctx, d1, 2, "done at last", store.Usage{}, revived)
+		j, err := st.Finish(ctx, d1, 2, "w-2", "done at last", store.Usage{}, revived)
 		if err == nil && (j.State != store.Completed || len(j.Attempts) != 2 || j.Attempts[0].State != store.Failed || j.Attempts[1].State != store.Completed) {
 			err = fmt.Errorf("Finish(%s) of the revived attempt = %+v", d1, j)
 		}

@@ -40,7 +40,8 @@ return {'OK'}
 // outcome of the attempt a retry ends, deadline, dead letter ("1": list
 // the job in dlq, for a move to FAILED or TIMEOUT), job id, overdue ("1":
 // only if the job's deadline has passed, for the reconciler's moves; now
-// in ms), field/value... A move that ends an attempt (a retry, or
+// in ms), holder ("": any; else only if the job records no worker or this
+// one, for a worker's result), field/value... A move that ends an attempt (a retry, or
 // a final state) records the attempt's outcome, worker, end time and
 // reason in "a:<attempt>" (tab-separated), so the job keeps its attempt
 // history. A move to DISPATCHED drops the reason the job waited for (no
@@ -63,6 +64,7 @@ elseif s == 'RUNNING' then exits = ',COMPLETED,FAILED,TIMEOUT,CANCELLED,PENDING,
 if not string.find(exits, ',' .. to .. ',', 1, true) or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then
   return {'CONFLICT', cur[1], cur[2]}
 end
+if ARGV[10] ~= '' and cur[3] and cur[3] ~= ARGV[10] then return {'CONFLICT', cur[1], cur[2]} end
 local id = ARGV[8]
 if ARGV[9] ~= '' then
   local due = redis.call('ZSCORE', KEYS[2], id)
@@ -73,7 +75,7 @@ local set = {'state', to, 'updated_at', ARGV[3], 't:' .. to, ARGV[3], 'version',
 -- The worker and reason after the change: the change's own, else the
 -- record's. A retry's history names the worker of the attempt it ends.
 local worker, reason, keepsWorker, setsReason = cur[3] or '', cur[4] or '', false, false
-for i = 10, #ARGV, 2 do
+for i = 11, #ARGV, 2 do
   local f, v = ARGV[i], ARGV[i + 1]
   if f == 'worker_id' then worker, keepsWorker = v, true elseif f == 'reason' then reason, setsReason = v, true end
   set[#set + 1] = f
@@ -137,21 +139,25 @@ return {'OK', input}
 `)
 
 // finishScript: KEYS = job, res, lease; ARGV = attempt, now (µs), output,
-// retention ms, output size, job id, usage ("" for none), worker id ("" for
-// a RUNNING job; else the worker that ran a DISPATCHED job without
-// recording it RUNNING), start time (µs, with a worker id). Stores the
-// output of the attempt and records it COMPLETED, in one step, and answers
-// like transitionScript.
+// retention ms, output size, job id, usage ("" for none), worker id (the
+// worker that ran the attempt), start time (µs: the worker ran a
+// DISPATCHED job without recording it RUNNING; "" for a job RUNNING on
+// that worker). Stores the output of the attempt and records it COMPLETED,
+// in one step, and answers like transitionScript. A job RUNNING at that
+// attempt on another worker (which took it over) is a conflict: the late
+// result of the worker that lost it is not recorded.
 var finishScript = redis.NewScript(`
 local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'worker_id', 'version')
 if not cur[1] then return {''} end
-local from, worker = 'RUNNING', cur[3] or ''
-if ARGV[8] ~= '' then from, worker = 'DISPATCHED', ARGV[8] end
-if cur[1] ~= from or cur[2] ~= ARGV[1] then return {'CONFLICT', cur[1], cur[2]} end
+local from, worker = 'RUNNING', ARGV[8]
+if ARGV[9] ~= '' then from = 'DISPATCHED' end
+if cur[1] ~= from or cur[2] ~= ARGV[1] or (from == 'RUNNING' and cur[3] ~= worker) then
+  return {'CONFLICT', cur[1], cur[2]}
+end
 redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 local set = {'state', 'COMPLETED', 'updated_at', ARGV[2], 't:COMPLETED', ARGV[2], 'result_size', ARGV[5],
   'a:' .. ARGV[1], 'COMPLETED\t' .. worker .. '\t' .. ARGV[2] .. '\t', 'version', (tonumber(cur[4]) or 0) + 1}
-if ARGV[8] ~= '' then
+if from == 'DISPATCHED' then
   set[#set + 1] = 'worker_id'
   set[#set + 1] = ARGV[8]
   set[#set + 1] = 't:RUNNING'

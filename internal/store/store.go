@@ -386,7 +386,11 @@ type Change struct {
 	// Overdue makes the move only if the job's deadline has passed: the
 	// reconciler read an overdue job, and the job may have moved on (and
 	// got a new deadline) since.
-	Overdue    bool
+	Overdue bool
+	// Holder, when set, makes the move only if the job records no worker
+	// or this one: the result of a worker whose attempt another worker
+	// took over changes nothing.
+	Holder     string
 	Reason     string
 	Pool       string
 	WorkerID   string
@@ -410,7 +414,7 @@ func (s *Store) args(id string, c Change, now time.Time) []any {
 		overdue = millis(now)
 	}
 	args := []any{string(c.To), strconv.FormatUint(uint64(c.Attempt), 10), micros(now), retry, string(c.Outcome),
-		s.deadline(c.To, c.Due, now), dead, id, overdue}
+		s.deadline(c.To, c.Due, now), dead, id, overdue, c.Holder}
 	for _, f := range [...]struct{ k, v string }{
 		{fReason, c.Reason}, {fPool, c.Pool}, {fWorker, c.WorkerID},
 	} {
@@ -573,13 +577,16 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	return nil, "", refusal(id, Running, res)
 }
 
-// Finish stores the output of attempt of a RUNNING job under res:<id>,
-// its token usage (when not zero) on the job, and records the job
-// COMPLETED, in one script, returning the record. A job
-// that is no longer RUNNING at that attempt (cancelled, say) changes
-// nothing: a *ConflictError.
-func (s *Store) Finish(ctx context.Context, id string, attempt uint32, output string, usage Usage, now time.Time) (*Job, error) {
-	return s.finish(ctx, id, attempt, "", time.Time{}, output, usage, now)
+// Finish stores the output of attempt of a job RUNNING on workerID under
+// res:<id>, its token usage (when not zero) on the job, and records the
+// job COMPLETED, in one script, returning the record. A job that is no
+// longer RUNNING at that attempt (cancelled, say), or that another worker
+// took over (Start with takeover), changes nothing: a *ConflictError.
+func (s *Store) Finish(ctx context.Context, id string, attempt uint32, workerID, output string, usage Usage, now time.Time) (*Job, error) {
+	if workerID == "" {
+		return nil, fmt.Errorf("finish job %s: no worker id", id)
+	}
+	return s.finish(ctx, id, attempt, workerID, time.Time{}, output, usage, now)
 }
 
 // Complete is Finish for an attempt that workerID ran, from started, without
@@ -594,12 +601,14 @@ func (s *Store) Complete(ctx context.Context, id string, attempt uint32, workerI
 	return s.finish(ctx, id, attempt, workerID, started, output, usage, now)
 }
 
+// finish records attempt COMPLETED on workerID: from RUNNING on that
+// worker when started is zero, else from DISPATCHED, run since started.
 func (s *Store) finish(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage Usage, now time.Time) (*Job, error) {
 	u, from := "", ""
 	if usage != (Usage{}) {
 		u = usage.String()
 	}
-	if workerID != "" {
+	if !started.IsZero() {
 		from = micros(started)
 	}
 	return s.moved(id, Completed, s.evalRecord(finishScript, []string{jobKey(id), resKey(id), leaseKeyOf(id)},

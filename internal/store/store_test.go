@@ -147,11 +147,11 @@ func TestJobLifecycle(t *testing.T) {
 		later := now.Add(time.Second)
 		size := uint64(len("olleh"))
 		usage := store.Usage{Prompt: 5, Completion: 7, Total: 12}
-		done, err := st.Finish(ctx, id, 1, "olleh", usage, later)
+		done, err := st.Finish(ctx, id, 1, "w-1", "olleh", usage, later)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := st.Finish(ctx, id, 1, "again", store.Usage{}, later); !errors.Is(err, store.ErrConflict) {
+		if _, err := st.Finish(ctx, id, 1, "w-1", "again", store.Usage{}, later); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("finishing a COMPLETED job again: %v, want ErrConflict", err)
 		}
 		j, out, err := st.Output(ctx, id)
@@ -480,7 +480,7 @@ func TestOutputOnlyWhenCompleted(t *testing.T) {
 			id, _ := reach(t, st, []store.State{store.Dispatched, store.Running})
 			switch tc.end {
 			case store.Completed:
-				if _, err := st.Finish(ctx, id, 1, "the output", store.Usage{}, now); err != nil {
+				if _, err := st.Finish(ctx, id, 1, "w-1", "the output", store.Usage{}, now); err != nil {
 					t.Fatal(err)
 				}
 			case store.Running:
@@ -573,7 +573,7 @@ func BenchmarkJobPath(b *testing.B) {
 			if _, _, err := st.Start(ctx, id, 1, "w", false, time.Minute, now); err != nil {
 				b.Fatal(err)
 			}
-			if _, err := st.Finish(ctx, id, 1, "p", store.Usage{}, now); err != nil {
+			if _, err := st.Finish(ctx, id, 1, "w", "p", store.Usage{}, now); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -702,7 +702,7 @@ func TestPeekThenComplete(t *testing.T) {
 		if got := get(t, st, id); !reflect.DeepEqual(got, before) {
 			t.Fatalf("Peek changed the record: %+v, was %+v", got, before)
 		}
-		if _, err := st.Finish(ctx, id, 1, "x", store.Usage{}, now); err == nil {
+		if _, err := st.Finish(ctx, id, 1, "w-1", "x", store.Usage{}, now); err == nil {
 			t.Fatal("Finish of a job never recorded RUNNING succeeded")
 		} else {
 			conflict(t, "Finish from DISPATCHED", err, store.Dispatched, 1)
@@ -789,6 +789,35 @@ func TestPeekAllAnswersEachAsPeek(t *testing.T) {
 			if in != got[i].Input || (err == nil) != (got[i].Err == nil) {
 				t.Errorf("job %d: Peek says %q, %v; PeekAll said %+v", i, in, err, got[i])
 			}
+		}
+	})
+}
+
+// After a takeover, the worker that lost the attempt cannot record its
+// late result: only the worker now holding the attempt finishes it.
+func TestLateResultOfAWorkerTakenOverIsRefused(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, _ *redis.Client) {
+		ctx := context.Background()
+		id, _ := reach(t, st, []store.State{store.Dispatched, store.Running}) // on w-1
+		if _, _, err := st.Start(ctx, id, 1, "w-2", true, time.Minute, now.Add(time.Minute)); err != nil {
+			t.Fatalf("takeover: %v", err)
+		}
+		_, err := st.Finish(ctx, id, 1, "w-1", "late", store.Usage{}, now.Add(2*time.Minute))
+		conflict(t, "w-1's late Finish", err, store.Running, 1)
+		if _, out, err := st.Output(ctx, id); err != nil || out != "" {
+			t.Fatalf("output after the refused Finish: %q, %v; want none", out, err)
+		}
+		// Nor its late failure, which would retry or end the attempt.
+		_, err = st.Transition(ctx, id, store.Change{To: store.Pending, Attempt: 1, Retry: true, Outcome: store.Failed, Holder: "w-1", Reason: "late"}, now.Add(2*time.Minute))
+		conflict(t, "w-1's late failure", err, store.Running, 1)
+		_, err = st.Transition(ctx, id, store.Change{To: store.Failed, Attempt: 1, WorkerID: "w-1", Holder: "w-1", Reason: "late"}, now.Add(2*time.Minute))
+		conflict(t, "w-1's late final failure", err, store.Running, 1)
+		j, err := st.Finish(ctx, id, 1, "w-2", "on time", store.Usage{}, now.Add(3*time.Minute))
+		if err != nil || j.State != store.Completed || j.WorkerID != "w-2" {
+			t.Fatalf("w-2's Finish: %+v, %v; want COMPLETED on w-2", j, err)
+		}
+		if _, out, _ := st.Output(ctx, id); out != "on time" {
+			t.Errorf("output %q, want w-2's", out)
 		}
 	})
 }

@@ -38,7 +38,7 @@ import (
 // Store is what the worker needs from the memory fabric.
 type Store interface {
 	Start(ctx context.Context, id string, attempt uint32, workerID string, takeover bool, lease time.Duration, now time.Time) (*store.Job, string, error)
-	Finish(ctx context.Context, id string, attempt uint32, output string, usage store.Usage, now time.Time) (*store.Job, error)
+	Finish(ctx context.Context, id string, attempt uint32, workerID, output string, usage store.Usage, now time.Time) (*store.Job, error)
 	Peek(ctx context.Context, id string, attempt uint32) (string, error)
 	PeekAll(ctx context.Context, ids []string, attempts []uint32) []store.Peeked
 	Complete(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage store.Usage, now time.Time) (*store.Job, error)
@@ -710,7 +710,7 @@ func (w *Worker) finish(ctx context.Context, traceID string, req *cortexv1.JobRe
 		if quick {
 			j, err = w.store.Complete(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, started, out.Output, usage, time.Now())
 		} else {
-			j, err = w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), out.Output, usage, time.Now())
+			j, err = w.store.Finish(ctx, req.GetJobId(), req.GetAttempt(), w.opts.ID, out.Output, usage, time.Now())
 		}
 		switch {
 		case err == nil:
