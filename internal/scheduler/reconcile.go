@@ -31,7 +31,10 @@ import (
 //     stream could not redeliver it, or the dispatch never reached the
 //     stream): the attempt ends TIMEOUT, and the job is retried with
 //     backoff while it has attempts left, else it ends TIMEOUT in the
-//     dead-letter queue.
+//     dead-letter queue. After the store was out of reach, for a lease
+//     from when it answers again, no lease is taken to have run out: the
+//     workers could not renew theirs meanwhile, and each renews within a
+//     third of a lease once it can.
 //
 // Every action is a compare-and-set on the state and attempt, so several
 // schedulers may reconcile at once: one wins, the others change nothing.
@@ -59,9 +62,16 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 	s.holdQueued(ctx, now)
 	jobs, err := s.store.Due(ctx, now, dueBatch)
 	if err != nil {
+		s.storeLost = true
 		s.log.Warn("reconcile: read deadlines", "err", err)
 		return
 	}
+	if s.storeLost {
+		s.storeLost, s.storeBack = false, now
+	}
+	// Leases that ran out while the store was out of reach wait for their
+	// workers to renew them.
+	renewing := now.Sub(s.storeBack) < s.opts.lease
 	gate, _ := s.checker.(Gate)
 	held := 0
 	for _, j := range jobs {
@@ -80,11 +90,14 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 			s.opts.metrics.Reconciled("redrive")
 			s.requeue(ctx, j.Trace(), j.Request(), "redrive-"+strconv.FormatInt(now.UnixMilli(), 10))
 		case store.Dispatched, store.Scheduled, store.Running:
-			why := fmt.Sprintf("the attempt's lease ran out in state %s: nothing was heard of it for %s (its worker died, or the job never reached one)",
-				j.State, 2*s.opts.lease)
+			if renewing {
+				continue
+			}
+			why := fmt.Sprintf("the attempt's lease ran out in state %s: its deadline passed with no word of it (its worker died, or the job never reached one)",
+				j.State)
 			if j.WorkerID != "" {
-				why = fmt.Sprintf("the lease of worker %s ran out: nothing was heard of the attempt for %s (the worker stopped without handing it back, died, or lost its connection)",
-					j.WorkerID, 2*s.opts.lease)
+				why = fmt.Sprintf("the lease of worker %s ran out: its deadline passed with no renewal (the worker stopped without handing it back, died, or lost its connection)",
+					j.WorkerID)
 			}
 			s.log.Info("reconcile: lease expired", "trace_id", j.Trace(), "job_id", j.ID, "attempt", j.Attempt, "state", string(j.State))
 			s.opts.metrics.Reconciled("expire")

@@ -2,6 +2,7 @@ package scheduler_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/scheduler"
 	"github.com/cortex-os/core/internal/store"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
@@ -202,4 +204,33 @@ func TestReconcilerHoldsPendingJobsWhileNoKernelAnswers(t *testing.T) {
 	}
 	checker.silent.Store(false)
 	r.expectDispatch(t, "orphan")
+}
+
+// TestLeasesWaitForRenewalsAfterTheStoreCameBack: a RUNNING attempt whose
+// deadline passed while the store was out of reach is not ended at once
+// when the store answers again (its worker could not renew the lease
+// meanwhile, and renews it within a third of a lease): only a lease later,
+// if its deadline is still past, does it end TIMEOUT.
+func TestLeasesWaitForRenewalsAfterTheStoreCameBack(t *testing.T) {
+	const lease = 400 * time.Millisecond
+	r := newBareRig(t, answer(allow, nil), "", scheduler.WithLease(lease))
+	r.st.seed("j1", "job.echo", store.Running, 1, 1)
+	r.st.mu.Lock()
+	r.st.jobs["j1"].WorkerID = "w-1"
+	r.st.dueErr = errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
+	r.st.mu.Unlock()
+	r.st.markOverdue("j1")
+	time.Sleep(100 * time.Millisecond) // reconcile rounds that find the store down
+	r.st.mu.Lock()
+	r.st.dueErr = nil
+	r.st.mu.Unlock()
+	back := time.Now()
+	time.Sleep(lease / 2)
+	if n := len(r.st.changesOf("j1")); n != 0 && time.Since(back) < lease {
+		t.Fatalf("%d changes within half a lease of the store's return, want none: the worker may renew yet", n)
+	}
+	got := r.waitChanges(t, "j1", 1)
+	if c := got[0]; c.To != store.Timeout || !strings.Contains(c.Reason, "the lease of worker w-1 ran out") {
+		t.Errorf("change %+v, want TIMEOUT once a lease passed with no renewal", c)
+	}
 }

@@ -95,6 +95,11 @@ type Scheduler struct {
 	// stopReconcile ends the reconciler; reconciled is closed when it has.
 	stopReconcile context.CancelFunc
 	reconciled    chan struct{}
+	// storeLost says the reconciler's last read of the deadlines failed,
+	// and storeBack is when a read succeeded again after one that failed
+	// (only the reconciler's goroutine uses them).
+	storeLost bool
+	storeBack time.Time
 }
 
 type options struct {

@@ -34,6 +34,7 @@ type fakeStore struct {
 	changes map[string][]store.Change
 	refuse  store.State
 	overdue map[string]bool
+	dueErr  error
 }
 
 var _ scheduler.Store = (*fakeStore)(nil)
@@ -126,10 +127,14 @@ func (f *fakeStore) SetPendingReason(_ context.Context, id string, attempt uint3
 	return clone(j), nil
 }
 
-// Due returns the jobs marked overdue with overdue.
+// Due returns the jobs marked overdue with overdue, or dueErr when set (a
+// store out of reach).
 func (f *fakeStore) Due(_ context.Context, _ time.Time, _ int) ([]*store.Job, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if f.dueErr != nil {
+		return nil, f.dueErr
+	}
 	var out []*store.Job
 	for id := range f.overdue {
 		if j, ok := f.jobs[id]; ok && !j.State.Terminal() {
