@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +32,13 @@ const (
 	// breakerCoolDown is how long an open circuit denies without asking;
 	// then one check probes the kernel.
 	breakerCoolDown = time.Second
+	// settleWindow is how long after the client's bus connection came back
+	// (a NATS restart) a check that found no kernel listening, or had no
+	// answer, is asked again rather than denied: the kernels reconnect on
+	// their own schedule, and a job that waited out the outage should not
+	// be denied for racing them. settleRetry spaces the asks.
+	settleWindow = 3 * time.Second
+	settleRetry  = 100 * time.Millisecond
 )
 
 // Batching: concurrent checks travel together, at most maxInFlight
@@ -50,13 +58,20 @@ const (
 // handed in together (CheckAll) travel together. After
 // breakerThreshold failed requests in a row a circuit breaker opens:
 // checks are denied at once, without waiting for a kernel that is not
-// answering, until a probe after the cool-down succeeds.
+// answering, until a probe after the cool-down succeeds. For settleWindow
+// after its connection to NATS came back, a check no kernel heard is asked
+// again (each ask within the timeout) instead of failing: still nothing
+// runs without an ALLOW.
 type Client struct {
 	conn    *bus.Conn
 	timeout time.Duration
 	breaker breaker
 	batches *coalesce.Batcher[*pending]
 	log     *slog.Logger
+	// back is when the bus connection last came back (Unix ns; 0: never
+	// lost), and now the clock.
+	back atomic.Int64
+	now  func() time.Time
 }
 
 // pending is one check waiting for its decision.
@@ -77,9 +92,17 @@ func NewClient(conn *bus.Conn, timeout time.Duration) *Client {
 		timeout = DefaultTimeout
 	}
 	c := &Client{conn: conn, timeout: timeout, breaker: breaker{threshold: breakerThreshold, coolDown: breakerCoolDown, now: time.Now},
-		log: slog.New(slog.DiscardHandler)}
+		log: slog.New(slog.DiscardHandler), now: time.Now}
 	c.batches = coalesce.New(maxInFlight, takeChecks, c.send)
+	conn.OnReconnect(func() { c.back.Store(c.now().UnixNano()) })
 	return c
+}
+
+// settling reports whether the bus connection came back less than
+// settleWindow ago.
+func (c *Client) settling() bool {
+	back := c.back.Load()
+	return back != 0 && c.now().Sub(time.Unix(0, back)) < settleWindow
 }
 
 // Answering reports whether checks reach the kernel now: false while the
@@ -184,7 +207,11 @@ func (c *Client) send(batch []*pending) {
 		}
 		return
 	}
-	reasons := c.ask(batch)
+	reasons, unheard := c.ask(batch)
+	for unheard && c.settling() {
+		time.Sleep(settleRetry)
+		reasons, unheard = c.ask(batch)
+	}
 	why := ""
 	if reasons != nil {
 		why = firstReason(reasons)
@@ -228,9 +255,10 @@ func (c *Client) announce(denied []*pending) {
 }
 
 // ask sets the kernel's answer on every check of batch, or returns why
-// each has none: nil when all were answered. A lone check goes as a
-// CheckRequest (which any kernel answers), more as a CheckBatch.
-func (c *Client) ask(batch []*pending) []string {
+// each has none: nil when all were answered; unheard says no kernel
+// answered at all (none listening, or no reply in time). A lone check goes
+// as a CheckRequest (which any kernel answers), more as a CheckBatch.
+func (c *Client) ask(batch []*pending) (reasons []string, unheard bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	out := &cortexv1.BusPacket{TraceId: batch[0].trace, Payload: &cortexv1.BusPacket_CheckRequest{CheckRequest: batch[0].req}}
@@ -248,9 +276,11 @@ func (c *Client) ask(batch []*pending) []string {
 	case errors.Is(err, bus.ErrMalformed):
 		why = fmt.Sprintf("safety kernel answered with a malformed packet: %v", err)
 	case errors.Is(err, nats.ErrNoResponders):
-		why = fmt.Sprintf("no safety kernel is running: nobody answers on %s", bus.SubjectSafetyCheck)
+		why = fmt.Sprintf("no safety kernel listens on %s (none is running, or none is connected to NATS)", bus.SubjectSafetyCheck)
+		unheard = true
 	case err != nil:
 		why = fmt.Sprintf("safety kernel gave no decision within %s: %v", c.timeout, err)
+		unheard = true
 	case len(batch) == 1 && reply.GetCheckResponse() == nil:
 		why = "safety kernel answered with something other than a decision"
 	case len(batch) == 1:
@@ -262,7 +292,7 @@ func (c *Client) ask(batch []*pending) []string {
 	default:
 		results = reply.GetCheckBatchResponse().GetResults()
 	}
-	reasons := make([]string, len(batch))
+	reasons = make([]string, len(batch))
 	failed := false
 	for i, p := range batch {
 		switch {
@@ -277,9 +307,9 @@ func (c *Client) ask(batch []*pending) []string {
 		failed = true
 	}
 	if !failed {
-		return nil
+		return nil, false
 	}
-	return reasons
+	return reasons, unheard
 }
 
 func known(d cortexv1.Decision) bool {

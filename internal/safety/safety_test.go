@@ -3,12 +3,14 @@ package safety_test
 import (
 	"bytes"
 	"context"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
@@ -355,7 +357,7 @@ func TestClientFailsClosed(t *testing.T) {
 		timeout time.Duration
 		reason  string
 	}{
-		{"no kernel", func(*testing.T, string) {}, 5 * time.Second, "no safety kernel is running"},
+		{"no kernel", func(*testing.T, string) {}, 5 * time.Second, "no safety kernel listens on sys.safety.check"},
 		{"slow kernel", func(t *testing.T, url string) {
 			// The answer is held until the test is over, long after the
 			// client gave up.
@@ -440,5 +442,41 @@ func TestClientPassesRequireApproval(t *testing.T) {
 	got := clientCheck(t, safety.NewClient(connect(t, url, "client"), 5*time.Second), req("j1", "job.gpu", 0))
 	if !proto.Equal(got, want) {
 		t.Errorf("client returned %v, want the kernel's answer %v unchanged", got, want)
+	}
+}
+
+// TestClientWaitsForTheKernelAfterANATSRestart: for a while after its bus
+// connection came back (NATS restarted), a check that finds no kernel
+// listening yet (the kernels reconnect on their own schedule) is asked
+// again, and gets the kernel's decision once it is back, rather than a
+// fail-closed DENY for racing it. Away from a reconnect, no kernel is a
+// DENY at once.
+func TestClientWaitsForTheKernelAfterANATSRestart(t *testing.T) {
+	first := bustest.Start(t)
+	port := first.Addr().(*net.TCPAddr).Port
+	url := first.ClientURL()
+	conn := connect(t, url, "client")
+	back := make(chan struct{}, 1)
+	conn.OnReconnect(func() { back <- struct{}{} })
+	c := safety.NewClient(conn, 5*time.Second)
+	if got := clientCheck(t, c, req("j0", "job.echo", 0)); got.GetDecision() != deny || got.GetRule() != bus.RuleFailClosed {
+		t.Fatalf("no kernel before any restart: %v, want a fail-closed DENY", got)
+	}
+
+	first.Shutdown()
+	bustest.StartWith(t, &server.Options{Host: "127.0.0.1", Port: port, NoSigs: true, NoLog: true})
+	select {
+	case <-back:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the client's connection did not come back")
+	}
+	// The kernel comes back a little after the client.
+	allowAnswer := encoded(t, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_CheckResponse{CheckResponse: &cortexv1.CheckResponse{Decision: allow, Rule: "r"}}})
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		fakeKernel(t, url, answering(allowAnswer))
+	}()
+	if got := clientCheck(t, c, req("j1", "job.echo", 0)); got.GetDecision() != allow {
+		t.Fatalf("a check made as the kernel reconnects: %v, want the kernel's ALLOW", got)
 	}
 }

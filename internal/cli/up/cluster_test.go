@@ -200,7 +200,7 @@ func TestSysDestroyIsDeniedAndNeverDispatched(t *testing.T) {
 func TestFailsClosedWithoutKernel(t *testing.T) {
 	backends(t, up.ClusterOptions{NoSafety: true, SafetyTimeout: 50 * time.Millisecond}, func(t *testing.T, h *harness) {
 		st := h.run(t, "job.echo", "hi")
-		if st.GetState() != denied || st.GetRule() != "fail-closed" || !strings.Contains(st.GetReason(), "no safety kernel is running") {
+		if st.GetState() != denied || st.GetRule() != "fail-closed" || !strings.Contains(st.GetReason(), "no safety kernel listens on sys.safety.check") {
 			t.Fatalf("with no kernel: %v rule %q reason %q, want DENIED by fail-closed", st.GetState(), st.GetRule(), st.GetReason())
 		}
 		if h.spy.dispatched(st.GetJobId()) {

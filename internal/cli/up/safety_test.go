@@ -423,7 +423,7 @@ func TestFailsClosedOnEveryKernelFault(t *testing.T) {
 		slow   bool   // answer only after the deadline
 		says   string
 	}{
-		{name: "no kernel", says: "no safety kernel is running"},
+		{name: "no kernel", says: "no safety kernel listens on sys.safety.check"},
 		{name: "slow kernel", answer: allow, slow: true, says: "no decision within 300ms"},
 		{name: "garbage", answer: []byte("\x00garbage\xff"), says: "malformed"},
 		{name: "wrong payload", answer: encode(nil, &cortexv1.Heartbeat{WorkerId: "w"}), says: "something other than a decision"},
