@@ -131,6 +131,15 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if pl.JobCancel.GetJobId() == "" {
 			return errors.New("job cancel without a job id")
 		}
+	case *cortexv1.BusPacket_QueueHeads:
+		if p.GetSenderId() == "" || len(pl.QueueHeads.GetPools()) > MaxQueueHeads {
+			return fmt.Errorf("queue heads without a sender, or of over %d pools", MaxQueueHeads)
+		}
+		for _, h := range pl.QueueHeads.GetPools() {
+			if !ValidToken(h.GetPool()) || h.GetPriority() < 1 || h.GetPriority() > MaxPriority {
+				return fmt.Errorf("queue head with a bad pool or a priority outside 1-%d", MaxPriority)
+			}
+		}
 	default:
 		return errors.New("no payload")
 	}

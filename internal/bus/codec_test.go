@@ -67,6 +67,22 @@ func TestDecodeRejects(t *testing.T) {
 		"heartbeat bad id": mutate(func(p *cortexv1.BusPacket) {
 			p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "a.b"}}
 		}),
+		"queue heads without sender": mutate(func(p *cortexv1.BusPacket) {
+			p.SenderId = ""
+			p.Payload = &cortexv1.BusPacket_QueueHeads{QueueHeads: &cortexv1.QueueHeads{Pools: []*cortexv1.QueueHead{{Pool: "echo", Priority: 9}}}}
+		}),
+		"queue head of priority 0": mutate(func(p *cortexv1.BusPacket) {
+			p.SenderId = "scheduler-1"
+			p.Payload = &cortexv1.BusPacket_QueueHeads{QueueHeads: &cortexv1.QueueHeads{Pools: []*cortexv1.QueueHead{{Pool: "echo"}}}}
+		}),
+		"queue head of priority 10": mutate(func(p *cortexv1.BusPacket) {
+			p.SenderId = "scheduler-1"
+			p.Payload = &cortexv1.BusPacket_QueueHeads{QueueHeads: &cortexv1.QueueHeads{Pools: []*cortexv1.QueueHead{{Pool: "echo", Priority: 10}}}}
+		}),
+		"queue head of a bad pool": mutate(func(p *cortexv1.BusPacket) {
+			p.SenderId = "scheduler-1"
+			p.Payload = &cortexv1.BusPacket_QueueHeads{QueueHeads: &cortexv1.QueueHeads{Pools: []*cortexv1.QueueHead{{Pool: "a.b", Priority: 3}}}}
+		}),
 	} {
 		if _, err := Decode(data); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: Decode err = %v, want ErrMalformed", name, err)

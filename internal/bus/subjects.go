@@ -40,6 +40,9 @@ const (
 	// SubjectWorkerDrain carries WorkerDrain to every worker; the one it
 	// names drains.
 	SubjectWorkerDrain = "sys.worker.drain"
+	// SubjectQueueHeads carries QueueHeads from every scheduler to the
+	// others: the highest priority each holds queued per pool.
+	SubjectQueueHeads = "sys.scheduler.queues"
 	// SubjectHeartbeatAll matches every worker's heartbeat subject.
 	SubjectHeartbeatAll = "sys.heartbeat.*"
 
@@ -76,6 +79,13 @@ func JobSubject(pool, topic string) string {
 
 // PoolSubjects matches every job subject of one pool.
 func PoolSubjects(pool string) string { return subjectJobPrefix + pool + ".>" }
+
+// MaxPriority is the highest priority of a job (0, the default, is the
+// lowest; higher runs first).
+const MaxPriority = 9
+
+// MaxQueueHeads bounds the pools of one QueueHeads packet.
+const MaxQueueHeads = 1024
 
 // ValidToken reports whether s can stand as one token of a subject (a pool
 // name or a worker id): 1 to 64 characters of [a-z0-9_-].

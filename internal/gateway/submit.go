@@ -26,7 +26,7 @@ import (
 
 // Bounds of the job options a client may set.
 const (
-	MaxPriority       = 9
+	MaxPriority       = routing.MaxPriority
 	MaxAttempts       = 10
 	MaxTimeout        = 24 * time.Hour
 	maxIdempotencyKey = 256

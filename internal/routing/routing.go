@@ -23,7 +23,7 @@ import (
 const (
 	MaxAttempts = 10
 	MaxTimeout  = 24 * time.Hour
-	MaxPriority = 9
+	MaxPriority = bus.MaxPriority
 )
 
 // jobPrefix is the part every routed topic starts with.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -88,10 +89,14 @@ func (c *cluster) scheduler(t *testing.T, name string) *scheduler.Scheduler {
 
 // worker beats as w-1 (room for plenty) and runs every job of pool echo:
 // start, finish, ack.
-func (c *cluster) worker(t *testing.T) {
+func (c *cluster) worker(t *testing.T) { c.workerWith(t, 10000, func(string) {}) }
+
+// workerWith is worker with slots slots (as its heartbeat says: it runs
+// one job at a time either way), calling started with each job it starts.
+func (c *cluster) workerWith(t *testing.T, slots uint32, started func(id string)) {
 	t.Helper()
 	hb, err := bus.Encode(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion, Payload: &cortexv1.BusPacket_Heartbeat{
-		Heartbeat: &cortexv1.Heartbeat{WorkerId: "w-1", Pool: "echo", MaxParallelJobs: 10000, Topics: []string{"job.echo"}}}})
+		Heartbeat: &cortexv1.Heartbeat{WorkerId: "w-1", Pool: "echo", MaxParallelJobs: slots, Topics: []string{"job.echo"}}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,6 +121,7 @@ func (c *cluster) worker(t *testing.T) {
 		ctx := context.Background()
 		for _, req := range jobs {
 			if _, _, err := c.st.Start(ctx, req.GetJobId(), req.GetAttempt(), "w-1", false, time.Minute, time.Now()); err == nil {
+				started(req.GetJobId())
 				if j, err := c.st.Finish(ctx, req.GetJobId(), req.GetAttempt(), "w-1", "ok", store.Usage{}, time.Now()); err == nil {
 					ev, _ := bus.Encode(&cortexv1.BusPacket{ProtocolVersion: bus.ProtocolVersion,
 						Payload: &cortexv1.BusPacket_JobEvent{JobEvent: &cortexv1.JobEvent{Job: j.Proto()}}})
@@ -135,16 +141,17 @@ func (c *cluster) worker(t *testing.T) {
 // the gateway does.
 func (c *cluster) submit(t *testing.T, n int) []string {
 	t.Helper()
+	return c.submitWith(t, n, 0)
+}
+
+// submitWith is submit for jobs of priority priority.
+func (c *cluster) submitWith(t *testing.T, n int, priority int32) []string {
+	t.Helper()
 	ctx := context.Background()
-	conn, err := bus.Connect(c.natsURL, "gateway-test", slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	var ids []string
 	for i := range n {
 		id, _ := store.NewJobID("acme", "")
-		if _, err := c.st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: "acme", Input: fmt.Sprint(i), MaxAttempts: 1}, time.Now()); err != nil {
+		if _, err := c.st.CreateJob(ctx, store.NewJob{ID: id, Topic: "job.echo", Tenant: "acme", Input: fmt.Sprint(i), MaxAttempts: 1, Priority: priority}, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
@@ -291,6 +298,61 @@ func TestQueuedJobsAreNotRedriven(t *testing.T) {
 	for _, id := range ids {
 		if n := c.dispatched[id]; n != 1 {
 			t.Errorf("job %s dispatched %d times, want once", id, n)
+		}
+	}
+}
+
+// TestPriorityHoldsAcrossSchedulers: with two schedulers sharing the jobs
+// of a pool whose one worker runs one job at a time, every queued job of
+// priority 9 runs before any of priority 0, though another scheduler holds
+// them: a scheduler holds back its lower-priority jobs while another has
+// higher ones queued for the pool. The first scheduler holds the priority
+// 0 jobs, the second the priority 9 ones.
+func TestPriorityHoldsAcrossSchedulers(t *testing.T) {
+	c := newCluster(t, time.Hour)
+	a := c.scheduler(t, "scheduler-a")
+	low := c.submitWith(t, 8, 0)
+	waitQueued(t, len(low), a)
+	a.StopTakingSubmits()
+	b := c.scheduler(t, "scheduler-b")
+	high := c.submitWith(t, 8, 9)
+	waitQueued(t, len(high), b)
+	time.Sleep(100 * time.Millisecond) // the schedulers tell each other their heads
+	var mu sync.Mutex
+	var order []string
+	c.workerWith(t, 1, func(id string) {
+		mu.Lock()
+		order = append(order, id)
+		mu.Unlock()
+	})
+	c.waitCompleted(t, append(slices.Clone(low), high...))
+	mu.Lock()
+	defer mu.Unlock()
+	isHigh := map[string]bool{}
+	for _, id := range high {
+		isHigh[id] = true
+	}
+	for i, id := range order[:len(high)] {
+		if !isHigh[id] {
+			t.Fatalf("job %d to start was of priority 0 while jobs of priority 9 waited (order %v, high %v)", i+1, order, high)
+		}
+	}
+}
+
+// waitQueued waits until the schedulers hold n jobs of pool echo queued
+// between them.
+func waitQueued(t *testing.T, n int, ss ...*scheduler.Scheduler) {
+	t.Helper()
+	held := func() int {
+		sum := 0
+		for _, s := range ss {
+			sum += s.Waiting("echo")
+		}
+		return sum
+	}
+	for deadline := time.Now().Add(5 * time.Second); held() < n; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d jobs queued, want %d", held(), n)
 		}
 	}
 }

@@ -21,7 +21,9 @@ import (
 // via the registry) less the jobs this scheduler released into the pool
 // that have not ended. The queue is served higher priority first, first
 // come first served within a priority, whenever capacity appears: a
-// heartbeat (a worker came, or came back) or the end of a job. A job
+// heartbeat (a worker came, or came back) or the end of a job; and not
+// below the highest priority another scheduler holds queued for the pool
+// (heads.go). A job
 // waits, PENDING with the reason recorded, while its pool has no live
 // worker.
 //
@@ -110,6 +112,13 @@ type placement struct {
 	inFlight map[string]int       // per pool
 	flights  map[string]flight    // per job id
 	swept    map[string]time.Time // per pool: when stale flights were last looked for
+	// peers is the other schedulers' queue heads, by sender; shared is
+	// this one's, as last told to them; sending is, per pool, the highest
+	// priority of the jobs its placer took and has not yet stored in the
+	// pool's stream, which count as queued until then (heads.go).
+	peers   map[string]peerHeads
+	shared  map[string]int32
+	sending map[string]int32
 	// placing holds the pools whose placer runs, and again those asked to
 	// look once more while it did (see kick); once stopped, no placer
 	// starts.
@@ -121,7 +130,7 @@ type placement struct {
 func newPlacement(reg *registry.Registry, stale time.Duration) *placement {
 	return &placement{reg: reg, stale: stale, queues: map[string]*queue{}, queued: map[string]*waiting{},
 		inFlight: map[string]int{}, flights: map[string]flight{}, swept: map[string]time.Time{},
-		placing: map[string]bool{}, again: map[string]bool{}}
+		peers: map[string]peerHeads{}, sending: map[string]int32{}, placing: map[string]bool{}, again: map[string]bool{}}
 }
 
 // holds reports whether this scheduler has attempt of a job queued or
@@ -205,14 +214,17 @@ const maxJobsPerMessage = 64
 func jobsPerMessage(smallest int) int { return min(max(smallest/4, 1), maxJobsPerMessage) }
 
 // take takes from pool's queue as many jobs as the pool has free capacity,
-// counting each as released, and says how many may share a message.
+// counting each as released, and says how many may share a message. Jobs
+// of lower priority than another scheduler's head for the pool stay
+// (heads.go).
 func (pl *placement) take(pool string, now time.Time) (picks []*waiting, perMessage int) {
 	capacity, smallest, live := pl.reg.Capacity(pool)
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	pl.forgetStaleLocked(pool, live, now)
 	q := pl.queueLocked(pool)
-	for q.Len() > 0 && pl.inFlight[pool] < capacity {
+	floor := pl.peerTopLocked(pool, now)
+	for q.Len() > 0 && pl.inFlight[pool] < capacity && (*q)[0].priority >= floor {
 		x := heap.Pop(q).(*waiting)
 		id := x.req.GetJobId()
 		delete(pl.queued, id)
@@ -220,6 +232,7 @@ func (pl *placement) take(pool string, now time.Time) (picks []*waiting, perMess
 		pl.flights[id] = flight{pool: pool, attempt: x.req.GetAttempt(), at: now}
 		pl.inFlight[pool]++
 		picks = append(picks, x)
+		pl.sending[pool] = max(pl.sending[pool], x.priority)
 	}
 	return picks, jobsPerMessage(smallest)
 }
@@ -432,7 +445,11 @@ func (s *Scheduler) kick(ctx context.Context, pool string) {
 		for {
 			if picks, per := pl.take(pool, time.Now()); len(picks) > 0 {
 				s.send(ctx, pool, picks, per)
+				pl.mu.Lock()
+				delete(pl.sending, pool)
+				pl.mu.Unlock()
 			}
+			s.shareHeads(false)
 			pl.mu.Lock()
 			if !pl.again[pool] {
 				delete(pl.placing, pool)

@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"testing"
+	"time"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/store"
@@ -30,6 +31,24 @@ func TestEndedByEvent(t *testing.T) {
 		if got := ended(j, c.attempt); got != c.want {
 			t.Errorf("%s at attempt %d ends attempt %d: %v, want %v", c.state, c.at, c.attempt, got, c.want)
 		}
+	}
+}
+
+// TestPeerHeadsHoldUntilTheyExpire: the floor a pool's releases keep to is
+// the highest head another scheduler holds for it, while that holds; a
+// scheduler that went quiet holds nobody back.
+func TestPeerHeadsHoldUntilTheyExpire(t *testing.T) {
+	now := time.Now()
+	pl := newPlacement(nil, time.Minute)
+	pl.peers["scheduler-a"] = peerHeads{pools: map[string]int32{"echo": 5, "gpu": 9}, until: now.Add(time.Second)}
+	pl.peers["scheduler-b"] = peerHeads{pools: map[string]int32{"echo": 7}, until: now.Add(-time.Millisecond)}
+	for pool, want := range map[string]int32{"echo": 5, "gpu": 9, "other": 0} {
+		if got := pl.peerTopLocked(pool, now); got != want {
+			t.Errorf("floor of %s: %d, want %d", pool, got, want)
+		}
+	}
+	if got := pl.peerTopLocked("gpu", now.Add(time.Second)); got != 0 {
+		t.Errorf("floor of gpu once its head expired: %d, want 0", got)
 	}
 }
 

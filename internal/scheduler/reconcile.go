@@ -56,9 +56,12 @@ func (s *Scheduler) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// reconcile puts off the re-drive of the jobs this scheduler holds queued,
+// reconcile tells the other schedulers this one's queue heads (and forgets
+// theirs that expired), puts off the re-drive of the jobs it holds queued,
 // then acts once on every job past its deadline at now.
 func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
+	s.shareHeads(true)
+	s.expireHeads(ctx, now)
 	s.holdQueued(ctx, now)
 	jobs, err := s.store.Due(ctx, now, dueBatch)
 	if err != nil {

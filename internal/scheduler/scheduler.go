@@ -204,6 +204,9 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	if _, err := s.conn.Subscribe(hctx, bus.SubjectJobResult, bus.QueueScheduler, s.opts.concurrency, s.onResult); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
 	}
+	if _, err := s.conn.Subscribe(hctx, bus.SubjectQueueHeads, "", 1, s.onQueueHeads); err != nil {
+		return fmt.Errorf("scheduler: %w", err)
+	}
 	sub, err := s.conn.NATS().QueueSubscribe(bus.SubjectMaxDeliveries, bus.QueueScheduler, func(m *nats.Msg) { s.onMaxDeliveries(hctx, m) })
 	if err != nil {
 		return fmt.Errorf("scheduler: %w", err)
@@ -236,6 +239,7 @@ func (s *Scheduler) StopSubmits() {
 		s.submits.Stop()
 		s.submits = nil
 		s.handBack()
+		s.shareHeads(false) // none left: the others hold back no longer
 		s.place.stop()
 	}
 	if s.stopReconcile != nil {

@@ -55,6 +55,7 @@ type BusPacket struct {
 	//	*BusPacket_CheckBatchResponse
 	//	*BusPacket_SafetyDecisions
 	//	*BusPacket_JobBatch
+	//	*BusPacket_QueueHeads
 	Payload       isBusPacket_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -287,6 +288,15 @@ func (x *BusPacket) GetJobBatch() *JobBatch {
 	return nil
 }
 
+func (x *BusPacket) GetQueueHeads() *QueueHeads {
+	if x != nil {
+		if x, ok := x.Payload.(*BusPacket_QueueHeads); ok {
+			return x.QueueHeads
+		}
+	}
+	return nil
+}
+
 type isBusPacket_Payload interface {
 	isBusPacket_Payload()
 }
@@ -363,6 +373,10 @@ type BusPacket_JobBatch struct {
 	JobBatch *JobBatch `protobuf:"bytes,27,opt,name=job_batch,json=jobBatch,proto3,oneof"`
 }
 
+type BusPacket_QueueHeads struct {
+	QueueHeads *QueueHeads `protobuf:"bytes,28,opt,name=queue_heads,json=queueHeads,proto3,oneof"`
+}
+
 func (*BusPacket_JobRequest) isBusPacket_Payload() {}
 
 func (*BusPacket_JobResult) isBusPacket_Payload() {}
@@ -399,6 +413,120 @@ func (*BusPacket_SafetyDecisions) isBusPacket_Payload() {}
 
 func (*BusPacket_JobBatch) isBusPacket_Payload() {}
 
+func (*BusPacket_QueueHeads) isBusPacket_Payload() {}
+
+// QueueHeads is what one scheduler holds queued, on sys.scheduler.queues:
+// for each pool whose queue holds a job of priority above 0, the highest
+// such priority. The other schedulers hold back their jobs of lower
+// priority for that pool meanwhile, so that priority orders a pool's jobs
+// across schedulers, not only within each.
+type QueueHeads struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Pools []*QueueHead           `protobuf:"bytes,1,rep,name=pools,proto3" json:"pools,omitempty"`
+	// valid_for is how long the heads hold without a newer packet from the
+	// same sender (a scheduler that died stops holding the others back).
+	ValidFor      *durationpb.Duration `protobuf:"bytes,2,opt,name=valid_for,json=validFor,proto3" json:"valid_for,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueHeads) Reset() {
+	*x = QueueHeads{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueHeads) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueHeads) ProtoMessage() {}
+
+func (x *QueueHeads) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueHeads.ProtoReflect.Descriptor instead.
+func (*QueueHeads) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *QueueHeads) GetPools() []*QueueHead {
+	if x != nil {
+		return x.Pools
+	}
+	return nil
+}
+
+func (x *QueueHeads) GetValidFor() *durationpb.Duration {
+	if x != nil {
+		return x.ValidFor
+	}
+	return nil
+}
+
+// QueueHead is one pool's highest queued priority.
+type QueueHead struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Pool          string                 `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	Priority      int32                  `protobuf:"varint,2,opt,name=priority,proto3" json:"priority,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QueueHead) Reset() {
+	*x = QueueHead{}
+	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QueueHead) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QueueHead) ProtoMessage() {}
+
+func (x *QueueHead) ProtoReflect() protoreflect.Message {
+	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QueueHead.ProtoReflect.Descriptor instead.
+func (*QueueHead) Descriptor() ([]byte, []int) {
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *QueueHead) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *QueueHead) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
+}
+
 // WorkerDrain asks one worker to drain: take no new jobs, finish those it
 // runs, and say so in its heartbeats. The process keeps running until it
 // is stopped.
@@ -413,7 +541,7 @@ type WorkerDrain struct {
 
 func (x *WorkerDrain) Reset() {
 	*x = WorkerDrain{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	mi := &file_cortex_v1_bus_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -425,7 +553,7 @@ func (x *WorkerDrain) String() string {
 func (*WorkerDrain) ProtoMessage() {}
 
 func (x *WorkerDrain) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[1]
+	mi := &file_cortex_v1_bus_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -438,7 +566,7 @@ func (x *WorkerDrain) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkerDrain.ProtoReflect.Descriptor instead.
 func (*WorkerDrain) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{1}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *WorkerDrain) GetWorkerId() string {
@@ -468,7 +596,7 @@ type BeatRequest struct {
 
 func (x *BeatRequest) Reset() {
 	*x = BeatRequest{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -480,7 +608,7 @@ func (x *BeatRequest) String() string {
 func (*BeatRequest) ProtoMessage() {}
 
 func (x *BeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[2]
+	mi := &file_cortex_v1_bus_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -493,7 +621,7 @@ func (x *BeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BeatRequest.ProtoReflect.Descriptor instead.
 func (*BeatRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{2}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *BeatRequest) GetSender() string {
@@ -537,7 +665,7 @@ type JobRequest struct {
 
 func (x *JobRequest) Reset() {
 	*x = JobRequest{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[3]
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -549,7 +677,7 @@ func (x *JobRequest) String() string {
 func (*JobRequest) ProtoMessage() {}
 
 func (x *JobRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[3]
+	mi := &file_cortex_v1_bus_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -562,7 +690,7 @@ func (x *JobRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobRequest.ProtoReflect.Descriptor instead.
 func (*JobRequest) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{3}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JobRequest) GetJobId() string {
@@ -695,7 +823,7 @@ type JobResult struct {
 
 func (x *JobResult) Reset() {
 	*x = JobResult{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	mi := &file_cortex_v1_bus_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -707,7 +835,7 @@ func (x *JobResult) String() string {
 func (*JobResult) ProtoMessage() {}
 
 func (x *JobResult) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[4]
+	mi := &file_cortex_v1_bus_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -720,7 +848,7 @@ func (x *JobResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobResult.ProtoReflect.Descriptor instead.
 func (*JobResult) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{4}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JobResult) GetJobId() string {
@@ -824,7 +952,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	mi := &file_cortex_v1_bus_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -836,7 +964,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[5]
+	mi := &file_cortex_v1_bus_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -849,7 +977,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{5}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Heartbeat) GetWorkerId() string {
@@ -951,7 +1079,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[6]
+	mi := &file_cortex_v1_bus_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -963,7 +1091,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[6]
+	mi := &file_cortex_v1_bus_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -976,7 +1104,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{6}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *JobEvent) GetJob() *Job {
@@ -1007,7 +1135,7 @@ type JobBatch struct {
 
 func (x *JobBatch) Reset() {
 	*x = JobBatch{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[7]
+	mi := &file_cortex_v1_bus_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1019,7 +1147,7 @@ func (x *JobBatch) String() string {
 func (*JobBatch) ProtoMessage() {}
 
 func (x *JobBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[7]
+	mi := &file_cortex_v1_bus_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1032,7 +1160,7 @@ func (x *JobBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobBatch.ProtoReflect.Descriptor instead.
 func (*JobBatch) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{7}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JobBatch) GetJobs() []*JobRequest {
@@ -1061,7 +1189,7 @@ type JobCancel struct {
 
 func (x *JobCancel) Reset() {
 	*x = JobCancel{}
-	mi := &file_cortex_v1_bus_proto_msgTypes[8]
+	mi := &file_cortex_v1_bus_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1201,7 @@ func (x *JobCancel) String() string {
 func (*JobCancel) ProtoMessage() {}
 
 func (x *JobCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_cortex_v1_bus_proto_msgTypes[8]
+	mi := &file_cortex_v1_bus_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1214,7 @@ func (x *JobCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobCancel.ProtoReflect.Descriptor instead.
 func (*JobCancel) Descriptor() ([]byte, []int) {
-	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{8}
+	return file_cortex_v1_bus_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JobCancel) GetJobId() string {
@@ -1107,7 +1235,7 @@ var File_cortex_v1_bus_proto protoreflect.FileDescriptor
 
 const file_cortex_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\n" +
+	"\x13cortex/v1/bus.proto\x12\tcortex.v1\x1a\x13cortex/v1/job.proto\x1a\x16cortex/v1/safety.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc0\n" +
 	"\n" +
 	"\tBusPacket\x12\x19\n" +
 	"\btrace_id\x18\x01 \x01(\tR\atraceId\x12\x1b\n" +
@@ -1138,8 +1266,17 @@ const file_cortex_v1_bus_proto_rawDesc = "" +
 	"checkBatch\x12Q\n" +
 	"\x14check_batch_response\x18\x19 \x01(\v2\x1d.cortex.v1.CheckBatchResponseH\x00R\x12checkBatchResponse\x12G\n" +
 	"\x10safety_decisions\x18\x1a \x01(\v2\x1a.cortex.v1.SafetyDecisionsH\x00R\x0fsafetyDecisions\x122\n" +
-	"\tjob_batch\x18\x1b \x01(\v2\x13.cortex.v1.JobBatchH\x00R\bjobBatchB\t\n" +
-	"\apayload\":\n" +
+	"\tjob_batch\x18\x1b \x01(\v2\x13.cortex.v1.JobBatchH\x00R\bjobBatch\x128\n" +
+	"\vqueue_heads\x18\x1c \x01(\v2\x15.cortex.v1.QueueHeadsH\x00R\n" +
+	"queueHeadsB\t\n" +
+	"\apayload\"p\n" +
+	"\n" +
+	"QueueHeads\x12*\n" +
+	"\x05pools\x18\x01 \x03(\v2\x14.cortex.v1.QueueHeadR\x05pools\x126\n" +
+	"\tvalid_for\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bvalidFor\";\n" +
+	"\tQueueHead\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12\x1a\n" +
+	"\bpriority\x18\x02 \x01(\x05R\bpriority\":\n" +
 	"\vWorkerDrain\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\"%\n" +
@@ -1225,68 +1362,73 @@ func file_cortex_v1_bus_proto_rawDescGZIP() []byte {
 	return file_cortex_v1_bus_proto_rawDescData
 }
 
-var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_cortex_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_cortex_v1_bus_proto_goTypes = []any{
 	(*BusPacket)(nil),             // 0: cortex.v1.BusPacket
-	(*WorkerDrain)(nil),           // 1: cortex.v1.WorkerDrain
-	(*BeatRequest)(nil),           // 2: cortex.v1.BeatRequest
-	(*JobRequest)(nil),            // 3: cortex.v1.JobRequest
-	(*JobResult)(nil),             // 4: cortex.v1.JobResult
-	(*Heartbeat)(nil),             // 5: cortex.v1.Heartbeat
-	(*JobEvent)(nil),              // 6: cortex.v1.JobEvent
-	(*JobBatch)(nil),              // 7: cortex.v1.JobBatch
-	(*JobCancel)(nil),             // 8: cortex.v1.JobCancel
-	nil,                           // 9: cortex.v1.JobRequest.LabelsEntry
-	(*timestamppb.Timestamp)(nil), // 10: google.protobuf.Timestamp
-	(*CheckRequest)(nil),          // 11: cortex.v1.CheckRequest
-	(*CheckResponse)(nil),         // 12: cortex.v1.CheckResponse
-	(*SafetyDecisionEvent)(nil),   // 13: cortex.v1.SafetyDecisionEvent
-	(*PolicyApply)(nil),           // 14: cortex.v1.PolicyApply
-	(*PolicyQuery)(nil),           // 15: cortex.v1.PolicyQuery
-	(*PolicyReply)(nil),           // 16: cortex.v1.PolicyReply
-	(*JobOutput)(nil),             // 17: cortex.v1.JobOutput
-	(*CheckBatch)(nil),            // 18: cortex.v1.CheckBatch
-	(*CheckBatchResponse)(nil),    // 19: cortex.v1.CheckBatchResponse
-	(*SafetyDecisions)(nil),       // 20: cortex.v1.SafetyDecisions
-	(*durationpb.Duration)(nil),   // 21: google.protobuf.Duration
-	(JobState)(0),                 // 22: cortex.v1.JobState
-	(*Job)(nil),                   // 23: cortex.v1.Job
+	(*QueueHeads)(nil),            // 1: cortex.v1.QueueHeads
+	(*QueueHead)(nil),             // 2: cortex.v1.QueueHead
+	(*WorkerDrain)(nil),           // 3: cortex.v1.WorkerDrain
+	(*BeatRequest)(nil),           // 4: cortex.v1.BeatRequest
+	(*JobRequest)(nil),            // 5: cortex.v1.JobRequest
+	(*JobResult)(nil),             // 6: cortex.v1.JobResult
+	(*Heartbeat)(nil),             // 7: cortex.v1.Heartbeat
+	(*JobEvent)(nil),              // 8: cortex.v1.JobEvent
+	(*JobBatch)(nil),              // 9: cortex.v1.JobBatch
+	(*JobCancel)(nil),             // 10: cortex.v1.JobCancel
+	nil,                           // 11: cortex.v1.JobRequest.LabelsEntry
+	(*timestamppb.Timestamp)(nil), // 12: google.protobuf.Timestamp
+	(*CheckRequest)(nil),          // 13: cortex.v1.CheckRequest
+	(*CheckResponse)(nil),         // 14: cortex.v1.CheckResponse
+	(*SafetyDecisionEvent)(nil),   // 15: cortex.v1.SafetyDecisionEvent
+	(*PolicyApply)(nil),           // 16: cortex.v1.PolicyApply
+	(*PolicyQuery)(nil),           // 17: cortex.v1.PolicyQuery
+	(*PolicyReply)(nil),           // 18: cortex.v1.PolicyReply
+	(*JobOutput)(nil),             // 19: cortex.v1.JobOutput
+	(*CheckBatch)(nil),            // 20: cortex.v1.CheckBatch
+	(*CheckBatchResponse)(nil),    // 21: cortex.v1.CheckBatchResponse
+	(*SafetyDecisions)(nil),       // 22: cortex.v1.SafetyDecisions
+	(*durationpb.Duration)(nil),   // 23: google.protobuf.Duration
+	(JobState)(0),                 // 24: cortex.v1.JobState
+	(*Job)(nil),                   // 25: cortex.v1.Job
 }
 var file_cortex_v1_bus_proto_depIdxs = []int32{
-	10, // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
-	3,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
-	4,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
-	5,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
-	11, // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
-	12, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
-	6,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
-	8,  // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
-	13, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
-	14, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
-	15, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
-	16, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
-	2,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
-	1,  // 13: cortex.v1.BusPacket.worker_drain:type_name -> cortex.v1.WorkerDrain
-	17, // 14: cortex.v1.BusPacket.job_output:type_name -> cortex.v1.JobOutput
-	18, // 15: cortex.v1.BusPacket.check_batch:type_name -> cortex.v1.CheckBatch
-	19, // 16: cortex.v1.BusPacket.check_batch_response:type_name -> cortex.v1.CheckBatchResponse
-	20, // 17: cortex.v1.BusPacket.safety_decisions:type_name -> cortex.v1.SafetyDecisions
-	7,  // 18: cortex.v1.BusPacket.job_batch:type_name -> cortex.v1.JobBatch
-	9,  // 19: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
-	21, // 20: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
-	10, // 21: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
-	22, // 22: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
-	10, // 23: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
-	10, // 24: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
-	21, // 25: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
-	23, // 26: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
-	23, // 27: cortex.v1.JobEvent.jobs:type_name -> cortex.v1.Job
-	3,  // 28: cortex.v1.JobBatch.jobs:type_name -> cortex.v1.JobRequest
-	29, // [29:29] is the sub-list for method output_type
-	29, // [29:29] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	12, // 0: cortex.v1.BusPacket.created_at:type_name -> google.protobuf.Timestamp
+	5,  // 1: cortex.v1.BusPacket.job_request:type_name -> cortex.v1.JobRequest
+	6,  // 2: cortex.v1.BusPacket.job_result:type_name -> cortex.v1.JobResult
+	7,  // 3: cortex.v1.BusPacket.heartbeat:type_name -> cortex.v1.Heartbeat
+	13, // 4: cortex.v1.BusPacket.check_request:type_name -> cortex.v1.CheckRequest
+	14, // 5: cortex.v1.BusPacket.check_response:type_name -> cortex.v1.CheckResponse
+	8,  // 6: cortex.v1.BusPacket.job_event:type_name -> cortex.v1.JobEvent
+	10, // 7: cortex.v1.BusPacket.job_cancel:type_name -> cortex.v1.JobCancel
+	15, // 8: cortex.v1.BusPacket.safety_decision:type_name -> cortex.v1.SafetyDecisionEvent
+	16, // 9: cortex.v1.BusPacket.policy_apply:type_name -> cortex.v1.PolicyApply
+	17, // 10: cortex.v1.BusPacket.policy_query:type_name -> cortex.v1.PolicyQuery
+	18, // 11: cortex.v1.BusPacket.policy_reply:type_name -> cortex.v1.PolicyReply
+	4,  // 12: cortex.v1.BusPacket.beat_request:type_name -> cortex.v1.BeatRequest
+	3,  // 13: cortex.v1.BusPacket.worker_drain:type_name -> cortex.v1.WorkerDrain
+	19, // 14: cortex.v1.BusPacket.job_output:type_name -> cortex.v1.JobOutput
+	20, // 15: cortex.v1.BusPacket.check_batch:type_name -> cortex.v1.CheckBatch
+	21, // 16: cortex.v1.BusPacket.check_batch_response:type_name -> cortex.v1.CheckBatchResponse
+	22, // 17: cortex.v1.BusPacket.safety_decisions:type_name -> cortex.v1.SafetyDecisions
+	9,  // 18: cortex.v1.BusPacket.job_batch:type_name -> cortex.v1.JobBatch
+	1,  // 19: cortex.v1.BusPacket.queue_heads:type_name -> cortex.v1.QueueHeads
+	2,  // 20: cortex.v1.QueueHeads.pools:type_name -> cortex.v1.QueueHead
+	23, // 21: cortex.v1.QueueHeads.valid_for:type_name -> google.protobuf.Duration
+	11, // 22: cortex.v1.JobRequest.labels:type_name -> cortex.v1.JobRequest.LabelsEntry
+	23, // 23: cortex.v1.JobRequest.timeout:type_name -> google.protobuf.Duration
+	12, // 24: cortex.v1.JobRequest.not_before:type_name -> google.protobuf.Timestamp
+	24, // 25: cortex.v1.JobResult.state:type_name -> cortex.v1.JobState
+	12, // 26: cortex.v1.JobResult.started_at:type_name -> google.protobuf.Timestamp
+	12, // 27: cortex.v1.JobResult.finished_at:type_name -> google.protobuf.Timestamp
+	23, // 28: cortex.v1.Heartbeat.heartbeat_interval:type_name -> google.protobuf.Duration
+	25, // 29: cortex.v1.JobEvent.job:type_name -> cortex.v1.Job
+	25, // 30: cortex.v1.JobEvent.jobs:type_name -> cortex.v1.Job
+	5,  // 31: cortex.v1.JobBatch.jobs:type_name -> cortex.v1.JobRequest
+	32, // [32:32] is the sub-list for method output_type
+	32, // [32:32] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_cortex_v1_bus_proto_init() }
@@ -1315,6 +1457,7 @@ func file_cortex_v1_bus_proto_init() {
 		(*BusPacket_CheckBatchResponse)(nil),
 		(*BusPacket_SafetyDecisions)(nil),
 		(*BusPacket_JobBatch)(nil),
+		(*BusPacket_QueueHeads)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1322,7 +1465,7 @@ func file_cortex_v1_bus_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cortex_v1_bus_proto_rawDesc), len(file_cortex_v1_bus_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
