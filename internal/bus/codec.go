@@ -81,6 +81,9 @@ func validatePayload(p *cortexv1.BusPacket) error {
 		if !ValidToken(pl.Heartbeat.GetWorkerId()) {
 			return errors.New("heartbeat with a bad worker id")
 		}
+		if n := pl.Heartbeat.GetMaxParallelJobs(); n > MaxWorkerSlots || pl.Heartbeat.GetActiveJobs() > n {
+			return fmt.Errorf("heartbeat of %d active jobs of %d slots: a worker has at most %d, and never more active than slots", pl.Heartbeat.GetActiveJobs(), n, MaxWorkerSlots)
+		}
 	case *cortexv1.BusPacket_CheckRequest:
 		if pl.CheckRequest.GetJobId() == "" {
 			return errors.New("check request without a job id")

@@ -67,6 +67,12 @@ func TestDecodeRejects(t *testing.T) {
 		"heartbeat bad id": mutate(func(p *cortexv1.BusPacket) {
 			p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "a.b"}}
 		}),
+		"heartbeat of absurd slots": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "w", MaxParallelJobs: 4000000000}}
+		}),
+		"heartbeat more active than slots": mutate(func(p *cortexv1.BusPacket) {
+			p.Payload = &cortexv1.BusPacket_Heartbeat{Heartbeat: &cortexv1.Heartbeat{WorkerId: "w", MaxParallelJobs: 4, ActiveJobs: 5}}
+		}),
 		"queue heads without sender": mutate(func(p *cortexv1.BusPacket) {
 			p.SenderId = ""
 			p.Payload = &cortexv1.BusPacket_QueueHeads{QueueHeads: &cortexv1.QueueHeads{Pools: []*cortexv1.QueueHead{{Pool: "echo", Priority: 9}}}}

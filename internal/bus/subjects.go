@@ -84,6 +84,9 @@ func PoolSubjects(pool string) string { return subjectJobPrefix + pool + ".>" }
 // lowest; higher runs first).
 const MaxPriority = 9
 
+// MaxWorkerSlots bounds the max parallel jobs of one worker.
+const MaxWorkerSlots = 10000
+
 // MaxQueueHeads bounds the pools of one QueueHeads packet.
 const MaxQueueHeads = 1024
 

@@ -301,7 +301,12 @@ func (s *Scheduler) onSubmit(ctx context.Context, p *cortexv1.BusPacket, d bus.D
 		return bus.WrongPayload(p, "a job request or a job batch")
 	}
 	if nb := req.GetNotBefore(); nb != nil {
-		if wait := time.Until(nb.AsTime()); wait > 0 {
+		wait := time.Until(nb.AsTime())
+		if wait > maxNotBefore {
+			// No retry backs off that long: it would sit in the stream.
+			return fmt.Errorf("%w: job request not before %s, over %s ahead", bus.ErrMalformed, nb.AsTime().UTC().Format(time.RFC3339), maxNotBefore)
+		}
+		if wait > 0 {
 			d.Nak(wait)
 			return nil
 		}
@@ -366,6 +371,10 @@ func (s *Scheduler) dispatch(ctx context.Context, traces []string, reqs []*corte
 	}
 	s.placeAll(ctx, allowed)
 }
+
+// maxNotBefore bounds how far ahead a submitted attempt may be held back
+// (a retry's backoff is at most its retry maximum, minutes).
+const maxNotBefore = 24 * time.Hour
 
 // noDecision stands in for an answer the checker did not give.
 var noDecision = &cortexv1.CheckResponse{Decision: cortexv1.Decision_DECISION_DENY, Rule: bus.RuleFailClosed,

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/bus/bustest"
@@ -747,5 +748,26 @@ func TestBatchedSubmitDecidesEachJob(t *testing.T) {
 		if n := len(r.checker.checksOf(id)); n != 1 {
 			t.Errorf("%s was checked %d times, want once", id, n)
 		}
+	}
+}
+
+// TestSubmitHeldBackTooFarIsDropped: a job request held back further than
+// any retry backs off (not_before years ahead) is malformed: dropped and
+// counted, not left in the submit stream until it ages out.
+func TestSubmitHeldBackTooFarIsDropped(t *testing.T) {
+	r := newRig(t, answer(allow, nil), "")
+	j := r.st.seed("j1", "job.echo", store.Pending, 1, 1)
+	req := j.Request()
+	req.NotBefore = timestamppb.New(time.Now().AddDate(1000, 0, 0))
+	before := r.s.Conn().Dropped()
+	r.publish(t, bus.SubjectJobSubmit, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_JobRequest{JobRequest: req}})
+	for deadline := time.Now().Add(5 * time.Second); r.s.Conn().Dropped() == before; time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the request held back 1000 years was not dropped")
+		}
+	}
+	r.noDispatch(t)
+	if got := r.st.changesOf("j1"); len(got) != 0 {
+		t.Errorf("changes %+v, want none", got)
 	}
 }

@@ -133,8 +133,8 @@ func CheckOptions(opts Options) error {
 	if opts.ID != "" && !bus.ValidToken(opts.ID) {
 		return fmt.Errorf("worker: id %q must be 1-64 characters of a-z, 0-9, - and _", opts.ID)
 	}
-	if opts.MaxParallel < 0 {
-		return fmt.Errorf("worker: max parallel jobs %d must be positive", opts.MaxParallel)
+	if opts.MaxParallel < 0 || opts.MaxParallel > bus.MaxWorkerSlots {
+		return fmt.Errorf("worker: max parallel jobs %d: use 1 to %d", opts.MaxParallel, bus.MaxWorkerSlots)
 	}
 	return nil
 }

@@ -355,6 +355,8 @@ func TestWorkerRefusesBadOptions(t *testing.T) {
 		"bad pool":    {Pool: "a.b", Handlers: h},
 		"no handlers": {Pool: "p"},
 		"bad id":      {Pool: "p", ID: "w 1", Handlers: h},
+		"negative":    {Pool: "p", MaxParallel: -1, Handlers: h},
+		"too many":    {Pool: "p", MaxParallel: 10001, Handlers: h},
 	} {
 		if _, err := worker.New(nil, nil, o, slog.New(slog.DiscardHandler)); err == nil {
 			t.Errorf("%s: New accepted %+v", name, o)
