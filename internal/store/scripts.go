@@ -106,13 +106,13 @@ return {'OK'}
 // attempt, deadline, job id, takeover ("1": a redelivery of the attempt,
 // whose first holder stopped acknowledging it). Moves a DISPATCHED job
 // (or, on a takeover, a RUNNING one, whose reason then names the worker
-// it is taken from) to RUNNING on this worker and answers
-// {"OK", input}. Answers {""} when there is no job,
+// it is taken from, or that it handed the job back as it stopped:
+// HandBack) to RUNNING on this worker and answers {"OK", input}. Answers {""} when there is no job,
 // {"CONFLICT", state, attempt} when the job is not at that attempt in a
 // state it may start from, and {"NOPROMPT"} (having
 // marked the job FAILED) when its input is gone.
 var startScript = redis.NewScript(`
-local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'version', 'worker_id')
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'version', 'worker_id', 'handed_back')
 if not cur[1] then return {''} end
 local version = (tonumber(cur[3]) or 0) + 1
 local ok = cur[1] == 'DISPATCHED' or (cur[1] == 'RUNNING' and ARGV[6] == '1')
@@ -129,13 +129,26 @@ local set = {'state', 'RUNNING', 'worker_id', ARGV[1], 'updated_at', ARGV[2], 't
 if cur[1] == 'RUNNING' then
   local prev = cur[4] or ''
   local why = 'taken over from worker ' .. prev .. ', which stopped answering for it (its lease ran out)'
+  if cur[5] == prev then why = 'handed back by worker ' .. prev .. ' as it stopped; run again on worker ' .. ARGV[1] end
   if prev == ARGV[1] then why = 'run again on worker ' .. prev .. ' after the bus redelivered it' end
   set[#set + 1] = 'reason'
   set[#set + 1] = why
 end
 redis.call('HSET', KEYS[1], unpack(set))
+if cur[5] then redis.call('HDEL', KEYS[1], 'handed_back') end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 return {'OK', input}
+`)
+
+// handBackScript: KEYS = job; ARGV = attempt, worker id. Notes that the
+// worker running the job at that attempt hands it back (it stops), for
+// the reason of the worker that takes it over (startScript). Answers 1, or
+// 0 when the job is not RUNNING at that attempt on that worker.
+var handBackScript = redis.NewScript(`
+local cur = redis.call('HMGET', KEYS[1], 'state', 'attempt', 'worker_id')
+if cur[1] ~= 'RUNNING' or cur[2] ~= ARGV[1] or cur[3] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'handed_back', ARGV[2])
+return 1
 `)
 
 // finishScript: KEYS = job, res, lease; ARGV = attempt, now (µs), output,

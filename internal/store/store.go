@@ -577,6 +577,17 @@ func (s *Store) Start(ctx context.Context, id string, attempt uint32, workerID s
 	return nil, "", refusal(id, Running, res)
 }
 
+// HandBack notes that workerID, which runs attempt of the job, hands it
+// back to the stream as it stops: the worker that takes it over says so
+// rather than that a lease ran out. A job no longer RUNNING there changes
+// nothing.
+func (s *Store) HandBack(ctx context.Context, id string, attempt uint32, workerID string) error {
+	if err := s.eval(handBackScript, []string{jobKey(id)}, itoa(attempt), workerID).cmd.Err(); err != nil {
+		return fmt.Errorf("hand back job %s: %w", id, err)
+	}
+	return nil
+}
+
 // Finish stores the output of attempt of a job RUNNING on workerID under
 // res:<id>, its token usage (when not zero) on the job, and records the
 // job COMPLETED, in one script, returning the record. A job that is no

@@ -822,6 +822,29 @@ func TestLateResultOfAWorkerTakenOverIsRefused(t *testing.T) {
 	})
 }
 
+// A worker that hands a running job back as it stops has the worker that
+// takes it over say so, once: a later takeover is a lease that ran out.
+func TestTakeoverOfAHandedBackJobSaysSo(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, _ *redis.Client) {
+		ctx := context.Background()
+		id, _ := reach(t, st, []store.State{store.Dispatched, store.Running}) // on w-1
+		if err := st.HandBack(ctx, id, 1, "w-2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := st.HandBack(ctx, id, 1, "w-1"); err != nil {
+			t.Fatal(err)
+		}
+		j, _, err := st.Start(ctx, id, 1, "w-2", true, time.Minute, now.Add(time.Minute))
+		if err != nil || j.Reason != "handed back by worker w-1 as it stopped; run again on worker w-2" {
+			t.Fatalf("takeover of the handed-back job: %+v, %v", j, err)
+		}
+		if j, _, err = st.Start(ctx, id, 1, "w-3", true, time.Minute, now.Add(2*time.Minute)); err != nil ||
+			j.Reason != "taken over from worker w-2, which stopped answering for it (its lease ran out)" {
+			t.Fatalf("a later takeover: %+v, %v", j, err)
+		}
+	})
+}
+
 // A takeover (the bus redelivered a RUNNING attempt) moves the job to the
 // new worker and says on the job whom it was taken from; a job that was
 // DISPATCHED, not RUNNING, keeps its reason.

@@ -43,6 +43,7 @@ type Store interface {
 	PeekAll(ctx context.Context, ids []string, attempts []uint32) []store.Peeked
 	Complete(ctx context.Context, id string, attempt uint32, workerID string, started time.Time, output string, usage store.Usage, now time.Time) (*store.Job, error)
 	ExtendLease(ctx context.Context, id string, attempt uint32, workerID string, lease time.Duration, now time.Time) error
+	HandBack(ctx context.Context, id string, attempt uint32, workerID string) error
 }
 
 var _ Store = (*store.Store)(nil)
@@ -636,6 +637,13 @@ func (w *Worker) handle(t *taken, traceID string, req *cortexv1.JobRequest, d bu
 		w.log.Warn("job not started; handed back to the stream", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
 		return settlement{kind: settleNak, delay: retryStartAfter}
 	case errors.Is(cause, errShutdown):
+		if !quick {
+			// Recorded RUNNING here: the worker that takes it over says
+			// it was handed back.
+			if err := w.store.HandBack(context.WithoutCancel(ctx), req.GetJobId(), req.GetAttempt(), w.opts.ID); err != nil {
+				w.log.Warn("note the hand-back", "trace_id", traceID, "job_id", req.GetJobId(), "err", err)
+			}
+		}
 		w.log.Info("job handed back at shutdown", "trace_id", traceID, "job_id", req.GetJobId())
 		return settlement{kind: settleNak}
 	case errors.Is(cause, errCancelled), errors.Is(cause, errMovedOn):

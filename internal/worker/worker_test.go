@@ -430,6 +430,10 @@ func TestStopHandsBackJobsThatOutliveTheGrace(t *testing.T) {
 	if res := r.result(t, "j-hang"); res.GetState() != cortexv1.JobState_JOB_STATE_COMPLETED || res.GetWorkerId() != "w-2" {
 		t.Fatalf("job taken over: %v, want COMPLETED on w-2", res)
 	}
+	// Its record says it was handed back, not that a lease ran out.
+	if j, _ := r.st.Get(context.Background(), "j-hang"); j.Reason != "handed back by worker w-1 as it stopped; run again on worker w-2" {
+		t.Errorf("reason %q, want the hand-back", j.Reason)
+	}
 }
 
 // TestADeadWorkersJobIsTakenOver: a worker that stops acknowledging a job
