@@ -16,7 +16,8 @@ import (
 
 // explainWait fills in the reason of the PENDING jobs among js that have
 // none and whose pool's live workers, as of their last heartbeats, run
-// as many jobs as they may. Without a worker registry it changes nothing.
+// as many jobs as they may, and the pool the reason names. Without a
+// worker registry it changes nothing.
 func (g *Gateway) explainWait(js ...*cortexv1.Job) {
 	if g.workers == nil {
 		return
@@ -30,7 +31,10 @@ func (g *Gateway) explainWait(js ...*cortexv1.Job) {
 			s := g.workers.Snapshot()
 			snap = &s
 		}
-		j.Reason = waitReason(*snap, g.poolOf(j))
+		pool := g.poolOf(j)
+		if j.Reason = waitReason(*snap, pool); j.Reason != "" && j.GetPool() == "" {
+			j.Pool = pool
+		}
 	}
 }
 

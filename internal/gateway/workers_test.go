@@ -120,6 +120,7 @@ func TestPendingJobInAFullPoolSaysItWaitsForCapacity(t *testing.T) {
 	ctx := context.Background()
 	c := f.client(t, "key-acme-1234")
 	id := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
+	var pools [2]string
 	reasons := func() (string, string) {
 		t.Helper()
 		got, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id})
@@ -130,11 +131,15 @@ func TestPendingJobInAFullPoolSaysItWaitsForCapacity(t *testing.T) {
 		if err != nil || len(list.GetJobs()) != 1 {
 			t.Fatalf("list: %v, %v", list, err)
 		}
+		pools = [2]string{got.GetJob().GetPool(), list.GetJobs()[0].GetPool()}
 		return got.GetJob().GetReason(), list.GetJobs()[0].GetReason()
 	}
 	full := "waiting for capacity in pool echo: its live worker runs 2 of its 2 slots (as of its last heartbeat)"
 	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", ActiveJobs: 2, MaxParallelJobs: 2, HeartbeatInterval: durationpb.New(time.Minute)})
 	eventually(t, "the full pool explained", func() bool { get, list := reasons(); return get == full && list == full })
+	if pools != [2]string{"echo", "echo"} {
+		t.Errorf("pools %q, want the pool the reason names", pools)
+	}
 
 	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", ActiveJobs: 1, MaxParallelJobs: 2, HeartbeatInterval: durationpb.New(time.Minute)})
 	eventually(t, "no reason once the pool has room", func() bool { get, list := reasons(); return get == "" && list == "" })
