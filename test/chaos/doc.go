@@ -1,8 +1,18 @@
 // Package chaos holds the process-level chaos test of CortexOS: the
 // components run as separate processes against a real redis-server (AOF on)
 // and a separate NATS server, and are killed with SIGKILL and restarted one
-// at a time while jobs are in flight. Afterwards every job the gateway
-// accepted must be in exactly one terminal state.
+// at a time while jobs are in flight. The jobs are job.echo, and every 20th
+// a job.sleep of 2s, so that some are running when a worker dies.
+//
+// The test fails unless:
+//   - at least 90% of the submitted jobs were accepted (answered with a job
+//     id), and none of the accepted ones is lost: each is in exactly one
+//     terminal state, a COMPLETED one with its output, and no idempotency
+//     key got two job ids;
+//   - every job that ran (COMPLETED, or with a worker recorded) has an
+//     ALLOW safety verdict for the attempt that ran (fail-closed);
+//   - every kill and restart worked, and no component exited without
+//     being killed (each such exit is named, with the tail of its log).
 //
 // The test is behind the build tag chaos, so a plain `go test ./...` does not
 // run it:

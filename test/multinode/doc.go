@@ -7,7 +7,9 @@
 // SIGKILL and brought back, then a Redis master is killed and brought back
 // with its data. Afterwards every job the gateway accepted must be in
 // exactly one terminal state, and jobs must have completed after each node
-// returned. Everything listens on 127.0.0.1.
+// returned; as in test/chaos, at least 90% of the jobs must have been
+// accepted, every job that ran must have an ALLOW safety verdict, and no
+// component may exit without being killed. Everything listens on 127.0.0.1.
 //
 // The test is behind the build tag multinode:
 //

@@ -190,8 +190,12 @@ func (h *Harness) watch(p *Proc, r *run) {
 	if r.killed.Load() || h.closing.Load() {
 		return
 	}
-	msg := fmt.Sprintf("%s %s (pid %d) exited by itself after %.1fs: %v; its last lines:\n%s",
-		h.Since(), p.Name, r.cmd.Process.Pid, time.Since(r.at).Seconds(), r.err, indent(tailFrom(p.LogPath, r.since, 8)))
+	msg := fmt.Sprintf("%s %s (pid %d) exited by itself after %.1fs: %v",
+		h.Since(), p.Name, r.cmd.Process.Pid, time.Since(r.at).Seconds(), r.err)
+	if crash := crashLine(readFrom(p.LogPath, r.since)); crash != "" {
+		msg += "; it crashed: " + crash
+	}
+	msg += "; its last lines:\n" + indent(tailFrom(p.LogPath, r.since, 8))
 	p.mu.Lock()
 	p.exits = append(p.exits, msg)
 	p.mu.Unlock()
@@ -242,17 +246,19 @@ func (h *Harness) Kill(p *Proc) (pid int, err error) {
 	}
 	select {
 	case <-r.done:
-		return 0, fmt.Errorf("%s had already exited", p.Name)
+		return 0, fmt.Errorf("%s had already exited: %w; its last lines:\n%s", p.Name, r.err, indent(tailFrom(p.LogPath, r.since, 8)))
 	default:
 	}
 	r.killed.Store(true)
 	pid = r.cmd.Process.Pid
-	_ = syscall.Kill(-pid, syscall.SIGKILL)
+	if err := syscall.Kill(-pid, syscall.SIGKILL); err != nil {
+		return pid, fmt.Errorf("kill -9 %s (pid %d): %w", p.Name, pid, err)
+	}
 	select {
 	case <-r.done:
 		return pid, nil
 	case <-time.After(10 * time.Second):
-		return pid, fmt.Errorf("%s (pid %d) still there 10s after SIGKILL", p.Name, pid)
+		return pid, fmt.Errorf("%s (pid %d) still there 10s after SIGKILL; its last lines:\n%s", p.Name, pid, indent(tailFrom(p.LogPath, r.since, 8)))
 	}
 }
 
@@ -413,6 +419,21 @@ func tailFrom(path string, off int64, n int) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// crashLine is the first line of a Go program's crash report in out (a
+// panic, a fatal runtime error, a signal's goroutine dump), whose tail
+// alone shows only the last goroutine; "" when there is none.
+func crashLine(out []byte) string {
+	for _, l := range strings.Split(string(out), "\n") {
+		if crashStart.MatchString(l) {
+			return l
+		}
+	}
+	return ""
+}
+
+// crashStart matches the line a Go crash report begins with.
+var crashStart = regexp.MustCompile(`^(panic: |fatal error: |SIG[A-Z]+: )`)
 
 // logNoise matches what differs between otherwise equal log lines: job ids
 // (UUIDs), JSON times, redis's pid:role and time prefix.

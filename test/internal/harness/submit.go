@@ -16,11 +16,13 @@ import (
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
-// What a Submitter sends: echo jobs, whose output is their prompt, in
-// batches.
+// What a Submitter sends, in batches: echo jobs, whose output is their
+// prompt, and, when asked (SleepEvery), some sleep jobs, whose prompt is a
+// duration and whose output is "slept <duration>".
 const (
-	Topic     = "job.echo"
-	BatchSize = 100
+	Topic      = "job.echo"
+	SleepTopic = "job.sleep"
+	BatchSize  = 100
 )
 
 // submitter submits jobs in paced batches, each job with its own
@@ -35,6 +37,12 @@ type Submitter struct {
 	window   time.Duration
 	deadline time.Duration
 	client   *http.Client
+
+	// SleepEvery makes every SleepEvery-th job (0: none) a job.sleep of
+	// SleepFor instead of a job.echo, so that some jobs are running, not
+	// only queued, when a worker is killed. Set them before Run.
+	SleepEvery int
+	SleepFor   time.Duration
 
 	mu        sync.Mutex
 	byKey     map[int]string   // job number -> the first job id it was answered with
@@ -65,12 +73,38 @@ func NewSubmitter(h *Harness, url, name, runID string, n int, window time.Durati
 	}
 }
 
-func (s *Submitter) key(i int) string    { return fmt.Sprintf("%s-%s-%05d", s.name, s.runID, i) }
-func (s *Submitter) prompt(i int) string { return "echo " + s.key(i) }
+func (s *Submitter) key(i int) string { return fmt.Sprintf("%s-%s-%05d", s.name, s.runID, i) }
+
+// sleeps says whether job i is a job.sleep.
+func (s *Submitter) sleeps(i int) bool { return s.SleepEvery > 0 && i%s.SleepEvery == s.SleepEvery-1 }
+
+// topic is job i's topic.
+func (s *Submitter) topic(i int) string {
+	if s.sleeps(i) {
+		return SleepTopic
+	}
+	return Topic
+}
+
+// prompt is job i's input.
+func (s *Submitter) prompt(i int) string {
+	if s.sleeps(i) {
+		return s.SleepFor.String()
+	}
+	return "echo " + s.key(i)
+}
+
+// want is the output job i must complete with.
+func (s *Submitter) want(i int) string {
+	if s.sleeps(i) {
+		return "slept " + s.SleepFor.String()
+	}
+	return s.prompt(i)
+}
 
 func (s *Submitter) request(i int) *cortexv1.SubmitJobRequest {
 	return &cortexv1.SubmitJobRequest{
-		Topic:          Topic,
+		Topic:          s.topic(i),
 		Prompt:         s.prompt(i),
 		Labels:         map[string]string{s.name: s.runID},
 		IdempotencyKey: s.key(i),

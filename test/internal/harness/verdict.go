@@ -18,6 +18,13 @@ import (
 // for that long: without a reconciler nothing will.
 const stallAfter = 60 * time.Second
 
+// MinAcceptedShare is the share of the submitted jobs the gateway must
+// answer with a job id. The submitter retries every job for a minute after
+// the submitting window, so a run whose gateway works accepts them all
+// (measured: 2000 of 2000, 10000 of 10000, with every kill); far fewer means
+// the jobs never got in, and a check of the accepted ones proves little.
+const MinAcceptedShare = 0.9
+
 // KillEvent is one SIGKILL the test sent.
 type KillEvent struct {
 	Name string
@@ -94,8 +101,9 @@ func Parallel(items []string, n int, f func(string)) {
 	wg.Wait()
 }
 
-// report is what the test found.
+// Report is what the test found.
 type Report struct {
+	submitted                        int
 	accepted, neverAccepted, refused int
 	KeysTwoIDs                       int
 	byState                          map[store.State]int // terminal states
@@ -106,7 +114,12 @@ type Report struct {
 	twoOutcomesEvents                int // events announced two different terminal states
 	eventDisagrees                   int // the one announced terminal state is not the recorded one
 	BadResult                        int // COMPLETED without its result, or a wrong one
+	ran                              int // jobs whose current attempt ran: COMPLETED, or with a worker recorded
+	ranWithoutAllow                  int // of those, the ones without an ALLOW verdict for that attempt
 	attemptsOverMax                  int
+	sleeps, sleepsCompleted          int // accepted job.sleep jobs, and how many of them COMPLETED
+	reran                            int // jobs at a later attempt than their first
+	takenOver                        int // jobs another worker took over from one that stopped answering
 	examples                         []string
 	lostBy                           map[string]*lostGroup // phase + state -> lost jobs
 	reasons                          map[string]int        // FAILED/DENIED/TIMEOUT reasons
@@ -119,7 +132,10 @@ type Report struct {
 	callErrs       map[string]int
 	slowestBatch   time.Duration
 
-	Kills              []string
+	Kills []string
+	// KillFailures are the kills and restarts that did not work, each
+	// naming the component (and the tail of its log when there is one).
+	KillFailures       []string
 	UnexpectedExits    []string
 	PendingAfterSettle int
 	SubmitTook         time.Duration
@@ -138,8 +154,37 @@ func (r *Report) TwoOutcomes() int {
 	return r.twoOutcomesStore + r.twoOutcomesEvents + r.eventDisagrees
 }
 
-func (r *Report) Failures() int {
-	return r.Lost() + r.TwoOutcomes() + r.BadResult + r.KeysTwoIDs
+// Problems lists every way the run broke a promise, one message each; none
+// when it kept them all. Beyond the accepted jobs' outcomes, a run must
+// have got its jobs in (at least MinAcceptedShare of them accepted), every
+// job that ran must have been allowed by the safety kernel (fail-closed),
+// every kill and restart the test asked for must have worked, and no
+// component may have exited without being killed.
+func (r *Report) Problems() []string {
+	var out []string
+	add := func(format string, args ...any) { out = append(out, fmt.Sprintf(format, args...)) }
+	switch {
+	case r.accepted == 0:
+		add("no job was accepted: the gateway answered none of the %d submitted jobs with a job id (call errors: %s; per-job errors: %s)",
+			r.submitted, fmtCounts(r.callErrs), fmtCounts(r.errCodes))
+	case float64(r.accepted) < MinAcceptedShare*float64(r.submitted):
+		add("only %d of %d submitted jobs (%.1f%%) were accepted, below the %.0f%% a working gateway reaches (call errors: %s; per-job errors: %s)",
+			r.accepted, r.submitted, r.acceptedPercent(), 100*MinAcceptedShare, fmtCounts(r.callErrs), fmtCounts(r.errCodes))
+	}
+	if n := r.Lost() + r.TwoOutcomes() + r.BadResult + r.KeysTwoIDs; n > 0 {
+		add("the guarantee does not hold: %d accepted jobs lost or not terminal, %d with two outcomes, %d completed without their result, %d idempotency keys answered with two job ids",
+			r.Lost(), r.TwoOutcomes(), r.BadResult, r.KeysTwoIDs)
+	}
+	if r.ranWithoutAllow > 0 {
+		add("not fail-closed: %d of the %d jobs that ran have no ALLOW safety verdict for the attempt that ran", r.ranWithoutAllow, r.ran)
+	}
+	for _, f := range r.KillFailures {
+		add("a kill or restart the test asked for did not work: %s", f)
+	}
+	for _, e := range r.UnexpectedExits {
+		add("a component exited without being killed: %s", e)
+	}
+	return out
 }
 
 func (r *Report) example(format string, args ...any) {
@@ -149,12 +194,13 @@ func (r *Report) example(format string, args ...any) {
 }
 
 // Verify reads every accepted job and checks that it has exactly one
-// outcome.
+// outcome, and that it ran only if the safety kernel allowed it.
 func Verify(h *Harness, st *store.Store, s *Submitter, ev *Events, killed []KillEvent) *Report {
 	r := &Report{byState: map[store.State]int{}, nonTerminal: map[store.State]int{}, reasons: map[string]int{},
 		lostBy: map[string]*lostGroup{}}
 	t0 := h.T0
 	s.mu.Lock()
+	r.submitted = s.n
 	r.accepted = len(s.byKey)
 	r.refused = len(s.refused)
 	r.neverAccepted = s.n - len(s.byKey) - len(s.refused)
@@ -167,11 +213,12 @@ func Verify(h *Harness, st *store.Store, s *Submitter, ev *Events, killed []Kill
 	for _, d := range s.sendTimes {
 		r.slowestBatch = max(r.slowestBatch, d)
 	}
-	prompts := map[string]string{}
-	for i, id := range s.byKey {
-		prompts[id] = s.prompt(i)
-		for _, other := range s.otherIDs[i] {
-			prompts[other] = s.prompt(i)
+	wants := map[string]string{} // job id -> the output it must complete with
+	sleeps := map[string]bool{}  // job id -> it is a job.sleep
+	for i, first := range s.byKey {
+		for _, id := range append([]string{first}, s.otherIDs[i]...) {
+			wants[id] = s.want(i)
+			sleeps[id] = s.sleeps(i)
 		}
 	}
 	s.mu.Unlock()
@@ -184,7 +231,7 @@ func Verify(h *Harness, st *store.Store, s *Submitter, ev *Events, killed []Kill
 
 	var mu sync.Mutex
 	ctx := context.Background()
-	Parallel(slices.Collect(maps.Keys(prompts)), 16, func(id string) {
+	Parallel(slices.Collect(maps.Keys(wants)), 16, func(id string) {
 		var (
 			j   *store.Job
 			out string
@@ -225,6 +272,25 @@ func Verify(h *Harness, st *store.Store, s *Submitter, ev *Events, killed []Kill
 		if j.State != store.Completed {
 			r.reasons[string(j.State)+": "+reasonClass(j.Reason)]++
 		}
+		if sleeps[id] {
+			r.sleeps++
+			if j.State == store.Completed {
+				r.sleepsCompleted++
+			}
+		}
+		if j.Attempt > 1 {
+			r.reran++
+		}
+		if strings.HasPrefix(j.Reason, takenOverReason) {
+			r.takenOver++
+		}
+		if ranAttempt(j) {
+			r.ran++
+			if why := ranWithoutAllow(j); why != "" {
+				r.ranWithoutAllow++
+				r.example("job %s: %s", id, why)
+			}
+		}
 		if len(evStates) == 1 && evStates[0] != j.State {
 			r.eventDisagrees++
 			r.example("job %s: recorded %s, but an event announced %s", id, j.State, evStates[0])
@@ -236,9 +302,9 @@ func Verify(h *Harness, st *store.Store, s *Submitter, ev *Events, killed []Kill
 		if j.MaxAttempts > 0 && j.Attempt > j.MaxAttempts {
 			r.attemptsOverMax++
 		}
-		if j.State == store.Completed && out != prompts[id] {
+		if j.State == store.Completed && out != wants[id] {
 			r.BadResult++
-			r.example("job %s: COMPLETED with output %.60q, want %q", id, out, prompts[id])
+			r.example("job %s: COMPLETED with output %.60q, want %q", id, out, wants[id])
 		}
 	})
 	return r
@@ -298,6 +364,42 @@ func twoOutcomes(j *store.Job) string {
 	}
 	if j.Attempt == 0 || j.Version == 0 {
 		return fmt.Sprintf("%s with attempt %d and version %d", j.State, j.Attempt, j.Version)
+	}
+	return ""
+}
+
+// takenOverReason begins the reason a worker records when it takes over an
+// attempt whose worker stopped answering for it (the store's start script).
+const takenOverReason = "taken over from worker"
+
+// ranAttempt says whether the job's current attempt ran on a worker: it
+// COMPLETED, or records a worker (a retry drops the worker of the attempt
+// it ends, so a recorded worker ran this attempt).
+func ranAttempt(j *store.Job) bool {
+	return j.State == store.Completed || j.WorkerID != ""
+}
+
+// ranWithoutAllow says how a job whose current attempt ran lacks an ALLOW
+// verdict for that attempt, or "" when it has one. The record keeps the
+// verdict of the last safety check (decision, rule, safety_reason, policy),
+// written by the scheduler with the move to DISPATCHED, the only way to a
+// worker; an attempt that ran must have entered DISPATCHED after the
+// attempt before it ended, or the verdict it shows is an earlier attempt's.
+func ranWithoutAllow(j *store.Job) string {
+	if j.Safety.Decision != "ALLOW" {
+		return fmt.Sprintf("%s on worker %q at attempt %d, but its safety verdict is %q (rule %q: %s)",
+			j.State, j.WorkerID, j.Attempt, j.Safety.Decision, j.Safety.Rule, j.Safety.Reason)
+	}
+	dispatched, ok := j.Entered[store.Dispatched]
+	if !ok {
+		return fmt.Sprintf("%s on worker %q at attempt %d, but it never entered DISPATCHED, where its verdict is recorded",
+			j.State, j.WorkerID, j.Attempt)
+	}
+	for _, a := range j.Attempts {
+		if a.Attempt == j.Attempt-1 && dispatched.Before(a.EndedAt) {
+			return fmt.Sprintf("%s on worker %q at attempt %d, but it last entered DISPATCHED before attempt %d ended: its ALLOW is that attempt's",
+				j.State, j.WorkerID, j.Attempt, a.Attempt)
+		}
 	}
 	return ""
 }
@@ -369,7 +471,16 @@ func (r *Report) String(title string, jobs int, kills []string) string {
 	p("event state != recorded state      %6d", r.eventDisagrees)
 	p("COMPLETED without its result       %6d", r.BadResult)
 	p("idempotency keys with two job ids  %6d", r.KeysTwoIDs)
+	p("ran without an ALLOW verdict       %6d  of %d jobs that ran (COMPLETED, or a worker recorded)", r.ranWithoutAllow, r.ran)
+	p("accepted share                     %5.1f%%  (at least %.0f%% required)", r.acceptedPercent(), 100*MinAcceptedShare)
+	p("kills or restarts that failed      %6d", len(r.KillFailures))
+	for _, f := range r.KillFailures {
+		p("  %s", f)
+	}
 	p("--- other facts ---")
+	p("%-35s%6d / %d", SleepTopic+" accepted / COMPLETED", r.sleeps, r.sleepsCompleted)
+	p("ran again (attempt above 1)        %6d", r.reran)
+	p("taken over from a silent worker    %6d", r.takenOver)
 	p("attempt above max_attempts         %6d", r.attemptsOverMax)
 	p("non-COMPLETED reasons              %s", fmtCounts(r.reasons))
 	p("job events received %d (undecodable %d, dropped %d), terminal event for %d of %d accepted jobs, %d repeated terminal events, %d NATS reconnects of the test",
@@ -393,6 +504,15 @@ func (r *Report) String(title string, jobs int, kills []string) string {
 	}
 	p("=======================================================")
 	return b.String()
+}
+
+// acceptedPercent is the share of the submitted jobs that were accepted, in
+// percent.
+func (r *Report) acceptedPercent() float64 {
+	if r.submitted == 0 {
+		return 0
+	}
+	return 100 * float64(r.accepted) / float64(r.submitted)
 }
 
 func cmpOr[T any](s, def []T) []T {
