@@ -41,6 +41,9 @@ type Options struct {
 	// StreamReplicas: see scaleout.go.
 	StreamReplicas int
 	streams        bool // the daemon creates the durable streams
+	// what is the daemon as messages call it ("safety kernel"); the
+	// command's name when empty.
+	what string
 }
 
 func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
@@ -65,6 +68,17 @@ func (o *Options) addFlags(cmd *cobra.Command, redis bool) {
 	fs.BoolVar(&o.Insecure, "insecure", false, "start without authentication (NATS/Redis credentials, API keys); never in production")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	cmdutil.BindConfig(cmd)
+	if o.streams {
+		CheckRanges(cmd, StreamReplicasRange(&o.StreamReplicas))
+	}
+}
+
+// name is the daemon as messages call it: "safety kernel", "scheduler".
+func (o *Options) name(cmd *cobra.Command) string {
+	if o.what != "" {
+		return o.what
+	}
+	return cmd.Name()
 }
 
 // addTLSFlags adds --<prefix>-ca, --<prefix>-cert and --<prefix>-key.
@@ -154,7 +168,7 @@ func (o *Options) prepare(cmd *cobra.Command, redis bool) (*env, error) {
 	SurviveClosedOutput()
 	if off := o.unauthenticated(redis); len(off) > 0 {
 		fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: --insecure: the %s connects to %s without authentication; never run so in production\n",
-			cmd.Name(), strings.Join(off, " and "))
+			o.name(cmd), strings.Join(off, " and "))
 	}
 	replicas, err := StreamReplicas(cmd, o.StreamReplicas)
 	if err != nil {
@@ -240,7 +254,7 @@ func SayStopping(w io.Writer, what string, stopping func() string) {
 
 // NewCmdSafety runs the safety kernel.
 func NewCmdSafety() *cobra.Command {
-	o := &Options{}
+	o := &Options{what: "safety kernel"}
 	var files safety.Files
 	var metricsAddr string
 	cmd := &cobra.Command{
@@ -355,6 +369,7 @@ the work safely. SIGTERM stops taking jobs, finishes those held, and exits.`,
 	cmd.Flags().DurationVar(&safetyTimeout, "safety-timeout", safety.DefaultTimeout, "how long to wait for a safety decision before denying the job")
 	AddLeaseFlag(cmd, &lease)
 	AddMetricsFlag(cmd, &metricsAddr, "127.0.0.1:9472")
+	CheckRanges(cmd, SafetyTimeoutRange(&safetyTimeout), LeaseRange(&lease))
 	return cmd
 }
 
@@ -441,6 +456,11 @@ comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 	cmd.Flags().IntVar(&wo.MaxDeliver, "max-deliver", worker.DefaultMaxDeliver, "times the pool's workers may take one job without acking it before it is dead-lettered")
 	AddLLMFlags(cmd, &llmFlags)
 	cmd.Flags().StringSliceVar(&wo.Capabilities, "capability", nil, "what this worker offers beyond its plugins, repeatable (e.g. python3,gpu; default: its plugins' names), shown by 'cortexctl workers -o wide'")
+	CheckRanges(cmd,
+		Between("max-parallel", &wo.MaxParallel, 1, bus.MaxWorkerSlots, "the jobs this worker runs at once"),
+		Positive("heartbeat", &wo.HeartbeatInterval, "the time between heartbeats"),
+		LeaseRange(&wo.Lease),
+		AtLeast("max-deliver", &wo.MaxDeliver, 1, "deliveries of a job before it is dead-lettered"))
 	return cmd
 }
 
@@ -538,6 +558,7 @@ CA).`,
 	cmd.Flags().StringVar(&tlsCert, "tls-cert", "", "serve HTTPS with this certificate (PEM, its chain after it), with --tls-key")
 	cmd.Flags().StringVar(&tlsKey, "tls-key", "", "private key (PEM) of --tls-cert")
 	AddModelsFlag(cmd, &models)
+	CheckRanges(cmd, AtLeast("max-prompt-bytes", &maxPrompt, 1, "the largest prompt accepted, in bytes"))
 	return cmd
 }
 

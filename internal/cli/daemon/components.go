@@ -320,6 +320,11 @@ var _ middleware.Recorder = (*telemetry.Metrics)(nil)
 // margin.
 const handlerLimit = sleep.MaxDuration + time.Minute
 
+// BuiltInPools are the pools PoolHandlers has plugins for: a worker of
+// any other pool needs plugins of its own (README, "Write your own
+// worker").
+var BuiltInPools = []string{"echo", python.Pool, PoolLLM}
+
 // PoolHandlers are the built-in plugins of a pool, each bounded by
 // handlerLimit but job.echo, which waits on nothing (the worker adds panic
 // recovery and metrics to every handler). about says what the pool's

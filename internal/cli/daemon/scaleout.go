@@ -36,8 +36,8 @@ func StreamReplicas(cmd *cobra.Command, replicas int) (int, error) {
 	if !cmd.Flags().Changed("stream-replicas") {
 		return 0, nil
 	}
-	if replicas < 1 || replicas > 5 {
-		return 0, &cmdutil.UsageError{Err: fmt.Errorf("--stream-replicas %d: want 1 to 5 (JetStream's limit; 3 on a NATS cluster of 3)", replicas)}
+	if r := StreamReplicasRange(&replicas); !r.In() {
+		return 0, &cmdutil.UsageError{Err: fmt.Errorf("--stream-replicas %d: want %s (%s)", replicas, r.Want, r.Note)}
 	}
 	return replicas, nil
 }

@@ -37,6 +37,9 @@ keeps its state and history.`,
 	return cmd
 }
 
+// maxDLQPage is the most dead letters the gateway returns in one page.
+const maxDLQPage = 500
+
 func newCmdDLQList(f *cmdutil.Factory) *cobra.Command {
 	var format output.Format
 	var limit int
@@ -46,22 +49,38 @@ func newCmdDLQList(f *cmdutil.Factory) *cobra.Command {
 		Short: "List dead letters, newest first",
 		Long: `List your tenant's dead letters, newest first: the job, its topic and final
 state, its attempts, how long ago it went to the queue, and why. -o wide adds
-the pool and the last worker.`,
+the pool and the last worker. At most --limit dead letters print (0 for all,
+fetched page by page); when more are queued, the command says how to get the
+next page.`,
 		Example: `  cortexctl dlq list
   cortexctl dlq list --limit 200 -o wide
-  cortexctl dlq list -o json`,
+  cortexctl dlq list --limit 0 -o json`,
 		Args: cmdutil.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if limit < 1 || limit > 500 {
-				return &cmdutil.UsageError{Err: fmt.Errorf("--limit %d: give 1 to 500", limit)}
+			if limit < 0 {
+				return &cmdutil.UsageError{Err: fmt.Errorf("--limit %d: give 0 (all) or more", limit)}
 			}
 			c, _, err := f.Client()
 			if err != nil {
 				return err
 			}
-			res, err := c.ListDeadLetters(cmd.Context(), &cortexv1.ListDeadLettersRequest{PageSize: uint32(limit), PageToken: page})
-			if err != nil {
-				return err
+			// Pages of at most maxDLQPage, the gateway's limit, until
+			// --limit dead letters or the last page.
+			res := &cortexv1.ListDeadLettersResponse{NextPageToken: page}
+			for {
+				size := uint32(maxDLQPage)
+				if limit > 0 {
+					size = uint32(min(limit-len(res.DeadLetters), maxDLQPage))
+				}
+				next, err := c.ListDeadLetters(cmd.Context(), &cortexv1.ListDeadLettersRequest{PageSize: size, PageToken: res.NextPageToken})
+				if err != nil {
+					return err
+				}
+				res.DeadLetters = append(res.DeadLetters, next.GetDeadLetters()...)
+				res.NextPageToken = next.GetNextPageToken()
+				if res.NextPageToken == "" || limit > 0 && len(res.DeadLetters) >= limit {
+					break
+				}
 			}
 			p := output.New(f.Out, format)
 			if p.Machine() {
@@ -94,12 +113,12 @@ the pool and the last worker.`,
 				return err
 			}
 			if next := res.GetNextPageToken(); next != "" {
-				fmt.Fprintf(f.ErrOut, "more: cortexctl dlq list --page %s\n", next)
+				fmt.Fprintf(f.ErrOut, "more: cortexctl dlq list --page %s (or --limit 0 for all)\n", next)
 			}
 			return nil
 		},
 	}
-	cmd.Flags().IntVar(&limit, "limit", 50, "most dead letters to list (1-500)")
+	cmd.Flags().IntVar(&limit, "limit", 50, "most dead letters to list (0: all)")
 	cmd.Flags().StringVar(&page, "page", "", "continue a previous list (the token it printed)")
 	output.AddFormatFlag(cmd, &format)
 	return cmd
@@ -172,10 +191,20 @@ cortexctl jobs watch JOB_ID.`,
 func newCmdDLQDrop(f *cmdutil.Factory) *cobra.Command {
 	var format output.Format
 	cmd := &cobra.Command{
-		Use:     "drop JOB_ID...",
-		Short:   "Take dead letters off the queue (they keep their final state)",
-		Example: `  cortexctl dlq drop 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e`,
-		Args:    someIDs,
+		Use:   "drop JOB_ID...",
+		Short: "Take dead letters off the queue (they keep their final state)",
+		Long: `Take each dead letter off the queue for good, and print it with its state.
+The job keeps its final state (FAILED or TIMEOUT) and its attempt history;
+its reason now says it was dropped from the dead-letter queue instead of
+pointing to it. cortexctl jobs get still shows it, but dlq list no longer
+does, and it can no longer be retried with dlq retry.
+
+A job that is not a dead letter, or not found, exits 1; a read-only key
+exits 4. With several ids, each that cannot be dropped is reported on stderr
+and the others are still dropped; the exit status is the first failure's.`,
+		Example: `  cortexctl dlq drop 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e
+  cortexctl dlq drop ID1 ID2`,
+		Args: someIDs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, _, err := f.Client()
 			if err != nil {

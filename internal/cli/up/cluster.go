@@ -263,6 +263,17 @@ func (c *Cluster) Unserved() []string {
 	return out
 }
 
+// routedTopics lists the topics (and topic patterns) routes lead to pool.
+func (c *Cluster) routedTopics(pool string) []string {
+	var out []string
+	for _, t := range c.routes.Topics() {
+		if p, ok := c.routes.Pool(t); ok && p == pool {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // TryTopic is a topic to try the stack with: routed to a pool the stack
 // serves, and handled by its worker there (job.echo when it is).
 func (c *Cluster) TryTopic() (string, bool) {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -93,7 +94,7 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
 	daemon.AddRedisClusterFlag(cmd, &o.Cluster.RedisCluster)
 	daemon.AddStreamReplicasFlag(cmd, &o.Cluster.StreamReplicas)
-	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory); one up at a time, and jobs outlive up only with --redis-url too")
+	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory; not with --nats-url, whose server keeps its own); one up at a time, and jobs outlive up only with --redis-url too")
 	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", upSafetyTimeout, "how long the scheduler waits for a safety decision before denying the job")
 	fs.IntVar(&o.Cluster.WorkerParallel, "worker-parallel", echoParallel, "jobs the built-in echo worker runs at once")
@@ -106,6 +107,11 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	fs.Lookup("python").NoOptDefVal = "python3"
 	daemon.AddLLMFlags(cmd, &o.LLM)
 	cmdutil.BindConfig(cmd)
+	daemon.CheckRanges(cmd,
+		daemon.StreamReplicasRange(&o.Cluster.StreamReplicas),
+		daemon.LeaseRange(&o.Cluster.Lease),
+		daemon.SafetyTimeoutRange(&o.Cluster.SafetyTimeout),
+		daemon.Between("worker-parallel", &o.Cluster.WorkerParallel, 1, bus.MaxWorkerSlots, "the jobs the echo worker runs at once"))
 	return cmd
 }
 
@@ -138,6 +144,10 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	}
 	if o.Cluster.RedisCluster && o.Cluster.RedisURL == "" {
 		return &cmdutil.UsageError{Err: errors.New("--redis-cluster needs --redis-url: the embedded Redis is one node")}
+	}
+	if o.Cluster.DataDir != "" && o.Cluster.NATSURL != "" {
+		return &cmdutil.UsageError{Err: errors.New("--data-dir is where the embedded NATS keeps its streams; with --nats-url the remote NATS server keeps its own: " +
+			"drop --data-dir (or --nats-url, to use the embedded NATS)")}
 	}
 	if o.Cluster.StreamReplicas > 1 && o.Cluster.NATSURL == "" {
 		return &cmdutil.UsageError{Err: errors.New("--stream-replicas above 1 needs --nats-url naming a NATS cluster: the embedded NATS is one server")}
@@ -200,6 +210,25 @@ func streamsNote(c *Cluster) string {
 	return "JetStream work queues on the NATS server's disk"
 }
 
+// unservedWarning warns of pool, which routes (of topics) lead to and no
+// worker of the stack serves, and says how to serve it: the worker command
+// for a built-in pool; for another, a worker with a plugin for its topics,
+// which 'cortexctl worker --pool' alone does not have.
+func unservedWarning(pool string, topics []string) string {
+	msg := "routes lead to pool " + pool + ", which no worker of this stack serves: its jobs wait for "
+	switch {
+	case pool == daemon.PoolLLM:
+		return msg + "one (cortexctl worker --pool " + pool + " --llm-base-url URL ...)"
+	case slices.Contains(daemon.BuiltInPools, pool):
+		return msg + "one (cortexctl worker --pool " + pool + " ...)"
+	}
+	plugin := "plugins of its own"
+	if len(topics) > 0 {
+		plugin = "a plugin for " + strings.Join(topics, ", ")
+	}
+	return msg + "a worker built with " + plugin + " (see \"Write your own worker\" in the README)"
+}
+
 func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.Duration) {
 	// Embedded servers' URLs are shown whole, so a worker or redis-cli can
 	// use them; a remote server's password is the operator's and stays hidden.
@@ -233,7 +262,7 @@ func printBanner(w io.Writer, c *Cluster, server, contextPath string, took time.
 		}
 	}
 	for _, pool := range c.Unserved() {
-		fmt.Fprintf(w, "  warning  routes lead to pool %s, which no worker of this stack serves: its jobs wait for one (cortexctl worker --pool %s ...)\n", pool, pool)
+		fmt.Fprintf(w, "  warning  %s\n", unservedWarning(pool, c.routedTopics(pool)))
 	}
 	fmt.Fprintf(w, "  context  %s (%s)\n", client.LocalContext, contextPath)
 	try := "no route leads to a worker of this stack"

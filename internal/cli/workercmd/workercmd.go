@@ -173,12 +173,19 @@ func workersRun(ctx context.Context, o *WorkersOptions) error {
 	})
 }
 
+// listedWhile says how long a worker is listed. The gateway's lists do not
+// say whether a worker ever sent a heartbeat, so an empty list may mean
+// that none started or that every one stopped or died: this is true of both.
+const listedWhile = "a worker is listed from its first heartbeat until it misses three"
+
+// noneFound is what an empty list of workers (in pool, when not "") or
+// of pools says on stderr.
 func noneFound(what, pool string) string {
-	msg := "no " + what + " found: no worker has sent a heartbeat"
+	msg := "no " + what + " found"
 	if pool != "" {
-		msg = "no " + what + " found in pool " + pool
+		msg += " in pool " + pool
 	}
-	return msg + " (start one with 'cortexctl worker', or 'cortexctl up')"
+	return msg + ": " + listedWhile + " (start one with 'cortexctl worker', or 'cortexctl up')"
 }
 
 func workerHeader(wide bool) []string {

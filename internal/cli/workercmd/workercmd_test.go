@@ -184,6 +184,23 @@ func TestNoWorkers(t *testing.T) {
 	if out.Len() != 0 || !strings.Contains(errOut.String(), "no workers found in pool echo") {
 		t.Fatalf("stdout %q, stderr %q", out, errOut)
 	}
+	// Every worker may have expired: the message must not say that none
+	// ever sent a heartbeat, for all the CLI can tell.
+	f, _, errOut = factory()
+	c := common{Factory: f, Client: &fakeGateway{}, Output: output.Table}
+	for _, list := range []func() error{
+		func() error { return workersRun(context.Background(), &WorkersOptions{common: c}) },
+		func() error { return poolsRun(context.Background(), &PoolsOptions{common: c}) },
+	} {
+		errOut.Reset()
+		if err := list(); err != nil {
+			t.Fatal(err)
+		}
+		if msg := errOut.String(); strings.Contains(msg, "no worker has sent a heartbeat") ||
+			!strings.Contains(msg, "a worker is listed from its first heartbeat until it misses three") {
+			t.Errorf("empty list says %q", msg)
+		}
+	}
 	f, out, _ = factory()
 	if err := run(t, f, &fakeGateway{}, output.JSON, false); err != nil {
 		t.Fatal(err)
