@@ -158,12 +158,30 @@ func Reply(messages []any) string {
 	last := ""
 	for _, m := range messages {
 		if mm, ok := m.(map[string]any); ok && mm["role"] == "user" {
-			if c, ok := mm["content"].(string); ok {
-				last = c
-			}
+			last = text(mm["content"])
 		}
 	}
 	return "You said: " + last
+}
+
+// text is a message's content as text: a string, or the text of an array
+// of parts ({"type":"text","text":"..."}), joined.
+func text(content any) string {
+	switch c := content.(type) {
+	case string:
+		return c
+	case []any:
+		var parts []string
+		for _, p := range c {
+			if pm, ok := p.(map[string]any); ok && pm["type"] == "text" {
+				if t, ok := pm["text"].(string); ok {
+					parts = append(parts, t)
+				}
+			}
+		}
+		return strings.Join(parts, "")
+	}
+	return ""
 }
 
 func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
@@ -208,8 +226,7 @@ func (s *Server) chat(w http.ResponseWriter, r *http.Request) {
 	prompt := 0
 	for _, m := range messages {
 		if mm, ok := m.(map[string]any); ok {
-			c, _ := mm["content"].(string)
-			prompt += len(strings.Fields(c))
+			prompt += len(strings.Fields(text(mm["content"])))
 		}
 	}
 	usage := map[string]int{"prompt_tokens": prompt, "completion_tokens": len(words), "total_tokens": prompt + len(words)}
