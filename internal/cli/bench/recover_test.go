@@ -350,19 +350,26 @@ func TestBenchStopsWhenAClientFails(t *testing.T) {
 	}
 }
 
-// Interrupted (Ctrl-C), a batched run reports the jobs submitted until
-// then, says it was interrupted, and returns the interruption.
-func TestBatchedInterruptedReportsTheJobsSentSoFar(t *testing.T) {
+// interruptAfter is a context that ends (as Ctrl-C ends bench's) once the
+// counter it returns, a run's Ended, has counted n jobs.
+func interruptAfter(t *testing.T, n int64) (context.Context, *atomic.Int64) {
 	ctx, cancel := context.WithCancel(t.Context())
-	var ended atomic.Int64
+	ended := new(atomic.Int64)
 	go func() {
-		for ended.Load() < 30 {
+		for ended.Load() < n && ctx.Err() == nil {
 			time.Sleep(time.Millisecond)
 		}
 		cancel()
 	}()
+	return ctx, ended
+}
+
+// Interrupted (Ctrl-C), a batched run reports the jobs submitted until
+// then, says it was interrupted, and returns the interruption.
+func TestBatchedInterruptedReportsTheJobsSentSoFar(t *testing.T) {
+	ctx, ended := interruptAfter(t, 30)
 	r, err := bench.RunBatched(ctx, serveGateway(t, &lossyGateway{}), bench.Batched{Jobs: 10000, Concurrency: 1, Batch: 10, Rate: 500,
-		Topic: "job.echo", Prompt: "bench", Timeout: 10 * time.Second, Ended: &ended})
+		Topic: "job.echo", Prompt: "bench", Timeout: 10 * time.Second, Ended: ended})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want the interruption", err)
 	}
@@ -378,15 +385,8 @@ func TestBatchedInterruptedReportsTheJobsSentSoFar(t *testing.T) {
 
 // Interrupted, a run without batches reports the jobs submitted until then.
 func TestRunInterruptedReportsTheJobsSentSoFar(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	var ended atomic.Int64
-	go func() {
-		for ended.Load() < 4 {
-			time.Sleep(time.Millisecond)
-		}
-		cancel()
-	}()
-	r, err := bench.Run(ctx, serveGateway(t, &lossyGateway{watchBreaks: true}), bench.Plain{Jobs: 1000000, Concurrency: 2, Topic: "job.echo", Prompt: "bench", Ended: &ended})
+	ctx, ended := interruptAfter(t, 4)
+	r, err := bench.Run(ctx, serveGateway(t, &lossyGateway{watchBreaks: true}), bench.Plain{Jobs: 1000000, Concurrency: 2, Topic: "job.echo", Prompt: "bench", Ended: ended})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err %v, want the interruption", err)
 	}
