@@ -108,12 +108,15 @@ func (g *Gateway) DropDeadLetter(ctx context.Context, req *cortexv1.DropDeadLett
 	if err != nil {
 		return nil, err
 	}
-	dropped, err := g.store.DropDeadLetter(ctx, j.ID, j.Reason, time.Now())
+	dropped, err := g.store.DropDeadLetter(ctx, j.ID, j.Attempt, j.Reason, time.Now())
 	if err != nil {
 		return nil, g.readErr(j.ID, err)
 	}
 	if !dropped {
 		return nil, notDeadLetter(j)
+	}
+	if after, err := g.store.Get(ctx, j.ID); err == nil {
+		j = after // with the reason that says it was dropped
 	}
 	return &cortexv1.DropDeadLetterResponse{Job: j.Proto()}, nil
 }

@@ -95,8 +95,12 @@ func TestDeadLettersAreTheTenantsOwn(t *testing.T) {
 		t.Errorf("retrying a job that left the queue: %v, want FailedPrecondition", err)
 	}
 
-	if _, err := acme.DropDeadLetter(ctx, &cortexv1.DropDeadLetterRequest{JobId: second}); err != nil {
+	dropped, err := acme.DropDeadLetter(ctx, &cortexv1.DropDeadLetterRequest{JobId: second})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if r := dropped.GetJob().GetReason(); !strings.HasSuffix(r, "dropped from the dead-letter queue") {
+		t.Errorf("the drop answered with reason %q: want the record after the drop", r)
 	}
 	if j, err := f.st.Get(ctx, second); err != nil || j.State != store.Failed {
 		t.Errorf("dropped job %+v, %v; want it still FAILED", j, err)

@@ -46,7 +46,7 @@ type Store interface {
 	DeadLetters(ctx context.Context, tenant string, limit int, before time.Time) ([]store.DeadLetter, error)
 	DeadLetterAt(ctx context.Context, id string) (time.Time, bool, error)
 	Revive(ctx context.Context, id, reason string, now time.Time) (*store.Job, error)
-	DropDeadLetter(ctx context.Context, id, reason string, now time.Time) (bool, error)
+	DropDeadLetter(ctx context.Context, id string, attempt uint32, reason string, now time.Time) (bool, error)
 }
 
 // Bus is what the gateway needs from the bus.

@@ -154,7 +154,7 @@ func (c *Client) CheckAll(ctx context.Context, rs []*cortexv1.CheckRequest, trac
 	for i, r := range rs {
 		ps[i] = &pending{req: r, trace: traces[i], size: proto.Size(r) + 8, start: now, done: make(chan struct{})}
 	}
-	if wait, open := c.breaker.open(); open {
+	if wait, open := c.breaker.open(); open && !c.settling() {
 		for i, p := range ps {
 			p.resp = c.breakerDenial(wait)
 			out[i] = p.resp
@@ -196,8 +196,10 @@ func (c *Client) breakerDenial(wait time.Duration) *cortexv1.CheckResponse {
 // The breaker counts the request once: it failed if any check of it failed
 // closed for something the kernel did or did not answer.
 func (c *Client) send(batch []*pending) {
+	// While settling, an open breaker (it opened during the outage) lets
+	// the checks through: the kernels may be back.
 	wait, ok := c.breaker.allow()
-	if !ok {
+	if !ok && !c.settling() {
 		for _, p := range batch {
 			p.resp = c.breakerDenial(wait)
 		}

@@ -3,6 +3,7 @@ package safety_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -459,8 +460,13 @@ func TestClientWaitsForTheKernelAfterANATSRestart(t *testing.T) {
 	back := make(chan struct{}, 1)
 	conn.OnReconnect(func() { back <- struct{}{} })
 	c := safety.NewClient(conn, 5*time.Second)
-	if got := clientCheck(t, c, req("j0", "job.echo", 0)); got.GetDecision() != deny || got.GetRule() != bus.RuleFailClosed {
-		t.Fatalf("no kernel before any restart: %v, want a fail-closed DENY", got)
+	for i := range 6 {
+		if got := clientCheck(t, c, req(fmt.Sprintf("j0-%d", i), "job.echo", 0)); got.GetDecision() != deny || got.GetRule() != bus.RuleFailClosed {
+			t.Fatalf("no kernel before any restart: %v, want a fail-closed DENY", got)
+		}
+	}
+	if c.Answering() {
+		t.Fatal("the circuit breaker is closed after 6 failed checks")
 	}
 
 	first.Shutdown()

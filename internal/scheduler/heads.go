@@ -71,6 +71,10 @@ func (pl *placement) peerTopLocked(pool string, now time.Time) int32 {
 	return top
 }
 
+// untold stands for heads that could not be told: no heads equal it, so
+// the next shareHeads tells them.
+var untold = map[string]int32{"": -1}
+
 // headsValid is how long this scheduler's heads hold at the others.
 func (s *Scheduler) headsValid() time.Duration {
 	return min(max(3*s.opts.reconcileEvery, minHeadsValid), maxHeadsValid)
@@ -81,6 +85,10 @@ func (s *Scheduler) headsValid() time.Duration {
 // holding).
 func (s *Scheduler) shareHeads(refresh bool) {
 	pl := s.place
+	// One at a time, so that the heads go out in the order they were
+	// taken, and the last sent is what the others hold.
+	pl.sharing.Lock()
+	defer pl.sharing.Unlock()
 	pl.mu.Lock()
 	heads := pl.headsLocked()
 	if maps.Equal(heads, pl.shared) && !(refresh && len(heads) > 0) {
@@ -95,6 +103,9 @@ func (s *Scheduler) shareHeads(refresh bool) {
 	}
 	if err := s.conn.Publish(bus.SubjectQueueHeads, &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_QueueHeads{QueueHeads: out}}); err != nil {
 		s.log.Warn("share queue heads", "err", err)
+		pl.mu.Lock()
+		pl.shared = untold // told to nobody: tell them again next time
+		pl.mu.Unlock()
 	}
 }
 
@@ -108,6 +119,9 @@ func (s *Scheduler) onQueueHeads(ctx context.Context, p *cortexv1.BusPacket, _ s
 		return bus.WrongPayload(p, "queue heads")
 	}
 	from := p.GetSenderId()
+	if from == s.conn.SenderID() {
+		return nil // its own, on a connection that echoes
+	}
 	valid := min(max(h.GetValidFor().AsDuration(), minHeadsValid), maxHeadsValid)
 	pools := make(map[string]int32, len(h.GetPools()))
 	for _, head := range h.GetPools() {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -119,6 +120,8 @@ type placement struct {
 	peers   map[string]peerHeads
 	shared  map[string]int32
 	sending map[string]int32
+	// sharing orders the tellings of this scheduler's heads.
+	sharing sync.Mutex
 	// placing holds the pools whose placer runs, and again those asked to
 	// look once more while it did (see kick); once stopped, no placer
 	// starts.
@@ -172,7 +175,7 @@ func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 	pl.seq++
 	w.seq, w.priority, w.pool = pl.seq, w.req.GetPriority(), pool
 	if w.held.IsZero() {
-		w.held = time.Now()
+		w.held = deadlineSetBy(id)
 	}
 	pl.queued[id] = w
 	heap.Push(pl.queueLocked(pool), w)
@@ -180,9 +183,9 @@ func (pl *placement) enqueue(pool string, w *waiting) (live bool) {
 }
 
 // holding returns the queued jobs whose re-drive was last put off (or
-// that were queued) before since, noting now as their put-off: the
-// scheduler puts off their re-drive, so that no reconciler hands a job
-// this scheduler holds to another one.
+// whose deadline was set, as far as deadlineSetBy knows) before since,
+// noting now as their put-off: the scheduler puts off their re-drive, so
+// that no reconciler hands a job this scheduler holds to another one.
 func (pl *placement) holding(since, now time.Time) []*waiting {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
@@ -194,6 +197,33 @@ func (pl *placement) holding(since, now time.Time) []*waiting {
 		}
 	}
 	return out
+}
+
+// deadlineSetBy is a time by which a job's redrive deadline was set: its
+// creation, read from its id (a UUIDv7 starts with its Unix milliseconds),
+// which is no later than its creation, a re-drive or a retry set it; now
+// for an id that is not a UUIDv7.
+func deadlineSetBy(id string) time.Time {
+	now := time.Now()
+	if len(id) != 36 || id[14] != '7' {
+		return now
+	}
+	ms, err := strconv.ParseUint(id[:8]+id[9:13], 16, 64)
+	if err != nil {
+		return now
+	}
+	if created := time.UnixMilli(int64(ms)); created.Before(now) {
+		return created
+	}
+	return now
+}
+
+// putOffFailed has w's re-drive put off again at the next round: the
+// store did not take this one.
+func (pl *placement) putOffFailed(w *waiting) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	w.held = time.Time{}
 }
 
 // unqueueLocked takes w out of its queue.

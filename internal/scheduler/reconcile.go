@@ -3,6 +3,7 @@ package scheduler
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -31,10 +32,10 @@ import (
 //     stream could not redeliver it, or the dispatch never reached the
 //     stream): the attempt ends TIMEOUT, and the job is retried with
 //     backoff while it has attempts left, else it ends TIMEOUT in the
-//     dead-letter queue. After the store was out of reach, for a lease
-//     from when it answers again, no lease is taken to have run out: the
-//     workers could not renew theirs meanwhile, and each renews within a
-//     third of a lease once it can.
+//     dead-letter queue. After the store was out of reach for a third of
+//     a lease or more, for a lease from when it answers again, no lease
+//     is taken to have run out: the workers could not renew theirs
+//     meanwhile, and each renews within a third of a lease once it can.
 //
 // Every action is a compare-and-set on the state and attempt, so several
 // schedulers may reconcile at once: one wins, the others change nothing.
@@ -65,12 +66,20 @@ func (s *Scheduler) reconcile(ctx context.Context, now time.Time) {
 	s.holdQueued(ctx, now)
 	jobs, err := s.store.Due(ctx, now, dueBatch)
 	if err != nil {
-		s.storeLost = true
+		if s.storeLost.IsZero() {
+			s.storeLost = now
+		}
 		s.log.Warn("reconcile: read deadlines", "err", err)
 		return
 	}
-	if s.storeLost {
-		s.storeLost, s.storeBack = false, now
+	if !s.storeLost.IsZero() {
+		// Only an outage long enough for a renewal to be missed earns
+		// the workers a grace: short failures now and then do not keep
+		// leases from ever running out.
+		if now.Sub(s.storeLost) >= s.opts.lease/3 {
+			s.storeBack = now
+		}
+		s.storeLost = time.Time{}
 	}
 	// Leases that ran out while the store was out of reach wait for their
 	// workers to renew them.
@@ -122,7 +131,11 @@ func (s *Scheduler) holdQueued(ctx context.Context, now time.Time) {
 		n := min(len(held), holdAtOnce)
 		var wg sync.WaitGroup
 		for _, w := range held[:n] {
-			wg.Go(func() { _ = s.store.PutOffRedrive(ctx, w.req.GetJobId(), w.req.GetAttempt(), now) })
+			wg.Go(func() {
+				if err := s.store.PutOffRedrive(ctx, w.req.GetJobId(), w.req.GetAttempt(), now); err != nil && !errors.Is(err, store.ErrConflict) {
+					s.place.putOffFailed(w)
+				}
+			})
 		}
 		wg.Wait()
 		held = held[n:]

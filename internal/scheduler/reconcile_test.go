@@ -220,7 +220,7 @@ func TestLeasesWaitForRenewalsAfterTheStoreCameBack(t *testing.T) {
 	r.st.dueErr = errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
 	r.st.mu.Unlock()
 	r.st.markOverdue("j1")
-	time.Sleep(100 * time.Millisecond) // reconcile rounds that find the store down
+	time.Sleep(lease / 2) // reconcile rounds that find the store down, for over a third of a lease
 	r.st.mu.Lock()
 	r.st.dueErr = nil
 	r.st.mu.Unlock()
@@ -232,5 +232,40 @@ func TestLeasesWaitForRenewalsAfterTheStoreCameBack(t *testing.T) {
 	got := r.waitChanges(t, "j1", 1)
 	if c := got[0]; c.To != store.Timeout || !strings.Contains(c.Reason, "the lease of worker w-1 ran out") {
 		t.Errorf("change %+v, want TIMEOUT once a lease passed with no renewal", c)
+	}
+}
+
+// TestLeasesRunOutWhileTheStoreFailsNowAndThen: reads of the deadlines
+// that fail now and then, each time for less than the time between a
+// worker's renewals, earn no grace: a lease that ran out is expired all
+// the same.
+func TestLeasesRunOutWhileTheStoreFailsNowAndThen(t *testing.T) {
+	const lease = 400 * time.Millisecond
+	r := newBareRig(t, answer(allow, nil), "", scheduler.WithLease(lease))
+	r.st.seed("j1", "job.echo", store.Running, 1, 1)
+	r.st.mu.Lock()
+	r.st.jobs["j1"].WorkerID = "w-1"
+	r.st.mu.Unlock()
+	r.st.markOverdue("j1")
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		down := errors.New("i/o timeout")
+		for {
+			for _, err := range []error{down, nil} {
+				r.st.mu.Lock()
+				r.st.dueErr = err
+				r.st.mu.Unlock()
+				select {
+				case <-stop:
+					return
+				case <-time.After(40 * time.Millisecond): // failing a reconcile round or two of every four
+				}
+			}
+		}
+	}()
+	got := r.waitChanges(t, "j1", 1)
+	if c := got[0]; c.To != store.Timeout {
+		t.Errorf("change %+v, want TIMEOUT", c)
 	}
 }

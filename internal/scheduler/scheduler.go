@@ -95,10 +95,12 @@ type Scheduler struct {
 	// stopReconcile ends the reconciler; reconciled is closed when it has.
 	stopReconcile context.CancelFunc
 	reconciled    chan struct{}
-	// storeLost says the reconciler's last read of the deadlines failed,
-	// and storeBack is when a read succeeded again after one that failed
-	// (only the reconciler's goroutine uses them).
-	storeLost bool
+	// storeLost is when the reconciler's reads of the deadlines began to
+	// fail (zero: the last one worked), and storeBack when one worked
+	// again after they had failed for a third of a lease or more, the
+	// time between a worker's renewals (only the reconciler's goroutine
+	// uses them).
+	storeLost time.Time
 	storeBack time.Time
 }
 

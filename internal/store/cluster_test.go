@@ -1762,7 +1762,7 @@ func (l *lifecycle) deadLetters() {
 	// Drop: out of the queue, still TIMEOUT, and no longer revivable.
 	drop := func(id string, want bool) bool {
 		return l.do("DropDeadLetter", func() error {
-			got, err := st.DropDeadLetter(ctx, id, "", now)
+			got, err := st.DropDeadLetter(ctx, id, 1, "", now)
 			if err == nil && got != want {
 				err = fmt.Errorf("DropDeadLetter(%s) = %t, want %t", id, got, want)
 			}

@@ -235,15 +235,16 @@ const DeadLetterNote = "listed in the dead-letter queue: cortexctl dlq list"
 const droppedNote = "dropped from the dead-letter queue"
 
 // DropDeadLetter takes a job out of the dead-letter queue; it keeps its
-// final state, and its reason (reason, as read) says it was dropped rather
-// than pointing to the queue. It reports whether the job was there.
-func (s *Store) DropDeadLetter(ctx context.Context, id, reason string, now time.Time) (bool, error) {
+// final state, and its reason (reason, as read at attempt) says it was
+// dropped rather than pointing to the queue. It reports whether the job
+// was there, at that attempt.
+func (s *Store) DropDeadLetter(ctx context.Context, id string, attempt uint32, reason string, now time.Time) (bool, error) {
 	if strings.Contains(reason, DeadLetterNote) {
 		reason = strings.Replace(reason, DeadLetterNote, droppedNote, 1)
 	} else {
 		reason = strings.TrimPrefix(reason+"; "+droppedNote, "; ")
 	}
-	n, err := dropScript.Run(ctx, s.rdb, []string{jobKey(id), dlqKeyOf(id)}, id, reason, micros(now)).Int()
+	n, err := dropScript.Run(ctx, s.rdb, []string{jobKey(id), dlqKeyOf(id)}, id, reason, micros(now), itoa(attempt)).Int()
 	if err != nil {
 		return false, fmt.Errorf("drop dead letter %s: %w", id, err)
 	}

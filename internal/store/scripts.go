@@ -218,15 +218,16 @@ redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
 return {'OK'}
 `)
 
-// dropScript: KEYS = job, dlq; ARGV = job id, reason, now (µs). Takes a
-// dead letter out of dlq and, when it was there, records the reason given
-// (the job keeps its state). Answers 1, or 0 for a job not in dlq.
+// dropScript: KEYS = job, dlq; ARGV = job id, reason, now (µs), attempt.
+// Takes a dead letter out of dlq and records the reason given (the job
+// keeps its state), if the job is still at that attempt (the one whose
+// reason was read). Answers 1, or 0 for a job not in dlq, or at another
+// attempt.
 var dropScript = redis.NewScript(`
+if redis.call('HGET', KEYS[1], 'attempt') ~= ARGV[4] then return 0 end
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 0 then return 0 end
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
-  redis.call('HINCRBY', KEYS[1], 'version', 1)
-end
+redis.call('HSET', KEYS[1], 'reason', ARGV[2], 'updated_at', ARGV[3])
+redis.call('HINCRBY', KEYS[1], 'version', 1)
 return 1
 `)
 

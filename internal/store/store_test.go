@@ -868,3 +868,27 @@ func TestTakeoverSaysWhomTheJobWasTakenFrom(t *testing.T) {
 		}
 	})
 }
+
+// A drop names the attempt whose reason it read: a dead letter at another
+// attempt (revived and dead again meanwhile) stays in the queue.
+func TestDropDeadLetterIsGuardedByTheAttempt(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, _ *redis.Client) {
+		ctx := context.Background()
+		id := create(t, st, store.NewJob{ID: newID(t), Tenant: newTenant(t), Topic: "job.echo", MaxAttempts: 1}, now)
+		if _, err := st.Transition(ctx, id, store.Change{To: store.Failed, DeadLetter: true, Reason: "boom; " + store.DeadLetterNote}, now); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := st.DropDeadLetter(ctx, id, 2, "boom; "+store.DeadLetterNote, now); err != nil || ok {
+			t.Fatalf("drop at attempt 2 of a dead letter at attempt 1: %v, %v; want refused", ok, err)
+		}
+		if _, dead, err := st.DeadLetterAt(ctx, id); err != nil || !dead {
+			t.Fatalf("after the refused drop: dead %v, %v; want it still listed", dead, err)
+		}
+		if ok, err := st.DropDeadLetter(ctx, id, 1, "boom; "+store.DeadLetterNote, now); err != nil || !ok {
+			t.Fatalf("drop at its attempt: %v, %v", ok, err)
+		}
+		if j := get(t, st, id); j.Reason != "boom; dropped from the dead-letter queue" {
+			t.Errorf("reason %q after the drop", j.Reason)
+		}
+	})
+}

@@ -61,6 +61,7 @@ const (
 // read, which over-estimates its latency, and the report says how many
 // came so.
 func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b Batched) (*Report, error) {
+	interrupted := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	recheck := b.Recheck
@@ -147,12 +148,12 @@ func RunBatched(ctx context.Context, c cortexv1connect.GatewayServiceClient, b B
 	for {
 		select {
 		case <-ctx.Done():
-			select {
-			case err := <-errs:
-				return nil, fmt.Errorf("bench stopped: %w", err)
-			default:
+			if interrupted.Err() == nil {
+				// A client failed (and stopped the others).
+				return nil, fmt.Errorf("bench stopped: %w", <-errs)
 			}
-			// Interrupted: the figures of the jobs sent so far.
+			// Interrupted: the figures of the jobs sent so far (a client
+			// whose call the interruption cut short failed for that only).
 			r := t.report(start, 0)
 			r.Interrupted, r.Elapsed = true, time.Since(start)
 			return r, ctx.Err()
