@@ -206,20 +206,31 @@ func TestReconcilerHoldsPendingJobsWhileNoKernelAnswers(t *testing.T) {
 	r.expectDispatch(t, "orphan")
 }
 
+// lease is the lease of overdueOnW1's scheduler.
+const lease = 400 * time.Millisecond
+
+// overdueOnW1 starts a scheduler with lease whose store holds job j1
+// RUNNING on worker w-1, past its deadline, and fails reads of deadlines
+// with dueErr (nil: none).
+func overdueOnW1(t *testing.T, dueErr error) *rig {
+	t.Helper()
+	r := newBareRig(t, answer(allow, nil), "", scheduler.WithLease(lease))
+	r.st.seed("j1", "job.echo", store.Running, 1, 1)
+	r.st.mu.Lock()
+	r.st.jobs["j1"].WorkerID = "w-1"
+	r.st.dueErr = dueErr
+	r.st.mu.Unlock()
+	r.st.markOverdue("j1")
+	return r
+}
+
 // TestLeasesWaitForRenewalsAfterTheStoreCameBack: a RUNNING attempt whose
 // deadline passed while the store was out of reach is not ended at once
 // when the store answers again (its worker could not renew the lease
 // meanwhile, and renews it within a third of a lease): only a lease later,
 // if its deadline is still past, does it end TIMEOUT.
 func TestLeasesWaitForRenewalsAfterTheStoreCameBack(t *testing.T) {
-	const lease = 400 * time.Millisecond
-	r := newBareRig(t, answer(allow, nil), "", scheduler.WithLease(lease))
-	r.st.seed("j1", "job.echo", store.Running, 1, 1)
-	r.st.mu.Lock()
-	r.st.jobs["j1"].WorkerID = "w-1"
-	r.st.dueErr = errors.New("dial tcp 127.0.0.1:6379: connect: connection refused")
-	r.st.mu.Unlock()
-	r.st.markOverdue("j1")
+	r := overdueOnW1(t, errors.New("dial tcp 127.0.0.1:6379: connect: connection refused"))
 	time.Sleep(lease / 2) // reconcile rounds that find the store down, for over a third of a lease
 	r.st.mu.Lock()
 	r.st.dueErr = nil
@@ -240,13 +251,7 @@ func TestLeasesWaitForRenewalsAfterTheStoreCameBack(t *testing.T) {
 // worker's renewals, earn no grace: a lease that ran out is expired all
 // the same.
 func TestLeasesRunOutWhileTheStoreFailsNowAndThen(t *testing.T) {
-	const lease = 400 * time.Millisecond
-	r := newBareRig(t, answer(allow, nil), "", scheduler.WithLease(lease))
-	r.st.seed("j1", "job.echo", store.Running, 1, 1)
-	r.st.mu.Lock()
-	r.st.jobs["j1"].WorkerID = "w-1"
-	r.st.mu.Unlock()
-	r.st.markOverdue("j1")
+	r := overdueOnW1(t, nil)
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
