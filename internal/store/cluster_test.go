@@ -615,9 +615,9 @@ type lifecycle struct {
 
 // lifecycleMethods are the Store methods run calls.
 var lifecycleMethods = []string{
-	"Complete", "CreateJob", "CreateJobs", "DeadLetterAt", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "Input",
-	"InputBatch", "List", "LoadPolicy", "Output", "Peek", "PeekAll", "Ping", "PutOffRedrive", "Revive", "RoundTrips", "SavePolicy",
-	"SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
+	"Complete", "CreateJob", "CreateJobs", "DeadLetterAt", "DeadLetters", "DropDeadLetter", "Due", "ExtendLease", "Finish", "Get", "HandBack",
+	"Input", "InputBatch", "List", "LoadPolicy", "Output", "Peek", "PeekAll", "Ping", "PutOffRedrive", "Redrive", "Revive", "RoundTrips",
+	"SavePolicy", "SetPendingReason", "Start", "Transition", "TransitionMany", "WithLease",
 }
 
 // The lifecycle's store has short deadlines, so that Due finds jobs a few
@@ -901,6 +901,24 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 			return nil
 		})
 	}
+	// handBack notes the hand-back of a job RUNNING on worker, then has the
+	// same worker take it again, as a redelivery would.
+	handBack := func(attempt uint32, worker string) bool {
+		return l.do("HandBack", func() error {
+			if err := l.st.HandBack(ctx, id, attempt, worker); err != nil {
+				return err
+			}
+			j, _, err := l.st.Start(ctx, id, attempt, worker, true, time.Minute, now)
+			if err != nil {
+				return err
+			}
+			seen(j)
+			if j.State != store.Running || j.WorkerID != worker {
+				return fmt.Errorf("after the hand-back, Start(%s) = %s on %q", id, j.State, j.WorkerID)
+			}
+			return nil
+		})
+	}
 	output := "output of " + id
 	finish := func(attempt uint32) bool {
 		return l.do("Finish", func() error {
@@ -997,7 +1015,7 @@ func (l *lifecycle) drive(nj store.NewJob, k kind) *store.Job {
 	switch k {
 	case kComplete:
 		ok = move(store.Change{To: store.Dispatched, Attempt: 1, Pool: "pool-a", Safety: allowVerdict}) &&
-			run(1, "w-1") && finish(1) &&
+			run(1, "w-1") && handBack(1, "w-1") && finish(1) &&
 			l.do("Finish", func() error {
 				_, err := l.st.Finish(ctx, id, 1, "w-1", "again", store.Usage{}, now)
 				return wantConflict(err, store.Completed, 1)
@@ -1361,6 +1379,11 @@ func (l *lifecycle) deadlines() {
 		}
 		if long == st {
 			return errors.New("WithLease of a longer lease answered the store itself")
+		}
+		return nil
+	}) || !l.do("Redrive", func() error {
+		if st.Redrive() != redrive || long.Redrive() != redrive {
+			return fmt.Errorf("Redrive %s, and %s WithLease, want %s", st.Redrive(), long.Redrive(), redrive)
 		}
 		return nil
 	}) {
