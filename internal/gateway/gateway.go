@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -232,6 +233,23 @@ func (g *Gateway) Start(ctx context.Context) error {
 	return nil
 }
 
+// apiJSON is the API's JSON codec: a request's errors say how protobuf's
+// JSON mapping writes what it did not take (a duration, in seconds).
+type apiJSON struct{ *connectproto.JSONCodec }
+
+// durationHint ends the error of a request whose duration is not written
+// as protobuf's JSON mapping wants.
+const durationHint = `: write a duration in seconds, with an s ("30s", "90s", "0.5s")`
+
+// UnmarshalRead decodes a request, as the codec it wraps does.
+func (c apiJSON) UnmarshalRead(ctx context.Context, src io.Reader, msg any) error {
+	err := c.JSONCodec.UnmarshalRead(ctx, src, msg)
+	if err != nil && strings.Contains(err.Error(), "google.protobuf.Duration") {
+		return fmt.Errorf("%w%s", err, durationHint)
+	}
+	return err
+}
+
 // Handler serves the API, the OpenAI-compatible front door (/v1/...) and
 // /healthz, /readyz.
 func (g *Gateway) Handler() http.Handler {
@@ -244,7 +262,7 @@ func (g *Gateway) Handler() http.Handler {
 	strict := connectproto.NewJSONCodec()
 	strict.UnmarshalOptions.DiscardUnknown = false
 	connecthttp.Mount(mux, srv,
-		connecthttp.WithCodecs(connectproto.NewBinaryCodec(), strict),
+		connecthttp.WithCodecs(connectproto.NewBinaryCodec(), apiJSON{strict}),
 		connecthttp.WithReadMaxBytes(bodyLimit(g.maxPrompt)),
 		// Compressing small answers costs more CPU than it saves bytes.
 		connecthttp.WithCompressMinBytes(8<<10))
