@@ -183,8 +183,9 @@ func (c *Conn) Request(ctx context.Context, subject string, p *cortexv1.BusPacke
 
 // Gather publishes a packet to every subscriber of subject and collects
 // their replies until ctx ends, which is how it returns normally: the
-// number of responders is not known in advance. Replies that do not decode
-// are dropped and counted.
+// number of responders is not known in advance. When NATS answers that
+// nobody listens on subject, it returns at once, with no reply. Replies
+// that do not decode are dropped and counted.
 func (c *Conn) Gather(ctx context.Context, subject string, p *cortexv1.BusPacket) ([]*cortexv1.BusPacket, error) {
 	c.stamp(p)
 	data, err := Encode(p)
@@ -207,6 +208,9 @@ func (c *Conn) Gather(ctx context.Context, subject string, p *cortexv1.BusPacket
 		case <-ctx.Done():
 			return replies, nil
 		case m := <-ch:
+			if len(m.Data) == 0 && m.Header.Get("Status") == noResponders {
+				return replies, nil
+			}
 			r, err := Decode(m.Data)
 			if err != nil {
 				c.drop(m.Subject, len(m.Data), err)
@@ -216,6 +220,10 @@ func (c *Conn) Gather(ctx context.Context, subject string, p *cortexv1.BusPacket
 		}
 	}
 }
+
+// noResponders is the status NATS answers a request with when nobody
+// listens on its subject.
+const noResponders = "503"
 
 // Handler processes one decoded packet. reply is the subject to answer on,
 // empty when the sender expects no answer. A handler returns an error only

@@ -141,3 +141,21 @@ func TestConnLogsLosingAndRegainingNATS(t *testing.T) {
 		}
 	}
 }
+
+// A gather on a subject nobody listens on ends at once, with no reply,
+// when NATS says so: its empty status message is no malformed packet.
+func TestGatherOnASubjectNobodyListensOn(t *testing.T) {
+	c := connect(t, bustest.StartServer(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	replies, err := c.Gather(ctx, "sys.nobody.here", &cortexv1.BusPacket{Payload: &cortexv1.BusPacket_PolicyQuery{PolicyQuery: &cortexv1.PolicyQuery{}}})
+	if err != nil || len(replies) != 0 {
+		t.Fatalf("gather: %d replies, %v; want none", len(replies), err)
+	}
+	if ctx.Err() != nil {
+		t.Error("the gather waited out its window: NATS said nobody listens")
+	}
+	if n := c.Dropped(); n != 0 {
+		t.Errorf("%d packets dropped as malformed, want none", n)
+	}
+}
