@@ -113,7 +113,7 @@ func TestParseLabels(t *testing.T) {
 	if want := map[string]string{"team": "ml", "empty": "", "eq": "a=b"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("ParseLabels = %v, want %v", got, want)
 	}
-	for _, bad := range []string{"noequals", "=v"} {
+	for _, bad := range []string{"noequals", "=v", "k=\xff", "\xfe=v"} {
 		if _, err := ParseLabels([]string{bad}); err == nil {
 			t.Errorf("ParseLabels(%q) accepted it", bad)
 		}

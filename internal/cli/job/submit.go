@@ -133,6 +133,9 @@ func ParseLabels(pairs []string) (map[string]string, error) {
 		if !ok || k == "" {
 			return nil, fmt.Errorf("label %q: want key=value, e.g. team=ml", p)
 		}
+		if !utf8.ValidString(p) {
+			return nil, fmt.Errorf("label %q is not valid UTF-8 text", p)
+		}
 		if prev, dup := labels[k]; dup {
 			return nil, fmt.Errorf("label %s given twice (%s=%s and %s=%s): give each key once", k, k, prev, k, v)
 		}

@@ -12,6 +12,7 @@ import (
 	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
 
+	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/job"
 	"github.com/cortex-os/core/internal/cli/output"
@@ -68,6 +69,13 @@ against a policy file on this machine instead of the cluster.`,
 }
 
 func explainRun(ctx context.Context, o *ExplainOptions) error {
+	// The job explained is one a submit would take.
+	if !bus.ValidTopic(o.Topic) {
+		return &cmdutil.UsageError{Err: fmt.Errorf("--topic %q is not valid: use 2-8 dot-separated tokens of a-z, 0-9, - and _, e.g. job.echo", o.Topic)}
+	}
+	if o.Priority < 0 || o.Priority > bus.MaxPriority {
+		return &cmdutil.UsageError{Err: fmt.Errorf("--priority %d is out of range: use 0-%d", o.Priority, bus.MaxPriority)}
+	}
 	labels, err := job.ParseLabels(o.Labels)
 	if err != nil {
 		return &cmdutil.UsageError{Err: err}
