@@ -208,9 +208,14 @@ func applyRun(ctx context.Context, o *ApplyOptions) error {
 		if err != nil {
 			return err
 		}
-		// Checked here first, so errors name the file as the user knows it.
-		if _, err := policy.Parse(o.File, data); err != nil {
+		// Checked here first, so errors name the file as the user knows it;
+		// its lint warnings (as policy check gives them) go to stderr.
+		p, err := policy.Parse(o.File, data)
+		if err != nil {
 			return &cmdutil.UsageError{Err: err}
+		}
+		for _, w := range p.Lint() {
+			fmt.Fprintln(o.Factory.ErrOut, w)
 		}
 		req.Source, req.Name = string(data), filepath.Base(o.File)
 	}
