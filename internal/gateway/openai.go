@@ -26,8 +26,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -480,11 +482,28 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_, _ = w.Write(append(b, '\n'))
 }
 
-func writeAPIError(w http.ResponseWriter, e *apiError) { writeJSON(w, e.status, e) }
+func writeAPIError(w http.ResponseWriter, e *apiError) {
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64(math.Ceil(e.retryAfter.Seconds())), 10))
+	}
+	writeJSON(w, e.status, e)
+}
 
 // throttledReason starts the reason of a job denied for being over a
 // THROTTLE rule's rate (internal/safety/policy words it so).
 const throttledReason = "rate exceeded ("
+
+// refillTime is how long the bucket of a THROTTLE rule takes to hold one
+// more request, from the rate its reason names ("rate exceeded (0.5/s,
+// burst 2) ..."); 0 when the reason does not say.
+func refillTime(reason string) time.Duration {
+	rate, _, ok := strings.Cut(strings.TrimPrefix(reason, throttledReason), "/s")
+	perSecond, err := strconv.ParseFloat(rate, 64)
+	if !ok || err != nil || perSecond <= 0 || math.IsInf(perSecond, 0) || math.IsNaN(perSecond) {
+		return 0
+	}
+	return time.Duration(float64(time.Second) / perSecond)
+}
 
 // jobError is the answer for a job that ended without completing.
 func jobError(j *cortexv1.Job) *apiError {
@@ -495,7 +514,7 @@ func jobError(j *cortexv1.Job) *apiError {
 		if strings.HasPrefix(reason, throttledReason) {
 			// Over a THROTTLE rule's rate: OpenAI's clients back off and retry.
 			return &apiError{status: http.StatusTooManyRequests, typ: "requests", code: "rate_limit_exceeded",
-				message: fmt.Sprintf("rate limited by safety rule %s: %s", rule, reason)}
+				message: fmt.Sprintf("rate limited by safety rule %s: %s", rule, reason), retryAfter: refillTime(reason)}
 		}
 		if rule == "fail-closed" {
 			// Nobody decided: the gate is down, not the prompt at fault.

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -68,5 +69,23 @@ func TestStreamPieces(t *testing.T) {
 				t.Fatalf("the stream ends with %s, want an error %s", last, tc.err)
 			}
 		})
+	}
+}
+
+// A chat request denied for being over a THROTTLE rule's rate is answered
+// 429 with Retry-After: the time its bucket takes to hold one more request,
+// so that OpenAI's clients wait that long rather than retry into denials.
+func TestThrottledChatSaysWhenToRetry(t *testing.T) {
+	for reason, want := range map[string]string{
+		`rate exceeded (0.05/s, burst 1) for tenant "default" on topic "job.chat.llm": slow down`: "20",
+		`rate exceeded (3/s, burst 5) for tenant "default" on topic "job.chat.llm": slow down`:    "1",
+		`rate exceeded (mangled) for tenant "default"`:                                            "",
+	} {
+		j := &cortexv1.Job{State: cortexv1.JobState_JOB_STATE_DENIED, Reason: reason, Safety: &cortexv1.SafetyVerdict{Rule: "throttle-chat"}}
+		w := httptest.NewRecorder()
+		writeAPIError(w, jobError(j))
+		if w.Code != http.StatusTooManyRequests || w.Header().Get("Retry-After") != want {
+			t.Errorf("%s: %d, Retry-After %q; want 429, %q", reason, w.Code, w.Header().Get("Retry-After"), want)
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 	"unicode/utf8"
 )
 
@@ -138,6 +139,9 @@ type apiError struct {
 	typ     string
 	param   string
 	code    string
+	// retryAfter, when positive, is sent as Retry-After (whole seconds,
+	// rounded up): when a request over a rate may be made again.
+	retryAfter time.Duration
 }
 
 func (e *apiError) MarshalJSON() ([]byte, error) {
