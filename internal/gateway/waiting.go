@@ -8,16 +8,17 @@ import (
 )
 
 // A job that waits behind busy workers has no reason on its record: the
-// scheduler writes one only when its pool has no live worker (a write per
-// waiting job would cost the store most when it is busiest). What the
-// gateway reads of a PENDING job without a reason is given one here,
-// from the workers' last heartbeats, when its pool is full: the answer to
-// "why does my job wait?". Nothing is stored.
+// scheduler writes one only when it queues a job in a pool with no live
+// worker (a write per waiting job would cost the store most when it is
+// busiest). What the gateway reads of a PENDING job without a reason is
+// given one here, from the workers' last heartbeats, when its pool is
+// full, or has no live worker any more (its last drained or died while the
+// job waited): the answer to "why does my job wait?". Nothing is stored.
 
 // explainWait fills in the reason of the PENDING jobs among js that have
 // none and whose pool's live workers, as of their last heartbeats, run
-// as many jobs as they may, and the pool the reason names. Without a
-// worker registry it changes nothing.
+// as many jobs as they may, or that has none, and the pool the reason
+// names. Without a worker registry it changes nothing.
 func (g *Gateway) explainWait(js ...*cortexv1.Job) {
 	if g.workers == nil {
 		return
@@ -47,12 +48,19 @@ func (g *Gateway) poolOf(j *cortexv1.Job) string {
 	return pool
 }
 
-// waitReason says why a job of pool waits, if the pool is full in snap;
-// "" when it is not (the job is on its way) or has no live worker (the
-// scheduler records that itself).
+// waitReason says why a job of pool waits, if the pool is full or has no
+// live worker in snap; "" when it has room (the job is on its way).
 func waitReason(snap registry.Snapshot, pool string) string {
-	p, ok := snap.Pool(pool)
-	if pool == "" || !ok || p.Workers == 0 || p.Active < p.Capacity {
+	if pool == "" {
+		return ""
+	}
+	p, _ := snap.Pool(pool)
+	switch {
+	case p.Workers == 0 && p.Draining > 0:
+		return fmt.Sprintf("waiting for a worker in pool %s: its live workers are draining and take no new jobs (as of their last heartbeats)", pool)
+	case p.Workers == 0:
+		return fmt.Sprintf("waiting for a live worker in pool %s: none is live (as of the workers' last heartbeats)", pool)
+	case p.Active < p.Capacity:
 		return ""
 	}
 	if p.Workers == 1 {

@@ -152,3 +152,27 @@ func TestPendingJobInAFullPoolSaysItWaitsForCapacity(t *testing.T) {
 		t.Errorf("a recorded reason read as %q and %q, want it as recorded", get, list)
 	}
 }
+
+// A PENDING job whose pool has no live worker any more (its last drained,
+// or died, while the job waited in a queue) says so, though the scheduler
+// recorded no reason when it queued the job.
+func TestPendingJobInAPoolWithoutLiveWorkersSaysSo(t *testing.T) {
+	f := newFixture(t, gateway.Options{Keys: keys, Workers: registry.New(registry.Options{})})
+	ctx := context.Background()
+	c := f.client(t, "key-acme-1234")
+	id := submit(t, c, &cortexv1.SubmitJobRequest{Topic: "job.echo", Prompt: "x"})
+	reason := func() string {
+		t.Helper()
+		got, err := c.GetJob(ctx, &cortexv1.GetJobRequest{JobId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got.GetJob().GetReason()
+	}
+	if got, want := reason(), "waiting for a live worker in pool echo: none is live (as of the workers' last heartbeats)"; got != want {
+		t.Errorf("reason %q, want %q", got, want)
+	}
+	f.heartbeat(t, &cortexv1.Heartbeat{WorkerId: "echo-1", Pool: "echo", MaxParallelJobs: 2, Draining: true, HeartbeatInterval: durationpb.New(time.Minute)})
+	draining := "waiting for a worker in pool echo: its live workers are draining and take no new jobs (as of their last heartbeats)"
+	eventually(t, "the draining pool explained", func() bool { return reason() == draining })
+}
