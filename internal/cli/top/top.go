@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -19,6 +21,7 @@ import (
 	tea "charm.land/bubbletea/v2"
 	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -91,6 +94,13 @@ func (o *Options) source() (Source, error) {
 	return NewClientSource(c), nil
 }
 
+// readsTerminal reports whether in is a terminal, which the dashboard
+// reads its keys from.
+func readsTerminal(in io.Reader) bool {
+	f, ok := in.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
 func topRun(ctx context.Context, o *Options) error {
 	src, err := o.source()
 	if err != nil {
@@ -107,6 +117,9 @@ func topRun(ctx context.Context, o *Options) error {
 	defer func() { cancel(); <-done }()
 	if o.Once {
 		return once(ctx, o, src, tr)
+	}
+	if !output.IsTerminal(o.Factory.Out) || !readsTerminal(o.Factory.In) {
+		return &cmdutil.UsageError{Err: errors.New("the dashboard needs a terminal on its input and output: for scripts and pipes use --once (-o json|yaml)")}
 	}
 	// The heap is small and churns with every event: collect less often.
 	defer debug.SetGCPercent(debug.SetGCPercent(400))
