@@ -5,10 +5,11 @@ import (
 	"context"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/google/uuid"
 
 	"github.com/cortex-os/core/internal/bus"
 	"github.com/cortex-os/core/internal/registry"
@@ -205,14 +206,11 @@ func (pl *placement) holding(since, now time.Time) []*waiting {
 // for an id that is not a UUIDv7.
 func deadlineSetBy(id string) time.Time {
 	now := time.Now()
-	if len(id) != 36 || id[14] != '7' {
+	u, err := uuid.Parse(id)
+	if err != nil || u.Version() != 7 {
 		return now
 	}
-	ms, err := strconv.ParseUint(id[:8]+id[9:13], 16, 64)
-	if err != nil {
-		return now
-	}
-	if created := time.UnixMilli(int64(ms)); created.Before(now) {
+	if created := time.Unix(u.Time().UnixTime()); created.Before(now) {
 		return created
 	}
 	return now

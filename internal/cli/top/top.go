@@ -21,7 +21,6 @@ import (
 	tea "charm.land/bubbletea/v2"
 	"connectrpc.com/connect/v2"
 	"github.com/spf13/cobra"
-	"golang.org/x/term"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/cortex-os/core/internal/cli/cmdutil"
@@ -98,7 +97,7 @@ func (o *Options) source() (Source, error) {
 // reads its keys from.
 func readsTerminal(in io.Reader) bool {
 	f, ok := in.(*os.File)
-	return ok && term.IsTerminal(int(f.Fd()))
+	return ok && output.IsTerminal(f)
 }
 
 func topRun(ctx context.Context, o *Options) error {
