@@ -457,9 +457,11 @@ func TestClientWaitsForTheKernelAfterANATSRestart(t *testing.T) {
 	port := first.Addr().(*net.TCPAddr).Port
 	url := first.ClientURL()
 	conn := connect(t, url, "client")
+	c := safety.NewClient(conn, 5*time.Second)
+	// After the client's own hook (hooks run in order): once this one
+	// fires, the client knows its connection came back.
 	back := make(chan struct{}, 1)
 	conn.OnReconnect(func() { back <- struct{}{} })
-	c := safety.NewClient(conn, 5*time.Second)
 	for i := range 6 {
 		if got := clientCheck(t, c, req(fmt.Sprintf("j0-%d", i), "job.echo", 0)); got.GetDecision() != deny || got.GetRule() != bus.RuleFailClosed {
 			t.Fatalf("no kernel before any restart: %v, want a fail-closed DENY", got)
