@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,24 +28,41 @@ const (
 )
 
 // queued is one command waiting for a pipeline: a script run (script,
-// keys, args; with record, the job record keys[0] read right behind it) or
-// a plain command (add).
+// keys, args; with record, the job record keys[0] read right behind it), a
+// plain command (add), or a transaction (tx: commands, each its name and
+// arguments, on keys of one shard, run as MULTI/EXEC).
 type queued struct {
 	script *redis.Script
 	keys   []string
 	args   []any
 	record bool
 	add    func(context.Context, redis.Pipeliner) redis.Cmder
+	tx     [][]any
+	shard  int
 	cmd    redis.Cmder
 	rec    *redis.MapStringStringCmd
+	// txCmds are the commands of a transaction run on its own (on a
+	// cluster); cmd is the EXEC of one sent in a pipeline.
+	txCmds []redis.Cmder
 	done   chan struct{}
 	// source sends the script's text (EVAL) rather than its hash: for a
 	// Redis that answered NOSCRIPT.
 	source bool
 }
 
-// queue adds q's commands to pipe.
+// queue adds q's commands to pipe. A transaction goes in as MULTI, its
+// commands and EXEC, which a pipeline on one Redis sends as they are.
+// Its commands are generic (Do): each answers QUEUED, and EXEC the
+// answers.
 func (q *queued) queue(ctx context.Context, pipe redis.Pipeliner) {
+	if q.tx != nil {
+		pipe.Do(ctx, "multi")
+		for _, c := range q.tx {
+			pipe.Do(ctx, c...)
+		}
+		q.cmd = pipe.Do(ctx, "exec")
+		return
+	}
 	if q.script == nil {
 		q.cmd = q.add(ctx, pipe)
 		return
@@ -63,6 +81,29 @@ func (q *queued) queue(ctx context.Context, pipe redis.Pipeliner) {
 
 // answer is a script's answer.
 func (q *queued) answer() ([]string, error) { return q.cmd.(*redis.Cmd).StringSlice() }
+
+// txErr is the first error of a transaction's commands, or why it did
+// not run.
+func (q *queued) txErr() error {
+	if q.cmd == nil {
+		for _, c := range q.txCmds {
+			if err := c.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	answers, err := q.cmd.(*redis.Cmd).Slice()
+	if err != nil {
+		return err
+	}
+	for _, a := range answers {
+		if err, ok := a.(error); ok {
+			return err
+		}
+	}
+	return nil
+}
 
 type batcher struct {
 	rdb redis.UniversalClient
@@ -107,7 +148,28 @@ func (b *batcher) send(batch []*queued) {
 // failover) answers NOSCRIPT to those runs only, having changed nothing for
 // them: just those are sent again with the script's text (EVAL), which
 // also caches it on that node; no other node needs to answer.
+//
+// A cluster routes each command of a pipeline by its key, and MULTI and
+// EXEC have none: there the transactions go apart, one MULTI/EXEC per
+// shard (a shard's keys share a slot), at the same time as the pipeline.
 func pipeline(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
+	if c, ok := rdb.(*redis.ClusterClient); ok {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		byShard := map[int][]*queued{}
+		rest := qs[:0:0]
+		for _, q := range qs {
+			if q.tx != nil {
+				byShard[q.shard] = append(byShard[q.shard], q)
+			} else {
+				rest = append(rest, q)
+			}
+		}
+		for _, txs := range byShard {
+			wg.Go(func() { transact(ctx, c, txs) })
+		}
+		qs = rest
+	}
 	if len(qs) == 0 {
 		return
 	}
@@ -130,6 +192,19 @@ func pipeline(ctx context.Context, rdb redis.UniversalClient, qs []*queued) {
 		}
 		_, _ = pipe.Exec(ctx)
 	}
+}
+
+// transact runs transactions on keys of one shard as one MULTI/EXEC on a
+// cluster.
+func transact(ctx context.Context, c *redis.ClusterClient, txs []*queued) {
+	pipe := c.TxPipeline()
+	for _, q := range txs {
+		q.txCmds = make([]redis.Cmder, len(q.tx))
+		for i, args := range q.tx {
+			q.txCmds[i] = pipe.Do(ctx, args...)
+		}
+	}
+	_, _ = pipe.Exec(ctx)
 }
 
 // eval runs a script on one job's keys through the batcher; evalRecord

@@ -22,3 +22,6 @@ func IndexKeys(tenant string) []string {
 func InKeyShard(id, tenant, key string) string {
 	return id[:len(id)-1] + hexDigits[idemShard(tenant, key):][:1]
 }
+
+// LeaseKeyOf is the key of the deadlines of a job's shard.
+var LeaseKeyOf = leaseKeyOf

@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -445,6 +446,87 @@ func TestIdempotency(t *testing.T) {
 		create(t, st, other, now)
 		if j := get(t, st, other.ID); j.Tenant != other.Tenant {
 			t.Errorf("other tenant's job: %+v", j)
+		}
+	})
+}
+
+// A job with an idempotency key is created by a script, one without by a
+// transaction of plain commands: both must leave the same record, input,
+// index and deadline entries, with the same lifetimes.
+func TestCreateWithAndWithoutAKeyStoreTheSame(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		tenant := newTenant(t)
+		labels := map[string]string{"team": "ml"}
+		plain := store.NewJob{ID: newID(t), Topic: "job.echo", Tenant: tenant, Input: "hi", Labels: labels, Priority: 3,
+			Timeout: time.Minute, MaxAttempts: 2, TraceID: "trace-1"}
+		keyed := plain
+		keyed.IdempotencyKey, keyed.Fingerprint = "order-7", "fp"
+		keyed.ID = store.InKeyShard(newID(t), tenant, keyed.IdempotencyKey)
+		res := st.CreateJobs(ctx, []store.NewJob{plain, keyed}, now)
+		for i, c := range res {
+			if c.Err != nil || c.Existing != "" {
+				t.Fatalf("CreateJobs answer %d: %+v", i, c)
+			}
+		}
+		stored := func(id string) (map[string]string, string, bool, float64) {
+			fields, err := rdb.HGetAll(ctx, store.JobKey(id)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			input, err := rdb.Get(ctx, store.CtxKey(id)).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			jobTTL, ctxTTL := rdb.PTTL(ctx, store.JobKey(id)).Val(), rdb.PTTL(ctx, store.CtxKey(id)).Val()
+			if jobTTL <= 0 || ctxTTL <= 0 {
+				t.Errorf("job %s: record lives %v, input %v; want both to expire", id, jobTTL, ctxTTL)
+			}
+			indexed := false
+			for _, k := range store.IndexKeys(tenant) {
+				if _, err := rdb.ZScore(ctx, k, id).Result(); err == nil {
+					indexed = true
+					if rdb.PTTL(ctx, k).Val() <= 0 {
+						t.Errorf("index %s does not expire", k)
+					}
+				}
+			}
+			deadline, err := rdb.ZScore(ctx, store.LeaseKeyOf(id), id).Result()
+			if err != nil {
+				t.Errorf("job %s has no deadline: %v", id, err)
+			}
+			return fields, input, indexed, deadline
+		}
+		pf, pi, px, pd := stored(plain.ID)
+		kf, ki, kx, kd := stored(keyed.ID)
+		if !reflect.DeepEqual(pf, kf) || pi != ki || !px || !kx || pd != kd {
+			t.Errorf("without a key: %v, input %q, indexed %v, deadline %v\nwith a key:    %v, input %q, indexed %v, deadline %v",
+				pf, pi, px, pd, kf, ki, kx, kd)
+		}
+		if j := get(t, st, plain.ID); j.State != store.Pending || j.Attempt != 1 || j.Labels["team"] != "ml" || j.Priority != 3 {
+			t.Errorf("job created without a key: %+v", j)
+		}
+	})
+}
+
+// A create whose commands fail says so, for each job.
+func TestCreateReportsAFailedTransaction(t *testing.T) {
+	backends(t, func(t *testing.T, st *store.Store, rdb *redis.Client) {
+		ctx := context.Background()
+		tenant := newTenant(t)
+		j := store.NewJob{ID: newID(t), Topic: "job.echo", Tenant: tenant, Input: "hi"}
+		// The tenant's index in the job's shard is a string: ZADD fails.
+		for _, k := range store.IndexKeys(tenant) {
+			if err := rdb.Set(ctx, k, "not a sorted set", time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := st.CreateJob(ctx, j, now); err == nil || !strings.Contains(err.Error(), "WRONGTYPE") {
+			t.Errorf("CreateJob on a broken index: %v, want a WRONGTYPE error", err)
+		}
+		j.ID = newID(t)
+		if res := st.CreateJobs(ctx, []store.NewJob{j}, now); res[0].Err == nil || !strings.Contains(res[0].Err.Error(), "WRONGTYPE") {
+			t.Errorf("CreateJobs on a broken index: %+v, want a WRONGTYPE error", res[0])
 		}
 	})
 }
