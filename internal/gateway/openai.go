@@ -168,6 +168,10 @@ func (g *Gateway) chatCompletions(w http.ResponseWriter, r *http.Request) {
 		writeAPIError(w, aerr)
 		return
 	}
+	if aerr := g.checkModel(req.Model); aerr != nil {
+		writeAPIError(w, aerr)
+		return
+	}
 	if err := requireWrite(ctx, "submit jobs"); err != nil {
 		writeAPIError(w, connectToAPI(err))
 		return
@@ -577,6 +581,34 @@ func (g *Gateway) getModel(w http.ResponseWriter, r *http.Request) {
 	}
 	writeAPIError(w, &apiError{status: http.StatusNotFound, typ: "invalid_request_error", param: "model", code: "model_not_found",
 		message: fmt.Sprintf("the model %.100q is not served here (GET /v1/models lists those that are)", name)})
+}
+
+// checkModel refuses a chat request for a model not served here when
+// every live chat-llm worker runs a model of its own (--llm-model): the
+// job would run on another model than the one asked for, and the answer
+// would name the one asked for. A worker without a model of its own runs
+// the one the request names, so while one is live any model goes.
+func (g *Gateway) checkModel(name string) *apiError {
+	pool, ok := g.router.Pool(ChatTopic)
+	if !ok || g.workers == nil {
+		return nil
+	}
+	for _, w := range g.workers.Snapshot().Workers {
+		if w.Pool == pool && w.State == registry.Live && servesChat(w) &&
+			!slices.ContainsFunc(w.Capabilities, func(c string) bool { return strings.HasPrefix(c, ModelCapability) }) {
+			return nil
+		}
+	}
+	served := g.models()
+	names := make([]string, len(served))
+	for i, m := range served {
+		if m.ID == name {
+			return nil
+		}
+		names[i] = m.ID
+	}
+	return &apiError{status: http.StatusNotFound, typ: "invalid_request_error", param: "model", code: "model_not_found",
+		message: fmt.Sprintf("the model %.100q is not served here; the chat-llm workers run %s (GET /v1/models lists them)", name, strings.Join(names, ", "))}
 }
 
 // models lists the models served: those the live chat-llm workers name

@@ -482,3 +482,37 @@ func BenchmarkDirectFake(b *testing.B) {
 		}
 	}
 }
+
+// A chat request for a model the chat-llm workers do not run is refused
+// while every live one runs a model of its own: the answer would name a
+// model other than the one that answered. A worker that runs the model a
+// request names lets any through.
+func TestChatForAModelNotServed(t *testing.T) {
+	h := chatHarness(t, up.ClusterOptions{}, &fakeChat{})
+	body := func(model string) string {
+		b, _ := json.Marshal(map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "hi"}}})
+		return string(b)
+	}
+	ctx := context.Background()
+	res := h.post(t, ctx, body("gpt-4o"))
+	e := decode[errorJSON](t, res)
+	if res.StatusCode != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" ||
+		e.Error.Param == nil || *e.Error.Param != "model" || !strings.Contains(e.Error.Message, "fake-1") {
+		t.Fatalf("a model no worker runs: %d %+v, want 404 model_not_found naming fake-1", res.StatusCode, e.Error)
+	}
+	res = h.post(t, ctx, body("fake-1"))
+	if c := decode[completionJSON](t, res); res.StatusCode != http.StatusOK || c.Model != "fake-1" {
+		t.Fatalf("the model the worker runs: %d %+v", res.StatusCode, c)
+	}
+
+	h.startWorker(t, worker.Options{
+		Pool:         "chat-llm",
+		Handlers:     map[string]plugins.Handler{gateway.ChatTopic: &fakeChat{}},
+		Capabilities: []string{"llm.chat"},
+	}, slog.New(slog.DiscardHandler))
+	eventuallyUp(t, "a chat for any model, once a worker without a model of its own is live", func() bool {
+		res := h.post(t, ctx, body("gpt-4o"))
+		defer res.Body.Close()
+		return res.StatusCode == http.StatusOK
+	})
+}
