@@ -216,6 +216,7 @@ func (g *Gateway) CancelJob(ctx context.Context, req *cortexv1.CancelJobRequest)
 	case err != nil:
 		return nil, g.readErr(j.ID, err)
 	}
+	g.metrics.Cancelled(after.Topic)
 	if err := g.bus.PublishJobEvent(after.Trace(), after.Proto()); err != nil {
 		g.log.Warn("publish job event", "trace_id", after.Trace(), "job_id", j.ID, "err", err)
 	}

@@ -94,6 +94,9 @@ func (g *Gateway) answerApproval(ctx context.Context, rawID string, approve bool
 	case err != nil:
 		return nil, g.readErr(j.ID, err)
 	}
+	if !approve {
+		g.metrics.Denied(after.Topic, after.Safety.Rule)
+	}
 	if err := g.bus.PublishJobEvent(after.Trace(), after.Proto()); err != nil {
 		g.log.Warn("publish job event", "trace_id", after.Trace(), "job_id", j.ID, "err", err)
 	}

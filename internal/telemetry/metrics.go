@@ -23,6 +23,7 @@ type Metrics struct {
 	jobsCompleted    *prometheus.CounterVec
 	jobsFailed       *prometheus.CounterVec
 	jobsDenied       *prometheus.CounterVec
+	jobsCancelled    *prometheus.CounterVec
 	submitToDispatch *prometheus.HistogramVec
 	submitToResult   *prometheus.HistogramVec
 	safetyDecisions  *prometheus.CounterVec
@@ -52,8 +53,11 @@ func NewMetrics() *Metrics {
 			Name: "cortex_jobs_failed_total", Help: "Jobs that ended FAILED or TIMEOUT with no attempt left, by topic, pool and state.",
 		}, []string{"topic", "pool", "state"}),
 		jobsDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "cortex_jobs_denied_total", Help: "Jobs recorded DENIED by the safety gate, by topic and rule.",
+			Name: "cortex_jobs_denied_total", Help: "Jobs recorded DENIED, by topic and rule: by the safety gate, or by a person who rejected a job the rule held for approval.",
 		}, []string{"topic", "rule"}),
+		jobsCancelled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cortex_jobs_cancelled_total", Help: "Jobs recorded CANCELLED (by a client, or because an OpenAI-compatible client hung up), by topic.",
+		}, []string{"topic"}),
 		submitToDispatch: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "cortex_job_submit_to_dispatch_seconds", Help: "Time from submit to DISPATCHED, by pool.", Buckets: latencyBuckets,
 		}, []string{"pool"}),
@@ -74,7 +78,7 @@ func NewMetrics() *Metrics {
 			Name: "cortex_handler_seconds", Help: "Time a worker's plugin took for one attempt, by topic and outcome (ok, error, timeout, cancelled, panic).", Buckets: latencyBuckets,
 		}, []string{"topic", "outcome"}),
 	}
-	m.reg.MustRegister(m.jobsSubmitted, m.jobsCompleted, m.jobsFailed, m.jobsDenied, m.submitToDispatch, m.submitToResult,
+	m.reg.MustRegister(m.jobsSubmitted, m.jobsCompleted, m.jobsFailed, m.jobsDenied, m.jobsCancelled, m.submitToDispatch, m.submitToResult,
 		m.safetyDecisions, m.reconcilerActions, m.handlerSeconds,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -122,7 +126,15 @@ func (m *Metrics) ObserveHandler(topic, outcome string, took time.Duration) {
 	}
 }
 
-// Denied counts a job the safety gate denied by rule.
+// Cancelled counts a job recorded CANCELLED.
+func (m *Metrics) Cancelled(topic string) {
+	if m != nil {
+		m.jobsCancelled.WithLabelValues(topic).Inc()
+	}
+}
+
+// Denied counts a job recorded DENIED by rule: by the safety gate, or by
+// a person who rejected what the rule held for approval.
 func (m *Metrics) Denied(topic, rule string) {
 	if m != nil {
 		m.jobsDenied.WithLabelValues(topic, rule).Inc()

@@ -35,7 +35,8 @@ func scrape(t *testing.T, h *harness) string {
 	return string(body)
 }
 
-// TestMetricsCountWhatHappened: after completed, denied and failed jobs,
+// TestMetricsCountWhatHappened: after completed, denied, failed and
+// cancelled jobs,
 // /metrics says so under Prometheus names (cortex_ prefix, counters in
 // _total, durations in _seconds), with the pools' gauges.
 func TestMetricsCountWhatHappened(t *testing.T) {
@@ -50,17 +51,26 @@ func TestMetricsCountWhatHappened(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitState(t, h, res.GetJobId(), cortexv1.JobState_JOB_STATE_FAILED)
+	res, err = h.client.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.sleep", Prompt: "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, h, res.GetJobId(), cortexv1.JobState_JOB_STATE_RUNNING)
+	if _, err := h.client.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: res.GetJobId()}); err != nil {
+		t.Fatal(err)
+	}
 	want := []string{
 		`cortex_jobs_submitted_total{topic="job.echo"} 3`,
 		`cortex_jobs_submitted_total{topic="sys.destroy"} 1`,
 		`cortex_jobs_completed_total{pool="echo",topic="job.echo"} 3`,
 		`cortex_jobs_denied_total{rule="deny-sys-destroy",topic="sys.destroy"} 1`,
 		`cortex_jobs_failed_total{pool="echo",state="FAILED",topic="job.sleep"} 1`,
-		`cortex_job_submit_to_dispatch_seconds_count{pool="echo"} 4`,
+		`cortex_jobs_cancelled_total{topic="job.sleep"} 1`,
+		`cortex_job_submit_to_dispatch_seconds_count{pool="echo"} 5`,
 		`cortex_job_submit_to_result_seconds_count{pool="echo",topic="job.echo"} 3`,
-		`cortex_safety_decisions_total{decision="ALLOW",rule="allow-jobs"} 4`,
+		`cortex_safety_decisions_total{decision="ALLOW",rule="allow-jobs"} 5`,
 		`cortex_safety_decisions_total{decision="DENY",rule="deny-sys-destroy"} 1`,
-		`cortex_safety_decision_seconds_count 5`,
+		`cortex_safety_decision_seconds_count 6`,
 		`cortex_pool_workers{pool="echo"} 1`,
 		`cortex_pool_capacity{pool="echo"} 64`,
 		`cortex_pool_queue_depth{pool="echo"} 0`,

@@ -353,6 +353,10 @@ func TestEachDecisionEndToEnd(t *testing.T) {
 	if h.spy.dispatched(held2) {
 		t.Fatal("a rejected job was dispatched")
 	}
+	// Counted as a denial by the rule that held it.
+	if m := scrape(t, h); !strings.Contains(m, `cortex_jobs_denied_total{rule="review-big-spend",topic="job.echo"} 1`+"\n") {
+		t.Errorf("/metrics after the rejection lacks cortex_jobs_denied_total{rule=\"review-big-spend\",topic=\"job.echo\"} 1")
+	}
 
 	// THROTTLE: the burst runs, the rest is denied.
 	var (
