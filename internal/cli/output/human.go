@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"time"
 	"unicode/utf8"
+
+	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
 )
 
 // Age is how long ago t was, relative to now, in kubectl's short form:
@@ -77,4 +79,15 @@ func MaskKey(key string) string {
 	}
 	r := []rune(rest)
 	return prefix + "…" + string(r[len(r)-4:])
+}
+
+// WorkerState is a worker's state as tables show it: live, draining.
+func WorkerState(s cortexv1.WorkerState) string {
+	switch s {
+	case cortexv1.WorkerState_WORKER_STATE_LIVE:
+		return "live"
+	case cortexv1.WorkerState_WORKER_STATE_DRAINING:
+		return "draining"
+	}
+	return "unknown"
 }

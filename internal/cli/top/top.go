@@ -297,10 +297,10 @@ func printTables(pr *output.Printer, s Snapshot) error {
 	fmt.Fprintln(out)
 	rows = nil
 	for _, w := range s.Workers {
-		rows = append(rows, []string{w.GetWorkerId(), w.GetPool(), fmt.Sprintf("%d/%d", w.GetActiveJobs(), w.GetMaxParallelJobs()),
+		rows = append(rows, []string{w.GetWorkerId(), w.GetPool(), output.WorkerState(w.GetState()), fmt.Sprintf("%d/%d", w.GetActiveJobs(), w.GetMaxParallelJobs()),
 			output.Age(w.GetLastHeartbeat().AsTime(), s.TakenAt)})
 	}
-	if err := pr.Table([]string{"WORKER", "POOL", "ACTIVE/MAX", "LAST BEAT"}, rows); err != nil {
+	if err := pr.Table([]string{"WORKER", "POOL", "STATE", "ACTIVE/MAX", "LAST BEAT"}, rows); err != nil {
 		return err
 	}
 	fmt.Fprintln(out)

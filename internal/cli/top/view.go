@@ -339,9 +339,9 @@ func (m Model) workerTable() table {
 	t := table{pane: PaneWorkers, widths: []int{20, 12, 9, 10, 5},
 		header: []string{"WORKER", "POOL", "STATE", "ACTIVE/MAX", "LOAD", "LAST HEARTBEAT"}}
 	for _, w := range m.visibleWorkers() {
-		st := "live"
+		st := output.WorkerState(w.GetState())
 		if w.GetState() == cortexv1.WorkerState_WORKER_STATE_DRAINING {
-			st = styleWarn.Render("draining")
+			st = styleWarn.Render(st)
 		}
 		t.rows = append(t.rows, []string{w.GetWorkerId(), w.GetPool(), st,
 			fmt.Sprintf("%d/%d", w.GetActiveJobs(), w.GetMaxParallelJobs()), strconv.FormatFloat(w.GetCpuLoad(), 'f', 2, 64),

@@ -19,7 +19,7 @@ func NewCmdDrain(f *cmdutil.Factory) *cobra.Command {
 		Use:   "drain WORKER_ID...",
 		Short: "Ask workers to take no new jobs (admin keys only)",
 		Long: `Ask workers to drain: each takes no new jobs, finishes those it runs, and its
-heartbeats say it drains (cortexctl workers -o wide: STATE draining). Its
+heartbeats say it drains (cortexctl workers: STATE draining). Its
 pool's other workers take the jobs it would have taken. The worker process
 keeps running until it is stopped (SIGTERM), for maintenance or a rollout.`,
 		Example: `  cortexctl workers drain echo-1a2b3c4d

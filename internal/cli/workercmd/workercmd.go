@@ -189,9 +189,9 @@ func noneFound(what, pool string) string {
 }
 
 func workerHeader(wide bool) []string {
-	h := []string{"WORKER", "POOL", "ACTIVE/MAX", "LOAD", "LAST BEAT", "VERSION"}
+	h := []string{"WORKER", "POOL", "STATE", "ACTIVE/MAX", "LOAD", "LAST BEAT", "VERSION"}
 	if wide {
-		h = append(h, "TOPICS", "CAPABILITIES", "COMPLETED", "FAILED", "STATE")
+		h = append(h, "TOPICS", "CAPABILITIES", "COMPLETED", "FAILED")
 	}
 	return h
 }
@@ -200,6 +200,7 @@ func workerRow(wide bool, w *cortexv1.WorkerInfo, now time.Time) []string {
 	row := []string{
 		w.GetWorkerId(),
 		w.GetPool(),
+		output.WorkerState(w.GetState()),
 		fmt.Sprintf("%d/%d", w.GetActiveJobs(), w.GetMaxParallelJobs()),
 		strconv.FormatFloat(w.GetCpuLoad(), 'f', 2, 64),
 		output.Age(w.GetLastHeartbeat().AsTime(), now),
@@ -210,21 +211,9 @@ func workerRow(wide bool, w *cortexv1.WorkerInfo, now time.Time) []string {
 			orDash(strings.Join(w.GetTopics(), ",")),
 			orDash(strings.Join(w.GetCapabilities(), ",")),
 			strconv.FormatUint(w.GetCompletedJobs(), 10),
-			strconv.FormatUint(w.GetFailedJobs(), 10),
-			StateName(w.GetState()))
+			strconv.FormatUint(w.GetFailedJobs(), 10))
 	}
 	return row
-}
-
-// StateName is a worker state as the table shows it: live, draining.
-func StateName(s cortexv1.WorkerState) string {
-	switch s {
-	case cortexv1.WorkerState_WORKER_STATE_LIVE:
-		return "live"
-	case cortexv1.WorkerState_WORKER_STATE_DRAINING:
-		return "draining"
-	}
-	return "unknown"
 }
 
 func orDash(s string) string {
