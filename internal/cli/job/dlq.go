@@ -30,7 +30,7 @@ keeps its state and history.`,
 		Example: `  cortexctl dlq list
   cortexctl dlq show 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e
   cortexctl dlq retry 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e
-  cortexctl dlq list -o json | jq -r '.deadLetters[].job.jobId' | xargs cortexctl dlq drop`,
+  cortexctl dlq list -o json | jq -r '.items[].job.jobId' | xargs cortexctl dlq drop`,
 		Args: cobra.NoArgs,
 	}
 	cmd.AddCommand(newCmdDLQList(f), newCmdDLQShow(f), newCmdDLQRetry(f), newCmdDLQDrop(f))
@@ -84,7 +84,7 @@ next page.`,
 			}
 			p := output.New(f.Out, format)
 			if p.Machine() {
-				return p.Print(res)
+				return p.Print(output.List[*cortexv1.DeadLetter]{Items: res.GetDeadLetters(), NextPageToken: res.GetNextPageToken()})
 			}
 			if len(res.GetDeadLetters()) == 0 {
 				fmt.Fprintln(f.ErrOut, "no dead letters")

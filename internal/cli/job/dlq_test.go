@@ -77,7 +77,8 @@ func TestDLQListLimitZeroListsEveryDeadLetter(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := strings.Count(out, `"jobId"`); n != 700 || !strings.Contains(out, `"nextPageToken": "700"`) || fmt.Sprint(g.sizes) != "[500 200]" {
+	// Under "items", as every list of the CLI.
+	if n := strings.Count(out, `"jobId"`); n != 700 || !strings.Contains(out, `"items": [`) || !strings.Contains(out, `"nextPageToken": "700"`) || fmt.Sprint(g.sizes) != "[500 200]" {
 		t.Errorf("--limit 700: %d dead letters, pages %v, stderr %q", n, g.sizes, errOut)
 	}
 
