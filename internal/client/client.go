@@ -23,30 +23,45 @@ const DefaultServer = "http://127.0.0.1:7470"
 // New returns a client of the gateway at server that presents apiKey (if
 // any) on every call.
 func New(server, apiKey string) (cortexv1connect.GatewayServiceClient, error) {
-	return NewWithTransport(server, apiKey, &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second})
+	return NewWithTransport(server, apiKey, newTransport())
+}
+
+// NewFollowingContext is New for a target whose key is its context's:
+// each call sends the key the context holds then (FollowContextKey).
+func NewFollowingContext(t Target) (cortexv1connect.GatewayServiceClient, error) {
+	return NewWithKey(t.Server, FollowContextKey(t), newTransport())
+}
+
+func newTransport() *http.Transport {
+	return &http.Transport{MaxIdleConnsPerHost: 256, IdleConnTimeout: 90 * time.Second}
 }
 
 // NewWithTransport is New over rt: for a gateway whose certificate a
 // private CA signed, say, a transport that trusts that CA.
 func NewWithTransport(server, apiKey string, rt http.RoundTripper) (cortexv1connect.GatewayServiceClient, error) {
+	return NewWithKey(server, func() string { return apiKey }, rt)
+}
+
+// NewWithKey is NewWithTransport with the key each call sends read from
+// key (FollowContextKey), none when it gives "".
+func NewWithKey(server string, key func() string, rt http.RoundTripper) (cortexv1connect.GatewayServiceClient, error) {
 	base, err := NormalizeServer(server)
 	if err != nil {
 		return nil, err
 	}
 	hc := &http.Client{Transport: rt}
-	var interceptors []connect.ClientInterceptor
-	if apiKey != "" {
-		interceptors = append(interceptors, bearer(apiKey))
-	}
-	c := connect.NewClient(connecthttp.NewTransport(hc, base), interceptors...)
+	c := connect.NewClient(connecthttp.NewTransport(hc, base), bearer(key))
 	return cortexv1connect.NewGatewayServiceClient(c), nil
 }
 
-func bearer(key string) connect.ClientInterceptor {
+func bearer(key func() string) connect.ClientInterceptor {
 	return func(next connect.ClientFunc) connect.ClientFunc {
 		return func(ctx context.Context, spec connect.Spec) (connect.ClientStream, error) {
-			ctx, info := connect.NewClientContext(ctx)
-			info.RequestHeader().Set("Authorization", "Bearer "+key)
+			if k := key(); k != "" {
+				ctx, info := connect.NewClientContext(ctx)
+				info.RequestHeader().Set("Authorization", "Bearer "+k)
+				return next(ctx, spec)
+			}
 			return next(ctx, spec)
 		}
 	}

@@ -11,6 +11,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"time"
 )
 
 // Context is one named place a command can send its calls: a gateway and
@@ -251,6 +253,9 @@ func writeConfig(p string, cfg *Config) error {
 type Target struct {
 	Server string
 	APIKey string
+	// KeyFromContext says the key is the selected context's (no flag or
+	// environment gave one): FollowContextKey follows it.
+	KeyFromContext bool
 }
 
 // Resolve picks the gateway and key: the flag, then CORTEX_SERVER /
@@ -274,10 +279,10 @@ func Resolve(flagServer, flagKey string) (Target, error) {
 			if t.Server == "" {
 				t.Server = c.Server
 				if t.APIKey == "" {
-					t.APIKey = c.APIKey
+					t.APIKey, t.KeyFromContext = c.APIKey, true
 				}
 			} else if t.APIKey == "" && sameServer(t.Server, c.Server) {
-				t.APIKey = c.APIKey
+				t.APIKey, t.KeyFromContext = c.APIKey, true
 			}
 		}
 	}
@@ -285,6 +290,41 @@ func Resolve(flagServer, flagKey string) (Target, error) {
 		t.Server = DefaultServer
 	}
 	return t, nil
+}
+
+// FollowContextKey returns t's key as the selected context holds it now:
+// read again whenever the contexts file changed, so that a command that
+// runs long (top, tail) goes on with the new key that a restarted up
+// wrote, rather than be refused the old one. The key stays the one it has
+// while the file cannot be read, or names no key for t's server.
+func FollowContextKey(t Target) func() string {
+	var (
+		mu      sync.Mutex
+		key     = t.APIKey
+		changed time.Time
+	)
+	if p, err := ContextPath(); err == nil {
+		if fi, err := os.Stat(p); err == nil {
+			changed = fi.ModTime()
+		}
+	}
+	return func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		p, err := ContextPath()
+		if err != nil {
+			return key
+		}
+		fi, err := os.Stat(p)
+		if err != nil || fi.ModTime().Equal(changed) {
+			return key
+		}
+		changed = fi.ModTime()
+		if c, ok, err := selectedContext(); err == nil && ok && c.APIKey != "" && sameServer(t.Server, c.Server) {
+			key = c.APIKey
+		}
+		return key
+	}
 }
 
 // selectedContext is the context named by CORTEX_CONTEXT, else the

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // useTempContexts points the contexts file at a temporary directory and
@@ -56,7 +57,7 @@ func TestResolvePrecedence(t *testing.T) {
 	if di, err := os.Stat(filepath.Dir(path)); err != nil || di.Mode().Perm() != 0o700 {
 		t.Fatalf("contexts dir mode %v (%v), want 0700", di.Mode().Perm(), err)
 	}
-	if got, _ := Resolve("", ""); got != (Target{"http://127.0.0.1:9999", "ctx-key"}) {
+	if got, _ := Resolve("", ""); got != (Target{"http://127.0.0.1:9999", "ctx-key", true}) {
 		t.Errorf("current context: %+v", got)
 	}
 	if _, err := SaveContext("prod", Context{Server: "https://prod:443", APIKey: "prod-key"}, false); err != nil {
@@ -66,15 +67,15 @@ func TestResolvePrecedence(t *testing.T) {
 		t.Errorf("saving without makeCurrent changed the current context: %+v", got)
 	}
 	t.Setenv("CORTEX_CONTEXT", "prod")
-	if got, _ := Resolve("", ""); got != (Target{"https://prod:443", "prod-key"}) {
+	if got, _ := Resolve("", ""); got != (Target{"https://prod:443", "prod-key", true}) {
 		t.Errorf("CORTEX_CONTEXT over current: %+v", got)
 	}
 	t.Setenv("CORTEX_SERVER", "http://env:1")
 	t.Setenv("CORTEX_API_KEY", "env-key")
-	if got, _ := Resolve("", ""); got != (Target{"http://env:1", "env-key"}) {
+	if got, _ := Resolve("", ""); got != (Target{"http://env:1", "env-key", false}) {
 		t.Errorf("environment over context: %+v", got)
 	}
-	if got, _ := Resolve("http://flag:2", "flag-key"); got != (Target{"http://flag:2", "flag-key"}) {
+	if got, _ := Resolve("http://flag:2", "flag-key"); got != (Target{"http://flag:2", "flag-key", false}) {
 		t.Errorf("flags over environment: %+v", got)
 	}
 	t.Setenv("CORTEX_CONTEXT", "")
@@ -266,7 +267,7 @@ func TestReadLegacyContextFile(t *testing.T) {
 	if err := os.WriteFile(p, []byte(`{"server": "http://127.0.0.1:7470", "api_key": "k"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := Resolve("", ""); err != nil || got != (Target{"http://127.0.0.1:7470", "k"}) {
+	if got, err := Resolve("", ""); err != nil || got != (Target{"http://127.0.0.1:7470", "k", true}) {
 		t.Fatalf("legacy file: %+v %v", got, err)
 	}
 	if _, err := SaveContext("prod", Context{Server: "https://p:1"}, false); err != nil {
@@ -333,4 +334,45 @@ func FuzzReadConfig(f *testing.F) {
 			t.Fatalf("round trip: %+v -> %+v, %v", cfg, again, err)
 		}
 	})
+}
+
+// A key read from the context follows it: a long-running command (top)
+// sends the key a restarted up wrote. A key given by flag or environment
+// is not the context's, and stays.
+func TestFollowContextKey(t *testing.T) {
+	p := useTempContexts(t)
+	save := func(c Context) {
+		t.Helper()
+		if _, err := SaveContext(LocalContext, c, true); err != nil {
+			t.Fatal(err)
+		}
+		// A later modification time, however coarse the file system's clock.
+		later := time.Now().Add(time.Duration(len(c.APIKey)) * time.Second)
+		if err := os.Chtimes(p, later, later); err != nil {
+			t.Fatal(err)
+		}
+	}
+	save(Context{Server: "http://127.0.0.1:7470", APIKey: "cx_dev_old"})
+	tg, err := Resolve("", "")
+	if err != nil || !tg.KeyFromContext || tg.APIKey != "cx_dev_old" {
+		t.Fatalf("Resolve = %+v, %v; want the context's key, marked as the context's", tg, err)
+	}
+	key := FollowContextKey(tg)
+	if k := key(); k != "cx_dev_old" {
+		t.Fatalf("key before up restarted: %q", k)
+	}
+	save(Context{Server: "http://127.0.0.1:7470", APIKey: "cx_dev_new-one"})
+	if k := key(); k != "cx_dev_new-one" {
+		t.Errorf("key after up wrote a new one: %q, want cx_dev_new-one", k)
+	}
+	// A context now for another gateway offers its key to that one only.
+	save(Context{Server: "http://10.0.0.9:7470", APIKey: "cx_other-gateway-key"})
+	if k := key(); k != "cx_dev_new-one" {
+		t.Errorf("key after the context moved to another gateway: %q, want cx_dev_new-one", k)
+	}
+
+	t.Setenv("CORTEX_API_KEY", "from-env")
+	if tg, err := Resolve("http://10.0.0.9:7470", ""); err != nil || tg.KeyFromContext || tg.APIKey != "from-env" {
+		t.Errorf("Resolve with CORTEX_API_KEY = %+v, %v; want the environment's key, not the context's", tg, err)
+	}
 }

@@ -41,7 +41,12 @@ func (f *Factory) Client() (cortexv1connect.GatewayServiceClient, string, error)
 	if err != nil {
 		return nil, "", err
 	}
-	c, err := client.New(t.Server, t.APIKey)
+	var c cortexv1connect.GatewayServiceClient
+	if t.KeyFromContext {
+		c, err = client.NewFollowingContext(t)
+	} else {
+		c, err = client.New(t.Server, t.APIKey)
+	}
 	if err != nil {
 		return nil, "", &UsageError{Err: err}
 	}
