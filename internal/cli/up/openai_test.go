@@ -495,14 +495,16 @@ func TestChatForAModelNotServed(t *testing.T) {
 	}
 	ctx := context.Background()
 	res := h.post(t, ctx, body("gpt-4o"))
+	defer res.Body.Close()
 	e := decode[errorJSON](t, res)
 	if res.StatusCode != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" ||
 		e.Error.Param == nil || *e.Error.Param != "model" || !strings.Contains(e.Error.Message, "fake-1") {
 		t.Fatalf("a model no worker runs: %d %+v, want 404 model_not_found naming fake-1", res.StatusCode, e.Error)
 	}
-	res = h.post(t, ctx, body("fake-1"))
-	if c := decode[completionJSON](t, res); res.StatusCode != http.StatusOK || c.Model != "fake-1" {
-		t.Fatalf("the model the worker runs: %d %+v", res.StatusCode, c)
+	served := h.post(t, ctx, body("fake-1"))
+	defer served.Body.Close()
+	if c := decode[completionJSON](t, served); served.StatusCode != http.StatusOK || c.Model != "fake-1" {
+		t.Fatalf("the model the worker runs: %d %+v", served.StatusCode, c)
 	}
 
 	h.startWorker(t, worker.Options{
