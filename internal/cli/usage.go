@@ -38,6 +38,14 @@ func isCobraUsage(err error) bool {
 // unknown one names the command's nearest flag, inherited flags included:
 // "unknown flag: --promt (did you mean --prompt?)".
 func flagError(cmd *cobra.Command, err error) error {
+	// `cortexctl sumbit --topic x`: cobra parses the flags of the command
+	// it found, the root, before it looks at "sumbit"; the mistake is the
+	// command, not the flag.
+	if args := cmd.Flags().Args(); cmd.HasSubCommands() && len(args) > 0 {
+		if sub, _, ferr := cmd.Find(args[:1]); ferr != nil || sub == cmd {
+			return unknownCommand(cmd, args[0])
+		}
+	}
 	if s := suggestFlag(cmd, err); s != "" {
 		err = fmt.Errorf("%w (did you mean --%s?)", err, s)
 	}

@@ -128,3 +128,22 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+// A mistyped command followed by a flag is a mistyped command: cobra
+// parses the flags first, and would report the flag unknown.
+func TestMistypedCommandBeforeAFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"sumbit", "--topic", "job.echo"}, "unknown command \"sumbit\" for \"cortexctl\"\n\nDid you mean this?\n\tsubmit\n"},
+		{[]string{"context", "lsit", "--server", "h", "--bogus"}, "unknown command \"lsit\" for \"cortexctl context\"\n\nDid you mean this?\n\tlist\n"},
+		{[]string{"--bogus"}, "unknown flag: --bogus"},
+		{[]string{"submit", "--tpoic", "x"}, "unknown flag: --tpoic (did you mean --topic?)"},
+	} {
+		_, err := runTree(tc.args...)
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%q: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+}
