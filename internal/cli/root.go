@@ -31,7 +31,8 @@ import (
 const exitCodesHelp = `
 Exit status:
   0    success
-  1    error
+  1    error, or a job in a state the command cannot act on (cancel a job
+       that ended, approve one that is not held, the result of one not done)
   2    usage error (bad flag, argument, request or configuration)
   3    the job ended without completing (DENIED, FAILED, CANCELLED or TIMEOUT)
   4    authentication failed (missing or unknown API key, or a read-only key)
