@@ -583,32 +583,40 @@ func (g *Gateway) getModel(w http.ResponseWriter, r *http.Request) {
 		message: fmt.Sprintf("the model %.100q is not served here (GET /v1/models lists those that are)", name)})
 }
 
-// checkModel refuses a chat request for a model not served here when
-// every live chat-llm worker runs a model of its own (--llm-model): the
-// job would run on another model than the one asked for, and the answer
-// would name the one asked for. A worker without a model of its own runs
-// the one the request names, so while one is live any model goes.
+// checkModel refuses a chat request for a model that no live chat-llm
+// worker runs when every one of them runs a model of its own
+// (--llm-model): the job would run on another model than the one asked
+// for, and the answer would name the one asked for. A worker without a
+// model of its own runs the one the request names, so while one is live
+// any model goes. The names given to the gateway (--models) are for such
+// workers: they count only while one is live.
 func (g *Gateway) checkModel(name string) *apiError {
 	pool, ok := g.router.Pool(ChatTopic)
 	if !ok || g.workers == nil {
 		return nil
 	}
+	var run []string
 	for _, w := range g.workers.Snapshot().Workers {
-		if w.Pool == pool && w.State == registry.Live && servesChat(w) &&
-			!slices.ContainsFunc(w.Capabilities, func(c string) bool { return strings.HasPrefix(c, ModelCapability) }) {
+		if w.Pool != pool || w.State != registry.Live || !servesChat(w) {
+			continue
+		}
+		pinned := false
+		for _, c := range w.Capabilities {
+			if m, ok := strings.CutPrefix(c, ModelCapability); ok && m != "" {
+				pinned = true
+				run = append(run, m)
+			}
+		}
+		if !pinned {
 			return nil
 		}
 	}
-	served := g.models()
-	names := make([]string, len(served))
-	for i, m := range served {
-		if m.ID == name {
-			return nil
-		}
-		names[i] = m.ID
+	if len(run) == 0 || slices.Contains(run, name) {
+		return nil
 	}
+	slices.Sort(run)
 	return &apiError{status: http.StatusNotFound, typ: "invalid_request_error", param: "model", code: "model_not_found",
-		message: fmt.Sprintf("the model %.100q is not served here; the chat-llm workers run %s (GET /v1/models lists them)", name, strings.Join(names, ", "))}
+		message: fmt.Sprintf("the model %.100q is not served here; the chat-llm workers run %s (GET /v1/models lists them)", name, strings.Join(slices.Compact(run), ", "))}
 }
 
 // models lists the models served: those the live chat-llm workers name

@@ -488,7 +488,9 @@ func BenchmarkDirectFake(b *testing.B) {
 // model other than the one that answered. A worker that runs the model a
 // request names lets any through.
 func TestChatForAModelNotServed(t *testing.T) {
-	h := chatHarness(t, up.ClusterOptions{}, &fakeChat{})
+	// configured-1 is a name for workers without a model of their own: it
+	// counts only while one is live.
+	h := chatHarness(t, up.ClusterOptions{Models: []string{"configured-1"}}, &fakeChat{})
 	body := func(model string) string {
 		b, _ := json.Marshal(map[string]any{"model": model, "messages": []map[string]string{{"role": "user", "content": "hi"}}})
 		return string(b)
@@ -500,6 +502,11 @@ func TestChatForAModelNotServed(t *testing.T) {
 	if res.StatusCode != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" ||
 		e.Error.Param == nil || *e.Error.Param != "model" || !strings.Contains(e.Error.Message, "fake-1") {
 		t.Fatalf("a model no worker runs: %d %+v, want 404 model_not_found naming fake-1", res.StatusCode, e.Error)
+	}
+	configured := h.post(t, ctx, body("configured-1"))
+	defer configured.Body.Close()
+	if e := decode[errorJSON](t, configured); configured.StatusCode != http.StatusNotFound || e.Error.Code == nil || *e.Error.Code != "model_not_found" {
+		t.Fatalf("a configured model while every worker runs its own: %d %+v, want 404 model_not_found", configured.StatusCode, e.Error)
 	}
 	served := h.post(t, ctx, body("fake-1"))
 	defer served.Body.Close()
