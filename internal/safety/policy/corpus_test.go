@@ -107,6 +107,9 @@ func credentialCorpus() []corpusCase {
 		{"pem pkcs8 private key", pemKey("PRIVATE KEY", 300, 8, false), []string{"private_key"}},
 		{"pem openssh private key", pemKey("OPENSSH PRIVATE KEY", 400, 6, false), []string{"private_key"}},
 		{"pem ec private key", pemKey("EC PRIVATE KEY", 500, 3, false), []string{"private_key"}},
+		// openssl genpkey -algorithm ed25519: a fixed ASN.1 prefix and 32
+		// random bytes, 64 characters in all.
+		{"pem ed25519 private key", "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI" + fake(700, b64Chars, 42) + "5\n-----END PRIVATE KEY-----", []string{"private_key"}},
 		{"pem encrypted legacy key", pemKey("RSA PRIVATE KEY", 600, 10, false, "Proc-Type: 4,ENCRYPTED", "DEK-Info: AES-128-CBC,"+fake(601, "0123456789ABCDEF", 32)), []string{"private_key"}},
 		{"several kinds", "use " + "ghp_" + fake(38, alnumChars, 36) + " and " + "xoxb-" + fake(39, digitChars, 12) + "-" + fake(40, digitChars, 13) + "-" + fake(41, alnumChars, 24), []string{"github_token", "slack_token"}},
 	}

@@ -30,8 +30,8 @@ import (
 //     high-entropy string next to "aws"/"secret" or in a text that also
 //     holds an AWS key id; an Azure key is an 88-character base64 string
 //     ending in "==" next to "AccountKey"/"azure"/"storage"; a PEM key is
-//     a "-----BEGIN ... PRIVATE KEY-----" header followed by at least 100
-//     characters of high-entropy base64.
+//     a "-----BEGIN ... PRIVATE KEY-----" header followed by at least 60
+//     characters of high-entropy base64 (an Ed25519 key's body is 64).
 //
 // Talking about a credential ("how do I rotate my AWS access key?", "what
 // does sk- mean", "BEGIN PRIVATE KEY is a PEM header") is not flagged: each
@@ -608,7 +608,7 @@ func isGCPKey(before string) bool {
 // then at least 100 random-looking base64 characters, across real or
 // JSON-escaped line breaks.
 func pemBody(body string) bool {
-	const want = 100
+	const want = 60
 	body = body[:min(len(body), 64<<10)]
 	i := skipBreaks(body, 0)
 	for range 4 {
