@@ -17,7 +17,7 @@ import (
 // retry starts over) while the result is the truth, so the end compares
 // the two: when what was shown of the last attempt is the start of the
 // result, only the rest is printed; otherwise the whole result follows a
-// note on errOut.
+// note on errOut, which says whether pieces were lost.
 type follower struct {
 	out, errOut io.Writer
 	// beforeFirst, when not nil, runs before the first piece is printed
@@ -83,9 +83,18 @@ func (f *follower) endLine() {
 // the job's attempt that completed, and ends the line.
 func (f *follower) finish(result string, attempt uint32) error {
 	rest := result
-	if shown := f.shown.String(); f.attempt == attempt && !f.lost && strings.HasPrefix(result, shown) {
-		rest = result[len(shown):]
-	} else if f.printed {
+	whole := f.attempt == attempt && !f.lost
+	switch {
+	case whole && strings.HasPrefix(result, f.shown.String()):
+		rest = result[len(f.shown.String()):]
+	case !f.printed:
+	case whole:
+		// Every piece came and the result is something else: a handler
+		// whose stream is not its result (code-python streams stdout and
+		// records stdout, stderr and the exit status as JSON).
+		f.endLine()
+		fmt.Fprintln(f.errOut, "(the job's recorded result follows)")
+	default:
 		f.endLine()
 		fmt.Fprintln(f.errOut, "(the streamed output was incomplete; the whole result follows)")
 	}

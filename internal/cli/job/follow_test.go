@@ -30,8 +30,10 @@ func TestFollowerEndsWithTheResult(t *testing.T) {
 			"You said: hi\n", ""},
 		"a retry starts over": {[]*cortexv1.JobOutput{piece(1, 1, "You sa"), piece(2, 1, "You "), piece(1, 2, "id: late"), piece(2, 2, "said: hi")}, "You said: hi", 2,
 			"You sa\nYou said: hi\n", "(attempt 2 starts over)\n"},
-		"the pieces disagree with the result": {[]*cortexv1.JobOutput{piece(1, 1, "Hello")}, "You said: hi", 1,
-			"Hello\nYou said: hi\n", "(the streamed output was incomplete; the whole result follows)\n"},
+		"the pieces are not the result": {[]*cortexv1.JobOutput{piece(1, 1, "Hello")}, "You said: hi", 1,
+			"Hello\nYou said: hi\n", "(the job's recorded result follows)\n"},
+		"code-python: stdout streamed, JSON recorded": {[]*cortexv1.JobOutput{piece(1, 1, "hello\n")}, `{"stdout":"hello\n","stderr":"","exit_code":0}`, 1,
+			"hello\n{\"stdout\":\"hello\\n\",\"stderr\":\"\",\"exit_code\":0}\n", "(the job's recorded result follows)\n"},
 		"binary results get no newline": {nil, "\xff\x00", 1, "\xff\x00", ""},
 	}
 	for name, c := range cases {
