@@ -32,6 +32,10 @@ type streamOptions struct {
 type chatMessage struct {
 	Role    string          `json:"role"`
 	Content json.RawMessage `json:"content"`
+	// ToolCalls and FunctionCall (its older form) are what an assistant
+	// message without content holds instead.
+	ToolCalls    json.RawMessage `json:"tool_calls"`
+	FunctionCall json.RawMessage `json:"function_call"`
 }
 
 // contentPart is one part of a message whose content is an array.
@@ -60,6 +64,9 @@ func parseChatRequest(body []byte) (*chatRequest, *apiError) {
 		if errors.As(err, &te) && te.Field != "" {
 			return nil, invalidRequest(te.Field, fmt.Sprintf("%s must be %s, not a JSON %s", te.Field, jsonKind(te.Type.Kind().String()), te.Value))
 		}
+		if errors.As(err, &te) {
+			return nil, invalidRequest("", "the body must be a JSON object (a chat completion request), not a JSON "+te.Value)
+		}
 		return nil, invalidRequest("", "the body must be a JSON object (a chat completion request): "+err.Error())
 	}
 	switch {
@@ -83,6 +90,10 @@ func parseChatRequest(body []byte) (*chatRequest, *apiError) {
 }
 
 func checkMessage(i int, m chatMessage) *apiError {
+	if m.Role == "" {
+		return invalidRequest(fmt.Sprintf("messages[%d].role", i),
+			fmt.Sprintf("messages[%d] needs a role: each message is an object such as {\"role\":\"user\",\"content\":\"Hello\"}", i))
+	}
 	if !chatRoles[m.Role] {
 		return invalidRequest(fmt.Sprintf("messages[%d].role", i),
 			fmt.Sprintf("messages[%d].role %.40q is not a role: use system, developer, user, assistant or tool", i, m.Role))
@@ -94,6 +105,9 @@ func checkMessage(i int, m chatMessage) *apiError {
 		// An assistant message that only calls tools has no content.
 		if m.Role != "assistant" {
 			return invalidRequest(param, param+" is required for a "+m.Role+" message")
+		}
+		if !present(m.ToolCalls) && !present(m.FunctionCall) {
+			return invalidRequest(param, param+" is required for an assistant message that calls no tools (tool_calls)")
 		}
 		return nil
 	case content[0] == '"':
@@ -112,6 +126,15 @@ func checkMessage(i int, m chatMessage) *apiError {
 		}
 	}
 	return nil
+}
+
+// present says whether a JSON value was given (not missing or null).
+func present(v json.RawMessage) bool {
+	switch string(bytes.TrimSpace(v)) {
+	case "", "null":
+		return false
+	}
+	return true
 }
 
 // jsonKind names a Go kind as the JSON type a client should have sent.
