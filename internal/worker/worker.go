@@ -492,6 +492,9 @@ func (w *Worker) Drain() {
 	}
 }
 
+// Running counts the jobs running now.
+func (w *Worker) Running() int { return int(w.active.Load()) }
+
 // Stopping says, as Stop begins, what it waits for: how many jobs are
 // running and how long they get to finish.
 func (w *Worker) Stopping() string {

@@ -295,16 +295,23 @@ func (c *Cluster) TryTopic() (string, bool) {
 }
 
 // Stopping says what stopping waits for: the running jobs of each worker
-// (c.workers and c.Pools go together, in the same order).
+// (c.workers and c.Pools go together, in the same order). A stack whose
+// records are in memory loses the jobs still running then.
 func (c *Cluster) Stopping() string {
-	if len(c.workers) == 1 {
-		return c.workers[0].Stopping()
-	}
+	running := 0
 	notes := make([]string, len(c.workers))
 	for i, w := range c.workers {
-		notes[i] = "pool " + c.Pools[i].Pool + ": " + w.Stopping()
+		running += w.Running()
+		notes[i] = w.Stopping()
+		if len(c.workers) > 1 {
+			notes[i] = "pool " + c.Pools[i].Pool + ": " + notes[i]
+		}
 	}
-	return strings.Join(notes, "; ")
+	note := strings.Join(notes, "; ")
+	if running > 0 && c.Stack != nil && c.Stack.Redis != nil {
+		note += "; but this up keeps its job records in memory (embedded Redis), so any still running then are lost when it exits (--redis-url with --data-dir keeps them)"
+	}
+	return note
 }
 
 // Dropped counts the malformed packets the components have dropped.

@@ -359,3 +359,25 @@ func TestStoppingStackStreamsTheEndOfRunningJobs(t *testing.T) {
 		t.Errorf("close: %v", err)
 	}
 }
+
+// Stopping says what a stop waits for; with the embedded Redis, that the
+// jobs still running then are lost with it.
+func TestStoppingSaysRunningJobsAreLostInMemory(t *testing.T) {
+	h := startHarness(t, up.ClusterOptions{})
+	if got := h.cluster.Stopping(); got != "no job is running" {
+		t.Errorf("Stopping with nothing running = %q", got)
+	}
+	ctx := context.Background()
+	res, err := h.client.SubmitJob(ctx, &cortexv1.SubmitJobRequest{Topic: "job.sleep", Prompt: "1m"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, h, res.GetJobId(), cortexv1.JobState_JOB_STATE_RUNNING)
+	got := h.cluster.Stopping()
+	if !strings.HasPrefix(got, "1 job is running: up to ") || !strings.Contains(got, "lost when it exits") {
+		t.Errorf("Stopping with a job running on the embedded Redis = %q, want the job and that it is lost", got)
+	}
+	if _, err := h.client.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: res.GetJobId()}); err != nil {
+		t.Fatal(err)
+	}
+}

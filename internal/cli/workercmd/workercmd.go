@@ -117,12 +117,12 @@ func NewCmdWorkers(f *cmdutil.Factory, runF func(context.Context, *WorkersOption
 		Use:        "workers",
 		Short:      "List the workers and how busy they are",
 		SuggestFor: []string{"worker-list", "nodes"},
-		Long: `List the workers the gateway hears heartbeats from, by pool: jobs running and
-the most they run at once, the host's CPU load (1-minute load average per
-CPU), when the last heartbeat came, and the version. -o wide adds the topics,
-capabilities, jobs completed and failed, and whether the worker is live or
-draining (stopping). A worker shows from its first heartbeat until it has
-missed three.
+		Long: `List the workers the gateway hears heartbeats from, by pool: whether each is
+live or draining (stopping, or asked to drain: it takes no new jobs), jobs
+running and the most it runs at once, the host's CPU load (1-minute load
+average per CPU), when the last heartbeat came, and the version. -o wide adds
+the topics, capabilities, and jobs completed and failed. A worker shows from
+its first heartbeat until it has missed three.
 
 Workers are shared by every tenant: any API key, a read-only one too, may
 list them; the list names no job or tenant.`,
