@@ -29,7 +29,7 @@ func (g *Gateway) ListDeadLetters(ctx context.Context, req *cortexv1.ListDeadLet
 	if tok := req.GetPageToken(); tok != "" {
 		ms, err := strconv.ParseInt(tok, 10, 64)
 		if err != nil || ms <= 0 {
-			return nil, connect.NewError(connect.CodeInvalidArgument, "page_token is not one this API gave; start again without it")
+			return nil, connect.NewError(connect.CodeInvalidArgument, "page token is not valid: pass the previous page's next page token (nextPageToken in JSON; the CLI's --page) unchanged, or start again without one")
 		}
 		before = time.UnixMilli(ms)
 	}

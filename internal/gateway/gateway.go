@@ -241,11 +241,19 @@ type apiJSON struct{ *connectproto.JSONCodec }
 // as protobuf's JSON mapping wants.
 const durationHint = `: write a duration in seconds, with an s ("30s", "90s", "0.5s")`
 
+// bytesHint ends the error of a request whose bytes field (a payload) is
+// not base64, as protobuf's JSON mapping writes bytes.
+const bytesHint = ": write bytes in base64 (standard or URL-safe), as protobuf's JSON mapping does"
+
 // UnmarshalRead decodes a request, as the codec it wraps does.
 func (c apiJSON) UnmarshalRead(ctx context.Context, src io.Reader, msg any) error {
 	err := c.JSONCodec.UnmarshalRead(ctx, src, msg)
-	if err != nil && strings.Contains(err.Error(), "google.protobuf.Duration") {
+	switch {
+	case err == nil:
+	case strings.Contains(err.Error(), "google.protobuf.Duration"):
 		return fmt.Errorf("%w%s", err, durationHint)
+	case strings.Contains(err.Error(), "invalid value for bytes field"):
+		return fmt.Errorf("%w%s", err, bytesHint)
 	}
 	return err
 }

@@ -152,7 +152,7 @@ func listQuery(tenant string, req *cortexv1.ListJobsRequest) (store.Query, error
 	if t := req.GetPageToken(); t != "" {
 		after, err := base64.RawURLEncoding.DecodeString(t)
 		if _, perr := uuid.Parse(string(after)); err != nil || perr != nil {
-			return q, connect.NewError(connect.CodeInvalidArgument, "page token is not valid: pass the next_page_token of the previous page unchanged")
+			return q, connect.NewError(connect.CodeInvalidArgument, "page token is not valid: pass the previous page's next page token (nextPageToken in JSON; the CLI's --page) unchanged, or start again without one")
 		}
 		q.After = string(after)
 	}
