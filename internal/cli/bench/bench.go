@@ -61,8 +61,10 @@ stream brings no end for 2s, says it skipped events, or breaks (it is opened
 again), bench reads the jobs it is waiting for from the store, and the report
 says how many ends it read there (their latency runs to the read).
 
-On a terminal, a spinner counts the jobs ended so far. Ctrl-C stops the run
-and prints the figures of the jobs submitted until then (exit status 130);
+A run in which no job completed (a topic the policy denies, a pool without
+workers) prints its report and exits 1. On a terminal, a spinner counts the
+jobs ended so far. Ctrl-C stops the run and prints the figures of the jobs
+submitted until then (exit status 130);
 the jobs still in flight go on in the cluster.`,
 		Example: `  cortexctl bench -n 20000 -c 64
   cortexctl bench --inprocess -n 5000
@@ -140,8 +142,20 @@ func benchRun(ctx context.Context, o *Options) error {
 	stopProgress()
 	if r != nil {
 		r.Print(o.Factory.Out)
+		if err == nil {
+			err = r.noneCompleted()
+		}
 	}
 	return err
+}
+
+// noneCompleted is the error of a run in which no job completed: its
+// figures measure no job's path (a topic the policy denies, no worker).
+func (r *Report) noneCompleted() error {
+	if r.Completed > 0 || r.Jobs == 0 || r.Interrupted {
+		return nil
+	}
+	return fmt.Errorf("none of the %d jobs completed, so the figures measure nothing: see how they ended above", r.Jobs)
 }
 
 // progressEvery is how often the spinner's count of ended jobs is redrawn.

@@ -64,3 +64,19 @@ func TestBenchRefusesBadFlags(t *testing.T) {
 		}
 	}
 }
+
+// A run in which no job completed fails: its figures measure nothing.
+func TestBenchFailsWhenNoJobCompleted(t *testing.T) {
+	var out, errOut bytes.Buffer
+	cmd := bench.NewCmdBench(&cmdutil.Factory{In: strings.NewReader(""), Out: &out, ErrOut: &errOut})
+	cmd.SetArgs([]string{"--inprocess", "-n", "20", "-c", "2", "--topic", "sys.destroy"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	err := cmd.Execute()
+	if err == nil || !strings.Contains(err.Error(), "none of the 20 jobs completed") {
+		t.Errorf("bench of a denied topic: %v, want an error saying none completed", err)
+	}
+	if !strings.Contains(out.String(), "0 completed") || !strings.Contains(out.String(), "DENIED") {
+		t.Errorf("report:\n%s\nwant 0 completed and the DENIED count", out.String())
+	}
+}
