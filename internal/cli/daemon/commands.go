@@ -446,7 +446,7 @@ comes from --llm-api-key-file or $CORTEX_LLM_API_KEY).`,
 		},
 	}
 	o.addFlags(cmd, true)
-	cmd.Flags().StringVar(&wo.Pool, "pool", "echo", "the pool this worker serves: echo, code-python, or your own")
+	cmd.Flags().StringVar(&wo.Pool, "pool", "echo", "the pool this worker serves: echo, code-python, chat-llm, or your own")
 	cmd.Flags().StringVar(&pythonPath, "python", "python3", "the Python interpreter of pool code-python: a path, or a name looked up in PATH")
 	cmd.Flags().StringVar(&wo.ID, "id", "", "worker id on the bus (default <pool>-<random>)")
 	cmd.Flags().IntVar(&wo.MaxParallel, "max-parallel", worker.DefaultMaxParallel, "jobs run at once")
@@ -480,7 +480,9 @@ func NewCmdGateway() *cobra.Command {
 		Long: `Run the API gateway: gRPC, gRPC-Web and HTTP/JSON on one port, plus /healthz
 and /readyz. Every call needs an API key ('Authorization: Bearer <key>');
 keys map to tenants and come from --api-keys or CORTEX_API_KEYS
-(key:tenant[,key:tenant...]; key:tenant:read makes a read-only key) and
+(key:tenant[,key:tenant...]; key:tenant:read makes a read-only key, and
+key:tenant:admin an admin one, which may also approve and reject jobs, drain
+workers and apply policies) and
 from --api-keys-file FILE (one a line, as a Kubernetes secret mounts it). Keys
 are held only as SHA-256 digests. Without keys the gateway refuses to start
 unless --insecure is given. A job.* topic that no pool serves (--routes FILE, or --route) is refused

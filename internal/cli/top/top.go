@@ -69,6 +69,9 @@ scripts, a table otherwise); exit 1 if the cluster does not answer, 4 if it refu
 			if !o.Once && o.Output != "" && o.Output != output.Table {
 				return &cmdutil.UsageError{Err: fmt.Errorf("-o %s needs --once: the dashboard is for a terminal", o.Output)}
 			}
+			if o.Window < 0 || o.Window > maxWindow {
+				return &cmdutil.UsageError{Err: fmt.Errorf("--listen %s is out of range: use 0 to %s", o.Window, maxWindow)}
+			}
 			if runF != nil {
 				return runF(cmd.Context(), o)
 			}
@@ -92,6 +95,9 @@ func (o *Options) source() (Source, error) {
 	o.Server = server
 	return NewClientSource(c), nil
 }
+
+// maxWindow bounds --listen: a snapshot is for now.
+const maxWindow = 10 * time.Minute
 
 // readsTerminal reports whether in is a terminal, which the dashboard
 // reads its keys from.
