@@ -3,6 +3,8 @@ package top
 import (
 	"bytes"
 	"context"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +67,22 @@ func TestWrapWords(t *testing.T) {
 	} {
 		if got := wrapWords(c.in, c.w); strings.Join(got, "|") != strings.Join(c.want, "|") {
 			t.Errorf("wrapWords(%q, %d) = %q, want %q", c.in, c.w, got, c.want)
+		}
+	}
+}
+
+// --listen out of range is a usage error, before anything connects.
+func TestListenOutOfRangeIsRefused(t *testing.T) {
+	for _, arg := range []string{"-1s", "11m"} {
+		ran := false
+		cmd := NewCmdTop(&cmdutil.Factory{}, func(context.Context, *Options) error { ran = true; return nil })
+		cmd.SetArgs([]string{"--once", "--listen", arg})
+		cmd.SetOut(io.Discard)
+		cmd.SetErr(io.Discard)
+		err := cmd.Execute()
+		var usage *cmdutil.UsageError
+		if !errors.As(err, &usage) || !strings.Contains(err.Error(), "--listen "+arg) || ran {
+			t.Errorf("top --once --listen %s: %v (ran %v), want a usage error naming the flag", arg, err, ran)
 		}
 	}
 }
