@@ -23,3 +23,13 @@ func CheckListen(flag, addr string) error {
 	}
 	return nil
 }
+
+// Listen listens on addr, given by flag; an address taken or refused
+// says which flag picks another.
+func Listen(flag, addr string) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w (pick another address with --%s, e.g. --%s 127.0.0.1:0)", flag, addr, err, flag, flag)
+	}
+	return ln, nil
+}

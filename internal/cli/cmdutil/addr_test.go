@@ -22,3 +22,18 @@ func TestCheckListen(t *testing.T) {
 		}
 	}
 }
+
+// An address already taken says which flag picks another.
+func TestListenOnATakenAddressNamesTheFlag(t *testing.T) {
+	first, err := cmdutil.Listen("listen", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	addr := first.Addr().String()
+	_, err = cmdutil.Listen("metrics-listen", addr)
+	if err == nil || !strings.Contains(err.Error(), "--metrics-listen "+addr+": ") ||
+		!strings.Contains(err.Error(), "pick another address with --metrics-listen") {
+		t.Errorf("Listen on a taken address: %v, want the flag and how to pick another", err)
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"slices"
@@ -535,9 +534,9 @@ CA).`,
 				return err
 			}
 			defer conn.Close()
-			ln, err := net.Listen("tcp", listen)
+			ln, err := cmdutil.Listen("listen", listen)
 			if err != nil {
-				return fmt.Errorf("gateway listen on %s: %w", listen, err)
+				return err
 			}
 			scheme := "http"
 			if tlsConfig != nil {

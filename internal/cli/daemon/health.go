@@ -5,11 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"time"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/store"
 	"github.com/cortex-os/core/internal/telemetry"
 	cortexv1 "github.com/cortex-os/core/pb/cortex/v1"
@@ -62,9 +62,9 @@ func HealthHandler(m *telemetry.Metrics, ready func(context.Context) error, log 
 // ServeHealth serves HealthHandler on addr until ctx ends. It returns once
 // it listens, with the address it listens on.
 func ServeHealth(ctx context.Context, addr string, h http.Handler) (string, error) {
-	ln, err := net.Listen("tcp", addr)
+	ln, err := cmdutil.Listen("metrics-listen", addr)
 	if err != nil {
-		return "", fmt.Errorf("--metrics-listen %s: %w", addr, err)
+		return "", err
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

@@ -318,7 +318,11 @@ func showRun(ctx context.Context, o *ShowOptions) error {
 	} else {
 		fmt.Fprintf(w, "%-8s none\n", "Shadow:")
 	}
-	fmt.Fprintf(w, "%-8s %s (%d checks since it started)\n", "Kernel:", st.GetKernelId(), st.GetChecks())
+	checks := "checks"
+	if st.GetChecks() == 1 {
+		checks = "check"
+	}
+	fmt.Fprintf(w, "%-8s %s (%d %s since it started)\n", "Kernel:", st.GetKernelId(), st.GetChecks(), checks)
 	if ks := res.GetKernels(); len(ks) > 1 {
 		fmt.Fprintf(w, "%d kernels answered:\n", len(ks))
 		differ := false

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/cli/daemon"
 	"github.com/cortex-os/core/internal/devstack"
 	"github.com/cortex-os/core/internal/gateway"
@@ -244,11 +245,7 @@ func listen(addr string) (net.Listener, error) {
 	if addr == "" {
 		addr = "127.0.0.1:0"
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("gateway listen on %s: %w (pick another address with --listen, e.g. --listen 127.0.0.1:0)", addr, err)
-	}
-	return ln, nil
+	return cmdutil.Listen("listen", addr)
 }
 
 // Unserved lists the pools that routes lead to and no worker of the
