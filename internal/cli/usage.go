@@ -119,8 +119,8 @@ func editDistance(a, b string) int {
 // meant): `cortexctl context lsit` fails with
 // `unknown command "lsit" for "cortexctl context"` and "Did you mean
 // this? list" (exit 2) instead of printing help and exiting 0. A group
-// given no arguments still prints its help. Call it once the tree is
-// built.
+// given no arguments still prints its help, and `help TOPIC` of a topic
+// that is no command fails the same way. Call it once the tree is built.
 func suggestSubcommands(root *cobra.Command) {
 	root.SuggestionsMinimumDistance = suggestDistance
 	var walk func(c *cobra.Command)
@@ -143,6 +143,22 @@ func suggestSubcommands(root *cobra.Command) {
 		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
 	}
 	walk(root)
+	// `cortexctl help nope` printed the root's help and exited 0.
+	root.InitDefaultHelpCmd()
+	for _, help := range root.Commands() {
+		if help.Name() != "help" || help.Run == nil {
+			continue
+		}
+		show := help.Run
+		help.Run = nil
+		help.RunE = func(c *cobra.Command, args []string) error {
+			if cmd, rest, err := c.Root().Find(args); err == nil && len(rest) > 0 {
+				return unknownCommand(cmd, rest[0])
+			}
+			show(c, args)
+			return nil
+		}
+	}
 }
 
 // unknownCommand is cobra's own error for a mistyped subcommand, with its

@@ -147,3 +147,17 @@ func TestMistypedCommandBeforeAFlag(t *testing.T) {
 		}
 	}
 }
+
+// help of a topic that is no command fails as the command would, with
+// its suggestions; help of a command prints its help.
+func TestHelpOfAnUnknownTopic(t *testing.T) {
+	if _, err := runTree("help", "sumbit"); err == nil || !strings.Contains(err.Error(), "unknown command \"sumbit\" for \"cortexctl\"\n\nDid you mean this?\n\tsubmit") {
+		t.Errorf("help sumbit: %v, want an unknown command suggesting submit", err)
+	}
+	if _, err := runTree("help", "context", "lsit"); err == nil || !strings.Contains(err.Error(), "unknown command \"lsit\" for \"cortexctl context\"") {
+		t.Errorf("help context lsit: %v, want an unknown command of context", err)
+	}
+	if out, err := runTree("help", "context", "list"); err != nil || !strings.Contains(out, "cortexctl context list") {
+		t.Errorf("help context list: %v\n%s", err, out)
+	}
+}
