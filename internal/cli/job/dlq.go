@@ -132,7 +132,7 @@ func newCmdDLQShow(f *cmdutil.Factory) *cobra.Command {
 		Long: `Show a dead letter as cortexctl jobs get shows a job, with when it went to
 the queue. A job that is not in the queue (it never was, or was retried or
 dropped) is an error: cortexctl jobs get shows any job. -o json and -o yaml
-print the job record, as jobs get does.`,
+print the dead letter as dlq list does, its deadAt and its job record.`,
 		Example: `  cortexctl dlq show 0193c2f4-5b6e-7c3a-9d1e-2f4a6b8c0d1e`,
 		Args:    oneID,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -148,7 +148,7 @@ print the job record, as jobs get does.`,
 			p := output.New(f.Out, format)
 			switch {
 			case p.Machine():
-				return p.Print(d.GetJob())
+				return p.Print(d)
 			case p.Wide():
 				return p.Table(jobHeader(true), [][]string{jobRow(p, d.GetJob(), time.Now())})
 			}
