@@ -2,11 +2,13 @@ package policy
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
 	"math"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -98,6 +100,16 @@ func Parse(name string, data []byte) (*Policy, error) {
 	ps := &parser{file: name, env: env}
 	p := ps.policy(&doc)
 	if len(ps.errs) > 0 {
+		// By line, as an editor goes through them (a rule's fields are
+		// checked in the order the parser needs them); "too many errors"
+		// stays last.
+		line := func(err error) int {
+			if le, ok := errors.AsType[*LoadError](err); ok {
+				return le.Line
+			}
+			return 0
+		}
+		slices.SortStableFunc(ps.errs[:min(len(ps.errs), maxLoadErrs)], func(a, b error) int { return cmp.Compare(line(a), line(b)) })
 		if len(ps.errs) == 1 {
 			return nil, ps.errs[0]
 		}

@@ -495,3 +495,24 @@ func TestConcurrentEvaluate(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Errors come out by line, whatever order the parser met them in (a
+// rule's decision is checked before its when).
+func TestParseErrorsAreInLineOrder(t *testing.T) {
+	_, err := Parse("p.yaml", []byte(`version: 1
+name: p
+default: {decision: ALLOW, reason: ok}
+rules:
+  - name: b
+    decision: NOPE
+    reason: y
+`))
+	if err == nil {
+		t.Fatal("a rule with an unknown decision and no when parsed")
+	}
+	got := err.Error()
+	when, decision := strings.Index(got, "p.yaml:5:"), strings.Index(got, "p.yaml:6:")
+	if when < 0 || decision < 0 || when > decision {
+		t.Errorf("errors not in line order:\n%s", got)
+	}
+}
