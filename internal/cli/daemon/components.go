@@ -11,9 +11,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/url"
 	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -22,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/cortex-os/core/internal/bus"
+	"github.com/cortex-os/core/internal/cli/cmdutil"
 	"github.com/cortex-os/core/internal/config"
 	"github.com/cortex-os/core/internal/gateway"
 	"github.com/cortex-os/core/internal/ids"
@@ -336,6 +339,10 @@ func PoolHandlers(pool string, o PoolOptions) (handlers map[string]plugins.Handl
 		handlers = map[string]plugins.Handler{echo.Topic: echo.Handler, sleep.Topic: sleep.Handler}
 	case python.Pool:
 		r, err := python.New(python.Options{Python: o.Python, Log: o.Log})
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+			// No such interpreter: the flag is wrong (exit status 2).
+			return nil, "", &cmdutil.UsageError{Err: fmt.Errorf("--python: %w", err)}
+		}
 		if err != nil {
 			return nil, "", err
 		}
