@@ -121,8 +121,16 @@ func (k *Kernel) use(p *policy.Policy, origin, source string, shadow bool) {
 		k.log.Info("shadow policy removed")
 		return
 	case shadow:
+		// Its THROTTLE rules start where the active policy's identical
+		// ones stand, so that it does not disagree with them for a burst.
+		if a := k.active.Load(); a != nil {
+			p.Inherit(a.policy)
+		}
 		k.shadow.Store(newLoaded(p, origin, source))
 	default:
+		if a := k.active.Load(); a != nil {
+			p.Inherit(a.policy)
+		}
 		k.active.Store(newLoaded(p, origin, source))
 	}
 	k.lastErr.Store(nil)

@@ -3,6 +3,7 @@ package safety_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -374,5 +375,28 @@ func TestStatusLeavesOutTheTextOfALongPolicy(t *testing.T) {
 	k.Use(policy.Default(), "file small.yaml", "version: 1\n", false)
 	if got := k.Status().GetActive().GetSource(); got != "version: 1\n" {
 		t.Fatalf("short policy text %q, want it whole", got)
+	}
+}
+
+// A shadow with the THROTTLE rule in force agrees with it: it starts from
+// the active policy's bucket, not from a full one; so does the same policy
+// loaded again.
+func TestShadowThrottleAgreesWithTheActiveRule(t *testing.T) {
+	k := safety.NewKernel("k1", newInputs(defaultPrompts()), discard())
+	k.Use(mustLoad(t, "throttle.yaml"), "test", "throttle.yaml", false)
+	for i := range 3 {
+		mustCheck(t, k, req(fmt.Sprint("job-", i), "job.echo", len(cleanPrompt)))
+	}
+	k.Use(mustLoad(t, "throttle.yaml"), "test", "throttle.yaml", true)
+	got := mustCheck(t, k, req("job-shadowed", "job.echo", len(cleanPrompt)))
+	if got.GetDecision() != deny || got.GetShadow().GetDecision() != deny {
+		t.Errorf("over the rate: %v, shadow %v; want both DENY", got.GetDecision(), got.GetShadow().GetDecision())
+	}
+	if st := k.Status(); st.GetShadowDisagreements() != 0 {
+		t.Errorf("%d disagreements between the shadow and the identical active rule, want 0", st.GetShadowDisagreements())
+	}
+	k.Use(mustLoad(t, "throttle.yaml"), "test", "throttle.yaml", false)
+	if got := mustCheck(t, k, req("job-reloaded", "job.echo", len(cleanPrompt))); got.GetDecision() != deny {
+		t.Errorf("after reloading the same policy: %v, want DENY (a reload refills no bucket)", got.GetDecision())
 	}
 }

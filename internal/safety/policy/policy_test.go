@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -514,5 +515,40 @@ rules:
 	when, decision := strings.Index(got, "p.yaml:5:"), strings.Index(got, "p.yaml:6:")
 	if when < 0 || decision < 0 || when > decision {
 		t.Errorf("errors not in line order:\n%s", got)
+	}
+}
+
+// A policy reloaded, or tried as a shadow, goes on from the buckets of
+// the identical THROTTLE rules of the one in force, not from full ones;
+// a rule whose rate changed starts afresh.
+func TestInheritCarriesTheBucketsOfIdenticalThrottleRules(t *testing.T) {
+	prev := mustLoad(t, "testdata/valid.yaml")
+	in := Input{Topic: "job.chat.gpt", Tenant: "acme", Now: t0}
+	for range 10 {
+		prev.Evaluate(in)
+	}
+	if d := prev.Evaluate(in); d.Decision != Deny {
+		t.Fatalf("11th job: %+v, want the burst spent", d)
+	}
+	same := mustLoad(t, "testdata/valid.yaml")
+	same.Inherit(prev)
+	if d := same.Evaluate(in); d.Decision != Deny || d.Rule != "throttle-chat" {
+		t.Errorf("the same policy reloaded: %+v, want DENY by throttle-chat (the bucket it inherited is empty)", d)
+	}
+	if d := same.Evaluate(Input{Topic: "job.chat.gpt", Tenant: "other", Now: t0}); d.Decision != Allow {
+		t.Errorf("another tenant after the reload: %+v, want ALLOW", d)
+	}
+
+	data, err := os.ReadFile("testdata/valid.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed, err := Parse("changed.yaml", bytes.Replace(data, []byte("burst: 10"), []byte("burst: 11"), 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed.Inherit(prev)
+	if d := changed.Evaluate(in); d.Decision != Allow {
+		t.Errorf("the rule with another rate: %+v, want ALLOW from a full bucket", d)
 	}
 }

@@ -145,3 +145,50 @@ func (l *limiter) len() int {
 	defer l.mu.Unlock()
 	return len(l.buckets)
 }
+
+// Inherit gives p the token buckets of prev's THROTTLE rules that p has
+// unchanged (same name, condition and rate), as they stand now: a policy
+// reloaded, or a shadow tried beside the active one, goes on from there
+// rather than from full buckets. Full buckets let a burst through after
+// every reload, and made a shadow disagree with the identical rule in
+// force. Call it before p decides anything.
+func (p *Policy) Inherit(prev *Policy) {
+	if p == nil || prev == nil || p == prev || p.limiter == nil || prev.limiter == nil {
+		return
+	}
+	same := map[int]int{} // prev's rule index: p's
+	for _, r := range p.rules {
+		for _, q := range prev.rules {
+			if r.decision == Throttle && q.decision == Throttle && q.name == r.name && q.when == r.when && q.rate == r.rate {
+				same[q.index] = r.index
+			}
+		}
+	}
+	if len(same) == 0 {
+		return
+	}
+	// Copied under prev's lock, added under p's: never both at once.
+	var copies []bucket
+	prev.limiter.mu.Lock()
+	for e := prev.limiter.lru.Back(); e != nil; e = e.Prev() { // least recently used first
+		if b, _ := e.Value.(*bucket); b != nil {
+			if idx, ok := same[b.key.rule]; ok {
+				c := *b
+				c.key.rule, c.elem = idx, nil
+				copies = append(copies, c)
+			}
+		}
+	}
+	prev.limiter.mu.Unlock()
+	l := p.limiter
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for i := range copies {
+		b := &copies[i]
+		if _, ok := l.buckets[b.key]; ok || len(l.buckets) >= l.max {
+			continue
+		}
+		b.elem = l.lru.PushFront(b)
+		l.buckets[b.key] = b
+	}
+}
