@@ -130,6 +130,11 @@ func (s *Stack) startNATS(opts Options) error {
 	port := opts.NATSPort
 	if port == 0 {
 		port = server.RANDOM_PORT
+	} else if ln, err := net.Listen("tcp", net.JoinHostPort(opts.Host, strconv.Itoa(port))); err != nil {
+		// The server would only fail to become ready: say why now.
+		return fmt.Errorf("devstack: start NATS on port %d: %w", port, err)
+	} else {
+		_ = ln.Close()
 	}
 	pass := secret()
 	ns, err := server.NewServer(&server.Options{

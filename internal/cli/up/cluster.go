@@ -44,6 +44,8 @@ type ClusterOptions struct {
 	StreamReplicas int
 	// DataDir holds the embedded JetStream's storage (temporary if empty).
 	DataDir string
+	// NATSPort and RedisPort are the embedded servers' ports (0: free ones).
+	NATSPort, RedisPort int
 	// Routes maps topics to pools, with their job defaults (when nil, the
 	// default routes of the pools up runs).
 	Routes *routing.Router
@@ -141,7 +143,11 @@ func StartCluster(ctx context.Context, opts ClusterOptions, log *slog.Logger) (c
 	if opts.NATSURL == "" || opts.RedisURL == "" {
 		c.Stack, err = devstack.Start(ctx, devstack.Options{
 			DataDir: opts.DataDir, NoNATS: opts.NATSURL != "", NoRedis: opts.RedisURL != "",
+			NATSPort: opts.NATSPort, RedisPort: opts.RedisPort,
 		})
+		if err != nil && (opts.NATSPort != 0 || opts.RedisPort != 0) {
+			return c, fmt.Errorf("%w (--nats-port and --redis-port pick the ports; 0 picks free ones)", err)
+		}
 		if err != nil {
 			return c, err
 		}

@@ -2,7 +2,9 @@ package up_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -380,4 +382,22 @@ func TestStoppingSaysRunningJobsAreLostInMemory(t *testing.T) {
 	if _, err := h.client.CancelJob(ctx, &cortexv1.CancelJobRequest{JobId: res.GetJobId()}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// The embedded servers listen on the ports asked for.
+func TestEmbeddedServersOnTheirPorts(t *testing.T) {
+	free := func() int {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		return ln.Addr().(*net.TCPAddr).Port
+	}
+	natsPort, redisPort := free(), free()
+	h := startHarness(t, up.ClusterOptions{NATSPort: natsPort, RedisPort: redisPort})
+	if !strings.Contains(h.cluster.NATSURL, fmt.Sprintf("@127.0.0.1:%d", natsPort)) || !strings.Contains(h.cluster.RedisURL, fmt.Sprintf("@127.0.0.1:%d", redisPort)) {
+		t.Errorf("NATS %s, Redis %s; want ports %d and %d", h.cluster.NATSURL, h.cluster.RedisURL, natsPort, redisPort)
+	}
+	h.run(t, "job.echo", "on fixed ports")
 }

@@ -94,6 +94,8 @@ the key comes from --llm-api-key-file or $CORTEX_LLM_API_KEY). Without
 	fs.StringVar(&o.Cluster.RedisURL, "redis-url", "", "use this Redis instead of the embedded miniredis")
 	daemon.AddRedisClusterFlag(cmd, &o.Cluster.RedisCluster)
 	daemon.AddStreamReplicasFlag(cmd, &o.Cluster.StreamReplicas)
+	fs.IntVar(&o.Cluster.NATSPort, "nats-port", 0, "port of the embedded NATS server on 127.0.0.1 (default: a free one; not with --nats-url)")
+	fs.IntVar(&o.Cluster.RedisPort, "redis-port", 0, "port of the embedded Redis on 127.0.0.1 (default: a free one; not with --redis-url)")
 	fs.StringVar(&o.Cluster.DataDir, "data-dir", "", "directory where the embedded JetStream keeps jobs in flight on disk (default: in memory; not with --nats-url, whose server keeps its own); one up at a time, and jobs outlive up only with --redis-url too")
 	daemon.AddLeaseFlag(cmd, &o.Cluster.Lease)
 	fs.DurationVar(&o.Cluster.SafetyTimeout, "safety-timeout", upSafetyTimeout, "how long the scheduler waits for a safety decision before denying the job")
@@ -148,6 +150,17 @@ func upRun(cmd *cobra.Command, o *Options) error {
 	if o.Cluster.DataDir != "" && o.Cluster.NATSURL != "" {
 		return &cmdutil.UsageError{Err: errors.New("--data-dir is where the embedded NATS keeps its streams; with --nats-url the remote NATS server keeps its own: " +
 			"drop --data-dir (or --nats-url, to use the embedded NATS)")}
+	}
+	for _, p := range []struct {
+		flag, url string
+		port      int
+	}{{"nats-port", o.Cluster.NATSURL, o.Cluster.NATSPort}, {"redis-port", o.Cluster.RedisURL, o.Cluster.RedisPort}} {
+		switch {
+		case p.port < 0 || p.port > 65535:
+			return &cmdutil.UsageError{Err: fmt.Errorf("--%s %d is not a port: use 1 to 65535 (0: a free one)", p.flag, p.port)}
+		case p.port != 0 && p.url != "":
+			return &cmdutil.UsageError{Err: fmt.Errorf("--%s is the port of the embedded server, which a --%s-url replaces: drop one", p.flag, strings.TrimSuffix(p.flag, "-port"))}
+		}
 	}
 	if o.Cluster.StreamReplicas > 1 && o.Cluster.NATSURL == "" {
 		return &cmdutil.UsageError{Err: errors.New("--stream-replicas above 1 needs --nats-url naming a NATS cluster: the embedded NATS is one server")}
