@@ -292,8 +292,12 @@ func Resolve(flagServer, flagKey string) (Target, error) {
 	return t, nil
 }
 
+// contextRecheck is how often FollowContextKey looks at the contexts file.
+var contextRecheck = time.Second
+
 // FollowContextKey returns t's key as the selected context holds it now:
-// read again whenever the contexts file changed, so that a command that
+// read again when the contexts file changed (looked at once a second at
+// most), so that a command that
 // runs long (top, tail) goes on with the new key that a restarted up
 // wrote, rather than be refused the old one. The key stays the one it has
 // while the file cannot be read, or names no key for t's server.
@@ -301,7 +305,8 @@ func FollowContextKey(t Target) func() string {
 	var (
 		mu      sync.Mutex
 		key     = t.APIKey
-		changed time.Time
+		changed time.Time // the file's modification time when last read
+		looked  time.Time // when the file was last looked at
 	)
 	if p, err := ContextPath(); err == nil {
 		if fi, err := os.Stat(p); err == nil {
@@ -311,6 +316,12 @@ func FollowContextKey(t Target) func() string {
 	return func() string {
 		mu.Lock()
 		defer mu.Unlock()
+		// Not at every call: a bench calls many times a second.
+		now := time.Now()
+		if now.Sub(looked) < contextRecheck {
+			return key
+		}
+		looked = now
 		p, err := ContextPath()
 		if err != nil {
 			return key

@@ -341,6 +341,8 @@ func FuzzReadConfig(f *testing.F) {
 // is not the context's, and stays.
 func TestFollowContextKey(t *testing.T) {
 	p := useTempContexts(t)
+	defer func(d time.Duration) { contextRecheck = d }(contextRecheck)
+	contextRecheck = 0
 	save := func(c Context) {
 		t.Helper()
 		if _, err := SaveContext(LocalContext, c, true); err != nil {

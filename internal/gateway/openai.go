@@ -600,16 +600,11 @@ func (g *Gateway) checkModel(name string) *apiError {
 		if w.Pool != pool || w.State != registry.Live || !servesChat(w) {
 			continue
 		}
-		pinned := false
-		for _, c := range w.Capabilities {
-			if m, ok := strings.CutPrefix(c, ModelCapability); ok && m != "" {
-				pinned = true
-				run = append(run, m)
-			}
-		}
-		if !pinned {
+		pinned := workerModels(w)
+		if len(pinned) == 0 {
 			return nil
 		}
+		run = append(run, pinned...)
 	}
 	if len(run) == 0 || slices.Contains(run, name) {
 		return nil
@@ -617,6 +612,18 @@ func (g *Gateway) checkModel(name string) *apiError {
 	slices.Sort(run)
 	return &apiError{status: http.StatusNotFound, typ: "invalid_request_error", param: "model", code: "model_not_found",
 		message: fmt.Sprintf("the model %.100q is not served here; the chat-llm workers run %s (GET /v1/models lists them)", name, strings.Join(slices.Compact(run), ", "))}
+}
+
+// workerModels are the models a worker names in its capabilities
+// (model:NAME): the ones it runs, whatever a request names.
+func workerModels(w registry.Worker) []string {
+	var out []string
+	for _, c := range w.Capabilities {
+		if m, ok := strings.CutPrefix(c, ModelCapability); ok && m != "" {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // models lists the models served: those the live chat-llm workers name
@@ -629,9 +636,8 @@ func (g *Gateway) models() []model {
 			if w.Pool != pool || w.State != registry.Live || !servesChat(w) {
 				continue
 			}
-			for _, capability := range w.Capabilities {
-				name, ok := strings.CutPrefix(capability, ModelCapability)
-				if at, seen := created[name]; ok && name != "" && (!seen || w.FirstSeen.Unix() < at) {
+			for _, name := range workerModels(w) {
+				if at, seen := created[name]; !seen || w.FirstSeen.Unix() < at {
 					created[name] = w.FirstSeen.Unix()
 				}
 			}

@@ -115,22 +115,20 @@ func (k *Kernel) Use(p *policy.Policy, origin, source string, shadow bool) {
 }
 
 func (k *Kernel) use(p *policy.Policy, origin, source string, shadow bool) {
-	switch {
-	case shadow && p == nil:
+	if shadow && p == nil {
 		k.shadow.Store(nil)
 		k.log.Info("shadow policy removed")
 		return
-	case shadow:
-		// Its THROTTLE rules start where the active policy's identical
-		// ones stand, so that it does not disagree with them for a burst.
-		if a := k.active.Load(); a != nil {
-			p.Inherit(a.policy)
-		}
+	}
+	// Its THROTTLE rules go on where the active policy's identical ones
+	// stand: a reload lets no new burst through, and a shadow does not
+	// disagree with them for one.
+	if a := k.active.Load(); a != nil {
+		p.Inherit(a.policy)
+	}
+	if shadow {
 		k.shadow.Store(newLoaded(p, origin, source))
-	default:
-		if a := k.active.Load(); a != nil {
-			p.Inherit(a.policy)
-		}
+	} else {
 		k.active.Store(newLoaded(p, origin, source))
 	}
 	k.lastErr.Store(nil)

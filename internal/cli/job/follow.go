@@ -82,11 +82,11 @@ func (f *follower) endLine() {
 // finish prints what the pieces did not show of result, the output of
 // the job's attempt that completed, and ends the line.
 func (f *follower) finish(result string, attempt uint32) error {
-	rest := result
+	rest, shown := result, f.shown.String()
 	whole := f.attempt == attempt && !f.lost
 	switch {
-	case whole && strings.HasPrefix(result, f.shown.String()):
-		rest = result[len(f.shown.String()):]
+	case whole && strings.HasPrefix(result, shown):
+		rest = result[len(shown):]
 	case !f.printed:
 	case whole:
 		// Every piece came and the result is something else: a handler

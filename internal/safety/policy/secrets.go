@@ -605,7 +605,7 @@ func isGCPKey(before string) bool {
 
 // pemBody reports whether body, the text after a PEM header, holds a key:
 // up to four header lines (Proc-Type:, DEK-Info:, Version:, Comment:) and
-// then at least 100 random-looking base64 characters, across real or
+// then at least 60 random-looking base64 characters, across real or
 // JSON-escaped line breaks.
 func pemBody(body string) bool {
 	const want = 60
